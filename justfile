@@ -1,0 +1,60 @@
+# a3s_gateway task runner. `just` lists the recipes; every recipe calls a tool configured in
+# pyproject.toml. Run them through ./dev (which makes .venv first) or with .venv active.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+py := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else { "python3" }
+
+# List the recipes
+default:
+    @just --list
+
+# Format the code in place
+fmt:
+    {{py}} -m ruff format .
+    {{py}} -m ruff check --fix --quiet .
+
+# Lint and check formatting (no changes)
+lint:
+    {{py}} -m ruff check .
+    {{py}} -m ruff format --check .
+
+# Type-check src/ and tests/ (incl. tests/typing) with mypy --strict
+type:
+    {{py}} -m mypy
+
+# Run the whole test suite
+test *args:
+    {{py}} -m pytest -q {{args}}
+
+# Property tests only (profile: dev, ci, nightly)
+prop profile="dev":
+    A3S_HYPOTHESIS_PROFILE={{profile}} {{py}} -m pytest -q tests/property
+
+# Tests under coverage, with the report
+cov:
+    {{py}} -m coverage run -m pytest -q
+    {{py}} -m coverage report
+
+# Start the gateway on the demo config. (The local demo backends and `a3s-gateway demo` arrive
+# with the HTTP data plane, issue #4; until then this runs the lifecycle on examples/gateway.hcl.)
+demo:
+    {{py}} -m a3s_gateway run examples/gateway.hcl
+
+# Benchmarks (bench/)
+bench:
+    @echo "no benchmarks yet: the harness lands with the bench issue" && false
+
+# Everything CI runs: lint, format check, types, the whole suite
+check: lint type test
+
+# Run the gateway on a config file
+run config="examples/gateway.hcl" *args:
+    {{py}} -m a3s_gateway run {{config}} {{args}}
+
+# Validate a config file
+validate config="examples/gateway.hcl" *args:
+    {{py}} -m a3s_gateway validate {{config}} {{args}}
+
+alias t := test
+alias c := check

@@ -1,0 +1,252 @@
+"""Command line: argument parsing, problem output and exit codes only (SPEC §2.1–2.5).
+
+Ring 2 (with ``app.py``): the only place that installs signal handlers and logging. Commands
+delegate to ``config.load``, ``preflight`` and ``app.Gateway``. Errors on the command line are
+one line on stderr (exit 2), never a traceback.
+
+Nurseries: ``run`` opens one nursery holding ``Gateway.serve`` and the signal watcher; a first
+SIGINT/SIGTERM asks the gateway to drain, a second cancels the nursery at once (exit 128+n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import platform
+import resource
+import signal
+import sys
+from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING, Final, NoReturn
+
+import msgspec
+import trio
+
+from a3s_gateway import __version__
+from a3s_gateway.app import Gateway
+from a3s_gateway.config.load import LoadOptions, LoadResult, load
+from a3s_gateway.config.summary import summary, summary_lines
+from a3s_gateway.config.values import Address
+from a3s_gateway.errors import GatewayError, StartError
+from a3s_gateway.observability import applog
+from a3s_gateway.preflight import check
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from a3s_gateway.config.problems import Problem
+
+PROG: Final = "a3s-gateway"
+EXIT_OK: Final = 0
+EXIT_CONFIG: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_START: Final = 3
+log: Final = logging.getLogger("a3s_gateway.cli")
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command (SPEC §2.1)."""
+    parser = _Parser(prog=PROG, description="API gateway and reverse proxy on trio.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = commands.add_parser("run", help="serve traffic with a config file")
+    _config_arguments(run)
+    run.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--workers", type=_workers, default=1, help="worker processes (0 = CPUs)")
+    run.add_argument("--listen", type=_address, default=None, help="override entrypoint web")
+    validate = commands.add_parser("validate", help="check a config file and print problems")
+    _config_arguments(validate)
+    validate.add_argument("--offline", action="store_true", help="skip file/certificate checks")
+    validate.add_argument("--format", choices=("text", "json"), default="text")
+    commands.add_parser("version", help="print versions")
+    return parser
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", default=None, help="the HCL config file")
+    parser.add_argument(
+        "-c", "--config", dest="config_option", default=None, help=argparse.SUPPRESS
+    )
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'"{text}" is not a whole number') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (one per CPU) or more")
+    return value
+
+
+def _address(text: str) -> str:
+    try:
+        Address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    positional: str | None = args.config
+    option: str | None = args.config_option
+    if positional is not None and option is not None:
+        raise UsageError("give the config file either as an argument or with --config, not both")
+    path = positional if positional is not None else option
+    if path is None:
+        raise UsageError("a config file is required, e.g. a3s-gateway run gateway.hcl")
+    return path
+
+
+def _normalise_argv(argv: Sequence[str]) -> list[str]:
+    """A3S compatibility: ``a3s-gateway --config FILE …`` (no command) means ``run``."""
+    args = list(argv)
+    if args and args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
+        return ["run", *args]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m a3s_gateway`` and the ``a3s-gateway`` script."""
+    try:
+        args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+        if args.version or args.command == "version":
+            return _version()
+        if args.command == "validate":
+            return _validate(_config_path(args), offline=args.offline, output=args.format)
+        if args.command == "run":
+            return _run(args)
+        build_parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _version() -> int:
+    print(f"{PROG} {__version__}")
+    parts = [f"python {platform.python_version()}"]
+    parts += [f"{name} {package_version(name)}" for name in ("trio", "h11", "h2", "wsproto")]
+    print(", ".join(parts))
+    return EXIT_OK
+
+
+def _print_problems(problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        print(problem.format(), file=sys.stderr)
+
+
+def _validate(path: str, *, offline: bool, output: str) -> int:
+    result = load(path)
+    problems = check(result, offline=offline)
+    valid = not any(p.severity == "error" for p in problems)
+    if output == "json":
+        document = {
+            "valid": valid,
+            "problems": [msgspec.to_builtins(p) for p in problems],
+            "summary": summary(result.config) if valid and result.config is not None else {},
+        }
+        print(msgspec.json.encode(document).decode())
+        return EXIT_OK if valid else EXIT_CONFIG
+    _print_problems(problems)
+    if not valid:
+        errors = sum(p.severity == "error" for p in problems)
+        print(f"{path}: {errors} error(s), {len(problems) - errors} warning(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    assert result.config is not None
+    print(f"{path}: configuration is valid ({len(problems)} warning(s))")
+    for line in summary_lines(result.config):
+        print(line)
+    return EXIT_OK
+
+
+def _log_level(option: str | None) -> str:
+    level = option if option is not None else os.environ.get("A3S_LOG_LEVEL", "info")
+    level = level.lower()
+    if level not in applog.LEVELS:
+        raise UsageError(f'invalid log level "{level}": use debug, info, warning or error')
+    return level
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    applog.install(_log_level(args.log_level), args.log_format)
+    result = load(path, options=LoadOptions(workers=args.workers or os.cpu_count() or 1))
+    problems = check(result, offline=False)
+    if any(p.severity == "error" for p in problems) or result.config is None:
+        _print_problems(problems)
+        return EXIT_CONFIG
+    for problem in problems:
+        log.warning("%s", problem.format())
+    _raise_file_limit()
+    try:
+        gateway = Gateway(result.config, listen_override=args.listen, workers=args.workers)
+        return trio.run(_serve_until_signalled, gateway, path, result)
+    except StartError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_START
+    except GatewayError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_START
+
+
+def _raise_file_limit() -> None:
+    """SPEC §2.6: raise the RLIMIT_NOFILE soft limit to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _serve_until_signalled(gateway: Gateway, path: str, first: LoadResult) -> int:
+    """Serve; drain on the first SIGINT/SIGTERM, exit at once on the second, reload on SIGHUP."""
+    del first
+    exit_code = EXIT_OK
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                await gateway.serve(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(serve)
+            draining = False
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await _reload(gateway, path)
+                elif draining:
+                    log.warning("second signal %s: stopping now", signal.Signals(signum).name)
+                    exit_code = 128 + signum
+                    nursery.cancel_scope.cancel()
+                else:
+                    draining = True
+                    log.info("signal %s: draining", signal.Signals(signum).name)
+                    nursery.start_soon(gateway.shutdown)
+    return exit_code
+
+
+async def _reload(gateway: Gateway, path: str) -> None:
+    """SIGHUP: reload from the file; a bad config is logged and the running one kept."""
+    result = await trio.to_thread.run_sync(load, path)
+    problems = await trio.to_thread.run_sync(lambda: check(result, offline=False))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or result.config is None:
+        for problem in problems:
+            log.error("reload rejected: %s", problem.format())
+        gateway.record_failed_reload(len(errors))
+        return
+    for problem in problems:
+        log.warning("%s", problem.format())
+    await gateway.reload(result.config)

@@ -1,0 +1,311 @@
+"""The config loading pipeline (SPEC §3.1, §3.5): files → HCL → merge → interpolate → schema →
+semantic checks, collecting every problem.
+
+Ring 0 apart from reading the config files themselves: no trio, sockets, TLS or clock. The
+environment checks of SPEC §3.1 step 6 (certificate files and keys) live in
+``a3s_gateway.preflight`` because they need ``ssl``. Must not: raise for a bad config (it returns
+problems; ``load_config`` turns them into one ``ConfigError``), or log secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import TYPE_CHECKING, Final
+
+from a3s_gateway.config.convert import convert_config
+from a3s_gateway.config.hcl import ParsedFile, parse_hcl
+from a3s_gateway.config.interpolate import interpolate_tree
+from a3s_gateway.config.problems import (
+    Path,
+    Problem,
+    SourceMap,
+    make_problem,
+    sort_problems,
+)
+from a3s_gateway.config.semantic import SemanticContext, check_semantics
+from a3s_gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from a3s_gateway.config.schema import Config
+
+MAX_FILE_BYTES: Final = 16 * 1024 * 1024
+LABELLED_SECTIONS: Final = (
+    "entrypoints",
+    "routers",
+    "tcp_routers",
+    "udp_routers",
+    "services",
+    "middlewares",
+)
+MAIN_FILE_ONLY: Final = frozenset(
+    {"providers", "management", "observability", "shutdown_timeout_secs"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What loading produced: the config if there was no error, and every problem found."""
+
+    config: Config | None
+    problems: tuple[Problem, ...]
+    sources: SourceMap
+    main_file: str
+    files: tuple[str, ...]
+    #: The converted config even when errors were found (offending parts removed), so that
+    #: environment checks can still run and report alongside; ``None`` if nothing converted.
+    partial: Config | None = None
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        """The problems of severity ``error``."""
+        return tuple(p for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        """The problems of severity ``warning``."""
+        return tuple(p for p in self.problems if p.severity == "warning")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """Knobs that change which checks apply (SPEC §2.1, §3.15)."""
+
+    workers: int = 1
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    options: LoadOptions = LoadOptions(),
+) -> LoadResult:
+    """Load a config file and its conf.d directory. Never raises for a bad config."""
+    main_file = os.fspath(path)
+    text, problem = _read(main_file)
+    if text is None:
+        assert problem is not None
+        return LoadResult(None, (problem,), SourceMap(), main_file, (main_file,))
+    return _load_parsed(main_file, parse_hcl(text, filename=main_file), env, options, base=True)
+
+
+def load_text(
+    text: str,
+    *,
+    filename: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    options: LoadOptions = LoadOptions(),
+) -> LoadResult:
+    """Load a config from a string (no conf.d). Never raises for a bad config."""
+    return _load_parsed(filename, parse_hcl(text, filename=filename), env, options, base=False)
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Parse, merge conf.d, interpolate, validate (SPEC §2.7). Raises ``ConfigError``.
+
+    Performs no environment checks (certificate files are checked when the gateway starts).
+    Blocking; may be called from a thread.
+    """
+    return _config_or_raise(load(path, env=env))
+
+
+def load_config_text(
+    text: str, *, filename: str = "<string>", env: Mapping[str, str] | None = None
+) -> Config:
+    """``load_config`` for a string. Raises ``ConfigError``."""
+    return _config_or_raise(load_text(text, filename=filename, env=env))
+
+
+def _config_or_raise(result: LoadResult) -> Config:
+    if result.config is None:
+        raise ConfigError(result.problems)
+    return result.config
+
+
+def _read(file: str) -> tuple[str | None, Problem | None]:
+    def fail(message: str) -> tuple[None, Problem]:
+        return None, Problem(
+            severity="error", file=file, line=None, column=None, path="", message=message
+        )
+
+    try:
+        with open(file, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return fail("config file not found")
+    except IsADirectoryError:
+        return fail("config path is a directory, not a file")
+    except OSError as error:
+        return fail(f"cannot read config file: {error.strerror or error}")
+    if len(raw) > MAX_FILE_BYTES:
+        return fail("config file is larger than 16 MiB")
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as error:
+        return fail(f"config file is not valid UTF-8 (byte {error.start})")
+
+
+def _load_parsed(
+    main_file: str,
+    main: ParsedFile,
+    env: Mapping[str, str] | None,
+    options: LoadOptions,
+    *,
+    base: bool,
+) -> LoadResult:
+    environment = os.environ if env is None else env
+    sources = SourceMap()
+    sources.update(main.sources)
+    problems = list(main.problems)
+    files = [main_file]
+    data = dict(main.data)
+    if base:
+        for extra in _conf_d(main_file, data, environment, problems):
+            files.append(extra[0])
+            _merge(data, extra[0], extra[1], sources, problems)
+    interpolated = interpolate_tree(data, environment)
+    for error_path, message in interpolated.errors:
+        problems.append(make_problem("error", error_path, message, sources, default_file=main_file))
+    tree = _without_nulls(interpolated.data)
+    assert isinstance(tree, dict)
+    converted = convert_config(
+        tree,
+        sources,
+        default_file=main_file,
+        whole=interpolated.whole,
+        reported=frozenset(path for path, _ in interpolated.errors),
+    )
+    problems.extend(converted.problems)
+    if converted.config is not None and main.ok:
+        context = SemanticContext(
+            sources=sources,
+            default_file=main_file,
+            broken=frozenset(converted.broken),
+            workers=options.workers,
+        )
+        # A field an earlier stage rejected was removed; what semantic checks then say about
+        # it (e.g. "required") is an echo of that problem, not a new one.
+        rejected = {p.path for p in problems if p.severity == "error"}
+        semantic = check_semantics(converted.config, context)
+        problems.extend(p for p in semantic if p.path not in rejected)
+    ordered = sort_problems(problems)
+    failed = not main.ok or any(p.severity == "error" for p in ordered)
+    config = None if failed else converted.config
+    return LoadResult(config, ordered, sources, main_file, tuple(files), converted.config)
+
+
+def _conf_d(
+    main_file: str,
+    data: dict[str, object],
+    env: Mapping[str, str],
+    problems: list[Problem],
+) -> list[tuple[str, ParsedFile]]:
+    """Parse every ``*.hcl`` file under ``providers.file.directory`` (SPEC §3.5)."""
+    directory = _conf_d_directory(data, env)
+    if directory is None:
+        return []
+    root = FsPath(main_file).parent / directory
+    if not root.is_dir():
+        problems.append(
+            Problem(
+                severity="warning",
+                file=main_file,
+                line=None,
+                column=None,
+                path="providers.file.directory",
+                message=f'conf.d directory "{directory}" does not exist; '
+                "the file provider watches for it to appear",
+            )
+        )
+        return []
+    parsed: list[tuple[str, ParsedFile]] = []
+    for file in conf_d_files(root):
+        text, problem = _read(os.fspath(file))
+        if text is None:
+            assert problem is not None
+            problems.append(problem)
+            continue
+        result = parse_hcl(text, filename=os.fspath(file))
+        problems.extend(result.problems)
+        parsed.append((os.fspath(file), result))
+    return parsed
+
+
+def conf_d_files(root: FsPath) -> list[FsPath]:
+    """Regular ``*.hcl`` files under ``root``, recursively, in byte-wise order of their path
+    relative to ``root``; names starting with ``.`` are skipped; symlinks are followed."""
+    found: list[tuple[bytes, FsPath]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            file = FsPath(dirpath) / name
+            if name.startswith(".") or not name.endswith(".hcl") or not file.is_file():
+                continue
+            found.append((os.fsencode(file.relative_to(root)), file))
+    return [file for _, file in sorted(found)]
+
+
+def _conf_d_directory(data: dict[str, object], env: Mapping[str, str]) -> str | None:
+    providers = data.get("providers")
+    file_block = providers.get("file") if isinstance(providers, dict) else None
+    directory = file_block.get("directory") if isinstance(file_block, dict) else None
+    if not isinstance(directory, str) or not directory:
+        return None
+    resolved = interpolate_tree(directory, env)
+    return resolved.data if isinstance(resolved.data, str) and not resolved.errors else None
+
+
+def _merge(
+    data: dict[str, object],
+    file: str,
+    parsed: ParsedFile,
+    sources: SourceMap,
+    problems: list[Problem],
+) -> None:
+    """Merge one conf.d file into the main data (SPEC §3.5)."""
+    for key, value in parsed.data.items():
+        if key in MAIN_FILE_ONLY:
+            problems.append(
+                make_problem(
+                    "error",
+                    (key,),
+                    f'"{key}" is allowed only in the main config file',
+                    parsed.sources,
+                    default_file=file,
+                )
+            )
+            continue
+        if key not in LABELLED_SECTIONS or not isinstance(value, dict):
+            data.setdefault(key, value)
+            continue
+        section = data.setdefault(key, {})
+        assert isinstance(section, dict)
+        for label, body in value.items():
+            where: Path = (key, label)
+            if label in section:
+                first = sources.get(where)
+                also = f" (also at {first.file}:{first.line})" if first is not None else ""
+                problems.append(
+                    make_problem(
+                        "error",
+                        where,
+                        f'{key} "{label}" is defined twice{also}',
+                        parsed.sources,
+                        default_file=file,
+                    )
+                )
+                continue
+            section[label] = body
+    sources.update(parsed.sources)
+
+
+def _without_nulls(node: object) -> object:
+    """``null`` means "use the default" (SPEC §3.2): drop null-valued keys, keep null items."""
+    if isinstance(node, dict):
+        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_without_nulls(item) for item in node]
+    return node

@@ -1,0 +1,305 @@
+"""Semantic checks of ``routers``, ``tcp_routers`` and ``udp_routers`` (SPEC §3.9, §3.15 checks
+2-5 and the router warnings).
+
+Ring 0: pure. Checks that every referenced entrypoint, middleware and service exists and fits
+the router kind, that a service serves one router kind with fitting server schemes, that a UDP
+entrypoint has at most one UDP router, and the rule text (``_check_rule``: a placeholder until
+the rules engine compiles rules here). Warns about ``cors`` after an auth middleware, ``*``
+inside a ``Host`` argument and catch-all TCP routers that shadow an HTTP entrypoint.
+
+Must not: raise, or report references to blocks that failed conversion.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Final
+
+from a3s_gateway.config.schema_middlewares import (
+    AUTH_MIDDLEWARE_TYPES,
+    TCP_MIDDLEWARE_TYPES,
+    middleware_type,
+)
+from a3s_gateway.config.semantic_report import (
+    KIND_SCHEMES,
+    KIND_TRANSPORTS,
+    Report,
+    RouterKind,
+    ServiceUse,
+    all_servers,
+    article,
+)
+from a3s_gateway.config.values import quote_value
+
+if TYPE_CHECKING:
+    from a3s_gateway.config.problems import Path
+    from a3s_gateway.config.schema_routers import Router, TcpRouter
+
+#: A TCP rule that is the single leaf ``HostSNI(`*`)`` (any spacing or quoting, SPEC §4.7).
+_CATCH_ALL: Final = re.compile(
+    r"\s*(?:HostSNI|hostsni|HOSTSNI|Hostsni)\s*\(\s*(?:`\*`|\"\*\")\s*,?\s*\)\s*"
+)
+#: ``Host(...)`` / ``HostHeader(...)`` calls (any of the four spellings) and their arguments.
+_HOST_CALL: Final = re.compile(
+    r"(?<![A-Za-z0-9_])(?i:host(?:header)?)\s*\(\s*"
+    r"((?:(?:`[^`]*`|\"(?:[^\"\\]|\\.)*\")\s*(?:,\s*)?)*)\)"
+)
+_STRING: Final = re.compile(r"`([^`]*)`|\"((?:[^\"\\]|\\.)*)\"")
+_DNS_TRANSPORTS: Final = {"ws": "http", "wss": "https"}
+
+
+def check_routers(report: Report) -> None:
+    """Check every HTTP, TCP and UDP router, then the services they use."""
+    for name, router in report.config.routers.items():
+        _check_http_router(report, name, router)
+    for name, tcp_router in report.config.tcp_routers.items():
+        _check_tcp_router(report, name, tcp_router)
+    _check_udp_routers(report)
+    for service, uses in report.service_uses.items():
+        _check_service_kind(report, service, uses)
+
+
+def _check_http_router(report: Report, name: str, router: Router) -> None:
+    base: Path = ("routers", name)
+    _check_rule(report, (*base, "rule"), router.rule)
+    _warn_host_wildcards(report, (*base, "rule"), router.rule)
+    report.service((*base, "service"), router.service)
+    _check_entrypoint_list(report, base, router.entrypoints, "http")
+    _check_middleware_list(report, base, router.middlewares, "http")
+    _warn_cors_after_auth(report, base, router.middlewares)
+
+
+def _check_tcp_router(report: Report, name: str, router: TcpRouter) -> None:
+    base: Path = ("tcp_routers", name)
+    _check_rule(report, (*base, "rule"), router.rule)
+    report.service((*base, "service"), router.service)
+    _check_entrypoint_list(report, base, router.entrypoints, "tcp")
+    _check_middleware_list(report, base, router.middlewares, "tcp")
+    if _CATCH_ALL.fullmatch(router.rule) is None:
+        return
+    for index, entrypoint_name in enumerate(router.entrypoints):
+        entrypoint = report.config.entrypoints.get(entrypoint_name)
+        if entrypoint is not None and entrypoint.protocol == "http" and entrypoint.tls is not None:
+            report.warning(
+                (*base, "entrypoints", index),
+                f"catch-all tcp router takes every connection on http entrypoint "
+                f'"{entrypoint_name}"; its http routers are never reached',
+            )
+
+
+def _check_udp_routers(report: Report) -> None:
+    owners: dict[str, str] = {}
+    for name, router in report.config.udp_routers.items():
+        base: Path = ("udp_routers", name)
+        report.service((*base, "service"), router.service)
+        _check_entrypoint_list(report, base, router.entrypoints, "udp")
+        for index, entrypoint in enumerate(router.entrypoints):
+            owner = owners.setdefault(entrypoint, name)
+            if owner != name:
+                report.error(
+                    (*base, "entrypoints", index),
+                    f'udp entrypoint "{entrypoint}" already has udp router "{owner}"; '
+                    "a udp entrypoint takes at most one udp router",
+                )
+
+
+# -- entrypoints and middlewares of a router (check 2) -----------------------------------------
+
+
+def _check_entrypoint_list(
+    report: Report, base: Path, names: tuple[str, ...], kind: RouterKind
+) -> None:
+    entrypoints = report.config.entrypoints
+    if not names and kind != "udp":
+        if not report.section_broken("entrypoints") and not any(
+            e.protocol == kind for e in entrypoints.values()
+        ):
+            report.error(
+                (*base, "entrypoints"),
+                f"no {kind} entrypoint is defined; {article(kind)} router with no entrypoints "
+                f"attaches to every {kind} entrypoint",
+            )
+        return
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        path = (*base, "entrypoints", index)
+        if name in seen:
+            report.error(path, f'entrypoint "{name}" is listed twice')
+            continue
+        seen.add(name)
+        if report.known(path, "entrypoints", entrypoints, name):
+            _check_entrypoint_fit(report, path, name, kind)
+
+
+def _check_entrypoint_fit(report: Report, path: Path, name: str, kind: RouterKind) -> None:
+    entrypoint = report.config.entrypoints[name]
+    protocol = entrypoint.protocol
+    if kind == "tcp":
+        if protocol == "tcp" or (protocol == "http" and entrypoint.tls is not None):
+            return
+        what = "an http entrypoint without tls" if protocol == "http" else "a udp entrypoint"
+        report.error(
+            path,
+            f'entrypoint "{name}" is {what}; tcp routers need tcp entrypoints or http '
+            "entrypoints with tls",
+        )
+    elif protocol != kind:
+        report.error(
+            path,
+            f'entrypoint "{name}" is {article(protocol)} entrypoint; {kind} routers need {kind} '
+            "entrypoints",
+        )
+
+
+def _check_middleware_list(
+    report: Report, base: Path, names: tuple[str, ...], kind: RouterKind
+) -> None:
+    middlewares = report.config.middlewares
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        path = (*base, "middlewares", index)
+        if name in seen:
+            report.error(path, f'middleware "{name}" is listed twice')
+            continue
+        seen.add(name)
+        if not report.known(path, "middlewares", middlewares, name):
+            continue
+        tag = middleware_type(middlewares[name])
+        if kind == "tcp" and tag not in TCP_MIDDLEWARE_TYPES:
+            report.error(
+                path,
+                f'middleware "{name}" has type "{tag}"; tcp routers accept only tcp-filter '
+                "middlewares",
+            )
+        elif kind == "http" and tag in TCP_MIDDLEWARE_TYPES:
+            report.error(
+                path,
+                f'middleware "{name}" has type "{tag}", which applies only to tcp routers',
+            )
+
+
+def _warn_cors_after_auth(report: Report, base: Path, names: tuple[str, ...]) -> None:
+    auth: str | None = None
+    for index, name in enumerate(names):
+        middleware = report.config.middlewares.get(name)
+        if middleware is None:
+            continue
+        tag = middleware_type(middleware)
+        if tag in AUTH_MIDDLEWARE_TYPES and auth is None:
+            auth = name
+        elif tag == "cors" and auth is not None:
+            report.warning(
+                (*base, "middlewares", index),
+                f'cors middleware "{name}" comes after auth middleware "{auth}", so preflight '
+                "requests would be rejected; list it before the auth middleware",
+            )
+
+
+# -- services by router kind (check 5) ---------------------------------------------------------
+
+
+def _check_service_kind(report: Report, name: str, uses: list[ServiceUse]) -> None:
+    kinds: list[RouterKind] = []
+    for use in uses:
+        if use.kind in kinds:
+            continue
+        if kinds:
+            first = next(u for u in uses if u.kind == kinds[0])
+            report.error(
+                (use.section, use.router, "service"),
+                f'service "{name}" is used by {first.kind} router "{first.router}" and '
+                f'{use.kind} router "{use.router}"; a service serves one router kind',
+            )
+        kinds.append(use.kind)
+    primary = uses[0]
+    service = report.config.services.get(name)
+    if service is None:
+        _check_dns_scheme(report, name, primary)
+        return
+    if service.websocket_mux is not None:
+        for use in uses:
+            if use.kind != "http":
+                report.error(
+                    (use.section, use.router, "service"),
+                    f'service "{name}" uses websocket_mux; only http routers can use it',
+                )
+        return
+    for path, server in all_servers(service):
+        if server.url.transport not in KIND_TRANSPORTS[primary.kind]:
+            scheme = server.url.scheme or "bare host:port"
+            report.error(
+                ("services", name, *path, "url"),
+                f'server scheme "{scheme}" does not fit {primary.kind} router '
+                f'"{primary.router}" (accepted: {KIND_SCHEMES[primary.kind]})',
+            )
+    _check_dns_scheme(report, name, primary)
+
+
+def _check_dns_scheme(report: Report, name: str, use: ServiceUse) -> None:
+    providers = report.config.providers
+    dns = providers.dns if providers is not None else None
+    entry = dns.services.get(name) if dns is not None else None
+    if entry is None:
+        return
+    transport = _DNS_TRANSPORTS.get(entry.scheme, entry.scheme)
+    if transport not in KIND_TRANSPORTS[use.kind]:
+        report.error(
+            ("providers", "dns", "services", name, "scheme"),
+            f'scheme "{entry.scheme}" does not fit {use.kind} router "{use.router}" '
+            f"(accepted: {KIND_SCHEMES[use.kind]})",
+        )
+
+
+# -- rules (check 4) ---------------------------------------------------------------------------
+
+
+def _check_rule(report: Report, path: Path, rule: str) -> None:
+    """Placeholder rule check: non-empty text, closed strings and balanced parentheses.
+
+    Full compilation (grammar, matcher names, argument counts, regexes, columns; SPEC §4.1-4.10)
+    belongs to the rules engine (``a3s_gateway.routing``); when it lands, this function calls
+    ``compile_rule`` and reports its ``RuleSyntaxError`` here instead.
+    """
+    if not rule.strip():
+        report.error(path, "rule is empty: expected a rule such as PathPrefix(`/api`)")
+        return
+    depth = 0
+    quote: str | None = None
+    escaped = False
+    for char in rule:
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in '`"':
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                break
+    if quote is not None:
+        report.error(path, f"rule has an unterminated string (missing closing {quote})")
+    elif depth != 0:
+        report.error(path, "rule has unbalanced parentheses")
+
+
+def _warn_host_wildcards(report: Report, path: Path, rule: str) -> None:
+    """SPEC §4.3: ``*`` in a ``Host`` argument other than ``*`` or a leading ``*.`` label is
+    compared literally; that is almost always a mistake."""
+    for call in _HOST_CALL.finditer(rule):
+        for string in _STRING.finditer(call[1]):
+            argument = string[1] if string[1] is not None else string[2]
+            if "*" not in argument or argument == "*":
+                continue
+            if argument.startswith("*.") and "*" not in argument[2:]:
+                continue
+            report.warning(
+                path,
+                f'Host argument {quote_value(argument)} has "*" outside a leading "*." label; '
+                "it is compared literally (use HostRegexp for patterns)",
+            )

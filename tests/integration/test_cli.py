@@ -1,0 +1,205 @@
+"""The real command line as a subprocess (SPEC §1.4, §2.1–2.5)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from tests.support.cli import FIXTURES, ROOT, cli_env, run_cli, start_gateway
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+
+README_EXAMPLE = str(FIXTURES / "readme-example.hcl")
+QUICKSTART = str(FIXTURES / "quickstart.hcl")
+SECRET = "an-hs256-secret-that-is-long-enough-0123456789"
+
+
+def lines_with(text: str, severity: str) -> list[str]:
+    return [line for line in text.splitlines() if f": {severity}: " in line]
+
+
+def test_version_prints_the_package_and_engine_versions() -> None:
+    for args in (("version",), ("--version",)):
+        done = run_cli(*args)
+        assert done.code == 0
+        first, second = done.stdout.splitlines()
+        assert first == "a3s-gateway 0.1.0"
+        for name in ("python", "trio", "h11", "h2", "wsproto"):
+            assert name in second
+
+
+def test_quickstart_validates_with_no_warnings() -> None:
+    done = run_cli("validate", QUICKSTART)
+    assert done.code == 0, done.stderr
+    assert done.stderr == ""
+    assert "configuration is valid (0 warning(s))" in done.stdout
+    assert "api  priority 18" in done.stdout  # len("PathPrefix(`/api`)"), SPEC §4.7
+
+
+def test_readme_example_validates_offline_with_only_warnings() -> None:
+    done = run_cli("validate", "--offline", README_EXAMPLE, env=cli_env({"JWT_SECRET": SECRET}))
+    assert done.code == 0, done.stderr
+    assert lines_with(done.stderr, "error") == []
+    assert lines_with(done.stderr, "warning")
+
+
+def test_readme_example_without_jwt_secret_has_exactly_one_error_naming_it() -> None:
+    done = run_cli("validate", "--offline", README_EXAMPLE, env=cli_env(drop=("JWT_SECRET",)))
+    assert done.code == 1
+    errors = lines_with(done.stderr, "error")
+    assert len(errors) == 1, done.stderr
+    assert "JWT_SECRET" in errors[0]
+    assert 'middlewares["auth-jwt"].value' in errors[0]
+
+
+def test_readme_example_online_adds_only_the_missing_certificate_files() -> None:
+    done = run_cli("validate", README_EXAMPLE, env=cli_env({"JWT_SECRET": SECRET}))
+    assert done.code == 1
+    errors = lines_with(done.stderr, "error")
+    assert errors, done.stderr
+    assert all("/etc/certs/" in line and ".pem" in line for line in errors), errors
+
+
+def test_five_mistakes_are_all_printed_with_file_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.hcl"
+    config.write_text(
+        "\n".join(
+            [
+                'entrypoints "web" {',
+                '  address = "0.0.0.0:8080"',
+                '  prtocol = "http"',  # 3: unknown field
+                "}",
+                'routers "api" {',
+                '  rule    = "PathPrefix(`/api`)"',
+                '  service = "billing"',  # 7: undefined service
+                "}",
+                'services "backend" {',
+                "  load_balancer {",
+                '    strategy = "fastest"',  # 11: bad enum
+                '    servers  = [{ url = "http://127.0.0.1:8001" }]',
+                '    connect_timeout = "1 s"',  # 13: bad duration
+                "  }",
+                "}",
+                "shutdown_timeout_secs = 0",  # 16: out of range
+                "",
+            ]
+        )
+    )
+    done = run_cli("validate", str(config))
+    assert done.code == 1
+    errors = lines_with(done.stderr, "error")
+    assert [line.split(":")[1] for line in errors] == ["3", "7", "11", "13", "16"], done.stderr
+    assert 'did you mean "protocol"' in errors[0]
+    assert 'service "billing" is not defined' in errors[1]
+    assert done.stderr.rstrip().endswith("5 error(s), 0 warning(s)")
+
+
+def test_validate_json_output(tmp_path: Path) -> None:
+    done = run_cli("validate", "--format", "json", QUICKSTART)
+    assert done.code == 0
+    document = json.loads(done.stdout)
+    assert document["valid"] is True
+    assert document["problems"] == []
+    assert document["summary"]["services"] == [
+        {"name": "backend", "backends": 1, "strategy": "round-robin"}
+    ]
+    bad = tmp_path / "bad.hcl"
+    bad.write_text('entrypoints "web" {\n  address = "nowhere"\n}\n')
+    done = run_cli("validate", "--format", "json", str(bad))
+    assert done.code == 1
+    document = json.loads(done.stdout)
+    assert document["valid"] is False
+    [problem] = document["problems"]
+    assert problem["path"] == 'entrypoints["web"].address'
+    assert problem["line"] == 2
+    assert problem["severity"] == "error"
+
+
+def test_missing_config_file_is_a_config_error() -> None:
+    done = run_cli("validate", "no-such-file.hcl")
+    assert done.code == 1
+    assert "config file not found" in done.stderr
+    done = run_cli("run", "no-such-file.hcl")
+    assert done.code == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("validate",),
+        ("run",),
+        ("validate", QUICKSTART, "--config", QUICKSTART),
+        ("run", QUICKSTART, "--log-level", "loud"),
+        ("run", QUICKSTART, "--workers", "-1"),
+        ("run", QUICKSTART, "--listen", "example.com:80"),
+        ("frobnicate",),
+        ("validate", QUICKSTART, "--format", "yaml"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: tuple[str, ...]) -> None:
+    done = run_cli(*args)
+    assert done.code == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("a3s-gateway: error: ")
+    assert "Traceback" not in done.stderr
+
+
+def test_a3s_compatibility_forms() -> None:
+    done = run_cli("validate", "--config", QUICKSTART)
+    assert done.code == 0
+    done = run_cli("validate", "-c", QUICKSTART)
+    assert done.code == 0
+
+
+def test_run_with_a_bad_config_prints_problems_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.hcl"
+    bad.write_text('entrypoints "web" {\n  address = ":80"\n  port = 1\n}\n')
+    done = run_cli("run", str(bad))
+    assert done.code == 1
+    assert f"{bad}:3:3: error: " in done.stderr
+
+
+async def test_run_drains_and_exits_0_on_sigterm() -> None:
+    gateway = await start_gateway(QUICKSTART, "--log-format", "json")
+    with trio.fail_after(30):
+        line = await gateway.wait_for_line("gateway running")
+        assert json.loads(line)["level"] == "info"
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await gateway.process.wait() == 0
+    await gateway.wait_for_line("gateway stopped")
+
+
+async def test_run_in_compat_form_exits_0_on_sigint() -> None:
+    gateway = await start_gateway("--config", QUICKSTART)
+    with trio.fail_after(30):
+        await gateway.wait_for_line("gateway running")
+        gateway.process.send_signal(signal.SIGINT)
+        assert await gateway.process.wait() == 0
+
+
+async def test_sighup_reloads_and_a_bad_reload_keeps_running(tmp_path: Path) -> None:
+    config = trio.Path(tmp_path / "gateway.hcl")
+    await config.write_text(await trio.Path(QUICKSTART).read_text())
+    gateway = await start_gateway(str(config))
+    with trio.fail_after(30):
+        await gateway.wait_for_line("gateway running")
+        gateway.process.send_signal(signal.SIGHUP)
+        await gateway.wait_for_line("config reloaded: generation 2")
+        await config.write_text("routers {")
+        gateway.process.send_signal(signal.SIGHUP)
+        await gateway.wait_for_line("reload rejected")
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await gateway.process.wait() == 0
+
+
+def test_examples_gateway_hcl_is_valid() -> None:
+    done = run_cli("validate", str(ROOT / "examples" / "gateway.hcl"))
+    assert done.code == 0, done.stderr
+    assert lines_with(done.stderr, "error") == []
