@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import string
-from typing import Final
+import types
+from typing import Annotated, Final, Literal, Union, cast, get_args, get_origin
 
+import msgspec
 from hypothesis import strategies as st
+
+from a3s_gateway.config.schema import Config
 
 # --- config values and interpolation ---
 
@@ -109,3 +113,139 @@ def ipv4_networks() -> st.SearchStrategy[ipaddress.IPv4Network]:
     return st.tuples(st.ip_addresses(v=4), st.integers(0, 32)).map(
         lambda pair: ipaddress.IPv4Network((pair[0], pair[1]), strict=False)
     )
+
+
+# --- whole configs, derived from the schema ---
+#
+# ``struct_values(T)`` walks a Struct's annotations and builds instances field by field:
+# constrained ints and floats within their ``Meta`` bounds, ``Literal`` choices, strings matching
+# their pattern, value types (durations, addresses, URLs, networks) from small grammars, short
+# tuples and label maps, optional fields sometimes left at their default. Values are valid for
+# the *schema*; references between blocks are random, so semantic checks see plenty to report.
+
+
+def _value_type_strategies() -> dict[type, st.SearchStrategy[object]]:
+    from a3s_gateway.config import values as v
+
+    ports = st.integers(1, 65535)
+    durations = st.builds(
+        lambda n, unit: f"{n}{unit}", st.integers(1, 500), st.sampled_from(["ms", "s", "m", "h"])
+    )
+    hosts = st.sampled_from(["127.0.0.1", "10.1.2.3", "[::1]", "backend.internal"])
+    schemes = st.sampled_from(["http", "https", "h2c", "ws", "wss", "tcp", "tls", "udp"])
+    return {
+        v.Duration: durations.map(v.Duration),
+        v.DurationOrZero: (durations | st.just("0s")).map(v.DurationOrZero),
+        v.Address: st.builds(
+            lambda host, port: f"{host}:{port}",
+            st.sampled_from(["127.0.0.1", "0.0.0.0", "[::1]", ""]),
+            st.integers(0, 65535),
+        ).map(v.Address),
+        v.IpNetwork: st.sampled_from(
+            ["10.0.0.0/8", "127.0.0.1", "::1", "2001:db8::/32", "192.168.1.7/24"]
+        ).map(v.IpNetwork),
+        v.ServerUrl: st.builds(
+            lambda scheme, host, port: f"{scheme}://{host}:{port}", schemes, hosts, ports
+        ).map(v.ServerUrl),
+        v.HttpUrl: st.builds(lambda host, port: f"http://{host}:{port}/check", hosts, ports).map(
+            v.HttpUrl
+        ),
+        v.RedisUrl: st.sampled_from(
+            ["redis://127.0.0.1:6379/0", "rediss://user:pw@cache.internal:6380/2"]
+        ).map(v.RedisUrl),
+    }
+
+
+def _strip_annotated(tp: object) -> tuple[object, list[object]]:
+    metas: list[object] = []
+    while get_origin(tp) is Annotated:
+        args = get_args(tp)
+        tp, metas = args[0], [*metas, *args[1:]]
+    return tp, metas
+
+
+def _bounded_number(tp: type, metas: list[object]) -> st.SearchStrategy[object]:
+    low: float | None = None
+    high: float | None = None
+    for meta in metas:
+        if isinstance(meta, msgspec.Meta):
+            low = meta.ge if meta.ge is not None else meta.gt if meta.gt is not None else low
+            high = meta.le if meta.le is not None else meta.lt if meta.lt is not None else high
+            exclusive_low = meta.gt is not None
+            if tp is int and exclusive_low and low is not None:
+                low = low + 1
+    if tp is int:
+        low_int = int(low) if low is not None else -1000
+        high_int = int(high) if high is not None else low_int + 100_000
+        return st.integers(low_int, min(high_int, low_int + 100_000))
+    low_f = float(low) if low is not None else -1000.0
+    high_f = float(high) if high is not None else low_f + 1000.0
+    return st.floats(low_f, high_f, exclude_min=low_f == 0.0 and tp is float, allow_nan=False)
+
+
+def _string(metas: list[object]) -> st.SearchStrategy[object]:
+    minimum = 1 if any(isinstance(m, msgspec.Meta) and m.min_length for m in metas) else 0
+    for meta in metas:
+        if isinstance(meta, msgspec.Meta) and meta.pattern is not None:
+            return st.from_regex(meta.pattern, fullmatch=True).filter(
+                lambda s: minimum <= len(s) <= 40
+            )
+    return st.text(string.ascii_letters + string.digits + "-_./ ", min_size=minimum, max_size=12)
+
+
+def _labels() -> st.SearchStrategy[str]:
+    return st.from_regex(r"[a-z][a-z0-9-]{0,6}", fullmatch=True)
+
+
+def annotation_values(tp: object) -> st.SearchStrategy[object]:
+    """Values valid for the annotation ``tp`` of a config field."""
+    base, metas = _strip_annotated(tp)
+    origin = get_origin(base)
+    if origin in (Union, types.UnionType):
+        return st.one_of([annotation_values(arg) for arg in get_args(base)])
+    if origin is Literal:
+        return st.sampled_from(get_args(base))
+    if origin is tuple:
+        item = get_args(base)[0]
+        min_size = 1 if any(isinstance(m, msgspec.Meta) and m.min_length for m in metas) else 0
+        return st.lists(annotation_values(item), min_size=min_size, max_size=2).map(tuple)
+    if origin is dict:
+        key, value = get_args(base)
+        keys = _labels() if key is str else annotation_values(key)
+        return st.dictionaries(keys, annotation_values(value), max_size=2)
+    if base is type(None):
+        return st.none()
+    if base is bool:
+        return st.booleans()
+    if base in (int, float):
+        assert isinstance(base, type)
+        return _bounded_number(base, metas)
+    if base is str:
+        return _string(metas)
+    value_types = _value_type_strategies()
+    if base in value_types:
+        assert isinstance(base, type)
+        return value_types[base]
+    if isinstance(base, type) and issubclass(base, msgspec.Struct):
+        return struct_values(base)
+    raise NotImplementedError(f"no strategy for {tp!r}")
+
+
+def struct_values(struct: type[msgspec.Struct]) -> st.SearchStrategy[object]:
+    """Instances of a config Struct (optional fields drawn or left at their default)."""
+    fields: dict[str, st.SearchStrategy[object]] = {}
+    for info in msgspec.structs.fields(struct):
+        strategy = st.deferred(lambda info=info: annotation_values(info.type))  # type: ignore[misc]  # default binds the loop value
+        required = info.required
+        fields[info.name] = strategy if required else st.one_of(st.just(_DEFAULT), strategy)
+    return st.fixed_dictionaries(fields).map(
+        lambda drawn: struct(**{k: val for k, val in drawn.items() if val is not _DEFAULT})
+    )
+
+
+_DEFAULT: Final = object()
+
+
+def configs() -> st.SearchStrategy[Config]:
+    """Whole configs that satisfy the schema (semantics are random)."""
+    return struct_values(Config).map(lambda config: cast("Config", config))

@@ -3,20 +3,18 @@
 Ring 0: type definitions only. Policy (DESIGN.md §3.2): every config block is a frozen,
 keyword-only msgspec Struct that forbids unknown fields; sequences are tuples so a snapshot is
 immutable all the way down. Labelled blocks are plain ``dict`` maps keyed by their label: they
-are never mutated after loading, and ``Block.__hash__`` hashes the canonical encoding so that
+are never mutated after loading, and ``Block.__hash__`` hashes a frozen view of the tree so that
 structs holding such maps are still hashable. Must not: read files, touch the environment, or
 perform cross-field checks (those live in ``semantic.py`` so that all problems are reported).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Final, TypeAlias
+from typing import Annotated, TypeAlias
 
 import msgspec
 
-from a3s_gateway.config.values import HEADER_NAME_PATTERN, enc_hook
-
-_canonical: Final = msgspec.msgpack.Encoder(enc_hook=enc_hook, order="deterministic")
+from a3s_gateway.config.values import HEADER_NAME_PATTERN
 
 
 class Block(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -27,9 +25,21 @@ class Block(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """
 
     def __hash__(self) -> int:
-        # Frozen structs hash their fields, which fails on the label maps; hashing the canonical
-        # encoding covers them and agrees with ``__eq__`` (equal trees encode identically).
-        return hash(_canonical.encode(self))
+        # Frozen structs hash their fields, which fails on the label maps. Hash a frozen view
+        # instead, built from the values themselves so it agrees with ``__eq__`` (``50 == 50.0``
+        # and ``Duration("60s") == Duration("1m")`` must hash alike; encodings would not).
+        return hash(_frozen(self))
+
+
+def _frozen(value: object) -> object:
+    if isinstance(value, msgspec.Struct):
+        fields = value.__struct_fields__
+        return (type(value), tuple(_frozen(getattr(value, name)) for name in fields))
+    if isinstance(value, dict):
+        return frozenset((key, _frozen(item)) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(item) for item in value)
+    return value
 
 
 PositiveInt: TypeAlias = Annotated[int, msgspec.Meta(ge=1)]

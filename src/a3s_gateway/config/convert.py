@@ -299,16 +299,31 @@ def convert_config(
     """Convert normalised, interpolated data into ``Config``, collecting every schema problem.
 
     ``reported`` are paths an earlier stage already reported: their values are removed first
-    and a required field missing because of that is not reported again. ``data`` is mutated
-    (offending elements are removed). Never raises.
+    and a required field missing because of that is not reported again. ``data`` itself is
+    not changed (repairs work on a copy). Never raises.
     """
-    repairer = _Repairer(data, sources, default_file, whole)
+    repairer = _Repairer(_with_lists(data), sources, default_file, whole)
     repairer.drop(reported)
     return repairer.run()
 
 
 def _sort_key(path: Path) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in path)
+
+
+def _with_lists(data: dict[str, object]) -> dict[str, object]:
+    """Tuples (e.g. from ``msgspec.to_builtins``) become lists, so repairs can remove items."""
+
+    def walk(node: object) -> object:
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list | tuple):
+            return [walk(item) for item in node]
+        return node
+
+    converted = walk(data)
+    assert isinstance(converted, dict)
+    return converted
 
 
 # -- type walking over annotations -------------------------------------------------------------

@@ -122,7 +122,7 @@ class Mirror(Block, frozen=True, kw_only=True):
     """``mirror {}``: shadow a share of traffic (SPEC §7.7)."""
 
     service: str
-    percentage: Annotated[float, msgspec.Meta(ge=0, le=100)] = 100
+    percentage: Annotated[float, msgspec.Meta(ge=0, le=100)] = 100.0
     mirror_body: bool = True
     max_body_bytes: NonNegativeInt = 1048576
     max_concurrency: PositiveInt = 64
@@ -174,10 +174,10 @@ class Scaling(Block, frozen=True, kw_only=True):
     buffer_timeout_secs: PositiveInt = 30
     executor: Literal["box", "kubernetes", "k8s", "local", "mock"] = "box"
     stable_window: Duration = Duration("60s")
-    panic_window_percentage: Annotated[float, msgspec.Meta(ge=1, le=100)] = 10
-    panic_threshold_percentage: Annotated[float, msgspec.Meta(ge=110)] = 200
-    max_scale_up_rate: Annotated[float, msgspec.Meta(gt=1)] = 1000
-    max_scale_down_rate: Annotated[float, msgspec.Meta(gt=1)] = 2
+    panic_window_percentage: Annotated[float, msgspec.Meta(ge=1, le=100)] = 10.0
+    panic_threshold_percentage: Annotated[float, msgspec.Meta(ge=110)] = 200.0
+    max_scale_up_rate: Annotated[float, msgspec.Meta(gt=1)] = 1000.0
+    max_scale_down_rate: Annotated[float, msgspec.Meta(gt=1)] = 2.0
     scale_to_zero_grace: Duration = Duration("30s")
     tick_interval: Duration = Duration("2s")
     box: BoxExecutor | None = None
@@ -205,7 +205,7 @@ class Rollout(Block, frozen=True, kw_only=True):
     error_rate_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
     latency_threshold_ms: PositiveInt = 5000
     min_requests: NonNegativeInt = 20
-    latency_percentile: Annotated[float, msgspec.Meta(ge=50, le=100)] = 99
+    latency_percentile: Annotated[float, msgspec.Meta(ge=50, le=100)] = 99.0
 
 
 class MuxChannel(Block, frozen=True, kw_only=True):
