@@ -45,6 +45,10 @@ demo:
 bench:
     @echo "no benchmarks yet: the harness lands with the bench issue" && false
 
+# Regenerate the schema-derived field reference in docs/configuration.md
+docs:
+    @{{py}} -c 'import pathlib; from a3s_gateway.config.reference import update_document as u; p = pathlib.Path("docs/configuration.md"); p.write_text(u(p.read_text()))'
+
 # Everything CI runs: lint, format check, types, the whole suite
 check: lint type test
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from lark.exceptions import UnexpectedToken, VisitError
 
 from a3s_gateway.config.hcl import LIST_BLOCK_FIELDS, ParsedFile, parse_hcl
-from a3s_gateway.config.hcl_scan import decode_escapes
+from a3s_gateway.config.hcl_lex import decode_escapes
 from a3s_gateway.config.problems import Path, make_problem
 
 EXPRESSION = (

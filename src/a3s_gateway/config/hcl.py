@@ -4,8 +4,9 @@ Ring 0: synchronous and pure; the caller reads the file and hands over its text.
 runs python-hcl2 (pinned 8.1.4; its output shapes are pinned by ``tests/config/test_hcl.py``)
 and reshapes what it returns: labelled blocks become ``label → body`` maps, unlabelled blocks
 become one object (or a list, for the names in ``LIST_BLOCK_FIELDS``), quoted strings lose
-their quotes and have their HCL escapes decoded, expressions are rejected. Positions, duplicate
-attributes and template protection come from ``hcl_scan``.
+their quotes and have their HCL escapes decoded, expressions are rejected. Positions and
+duplicate attributes come from ``hcl_scan``, template protection and escapes from ``hcl_lex``,
+and the wording of a failed parse from ``hcl_errors``.
 
 Must not: interpolate ``${…}`` (the text is left verbatim for ``interpolate.py``), know the
 schema beyond ``LIST_BLOCK_FIELDS``, read files, or let any exception from python-hcl2 escape.
@@ -18,9 +19,10 @@ from typing import Final, TypeAlias
 
 import hcl2
 from hcl2.utils import SerializationOptions
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
-from a3s_gateway.config.hcl_scan import ProtectedText, SourceScan, decode_escapes, scan_source
+from a3s_gateway.config.hcl_errors import parse_failure
+from a3s_gateway.config.hcl_lex import ProtectedText, decode_escapes
+from a3s_gateway.config.hcl_scan import SourceScan, scan_source
 from a3s_gateway.config.problems import (
     Path,
     Position,
@@ -78,7 +80,8 @@ def parse_hcl(text: str, *, filename: str) -> ParsedFile:
     scan = _scan(text, filename)
     raw = _run_python_hcl2(scan.protected.text)
     if isinstance(raw, Exception):
-        return ParsedFile({}, scan.sources, _parse_failure(raw, text, filename, scan), ok=False)
+        problems = parse_failure(raw, text, filename, scan.problems)
+        return ParsedFile({}, scan.sources, problems, ok=False)
     normaliser = _Normaliser(filename, scan)
     try:
         data = normaliser.body(raw, ())
@@ -106,120 +109,6 @@ def _run_python_hcl2(text: str) -> _RawTable | Exception:
     if not isinstance(loaded, dict):
         return TypeError(f"python-hcl2 returned {type(loaded).__name__}, not a table")
     return loaded
-
-
-# ------------------------------------------------------------------------- parse failures
-
-
-def _parse_failure(
-    exc: Exception, text: str, filename: str, scan: SourceScan
-) -> tuple[Problem, ...]:
-    if isinstance(exc, UnexpectedInput):
-        return (_syntax_problem(exc, text, filename),)
-    if scan.problems:
-        # python-hcl2 raises a bare RuntimeError for an attribute that repeats a block's name;
-        # the scanner has already found that duplicate, with its position.
-        return scan.problems
-    if isinstance(exc, VisitError):
-        detail = str(exc.orig_exc)
-    elif isinstance(exc, RecursionError):
-        detail = "values are nested too deeply"
-    else:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    message = f"could not parse the file: {detail}"
-    return (
-        Problem(severity="error", file=filename, line=None, column=None, path="", message=message),
-    )
-
-
-_TERMINALS: Final = {
-    "LBRACE": '"{"',
-    "RBRACE": '"}"',
-    "LSQB": '"["',
-    "RSQB": '"]"',
-    "LPAR": '"("',
-    "RPAR": '")"',
-    "EQ": '"="',
-    "COLON": '":"',
-    "COMMA": '","',
-    "DOT": '"."',
-    "QMARK": '"?"',
-    "DBLQUOTE": "a string",
-    "NAME": "a name",
-    "INT_LITERAL": "a number",
-    "FLOAT_LITERAL": "a number",
-    "NL_OR_COMMENT": "a new line",
-    "$END": "end of file",
-}
-
-
-def _syntax_problem(exc: UnexpectedInput, text: str, filename: str) -> Problem:
-    lines = text.split("\n")
-    line, column = exc.line, exc.column
-    at_eof = isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
-    if at_eof or line < 1 or line > len(lines) or column > len(lines[line - 1]) + 1:
-        # python-hcl2 appends a newline, and lark places "$END" oddly: the end is the end.
-        line, column, at_eof = len(lines), len(lines[-1]) + 1, True
-    found = "end of file" if at_eof else _found_at(exc, lines[line - 1], column)
-    if found == '";"':
-        message = (
-            'syntax error: unexpected ";": HCL has no ";" separator; write one attribute per line'
-        )
-    elif found == '","' and _between_attributes(exc):
-        message = (
-            'syntax error: unexpected ",": attributes of a block are not separated by ","; '
-            "write one attribute per line"
-        )
-    elif at_eof and _expects(exc, "DBLQUOTE") and not _expects(exc, "LBRACE"):
-        message = "syntax error: unexpected end of file inside a string (missing closing '\"')"
-    else:
-        message = f"syntax error: unexpected {found}{_expected(exc)}"
-    return Problem(
-        severity="error", file=filename, line=line, column=column, path="", message=message
-    )
-
-
-def _found_at(exc: UnexpectedInput, line_text: str, column: int) -> str:
-    """What the parser tripped over, read from the source (lark's token text is unhelpful)."""
-    if isinstance(exc, UnexpectedToken) and exc.token.type != "STRING_CHARS":
-        value = str(exc.token.value).strip()
-        if value and "\n" not in value and len(value) <= 20:
-            return _show(value)
-    rest = line_text[column - 1 :].rstrip("\r")
-    if not rest:
-        return "end of line"
-    if rest[0].isalnum() or rest[0] == "_":
-        return _show(rest.split()[0][:20])
-    return _show(rest[0])
-
-
-def _show(found: str) -> str:
-    return "'\"'" if found == '"' else f'"{found}"'
-
-
-def _between_attributes(exc: UnexpectedInput) -> bool:
-    """The parser had just finished an attribute of a block body (a "," there is A3S habit)."""
-    return _expects(exc, "NL_OR_COMMENT") and not (
-        _expects(exc, "COMMA") or _expects(exc, "DBLQUOTE")
-    )
-
-
-def _expects(exc: UnexpectedInput, terminal: str) -> bool:
-    return isinstance(exc, UnexpectedToken) and terminal in exc.expected
-
-
-def _expected(exc: UnexpectedInput) -> str:
-    names: set[str] = set()
-    if isinstance(exc, UnexpectedToken):
-        names = set(exc.expected)
-    elif isinstance(exc, UnexpectedCharacters):
-        names = set(exc.allowed or ())
-    if {"DBLQUOTE", "INT_LITERAL", "LSQB", "LBRACE"} <= names:
-        return " (expected a value)"
-    readable = sorted({_TERMINALS.get(name, name) for name in names})
-    if not readable or len(readable) > 4 or any(name not in _TERMINALS for name in names):
-        return ""
-    return f" (expected {' or '.join(readable)})"
 
 
 # --------------------------------------------------------------------------- normalising

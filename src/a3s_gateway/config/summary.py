@@ -12,6 +12,7 @@ from a3s_gateway.config.schema_middlewares import middleware_type
 
 if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
+    from a3s_gateway.config.schema_entrypoints import Tls
 
 _DEFAULT_STRATEGY: Final = "round-robin"
 
@@ -37,7 +38,7 @@ def summary(config: Config) -> dict[str, object]:
             "name": name,
             "address": entrypoint.address.text,
             "protocol": entrypoint.protocol,
-            "tls": entrypoint.tls is not None,
+            "tls": _tls_names(entrypoint.tls),
         }
         for name, entrypoint in config.entrypoints.items()
     ]
@@ -65,7 +66,8 @@ def summary_lines(config: Config) -> list[str]:
     """The summary as indented text lines."""
     lines = ["entrypoints:"]
     for name, entrypoint in config.entrypoints.items():
-        tls = "tls" if entrypoint.tls is not None else "no tls"
+        names = _tls_names(entrypoint.tls)
+        tls = f"tls: {', '.join(names)}" if names else "no tls"
         lines.append(f"  {name}  {entrypoint.address.text}  {entrypoint.protocol}  {tls}")
     lines.append("routers (match order):")
     for name, priority in router_order(config):
@@ -106,3 +108,14 @@ def _providers(config: Config) -> list[str]:
     candidates = (("file", found.file), ("dns", found.dns))
     more = (("discovery", found.discovery), ("kubernetes", found.kubernetes))
     return [name for name, block in (*candidates, *more) if block is not None]
+
+
+def _tls_names(tls: Tls | None) -> list[str]:
+    """What identifies an entrypoint's certificates: files, or ACME domains."""
+    if tls is None:
+        return []
+    names = [f for f in (tls.cert_file,) if f is not None]
+    names += [pair.cert_file for pair in tls.certificates]
+    if tls.acme:
+        names += [f"acme:{domain}" for domain in tls.acme_domains] or ["acme"]
+    return names

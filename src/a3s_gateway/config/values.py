@@ -1,16 +1,18 @@
-"""Scalar value grammars of the config (SPEC §3.3.2) as small immutable value classes.
+"""Scalar value grammars of the config (SPEC §3.3.2), the string patterns and the msgspec hooks.
 
-Ring 0: pure parsing; no trio, sockets, TLS or clocks, and no name resolution (a DNS name in a
-server URL is only checked for shape here; it is resolved at connect time, SPEC §10.4).
+Ring 0: pure parsing; no trio, sockets, TLS or clocks, and no name resolution.
 
-Each class parses its text once in ``__init__`` (raising ``ValueError`` with a SPEC §2.3 message
-that names the bad value and says what is accepted), keeps the text as written in ``.text`` and
-compares and hashes by the normalised value. ``msgspec`` builds them through ``dec_hook`` (it
-attaches the path, e.g. ``... - at `$.services[...].url```) and renders them back through
-``enc_hook``. The module also holds the string patterns used with ``msgspec.Meta(pattern=...)``.
+The value classes here are ``Duration``, ``DurationOrZero``, ``Address`` and ``IpNetwork``; the
+URL classes live in ``urls.py``, their shared base in ``scalar.py`` and the ``host[:port]``
+grammar in ``authority.py``. This module re-exports all of them (``__all__``), so the schema
+and callers import every value type from one place. Each class parses its text once in
+``__init__`` (raising ``ValueError`` with a SPEC §2.3 message that names the bad value and says
+what is accepted), keeps the text as written in ``.text`` and compares and hashes by the
+normalised value. ``msgspec`` builds them through ``dec_hook`` (it attaches the path, e.g.
+``... - at `$.services[...].url```) and renders them back through ``enc_hook``. The module also
+holds the string patterns used with ``msgspec.Meta(pattern=...)``.
 
-Must not: echo secrets. A URL containing ``@`` may carry a password, so messages about such a
-value name the kind of value only, and ``RedisUrl`` hides its password in ``repr`` and ``str``.
+Must not: echo secrets (see ``urls.py``: a URL may carry a password), or grow URL grammar here.
 """
 
 from __future__ import annotations
@@ -19,11 +21,45 @@ import ipaddress
 import re
 from fractions import Fraction
 from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar, Final, Literal, NoReturn, TypeAlias
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from a3s_gateway.config.authority import NUMERIC_LABEL, parse_ip, parse_port, split_authority
+from a3s_gateway.config.scalar import GrammarError, ScalarValue, init_fields, quote_value
+from a3s_gateway.config.urls import HttpUrl, RedisUrl, ServerUrl, Transport
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Mapping
+
+__all__ = [
+    "ABSOLUTE_PATH_PATTERN",
+    "COOKIE_NAME_PATTERN",
+    "DNS_LABEL_PATTERN",
+    "ENV_NAME_PATTERN",
+    "HEADER_NAME_PATTERN",
+    "KEY_EXPRESSION_NO_GLOBAL_PATTERN",
+    "KEY_EXPRESSION_PATTERN",
+    "NAME_PATTERN",
+    "NO_COLON_PATTERN",
+    "NO_QUOTE_PATTERN",
+    "OPTIONAL_HEADER_NAME_PATTERN",
+    "PATH_PREFIX_PATTERN",
+    "PATTERN_DESCRIPTIONS",
+    "VALUE_TYPES",
+    "Address",
+    "Duration",
+    "DurationOrZero",
+    "HttpUrl",
+    "IpNetwork",
+    "RedisUrl",
+    "ScalarValue",
+    "ServerUrl",
+    "Transport",
+    "dec_hook",
+    "describe_pattern",
+    "enc_hook",
+    "parse_duration",
+    "quote_value",
+]
 
 # --------------------------------------------------------------------------- string patterns
 # Anchored with ``\Z``, not ``$``: msgspec applies patterns with ``re.search`` and ``$`` also
@@ -89,76 +125,6 @@ def describe_pattern(shown: str) -> str | None:
     return None
 
 
-def quote_value(text: str, *, limit: int = 100) -> str:
-    """``text`` in double quotes for a message: control characters escaped, long text cut."""
-    cut = text if len(text) <= limit else text[:limit] + "..."
-    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in cut)
-    return f'"{shown}"'
-
-
-# --------------------------------------------------------------------------- value base
-
-
-class _GrammarError(Exception):
-    """A grammar violation; the value class turns the reason into its ``ValueError``."""
-
-
-class ScalarValue:
-    """Base of the value classes: immutable, compared and hashed by the normalised value."""
-
-    __slots__ = ("text",)
-    text: str
-    #: Word for the kind of value in messages, e.g. ``duration``.
-    kind: ClassVar[str]
-    #: What ``dec_hook`` says it expected, e.g. ``a duration string like "10s"``.
-    expected: ClassVar[str]
-    #: Values of one family compare equal across subclasses (Duration and DurationOrZero).
-    _family: ClassVar[type[ScalarValue]]
-
-    def __init__(self, text: str) -> None:
-        raise NotImplementedError  # each value class parses its own grammar
-
-    def __init_subclass__(cls) -> None:
-        super().__init_subclass__()
-        if ScalarValue in cls.__bases__:
-            cls._family = cls
-
-    def _key(self) -> tuple[object, ...]:
-        raise NotImplementedError
-
-    def _reject(self, text: str, reason: str) -> NoReturn:
-        shown = self.kind if "@" in text else f"{self.kind} {quote_value(text)}"
-        raise ValueError(f"{shown} is invalid: {reason}")
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ScalarValue) or self._family is not other._family:
-            return NotImplemented
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash((self._family.__name__, self._key()))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.text!r})"
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __reduce__(self) -> tuple[type[ScalarValue], tuple[str]]:
-        return (type(self), (self.text,))
-
-
-def _init(value: ScalarValue, **fields: object) -> None:
-    for name, field in fields.items():
-        object.__setattr__(value, name, field)
-
-
 # --------------------------------------------------------------------------- durations
 
 _DURATION: Final = re.compile(r"([0-9]+)(?:\.([0-9]+))?(ms|s|m|h)")
@@ -210,7 +176,7 @@ class Duration(ScalarValue):
     allow_zero: ClassVar[bool] = False
 
     def __init__(self, text: str) -> None:
-        _init(self, text=text, seconds=parse_duration(text, allow_zero=self.allow_zero))
+        init_fields(self, text=text, seconds=parse_duration(text, allow_zero=self.allow_zero))
 
     def _key(self) -> tuple[object, ...]:
         return (self.seconds,)
@@ -222,69 +188,6 @@ class DurationOrZero(Duration):
     __slots__ = ()
     expected = 'a duration string like "10s" or "0s"'
     allow_zero = True
-
-
-# --------------------------------------------------------------------------- hosts and ports
-
-_DNS_NAME: Final = re.compile(
-    r"(?=.{1,253}\.?\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
-)
-_NUMERIC_LABEL: Final = re.compile(r"(?:.*\.)?[0-9]+\.?")
-_PORT: Final = re.compile(r"[0-9]{1,5}")
-
-
-def _split_authority(authority: str) -> tuple[str, bool, str | None]:
-    """``host[:port]`` or ``[v6][:port]`` → (host, bracketed, port text or None)."""
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end < 0:
-            raise _GrammarError('missing "]" after the IPv6 address')
-        rest = authority[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise _GrammarError('expected ":<port>" after "]"')
-        return authority[1:end], True, rest[1:] if rest else None
-    if authority.count(":") > 1:
-        raise _GrammarError('an IPv6 address must be in brackets, e.g. "[::1]:8080"')
-    host, colon, port = authority.partition(":")
-    return host, False, port if colon else None
-
-
-def _parse_port(text: str, *, minimum: int) -> int:
-    if _PORT.fullmatch(text) is None or not minimum <= int(text) <= 65535:
-        raise _GrammarError(f"the port must be a number {minimum}-65535")
-    return int(text)
-
-
-def _parse_ip(host: str, *, bracketed: bool) -> str:
-    """A normalised IP literal; IPv6 only inside brackets, IPv4 only outside."""
-    if "%" in host:
-        raise _GrammarError('zone ids ("%...") are not allowed')
-    try:
-        if bracketed:
-            return str(ipaddress.IPv6Address(host))
-        return str(ipaddress.IPv4Address(host))
-    except ValueError:
-        family = "IPv6" if bracketed else "IPv4"
-        raise _GrammarError(f"{quote_value(host)} is not a valid {family} address") from None
-
-
-def _parse_host(host: str, *, bracketed: bool) -> str:
-    """An IP literal or DNS name, normalised (names lower-cased)."""
-    if bracketed or _NUMERIC_LABEL.fullmatch(host):
-        return _parse_ip(host, bracketed=bracketed)
-    if not host:
-        raise _GrammarError("the host is empty")
-    if _DNS_NAME.fullmatch(host) is None:
-        raise _GrammarError(f"{quote_value(host)} is not a valid host name or IP address")
-    return host.lower()
-
-
-def _check_visible(text: str, part: str) -> None:
-    if any(not "!" <= ch <= "~" for ch in text):
-        raise _GrammarError(
-            f"the {part} may contain only visible ASCII characters (percent-encode others)"
-        )
 
 
 # --------------------------------------------------------------------------- address
@@ -305,25 +208,25 @@ class Address(ScalarValue):
     def __init__(self, text: str) -> None:
         try:
             host, port = self._parse(text)
-        except _GrammarError as error:
+        except GrammarError as error:
             self._reject(text, str(error))
-        _init(self, text=text, host=host, port=port)
+        init_fields(self, text=text, host=host, port=port)
 
     @staticmethod
     def _parse(text: str) -> tuple[str, int]:
         if not text or text.isspace():
-            raise _GrammarError(
+            raise GrammarError(
                 'expected IPv4:port, [IPv6]:port or :port, e.g. "0.0.0.0:8080", ":8080"'
             )
-        host, bracketed, port = _split_authority(text)
+        host, bracketed, port = split_authority(text)
         if port is None:
-            raise _GrammarError('a port is required, e.g. "0.0.0.0:8080" or ":8080"')
-        number = _parse_port(port, minimum=0)
+            raise GrammarError('a port is required, e.g. "0.0.0.0:8080" or ":8080"')
+        number = parse_port(port, minimum=0)
         if not host and not bracketed:
             return "", number
-        if not bracketed and not _NUMERIC_LABEL.fullmatch(host):
-            raise _GrammarError('host names are not allowed; use an IP address or ":<port>"')
-        return _parse_ip(host, bracketed=bracketed), number
+        if not bracketed and not NUMERIC_LABEL.fullmatch(host):
+            raise GrammarError('host names are not allowed; use an IP address or ":<port>"')
+        return parse_ip(host, bracketed=bracketed), number
 
     def _key(self) -> tuple[object, ...]:
         return (self.host, self.port)
@@ -345,25 +248,25 @@ class IpNetwork(ScalarValue):
     def __init__(self, text: str) -> None:
         try:
             network = self._parse(text)
-        except _GrammarError as error:
+        except GrammarError as error:
             self._reject(text, str(error))
-        _init(self, text=text, network=network)
+        init_fields(self, text=text, network=network)
 
     @staticmethod
     def _parse(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         if "%" in text:
-            raise _GrammarError('zone ids ("%...") are not allowed')
+            raise GrammarError('zone ids ("%...") are not allowed')
         address, slash, prefix = text.partition("/")
         if slash and _PREFIX.fullmatch(prefix) is None:
-            raise _GrammarError('the prefix length must be a number, e.g. "10.0.0.0/8"')
+            raise GrammarError('the prefix length must be a number, e.g. "10.0.0.0/8"')
         try:
             network = ipaddress.ip_network(text, strict=False)
         except ValueError:
             if slash and _is_ip(address):
-                raise _GrammarError(
+                raise GrammarError(
                     "the prefix length must be 0-32 (IPv4) or 0-128 (IPv6)"
                 ) from None
-            raise _GrammarError(
+            raise GrammarError(
                 'expected an IP address or CIDR, e.g. "10.0.0.0/8", "192.0.2.7", "2001:db8::/32"'
             ) from None
         return _unmap(network)
@@ -401,204 +304,6 @@ def _unmap(
         if mapped is not None:
             return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
     return network
-
-
-# --------------------------------------------------------------------------- URLs
-
-_HTTP_LIKE_PORTS: Final = {"http": 80, "ws": 80, "h2c": 80, "https": 443, "wss": 443}
-#: How a server URL is dialled: ``ws``/``wss`` are ``http``/``https``; "bare" is host:port for
-#: a TCP or UDP router.
-Transport: TypeAlias = Literal["http", "https", "h2c", "tcp", "tls", "udp", "bare"]
-_TRANSPORTS: Final[Mapping[str, Transport]] = {
-    "http": "http",
-    "ws": "http",
-    "https": "https",
-    "wss": "https",
-    "h2c": "h2c",
-    "tcp": "tcp",
-    "tls": "tls",
-    "udp": "udp",
-    "": "bare",
-}
-_SERVER_SCHEMES: Final = frozenset(_TRANSPORTS) - {""}
-_USERINFO: Final = 'userinfo ("user:password@") is not allowed'
-
-
-def _split_url(text: str, schemes: Collection[str], accepted: str) -> tuple[str, str]:
-    """``scheme://rest`` → (lower-cased scheme, rest); the scheme must be in ``schemes``."""
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        raise _GrammarError(f"expected {accepted}")
-    if scheme.lower() not in schemes:
-        raise _GrammarError(f"unsupported scheme {quote_value(scheme)}: expected {accepted}")
-    return scheme.lower(), rest
-
-
-class ServerUrl(ScalarValue):
-    """A backend address (SPEC §3.3.2): ``http``, ``https``, ``h2c``, ``ws``, ``wss``, ``tcp``,
-    ``tls``, ``udp`` URL or bare ``host:port``. ``.path`` is a prefix ("" when none or "/")."""
-
-    __slots__ = ("host", "path", "port", "scheme")
-    scheme: str
-    host: str
-    port: int
-    path: str
-    kind = "server url"
-    expected = 'a server url string like "http://10.0.0.1:8080"'
-
-    def __init__(self, text: str) -> None:
-        try:
-            scheme, host, port, path = self._parse(text)
-        except _GrammarError as error:
-            self._reject(text, str(error))
-        _init(self, text=text, scheme=scheme, host=host, port=port, path=path)
-
-    @staticmethod
-    def _parse(text: str) -> tuple[str, str, int, str]:
-        scheme, rest = "", text
-        if "://" in text:
-            accepted = "http, https, h2c, ws, wss, tcp, tls, udp, or host:port without a scheme"
-            scheme, rest = _split_url(text, _SERVER_SCHEMES, accepted)
-        if "#" in rest or "?" in rest:
-            raise _GrammarError(
-                "a fragment is not allowed" if "#" in rest else "a query is not allowed"
-            )
-        authority, slash, path = rest.partition("/")
-        if "@" in authority:
-            raise _GrammarError(_USERINFO)
-        if slash and scheme not in _HTTP_LIKE_PORTS:
-            raise _GrammarError("a path is allowed only with http, https, h2c, ws or wss")
-        host_text, bracketed, port_text = _split_authority(authority)
-        host = _parse_host(host_text, bracketed=bracketed)
-        if port_text is None and scheme not in _HTTP_LIKE_PORTS:
-            raise _GrammarError('a port is required, e.g. "tcp://10.0.0.1:5432" or "10.0.0.1:5432"')
-        port = _HTTP_LIKE_PORTS[scheme] if port_text is None else _parse_port(port_text, minimum=1)
-        _check_visible(path, "path")
-        return scheme, host, port, "" if path == "" else "/" + path
-
-    @property
-    def is_http_like(self) -> bool:
-        """True for http, https, h2c, ws and wss."""
-        return self.scheme in _HTTP_LIKE_PORTS
-
-    @property
-    def transport(self) -> Transport:
-        """``http``, ``https``, ``h2c``, ``tcp``, ``tls``, ``udp`` or ``bare``."""
-        return _TRANSPORTS[self.scheme]
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.scheme, self.host, self.port, self.path)
-
-
-class HttpUrl(ScalarValue):
-    """An ``http``/``https`` URL for a service the gateway calls (auth, JWKS, ACME, OTLP...).
-
-    ``.port`` defaults to 80/443; ``.target`` is path plus query as sent ("/" when empty).
-    """
-
-    __slots__ = ("host", "port", "scheme", "target")
-    scheme: str
-    host: str
-    port: int
-    target: str
-    kind = "url"
-    expected = 'a url string like "https://auth.example.com/verify"'
-
-    def __init__(self, text: str) -> None:
-        try:
-            scheme, host, port, target = self._parse(text)
-        except _GrammarError as error:
-            self._reject(text, str(error))
-        _init(self, text=text, scheme=scheme, host=host, port=port, target=target)
-
-    @staticmethod
-    def _parse(text: str) -> tuple[str, str, int, str]:
-        accepted = 'http:// or https:// followed by a host, e.g. "https://auth.example.com/verify"'
-        scheme, rest = _split_url(text, {"http": 80, "https": 443}, accepted)
-        if "#" in rest:
-            raise _GrammarError("a fragment is not allowed")
-        split = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-        authority, target = rest[:split], rest[split:]
-        if "@" in authority:
-            raise _GrammarError(_USERINFO)
-        host_text, bracketed, port_text = _split_authority(authority)
-        host = _parse_host(host_text, bracketed=bracketed)
-        port = _HTTP_LIKE_PORTS[scheme] if port_text is None else _parse_port(port_text, minimum=1)
-        _check_visible(target, "path and query")
-        return scheme, host, port, target if target.startswith("/") else "/" + target
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.scheme, self.host, self.port, self.target)
-
-
-_REDACTED: Final = "<redacted>"
-_DB: Final = re.compile(r"[0-9]{1,10}")
-
-
-class RedisUrl(ScalarValue):
-    """``redis://`` or ``rediss://`` (TLS) URL: ``[user[:password]@]host[:port][/db]``.
-
-    User and password are percent-decoded. The password never appears in ``repr``, ``str``
-    or messages; ``.text`` keeps it (for connecting and for round trips).
-    """
-
-    __slots__ = ("_redacted", "db", "host", "password", "port", "tls", "username")
-    host: str
-    port: int
-    db: int
-    tls: bool
-    username: str | None
-    password: str | None
-    _redacted: str
-    kind = "redis url"
-    expected = 'a redis url string like "redis://127.0.0.1:6379/0"'
-
-    def __init__(self, text: str) -> None:
-        try:
-            self._parse(text)
-        except _GrammarError as error:
-            self._reject(text, str(error))
-
-    def _parse(self, text: str) -> None:
-        accepted = 'redis:// or rediss:// followed by a host, e.g. "redis://127.0.0.1:6379/0"'
-        scheme, rest = _split_url(text, {"redis": 6379, "rediss": 6379}, accepted)
-        userinfo, at, located = rest.rpartition("@")
-        if "#" in located or "?" in located:
-            raise _GrammarError(
-                "a fragment is not allowed" if "#" in located else "a query is not allowed"
-            )
-        authority, _, db_text = located.partition("/")
-        host_text, bracketed, port_text = _split_authority(authority)
-        if db_text and (_DB.fullmatch(db_text) is None or int(db_text) > 2**31 - 1):
-            raise _GrammarError('the database must be a number, e.g. "/0"')
-        user, colon, password = userinfo.partition(":")
-        redacted = text
-        if colon and password:
-            redacted = f"{text[: len(scheme)]}://{user}:{_REDACTED}@{located}"
-        _init(
-            self,
-            text=text,
-            host=_parse_host(host_text, bracketed=bracketed),
-            port=6379 if port_text is None else _parse_port(port_text, minimum=1),
-            db=int(db_text or "0"),
-            tls=scheme == "rediss",
-            username=unquote(user) or None if at else None,
-            password=unquote(password) or None if colon else None,
-            _redacted=redacted,
-        )
-
-    def redacted(self) -> str:
-        """The URL with its password replaced by ``<redacted>`` (SPEC §14.4)."""
-        return self._redacted
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.tls, self.host, self.port, self.db, self.username, self.password)
-
-    def __repr__(self) -> str:
-        return f"RedisUrl({self._redacted!r})"
-
-    def __str__(self) -> str:
-        return self._redacted
 
 
 # --------------------------------------------------------------------------- msgspec hooks
