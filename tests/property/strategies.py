@@ -165,22 +165,24 @@ def _strip_annotated(tp: object) -> tuple[object, list[object]]:
 
 
 def _bounded_number(tp: type, metas: list[object]) -> st.SearchStrategy[object]:
-    low: float | None = None
-    high: float | None = None
+    """Numbers within the ``Meta`` bounds (``gt``/``lt`` exclusive, ``ge``/``le`` inclusive)."""
+    low = high = None
+    exclude_low = exclude_high = False
     for meta in metas:
         if isinstance(meta, msgspec.Meta):
-            low = meta.ge if meta.ge is not None else meta.gt if meta.gt is not None else low
-            high = meta.le if meta.le is not None else meta.lt if meta.lt is not None else high
-            exclusive_low = meta.gt is not None
-            if tp is int and exclusive_low and low is not None:
-                low = low + 1
+            if meta.ge is not None or meta.gt is not None:
+                low, exclude_low = (meta.ge, False) if meta.ge is not None else (meta.gt, True)
+            if meta.le is not None or meta.lt is not None:
+                high, exclude_high = (meta.le, False) if meta.le is not None else (meta.lt, True)
     if tp is int:
-        low_int = int(low) if low is not None else -1000
-        high_int = int(high) if high is not None else low_int + 100_000
+        low_int = -1000 if low is None else int(low) + exclude_low
+        high_int = low_int + 100_000 if high is None else int(high) - exclude_high
         return st.integers(low_int, min(high_int, low_int + 100_000))
-    low_f = float(low) if low is not None else -1000.0
-    high_f = float(high) if high is not None else low_f + 1000.0
-    return st.floats(low_f, high_f, exclude_min=low_f == 0.0 and tp is float, allow_nan=False)
+    low_f = -1000.0 if low is None else float(low)
+    high_f = low_f + 1000.0 if high is None else float(high)
+    return st.floats(
+        low_f, high_f, exclude_min=exclude_low, exclude_max=exclude_high, allow_nan=False
+    )
 
 
 def _string(metas: list[object]) -> st.SearchStrategy[object]:
