@@ -17,33 +17,33 @@ Must not: raise on any input (bounded by ``MAX_REPAIRS``), or echo secret values
 from __future__ import annotations
 
 import re
-import types
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Literal, Union, get_args, get_origin
+from typing import Final, get_args, get_origin
 
 import msgspec
 
+from a3s_gateway.config.annotations import (
+    field_names,
+    field_type,
+    find_failing_key,
+    item_type,
+    resolve_member,
+    struct_type,
+    value_type,
+)
 from a3s_gateway.config.interpolate import coerce_scalar
 from a3s_gateway.config.problems import Path, PathPart, Problem, SourceMap, make_problem
 from a3s_gateway.config.schema import Config
+from a3s_gateway.config.schema_messages import translate
 from a3s_gateway.config.schema_middlewares import MIDDLEWARE_TYPES
 from a3s_gateway.config.suggest import did_you_mean
-from a3s_gateway.config.values import dec_hook, describe_pattern
+from a3s_gateway.config.values import dec_hook
 
 MAX_REPAIRS: Final = 500
 _ERROR_AT = re.compile(
     r"^(?P<message>.*?)(?: - at (?P<key>`key` in )?`(?P<path>\$[^`]*)`)?$", re.DOTALL
 )
 _PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+|\.\.\.)\]")
-_TYPE_WORDS: Final = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "bool": "true or false",
-    "array": "a list",
-    "object": "a block or object",
-    "null": "null",
-}
 _SECTIONS: Final = frozenset(
     {"entrypoints", "routers", "tcp_routers", "udp_routers", "services", "middlewares"}
 )
@@ -136,7 +136,7 @@ class _Repairer:
             return self._bad_tag(located, message)
         if self._coerce(located, message):
             return True
-        self._problem(located.original, _translate(message, located.field_type))
+        self._problem(located.original, translate(message, located.field_type))
         return self._remove(located)
 
     def _container(self, located: _Located) -> object:
@@ -153,24 +153,24 @@ class _Repairer:
     def _unknown_message(self, located: _Located, name: str, container: dict[str, object]) -> str:
         if name in _NON_GOALS and located.original == ("providers",):
             return _NON_GOALS[name]
-        struct = _struct_type(located.field_type, container)
+        struct = struct_type(located.field_type, container)
         kind = "block" if isinstance(container[name], dict) else "field"
         if struct is not None and struct.__struct_config__.tag_field == "type":
             tag = struct.__struct_config__.tag
-            accepted = ", ".join(_field_names(struct))
+            accepted = ", ".join(field_names(struct))
             for other, other_type in MIDDLEWARE_TYPES.items():
-                if other != tag and name in _field_names(other_type):
+                if other != tag and name in field_names(other_type):
                     return (
                         f'field "{name}" does not apply to middleware type "{tag}" '
                         f'(it belongs to "{other}"; "{tag}" accepts: {accepted})'
                     )
-        known = _field_names(struct) if struct is not None else ()
+        known = field_names(struct) if struct is not None else ()
         return f'unknown {kind} "{name}"{did_you_mean(name, known)}'
 
     def _bad_key(self, located: _Located, message: str) -> bool:
         """An invalid map key (e.g. a header name in ``request_headers``): drop that entry."""
         container = self._container(located)
-        resolved = _resolve(located.field_type, container)
+        resolved = resolve_member(located.field_type, container)
         if not isinstance(container, dict) or get_origin(resolved) is not dict:
             return False
         key_type = get_args(resolved)[0]
@@ -178,7 +178,7 @@ class _Repairer:
             try:
                 msgspec.convert(key, key_type, dec_hook=dec_hook)
             except msgspec.ValidationError:
-                self._problem((*located.original, key), _translate(message, key_type))
+                self._problem((*located.original, key), translate(message, key_type))
                 del container[key]
                 return True
         return False
@@ -276,16 +276,16 @@ class _Repairer:
                 return None
             maps = self.index_maps.get(id(node))
             original = maps[1][index] if maps is not None else index
-            return index, original, _item_type(tp, node[index])
+            return index, original, item_type(tp, node[index])
         if not isinstance(node, dict):
             return None
         if part == "...":
-            value_tp = _value_type(tp, node)
-            key = _find_failing_key(node, value_tp)
-            return None if key is None else (key, key, _resolve(value_tp, node[key]))
+            value_tp = value_type(tp, node)
+            key = find_failing_key(node, value_tp)
+            return None if key is None else (key, key, resolve_member(value_tp, node[key]))
         if part not in node:
             return None
-        return part, part, _resolve(_field_type(tp, node, part), node[part])
+        return part, part, resolve_member(field_type(tp, node, part), node[part])
 
 
 def convert_config(
@@ -326,91 +326,6 @@ def _with_lists(data: dict[str, object]) -> dict[str, object]:
     return converted
 
 
-# -- type walking over annotations -------------------------------------------------------------
-
-
-def _strip(tp: object) -> object:
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    return tp
-
-
-def _resolve(tp: object, value: object) -> object:
-    """Pick the union member that ``value`` is meant for (tag, then container kind)."""
-    tp = _strip(tp)
-    if get_origin(tp) not in (Union, types.UnionType):
-        return tp
-    members = [_strip(a) for a in get_args(tp) if a is not type(None)]
-    if isinstance(value, dict):
-        tag = value.get("type")
-        for member in members:
-            struct = (
-                member if isinstance(member, type) and issubclass(member, msgspec.Struct) else None
-            )
-            if struct is not None and struct.__struct_config__.tag == tag:
-                return member
-    for member in members:
-        if isinstance(value, dict) and (_is_struct(member) or get_origin(member) is dict):
-            return member
-        if isinstance(value, list) and get_origin(member) in (tuple, list):
-            return member
-    return members[0] if len(members) == 1 else tp
-
-
-def _is_struct(tp: object) -> bool:
-    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
-
-
-def _struct_type(tp: object, value: object) -> type[msgspec.Struct] | None:
-    resolved = _resolve(tp, value)
-    if isinstance(resolved, type) and issubclass(resolved, msgspec.Struct):
-        return resolved
-    return None
-
-
-def _field_names(struct: type[msgspec.Struct] | None) -> tuple[str, ...]:
-    if struct is None:
-        return ()
-    return tuple(f.encode_name for f in msgspec.structs.fields(struct))
-
-
-def _field_type(tp: object, node: dict[str, object], name: str) -> object:
-    struct = _struct_type(tp, node)
-    if struct is not None:
-        for info in msgspec.structs.fields(struct):
-            if info.encode_name == name:
-                return info.type
-        return object
-    return _value_type(tp, node)
-
-
-def _value_type(tp: object, node: object) -> object:
-    resolved = _resolve(tp, node)
-    if get_origin(resolved) is dict:
-        return get_args(resolved)[1]
-    return object
-
-
-def _item_type(tp: object, item: object) -> object:
-    resolved = _strip(tp)
-    if get_origin(resolved) in (tuple, list):
-        args = get_args(resolved)
-        return _resolve(args[0], item) if args else object
-    return object
-
-
-def _find_failing_key(node: dict[str, object], value_tp: object) -> str | None:
-    """The first entry of ``node`` that does not convert to ``value_tp`` on its own."""
-    if value_tp is object:
-        return None
-    for key, value in node.items():
-        try:
-            msgspec.convert(value, value_tp, dec_hook=dec_hook)
-        except msgspec.ValidationError:
-            return key
-    return None
-
-
 def _value_at(located: _Located) -> object:
     parent, key = located.parent, located.key
     if isinstance(parent, dict) and isinstance(key, str):
@@ -427,54 +342,3 @@ def _assign(located: _Located, value: object) -> None:
         parent[key] = value
     elif isinstance(parent, list) and isinstance(key, int):
         parent[key] = value
-
-
-# -- messages ----------------------------------------------------------------------------------
-
-
-def _translate(message: str, field_type: object) -> str:
-    """msgspec's wording → the user's (SPEC §2.3: what is wrong and what is accepted)."""
-    got = re.fullmatch(r"Expected `([^`]+)`, got `([^`]+)`", message)
-    if got is not None:
-        return f"expected {_words(got[1])}, got {_words(got[2])}"
-    bound = re.fullmatch(r"Expected `([^`]+)` (>=|<=|>|<) (\S+)", message)
-    if bound is not None:
-        relation = {">=": "at least", "<=": "at most", ">": "greater than", "<": "less than"}
-        return f"must be {relation[bound[2]]} {_number(bound[3])}"
-    length = re.fullmatch(r"Expected `(str|array)` of length (>=|<=) (\d+)", message)
-    if length is not None:
-        if length[1] == "str" and length[2] == ">=" and length[3] == "1":
-            return "must not be empty"
-        noun = "character" if length[1] == "str" else "item"
-        at = "at least" if length[2] == ">=" else "at most"
-        plural = "" if length[3] == "1" else "s"
-        return f"must have {at} {length[3]} {noun}{plural}"
-    regex = re.fullmatch(r"Expected `str` matching regex (.*)", message, re.DOTALL)
-    if regex is not None:
-        described = describe_pattern(regex[1])
-        return f"must be {described}" if described else f"must match {regex[1]}"
-    enum = re.fullmatch(r"Invalid enum value (.*)", message)
-    if enum is not None:
-        choices = _literal_choices(field_type)
-        value = enum[1].strip("'")
-        return f'invalid value "{value}": expected one of {choices}'
-    return message
-
-
-def _words(spelled: str) -> str:
-    return " or ".join(_TYPE_WORDS.get(part.strip(), part.strip()) for part in spelled.split("|"))
-
-
-def _number(text: str) -> str:
-    return text.removesuffix(".0")
-
-
-def _literal_choices(tp: object) -> str:
-    tp = _strip(tp)
-    if get_origin(tp) in (Union, types.UnionType):
-        for member in get_args(tp):
-            if get_origin(_strip(member)) is Literal:
-                tp = _strip(member)
-    if get_origin(tp) is Literal:
-        return ", ".join(str(arg) for arg in get_args(tp))
-    return "the documented values"
