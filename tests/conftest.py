@@ -1,3 +1,8 @@
-"""Suite-wide fixtures: a virtual per-test time limit for trio tests (DESIGN.md §3.6 item 6)."""
+"""Suite-wide setup: helpers in tests/support get pytest's assertion rewriting, so a failing
+assertion inside a shared helper shows the compared values."""
 
 from __future__ import annotations
+
+import pytest
+
+pytest.register_assert_rewrite("tests.support")

@@ -140,3 +140,10 @@ def test_idle_zero_on_tcp_and_loopback_management_are_fine() -> None:
         '  address = "[::1]:9901"\n}\n'
     )
     assert load(snippet).problems == ()
+
+
+def test_management_on_a_public_address_with_a_token_set_does_not_warn() -> None:
+    snippet = '\nmanagement {\n  address = "0.0.0.0:9901"\n  auth_token_env = "ADMIN_TOKEN"\n}\n'
+    assert [p for p in load(snippet).warnings if p.path == "management.address"]
+    quiet = load(snippet, env={"ADMIN_TOKEN": "t0ken"}).warnings
+    assert [p for p in quiet if p.path == "management.address"] == []

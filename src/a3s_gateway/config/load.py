@@ -185,6 +185,7 @@ def _load_parsed(
             default_file=main_file,
             broken=frozenset(converted.broken),
             workers=options.workers,
+            admin_token_set=_admin_token_set(converted.config, environment),
         )
         # A field an earlier stage rejected was removed; what semantic checks then say about
         # it (e.g. "required") is an echo of that problem, not a new one.
@@ -309,3 +310,8 @@ def _without_nulls(node: object) -> object:
     if isinstance(node, list):
         return [_without_nulls(item) for item in node]
     return node
+
+
+def _admin_token_set(config: Config, env: Mapping[str, str]) -> bool:
+    management = config.management
+    return management is not None and bool(env.get(management.auth_token_env))

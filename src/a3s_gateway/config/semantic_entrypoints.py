@@ -6,9 +6,8 @@ ip:port; a UDP one may share a port number with them; ``:port`` collides with ev
 port) and the management listener, and warns about TCP/UDP entrypoints without a router and a
 management API on a non-loopback address. TLS blocks are checked by ``semantic_tls``.
 
-The management warning is issued whenever the address is not loopback: this module cannot read
-the environment, so it cannot tell whether the ``auth_token_env`` variable is set; the message
-names the variable to set instead.
+The management warning is issued when the address is not loopback and no admin token is set
+(the loader tells, through ``SemanticContext.admin_token_set``; this module reads no environment).
 
 Must not: raise, or read the environment.
 """
@@ -166,7 +165,7 @@ def _check_collisions(report: Report) -> None:
 
 def check_management(report: Report) -> None:
     """The management listener may not collide with an entrypoint (UDP ones excepted, since
-    UDP may share a port number with TCP) and warns on a non-loopback address."""
+    UDP may share a port number with TCP) and warns on a non-loopback address without a token."""
     management = report.config.management
     if management is None or not management.enabled:
         return
@@ -180,7 +179,7 @@ def check_management(report: Report) -> None:
                 f'("{entrypoint.address.text}")',
             )
             break
-    if not _is_loopback(address.host):
+    if not _is_loopback(address.host) and not report.context.admin_token_set:
         report.warning(
             path,
             "management API listens on a non-loopback address; set "

@@ -65,6 +65,9 @@ class SemanticContext:
     broken: frozenset[tuple[str, str]]
     #: ``--workers`` (SPEC §2.1); > 1 makes in-memory rate limits per worker.
     workers: int = 1
+    #: Whether the variable named by ``management.auth_token_env`` is set and non-empty (the
+    #: loader reads the environment; the checks themselves never do).
+    admin_token_set: bool = False
 
 
 @dataclass(frozen=True, slots=True)

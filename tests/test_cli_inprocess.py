@@ -1,0 +1,98 @@
+"""The CLI's commands called in-process (the subprocess tests in tests/integration cover the
+real process, signals and exit codes; these cover formatting paths cheaply)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from a3s_gateway import cli
+from a3s_gateway.observability import applog
+from tests.support.cli import FIXTURES
+
+
+def test_validate_text_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", str(FIXTURES / "quickstart.hcl")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        "entrypoints:",
+        "  web  0.0.0.0:8080  http  no tls",
+        "routers (match order):",
+        "  api  priority 18",
+        "services:",
+        "  backend  1 backend(s)  round-robin",
+    ]
+
+
+def test_validate_summary_lists_everything(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JWT_SECRET", "x" * 40)
+    assert cli.main(["validate", "--offline", str(FIXTURES / "readme-example.hcl")]) == 0
+    out = capsys.readouterr().out
+    assert "websecure  0.0.0.0:443  http  tls: /etc/certs/cert.pem" in out
+    assert "api-service  4 backend(s)  round-robin" in out
+    assert "auth-jwt  (jwt)" in out
+    assert "providers: file, discovery" in out
+
+
+def test_validate_json_summary(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JWT_SECRET", "x" * 40)
+    assert (
+        cli.main(
+            ["validate", "--offline", "--format", "json", str(FIXTURES / "readme-example.hcl")]
+        )
+        == 0
+    )
+    document = json.loads(capsys.readouterr().out)
+    assert document["valid"] is True
+    assert {p["severity"] for p in document["problems"]} == {"warning"}
+    summary = document["summary"]
+    assert summary["routers"] == [{"name": "api", "priority": 44}]
+    assert summary["tcp_routers"] == []
+    assert summary["middlewares"] == [
+        {"name": "auth-jwt", "type": "jwt"},
+        {"name": "rate-limit", "type": "rate-limit"},
+    ]
+    assert summary["entrypoints"][1]["tls"] == ["/etc/certs/cert.pem"]
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_run_refuses_more_workers_with_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", str(FIXTURES / "quickstart.hcl"), "--workers", "2"]) == 3
+    assert "workers" in capsys.readouterr().err
+
+
+def test_log_level_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("A3S_LOG_LEVEL", "chatty")
+    assert cli.main(["run", str(tmp_path / "none.hcl")]) == 2
+    assert 'invalid log level "chatty"' in capsys.readouterr().err
+
+
+def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    applog.install("debug", "json")
+    try:
+        logging.getLogger("a3s_gateway.test").warning("hello %s", "world")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("a3s_gateway.test").exception("failed")
+    finally:
+        logging.getLogger("a3s_gateway").handlers.clear()
+    first, second = capsys.readouterr().err.splitlines()
+    entry = json.loads(first)
+    assert entry["level"] == "warning"
+    assert entry["message"] == "hello world"
+    assert entry["logger"] == "a3s_gateway.test"
+    assert "ValueError: boom" in json.loads(second)["exception"]

@@ -1,0 +1,152 @@
+"""Environment checks with real certificates made by trustme (SPEC §3.1 step 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from a3s_gateway.config.load import load_text
+from a3s_gateway.preflight import check, validate_config
+
+ROUTES = """
+routers "api" {
+  rule    = "PathPrefix(`/`)"
+  service = "backend"
+}
+services "backend" {
+  load_balancer {
+    servers = [{ url = "http://127.0.0.1:8001" }]
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def pem_files(ca: trustme.CA, tmp_path: Path) -> dict[str, Path]:
+    cert = ca.issue_cert("gateway.test")
+    other = ca.issue_cert("other.test")
+    files = {
+        "cert": tmp_path / "cert.pem",
+        "key": tmp_path / "key.pem",
+        "other_key": tmp_path / "other-key.pem",
+        "ca": tmp_path / "ca.pem",
+        "garbage": tmp_path / "garbage.pem",
+        "public": tmp_path / "public.pem",
+    }
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    other.private_key_pem.write_to_path(str(files["other_key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    files["garbage"].write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    files["public"].write_bytes(
+        public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    return files
+
+
+def tls_config(cert: Path | str, key: Path | str, extra: str = "") -> str:
+    return (
+        f"""
+entrypoints "web" {{
+  address = "127.0.0.1:8443"
+  tls {{
+    cert_file = "{cert}"
+    key_file  = "{key}"
+    {extra}
+  }}
+}}
+"""
+        + ROUTES
+    )
+
+
+def problems_of(text: str) -> list[tuple[str, str]]:
+    result = load_text(text, filename="t.hcl", env={})
+    assert result.errors == (), [p.format() for p in result.errors]
+    return [(p.path, p.message) for p in check(result, offline=False) if p.severity == "error"]
+
+
+def test_a_matching_pair_passes(pem_files: dict[str, Path]) -> None:
+    extra = f'client_auth = "require"\n    client_ca_file = "{pem_files["ca"]}"'
+    assert problems_of(tls_config(pem_files["cert"], pem_files["key"], extra)) == []
+
+
+def test_offline_skips_the_files(tmp_path: Path) -> None:
+    result = load_text(tls_config(tmp_path / "no.pem", tmp_path / "no-key.pem"), env={})
+    assert check(result, offline=True) == result.problems
+
+
+def test_missing_files_are_named(tmp_path: Path) -> None:
+    cert, key = tmp_path / "missing.pem", tmp_path / "missing-key.pem"
+    assert problems_of(tls_config(cert, key)) == [
+        ('entrypoints["web"].tls.cert_file', f'file "{cert}" not found'),
+        ('entrypoints["web"].tls.key_file', f'file "{key}" not found'),
+    ]
+
+
+def test_a_key_that_does_not_match_is_reported(pem_files: dict[str, Path]) -> None:
+    [(path, message)] = problems_of(tls_config(pem_files["cert"], pem_files["other_key"]))
+    assert path == 'entrypoints["web"].tls.cert_file'
+    assert "does not match" in message
+
+
+def test_garbage_pem_is_reported(pem_files: dict[str, Path]) -> None:
+    [(path, message)] = problems_of(tls_config(pem_files["garbage"], pem_files["key"]))
+    assert path == 'entrypoints["web"].tls.cert_file'
+    assert "cannot be loaded" in message or "not valid PEM" in message
+
+
+def test_a_ca_file_without_certificates_is_reported(pem_files: dict[str, Path]) -> None:
+    extra = f'client_auth = "request"\n    client_ca_file = "{pem_files["key"]}"'
+    [(path, message)] = problems_of(tls_config(pem_files["cert"], pem_files["key"], extra))
+    assert path == 'entrypoints["web"].tls.client_ca_file'
+    assert "no parseable PEM certificate" in message
+
+
+def test_key_contents_never_appear_in_messages(pem_files: dict[str, Path]) -> None:
+    key_text = pem_files["key"].read_text()
+    body = key_text.splitlines()[1]
+    for path, message in problems_of(tls_config(pem_files["cert"], pem_files["other_key"])):
+        assert body not in message
+        assert body not in path
+
+
+def jwt_config(public_key_file: Path) -> str:
+    return (
+        f"""
+entrypoints "web" {{
+  address = "127.0.0.1:8080"
+}}
+middlewares "auth" {{
+  type = "jwt"
+  algorithms = ["ES256"]
+  public_key_file = "{public_key_file}"
+}}
+"""
+        + ROUTES
+    )
+
+
+def test_jwt_public_key_files_are_parsed(pem_files: dict[str, Path]) -> None:
+    assert problems_of(jwt_config(pem_files["public"])) == []
+    [(path, message)] = problems_of(jwt_config(pem_files["cert"]))
+    assert path == 'middlewares["auth"].public_key_file'
+    assert "not a PEM public key" in message
+
+
+def test_validate_config_combines_both(tmp_path: Path, pem_files: dict[str, Path]) -> None:
+    config = tmp_path / "gateway.hcl"
+    config.write_text(tls_config(pem_files["cert"], tmp_path / "nope.pem"))
+    online = validate_config(config)
+    assert [p.path for p in online if p.severity == "error"] == ['entrypoints["web"].tls.key_file']
+    assert all(p.severity != "error" for p in validate_config(config, offline=True))
