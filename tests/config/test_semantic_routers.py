@@ -213,21 +213,22 @@ RULE_CASES = [
         "empty-rule",
         '\nrouters "api" {\n  rule = "  "\n  service = "app"\n}\n',
         'routers["api"].rule',
-        "rule is empty",
+        "rule '  ': empty rule",
         "rule =",
     ),
     Case(
         "unbalanced-rule",
         '\nrouters "api" {\n  rule = "(Path(`/x`)"\n  service = "app"\n}\n',
         'routers["api"].rule',
-        "rule has unbalanced parentheses",
+        "rule '(Path(`/x`)': unexpected end of rule; expected \")\" (unbalanced parentheses) "
+        "at column 12",
         "rule =",
     ),
     Case(
         "unterminated-rule",
         '\nrouters "api" {\n  rule = "Path(`/x)"\n  service = "app"\n}\n',
         'routers["api"].rule',
-        "rule has an unterminated string",
+        "rule 'Path(`/x)': unterminated string at column 6",
         "rule =",
     ),
     Case(
@@ -245,3 +246,23 @@ RULE_CASES = [
 @pytest.mark.parametrize("case", RULE_CASES, ids=lambda c: c.id)
 def test_rules(case: Case) -> None:
     run_case(case)
+
+
+def test_rule_errors_name_router_and_column_all_at_once() -> None:
+    snippet = (
+        '\nrouters "one" {\n  rule = "Host(`a`) &&"\n  service = "app"\n}\n'
+        '\nrouters "two" {\n  rule = "pathPrefix(`/x`)"\n  service = "app"\n}\n'
+        '\ntcp_routers "three" {\n  rule = "Host(`a`)"\n  service = "app"\n}\n'
+        '\nrouters "four" {\n  rule = "Path(`{id}`)"\n  rule_syntax = "v2"\n  service = "app"\n}\n'
+    )
+    errors = {p.path: p.message for p in load(snippet).errors}
+    assert errors['routers["one"].rule'] == (
+        "rule 'Host(`a`) &&': unexpected end of rule; expected a matcher at column 13"
+    )
+    assert errors['routers["two"].rule'].startswith("rule 'pathPrefix(`/x`)': unknown matcher")
+    assert errors['tcp_routers["three"].rule'] == (
+        "rule 'Host(`a`)': matcher Host is not valid in TCP rules at column 1"
+    )
+    assert errors['routers["four"].rule'] == (
+        "rule 'Path(`{id}`)': Path argument must start with \"/\" at column 6"
+    )

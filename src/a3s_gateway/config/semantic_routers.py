@@ -3,16 +3,16 @@
 
 Ring 0: pure. Checks that every referenced entrypoint, middleware and service exists and fits
 the router kind, that a service serves one router kind with fitting server schemes, that a UDP
-entrypoint has at most one UDP router, and the rule text (``_check_rule``: a placeholder until
-the rules engine compiles rules here). Warns about ``cors`` after an auth middleware, ``*``
-inside a ``Host`` argument and catch-all TCP routers that shadow an HTTP entrypoint.
+entrypoint has at most one UDP router, and compiles every rule (``a3s_gateway.routing``), so a
+syntax or argument error is reported with its column. Warns about ``cors`` after an auth
+middleware, the compiler's warnings (``*`` inside a ``Host`` argument, v2 templates that never
+match) and catch-all TCP routers that shadow an HTTP entrypoint.
 
 Must not: raise, or report references to blocks that failed conversion.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.config.schema_middlewares import (
@@ -29,22 +29,12 @@ from a3s_gateway.config.semantic_report import (
     all_servers,
     article,
 )
-from a3s_gateway.config.values import quote_value
+from a3s_gateway.routing import CompiledRule, RuleKind, RuleSyntax, RuleSyntaxError, compile_rule
 
 if TYPE_CHECKING:
     from a3s_gateway.config.problems import Path
     from a3s_gateway.config.schema_routers import Router, TcpRouter
 
-#: A TCP rule that is the single leaf ``HostSNI(`*`)`` (any spacing or quoting, SPEC §4.7).
-_CATCH_ALL: Final = re.compile(
-    r"\s*(?:HostSNI|hostsni|HOSTSNI|Hostsni)\s*\(\s*(?:`\*`|\"\*\")\s*,?\s*\)\s*"
-)
-#: ``Host(...)`` / ``HostHeader(...)`` calls (any of the four spellings) and their arguments.
-_HOST_CALL: Final = re.compile(
-    r"(?<![A-Za-z0-9_])(?i:host(?:header)?)\s*\(\s*"
-    r"((?:(?:`[^`]*`|\"(?:[^\"\\]|\\.)*\")\s*(?:,\s*)?)*)\)"
-)
-_STRING: Final = re.compile(r"`([^`]*)`|\"((?:[^\"\\]|\\.)*)\"")
 _DNS_TRANSPORTS: Final = {"ws": "http", "wss": "https"}
 
 
@@ -61,8 +51,7 @@ def check_routers(report: Report) -> None:
 
 def _check_http_router(report: Report, name: str, router: Router) -> None:
     base: Path = ("routers", name)
-    _check_rule(report, (*base, "rule"), router.rule)
-    _warn_host_wildcards(report, (*base, "rule"), router.rule)
+    _check_rule(report, (*base, "rule"), router.rule, "http", router.rule_syntax)
     report.service((*base, "service"), router.service)
     _check_entrypoint_list(report, base, router.entrypoints, "http")
     _check_middleware_list(report, base, router.middlewares, "http")
@@ -71,11 +60,11 @@ def _check_http_router(report: Report, name: str, router: Router) -> None:
 
 def _check_tcp_router(report: Report, name: str, router: TcpRouter) -> None:
     base: Path = ("tcp_routers", name)
-    _check_rule(report, (*base, "rule"), router.rule)
+    compiled = _check_rule(report, (*base, "rule"), router.rule, "tcp")
     report.service((*base, "service"), router.service)
     _check_entrypoint_list(report, base, router.entrypoints, "tcp")
     _check_middleware_list(report, base, router.middlewares, "tcp")
-    if _CATCH_ALL.fullmatch(router.rule) is None:
+    if compiled is None or not compiled.catch_all:
         return
     for index, entrypoint_name in enumerate(router.entrypoints):
         entrypoint = report.config.entrypoints.get(entrypoint_name)
@@ -253,53 +242,22 @@ def _check_dns_scheme(report: Report, name: str, use: ServiceUse) -> None:
 # -- rules (check 4) ---------------------------------------------------------------------------
 
 
-def _check_rule(report: Report, path: Path, rule: str) -> None:
-    """Placeholder rule check: non-empty text, closed strings and balanced parentheses.
-
-    Full compilation (grammar, matcher names, argument counts, regexes, columns; SPEC §4.1-4.10)
-    belongs to the rules engine (``a3s_gateway.routing``); when it lands, this function calls
-    ``compile_rule`` and reports its ``RuleSyntaxError`` here instead.
-    """
-    if not rule.strip():
-        report.error(path, "rule is empty: expected a rule such as PathPrefix(`/api`)")
-        return
-    depth = 0
-    quote: str | None = None
-    escaped = False
-    for char in rule:
-        if quote is not None:
-            if escaped:
-                escaped = False
-            elif char == "\\" and quote == '"':
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in '`"':
-            quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                break
-    if quote is not None:
-        report.error(path, f"rule has an unterminated string (missing closing {quote})")
-    elif depth != 0:
-        report.error(path, "rule has unbalanced parentheses")
+def _check_rule(
+    report: Report, path: Path, rule: str, kind: RuleKind, syntax: RuleSyntax = "v3"
+) -> CompiledRule | None:
+    """Compile the rule (SPEC §4): a syntax or argument error is one problem naming the
+    column; the compiler's warnings (e.g. a literal ``*`` in ``Host``) become warnings."""
+    try:
+        compiled = compile_rule(rule, kind=kind, syntax=syntax)
+    except RuleSyntaxError as error:
+        where = f" at column {error.column}" if error.column is not None else ""
+        report.error(path, f"rule {_quoted(rule)}: {error.message}{where}")
+        return None
+    for warning in compiled.warnings:
+        report.warning(path, warning)
+    return compiled
 
 
-def _warn_host_wildcards(report: Report, path: Path, rule: str) -> None:
-    """SPEC §4.3: ``*`` in a ``Host`` argument other than ``*`` or a leading ``*.`` label is
-    compared literally; that is almost always a mistake."""
-    for call in _HOST_CALL.finditer(rule):
-        for string in _STRING.finditer(call[1]):
-            argument = string[1] if string[1] is not None else string[2]
-            if "*" not in argument or argument == "*":
-                continue
-            if argument.startswith("*.") and "*" not in argument[2:]:
-                continue
-            report.warning(
-                path,
-                f'Host argument {quote_value(argument)} has "*" outside a leading "*." label; '
-                "it is compared literally (use HostRegexp for patterns)",
-            )
+def _quoted(rule: str) -> str:
+    shown = rule if len(rule) <= 80 else rule[:80] + "..."
+    return "'" + shown.replace("\n", "\\n") + "'"
