@@ -554,7 +554,7 @@ def rule_spacing() -> st.SearchStrategy[str]:
 #: Subject (and literal) characters: ASCII letters whose case matters, digits, white space
 #: (with \v and \f, which RE2's \s leaves out), metacharacters, and three caseless non-ASCII
 #: characters that Unicode \d, \s and \w accept but RE2's ASCII classes do not.
-RE2_ALPHABET: Final = "aAbBxXzZ0139_ ,-.\n\t\v\f{}[]^$\\\u0663\xa0\u2192"
+RE2_ALPHABET: Final = "aAbBkKsSxXzZ0139_ ,-.\n\t\v\f{}[]^$\\\u0663\xa0\u2192"
 RE2_POSIX_NAMES: Final = (
     "alnum", "alpha", "ascii", "blank", "cntrl", "digit", "graph",
     "lower", "print", "punct", "space", "upper", "word", "xdigit",
@@ -692,11 +692,14 @@ def re2_trees() -> st.SearchStrategy[ReAlternation]:
 
 
 def re2_subjects(tree: ReAlternation) -> st.SearchStrategy[str]:
-    """Short texts over RE2_ALPHABET, rich in the characters ``tree`` spells out (either case)."""
+    """Short texts over RE2_ALPHABET, rich in the characters ``tree`` spells out (either case),
+    some ending in a newline, some empty."""
     spelled = {c for text in _re2_texts(tree) for c in text + text.swapcase()}
     own = sorted(spelled & set(RE2_ALPHABET))
     chars = st.sampled_from(RE2_ALPHABET)
-    return st.text(st.one_of(st.sampled_from(own), chars) if own else chars, max_size=10)
+    text = st.text(st.one_of(st.sampled_from(own), chars) if own else chars, max_size=10)
+    # A final newline tells $ from \z; the empty text tells RE2's \B from Python's.
+    return st.one_of(text, text.map(lambda t: t + "\n"), st.just(""))
 
 
 def _re2_texts(node: ReAlternation | ReAtom | ReClass | ReGroup) -> list[str]:

@@ -13,6 +13,7 @@ import hcl2
 from hcl2.utils import SerializationOptions
 
 from a3s_gateway.config.hcl import ParsedFile, parse_hcl
+from tests.support.cli import FIXTURES
 
 OPTIONS = SerializationOptions(
     strip_string_quotes=False,
@@ -44,104 +45,4 @@ def messages(text: str) -> list[tuple[int | None, str, str]]:
     return [(p.line, p.path, p.message) for p in parse(text).problems]
 
 
-README_CONFIG = """\
-# Entrypoints — network listeners
-entrypoints "web" {
-address = "0.0.0.0:80"
-}
-entrypoints "websecure" {
-address = "0.0.0.0:443"
-tls {
-cert_file = "/etc/certs/cert.pem"
-key_file = "/etc/certs/key.pem"
-}
-}
-entrypoints "tcp-db" {
-address = "0.0.0.0:5432"
-protocol = "tcp"
-max_connections = 100
-tcp_allowed_ips = ["10.0.0.0/8"]
-}
-# Routers — request matching
-routers "api" {
-rule = "Host(`api.example.com`) && PathPrefix(`/v1`)"
-service = "api-service"
-entrypoints = ["websecure"]
-middlewares = ["auth-jwt", "rate-limit"]
-}
-# Services — backend pools
-services "api-service" {
-load_balancer {
-strategy = "round-robin"
-servers = [
-{ url = "http://127.0.0.1:8001" },
-{ url = "http://127.0.0.1:8002" }
-]
-health_check {
-path = "/health"
-interval = "10s"
-}
-sticky {
-cookie = "srv_id"
-}
-}
-# Traffic mirroring (optional)
-mirror {
-service = "shadow-backend"
-percentage = 10
-}
-# Failover (optional)
-failover {
-service = "backup-pool"
-}
-# Autoscaling (optional)
-scaling {
-min_replicas = 0
-max_replicas = 10
-container_concurrency = 50
-target_utilization = 0.7
-buffer_enabled = true
-executor = "box"
-}
-# Revision traffic splitting (optional)
-revisions = [
-{ name = "v1", traffic_percent = 90, strategy = "round-robin",
-servers = [{ url = "http://127.0.0.1:8001" }] },
-{ name = "v2", traffic_percent = 10, strategy = "round-robin",
-servers = [{ url = "http://127.0.0.1:8003" }] }
-]
-# Gradual rollout (optional)
-rollout {
-from = "v1"
-to = "v2"
-step_percent = 10
-step_interval_secs = 60
-error_rate_threshold = 0.05
-latency_threshold_ms = 5000
-}
-}
-# Middlewares
-middlewares "auth-jwt" {
-type = "jwt"
-value = "${JWT_SECRET}"
-}
-middlewares "rate-limit" {
-type = "rate-limit"
-rate = 100
-burst = 50
-}
-# Providers
-providers {
-file {
-watch = true
-directory = "/etc/gateway/conf.d/"
-}
-discovery {
-poll_interval_secs = 30
-seeds = [
-{ url = "http://10.0.0.5:8080" },
-{ url = "http://10.0.0.6:8080" }
-]
-}
-}
-"""
+README_CONFIG = (FIXTURES / "readme-example.hcl").read_text(encoding="utf-8")

@@ -33,7 +33,7 @@ from a3s_gateway.config.annotations import (
 )
 from a3s_gateway.config.interpolate import coerce_scalar
 from a3s_gateway.config.problems import Path, PathPart, Problem, SourceMap, make_problem
-from a3s_gateway.config.schema import Config
+from a3s_gateway.config.schema import LABELLED_SECTIONS, Config
 from a3s_gateway.config.schema_messages import translate
 from a3s_gateway.config.schema_middlewares import MIDDLEWARE_TYPES
 from a3s_gateway.config.suggest import did_you_mean
@@ -44,9 +44,6 @@ _ERROR_AT = re.compile(
     r"^(?P<message>.*?)(?: - at (?P<key>`key` in )?`(?P<path>\$[^`]*)`)?$", re.DOTALL
 )
 _PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+|\.\.\.)\]")
-_SECTIONS: Final = frozenset(
-    {"entrypoints", "routers", "tcp_routers", "udp_routers", "services", "middlewares"}
-)
 _NON_GOALS: Final = {
     "docker": "the docker provider is not supported (not a goal of a3s_gateway, SPEC §1.3)",
 }
@@ -222,7 +219,7 @@ class _Repairer:
         return True
 
     def _mark_broken(self, original: Path) -> None:
-        if len(original) == 2 and original[0] in _SECTIONS and isinstance(original[1], str):
+        if len(original) == 2 and original[0] in LABELLED_SECTIONS and isinstance(original[1], str):
             self.result.broken.add((str(original[0]), original[1]))
 
     def _remove(self, located: _Located) -> bool:

@@ -24,6 +24,7 @@ from a3s_gateway.config.problems import (
     make_problem,
     sort_problems,
 )
+from a3s_gateway.config.schema import LABELLED_SECTIONS
 from a3s_gateway.config.semantic import SemanticContext, check_semantics
 from a3s_gateway.errors import ConfigError
 
@@ -33,14 +34,6 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
 
 MAX_FILE_BYTES: Final = 16 * 1024 * 1024
-LABELLED_SECTIONS: Final = (
-    "entrypoints",
-    "routers",
-    "tcp_routers",
-    "udp_routers",
-    "services",
-    "middlewares",
-)
 MAIN_FILE_ONLY: Final = frozenset(
     {"providers", "management", "observability", "shutdown_timeout_secs"}
 )

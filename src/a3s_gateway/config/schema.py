@@ -189,6 +189,16 @@ class Config(Block, frozen=True, kw_only=True):
         return _json.encode(self.to_builtins(redact=redact))
 
 
+#: The top-level labelled block maps (SPEC §3.6), in SPEC order; conf.d may spread them over files.
+LABELLED_SECTIONS: Final = (
+    "entrypoints",
+    "routers",
+    "tcp_routers",
+    "udp_routers",
+    "services",
+    "middlewares",
+)
+
 _json: Final = msgspec.json.Encoder(order="deterministic")
 REDACTED: Final = "<redacted>"
 #: Fields whose values are secrets wherever they appear (SPEC §14.4).

@@ -19,6 +19,7 @@ import ipaddress
 import re
 from typing import TYPE_CHECKING, Final
 
+from a3s_gateway.config.schema import LABELLED_SECTIONS
 from a3s_gateway.config.semantic_entrypoints import check_entrypoints, check_management
 from a3s_gateway.config.semantic_middlewares import check_middlewares
 from a3s_gateway.config.semantic_report import ROUTER_SECTIONS, Report, SemanticContext, article
@@ -36,14 +37,6 @@ _NAME: Final = re.compile(NAME_PATTERN)
 _NAME_RULE: Final = (
     "expected letters, digits, '_', '.', '-', starting with a letter or digit, "
     "at most 128 characters"
-)
-_LABELLED_SECTIONS: Final = (
-    "entrypoints",
-    "routers",
-    "tcp_routers",
-    "udp_routers",
-    "services",
-    "middlewares",
 )
 
 
@@ -73,7 +66,7 @@ def _check_names(report: Report) -> None:
         "services": list(config.services),
         "middlewares": list(config.middlewares),
     }
-    for section in _LABELLED_SECTIONS:
+    for section in LABELLED_SECTIONS:
         for name in sections[section]:
             _check_name(report, (section, name), name)
     for service_name, service in config.services.items():
