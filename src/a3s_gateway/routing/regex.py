@@ -42,19 +42,24 @@ import functools
 import re
 import string
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.config.scalar import quote_value
+from a3s_gateway.routing.regex_sets import MAX_RUNE as _MAX_RUNE
+from a3s_gateway.routing.regex_sets import PERL_CLASSES as _PERL
+from a3s_gateway.routing.regex_sets import POSIX_CLASSES as _POSIX
+from a3s_gateway.routing.regex_sets import Ranges as _Ranges
+from a3s_gateway.routing.regex_sets import char_text as _char
+from a3s_gateway.routing.regex_sets import class_text as _class_text
+from a3s_gateway.routing.regex_sets import complement as _complement
+from a3s_gateway.routing.regex_sets import folded as _folded
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
 __all__ = ["RegexError", "compile_regex", "translate"]
 
 _MAX_REPEAT: Final = 1000  # RE2's limit on a count, and on the product of nested counts
-_MAX_RUNE: Final = 0x10FFFF
-
-_Ranges: TypeAlias = tuple[tuple[int, int], ...]
 
 
 class RegexError(ValueError):
@@ -71,52 +76,9 @@ class _Flag(enum.IntFlag):
 _FLAG_LETTERS: Final = {"i": _Flag.FOLD_CASE, "m": _Flag.MULTI_LINE, "s": _Flag.DOT_NL}
 
 
-def _ranges(spec: str) -> _Ranges:
-    """``"0-9A-Z_"`` → ``((48, 57), (65, 90), (95, 95))``."""
-    out: list[tuple[int, int]] = []
-    index = 0
-    while index < len(spec):
-        if index + 2 < len(spec) and spec[index + 1] == "-":
-            out.append((ord(spec[index]), ord(spec[index + 2])))
-            index += 3
-        else:
-            out.append((ord(spec[index]), ord(spec[index])))
-            index += 1
-    return tuple(out)
-
-
-#: RE2's fourteen ASCII classes, ``[[:name:]]`` (Go ``regexp/syntax/perl_groups.go``).
-_POSIX: Final = {
-    "alnum": _ranges("0-9A-Za-z"),
-    "alpha": _ranges("A-Za-z"),
-    "ascii": _ranges("\x00-\x7f"),
-    "blank": _ranges("\t "),
-    "cntrl": _ranges("\x00-\x1f\x7f"),
-    "digit": _ranges("0-9"),
-    "graph": _ranges("!-~"),
-    "lower": _ranges("a-z"),
-    "print": _ranges(" -~"),
-    "punct": _ranges("!-/:-@[-`{-~"),
-    "space": _ranges("\t-\r "),
-    "upper": _ranges("A-Z"),
-    "word": _ranges("0-9A-Za-z_"),
-    "xdigit": _ranges("0-9A-Fa-f"),
-}
-#: Perl classes: letter → (negated, set). RE2's ``\s`` is ``[\t\n\f\r ]``, without ``\v``.
-_PERL: Final = {
-    "d": (False, _POSIX["digit"]),
-    "D": (True, _POSIX["digit"]),
-    "s": (False, _ranges("\t\n\f\r ")),
-    "S": (True, _ranges("\t\n\f\r ")),
-    "w": (False, _POSIX["word"]),
-    "W": (True, _POSIX["word"]),
-}
 _C_ESCAPES: Final = {"a": 7, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
 _OCTAL: Final = frozenset("01234567")
 _NAME_CHARS: Final = frozenset(string.ascii_letters + string.digits + "_")
-#: Non-ASCII characters whose case partners are ASCII letters. RE2 folds ``k`` with the Kelvin
-#: sign and ``s`` with the long s; Python also folds ``i`` with the Turkish dotted and dotless i.
-_FOLD_PARTNERS: Final = (("kK", (0x212A,)), ("sS", (0x17F,)), ("iI", (0x130, 0x131)))
 #: Group syntax that RE2 lacks, with the name given in the error.
 _UNSUPPORTED_GROUPS: Final = (
     ("(?=", "look-ahead"),
@@ -159,65 +121,6 @@ def _compiled(pattern: str, ignore_case: bool) -> re.Pattern[str]:
         raise RegexError(f"regex {quote_value(pattern)} is invalid: {error.msg}") from None
     except RecursionError:  # Python's parser recurses per group; RE2 allows deeper nesting
         raise RegexError(f"regex {quote_value(pattern)} nests too deeply") from None
-
-
-# -- output pieces ---------------------------------------------------------------------------
-
-
-def _char(code: int) -> str:
-    """One code point as Python regex text that matches exactly it, in or out of a class."""
-    char = chr(code)
-    if char.isascii():
-        if char.isalnum():
-            return char
-        if char.isprintable():
-            return "\\" + char
-    elif char.isprintable():
-        return char
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def _normalised(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, merged, non-adjacent ranges."""
-    out: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if out and low <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], high))
-        else:
-            out.append((low, high))
-    return out
-
-
-def _complement(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    next_low = 0
-    for low, high in _normalised(ranges):
-        if low > next_low:
-            out.append((next_low, low - 1))
-        next_low = high + 1
-    if next_low <= _MAX_RUNE:
-        out.append((next_low, _MAX_RUNE))
-    return out
-
-
-def _folded(group: _Ranges) -> list[tuple[int, int]]:
-    """An ASCII set with every case partner RE2 (or Python's ``re.IGNORECASE``) gives it."""
-    codes = {code for low, high in group for code in range(low, high + 1)}
-    codes |= {ord(chr(code).swapcase()) for code in codes if chr(code).isalpha()}
-    for letters, partners in _FOLD_PARTNERS:
-        if any(ord(letter) in codes for letter in letters):
-            codes.update(partners)
-    return [(code, code) for code in codes]
-
-
-def _class_text(negated: bool, ranges: Iterable[tuple[int, int]]) -> str:
-    items = [
-        _char(low) if low == high else f"{_char(low)}-{_char(high)}"
-        for low, high in _normalised(ranges)
-    ]
-    return "[" + ("^" if negated else "") + "".join(items) + "]"
 
 
 def _opener(flags: _Flag) -> str:
