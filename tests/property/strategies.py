@@ -14,6 +14,7 @@ import msgspec
 from hypothesis import strategies as st
 
 from a3s_gateway.config.schema import Config
+from a3s_gateway.protocols.headers import ForwardingContext
 from a3s_gateway.routing.request import HttpRequestInfo
 from a3s_gateway.routing.rules import And, Call, Node, Not, Or
 
@@ -665,12 +666,23 @@ def _re2_leaves() -> st.SearchStrategy[ReAtom | ReClass | ReGroup]:
 def _re2_alternations(
     atoms: st.SearchStrategy[ReAtom | ReClass | ReGroup],
 ) -> st.SearchStrategy[ReAlternation]:
-    pieces = st.builds(RePiece, atoms, st.sampled_from(RE2_QUANTIFIERS))
+    pieces = st.builds(_re2_piece, atoms, st.sampled_from(RE2_QUANTIFIERS))
     set_flags = st.builds(ReSetFlags, st.sampled_from(RE2_FLAG_SPECS))
     sequences = st.lists(st.one_of(pieces, pieces, pieces, set_flags), min_size=1, max_size=4)
     return st.lists(sequences.map(tuple), min_size=1, max_size=3).map(
         lambda branches: ReAlternation(tuple(branches))
     )
+
+
+#: Unbounded repeats of groups nest into exponential backtracking in Python's engine (RE2's is
+#: linear), so a repeated group takes a bounded form instead.
+_RE2_BOUNDED: Final = {"*": "{0,2}", "+": "{1,2}", "{1,}": "{1,2}", "*?": "{0,2}?", "+?": "{1,2}?"}
+
+
+def _re2_piece(atom: ReAtom | ReClass | ReGroup, quantifier: str) -> RePiece:
+    if isinstance(atom, ReGroup):
+        quantifier = _RE2_BOUNDED.get(quantifier, quantifier)
+    return RePiece(atom, quantifier)
 
 
 def _re2_groups(
@@ -862,4 +874,85 @@ def routed_requests() -> st.SearchStrategy[HttpRequestInfo]:
         ),
         query=st.sampled_from(["", "debug", "debug=1", "v=2", "v=1&v=2", "v=2;x"]),
         remote_addr=st.sampled_from(["10.1.2.3:5000", "192.0.2.1:1", "[::ffff:10.0.0.9]:2", ""]),
+    )
+
+
+# --- header lists ---
+#
+# Inputs of ``protocols/headers.py`` (SPEC §5.4): h11-style header lists with lower-case names,
+# dense in hop-by-hop and forwarding fields, ``Connection`` lines that name other lines in mixed
+# case with optional whitespace, and ``X-Forwarded-For`` chains of addresses and junk.
+
+#: Names the header rules treat specially, plus a few ordinary ones that recur.
+SPECIAL_HEADER_NAMES: Final = (
+    "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
+    "trailer", "proxy-authorization", "proxy-authenticate", "http2-settings", "expect", "via",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip",
+    "forwarded", "x-forwarded-prefix", "host", "content-length", "cookie", "accept", "x-a", "x-b",
+)  # fmt: skip
+#: RFC 9110 §5.6.2 tchar, lower case (names arrive lower-cased).
+TCHARS_LOWER: Final = "!#$%&'*+-.^_`|~" + string.digits + string.ascii_lowercase
+
+
+def header_names() -> st.SearchStrategy[bytes]:
+    """Lower-case field names: mostly the special ones, sometimes arbitrary tokens."""
+    arbitrary = st.text(alphabet=TCHARS_LOWER, min_size=1, max_size=8)
+    return st.one_of(st.sampled_from(SPECIAL_HEADER_NAMES), arbitrary).map(str.encode)
+
+
+def header_values() -> st.SearchStrategy[bytes]:
+    """Field values as received: visible ASCII, SP, HTAB and obs-text, commas frequent."""
+    octets = st.one_of(
+        st.integers(0x21, 0x7E), st.sampled_from([0x20, 0x09, 0x2C]), st.integers(0x80, 0xFF)
+    )
+    return st.lists(octets, max_size=20).map(bytes)
+
+
+def connection_values() -> st.SearchStrategy[bytes]:
+    """``Connection`` values: comma lists of names in random case, OWS and empty elements."""
+    option = st.tuples(header_names(), st.booleans(), st.sampled_from([b"", b" ", b"\t", b"  "]))
+    rendered = option.map(lambda drawn: drawn[2] + (drawn[0].upper() if drawn[1] else drawn[0]))
+    return st.lists(rendered | st.just(b""), max_size=5).map(b",".join)
+
+
+def xff_values() -> st.SearchStrategy[bytes]:
+    """``X-Forwarded-For`` values: comma lists of IPv4/IPv6 addresses, sometimes junk entries."""
+    entry = st.one_of(
+        st.ip_addresses().map(lambda ip: str(ip).encode()),
+        st.sampled_from([b"unknown", b"[2001:db8::1]:80", b"192.0.2.1:8080", b"", b" "]),
+    )
+    return st.lists(entry, max_size=5).map(b", ".join)
+
+
+def header_lines() -> st.SearchStrategy[tuple[bytes, bytes]]:
+    """One field line; ``Connection`` and ``X-Forwarded-For`` get values of their own shape."""
+
+    def value_for(name: bytes) -> st.SearchStrategy[bytes]:
+        if name == b"connection":
+            return connection_values()
+        if name == b"x-forwarded-for":
+            return xff_values()
+        return header_values()
+
+    return header_names().flatmap(lambda name: value_for(name).map(lambda value: (name, value)))
+
+
+def header_lists() -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+    """Header lists as h11 hands them over: lower-case names, wire order, repeats allowed."""
+    return st.lists(header_lines(), max_size=14)
+
+
+def forwarding_contexts(
+    trusted: st.SearchStrategy[bool] | None = None,
+) -> st.SearchStrategy[ForwardingContext]:
+    """Per-request forwarding inputs; ``trusted`` fixes the peer's trust when given."""
+    return st.builds(
+        ForwardingContext,
+        peer_ip=st.ip_addresses().map(str),
+        peer_trusted=st.booleans() if trusted is None else trusted,
+        client_ip=st.ip_addresses().map(str),
+        tls=st.booleans(),
+        authority=header_values(),
+        via_protocol=st.sampled_from([b"1.0", b"1.1", b"2"]),
+        add_via=st.booleans(),
     )
