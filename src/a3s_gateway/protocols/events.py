@@ -16,9 +16,10 @@ Must not: hold behaviour. An event is a fact about the wire, not an instruction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-from a3s_gateway.protocols.headers import Headers
+if TYPE_CHECKING:
+    from a3s_gateway.protocols.headers import Headers
 
 __all__ = [
     "BodyChunk",
@@ -104,7 +105,9 @@ class ConnectionClosed:
 
 
 #: Everything an adapter's ``receive`` can return.
-Event: TypeAlias = RequestHead | ResponseHead | Informational | BodyChunk | EndOfBody | ConnectionClosed
+Event: TypeAlias = (
+    RequestHead | ResponseHead | Informational | BodyChunk | EndOfBody | ConnectionClosed
+)
 
 
 class ProtocolViolation(Exception):  # noqa: N818 -- a fact about the peer, not our error

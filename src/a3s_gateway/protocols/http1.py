@@ -1,22 +1,77 @@
-"""HTTP/1.1 sans-IO adapters over h11: ``Http1Server`` (downstream) and ``Http1Client`` (upstream).
+"""HTTP/1.x sans-IO adapters over h11: ``Http1Server`` (downstream) and ``Http1Client`` (upstream).
 
-SKELETON: the public signatures below are the contract that ``server/connection.py``,
-``server/exchange.py`` and ``upstream/connection.py`` are written against; the bodies are being
-written (issue #4).
+Ring 0: synchronous and deterministic; no trio, sockets, TLS, clocks or logging. The trio
+drivers (``server/connection.py``, ``upstream/connection.py``) feed received bytes to
+``receive`` (``b""`` means EOF), write whatever ``send`` returns, call ``send_failed`` when that
+write fails, and own every timeout. Must not: do IO, read the time, forward raw peer bytes,
+decode header values, or raise anything but ``ProtocolViolation`` (whose reason is a fixed,
+client-safe text, never peer bytes).
+
+Theory of operation — server. One request/response cycle at a time (SPEC §5.2), in phases:
+
+* ``HEAD``: bytes collect in our own buffer. Empty lines before the request line are skipped
+  (RFC 9112 §2.2); the request line is measured (414) and the head's total size bounded (431)
+  on the raw bytes before h11 sees them. The complete head goes to a fresh
+  ``h11.Connection(SERVER)`` for this cycle, which parses it (obs-fold joined, bare LF
+  accepted, Host and Content-Length rules); ``http1_request`` adds the SPEC §5.3 rules h11
+  leaves out and maps h11's errors to the right status.
+* ``BODY``: ``http1_request`` decodes Content-Length or (strict) chunked framing; h11 never sees
+  body bytes, so the bytes after the message stay in *our* buffer.
+* ``DONE``: the request is complete; further bytes (pipelining) are only buffered, bounded by
+  ``max_header_bytes + PIPELINE_SLACK``. ``start_next_cycle`` (after a complete keep-alive
+  response) swaps in a fresh h11 connection and parses what is buffered.
+* ``CLOSED`` after a clean EOF between requests; ``ERROR`` after a ``ProtocolViolation``.
+
+A fresh h11 connection per cycle is what lets us own the between-requests buffer without
+reaching into h11's private one; h11 still writes every response (status line, framing
+headers, ``Connection: close``, chunked encoding, no body for HEAD/204/304) and validates the
+header names and values we send, so an upstream can never make us split a response.
+
+``Http1Client`` lives in ``http1_client.py`` and is re-exported here.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Final, assert_never
+
+import h11
 
 from a3s_gateway.protocols.events import (
     BodyChunk,
+    ConnectionClosed,
     EndOfBody,
     Event,
     Informational,
+    ProtocolViolation,
     RequestHead,
     ResponseHead,
 )
+from a3s_gateway.protocols.http1_client import Http1Client
+from a3s_gateway.protocols.http1_request import (
+    CHUNKED,
+    ChunkedDecoder,
+    LengthDecoder,
+    check_raw_head,
+    inspect_request,
+    violation_for,
+)
+
+__all__ = ["PIPELINE_SLACK", "Http1Client", "Http1Limits", "Http1Server"]
+
+#: Pipelined bytes the server buffers beyond ``max_header_bytes`` while a response is in
+#: progress: one 64 KiB read (SPEC §5.2). More is a 400: the excess may hold several complete
+#: requests, so "header fields too large" (431) would be a false statement about them.
+PIPELINE_SLACK: Final = 65536
+
+_HEAD_END: Final = re.compile(rb"\n\r?\n")
+_LEADING_EMPTY: Final = re.compile(rb"(?:\r?\n)+")
+# Framing fields the adapter owns: the caller's copies are dropped so none is ever doubled.
+_SERVER_FRAMING: Final = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
+_CLOSE: Final = (b"connection", b"close")
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,54 +83,304 @@ class Http1Limits:
     max_headers: int = 100
 
 
+class _Phase(Enum):
+    HEAD = auto()
+    BODY = auto()
+    DONE = auto()
+    CLOSED = auto()
+    ERROR = auto()
+
+
+class _Framing(Enum):
+    """How the response body being sent is delimited."""
+
+    NONE = auto()  # HEAD, 204, 304: chunks are dropped
+    LENGTH = auto()
+    CHUNKED = auto()
+    CLOSE = auto()  # HTTP/1.0 client without Content-Length: the connection end delimits it
+
+
 class Http1Server:
-    """The server side of one downstream HTTP/1.x connection."""
+    """The server side of one downstream HTTP/1.x connection (see the module docstring)."""
+
+    __slots__ = (
+        "_body",
+        "_buf",
+        "_closing",
+        "_eof",
+        "_failed",
+        "_framing",
+        "_h11",
+        "_limits",
+        "_line_seen",
+        "_method",
+        "_phase",
+        "_scan",
+        "_version",
+    )
 
     def __init__(self, limits: Http1Limits = Http1Limits()) -> None:
-        raise NotImplementedError
+        self._limits = limits
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._phase = _Phase.HEAD
+        self._buf = bytearray()
+        self._scan = 0  # where the next line / head-end search resumes in ``_buf``
+        self._line_seen = False  # the request line's LF is in ``_buf``
+        self._body: LengthDecoder | ChunkedDecoder | None = None
+        self._eof = False
+        self._closing = False
+        self._failed = False
+        self._method = b""  # b"" until this cycle's request head parsed
+        self._version = b""
+        self._framing = _Framing.NONE
 
     def receive(self, data: bytes) -> list[Event]:
-        raise NotImplementedError
+        """Feed received bytes (``b""`` = EOF); return the current request's new events.
+
+        Raises ``ProtocolViolation`` (400, 414, 431, 501, 505); the connection is then unusable
+        except for sending one error response.
+        """
+        try:
+            phase = self._phase
+            if phase is _Phase.BODY:
+                return self._receive_body(data)
+            if phase is _Phase.HEAD:
+                if not data:
+                    self._eof = True
+                    return self._apply_eof([])
+                self._buf += data
+                return self._parse_head()
+            if phase is _Phase.DONE:
+                if data:
+                    self._buffer_next(data)
+                else:
+                    self._eof = True
+                return []
+            if phase is _Phase.CLOSED:
+                return []
+            raise ProtocolViolation(400, "connection already failed")
+        except ProtocolViolation:
+            self._phase = _Phase.ERROR
+            raise
 
     @property
     def head_started(self) -> bool:
-        raise NotImplementedError
+        """Whether some bytes of a not-yet-complete request head are being held."""
+        return self._phase is _Phase.HEAD and bool(self._buf)
 
     @property
     def keep_alive(self) -> bool:
-        raise NotImplementedError
+        """Whether, now that the response is complete, another request may be served."""
+        return (
+            self._phase is _Phase.DONE
+            and not self._closing
+            and not self._failed
+            and self._h11.our_state is h11.DONE
+        )
 
     def close_after_response(self) -> None:
-        raise NotImplementedError
+        """End the connection after this response; a head not yet sent gets ``Connection: close``.
+
+        If the head was already sent without it, the response still ends the connection (the
+        client sees EOF after a complete message, which HTTP/1.1 allows).
+        """
+        self._closing = True
 
     def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> bytes:
-        raise NotImplementedError
+        """Return the bytes to write for ``event``.
+
+        ``Informational`` is dropped (``b""``) for HTTP/1.0 clients. A ``ResponseHead``'s
+        ``content-length`` is kept; otherwise the body is chunked (HTTP/1.1) or close-delimited
+        (HTTP/1.0). Chunks of a bodiless response (HEAD, 204, 304) and trailers without chunked
+        framing are dropped. A body that ends short of its Content-Length is the caller's to
+        handle: it closes the connection instead of sending ``EndOfBody`` (which would raise).
+        Raises ``ProtocolViolation(500)`` when h11 refuses the event (an invalid header, a
+        101, too much or too little body): a bug upstream of this adapter.
+        """
+        try:
+            match event:
+                case BodyChunk(data=data):
+                    if not data or self._framing is _Framing.NONE:
+                        return b""
+                    return self._h11.send(h11.Data(data=data))
+                case ResponseHead():
+                    return self._send_head(event)
+                case EndOfBody(trailers=trailers):
+                    chunked = self._framing is _Framing.CHUNKED
+                    return self._h11.send(h11.EndOfMessage(headers=trailers if chunked else None))
+                case Informational(status=status, headers=headers, reason=reason):
+                    if self._version != b"1.1":
+                        return b""
+                    info = h11.InformationalResponse(
+                        status_code=status, headers=headers, reason=reason
+                    )
+                    return self._h11.send(info)
+                case _:
+                    assert_never(event)
+        except h11.LocalProtocolError as exc:
+            self._failed = True
+            raise ProtocolViolation(500, "response could not be serialised") from exc
 
     def send_failed(self) -> None:
-        raise NotImplementedError
+        """The write of bytes from ``send`` failed: the connection must not be reused."""
+        self._failed = True
+        self._h11.send_failed()
 
     def start_next_cycle(self) -> list[Event]:
-        raise NotImplementedError
+        """Begin the next request after a complete keep-alive response; return buffered events.
 
+        Raises ``ProtocolViolation(500)`` if ``keep_alive`` is false (a caller bug), or any
+        request violation found in the buffered (pipelined) bytes.
+        """
+        if not self.keep_alive:
+            raise ProtocolViolation(500, "connection cannot serve another request")
+        limits = self._limits
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self._phase = _Phase.HEAD
+        self._method = self._version = b""
+        self._framing = _Framing.NONE
+        try:
+            return self._apply_eof(self._parse_head() if self._buf else [])
+        except ProtocolViolation:
+            self._phase = _Phase.ERROR
+            raise
 
-class Http1Client:
-    """The client side of one upstream HTTP/1.1 connection."""
+    # --- receiving -------------------------------------------------------------------------
 
-    def __init__(self, *, max_head_bytes: int = 65536, max_headers: int = 200) -> None:
-        raise NotImplementedError
+    def _parse_head(self) -> list[Event]:
+        buf = self._buf
+        if buf.startswith((b"\r", b"\n")):  # RFC 9112 §2.2: ignore empty lines before a request
+            empty = _LEADING_EMPTY.match(buf)
+            if empty is not None:
+                del buf[: empty.end()]
+                self._scan = 0
+        end = self._head_end()
+        if end < 0:
+            return []
+        head = bytes(buf[:end])
+        rest = bytes(buf[end:])
+        buf.clear()
+        self._scan = 0
+        self._line_seen = False
+        return self._start_request(head, rest)
 
-    def send(self, event: RequestHead | BodyChunk | EndOfBody) -> bytes:
-        raise NotImplementedError
+    def _head_end(self) -> int:
+        """The offset just past the complete head in ``_buf``, or -1; enforce 414 and 431."""
+        buf = self._buf
+        limits = self._limits
+        if not self._line_seen:
+            line_end = buf.find(b"\n", self._scan)
+            if line_end < 0:
+                if len(buf) > limits.max_request_line_bytes:
+                    raise ProtocolViolation(414, "request-target too long")
+                self._scan = len(buf)
+                return -1
+            length = line_end - 1 if line_end and buf[line_end - 1] == 0x0D else line_end
+            if length > limits.max_request_line_bytes:
+                raise ProtocolViolation(414, "request-target too long")
+            self._line_seen = True
+            self._scan = line_end
+        found = _HEAD_END.search(buf, self._scan)
+        if found is None:
+            if len(buf) > limits.max_header_bytes:
+                raise ProtocolViolation(431, "request header fields too large")
+            self._scan = max(self._scan, len(buf) - 2)  # a terminator is at most 3 bytes long
+            return -1
+        if found.end() > limits.max_header_bytes:
+            raise ProtocolViolation(431, "request header fields too large")
+        return found.end()
 
-    def receive(self, data: bytes) -> list[Event]:
-        raise NotImplementedError
+    def _start_request(self, head: bytes, rest: bytes) -> list[Event]:
+        check_raw_head(head)
+        conn = self._h11
+        conn.receive_data(head)
+        try:
+            request = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise violation_for(exc, head) from exc
+        if not isinstance(request, h11.Request):  # unreachable: the head is complete
+            raise ProtocolViolation(400, "invalid request head")
+        headers = list(request.headers)
+        authority, length = inspect_request(request, headers, self._limits.max_headers)
+        self._method, self._version = request.method, request.http_version
+        events: list[Event] = [
+            RequestHead(
+                method=request.method,
+                target=request.target,
+                authority=authority,
+                headers=headers,
+                http_version=request.http_version,
+                has_body=length != 0,
+                expect_continue=length != 0 and conn.they_are_waiting_for_100_continue,
+            )
+        ]
+        if not length:
+            events.append(EndOfBody())
+            self._phase = _Phase.DONE
+            self._buffer_next(rest)
+            return events
+        limits = self._limits
+        self._body = (
+            ChunkedDecoder(max_trailer_bytes=limits.max_header_bytes, max_fields=limits.max_headers)
+            if length == CHUNKED
+            else LengthDecoder(length)
+        )
+        self._phase = _Phase.BODY
+        self._decode(rest, events)
+        return events
 
-    def send_failed(self) -> None:
-        raise NotImplementedError
+    def _receive_body(self, data: bytes) -> list[Event]:
+        if not data:
+            raise ProtocolViolation(400, "incomplete request body")
+        if self._buf:  # a partial chunk line or CRLF from the previous read
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        events: list[Event] = []
+        self._decode(data, events)
+        return events
 
-    @property
-    def reusable(self) -> bool:
-        raise NotImplementedError
+    def _decode(self, data: bytes, events: list[Event]) -> None:
+        body = self._body
+        assert body is not None  # set whenever the phase is BODY
+        pos = body.decode(data, 0, events)
+        if body.done:
+            self._body = None
+            self._phase = _Phase.DONE
+            self._buffer_next(data[pos:])
+        elif pos < len(data):
+            self._buf += memoryview(data)[pos:]
 
-    def start_next_cycle(self) -> None:
-        raise NotImplementedError
+    def _buffer_next(self, data: bytes) -> None:
+        """Hold bytes that arrive after the current request (pipelining), bounded."""
+        self._buf += data
+        if len(self._buf) > self._limits.max_header_bytes + PIPELINE_SLACK:
+            raise ProtocolViolation(400, "too much pipelined data")
+
+    def _apply_eof(self, events: list[Event]) -> list[Event]:
+        """After parsing: an EOF already seen ends the connection or truncates a message."""
+        if not self._eof or self._phase is _Phase.DONE:
+            return events
+        if self._phase is _Phase.BODY:
+            raise ProtocolViolation(400, "incomplete request body")
+        if self._buf:
+            raise ProtocolViolation(400, "incomplete request head")
+        self._phase = _Phase.CLOSED
+        events.append(ConnectionClosed())
+        return events
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def _send_head(self, event: ResponseHead) -> bytes:
+        headers = [line for line in event.headers if line[0] not in _SERVER_FRAMING]
+        if self._closing or self._phase is _Phase.ERROR:
+            headers.append(_CLOSE)
+        status = event.status
+        if status in _NO_BODY_STATUS or self._method == b"HEAD":
+            self._framing = _Framing.NONE
+        elif any(name == b"content-length" for name, _ in headers):
+            self._framing = _Framing.LENGTH
+        else:
+            self._framing = _Framing.CHUNKED if self._version == b"1.1" else _Framing.CLOSE
+        response = h11.Response(status_code=status, headers=headers, reason=event.reason)
+        return self._h11.send(response)

@@ -1,0 +1,206 @@
+"""``Http1Client``: the client side of one upstream HTTP/1.1 connection, over h11 (SPEC §5.7).
+
+Ring 0: synchronous and deterministic; no trio, sockets, TLS, clocks or logging. Re-exported by
+``http1.py``; ``upstream/connection.py`` drives it. Must not: do IO, read the time, or raise
+anything but ``ProtocolViolation`` (502 for the upstream's faults, 500 for a caller bug).
+
+Theory of operation: one ``h11.Connection(CLIENT)`` for the life of the upstream connection,
+cycled with ``h11.start_next_cycle``. h11 parses the response (obs-fold replaced by a space,
+framing from the request method, so HEAD/204/304 responses have no body) and writes the request
+(always HTTP/1.1, ``host`` first). On top of it this adapter enforces SPEC §5.7's response
+limits (head size and field count → 502), refuses 101 (WebSocket relaying comes later), and
+tracks what makes the connection unfit for the pool: a failed write, a violation, bytes after
+the response, or EOF. While the final head is awaited, the received bytes are mirrored (bounded
+by h11's head limit plus one read; reset after a 1xx once over it) so that an error can be told
+apart — an unsolicited 101 makes h11 raise a state error rather than return the event.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, assert_never
+
+import h11
+
+from a3s_gateway.protocols.events import (
+    BodyChunk,
+    ConnectionClosed,
+    EndOfBody,
+    Event,
+    Informational,
+    ProtocolViolation,
+    RequestHead,
+    ResponseHead,
+)
+
+__all__ = ["Http1Client"]
+
+_TE_CHUNKED: Final = (b"transfer-encoding", b"chunked")
+_STATUS_101: Final = re.compile(rb"(?:\A|\n)HTTP/[0-9]\.[0-9] 101(?![0-9])")
+
+
+class Http1Client:
+    """The client side of one upstream HTTP/1.1 connection (see the module docstring)."""
+
+    __slots__ = (
+        "_chunked",
+        "_done",
+        "_h11",
+        "_head_bytes",
+        "_in_head",
+        "_max_head_bytes",
+        "_max_headers",
+        "_received",
+        "_unusable",
+    )
+
+    def __init__(self, *, max_head_bytes: int = 65536, max_headers: int = 200) -> None:
+        self._max_head_bytes = max_head_bytes
+        self._max_headers = max_headers
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_bytes)
+        self._chunked = False  # the request body being sent is chunked
+        self._in_head = True  # waiting for the final response head
+        self._head_bytes = bytearray()  # bytes received while waiting for it (error path only)
+        self._received = False  # any byte of this cycle's response arrived
+        self._done = False  # the response's EndOfBody was returned
+        self._unusable = False  # failed write, violation, stray bytes or EOF
+
+    def send(self, event: RequestHead | BodyChunk | EndOfBody) -> bytes:
+        """Return the bytes to write for ``event`` (always HTTP/1.1, origin-form target).
+
+        A ``content-length`` header is kept; otherwise a request with ``has_body`` is chunked,
+        and one without has no body and is complete once its head is sent (an ``EndOfBody``
+        after it returns ``b""``). Trailers are dropped unless the body is chunked. Raises
+        ``ProtocolViolation(500)`` when h11 refuses the event (e.g. no ``host``): a caller bug.
+        """
+        try:
+            match event:
+                case BodyChunk(data=data):
+                    return self._h11.send(h11.Data(data=data)) if data else b""
+                case RequestHead():
+                    wire = self._h11.send(self._request(event))
+                    if not event.has_body:  # complete already: a later EndOfBody is a no-op
+                        self._h11.send(h11.EndOfMessage())
+                    return wire
+                case EndOfBody(trailers=trailers):
+                    if self._h11.our_state is not h11.SEND_BODY:
+                        return b""
+                    chunked = self._chunked
+                    return self._h11.send(h11.EndOfMessage(headers=trailers if chunked else None))
+                case _:
+                    assert_never(event)
+        except h11.LocalProtocolError as exc:
+            self._unusable = True
+            raise ProtocolViolation(500, "request could not be serialised") from exc
+
+    def _request(self, head: RequestHead) -> h11.Request:
+        headers = [line for line in head.headers if line[0] != b"transfer-encoding"]
+        self._chunked = head.has_body and not any(n == b"content-length" for n, _ in headers)
+        if self._chunked:
+            headers.append(_TE_CHUNKED)
+        return h11.Request(method=head.method, target=head.target, headers=headers)
+
+    def receive(self, data: bytes) -> list[Event]:
+        """Feed received bytes (``b""`` = EOF); return the response's new events.
+
+        After the response is complete, EOF gives ``ConnectionClosed`` and stray bytes are
+        swallowed (both make the connection unusable). Raises ``ProtocolViolation(502)``.
+        """
+        if self._done:
+            self._unusable = True
+            return [] if data else [ConnectionClosed()]
+        if self._in_head:
+            self._head_bytes += data
+        self._received = self._received or bool(data)
+        conn = self._h11
+        conn.receive_data(data)
+        events: list[Event] = []
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED or self._translate(event, events):
+                    break
+        except h11.RemoteProtocolError as exc:
+            self._unusable = True
+            raise self._violation(exc, eof=not data) from exc
+        except ProtocolViolation:
+            self._unusable = True
+            raise
+        return events
+
+    def _translate(self, event: object, events: list[Event]) -> bool:
+        """Append our event for h11's ``event``; return True when no more should be read."""
+        if isinstance(event, h11.Data):
+            events.append(BodyChunk(event.data))
+        elif isinstance(event, h11.Response):
+            events.append(self._response_head(event))
+        elif isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:  # WebSocket relaying comes later
+                raise ProtocolViolation(502, "unexpected 101")
+            if len(self._head_bytes) > self._max_head_bytes:  # bounded across many 1xx
+                self._head_bytes.clear()
+            events.append(Informational(event.status_code, list(event.headers), event.reason))
+        elif isinstance(event, h11.EndOfMessage):
+            events.append(EndOfBody(list(event.headers)))
+            self._done = True
+            self._check_after_response()
+            return True
+        else:  # h11.ConnectionClosed: EOF with no request in progress
+            events.append(ConnectionClosed())
+            self._unusable = True
+            return True
+        return False
+
+    def _response_head(self, event: h11.Response) -> ResponseHead:
+        headers = list(event.headers)
+        if len(headers) > self._max_headers:
+            raise ProtocolViolation(502, "too many response header fields")
+        # h11 checks its limit only while a head is incomplete, so a large head that arrives
+        # in one read passes; measure it when the bytes of this read could exceed the limit.
+        if len(self._head_bytes) > self._max_head_bytes:
+            size = 15 + len(event.reason) + sum(len(n) + len(v) + 4 for n, v in headers)
+            if size > self._max_head_bytes:
+                raise ProtocolViolation(502, "response head too large")
+        self._in_head = False
+        self._head_bytes = bytearray()
+        return ResponseHead(event.status_code, headers, event.reason, event.http_version)
+
+    def _violation(self, error: h11.RemoteProtocolError, *, eof: bool) -> ProtocolViolation:
+        if error.error_status_hint == 431:  # h11 hints 431 only for its buffer limit
+            return ProtocolViolation(502, "response head too large")
+        if not self._in_head:
+            return ProtocolViolation(502, "incomplete response body" if eof else "invalid body")
+        if not self._received:
+            return ProtocolViolation(502, "connection closed before response")
+        if _STATUS_101.search(self._head_bytes) is not None:
+            return ProtocolViolation(502, "unexpected 101")
+        return ProtocolViolation(502, "incomplete response head" if eof else "invalid head")
+
+    def _check_after_response(self) -> None:
+        """Bytes or EOF right behind the response make the connection unfit for reuse."""
+        try:
+            after = self._h11.next_event()
+        except h11.RemoteProtocolError:
+            after = h11.PAUSED
+        if after is not h11.NEED_DATA:
+            self._unusable = True
+
+    def send_failed(self) -> None:
+        """The write of bytes from ``send`` failed: the connection must not be reused."""
+        self._unusable = True
+        self._h11.send_failed()
+
+    @property
+    def reusable(self) -> bool:
+        """Request sent and response read completely, keep-alive on both sides, no error."""
+        conn = self._h11
+        return not self._unusable and conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    def start_next_cycle(self) -> None:
+        """Prepare for the next request; raises ``ProtocolViolation(500)`` if not ``reusable``."""
+        if not self.reusable:
+            raise ProtocolViolation(500, "connection is not reusable")
+        self._h11.start_next_cycle()
+        self._chunked = self._done = self._received = False
+        self._in_head = True
+        self._head_bytes = bytearray()
