@@ -1,0 +1,118 @@
+"""One pooled upstream HTTP/1.1 connection: a trio stream plus its client adapter (SPEC §5.7).
+
+Ring 1. Owns no nursery and sets no deadline; ``aclose`` is bounded by itself
+(``trio.aclose_forcefully``), ``close_nowait`` never blocks. The exchange (``server/exchange.py``)
+drives ``adapter`` over ``stream`` under its own deadlines and reports to the pool whether the
+connection may be reused (SPEC §5.7 "Reuse safety").
+
+The adapter is created on first use through an injectable factory, so the pool and its tests
+never depend on ``Http1Client``'s behaviour, and importing this package does not import the
+HTTP/1.1 adapter module (``config/runtime.py`` imports ``upstream`` for ``Peer``).
+
+Must not: read or write the stream on behalf of the pool (the pool only checks readability),
+decide reusability, or shield an unbounded close.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeAlias
+
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from a3s_gateway.protocols.http1 import Http1Client
+    from a3s_gateway.upstream.peer import Peer
+
+AdapterFactory: TypeAlias = "Callable[[], Http1Client]"
+
+
+def new_http1_client() -> Http1Client:
+    """The default ``AdapterFactory``: a fresh ``Http1Client`` with SPEC §5.7's head limits."""
+    # Imported on first use: see the module docstring.
+    from a3s_gateway.protocols.http1 import Http1Client
+
+    return Http1Client()
+
+
+class UpstreamConnection:
+    """A connection to ``peer`` over ``stream``; created by the pool after a successful dial.
+
+    ``reused`` is True once the pool has handed it out a second time (the stale-reuse rule of
+    SPEC §5.7 applies only then). ``created_at`` and ``idle_since`` are trio clock times.
+    """
+
+    __slots__ = (
+        "_adapter",
+        "_adapter_factory",
+        "checked_out",
+        "created_at",
+        "idle_since",
+        "peer",
+        "reused",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        peer: Peer,
+        *,
+        created_at: float,
+        adapter_factory: AdapterFactory = new_http1_client,
+    ) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.created_at = created_at
+        self.idle_since = created_at
+        self.reused = False
+        self.checked_out = False  # set and cleared by the pool only
+        self._adapter_factory = adapter_factory
+        self._adapter: Http1Client | None = None
+
+    @property
+    def adapter(self) -> Http1Client:
+        """The HTTP/1.1 client adapter of this connection, created on first access."""
+        adapter = self._adapter
+        if adapter is None:
+            adapter = self._adapter = self._adapter_factory()
+        return adapter
+
+    def looks_dead(self) -> bool:
+        """True if this idle connection must not be reused: readable (EOF, a reset or stray
+        bytes — an idle HTTP/1.1 server has nothing to say) or already closed. Never blocks.
+
+        Only a plain ``trio.SocketStream`` can be checked; any other stream is assumed alive
+        (the stale-reuse rule of SPEC §5.7 covers what slips through). ``is_readable`` is trio's
+        public zero-timeout poll on the socket, equivalent to a ``recv(MSG_PEEK|MSG_DONTWAIT)``
+        that does not block, without wrapping the file descriptor in a second socket object.
+        """
+        stream = self.stream
+        if not isinstance(stream, trio.SocketStream):
+            return False
+        sock = stream.socket
+        return sock.fileno() == -1 or sock.is_readable()
+
+    def close_nowait(self) -> bool:
+        """Close at once if the stream allows it synchronously; False when the caller must
+        ``await aclose()`` instead.
+
+        A ``trio.SocketStream`` closes its socket (exactly what its ``aclose`` does); a
+        ``trio.SSLStream`` over one is closed the way ``aclose_forcefully`` would, without
+        close_notify, by closing the socket underneath. Those are all production streams.
+        """
+        stream: trio.abc.Stream = self.stream
+        while isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if isinstance(stream, trio.SocketStream):
+            stream.socket.close()
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        """Close the stream without a graceful exchange; bounded, and done even if cancelled."""
+        await trio.aclose_forcefully(self.stream)
+
+    def __repr__(self) -> str:
+        return f"<UpstreamConnection {self.peer} reused={self.reused}>"
