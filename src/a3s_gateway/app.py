@@ -1,14 +1,17 @@
 """The composition root: ``Gateway`` builds the running gateway from a ``Config`` and owns the
 root nursery (DESIGN.md §3.1 Ring 2, §3.3).
 
-Nurseries: ``serve`` opens the *root* nursery, which lives until shutdown completes; listener,
-handler, pool, provider and health-check nurseries will hang off it as the data-plane issues
-land. Deadlines: ``shutdown(grace)`` sets the drain grace (``shutdown_timeout_secs`` by default);
-after it, whatever is left is cancelled. This module installs no signal handlers (the CLI does,
-SPEC §2.4) and keeps no global state, so several gateways can run in one process.
+Nurseries (DESIGN.md §3.3): ``serve`` opens the *root* nursery (until shutdown completes),
+which holds the upstream pool's task and the *connection handlers* nursery, which in turn holds
+the *listener group* (one accept loop per bound socket). Drain (SPEC §2.4): cancel the listener
+group, close the sockets, flag the drain (idle keep-alive connections close, responses in
+progress carry ``Connection: close``), move the handlers' deadline to now + grace, then close
+the pool with a bounded shield. This module installs no signal handlers (the CLI does) and
+keeps no global state, so several gateways can run in one process.
 
-Current scope (issue #2, the foundation): lifecycle, state, health snapshot, config swap on
-reload. No listeners are opened yet; the HTTP data plane is issue #4.
+Runtime snapshot (issue #4 item 7): ``reload`` compiles a new ``RuntimeConfig`` and swaps it in
+with one assignment; each request reads the snapshot once at its start. Listener changes on
+reload need a restart for now (hot listener changes are the reload issue).
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.config.overrides import apply_listen_override
+from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.values import Address
-from a3s_gateway.errors import GatewayError, StartError
+from a3s_gateway.errors import GatewayError, ReloadError, StartError
+from a3s_gateway.server.context import ServerContext
+from a3s_gateway.server.listeners import bound_address, open_http_listeners, serve_listener
+from a3s_gateway.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -31,6 +38,17 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
 
 log: Final = logging.getLogger("a3s_gateway.app")
+
+#: Bound on closing the upstream pool at the end of a drain.
+_POOL_CLOSE_GRACE: Final = 5.0
+
+
+def _listening(config: Config) -> dict[str, tuple[str, str, int]]:
+    """What the listeners depend on: each entrypoint's protocol and address."""
+    return {
+        name: (entry.protocol, entry.address.host, entry.address.port)
+        for name, entry in config.entrypoints.items()
+    }
 
 
 class GatewayState(enum.Enum):
@@ -74,14 +92,23 @@ class Gateway:
     """
 
     def __init__(
-        self, config: Config, *, listen_override: str | None = None, workers: int = 1
+        self,
+        config: Config,
+        *,
+        listen_override: str | None = None,
+        workers: int = 1,
+        reuse_port: bool = False,
     ) -> None:
         self._override = Address(listen_override) if listen_override is not None else None
         self._config = self._with_override(config)
         if workers != 1:
             raise StartError(
-                "multi-worker mode (--workers) is not implemented yet; run with --workers 1"
+                "Gateway runs one worker in-process; multi-worker mode is the CLI's "
+                "(`run --workers N`, SPEC §13.4)"
             )
+        self._reuse_port = reuse_port
+        self._listeners: dict[str, list[trio.SocketListener]] = {}
+        self._context: ServerContext | None = None
         self._state = GatewayState.CREATED
         self._generation = 1
         self._started_at: float | None = None
@@ -96,38 +123,80 @@ class Gateway:
         return apply_listen_override(config, self._override)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until shutdown; ``task_status.started()`` once running (SPEC §2.7).
+        """Run until shutdown; ``task_status.started()`` once every listener is bound (SPEC §2.7).
 
-        Raises ``StartError`` before ``started()`` if it cannot start. A checkpoint; may be
-        called once.
+        Raises ``StartError`` before ``started()`` if a listener cannot be bound (nothing stays
+        bound). A checkpoint; may be called once.
         """
         if self._state is not GatewayState.CREATED:
             raise GatewayError(f"serve() called in state {self._state.value}")
         self._state = GatewayState.STARTING
         self._started_at = trio.current_time()
         try:
-            async with trio.open_nursery() as root:
-                self._state = GatewayState.RUNNING
-                log.info(
-                    "gateway running: %d entrypoint(s), %d router(s), %d service(s)",
-                    len(self._config.entrypoints),
-                    len(self._config.routers),
-                    len(self._config.services),
-                )
-                task_status.started()
-                await self._shutdown_requested.wait()
-                self._state = GatewayState.STOPPING
-                grace = self._grace
-                if grace is None:
-                    grace = float(self._config.shutdown_timeout_secs)
-                root.cancel_scope.deadline = trio.current_time() + grace
+            runtime = compile_runtime(self._config, self._generation)
+            self._listeners = await open_http_listeners(
+                runtime.entrypoints, reuse_port=self._reuse_port
+            )
+            await self._run(runtime, task_status)
         except BaseException:
             self._state = GatewayState.FAILED
             raise
         finally:
+            self._close_listeners()
             self._stopped.set()
         self._state = GatewayState.STOPPED
         log.info("gateway stopped")
+
+    async def _run(self, runtime: RuntimeConfig, task_status: trio.TaskStatus[None]) -> None:
+        """The nursery tree of DESIGN.md §3.3: root ⊃ pool, handlers ⊃ acceptors."""
+        pool = UpstreamPool()
+        ctx = self._context = ServerContext(runtime, pool)
+        async with trio.open_nursery() as root:
+            await root.start(pool.run)
+            async with trio.open_nursery() as handlers:
+                async with trio.open_nursery() as acceptors:
+                    for name, listeners in self._listeners.items():
+                        for listener in listeners:
+                            entry = runtime.entrypoints[name]
+                            acceptors.start_soon(serve_listener, listener, entry, handlers, ctx)
+                            self._log_listening(name, listener, entry.tls)
+                    self._state = GatewayState.RUNNING
+                    log.info(
+                        "gateway running: %d entrypoint(s), %d router(s), %d service(s)",
+                        len(self._config.entrypoints),
+                        len(self._config.routers),
+                        len(self._config.services),
+                    )
+                    task_status.started()
+                    await self._shutdown_requested.wait()
+                    self._state = GatewayState.STOPPING
+                    ctx.drain.start()
+                    acceptors.cancel_scope.cancel()
+                self._close_listeners()
+                handlers.cancel_scope.deadline = trio.current_time() + self._grace_secs()
+            with trio.move_on_after(_POOL_CLOSE_GRACE) as cleanup:
+                cleanup.shield = True
+                await pool.aclose()
+            root.cancel_scope.cancel()
+
+    def _grace_secs(self) -> float:
+        grace = self._grace
+        return float(self._config.shutdown_timeout_secs) if grace is None else grace
+
+    def _log_listening(self, name: str, listener: trio.SocketListener, tls: bool) -> None:
+        host, port = bound_address(listener)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info(
+            "listening entrypoint=%s address=%s protocol=http tls=%s",
+            name,
+            shown,
+            "yes" if tls else "no",
+        )
+
+    def _close_listeners(self) -> None:
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                listener.socket.close()
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Drain gracefully within ``grace`` seconds (default ``shutdown_timeout_secs``) and
@@ -147,10 +216,21 @@ class Gateway:
         The ``--listen`` override is re-applied. A checkpoint.
         """
         await trio.lowlevel.checkpoint()
+        config = self._with_override(config)
+        if self._context is not None and _listening(config) != _listening(self._config):
+            raise ReloadError(
+                "entrypoint addresses changed: restart the gateway to apply listener changes"
+            )
         previous = self._state
         self._state = GatewayState.RELOADING
-        self._config = self._with_override(config)
+        try:
+            runtime = compile_runtime(config, self._generation + 1)
+        finally:
+            self._state = previous
+        self._config = config
         self._generation += 1
+        if self._context is not None:
+            self._context.runtime = runtime
         self._last_reload = ReloadStatus(time=trio.current_time(), ok=True, problem_count=0)
         self._state = previous
         log.info("config reloaded: generation %d", self._generation)
@@ -175,18 +255,22 @@ class Gateway:
         uptime = 0.0
         if self._started_at is not None and self._state is not GatewayState.STOPPED:
             uptime = trio.current_time() - self._started_at
+        ctx = self._context
         return HealthSnapshot(
             state=self._state,
             uptime_secs=uptime,
-            active_connections=0,
-            total_requests=0,
+            active_connections=sum(ctx.active_connections.values()) if ctx else 0,
+            total_requests=ctx.total_requests if ctx else 0,
             config_generation=self._generation,
             last_reload=self._last_reload,
         )
 
     def addresses(self) -> Mapping[str, tuple[tuple[str, int], ...]]:
-        """Bound addresses per entrypoint; empty until the data plane opens listeners."""
-        return {}
+        """Bound addresses per entrypoint (port 0 resolved); empty before ``serve`` binds."""
+        return {
+            name: tuple(bound_address(listener) for listener in listeners)
+            for name, listeners in self._listeners.items()
+        }
 
     async def __aenter__(self) -> Gateway:
         if self._state is GatewayState.CREATED:

@@ -167,7 +167,7 @@ def test_run_with_a_bad_config_prints_problems_and_exits_1(tmp_path: Path) -> No
 
 
 async def test_run_drains_and_exits_0_on_sigterm() -> None:
-    gateway = await start_gateway(QUICKSTART, "--log-format", "json")
+    gateway = await start_gateway(QUICKSTART, "--log-format", "json", "--listen", "127.0.0.1:0")
     with trio.fail_after(30):
         line = await gateway.wait_for_line("gateway running")
         assert json.loads(line)["level"] == "info"
@@ -177,7 +177,7 @@ async def test_run_drains_and_exits_0_on_sigterm() -> None:
 
 
 async def test_run_in_compat_form_exits_0_on_sigint() -> None:
-    gateway = await start_gateway("--config", QUICKSTART)
+    gateway = await start_gateway("--config", QUICKSTART, "--listen", "127.0.0.1:0")
     with trio.fail_after(30):
         await gateway.wait_for_line("gateway running")
         gateway.process.send_signal(signal.SIGINT)
@@ -187,7 +187,7 @@ async def test_run_in_compat_form_exits_0_on_sigint() -> None:
 async def test_sighup_reloads_and_a_bad_reload_keeps_running(tmp_path: Path) -> None:
     config = trio.Path(tmp_path / "gateway.hcl")
     await config.write_text(await trio.Path(QUICKSTART).read_text())
-    gateway = await start_gateway(str(config))
+    gateway = await start_gateway(str(config), "--listen", "127.0.0.1:0")
     with trio.fail_after(30):
         await gateway.wait_for_line("gateway running")
         gateway.process.send_signal(signal.SIGHUP)

@@ -36,7 +36,7 @@ from a3s_gateway.routing.paths import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
     "ConnView",
@@ -205,7 +205,7 @@ class _Missing(enum.Enum):
     MISSING = enum.auto()
 
 
-def _index_headers(headers: Sequence[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+def _index_headers(headers: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
     """Field lines grouped by lower-case name, values as received, in order; one pass."""
     grouped: dict[str, list[str]] = {}
     for name, value in headers:
@@ -241,7 +241,7 @@ class RequestView:
         host: str,
         path: bytes,
         *,
-        headers: Sequence[tuple[str, str]] = (),
+        headers: Iterable[tuple[str, str]] = (),
         query: str = "",
         remote_addr: str = "",
     ) -> None:

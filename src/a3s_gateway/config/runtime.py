@@ -1,0 +1,218 @@
+"""The compiled runtime snapshot: everything a request reads, built once per config generation.
+
+Ring 0: pure construction from a validated ``Config``; no trio, sockets, TLS or clocks.
+
+``compile_runtime(config, generation)`` resolves every effective value the schema leaves as
+"not set" (entrypoint timeouts and limits by protocol, SPEC §3.7), compiles the HTTP route
+table (SPEC §4.7), and builds one backend pool and balancer per service (SPEC §7). The result,
+``RuntimeConfig``, is immutable at its top level and is swapped as one object on reload (SPEC
+§10.1): a request reads ``gateway.runtime`` once at its start and keeps that snapshot to the
+end, so a reload never changes the rules under an exchange in flight (issue #4 item 7).
+
+The ``Backend`` objects inside are the one mutable part (their in-flight counts and health
+flags change while requests run); they belong to this generation.
+
+Must not: validate (``semantic.py`` did), open sockets, or read the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from a3s_gateway.config.schema_services import LoadBalancer
+from a3s_gateway.protocols.http1 import Http1Limits
+from a3s_gateway.routing import Route, RouteTable, compile_rule
+from a3s_gateway.services import Backend, Balancer, make_balancer
+from a3s_gateway.upstream import Peer, PoolSettings
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from a3s_gateway.config.schema import Config
+    from a3s_gateway.config.schema_entrypoints import Entrypoint
+    from a3s_gateway.config.schema_services import Service
+    from a3s_gateway.routing.request import PeerAddress
+
+__all__ = [
+    "EntrypointRuntime",
+    "RuntimeConfig",
+    "ServiceRuntime",
+    "compile_runtime",
+]
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: SPEC §3.7 defaults for HTTP entrypoints, in seconds.
+_HTTP_TIMEOUTS: Final = {"handshake": 10.0, "request_head": 30.0, "idle": 60.0, "body_idle": 60.0}
+_DEFAULT_MAX_CONNECTIONS: Final = 10000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntrypointRuntime:
+    """An ``http`` entrypoint's effective settings (SPEC §3.7)."""
+
+    name: str
+    host: str
+    port: int
+    tls: bool
+    max_connections: int
+    limits: Http1Limits
+    max_concurrent_requests: int
+    max_requests_per_connection: int
+    handshake_timeout: float
+    request_head_timeout: float
+    idle_timeout: float
+    body_idle_timeout: float
+    via: bool
+    sanitize_path: bool
+    trust_all: bool
+    trusted: tuple[_Network, ...]
+
+    def is_trusted(self, address: PeerAddress) -> bool:
+        """Whether ``address`` may supply forwarding headers (``forwarded_headers``)."""
+        if self.trust_all:
+            return True
+        return any(address in network for network in self.trusted)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceRuntime:
+    """One service's backends, balancer and upstream settings (SPEC §3.10, §7)."""
+
+    name: str
+    backends: tuple[Backend, ...]
+    #: The pool key of each backend, index for index.
+    peers: tuple[Peer, ...]
+    #: Each backend's URL path prefix as bytes ("" when none), index for index (SPEC §3).
+    prefixes: tuple[bytes, ...]
+    balancer: Balancer
+    pool: PoolSettings
+    connect_timeout: float
+    response_header_timeout: float
+    body_idle_timeout: float
+    total_timeout: float  # 0 = off
+    connect_attempts: int
+    pass_host_header: bool
+    failover: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeConfig:
+    """One config generation, compiled; immutable at the top level."""
+
+    generation: int
+    config: Config
+    entrypoints: Mapping[str, EntrypointRuntime]
+    routes: RouteTable
+    services: Mapping[str, ServiceRuntime]
+
+
+def compile_runtime(config: Config, generation: int) -> RuntimeConfig:
+    """Build the snapshot of a validated config (rules were already compiled once at load)."""
+    entrypoints = {
+        name: _entrypoint(name, entrypoint)
+        for name, entrypoint in config.entrypoints.items()
+        if entrypoint.protocol == "http"
+    }
+    services = {
+        name: _service(name, service)
+        for name, service in config.services.items()
+        if service.websocket_mux is None
+    }
+    return RuntimeConfig(
+        generation=generation,
+        config=config,
+        entrypoints=entrypoints,
+        routes=_route_table(config),
+        services=services,
+    )
+
+
+def _entrypoint(name: str, entrypoint: Entrypoint) -> EntrypointRuntime:
+    limits = entrypoint.limits
+    timeouts = entrypoint.timeouts
+    seconds = dict(_HTTP_TIMEOUTS)
+    if timeouts is not None:
+        for field in seconds:
+            value = getattr(timeouts, field)
+            if value is not None:
+                seconds[field] = value.seconds
+    forwarded = entrypoint.forwarded_headers
+    return EntrypointRuntime(
+        name=name,
+        host=entrypoint.address.host,
+        port=entrypoint.address.port,
+        tls=entrypoint.tls is not None,
+        max_connections=entrypoint.max_connections or _DEFAULT_MAX_CONNECTIONS,
+        limits=Http1Limits(
+            max_request_line_bytes=limits.max_request_line_bytes if limits else 8192,
+            max_header_bytes=limits.max_header_bytes if limits else 32768,
+            max_headers=limits.max_headers if limits else 100,
+        ),
+        max_concurrent_requests=limits.max_concurrent_requests if limits else 10000,
+        max_requests_per_connection=limits.max_requests_per_connection if limits else 0,
+        handshake_timeout=seconds["handshake"],
+        request_head_timeout=seconds["request_head"],
+        idle_timeout=seconds["idle"],
+        body_idle_timeout=seconds["body_idle"],
+        via=entrypoint.via is not False,
+        sanitize_path=entrypoint.sanitize_path is not False,
+        trust_all=forwarded is not None and forwarded.insecure,
+        trusted=tuple(n.network for n in forwarded.trusted_ips) if forwarded else (),
+    )
+
+
+def _route_table(config: Config) -> RouteTable:
+    routes = []
+    for name, router in config.routers.items():
+        rule = compile_rule(router.rule, kind="http", syntax=router.rule_syntax)
+        routes.append(
+            Route(
+                name=name,
+                rule=rule,
+                service=router.service,
+                entrypoints=frozenset(router.entrypoints) if router.entrypoints else None,
+                priority=router.priority,
+                middlewares=router.middlewares,
+            )
+        )
+    return RouteTable(routes)
+
+
+def _service(name: str, service: Service) -> ServiceRuntime:
+    balancer_config = service.load_balancer
+    if balancer_config is None:
+        balancer_config = LoadBalancer()
+    servers = balancer_config.servers
+    if not servers and service.revisions:
+        # Revisions and traffic split are issue #10; until then their servers form one pool.
+        servers = tuple(server for revision in service.revisions for server in revision.servers)
+    backends = tuple(
+        Backend(url=server.url, weight=server.weight, index=index)
+        for index, server in enumerate(servers)
+    )
+    return ServiceRuntime(
+        name=name,
+        backends=backends,
+        peers=tuple(Peer.from_url(backend.url) for backend in backends),
+        prefixes=tuple(backend.url.path.encode() for backend in backends),
+        balancer=make_balancer(balancer_config.strategy, backends),
+        pool=_pool_settings(balancer_config),
+        connect_timeout=balancer_config.connect_timeout.seconds,
+        response_header_timeout=balancer_config.response_header_timeout.seconds,
+        body_idle_timeout=balancer_config.body_idle_timeout.seconds,
+        total_timeout=balancer_config.total_timeout.seconds,
+        connect_attempts=balancer_config.connect_attempts,
+        pass_host_header=balancer_config.pass_host_header,
+        failover=service.failover.service if service.failover else None,
+    )
+
+
+def _pool_settings(balancer: LoadBalancer) -> PoolSettings:
+    return PoolSettings(
+        max_idle_per_backend=balancer.max_idle_per_backend,
+        idle_conn_timeout=balancer.idle_conn_timeout.seconds,
+        max_conns_per_backend=balancer.max_conns_per_backend,
+    )

@@ -1,0 +1,279 @@
+"""One downstream HTTP/1.1 connection: the read loop, keep-alive, pipelining and head timeouts.
+
+Ring 1. Nurseries: none of its own (HTTP/1.1 serves one exchange at a time; the exchange owns
+its pump nursery). Deadlines set here (SPEC §5.5, DESIGN.md §3.4): keep-alive idle (end of a
+response → first byte of the next head; silent close), request head (first byte → head
+complete; 408 and close), and the client body idle gap (between request-body reads; the
+exchange maps it to 408 or an abort). On drain the idle wait is cancelled (idle connections
+close at once) and the response in progress carries ``Connection: close``.
+
+Must not: route or proxy (``exchange.py``), or parse bytes itself (``protocols/http1.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from a3s_gateway.protocols.events import (
+    BodyChunk,
+    ConnectionClosed,
+    EndOfBody,
+    Event,
+    Informational,
+    ProtocolViolation,
+    RequestHead,
+    ResponseHead,
+)
+from a3s_gateway.protocols.http1 import Http1Server
+from a3s_gateway.protocols.responses import error_response
+from a3s_gateway.server.exchange import ClientTimeout, handle_request, send_generated
+
+if TYPE_CHECKING:
+    from a3s_gateway.config.runtime import EntrypointRuntime
+    from a3s_gateway.server.context import ServerContext
+
+__all__ = ["ClientGone", "ConnInfo", "Http1Downstream", "serve_http1"]
+
+log: Final = logging.getLogger("a3s_gateway.server")
+
+#: One read (DESIGN.md §3.5).
+READ_SIZE: Final = 65536
+#: Bound on closing a connection (a shielded cleanup always has a deadline).
+CLOSE_GRACE: Final = 1.0
+
+
+class ClientGone(Exception):  # noqa: N818 -- an event, not a bug
+    """The client closed or reset the connection in the middle of something."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnInfo:
+    """Who is on the other end of a downstream connection, and where it arrived."""
+
+    entrypoint: str
+    peer_ip: str
+    peer_port: int
+    tls: bool = False
+
+
+class Http1Downstream:
+    """The downstream side of the exchange in progress: events in, events out.
+
+    ``receive_body`` applies the client body-idle timeout; ``send`` poisons the adapter when a
+    write fails. ``request_complete`` turns true once the request's ``EndOfBody`` was read.
+    """
+
+    __slots__ = (
+        "_adapter",
+        "_body_idle",
+        "_stream",
+        "closing",
+        "http_version",
+        "pending",
+        "request_complete",
+        "response_started",
+    )
+
+    def __init__(self, stream: trio.abc.Stream, adapter: Http1Server, body_idle: float) -> None:
+        self._stream = stream
+        self._adapter = adapter
+        self._body_idle = body_idle
+        self.pending: deque[Event] = deque()
+        self.http_version = b"1.1"
+        self.request_complete = False
+        self.response_started = False
+        #: The connection ends after the response in progress.
+        self.closing = False
+
+    async def fill(self) -> None:
+        """Read once from the client and queue the resulting events.
+
+        Raises ``ClientGone`` on a reset, ``ProtocolViolation`` on bad bytes.
+        """
+        try:
+            data = await self._stream.receive_some(READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            raise ClientGone from error
+        # Sockets give bytes; other trio streams may give a bytearray (typed as either).
+        events = self._adapter.receive(data if isinstance(data, bytes) else bytes(data))
+        if not events and not data:
+            raise ClientGone
+        self.pending.extend(events)
+
+    async def receive_body(self) -> BodyChunk | EndOfBody:
+        """The next piece of the request body, within the body-idle timeout.
+
+        Raises ``ClientTimeout``, ``ClientGone`` or ``ProtocolViolation``.
+        """
+        if not self.pending:
+            with trio.move_on_after(self._body_idle) as scope:
+                while not self.pending:
+                    await self.fill()
+            if scope.cancelled_caught:
+                raise ClientTimeout
+        event = self.pending.popleft()
+        if isinstance(event, EndOfBody):
+            self.request_complete = True
+            return event
+        if isinstance(event, BodyChunk):
+            return event
+        raise ProtocolViolation(400, "unexpected event in request body")
+
+    async def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> None:
+        """Write one event to the client. Raises ``ClientGone`` if the write fails."""
+        if isinstance(event, ResponseHead):
+            self.response_started = True
+        data = self._adapter.send(event)
+        if not data:
+            return
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            self._adapter.send_failed()
+            raise ClientGone from error
+        except BaseException:
+            self._adapter.send_failed()
+            raise
+
+    def close_after_response(self) -> None:
+        """The response in progress ends the connection (``Connection: close``)."""
+        self.closing = True
+        self._adapter.close_after_response()
+
+
+async def serve_http1(stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContext) -> None:
+    """Serve requests on one downstream connection until either side ends it; closes ``stream``.
+
+    Never raises for anything a client does; a bug in one exchange ends only this connection.
+    """
+    entry = ctx.runtime.entrypoints[info.entrypoint]
+    adapter = Http1Server(entry.limits)
+    down = Http1Downstream(stream, adapter, entry.body_idle_timeout)
+    try:
+        await _serve_requests(down, adapter, info, entry, ctx)
+    except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    except Exception:
+        log.exception("connection from %s failed", info.peer_ip)
+    finally:
+        with trio.move_on_after(CLOSE_GRACE) as cleanup:
+            cleanup.shield = True
+            await stream.aclose()
+
+
+async def _serve_requests(
+    down: Http1Downstream,
+    adapter: Http1Server,
+    info: ConnInfo,
+    entry: EntrypointRuntime,
+    ctx: ServerContext,
+) -> None:
+    served = 0
+    while True:
+        head = await _next_head(down, adapter, entry, ctx)
+        if head is None:
+            return
+        served += 1
+        down.request_complete = not head.has_body
+        down.response_started = False
+        down.http_version = head.http_version
+        limit = entry.max_requests_per_connection
+        if ctx.drain.draining or (limit and served >= limit):
+            down.close_after_response()
+        await handle_request(head, down, info, ctx)
+        if down.closing:
+            return
+        if not down.request_complete:
+            await _discard_body(down, adapter)
+        if not adapter.keep_alive or ctx.drain.draining:
+            return
+        down.pending.extend(adapter.start_next_cycle())
+
+
+async def _next_head(
+    down: Http1Downstream, adapter: Http1Server, entry: EntrypointRuntime, ctx: ServerContext
+) -> RequestHead | None:
+    """The next request head, or None when the connection should end quietly."""
+    try:
+        return await _read_head(down, adapter, entry, ctx)
+    except ProtocolViolation as violation:
+        text = f"bad request: {violation.reason}" if violation.status == 400 else None
+        await _answer_and_close(down, adapter, violation.status, text)
+    except _HeadTimeout:
+        await _answer_and_close(down, adapter, 408, None)
+    return None
+
+
+class _HeadTimeout(Exception):  # noqa: N818 -- an event
+    """The request head did not complete within ``timeouts.request_head``."""
+
+
+async def _read_head(
+    down: Http1Downstream, adapter: Http1Server, entry: EntrypointRuntime, ctx: ServerContext
+) -> RequestHead | None:
+    drain = ctx.drain
+    if drain.draining and not down.pending:
+        return None
+    idle = trio.CancelScope(deadline=trio.current_time() + entry.idle_timeout)
+    head_deadline = float("inf")
+    drain.idle_scopes.add(idle)
+    try:
+        with idle:
+            while True:
+                while down.pending:
+                    event = down.pending.popleft()
+                    if isinstance(event, RequestHead):
+                        return event
+                    if isinstance(event, ConnectionClosed):
+                        return None
+                await down.fill()
+                if adapter.head_started and head_deadline == float("inf"):
+                    # The first byte of a head arrived: the head timer replaces the idle timer.
+                    drain.idle_scopes.discard(idle)
+                    head_deadline = trio.current_time() + entry.request_head_timeout
+                    idle.deadline = head_deadline
+    finally:
+        drain.idle_scopes.discard(idle)
+    if head_deadline != float("inf"):
+        raise _HeadTimeout
+    return None
+
+
+async def _answer_and_close(
+    down: Http1Downstream, adapter: Http1Server, status: int, text: str | None
+) -> None:
+    """Send an error response if the adapter can still carry one; the connection then ends."""
+    down.close_after_response()
+    try:
+        with trio.move_on_after(CLOSE_GRACE):
+            await send_generated(down, error_response(status, text, close=True), head_only=False)
+    except (ClientGone, ProtocolViolation):
+        pass
+
+
+#: Bounded discard of an unread request body after an early response (SPEC §5.2).
+_DISCARD_BYTES: Final = 256 * 1024
+_DISCARD_TIME: Final = 2.0
+
+
+async def _discard_body(down: Http1Downstream, adapter: Http1Server) -> None:
+    """Read and drop the rest of a request body (≤ 256 KiB within 2 s) or give up the
+    connection, so the next request on it is framed correctly."""
+    budget = _DISCARD_BYTES
+    with trio.move_on_after(_DISCARD_TIME):
+        try:
+            while budget > 0:
+                event = await down.receive_body()
+                if isinstance(event, EndOfBody):
+                    return
+                budget -= len(event.data)
+        except (ClientTimeout, ProtocolViolation):
+            pass
+    adapter.close_after_response()
+    down.request_complete = False
+    raise ClientGone

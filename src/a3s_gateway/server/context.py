@@ -1,0 +1,89 @@
+"""What every downstream connection of one gateway shares: the current runtime snapshot, the
+upstream pool, the drain state, the cached ``Date`` and the request counters.
+
+Ring 1. Owns no nursery and sets no deadline; ``app.py`` builds one ``ServerContext`` per
+gateway and swaps ``runtime`` on reload (one attribute assignment, so a request that read it
+keeps a consistent snapshot, SPEC §10.1). Must not: hold per-request state.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import trio
+
+    from a3s_gateway.config.runtime import RuntimeConfig
+    from a3s_gateway.upstream import UpstreamPool
+
+__all__ = ["DateCache", "Drain", "ServerContext"]
+
+
+class DateCache:
+    """The ``Date`` value (RFC 9110 §6.6.1), formatted at most once per wall-clock second.
+
+    The wall clock is right here: ``Date`` states the time of day, which trio's clock is not.
+    """
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def value(self) -> bytes:
+        """The current ``Date`` field value as bytes."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._value = formatdate(second, usegmt=True).encode("ascii")
+        return self._value
+
+
+class Drain:
+    """The graceful-drain flag of SPEC §2.4 and the idle waits it interrupts.
+
+    Connections waiting for the next request on a keep-alive connection register their wait's
+    cancel scope in ``idle_scopes``; ``start()`` cancels them all (idle connections close at
+    once) and sets ``draining`` so that every response still in progress carries
+    ``Connection: close``.
+    """
+
+    __slots__ = ("draining", "idle_scopes")
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.idle_scopes: set[trio.CancelScope] = set()
+
+    def start(self) -> None:
+        """Begin draining; idempotent."""
+        self.draining = True
+        for scope in self.idle_scopes:
+            scope.cancel()
+        self.idle_scopes.clear()
+
+
+class ServerContext:
+    """The shared state of one gateway's data plane (see the module docstring)."""
+
+    __slots__ = (
+        "active_connections",
+        "active_requests",
+        "dates",
+        "drain",
+        "pool",
+        "runtime",
+        "total_requests",
+    )
+
+    def __init__(self, runtime: RuntimeConfig, pool: UpstreamPool) -> None:
+        self.runtime = runtime
+        self.pool = pool
+        self.drain = Drain()
+        self.dates = DateCache()
+        self.active_connections: dict[str, int] = {}
+        self.active_requests: dict[str, int] = {}
+        self.total_requests = 0

@@ -1,0 +1,291 @@
+"""One proxied request: prechecks, routing, backend choice, connect attempts and failover.
+
+Ring 1. Nurseries: none here (``forward.py`` owns the pump nursery of one attempt). Deadlines
+set here: the upstream connect timeout (one scope per attempt, SPEC §5.5) and the total
+timeout (one scope around the whole dispatch when ``total_timeout`` is set). Status mapping
+follows SPEC §5.5's rule of thumb: refused/reset/garbage → 502, too slow → 504, nothing
+available → 503, client too slow → 408.
+
+The runtime snapshot is read once, at the start (``ctx.runtime``), and used to the end.
+
+Must not: parse bytes (the adapters do) or know the downstream protocol: it talks to a
+``Downstream`` (``Http1Downstream`` today, an HTTP/2 stream later).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final, Protocol
+
+import trio
+
+from a3s_gateway.protocols.events import (
+    BodyChunk,
+    EndOfBody,
+    Informational,
+    ProtocolViolation,
+    RequestHead,
+    ResponseHead,
+)
+from a3s_gateway.protocols.headers import (
+    ForwardingContext,
+    client_ip,
+    client_wants_trailers,
+    forwarding_headers,
+    strip_hop_by_hop,
+)
+from a3s_gateway.protocols.responses import GeneratedResponse, error_response
+from a3s_gateway.protocols.target import decrement_max_forwards, precheck, split_target
+from a3s_gateway.routing.paths import InvalidPathEscape, routing_path, sanitize_path
+from a3s_gateway.routing.request import RequestView, canonical_host, parse_peer
+from a3s_gateway.server.forward import AbortResponse, ConnectError, UpstreamFailure, forward
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from a3s_gateway.config.runtime import EntrypointRuntime, RuntimeConfig, ServiceRuntime
+    from a3s_gateway.protocols.headers import Headers
+    from a3s_gateway.server.connection import ConnInfo
+    from a3s_gateway.server.context import ServerContext
+    from a3s_gateway.services import Backend
+
+__all__ = ["ClientTimeout", "Downstream", "handle_request", "send_generated"]
+
+log: Final = logging.getLogger("a3s_gateway.exchange")
+
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+#: The answer when a service has no available backend at all (SPEC §7.9 step 5).
+_NO_BACKEND: Final = error_response(503, "no available backend")
+
+
+class ClientTimeout(Exception):  # noqa: N818 -- an event
+    """The client left a gap longer than ``timeouts.body_idle`` in its request body."""
+
+
+class Downstream(Protocol):
+    """The client side of one exchange, whatever the downstream protocol."""
+
+    http_version: bytes
+    request_complete: bool
+    response_started: bool
+
+    async def receive_body(self) -> BodyChunk | EndOfBody: ...
+
+    async def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> None: ...
+
+    def close_after_response(self) -> None: ...
+
+
+async def send_generated(down: Downstream, response: GeneratedResponse, *, head_only: bool) -> None:
+    """Send a gateway-generated response (``Date`` is added by the caller's adapter path)."""
+    if response.close:
+        down.close_after_response()
+    await down.send(response.head)
+    if response.body and not head_only:
+        await down.send(BodyChunk(response.body))
+    await down.send(EndOfBody())
+
+
+async def handle_request(
+    head: RequestHead, down: Downstream, info: ConnInfo, ctx: ServerContext
+) -> None:
+    """Answer one request, by proxying it or by a generated response.
+
+    Raises only ``ClientGone`` (the client went away, or the response had to be aborted): the
+    connection then closes. Everything else is answered here.
+    """
+    runtime = ctx.runtime
+    entry = runtime.entrypoints[info.entrypoint]
+    ctx.total_requests += 1
+    active = ctx.active_requests.get(info.entrypoint, 0)
+    if active >= entry.max_concurrent_requests:
+        extra = [(b"retry-after", b"1")]
+        await _answer(down, head, error_response(503, "overloaded", extra=extra))
+        return
+    ctx.active_requests[info.entrypoint] = active + 1
+    try:
+        await _handle(head, down, info, ctx, runtime, entry)
+    except ClientTimeout:
+        if not down.response_started:
+            await _answer(down, head, error_response(408, close=True))
+        else:
+            raise _abort() from None
+    except ProtocolViolation as violation:
+        # A malformed request body (bad chunking): 400 if we still can, else abort.
+        if down.response_started:
+            raise _abort() from None
+        text = f"bad request: {violation.reason}"
+        await _answer(down, head, error_response(violation.status, text, close=True))
+    finally:
+        ctx.active_requests[info.entrypoint] -= 1
+
+
+def _abort() -> Exception:
+    from a3s_gateway.server.connection import ClientGone
+
+    return ClientGone()
+
+
+async def _answer(down: Downstream, head: RequestHead, response: GeneratedResponse) -> None:
+    await send_generated(down, response, head_only=head.method == b"HEAD")
+
+
+async def _handle(
+    head: RequestHead,
+    down: Downstream,
+    info: ConnInfo,
+    ctx: ServerContext,
+    runtime: RuntimeConfig,
+    entry: EntrypointRuntime,
+) -> None:
+    early = precheck(head)
+    if early is not None:
+        await _answer(down, head, early)
+        return
+    raw_path, query = split_target(head.target)
+    if entry.sanitize_path:
+        raw_path = sanitize_path(raw_path)
+    try:
+        path = routing_path(raw_path)
+    except InvalidPathEscape:
+        await _answer(down, head, error_response(400, "bad request: invalid escape", close=True))
+        return
+    view = RequestView(
+        head.method.decode("latin-1"),
+        canonical_host(head.authority.decode("latin-1")),
+        path,
+        headers=_TextHeaders(head.headers),
+        query=query.decode("latin-1"),
+        remote_addr=info.peer_ip,
+    )
+    route = runtime.routes.select(view, info.entrypoint)
+    if route is None:
+        await _answer(down, head, error_response(404))
+        return
+    service = runtime.services.get(route.service)
+    if service is None:
+        await _answer(down, head, error_response(503))
+        return
+    target = raw_path + (b"?" + query if query else b"")
+    upstream_headers, client = _upstream_headers(head, info, entry)
+    request = _Request(head, target, upstream_headers, client)
+    await _dispatch(request, down, ctx, runtime, service)
+
+
+class _TextHeaders:
+    """Header lines decoded lazily, for the matchers that read headers (most never do)."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, lines: Headers) -> None:
+        self._lines = lines
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for name, value in self._lines:
+            yield name.decode("latin-1"), value.decode("latin-1")
+
+
+class _Request:
+    """What every attempt at a request shares: the head as received, the origin-form target,
+    the forwarded headers (without ``Host``) and the client IP (the consistent-hash key)."""
+
+    __slots__ = ("client", "head", "headers", "target")
+
+    def __init__(self, head: RequestHead, target: bytes, headers: Headers, client: str) -> None:
+        self.head = head
+        self.target = target
+        self.headers = headers
+        self.client = client
+
+
+def _upstream_headers(
+    head: RequestHead, info: ConnInfo, entry: EntrypointRuntime
+) -> tuple[Headers, str]:
+    """SPEC §5.4 steps 1–5 (``Host`` is set per backend in ``forward``), and the client IP."""
+    received = head.headers
+    peer = parse_peer(info.peer_ip)
+    trusted = peer is not None and entry.is_trusted(peer)
+    stripped = strip_hop_by_hop(received)
+    client = client_ip(received, info.peer_ip, peer_trusted=trusted, is_trusted=entry.is_trusted)
+    forwarding = ForwardingContext(
+        peer_ip=info.peer_ip,
+        peer_trusted=trusted,
+        client_ip=client,
+        tls=entry.tls,
+        authority=head.authority,
+        via_protocol=head.http_version,
+        add_via=entry.via,
+    )
+    headers = forwarding_headers(stripped, forwarding)
+    if head.method == b"OPTIONS":
+        headers = decrement_max_forwards(headers)
+    if client_wants_trailers(received):
+        headers.append((b"te", b"trailers"))
+    return [line for line in headers if line[0] != b"host"], client
+
+
+async def _dispatch(
+    request: _Request,
+    down: Downstream,
+    ctx: ServerContext,
+    runtime: RuntimeConfig,
+    service: ServiceRuntime,
+) -> None:
+    """Choose, connect, forward; failover once; answer 502/503/504 when all else fails."""
+    total = service.total_timeout
+    with trio.move_on_after(total if total > 0 else float("inf")) as scope:
+        failure = await _try_service(request, down, ctx, service)
+        if failure is not None and service.failover is not None:
+            fallback = runtime.services.get(service.failover)
+            if fallback is not None:
+                second = await _try_service(request, down, ctx, fallback)
+                # SPEC §7.8: a failover without backends leaves the primary's 502/504 standing.
+                failure = second if second is not _NO_BACKEND or failure is _NO_BACKEND else failure
+        if failure is not None:
+            await _answer(down, request.head, failure)
+        return
+    if scope.cancelled_caught:
+        if down.response_started:
+            raise _abort()
+        await _answer(down, request.head, error_response(504))
+
+
+async def _try_service(
+    request: _Request,
+    down: Downstream,
+    ctx: ServerContext,
+    service: ServiceRuntime,
+) -> GeneratedResponse | None:
+    """Up to ``connect_attempts`` backends (SPEC §7.8); None once a response was relayed,
+    else the error response that describes the last failure."""
+    tried: list[Backend] = []
+    failure = _NO_BACKEND
+    for _ in range(service.connect_attempts):
+        backend = service.balancer.pick(exclude=tried, key=request.client)
+        if backend is None:
+            break
+        tried.append(backend)
+        with backend.lease():
+            try:
+                await forward(
+                    request.head, request.target, request.headers, down, ctx, service, backend
+                )
+            except ConnectError as error:
+                log.info("connect to %s failed: %s", backend.url.text, error.detail)
+                failure = error_response(error.status)
+                continue
+            except UpstreamFailure as error:
+                log.info("upstream %s failed: %s", backend.url.text, error.detail)
+                if down.response_started:
+                    raise _abort() from error
+                return error_response(error.status, error.text)
+            except AbortResponse as error:
+                log.info("response from %s aborted: %s", backend.url.text, error)
+                raise _abort() from error
+            return None
+    return failure
+
+
+def is_idempotent(method: bytes) -> bool:
+    """RFC 9110 §9.2.2 idempotent methods (stale-connection re-send, SPEC §5.7)."""
+    return method in _IDEMPOTENT

@@ -1,0 +1,304 @@
+"""One attempt at one backend: connect, send the request, pump the bodies, relay the response.
+
+Ring 1. Nurseries: one per attempt, holding the request-body pump (client → upstream) while the
+attempt's own task waits for the response head and then relays the response (upstream →
+client); the pump never lets an exception out (it records it and cancels the wait), so no
+exception group escapes. Deadlines set here (SPEC §5.5): upstream connect (around the pool's
+acquire), response header (moved to now + timeout once the request is fully sent; one scope),
+upstream body idle (between response chunks). Interrupted writes poison the upstream
+connection: it goes back to the pool only when both halves completed cleanly (SPEC §5.7).
+
+Backpressure (SPEC §5.2): each direction holds at most one read (64 KiB); the next read
+happens only after the previous bytes were written to the other side.
+
+Must not: choose backends or answer errors itself (``exchange.py`` does), or parse bytes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from a3s_gateway.protocols.events import (
+    BodyChunk,
+    ConnectionClosed,
+    EndOfBody,
+    Event,
+    Informational,
+    ProtocolViolation,
+    RequestHead,
+    ResponseHead,
+)
+from a3s_gateway.protocols.headers import strip_response_hop_by_hop
+from a3s_gateway.upstream import AcquireProgress, AcquireStage, ConnectFailed, PoolClosed
+
+if TYPE_CHECKING:
+    from a3s_gateway.config.runtime import ServiceRuntime
+    from a3s_gateway.protocols.headers import Headers
+    from a3s_gateway.server.context import ServerContext
+    from a3s_gateway.server.exchange import Downstream
+    from a3s_gateway.services import Backend
+    from a3s_gateway.upstream import Peer, UpstreamConnection
+
+__all__ = ["ConnectError", "UpstreamFailure", "forward"]
+
+READ_SIZE: Final = 65536
+_CONTINUE: Final = Informational(100, [])
+_INF: Final = float("inf")
+
+
+class ConnectError(Exception):
+    """No connection to the backend: refused or unreachable (502) or too slow (504).
+
+    No request byte was sent, so another backend may be tried (SPEC §7.8).
+    """
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class UpstreamFailure(Exception):  # noqa: N818 -- the backend's failure, not ours
+    """The backend failed before the response head: reset, garbage, or too slow.
+
+    ``before_response`` is true when not one response byte arrived (a stale reused connection
+    may then be retried, SPEC §5.7).
+    """
+
+    def __init__(
+        self, status: int, detail: str, *, before_response: bool = True, text: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.before_response = before_response
+        #: The client-facing error text when not the status's default (SPEC §5.6).
+        self.text = text
+
+
+class AbortResponse(Exception):  # noqa: N818 -- an event
+    """The response was started and cannot be completed: the client connection must close."""
+
+
+async def forward(
+    head: RequestHead,
+    target: bytes,
+    headers: Headers,
+    down: Downstream,
+    ctx: ServerContext,
+    service: ServiceRuntime,
+    backend: Backend,
+) -> None:
+    """Proxy one request to ``backend`` and relay the response to ``down``.
+
+    Raises ``ConnectError`` (nothing sent), ``UpstreamFailure`` (nothing relayed yet) or
+    ``AbortResponse`` (the response is cut short); client failures propagate as they are.
+    """
+    peer = service.peers[backend.index]
+    conn = await _connect(ctx, service, peer)
+    attempt = _Attempt(conn, down, service, ctx)
+    try:
+        await attempt.run(
+            _upstream_head(head, target, headers, service, backend), head.expect_continue
+        )
+    finally:
+        if attempt.reusable:
+            conn.adapter.start_next_cycle()
+        ctx.pool.release(conn, reusable=attempt.reusable)
+
+
+async def _connect(ctx: ServerContext, service: ServiceRuntime, peer: Peer) -> UpstreamConnection:
+    progress = AcquireProgress()
+    with trio.move_on_after(service.connect_timeout):
+        try:
+            return await ctx.pool.acquire(peer, service.pool, progress)
+        except ConnectFailed as error:
+            raise ConnectError(502, str(error)) from error
+        except PoolClosed as error:
+            raise UpstreamFailure(503, "pool closed", text="shutting down") from error
+    if progress.stage is AcquireStage.WAITING:
+        # SPEC §5.7: at max_conns_per_backend the wait is bounded by connect_timeout, then 503.
+        raise UpstreamFailure(503, "pool wait timed out", text="backend connection limit reached")
+    raise ConnectError(504, "connect timeout")
+
+
+def _upstream_head(
+    head: RequestHead,
+    target: bytes,
+    headers: Headers,
+    service: ServiceRuntime,
+    backend: Backend,
+) -> RequestHead:
+    """The request as the backend sees it: origin-form target under the server's path prefix,
+    ``Host`` per ``pass_host_header`` (SPEC §5.4 step 6)."""
+    prefix = service.prefixes[backend.index]
+    if prefix:
+        target = prefix.rstrip(b"/") + target
+    if service.pass_host_header and head.authority:
+        host = head.authority
+    else:
+        url = backend.url
+        host = url.host.encode() if ":" not in url.host else b"[" + url.host.encode() + b"]"
+        host += b":" + str(url.port).encode()
+    return RequestHead(
+        method=head.method,
+        target=target,
+        authority=host,
+        headers=[(b"host", host), *headers],
+        http_version=b"1.1",
+        has_body=head.has_body,
+    )
+
+
+class _Attempt:
+    """The state of one attempt; ``reusable`` tells the pool whether the connection is clean."""
+
+    __slots__ = (
+        "_conn",
+        "_ctx",
+        "_down",
+        "_pending",
+        "_pump_done",
+        "_pump_error",
+        "_service",
+        "reusable",
+    )
+
+    def __init__(
+        self,
+        conn: UpstreamConnection,
+        down: Downstream,
+        service: ServiceRuntime,
+        ctx: ServerContext,
+    ) -> None:
+        self._conn = conn
+        self._down = down
+        self._service = service
+        self._ctx = ctx
+        self._pending: deque[Event] = deque()
+        self._pump_error: BaseException | None = None
+        self._pump_done = down.request_complete
+        self.reusable = False
+
+    async def run(self, up_head: RequestHead, expect_continue: bool) -> None:
+        await self._write(self._conn.adapter.send(up_head), before_response=True)
+        if expect_continue and not self._down.request_complete:
+            # SPEC §5.4: 100 Continue once routing and the upstream connection succeeded.
+            await self._down.send(_CONTINUE)
+        response = await self._request_phase()
+        await self._relay(response)
+        self.reusable = self._pump_done and self._conn.adapter.reusable
+
+    async def _request_phase(self) -> ResponseHead:
+        """Pump the request body while waiting for the response head."""
+        rht = self._service.response_header_timeout
+        wait = trio.CancelScope(deadline=_INF if not self._pump_done else trio.current_time() + rht)
+        pump = trio.CancelScope()
+        failure: Exception | None = None
+        response: ResponseHead | None = None
+        async with trio.open_nursery() as nursery:
+            if not self._pump_done:
+                nursery.start_soon(self._pump, pump, wait)
+            with wait:
+                # Caught here and raised after the nursery, so no exception group escapes.
+                try:
+                    response = await self._response_head()
+                except Exception as error:  # re-raised below, unwrapped
+                    failure = error
+            pump.cancel()
+        if failure is not None:
+            raise failure
+        if self._pump_error is not None:
+            raise self._pump_error
+        if response is None:
+            raise UpstreamFailure(504, "response header timeout")
+        return response
+
+    async def _pump(self, pump: trio.CancelScope, wait: trio.CancelScope) -> None:
+        """Client body → upstream, one chunk at a time; on completion start the head timer."""
+        with pump:
+            try:
+                while True:
+                    event = await self._down.receive_body()
+                    await self._write(self._conn.adapter.send(event), before_response=True)
+                    if isinstance(event, EndOfBody):
+                        break
+            except UpstreamFailure:
+                # The backend stopped reading; it may still answer (early response).
+                return
+            except Exception as error:  # recorded and re-raised by the attempt's task
+                self._pump_error = error
+                wait.cancel()
+                return
+            self._pump_done = True
+            wait.deadline = trio.current_time() + self._service.response_header_timeout
+
+    async def _response_head(self) -> ResponseHead:
+        while True:
+            event = await self._next_event(before_response=True)
+            if isinstance(event, ResponseHead):
+                return event
+            if isinstance(event, Informational):
+                await self._down.send(event)
+            elif isinstance(event, ConnectionClosed):
+                raise UpstreamFailure(502, "connection closed before a response")
+            else:
+                raise UpstreamFailure(502, "unexpected event before the response head")
+
+    async def _relay(self, response: ResponseHead) -> None:
+        headers = strip_response_hop_by_hop(response.headers)
+        if not any(name == b"date" for name, _ in headers):
+            headers.append((b"date", self._ctx.dates.value()))
+        if self._ctx.drain.draining:
+            self._down.close_after_response()
+        await self._down.send(ResponseHead(response.status, headers, response.reason))
+        idle = self._service.body_idle_timeout
+        while True:
+            with trio.move_on_after(idle):
+                try:
+                    event = await self._next_event(before_response=False)
+                except UpstreamFailure as error:
+                    raise AbortResponse(error.detail) from error
+                if isinstance(event, BodyChunk):
+                    await self._down.send(event)
+                    continue
+                if isinstance(event, EndOfBody):
+                    await self._down.send(event)
+                    return
+                raise AbortResponse("unexpected event in the response body")
+            raise AbortResponse("upstream body idle timeout")
+
+    async def _next_event(self, *, before_response: bool) -> Event:
+        pending = self._pending
+        while not pending:
+            try:
+                data = await self._conn.stream.receive_some(READ_SIZE)
+                if not isinstance(data, bytes):  # sockets give bytes; other streams may not
+                    data = bytes(data)
+                events = self._conn.adapter.receive(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                raise UpstreamFailure(502, f"read failed: {error!r}") from error
+            except ProtocolViolation as violation:
+                raise UpstreamFailure(
+                    502, f"invalid response: {violation.reason}", before_response=before_response
+                ) from violation
+            if not events and not data:
+                raise UpstreamFailure(502, "connection closed")
+            pending.extend(events)
+        return pending.popleft()
+
+    async def _write(self, data: bytes, *, before_response: bool) -> None:
+        if not data:
+            return
+        try:
+            await self._conn.stream.send_all(data)
+        except BaseException as error:
+            self._conn.adapter.send_failed()
+            if isinstance(error, (trio.BrokenResourceError, trio.ClosedResourceError, OSError)):
+                raise UpstreamFailure(
+                    502, "write failed", before_response=before_response
+                ) from error
+            raise
