@@ -18,8 +18,9 @@ import platform
 import resource
 import signal
 import sys
+from functools import partial
 from importlib.metadata import version as package_version
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -29,12 +30,15 @@ from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import LoadOptions, LoadResult, load
 from a3s_gateway.config.summary import summary, summary_lines
 from a3s_gateway.config.values import Address
-from a3s_gateway.errors import GatewayError, StartError
+from a3s_gateway.demo import Demo
+from a3s_gateway.demo.run import DEFAULT_PORT
+from a3s_gateway.errors import ConfigError, GatewayError, StartError
 from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
+from a3s_gateway.server.workers import run_supervisor
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from a3s_gateway.config.problems import Problem
 
@@ -44,6 +48,13 @@ EXIT_CONFIG: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_START: Final = 3
 log: Final = logging.getLogger("a3s_gateway.cli")
+_E = TypeVar("_E", bound=BaseException)
+
+
+class _Startable(Protocol):
+    """A ``serve`` function for ``nursery.start``: ``Gateway.serve``, ``Demo.serve``."""
+
+    def __call__(self, *, task_status: trio.TaskStatus[object]) -> Awaitable[object]: ...
 
 
 class UsageError(Exception):
@@ -71,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--offline", action="store_true", help="skip file/certificate checks")
     validate.add_argument("--format", choices=("text", "json"), default="text")
     commands.add_parser("version", help="print versions")
+    demo = commands.add_parser("demo", help="start demo backends and a gateway in front of them")
+    demo.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="gateway port (0 = a free one)"
+    )
     return parser
 
 
@@ -89,6 +104,12 @@ def _workers(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 (one per CPU) or more")
     return value
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f'"{text}" is not a port number (0-65535)')
+    return int(text)
 
 
 def _address(text: str) -> str:
@@ -128,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(_config_path(args), offline=args.offline, output=args.format)
         if args.command == "run":
             return _run(args)
+        if args.command == "demo":
+            return _demo(args.port)
         build_parser().print_help(sys.stderr)
         return EXIT_USAGE
     except UsageError as error:
@@ -191,8 +214,17 @@ def _run(args: argparse.Namespace) -> int:
     for problem in problems:
         log.warning("%s", problem.format())
     _raise_file_limit()
+    workers = args.workers or os.cpu_count() or 1
+    if workers > 1:
+        return run_supervisor(
+            path,
+            workers=workers,
+            listen=args.listen,
+            log_level=_log_level(args.log_level),
+            log_format=args.log_format,
+        )
     try:
-        gateway = Gateway(result.config, listen_override=args.listen, workers=args.workers)
+        gateway = Gateway(result.config, listen_override=args.listen)
         return trio.run(_serve_until_signalled, gateway, path, result)
     except StartError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -213,28 +245,61 @@ def _raise_file_limit() -> None:
 async def _serve_until_signalled(gateway: Gateway, path: str, first: LoadResult) -> int:
     """Serve; drain on the first SIGINT/SIGTERM, exit at once on the second, reload on SIGHUP."""
     del first
-    exit_code = EXIT_OK
+    return await _until_signalled(gateway.serve, gateway.shutdown, partial(_reload, gateway, path))
+
+
+async def _until_signalled(
+    serve: _Startable,
+    shutdown: Callable[[], Awaitable[object]],
+    reload: Callable[[], Awaitable[object]],
+) -> int:
+    """Run ``serve`` (a ``nursery.start``-able function) until it returns; the first
+    SIGINT/SIGTERM calls ``shutdown``, a second cancels at once (128+n), SIGHUP calls ``reload``.
+
+    A ``GatewayError`` from starting ``serve`` is raised as it is (not in an exception group).
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        start_error: list[GatewayError] = []
+        exit_code: list[int] = []
         async with trio.open_nursery() as nursery:
 
-            async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                await gateway.serve(task_status=task_status)
+            async def serve_then_stop(
+                task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                await serve(task_status=task_status)
                 nursery.cancel_scope.cancel()
 
-            await nursery.start(serve)
-            draining = False
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await _reload(gateway, path)
-                elif draining:
-                    log.warning("second signal %s: stopping now", signal.Signals(signum).name)
-                    exit_code = 128 + signum
-                    nursery.cancel_scope.cancel()
-                else:
-                    draining = True
-                    log.info("signal %s: draining", signal.Signals(signum).name)
-                    nursery.start_soon(gateway.shutdown)
-    return exit_code
+            try:
+                await nursery.start(serve_then_stop)
+            except GatewayError as error:
+                start_error.append(error)
+            else:
+                exit_code.append(await _signal_loop(signals, nursery, shutdown, reload))
+        if start_error:
+            raise start_error[0]
+    return exit_code[0] if exit_code else EXIT_OK
+
+
+async def _signal_loop(
+    signals: AsyncIterator[int],
+    nursery: trio.Nursery,
+    shutdown: Callable[[], Awaitable[object]],
+    reload: Callable[[], Awaitable[object]],
+) -> int:
+    """React to signals until the nursery is cancelled; returns the exit code (SPEC §2.4)."""
+    draining = False
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            await reload()
+        elif draining:
+            log.warning("second signal %s: stopping now", signal.Signals(signum).name)
+            nursery.cancel_scope.cancel()
+            return 128 + signum
+        else:
+            draining = True
+            log.info("signal %s: draining", signal.Signals(signum).name)
+            nursery.start_soon(shutdown)
+    return EXIT_OK
 
 
 async def _reload(gateway: Gateway, path: str) -> None:
@@ -249,4 +314,39 @@ async def _reload(gateway: Gateway, path: str) -> None:
         return
     for problem in problems:
         log.warning("%s", problem.format())
-    await gateway.reload(result.config)
+    try:
+        await gateway.reload(result.config)
+    except GatewayError as error:
+        log.error("reload rejected: %s", error)
+        gateway.record_failed_reload(1)
+
+
+def _demo(port: int) -> int:
+    """``demo``: the backends and the gateway on the packaged demo.hcl, until a signal."""
+    applog.install(_log_level(None), "text")
+    demo = Demo(port)
+    try:
+        return trio.run(_until_signalled, demo.serve, demo.shutdown, demo.reload)
+    except (GatewayError, BaseExceptionGroup) as error:
+        # Start errors come out of the demo's nurseries wrapped in exception groups.
+        config_error = _find(error, ConfigError)
+        if config_error is not None:
+            _print_problems(config_error.problems)
+            return EXIT_CONFIG
+        start_error = _find(error, GatewayError)
+        if start_error is None:
+            raise
+        print(f"{PROG}: error: {start_error}", file=sys.stderr)
+        return EXIT_START
+
+
+def _find(error: BaseException, kind: type[_E]) -> _E | None:
+    """``error`` itself or the first ``kind`` inside it (exception groups, depth first)."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None

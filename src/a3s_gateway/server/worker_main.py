@@ -1,0 +1,311 @@
+"""One worker process of the multi-worker layout (SPEC §13.4): both ends of it.
+
+The supervisor's end (Ring 1): ``ProcessWorker`` starts ``worker_main`` with the ``spawn``
+start method and is the supervisor's handle on it — control channel, exit, signals (the
+``Worker`` protocol, which tests fake). Inside the worker (Ring 2 for its process):
+``worker_main`` plays the CLI's part — it installs the application log and its own signal
+handlers, loads the config from the file, builds a ``Gateway`` with ``reuse_port=True`` and
+serves it under ``trio.run``.
+
+Control channel: one end of a ``multiprocessing`` duplex ``Pipe`` (a socketpair).
+``Connection.send_bytes`` already frames each message with a 4-byte length prefix, and the
+payload is a msgpack-encoded msgspec ``Struct`` (the SPEC's "length-prefixed msgspec
+messages"). Worker → supervisor: ``Ready`` once every listener is bound. Supervisor → worker:
+nothing yet; end-of-file means the supervisor is gone and the worker drains.
+
+Signals: SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the supervisor
+decides and forwards SIGTERM). SIGTERM starts the drain; repeated SIGTERMs change nothing
+(a supervisor that wants it dead now uses SIGKILL), so a SIGTERM sent both to the process
+group and by the supervisor does not skip the drain. SIGHUP reloads the config from the file;
+it is ignored until the worker is serving.
+
+Nurseries: ``ProcessWorker`` owns none (its awaits run in the supervisor's slot task). In the
+worker, ``_serve`` owns one nursery holding ``Gateway.serve``, the supervisor watcher, the
+drain and reload tasks; it ends when ``Gateway.serve`` returns. Deadlines: none of its own (the
+drain grace is the gateway's). Must not: bind sockets itself, parse arguments, or write to
+stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from functools import partial
+from typing import TYPE_CHECKING, Final, Protocol
+
+import msgspec
+import trio
+
+from a3s_gateway.app import Gateway
+from a3s_gateway.config.load import LoadOptions, load
+from a3s_gateway.config.overrides import apply_listen_override
+from a3s_gateway.config.values import Address
+from a3s_gateway.errors import GatewayError, ReloadError
+from a3s_gateway.observability import applog
+from a3s_gateway.preflight import check
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import SpawnContext
+
+    from a3s_gateway.config.schema import Config
+
+__all__ = [
+    "ProcessWorker",
+    "Ready",
+    "Worker",
+    "WorkerSpec",
+    "decode_message",
+    "with_ports",
+    "worker_main",
+]
+
+log: Final = logging.getLogger("a3s_gateway.worker")
+
+EXIT_OK: Final = 0
+EXIT_CONFIG: Final = 1
+EXIT_START: Final = 3
+#: A bug, not a config or start problem (sysexits ``EX_SOFTWARE``); the traceback is logged.
+EXIT_CRASH: Final = 70
+
+
+class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a worker needs, pickled to it by ``spawn`` (no live objects)."""
+
+    index: int
+    path: str
+    workers: int
+    listen: str | None
+    log_level: str
+    log_format: applog.LogFormat
+    #: Entrypoint name → the port the supervisor reserved for a configured port 0.
+    ports: dict[str, int]
+
+
+class Ready(msgspec.Struct, frozen=True, tag="ready"):
+    """Worker → supervisor: every listener is bound and accepting."""
+
+    pid: int
+    addresses: dict[str, list[tuple[str, int]]]
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(Ready)
+
+
+def decode_message(data: bytes) -> Ready:
+    """Decode one control-channel message; raises ``msgspec.DecodeError`` if malformed."""
+    return _decoder.decode(data)
+
+
+# ------------------------------------------------------------------ the supervisor's side
+
+
+class Worker(Protocol):
+    """One started worker process, as the supervisor sees it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    async def receive(self) -> Ready | None:
+        """The next control message; ``None`` once the channel is closed (the worker exited)."""
+
+    async def wait(self) -> int:
+        """Wait for the exit and reap; the exit code (−n for signal n)."""
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum``; does nothing once the worker has been reaped."""
+
+
+class ProcessWorker:
+    """A ``spawn``-started ``worker_main`` and the supervisor's end of its duplex pipe."""
+
+    def __init__(self, context: SpawnContext, spec: WorkerSpec) -> None:
+        self._channel, theirs = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=worker_main, args=(spec, theirs), name=f"a3s-worker-{spec.index}", daemon=True
+        )
+        try:
+            self._process.start()
+        finally:
+            theirs.close()
+        assert self._process.pid is not None
+        self._pid: int = self._process.pid
+        self._reaped = False
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    async def receive(self) -> Ready | None:
+        while True:
+            await trio.lowlevel.wait_readable(self._channel.fileno())
+            try:
+                data = self._channel.recv_bytes()
+            except (EOFError, OSError):
+                return None
+            try:
+                return decode_message(data)
+            except msgspec.DecodeError as error:
+                log.warning("worker pid %d: bad control message: %s", self._pid, error)
+
+    async def wait(self) -> int:
+        await trio.lowlevel.wait_readable(self._process.sentinel)
+        self._process.join()  # the sentinel closed as the process exited: returns at once
+        self._reaped = True
+        code = self._process.exitcode
+        self._channel.close()
+        self._process.close()
+        return -1 if code is None else code
+
+    def signal(self, signum: int) -> None:
+        if not self._reaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signum)
+
+
+# ------------------------------------------------------------------ inside the worker
+
+
+def _format_address(host: str, port: int) -> str:
+    if not host:
+        return f":{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def with_ports(config: Config, ports: dict[str, int]) -> Config:
+    """``config`` with each named entrypoint's port replaced (the supervisor's port-0 choice)."""
+    if not ports:
+        return config
+    entrypoints = dict(config.entrypoints)
+    for name, port in ports.items():
+        entry = entrypoints.get(name)
+        if entry is not None and entry.address.port == 0:
+            address = Address(_format_address(entry.address.host, port))
+            entrypoints[name] = msgspec.structs.replace(entry, address=address)
+    return msgspec.structs.replace(config, entrypoints=entrypoints)
+
+
+def _prepare(config: Config, spec: WorkerSpec) -> Config:
+    """The ``--listen`` override, then the reserved ports — on start and on every reload."""
+    if spec.listen is not None:
+        config = apply_listen_override(config, Address(spec.listen))
+    return with_ports(config, spec.ports)
+
+
+def _load(spec: WorkerSpec, *, reloading: bool) -> Config | None:
+    """Load and check the file; log the problems; ``None`` if there is an error."""
+    result = load(spec.path, options=LoadOptions(workers=spec.workers))
+    problems = check(result, offline=False)
+    if any(p.severity == "error" for p in problems) or result.config is None:
+        prefix = "reload rejected: " if reloading else ""
+        for problem in problems:
+            log.error("%s%s", prefix, problem.format())
+        return None
+    # The CLI already logged the start-up warnings once; N more copies would be noise.
+    level = logging.WARNING if reloading else logging.DEBUG
+    for problem in problems:
+        log.log(level, "%s", problem.format())
+    return _prepare(result.config, spec)
+
+
+def worker_main(spec: WorkerSpec, channel: Connection[object, object]) -> None:
+    """The ``multiprocessing`` target: serve until told to stop; exits 0, 1 (config) or 3."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    applog.install(spec.log_level, spec.log_format)
+    sys.exit(_run(spec, channel))
+
+
+def _run(spec: WorkerSpec, channel: Connection[object, object]) -> int:
+    config = _load(spec, reloading=False)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        gateway = Gateway(config, reuse_port=True)
+        return trio.run(_serve, gateway, spec, channel)
+    except (GatewayError, BaseExceptionGroup) as error:
+        # A bind failure leaves ``nursery.start`` inside the nursery body, so it arrives
+        # wrapped in an exception group (strict exception groups, trio ≥ 0.25).
+        found = _gateway_error(error)
+        if found is None:
+            log.exception("worker %d crashed", spec.index)
+            return EXIT_CRASH
+        log.error("worker %d: %s", spec.index, found)
+        return EXIT_START
+    except Exception:
+        # Not exit 1, which the supervisor reads as "config error" during the start.
+        log.exception("worker %d crashed", spec.index)
+        return EXIT_CRASH
+    finally:
+        channel.close()
+
+
+def _gateway_error(error: BaseException) -> GatewayError | None:
+    """``error`` itself or the first ``GatewayError`` inside it (exception groups)."""
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _gateway_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _serve(gateway: Gateway, spec: WorkerSpec, channel: Connection[object, object]) -> int:
+    """Serve until the gateway has stopped; see the module docstring for the signals."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_serve_then_cancel, gateway, nursery.cancel_scope)
+            addresses = {name: list(bound) for name, bound in gateway.addresses().items()}
+            channel.send_bytes(_encoder.encode(Ready(pid=os.getpid(), addresses=addresses)))
+            nursery.start_soon(_watch_supervisor, channel, gateway)
+            draining = False
+            reloading = trio.Lock()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    nursery.start_soon(_reload, gateway, spec, reloading)
+                elif not draining:
+                    draining = True
+                    log.info("worker %d: draining", spec.index)
+                    nursery.start_soon(gateway.shutdown)
+    return EXIT_OK
+
+
+async def _serve_then_cancel(
+    gateway: Gateway,
+    scope: trio.CancelScope,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await gateway.serve(task_status=task_status)
+    scope.cancel()
+
+
+async def _watch_supervisor(channel: Connection[object, object], gateway: Gateway) -> None:
+    """End-of-file on the control channel: the supervisor died; drain instead of lingering."""
+    while True:
+        await trio.lowlevel.wait_readable(channel.fileno())
+        try:
+            channel.recv_bytes()
+        except (EOFError, OSError):
+            log.warning("supervisor is gone: draining")
+            await gateway.shutdown()
+            return
+
+
+async def _reload(gateway: Gateway, spec: WorkerSpec, lock: trio.Lock) -> None:
+    """SIGHUP: reload from the file; a bad config is logged and the running one kept."""
+    async with lock:
+        config = await trio.to_thread.run_sync(partial(_load, spec, reloading=True))
+        if config is None:
+            gateway.record_failed_reload(1)
+            return
+        try:
+            await gateway.reload(config)
+        except ReloadError as error:
+            log.error("reload rejected: %s", error)
+            gateway.record_failed_reload(1)

@@ -1,0 +1,517 @@
+"""The multi-worker supervisor (SPEC §13.4, §2.4, §2.5): the pure restart policy, port
+reservation, the supervisor loop with fake workers under the autojump clock, and the real
+thing end to end — a supervisor subprocess, two spawned workers and a trio backend."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from a3s_gateway.config.load import load_text
+from a3s_gateway.server.worker_main import Ready, with_ports
+from a3s_gateway.server.workers import (
+    BACKOFF_MAX,
+    STABLE_AFTER,
+    Supervisor,
+    after_crash,
+    reserve_ports,
+    restart_delay,
+)
+from tests.support.cli import ROOT, RunningGateway, cli_env
+
+# ----------------------------------------------------------------------------- pure policy
+
+
+def test_restart_delay_doubles_from_one_second_up_to_thirty() -> None:
+    delays = [restart_delay(n) for n in range(1, 9)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert restart_delay(10_000) == BACKOFF_MAX
+
+
+def test_a_quick_crash_backs_off_further_and_a_stable_run_resets() -> None:
+    assert after_crash(0, started_at=100.0, now=100.5) == (1, 1.0)
+    assert after_crash(3, started_at=100.0, now=101.0) == (4, 8.0)
+    assert after_crash(5, started_at=100.0, now=100.0 + STABLE_AFTER) == (1, 1.0)
+
+
+CONFIG_PORT_0 = """
+entrypoints "web" { address = "127.0.0.1:0" }
+entrypoints "admin" { address = "127.0.0.1:9999" }
+routers "all" {
+  rule = "PathPrefix(`/`)"
+  service = "backend"
+}
+services "backend" {
+  load_balancer { servers = [{ url = "http://127.0.0.1:1" }] }
+}
+"""
+
+
+def test_port_0_is_reserved_by_a_reuse_port_socket_that_a_worker_can_share() -> None:
+    config = load_text(CONFIG_PORT_0).config
+    assert config is not None
+    ports, held = reserve_ports(config)
+    try:
+        assert set(ports) == {"web"}
+        assert [s.getsockname() for s in held] == [("127.0.0.1", ports["web"])]
+        with socket.socket() as worker:  # what a worker's listener does
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            worker.bind(("127.0.0.1", ports["web"]))
+            worker.listen()
+        resolved = with_ports(config, ports)
+        assert resolved.entrypoints["web"].address.port == ports["web"]
+        assert resolved.entrypoints["admin"] == config.entrypoints["admin"]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# ----------------------------------------------------------------------------- fake workers
+
+
+class FakeWorker:
+    """A worker that reports ready (unless told not to) and exits when told to."""
+
+    def __init__(self, pid: int, *, ready: bool, obeys_sigterm: bool, start_code: int) -> None:
+        self.pid = pid
+        self.signals: list[int] = []
+        self._ready = ready
+        self._obeys_sigterm = obeys_sigterm
+        self._code = start_code
+        self._exited = trio.Event()
+        if not ready:
+            self.exit(start_code)
+
+    def exit(self, code: int) -> None:
+        if not self._exited.is_set():
+            self._code = code
+            self._exited.set()
+
+    async def receive(self) -> Ready | None:
+        if self._ready:
+            self._ready = False
+            await trio.lowlevel.checkpoint()
+            return Ready(pid=self.pid, addresses={})
+        await self._exited.wait()
+        return None
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        return self._code
+
+    def signal(self, signum: int) -> None:
+        self.signals.append(signum)
+        if signum == signal.SIGKILL:
+            self.exit(-signal.SIGKILL)
+        elif signum == signal.SIGTERM and self._obeys_sigterm:
+            self.exit(0)
+
+
+class FakeSpawner:
+    """``Supervisor``'s ``spawn``: records (time, slot, worker) for every start."""
+
+    def __init__(self, *, obeys_sigterm: bool = True, failing: dict[int, int] | None = None):
+        self.started: list[tuple[float, int, FakeWorker]] = []
+        self.spawned = trio.Event()
+        self._obeys_sigterm = obeys_sigterm
+        self._failing = failing or {}
+
+    def __call__(self, index: int) -> FakeWorker:
+        code = self._failing.get(index)
+        worker = FakeWorker(
+            1000 + len(self.started),
+            ready=code is None,
+            obeys_sigterm=self._obeys_sigterm,
+            start_code=code or 0,
+        )
+        self.started.append((trio.current_time(), index, worker))
+        self.spawned.set()
+        self.spawned = trio.Event()
+        return worker
+
+    def latest(self, index: int) -> FakeWorker:
+        return [w for _, i, w in self.started if i == index][-1]
+
+
+async def supervise(
+    supervisor: Supervisor, task_status: trio.TaskStatus[trio.MemorySendChannel[int]]
+) -> int:
+    send, receive = trio.open_memory_channel[int](10)
+    async with trio.open_nursery() as nursery:
+        result: list[int] = []
+
+        async def run() -> None:
+            result.append(await supervisor.run(receive))
+
+        nursery.start_soon(run)
+        task_status.started(send)
+    return result[0]
+
+
+async def test_a_crashed_worker_restarts_after_1_2_4_8_seconds_the_other_keeps_running(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(spawn.started) == 2
+        other = spawn.latest(1).pid
+        gaps = []
+        for run_for in (0.5, 0.5, 0.5, 0.5):
+            await trio.sleep(run_for)
+            crashed_at = trio.current_time()
+            respawned = spawn.spawned
+            spawn.latest(0).exit(-signal.SIGSEGV)
+            await respawned.wait()
+            gaps.append(round(spawn.started[-1][0] - crashed_at, 1))
+            assert supervisor.pids()[1] == other  # the other worker never stopped
+        assert gaps == [1.0, 2.0, 4.0, 8.0]  # the reset after STABLE_AFTER: see above
+        assert supervisor.restarts == 4
+        await signals.send(signal.SIGTERM)
+    assert spawn.latest(0).signals == spawn.latest(1).signals == [signal.SIGTERM]
+
+
+async def test_a_spawned_worker_appears_only_after_the_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        spawn.latest(1).exit(1)
+        await trio.sleep(0.9)
+        assert set(supervisor.pids()) == {0}
+        await trio.sleep(0.2)
+        assert supervisor.pids()[1] == spawn.latest(1).pid == 1002
+        await signals.send(signal.SIGINT)
+
+
+async def test_the_first_signal_drains_the_workers_and_exits_0(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(3, spawn, drain_bound=40.0)
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        await signals.send(signal.SIGTERM)
+    assert supervisor.exit_code == 0
+    assert [w.signals for _, _, w in spawn.started] == [[signal.SIGTERM]] * 3
+
+
+async def test_a_second_signal_kills_the_draining_workers_and_exits_128_plus_n(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner(obeys_sigterm=False)  # still draining
+    supervisor = Supervisor(3, spawn, drain_bound=40.0)
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        await signals.send(signal.SIGTERM)
+        await trio.sleep(1.0)
+        await signals.send(signal.SIGINT)
+    assert supervisor.exit_code == 128 + signal.SIGINT
+    assert trio.current_time() == pytest.approx(1.0)  # not the 40 s drain bound
+    assert [w.signals for _, _, w in spawn.started] == [[signal.SIGTERM, signal.SIGKILL]] * 3
+
+
+async def test_workers_that_do_not_drain_in_time_are_killed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner(obeys_sigterm=False)
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        stopped_at = trio.current_time()
+        await signals.send(signal.SIGTERM)
+    assert trio.current_time() - stopped_at == pytest.approx(40.0)
+    assert supervisor.exit_code == 0
+    assert [w.signals for _, _, w in spawn.started] == [[signal.SIGTERM, signal.SIGKILL]] * 2
+
+
+async def test_sighup_is_forwarded_to_every_ready_worker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        await signals.send(signal.SIGHUP)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [w.signals for _, _, w in spawn.started] == [[signal.SIGHUP]] * 2
+        await signals.send(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(("code", "expected"), [(1, 1), (3, 3), (-9, 3)])
+async def test_a_worker_failing_at_start_stops_the_others(
+    autojump_clock: trio.testing.MockClock, code: int, expected: int
+) -> None:
+    spawn = FakeSpawner(failing={1: code})
+    supervisor = Supervisor(3, spawn, drain_bound=40.0)
+    with trio.fail_after(1.0):
+        assert await supervisor.run(trio.open_memory_channel[int](1)[1]) == expected
+    assert len(spawn.started) == 3  # no restart
+    signals = {index: w.signals for _, index, w in spawn.started}
+    assert signals == {0: [signal.SIGTERM], 1: [], 2: [signal.SIGTERM]}
+
+
+async def test_a_spawn_that_fails_at_start_exits_3(autojump_clock: trio.testing.MockClock) -> None:
+    def spawn(index: int) -> FakeWorker:
+        raise OSError(24, "Too many open files")
+
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    assert await supervisor.run(trio.open_memory_channel[int](1)[1]) == 3
+
+
+async def test_workers_not_ready_by_the_start_deadline_fail_the_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Silent(FakeWorker):
+        async def receive(self) -> Ready | None:
+            await self.wait()
+            return None
+
+    def spawn(index: int) -> FakeWorker:
+        return Silent(2000 + index, ready=True, obeys_sigterm=True, start_code=0)
+
+    supervisor = Supervisor(2, spawn, drain_bound=40.0, start_deadline=20.0)
+    assert await supervisor.run(trio.open_memory_channel[int](1)[1]) == 3
+    assert trio.current_time() == pytest.approx(20.0)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+SUPERVISOR = (
+    "import sys; from a3s_gateway.server.workers import run_supervisor; "
+    "sys.exit(run_supervisor(sys.argv[1], workers=int(sys.argv[2]), listen=None, "
+    "log_level='info', log_format='text'))"
+)
+
+
+def command(config: Path, workers: int) -> list[str]:
+    """The supervisor as the CLI will run it (``run CONFIG --workers N``) once wired."""
+    return [sys.executable, "-c", SUPERVISOR, str(config), str(workers)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The supervisor's ``spawn`` children (not its multiprocessing resource tracker)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == supervisor and b"spawn_main" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition()`` (state of other processes, which no trio event reports) until true;
+    the caller's ``fail_after`` bounds the wait."""
+    while not condition():  # noqa: ASYNC110 -- polling /proc; no event to wait for
+        await trio.sleep(0.05)
+
+
+class Backend:
+    """A tiny HTTP/1.1 backend: ``/slow`` waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.slow_started = trio.Event()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            head += chunk
+        if head.startswith(b"GET /slow"):
+            self.slow_started.set()
+            await self.release.wait()
+        reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        try:
+            await stream.send_all(reply)
+        except trio.BrokenResourceError:
+            return
+        await stream.aclose()
+
+
+async def get(port: int, path: str = "/") -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n".encode()
+        )
+        reply = b""
+        while chunk := await stream.receive_some(65536):
+            reply += chunk
+    return reply
+
+
+def write_config(directory: Path, address: str, backend_port: int) -> Path:
+    config = directory / "gateway.hcl"
+    config.write_text(
+        f'entrypoints "web" {{ address = "{address}" }}\n'
+        'routers "all" {\n  rule = "PathPrefix(`/`)"\n  service = "backend"\n}\n'
+        'services "backend" {\n  load_balancer {\n'
+        f'    servers = [{{ url = "http://127.0.0.1:{backend_port}" }}]\n  }}\n}}\n'
+    )
+    return config
+
+
+async def start(nursery: trio.Nursery, config: Path) -> RunningGateway:
+    process = await trio.lowlevel.open_process(
+        command(config, 2),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+    nursery.start_soon(_reap_on_failure, process)
+    return RunningGateway(process)
+
+
+async def _reap_on_failure(process: trio.Process) -> None:
+    try:
+        await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+
+
+async def serving_backend(nursery: trio.Nursery) -> tuple[Backend, int]:
+    backend = Backend()
+    listeners = await nursery.start(partial(trio.serve_tcp, backend.handle, 0, host="127.0.0.1"))
+    return backend, int(listeners[0].socket.getsockname()[1])
+
+
+@pytest.mark.integration
+async def test_two_workers_serve_and_sigterm_drains_them_all(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        _, backend_port = await serving_backend(nursery)
+        port = free_port()
+        gateway = await start(nursery, write_config(tmp_path, f"127.0.0.1:{port}", backend_port))
+        pid = gateway.process.pid
+        with trio.fail_after(30):
+            await gateway.wait_for_line("workers ready: 2")
+            workers = worker_pids(pid)
+            assert len(workers) == 2
+            for _ in range(6):
+                assert (await get(port)).startswith(b"HTTP/1.1 200 ")
+            gateway.process.send_signal(signal.SIGTERM)
+            assert await gateway.process.wait() == 0
+            await until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers))
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+async def test_a_killed_worker_is_restarted_while_the_other_keeps_serving(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        _, backend_port = await serving_backend(nursery)
+        port = free_port()
+        gateway = await start(nursery, write_config(tmp_path, f"127.0.0.1:{port}", backend_port))
+        pid = gateway.process.pid
+        with trio.fail_after(30):
+            await gateway.wait_for_line("workers ready: 2")
+            first, second = sorted(worker_pids(pid))
+            os.kill(first, signal.SIGKILL)
+            await until(lambda: first not in worker_pids(pid))
+            for _ in range(6):  # only the survivor is listening now (1 s backoff)
+                assert (await get(port)).startswith(b"HTTP/1.1 200 ")
+            await gateway.wait_for_line("restarting in 1s")
+            await gateway.wait_for_line("restarted")
+            now = worker_pids(pid)
+            assert second in now
+            assert len(now) == 2
+            assert (await get(port)).startswith(b"HTTP/1.1 200 ")
+            gateway.process.send_signal(signal.SIGTERM)
+            assert await gateway.process.wait() == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+async def test_a_second_sigterm_during_the_drain_exits_143(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        backend, backend_port = await serving_backend(nursery)
+        port = free_port()
+        gateway = await start(nursery, write_config(tmp_path, f"127.0.0.1:{port}", backend_port))
+        with trio.fail_after(30):
+            await gateway.wait_for_line("workers ready: 2")
+            workers = worker_pids(gateway.process.pid)
+            nursery.start_soon(get_until_cut, port, "/slow")
+            await backend.slow_started.wait()
+            gateway.process.send_signal(signal.SIGTERM)
+            await gateway.wait_for_line("draining workers")
+            gateway.process.send_signal(signal.SIGTERM)
+            assert await gateway.process.wait() == 128 + signal.SIGTERM
+            await until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers))
+        backend.release.set()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+async def test_port_0_gives_every_worker_the_same_port(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        _, backend_port = await serving_backend(nursery)
+        gateway = await start(nursery, write_config(tmp_path, "127.0.0.1:0", backend_port))
+        with trio.fail_after(30):
+            lines = [await gateway.wait_for_line("listening entrypoint=web") for _ in range(2)]
+            addresses = {line.split("address=")[1].split()[0] for line in lines}
+            assert len(addresses) == 1
+            port = int(addresses.pop().rsplit(":", 1)[1])
+            assert port != 0
+            await gateway.wait_for_line("workers ready: 2")
+            for _ in range(6):
+                assert (await get(port)).startswith(b"HTTP/1.1 200 ")
+            gateway.process.send_signal(signal.SIGINT)
+            assert await gateway.process.wait() == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+async def test_a_port_taken_by_another_process_fails_the_start_with_3(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        async with trio.open_nursery() as nursery:
+            gateway = await start(nursery, write_config(tmp_path, f"127.0.0.1:{port}", 1))
+            with trio.fail_after(30):
+                assert await gateway.process.wait() == 3
+                await gateway.wait_for_line("failed to start")
+
+
+async def get_until_cut(port: int, path: str) -> None:
+    """A request whose connection the test expects to be cut."""
+    with contextlib.suppress(OSError, trio.BrokenResourceError):
+        await get(port, path)
