@@ -36,10 +36,9 @@ cov:
     {{py}} -m coverage run -m pytest -q
     {{py}} -m coverage report
 
-# Start the gateway on the demo config. (The local demo backends and `a3s-gateway demo` arrive
-# with the HTTP data plane, issue #4; until then this runs the lifecycle on examples/gateway.hcl.)
-demo:
-    {{py}} -m a3s_gateway run examples/gateway.hcl
+# Start the local demo: echo and SSE/WebSocket backends behind the gateway (--port P)
+demo *args:
+    {{py}} -m a3s_gateway demo {{args}}
 
 # Benchmarks (bench/): route-table micro-benchmark (the HTTP harness lands with issue #5)
 bench:

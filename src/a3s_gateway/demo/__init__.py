@@ -1,0 +1,18 @@
+"""The local quick start, ``a3s-gateway demo`` (SPEC §2.1): demo backends on h11 and a gateway
+on the packaged ``demo.hcl``, in one process.
+
+- ``demo.exchange``: the h11 server side shared by the backends (Ring 1);
+- ``demo.echo``, ``demo.stream``: the HTTP echo service and the SSE/WebSocket service (Ring 1);
+- ``demo.backends``: starts ``echo-a``, ``echo-b`` and ``stream`` on free loopback ports;
+- ``demo.run``: ``run_demo`` / ``Demo``, which load ``demo.hcl`` with those ports and run
+  ``Gateway`` (Ring 2, like ``app.py``; no signal handlers, no logging setup).
+
+Nothing here is used by the gateway itself.
+"""
+
+from __future__ import annotations
+
+from a3s_gateway.demo.backends import BackendPorts, start_backends
+from a3s_gateway.demo.run import Demo, RunningDemo, run_demo
+
+__all__ = ["BackendPorts", "Demo", "RunningDemo", "run_demo", "start_backends"]

@@ -1,0 +1,60 @@
+# a3s_gateway/demo/demo.hcl: the config of `a3s-gateway demo` (SPEC §2.1), shipped in the package.
+#
+# The demo starts its backends on free loopback ports and passes them in through the
+# environment mapping given to load_config_text; to check this file by hand:
+#
+#   A3S_DEMO_ECHO_A=9001 A3S_DEMO_ECHO_B=9002 A3S_DEMO_STREAM=9003 \
+#     a3s-gateway validate src/a3s_gateway/demo/demo.hcl
+
+entrypoints "web" {
+  address = "127.0.0.1:${A3S_DEMO_PORT:-8080}"
+}
+
+# /api/... goes to the two echo backends in turn.
+routers "api" {
+  rule    = "PathPrefix(`/api`)"
+  service = "api"
+}
+
+# Server-sent events from the streaming backend.
+routers "events" {
+  rule    = "PathPrefix(`/events`)"
+  service = "stream"
+}
+
+# The streaming backend's WebSocket echo (used once the gateway proxies WebSockets).
+routers "ws" {
+  rule    = "Path(`/ws`)"
+  service = "stream"
+}
+
+# Everything else: the echo backends too, below every other router.
+routers "fallback" {
+  rule     = "PathPrefix(`/`)"
+  service  = "api"
+  priority = 1
+}
+
+services "api" {
+  load_balancer {
+    strategy = "round-robin"
+    servers = [
+      { url = "http://127.0.0.1:${A3S_DEMO_ECHO_A}" },
+      { url = "http://127.0.0.1:${A3S_DEMO_ECHO_B}" },
+    ]
+  }
+}
+
+services "stream" {
+  load_balancer {
+    servers = [{ url = "http://127.0.0.1:${A3S_DEMO_STREAM}" }]
+  }
+}
+
+# Loopback only; no token is needed there (SPEC §3.13).
+management {
+  address = "127.0.0.1:${A3S_DEMO_ADMIN_PORT:-9901}"
+}
+
+# A short drain: Ctrl-C stops the demo within a few seconds even with an SSE stream open.
+shutdown_timeout_secs = 3

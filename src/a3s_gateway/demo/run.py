@@ -1,0 +1,193 @@
+"""``a3s-gateway demo``: the demo backends and a gateway on the packaged ``demo.hcl`` in one
+trio run, with the URLs and ``curl`` commands to try printed once it is up (SPEC §2.1).
+
+Ring 2 (a small composition root beside ``app.py``): builds the demo config from the backends'
+ports and runs ``Gateway``. Nurseries: ``Demo.serve`` opens the demo's root nursery, holding
+the three backend listeners and ``Gateway.serve``; when the gateway has stopped (after
+``shutdown``) the backends are cancelled and ``serve`` returns. Deadlines: only the gateway's
+own drain grace (``shutdown_timeout_secs`` in ``demo.hcl``). Must not: install signal handlers
+or logging (the CLI does), or advertise what the gateway does not serve yet (WebSocket
+proxying, the management API): the banner lists the direct backend URL for ``/ws`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import TYPE_CHECKING, Final, TextIO
+
+import trio
+
+from a3s_gateway.app import Gateway
+from a3s_gateway.config.load import load_config_text
+from a3s_gateway.demo.backends import BackendPorts, start_backends
+from a3s_gateway.demo.exchange import HOST
+
+if TYPE_CHECKING:
+    from a3s_gateway.config.schema import Config
+
+log: Final = logging.getLogger("a3s_gateway.demo")
+
+DEFAULT_PORT: Final = 8080
+DEFAULT_ADMIN_PORT: Final = 9901
+CONFIG_NAME: Final = "demo.hcl"
+#: How ``load_config_text`` names the file in problems.
+CONFIG_FILENAME: Final = "a3s_gateway/demo/demo.hcl"
+
+
+def demo_config_text() -> str:
+    """The packaged ``demo.hcl``."""
+    return files("a3s_gateway.demo").joinpath(CONFIG_NAME).read_text(encoding="utf-8")
+
+
+def demo_env(port: int, admin_port: int, backends: BackendPorts) -> dict[str, str]:
+    """The variables ``demo.hcl`` interpolates."""
+    return {
+        "A3S_DEMO_PORT": str(port),
+        "A3S_DEMO_ADMIN_PORT": str(admin_port),
+        "A3S_DEMO_ECHO_A": str(backends.echo_a),
+        "A3S_DEMO_ECHO_B": str(backends.echo_b),
+        "A3S_DEMO_STREAM": str(backends.stream),
+    }
+
+
+def load_demo_config(env: dict[str, str]) -> Config:
+    """``demo.hcl`` loaded with ``env`` (and nothing from ``os.environ``). Raises
+    ``ConfigError`` (e.g. when the chosen port collides with the management port)."""
+    return load_config_text(demo_config_text(), filename=CONFIG_FILENAME, env=env)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningDemo:
+    """What ``Demo.serve`` reports once everything is up."""
+
+    gateway: Gateway
+    backends: BackendPorts
+    #: The gateway's base URL, e.g. ``http://127.0.0.1:8080``.
+    url: str
+    #: Whether the gateway reported bound listeners (``gateway.addresses()["web"]``).
+    listening: bool
+
+
+def gateway_url(gateway: Gateway, configured_port: int) -> tuple[str, bool]:
+    """The base URL of entrypoint ``web``: the bound address if the gateway reports one, else
+    the configured one; and whether it was the bound one."""
+    bound = gateway.addresses().get("web", ())
+    if bound:
+        host, port = bound[0]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}", True
+    return f"http://{HOST}:{configured_port}", False
+
+
+class Demo:
+    """One demo run. ``await nursery.start(demo.serve)`` brings it up; ``await
+    demo.shutdown()`` drains the gateway, after which the backends stop and ``serve`` returns.
+    """
+
+    def __init__(
+        self, port: int = DEFAULT_PORT, *, admin_port: int | None = None, out: TextIO | None = None
+    ) -> None:
+        self.port = port
+        # "--port 0" asks for free ports; the management listener follows suit.
+        if admin_port is None:
+            admin_port = 0 if port == 0 else DEFAULT_ADMIN_PORT
+        self.admin_port = admin_port
+        self._out = out
+        self._gateway: Gateway | None = None
+        self._env: dict[str, str] = {}
+        self._cancel = trio.CancelScope()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[RunningDemo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until ``shutdown`` (or cancellation). Raises ``ConfigError`` or ``StartError``
+        before ``started()`` if the demo cannot start (e.g. the port is taken)."""
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                backends = await start_backends(nursery)
+                self._env = demo_env(self.port, self.admin_port, backends)
+                gateway = Gateway(load_demo_config(self._env))
+                await nursery.start(self._serve_gateway, gateway, nursery.cancel_scope)
+                self._gateway = gateway
+                url, listening = gateway_url(gateway, self.port)
+                out = self._out if self._out is not None else sys.stdout
+                out.write(banner(url, backends, listening=listening))
+                out.flush()
+                task_status.started(RunningDemo(gateway, backends, url, listening))
+
+    @staticmethod
+    async def _serve_gateway(
+        gateway: Gateway,
+        backends: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await gateway.serve(task_status=task_status)
+        backends.cancel()  # the gateway has drained: nothing routes to the backends any more
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Drain the gateway (``grace`` seconds, default ``shutdown_timeout_secs``), then stop
+        the backends; before the gateway runs, just cancel. Idempotent; a checkpoint."""
+        if self._gateway is None:
+            self._cancel.cancel()
+            await trio.lowlevel.checkpoint()
+            return
+        await self._gateway.shutdown(grace)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the packaged ``demo.hcl`` with the same ports and reload it."""
+        if self._gateway is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._gateway.reload(load_demo_config(self._env))
+
+
+async def run_demo(
+    port: int = DEFAULT_PORT,
+    *,
+    admin_port: int | None = None,
+    out: TextIO | None = None,
+    task_status: trio.TaskStatus[RunningDemo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start the demo backends and the gateway on ``port`` (0 = a free port), print the URLs
+    and ``curl`` commands to ``out`` (default stdout), report a ``RunningDemo`` through
+    ``task_status`` and run until cancelled or until ``RunningDemo.gateway.shutdown()``."""
+    await Demo(port, admin_port=admin_port, out=out).serve(task_status=task_status)
+
+
+def banner(url: str, backends: BackendPorts, *, listening: bool) -> str:
+    """What the demo prints once it is up: where everything is and what to paste."""
+    lines = [
+        "",
+        "a3s-gateway demo is running. Press Ctrl-C to stop.",
+        "",
+        f"  gateway   {url}   (entrypoint web)",
+        f"  echo-a    http://{HOST}:{backends.echo_a}   (HTTP echo)",
+        f"  echo-b    http://{HOST}:{backends.echo_b}   (HTTP echo)",
+        f"  stream    http://{HOST}:{backends.stream}   (SSE at /events, WebSocket echo at /ws)",
+        "",
+        "Routes: /api/... and everything else -> api (round-robin over echo-a and echo-b),",
+        "        /events -> stream.",
+        "",
+        "Try:",
+        f"  curl -i {url}/api/hello                # twice: echo-a, then echo-b",
+        f"  curl -i --data 'name=demo' {url}/api/orders",
+        f"  curl -i {url}/api/status/503",
+        f"  curl -s {url}/api/bytes/1048576 | wc -c",
+        f"  curl -i {url}/api/delay/500",
+        f"  curl -N {url}/events",
+        f"  curl -N '{url}/events?count=3&interval_ms=200'",
+        "",
+        "WebSocket echo, directly on the backend (proxying WebSockets comes in a later release):",
+        f"  ws://{HOST}:{backends.stream}/ws",
+        "",
+    ]
+    if not listening:
+        lines[2:2] = [
+            "note: this build's gateway opens no listeners yet (the HTTP data plane is issue",
+            "#4), so the gateway URLs below do not answer; the backends do.",
+            "",
+        ]
+    return "\n".join(lines) + "\n"

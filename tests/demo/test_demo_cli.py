@@ -1,0 +1,169 @@
+"""``a3s-gateway demo`` (SPEC §2.1): the command line, ``run_demo`` in-process, and the whole
+demo end to end through the gateway.
+
+The tests that need the gateway to listen (``test_demo_end_to_end``,
+``test_demo_on_a_taken_port_exits_3``) call ``pytest.xfail`` while ``gateway.addresses()`` is
+empty, i.e. until the HTTP data plane (issue #4) opens listeners; see ``needs_data_plane``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+from functools import partial
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from a3s_gateway import cli
+from a3s_gateway.demo import BackendPorts, RunningDemo, run_demo
+from a3s_gateway.demo.run import banner
+from tests.demo.client import curl
+from tests.support.cli import ROOT, cli_env, run_cli
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+NO_DATA_PLANE = "data plane not yet wired (issue #4)"
+
+
+def needs_data_plane(running: RunningDemo) -> None:
+    """xfail while the gateway opens no listeners. When the data plane lands, delete this
+    helper and its two calls: the tests must then pass outright."""
+    if not running.listening:
+        pytest.xfail(NO_DATA_PLANE)
+
+
+async def start_demo(nursery: trio.Nursery, out: io.StringIO) -> RunningDemo:
+    running: RunningDemo = await nursery.start(partial(run_demo, 0, out=out))
+    return running
+
+
+def test_demo_help() -> None:
+    done = run_cli("demo", "--help")
+    assert done.code == 0, done.stderr
+    assert "--port" in done.stdout
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "eighty"])
+def test_a_bad_port_is_a_usage_error(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--port", port]) == 2
+    assert "--port" in capsys.readouterr().err
+
+
+def test_the_banner_lists_urls_and_commands() -> None:
+    text = banner("http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103), listening=True)
+    for line in (
+        "curl -i http://127.0.0.1:8080/api/hello",
+        "curl -N http://127.0.0.1:8080/events",
+        "curl -i --data 'name=demo' http://127.0.0.1:8080/api/orders",
+        "curl -i http://127.0.0.1:8080/api/status/503",
+        "echo-a    http://127.0.0.1:9101",
+        "ws://127.0.0.1:9103/ws",
+    ):
+        assert line in text
+    assert "ws://127.0.0.1:8080" not in text  # not proxied yet: only the direct URL is shown
+    assert "9901" not in text  # the management API is not served yet
+    assert "issue" not in text
+    assert "opens no listeners" in banner("x", BackendPorts(1, 2, 3), listening=False)
+
+
+async def test_run_demo_starts_backends_and_stops_after_shutdown() -> None:
+    out = io.StringIO()
+    async with trio.open_nursery() as nursery:
+        running = await start_demo(nursery, out)
+        document = json.loads(await curl(f"http://127.0.0.1:{running.backends.echo_a}/x"))
+        assert document["service"] == "echo-a"
+        await running.gateway.shutdown()
+    # run_demo returned on its own: the backends were cancelled once the gateway stopped.
+    text = out.getvalue()
+    assert f"curl -i {running.url}/api/hello" in text
+    assert f"ws://127.0.0.1:{running.backends.stream}/ws" in text
+
+
+@pytest.mark.integration
+async def test_demo_end_to_end(nursery: trio.Nursery) -> None:
+    running = await start_demo(nursery, io.StringIO())
+    try:
+        needs_data_plane(running)
+        url = running.url
+        seen = [json.loads(await curl(f"{url}/api/hello"))["service"] for _ in range(4)]
+        assert sorted(seen) == ["echo-a", "echo-a", "echo-b", "echo-b"]  # round-robin
+        posted = json.loads(await curl("--data", "name=demo", f"{url}/api/orders?x=1"))
+        assert (posted["method"], posted["path"], posted["query"]) == ("POST", "/api/orders", "x=1")
+        assert posted["body_bytes"] == len("name=demo")
+        headers = {name.lower(): value for name, value in posted["headers"].items()}
+        assert headers["x-forwarded-for"] == "127.0.0.1"  # SPEC §5.4
+        status = await curl("-o", "/dev/null", "-w", "%{http_code}", f"{url}/api/status/503")
+        assert status == "503"
+        assert len(await curl(f"{url}/api/bytes/1048576")) == 1048576
+        assert json.loads(await curl(f"{url}/hello"))["path"] == "/hello"  # fallback router
+        events = await curl("-N", f"{url}/events?count=3&interval_ms=10")
+        assert re.findall(r'"count": (\d+)', events) == ["1", "2", "3"]
+    finally:
+        await running.gateway.shutdown()
+
+
+@pytest.mark.integration
+async def test_demo_on_a_taken_port_exits_3() -> None:
+    async with trio.open_nursery() as nursery:
+        running = await start_demo(nursery, io.StringIO())
+        await running.gateway.shutdown()
+    needs_data_plane(running)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = await trio.run_process(
+            [sys.executable, "-m", "a3s_gateway", "demo", "--port", port],
+            capture_stdout=True,
+            capture_stderr=True,
+            env=cli_env(),
+            cwd=ROOT,
+            check=False,
+        )
+    assert done.returncode == 3, done.stderr
+    assert port in done.stderr.decode()
+
+
+@pytest.mark.integration
+async def test_the_demo_command_runs_until_sigint(tmp_path: Path) -> None:
+    with (tmp_path / "stderr").open("wb") as errors:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "a3s_gateway", "demo", "--port", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=cli_env(),
+            cwd=ROOT,
+        )
+    try:
+        printed = await read_until(process, b"/ws\n")
+        echo_b = re.search(r"echo-b +http://127\.0\.0\.1:(\d+)", printed)
+        assert echo_b is not None, printed
+        document = json.loads(await curl(f"http://127.0.0.1:{echo_b.group(1)}/direct"))
+        assert document["service"] == "echo-b"
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            assert await process.wait() == 0, (tmp_path / "stderr").read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def read_until(process: trio.Process, marker: bytes) -> str:
+    assert process.stdout is not None
+    received = b""
+    with trio.fail_after(30):
+        while marker not in received:
+            chunk = await process.stdout.receive_some(65536)
+            assert chunk, received.decode()
+            received += chunk
+    return received.decode()

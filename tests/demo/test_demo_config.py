@@ -1,0 +1,106 @@
+"""The packaged demo.hcl: it loads with the backends' ports, passes ``validate``, and its routers
+send each path where the demo's banner says."""
+
+from __future__ import annotations
+
+from importlib.resources import as_file, files
+
+import pytest
+
+from a3s_gateway.config.load import load_config_text
+from a3s_gateway.config.schema import Config
+from a3s_gateway.demo import BackendPorts
+from a3s_gateway.demo.run import demo_config_text, demo_env, load_demo_config
+from a3s_gateway.errors import ConfigError
+from a3s_gateway.routing import HttpRequestInfo, Route, RouteTable, compile_rule
+from tests.support.cli import cli_env, run_cli
+
+PORTS = BackendPorts(echo_a=9101, echo_b=9102, stream=9103)
+
+
+def demo_config(port: int = 8080, admin_port: int = 9901) -> Config:
+    return load_demo_config(demo_env(port, admin_port, PORTS))
+
+
+def route_table(config: Config) -> RouteTable:
+    return RouteTable(
+        Route(
+            name=name,
+            rule=compile_rule(router.rule, syntax=router.rule_syntax),
+            service=router.service,
+            entrypoints=frozenset(router.entrypoints) or None,
+            priority=router.priority,
+        )
+        for name, router in config.routers.items()
+    )
+
+
+def test_the_demo_config_loads_with_the_given_ports() -> None:
+    config = demo_config(port=8123, admin_port=9911)
+    assert config.entrypoints["web"].address.text == "127.0.0.1:8123"
+    assert config.entrypoints["web"].protocol == "http"
+    api = config.services["api"].load_balancer
+    assert api is not None
+    assert api.strategy == "round-robin"
+    assert [s.url.text for s in api.servers] == ["http://127.0.0.1:9101", "http://127.0.0.1:9102"]
+    stream = config.services["stream"].load_balancer
+    assert stream is not None
+    assert [s.url.text for s in stream.servers] == ["http://127.0.0.1:9103"]
+    assert config.management is not None
+    assert config.management.address.text == "127.0.0.1:9911"
+
+
+def test_port_zero_everywhere_is_accepted() -> None:
+    config = demo_config(port=0, admin_port=0)
+    assert config.entrypoints["web"].address.port == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "router", "service"),
+    [
+        ("/api/hello", "api", "api"),
+        ("/api", "api", "api"),
+        ("/events", "events", "stream"),
+        ("/events?count=3", "events", "stream"),
+        ("/ws", "ws", "stream"),
+        ("/", "fallback", "api"),
+        ("/hello", "fallback", "api"),
+        ("/status/503", "fallback", "api"),
+    ],
+)
+def test_routes_go_where_the_banner_says(path: str, router: str, service: str) -> None:
+    bare, _, query = path.partition("?")
+    found = route_table(demo_config()).select(
+        HttpRequestInfo("GET", "127.0.0.1:8080", bare, query=query), "web"
+    )
+    assert found is not None
+    assert (found.name, found.service) == (router, service)
+
+
+def test_the_fallback_router_comes_last() -> None:
+    config = demo_config()
+    assert config.routers["fallback"].priority == 1
+    assert min(compile_rule(r.rule).default_priority for r in config.routers.values()) > 1
+
+
+def test_missing_backend_ports_are_reported_by_name() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(demo_config_text(), filename="demo.hcl", env={})
+    messages = " ".join(p.message for p in caught.value.problems)
+    for name in ("A3S_DEMO_ECHO_A", "A3S_DEMO_ECHO_B", "A3S_DEMO_STREAM"):
+        assert name in messages
+
+
+def test_a_gateway_port_equal_to_the_management_port_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="management"):
+        demo_config(port=9901, admin_port=9901)
+
+
+def test_validate_accepts_the_packaged_file_with_the_ports_set() -> None:
+    env = cli_env({"A3S_DEMO_ECHO_A": "9101", "A3S_DEMO_ECHO_B": "9102", "A3S_DEMO_STREAM": "9103"})
+    with as_file(files("a3s_gateway.demo").joinpath("demo.hcl")) as path:
+        done = run_cli("validate", str(path), env=env)
+    assert done.code == 0, done.stderr
+    assert "configuration is valid (0 warning(s))" in done.stdout
+    assert "web  127.0.0.1:8080  http" in done.stdout
+    assert "api  2 backend(s)  round-robin" in done.stdout
