@@ -1,9 +1,5 @@
 """``a3s-gateway demo`` (SPEC §2.1): the command line, ``run_demo`` in-process, and the whole
 demo end to end through the gateway.
-
-The tests that need the gateway to listen (``test_demo_end_to_end``,
-``test_demo_on_a_taken_port_exits_3``) call ``pytest.xfail`` while ``gateway.addresses()`` is
-empty, i.e. until the HTTP data plane (issue #4) opens listeners; see ``needs_data_plane``.
 """
 
 from __future__ import annotations
@@ -29,15 +25,6 @@ from tests.support.cli import ROOT, cli_env, run_cli
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-NO_DATA_PLANE = "data plane not yet wired (issue #4)"
-
-
-def needs_data_plane(running: RunningDemo) -> None:
-    """xfail while the gateway opens no listeners. When the data plane lands, delete this
-    helper and its two calls: the tests must then pass outright."""
-    if not running.listening:
-        pytest.xfail(NO_DATA_PLANE)
 
 
 async def start_demo(nursery: trio.Nursery, out: io.StringIO) -> RunningDemo:
@@ -91,7 +78,6 @@ async def test_run_demo_starts_backends_and_stops_after_shutdown() -> None:
 async def test_demo_end_to_end(nursery: trio.Nursery) -> None:
     running = await start_demo(nursery, io.StringIO())
     try:
-        needs_data_plane(running)
         url = running.url
         seen = [json.loads(await curl(f"{url}/api/hello"))["service"] for _ in range(4)]
         assert sorted(seen) == ["echo-a", "echo-a", "echo-b", "echo-b"]  # round-robin
@@ -115,7 +101,6 @@ async def test_demo_on_a_taken_port_exits_3() -> None:
     async with trio.open_nursery() as nursery:
         running = await start_demo(nursery, io.StringIO())
         await running.gateway.shutdown()
-    needs_data_plane(running)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

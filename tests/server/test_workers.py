@@ -298,16 +298,10 @@ async def test_workers_not_ready_by_the_start_deadline_fail_the_start(
 
 # ----------------------------------------------------------------------------- end to end
 
-SUPERVISOR = (
-    "import sys; from a3s_gateway.server.workers import run_supervisor; "
-    "sys.exit(run_supervisor(sys.argv[1], workers=int(sys.argv[2]), listen=None, "
-    "log_level='info', log_format='text'))"
-)
-
 
 def command(config: Path, workers: int) -> list[str]:
-    """The supervisor as the CLI will run it (``run CONFIG --workers N``) once wired."""
-    return [sys.executable, "-c", SUPERVISOR, str(config), str(workers)]
+    """The supervisor as users run it: ``run CONFIG --workers N``."""
+    return [sys.executable, "-m", "a3s_gateway", "run", str(config), "--workers", str(workers)]
 
 
 def free_port() -> int:
