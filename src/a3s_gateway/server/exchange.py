@@ -114,7 +114,7 @@ async def handle_request(
         # A malformed request body (bad chunking): 400 if we still can, else abort.
         if down.response_started:
             raise _abort() from None
-        text = f"bad request: {violation.reason}"
+        text = f"bad request: {violation.reason}" if violation.status == 400 else None
         await _answer(down, head, error_response(violation.status, text, close=True))
     finally:
         ctx.active_requests[info.entrypoint] -= 1

@@ -1,0 +1,144 @@
+"""The real CLI proxying real traffic (SPEC §2.1, §2.4, §5.5, §5.6): ``python -m a3s_gateway run``
+as a subprocess on a fixed free port, a test origin in this process, curl as the client.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import pytest
+import trio
+
+from tests.support.cli import RunningGateway, start_gateway
+from tests.support.gateway import (
+    CLIENT_WAIT,
+    CurlResult,
+    config_text,
+    curl,
+    free_port,
+    router_block,
+    server_entry,
+    service_block,
+    wait_refused,
+)
+from tests.support.origin import Origin, SlowHead
+
+pytestmark = pytest.mark.integration
+
+#: Bound on the subprocess's start (interpreter, imports, bind); generous for loaded machines.
+STARTUP_WAIT: Final = 40.0
+
+
+@pytest.fixture
+async def origin(nursery: trio.Nursery) -> Origin:
+    server = Origin("cli")
+    await nursery.start(server.serve)
+    return server
+
+
+@asynccontextmanager
+async def cli_gateway(tmp_path: Path, text: str) -> AsyncIterator[RunningGateway]:
+    """Run the CLI on ``text`` until the block ends; the process never outlives the test."""
+    config = tmp_path / "gateway.hcl"
+    config.write_text(text, encoding="utf-8")
+    gateway = await start_gateway(str(config))
+    try:
+        with trio.fail_after(STARTUP_WAIT):
+            # SPEC §2.6: one line per listener once it is bound.
+            await gateway.wait_for_line("listening entrypoint=web")
+        yield gateway
+    finally:
+        if gateway.process.returncode is None:
+            gateway.process.kill()
+        with trio.CancelScope(shield=True):
+            await gateway.process.wait()
+
+
+async def stop(gateway: RunningGateway) -> int:
+    """SIGTERM, then the exit code (bounded)."""
+    gateway.process.send_signal(signal.SIGTERM)
+    with trio.fail_after(CLIENT_WAIT):
+        return await gateway.process.wait()
+
+
+async def test_requests_are_proxied_through_the_cli(origin: Origin, tmp_path: Path) -> None:
+    port = free_port()
+    async with cli_gateway(tmp_path, config_text([server_entry(origin)], port=port)) as gateway:
+        result = await curl(f"http://127.0.0.1:{port}/via-cli?x=1", "--data-binary", "hello")
+        code = await stop(gateway)
+    assert code == 0
+    assert result.code == 0, result.stderr
+    assert result.response.status == 200
+    assert result.response.json()["origin"] == "cli"
+    [seen] = origin.requests
+    assert (seen.method, seen.target, seen.body_length) == (b"POST", b"/via-cli?x=1", 5)
+    assert seen.values(b"via") == [b"1.1 a3s-gateway"]
+
+
+async def test_error_statuses_through_the_cli(origin: Origin, tmp_path: Path) -> None:
+    release = trio.Event()
+    origin.on("/slow/x", SlowHead(release))
+    port = free_port()
+    more = (
+        router_block("refused", "PathPrefix(`/refused`)", "refused")
+        + service_block("refused", [server_entry(free_port())], balancer="connect_attempts = 1")
+        + router_block("drained", "PathPrefix(`/drained`)", "drained")
+        + service_block("drained", [server_entry(origin, weight=0)])
+        + router_block("slow", "PathPrefix(`/slow`)", "slow")
+        + service_block(
+            "slow", [server_entry(origin)], balancer='response_header_timeout = "200ms"'
+        )
+    )
+    text = config_text([server_entry(origin)], rule="PathPrefix(`/ok`)", more=more, port=port)
+    async with cli_gateway(tmp_path, text) as gateway:
+        results = {
+            path: await curl(f"http://127.0.0.1:{port}{path}")
+            for path in ("/refused", "/drained", "/slow/x", "/ok", "/missing")
+        }
+        release.set()
+        code = await stop(gateway)
+    assert code == 0
+    statuses = {path: result.response.status for path, result in results.items()}
+    assert statuses == {
+        "/refused": 502,
+        "/drained": 503,
+        "/slow/x": 504,
+        "/ok": 200,
+        "/missing": 404,
+    }
+    assert results["/refused"].response.json() == {"error": "bad gateway", "status": 502}
+    assert results["/drained"].response.json() == {"error": "no available backend", "status": 503}
+    assert results["/slow/x"].response.json() == {"error": "gateway timeout", "status": 504}
+
+
+async def test_sigterm_lets_the_request_in_flight_finish(origin: Origin, tmp_path: Path) -> None:
+    release = trio.Event()
+    origin.on("/slow", SlowHead(release))
+    port = free_port()
+    results: list[CurlResult] = []
+
+    async def slow_client() -> None:
+        results.append(await curl(f"http://127.0.0.1:{port}/slow"))
+
+    config = config_text([server_entry(origin)], port=port)
+    async with cli_gateway(tmp_path, config) as gateway, trio.open_nursery() as nursery:
+        nursery.start_soon(slow_client)
+        with trio.fail_after(CLIENT_WAIT):
+            await origin.wait_for(lambda: len(origin.completed) == 1)
+            gateway.process.send_signal(signal.SIGTERM)
+            await gateway.wait_for_line("draining")
+            await wait_refused(port)
+        assert gateway.process.returncode is None, "exited with a request in flight"
+        release.set()
+        with trio.fail_after(CLIENT_WAIT):
+            code = await gateway.process.wait()
+    assert code == 0
+    [result] = results
+    assert result.code == 0, result.stderr
+    assert result.response.status == 200
+    assert result.response.header(b"connection") == b"close"
+    assert result.response.json()["target"] == "/slow"
