@@ -67,9 +67,17 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     assert "usage:" in capsys.readouterr().err
 
 
-def test_run_refuses_more_workers_with_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["run", str(FIXTURES / "quickstart.hcl"), "--workers", "2"]) == 3
-    assert "workers" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("value", "message"), [("-1", "0 (one per CPU) or more"), ("two", "whole")]
+)
+def test_a_bad_workers_count_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    # A valid count starts the supervisor (tests/server/test_workers.py runs it for real).
+    assert cli.main(["run", str(FIXTURES / "quickstart.hcl"), "--workers", value]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err
+    assert message in err
 
 
 def test_log_level_from_the_environment(

@@ -13,7 +13,7 @@ from typing import Final
 import pytest
 import trio
 
-from tests.support.cli import RunningGateway, start_gateway
+from tests.support.cli import FIXTURES, RunningGateway, start_gateway
 from tests.support.gateway import (
     CLIENT_WAIT,
     CurlResult,
@@ -77,6 +77,34 @@ async def test_requests_are_proxied_through_the_cli(origin: Origin, tmp_path: Pa
     [seen] = origin.requests
     assert (seen.method, seen.target, seen.body_length) == (b"POST", b"/via-cli?x=1", 5)
     assert seen.values(b"via") == [b"1.1 a3s-gateway"]
+
+
+async def test_the_seed_readme_quick_start_proxies_real_traffic(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # The seed README's quick-start file as it is, but for the backend's port (8001 there).
+    seed = (FIXTURES / "quickstart.hcl").read_text(encoding="utf-8")
+    assert '"http://127.0.0.1:8001"' in seed
+    config = tmp_path / "gateway.hcl"
+    config.write_text(seed.replace(":8001", f":{origin.port}"), encoding="utf-8")
+    port = free_port()
+    gateway = await start_gateway(str(config), "--listen", f"127.0.0.1:{port}")
+    try:
+        with trio.fail_after(STARTUP_WAIT):
+            await gateway.wait_for_line("listening entrypoint=web")
+        api = await curl(f"http://127.0.0.1:{port}/api/users?page=2")
+        other = await curl(f"http://127.0.0.1:{port}/elsewhere")
+        code = await stop(gateway)
+    finally:
+        if gateway.process.returncode is None:
+            gateway.process.kill()
+        with trio.CancelScope(shield=True):
+            await gateway.process.wait()
+    assert code == 0
+    assert api.response.status == 200, api.stderr
+    assert api.response.json()["target"] == "/api/users?page=2"
+    assert other.response.status == 404
+    assert [seen.target for seen in origin.requests] == [b"/api/users?page=2"]
 
 
 async def test_error_statuses_through_the_cli(origin: Origin, tmp_path: Path) -> None:

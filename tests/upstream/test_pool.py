@@ -146,6 +146,20 @@ async def test_adapter_is_created_lazily_by_the_factory() -> None:
     assert "backend.test" in repr(conn)
 
 
+async def test_a_failing_close_does_not_escape() -> None:
+    class Broken(trio.abc.Stream):
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+        async def wait_send_all_might_not_block(self) -> None: ...
+        async def receive_some(self, max_bytes: int | None = None) -> bytes:
+            return b""
+
+        async def send_eof(self) -> None: ...
+        async def aclose(self) -> None:
+            raise trio.BrokenResourceError
+
+    await UpstreamConnection(Broken(), PEER, created_at=0.0).aclose()
+
+
 # --- idle expiry ---
 
 

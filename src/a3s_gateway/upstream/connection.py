@@ -15,6 +15,7 @@ decide reusability, or shield an unbounded close.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, TypeAlias
 
 import trio
@@ -111,8 +112,13 @@ class UpstreamConnection:
         return False
 
     async def aclose(self) -> None:
-        """Close the stream without a graceful exchange; bounded, and done even if cancelled."""
-        await trio.aclose_forcefully(self.stream)
+        """Close the stream without a graceful exchange; bounded, and done even if cancelled.
+
+        Never raises for a broken stream: trio streams are closed even when ``aclose`` fails,
+        and the pool runs this in its own nursery, which must not die of one bad connection.
+        """
+        with contextlib.suppress(trio.BrokenResourceError, OSError):
+            await trio.aclose_forcefully(self.stream)
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.peer} reused={self.reused}>"
