@@ -6,11 +6,13 @@ readiness, never a sleep.
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import trio
 import trio.testing
 
+from a3s_gateway.streams import RawSocketStream
 from a3s_gateway.upstream import Peer, PoolSettings, UpstreamConnection, UpstreamPool
 from a3s_gateway.upstream.pool_state import PeerStats
 
@@ -24,8 +26,9 @@ async def open_listener() -> tuple[trio.SocketListener, Peer]:
     return listener, Peer("http", "127.0.0.1", port)
 
 
-def socket_of(conn: UpstreamConnection) -> trio.socket.SocketType:
-    assert isinstance(conn.stream, trio.SocketStream)
+def socket_of(conn: UpstreamConnection) -> socket.socket:
+    """The dialled socket: the dialer hands the pool the hot path's ``RawSocketStream``."""
+    assert isinstance(conn.stream, RawSocketStream)
     return conn.stream.socket
 
 
@@ -76,6 +79,23 @@ async def test_dead_idle_connection_is_discarded_not_reused(nursery: trio.Nurser
         assert socket_of(fresh).fileno() != -1
         await pool.aclose()
         assert socket_of(fresh).fileno() == -1  # idle sockets close in aclose
+
+
+async def test_try_reuse_closes_a_dead_idle_connection_and_says_none(
+    nursery: trio.Nursery,
+) -> None:
+    listener, peer = await open_listener()
+    async with listener:
+        pool = UpstreamPool()
+        await nursery.start(pool.run)
+        old = await pool.acquire(peer, DEFAULT)
+        server_end = await listener.accept()
+        pool.release(old, reusable=True)
+        await server_end.aclose()
+        await trio.lowlevel.wait_readable(socket_of(old))
+        assert pool.try_reuse(peer, DEFAULT) is None
+        assert socket_of(old).fileno() == -1
+        assert pool.stats(peer) == PeerStats(dials=1)
 
 
 async def test_dead_connection_handed_to_a_waiter_is_replaced(nursery: trio.Nursery) -> None:

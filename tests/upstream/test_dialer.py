@@ -8,6 +8,7 @@ import socket
 import pytest
 import trio
 
+from a3s_gateway.streams import RawSocketStream
 from a3s_gateway.upstream import CONNECT_REASONS, ConnectFailed, Peer, connect_reason, dial
 
 
@@ -17,10 +18,12 @@ async def test_dial_connects_with_nodelay() -> None:
         port = listener.socket.getsockname()[1]
         stream = await dial(Peer("http", "127.0.0.1", port))
         async with stream, await listener.accept() as server_end:
-            assert isinstance(stream, trio.SocketStream)
-            assert stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            assert isinstance(stream, RawSocketStream)
+            assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
             await stream.send_all(b"ping")
             assert await server_end.receive_some() == b"ping"
+            await server_end.send_all(b"pong")
+            assert await stream.receive_some() == b"pong"
 
 
 async def test_closed_port_is_refused() -> None:

@@ -89,6 +89,45 @@ async def test_dials_then_reuses_lifo(nursery: trio.Nursery) -> None:
     assert pool.peers() == [PEER]
 
 
+async def test_try_reuse_is_the_synchronous_reuse_path(nursery: trio.Nursery) -> None:
+    dialer = FakeDialer()
+    pool = await started(nursery, dialer)
+    assert pool.try_reuse(PEER, DEFAULT) is None  # nothing idle: acquire must dial
+    assert pool.stats(PEER) == PeerStats()
+    first = await pool.acquire(PEER, DEFAULT)
+    second = await pool.acquire(PEER, DEFAULT)
+    pool.release(first, reusable=True)
+    pool.release(second, reusable=True)
+    again = pool.try_reuse(PEER, DEFAULT)
+    assert again is second  # LIFO, as acquire
+    assert again.reused
+    assert again.checked_out
+    assert pool.stats(PEER) == PeerStats(idle=1, busy=1, dials=2)
+    # Other settings (a reload changed them) go through acquire, which applies them.
+    assert pool.try_reuse(PEER, PoolSettings(idle_conn_timeout=5.0)) is None
+    assert pool.stats(PEER) == PeerStats(idle=1, busy=1, dials=2)
+
+
+async def test_try_reuse_never_returns_an_expired_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pool = UpstreamPool(dialer=FakeDialer())
+    settings = PoolSettings(idle_conn_timeout=10.0)
+    conn = await pool.acquire(PEER, settings)
+    pool.release(conn, reusable=True)
+    await trio.sleep(10.0)
+    assert pool.try_reuse(PEER, settings) is None
+    assert pool.stats(PEER) == PeerStats(idle=1, dials=1)  # left for acquire or the reaper
+
+
+async def test_try_reuse_after_aclose_is_none(nursery: trio.Nursery) -> None:
+    pool = await started(nursery, FakeDialer())
+    conn = await pool.acquire(PEER, DEFAULT)
+    pool.release(conn, reusable=True)
+    await pool.aclose()
+    assert pool.try_reuse(PEER, DEFAULT) is None
+
+
 async def test_peers_do_not_share_connections(nursery: trio.Nursery) -> None:
     pool = await started(nursery, FakeDialer())
     conn = await pool.acquire(PEER, DEFAULT)

@@ -23,9 +23,11 @@ Theory of operation — server. One request/response cycle at a time (SPEC §5.2
 * ``CLOSED`` after a clean EOF between requests; ``ERROR`` after a ``ProtocolViolation``.
 
 A fresh h11 connection per cycle is what lets us own the between-requests buffer without
-reaching into h11's private one; h11 still writes every response (status line, framing
-headers, ``Connection: close``, chunked encoding, no body for HEAD/204/304) and validates the
-header names and values we send, so an upstream can never make us split a response.
+reaching into h11's private one. Responses are written by ``http1_response.ResponseWriter``
+with h11's framing rules (status line, framing headers, ``Connection: close``, chunked
+encoding, no body for HEAD/204/304) but without h11's event objects, which re-validate every
+header per response (DESIGN.md §0 allows our own serialisation of validated heads); it checks
+the header block against RFC 9110's grammar, so an upstream can never make us split a response.
 
 ``Http1Client`` lives in ``http1_client.py`` and is re-exported here.
 """
@@ -58,6 +60,7 @@ from a3s_gateway.protocols.http1_request import (
     inspect_request,
     violation_for,
 )
+from a3s_gateway.protocols.http1_response import ResponseWriter, client_keep_alive
 
 __all__ = ["PIPELINE_SLACK", "Http1Client", "Http1Limits", "Http1Server"]
 
@@ -68,10 +71,6 @@ PIPELINE_SLACK: Final = 65536
 
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _LEADING_EMPTY: Final = re.compile(rb"(?:\r?\n)+")
-# Framing fields the adapter owns: the caller's copies are dropped so none is ever doubled.
-_SERVER_FRAMING: Final = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
-_CLOSE: Final = (b"connection", b"close")
-_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +90,6 @@ class _Phase(Enum):
     ERROR = auto()
 
 
-class _Framing(Enum):
-    """How the response body being sent is delimited."""
-
-    NONE = auto()  # HEAD, 204, 304: chunks are dropped
-    LENGTH = auto()
-    CHUNKED = auto()
-    CLOSE = auto()  # HTTP/1.0 client without Content-Length: the connection end delimits it
-
-
 class Http1Server:
     """The server side of one downstream HTTP/1.x connection (see the module docstring)."""
 
@@ -109,7 +99,6 @@ class Http1Server:
         "_closing",
         "_eof",
         "_failed",
-        "_framing",
         "_h11",
         "_limits",
         "_line_seen",
@@ -117,6 +106,7 @@ class Http1Server:
         "_phase",
         "_scan",
         "_version",
+        "_writer",
     )
 
     def __init__(self, limits: Http1Limits = Http1Limits()) -> None:
@@ -132,7 +122,7 @@ class Http1Server:
         self._failed = False
         self._method = b""  # b"" until this cycle's request head parsed
         self._version = b""
-        self._framing = _Framing.NONE
+        self._writer = ResponseWriter(b"", b"", keep_alive=False)
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed received bytes (``b""`` = EOF); return the current request's new events.
@@ -175,7 +165,8 @@ class Http1Server:
             self._phase is _Phase.DONE
             and not self._closing
             and not self._failed
-            and self._h11.our_state is h11.DONE
+            and self._writer.done
+            and self._writer.keep_alive
         )
 
     def close_after_response(self) -> None:
@@ -197,34 +188,27 @@ class Http1Server:
         Raises ``ProtocolViolation(500)`` when h11 refuses the event (an invalid header, a
         101, too much or too little body): a bug upstream of this adapter.
         """
+        writer = self._writer
         try:
             match event:
                 case BodyChunk(data=data):
-                    if not data or self._framing is _Framing.NONE:
-                        return b""
-                    return self._h11.send(h11.Data(data=data))
-                case ResponseHead():
-                    return self._send_head(event)
+                    return writer.data(data)
+                case ResponseHead(status=status, headers=headers, reason=reason):
+                    close = self._closing or self._phase is _Phase.ERROR
+                    return writer.head(status, headers, reason, close=close)
                 case EndOfBody(trailers=trailers):
-                    chunked = self._framing is _Framing.CHUNKED
-                    return self._h11.send(h11.EndOfMessage(headers=trailers if chunked else None))
+                    return writer.end(trailers)
                 case Informational(status=status, headers=headers, reason=reason):
-                    if self._version != b"1.1":
-                        return b""
-                    info = h11.InformationalResponse(
-                        status_code=status, headers=headers, reason=reason
-                    )
-                    return self._h11.send(info)
+                    return writer.informational(status, headers, reason)
                 case _:
                     assert_never(event)
-        except h11.LocalProtocolError as exc:
+        except ProtocolViolation:
             self._failed = True
-            raise ProtocolViolation(500, "response could not be serialised") from exc
+            raise
 
     def send_failed(self) -> None:
         """The write of bytes from ``send`` failed: the connection must not be reused."""
         self._failed = True
-        self._h11.send_failed()
 
     def start_next_cycle(self) -> list[Event]:
         """Begin the next request after a complete keep-alive response; return buffered events.
@@ -238,7 +222,7 @@ class Http1Server:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._phase = _Phase.HEAD
         self._method = self._version = b""
-        self._framing = _Framing.NONE
+        self._writer = ResponseWriter(b"", b"", keep_alive=False)
         try:
             return self._apply_eof(self._parse_head() if self._buf else [])
         except ProtocolViolation:
@@ -303,6 +287,9 @@ class Http1Server:
         headers = list(request.headers)
         authority, length = inspect_request(request, headers, self._limits.max_headers)
         self._method, self._version = request.method, request.http_version
+        self._writer = ResponseWriter(
+            request.method, request.http_version, client_keep_alive(request.http_version, headers)
+        )
         events: list[Event] = [
             RequestHead(
                 method=request.method,
@@ -368,19 +355,3 @@ class Http1Server:
         self._phase = _Phase.CLOSED
         events.append(ConnectionClosed())
         return events
-
-    # --- sending ---------------------------------------------------------------------------
-
-    def _send_head(self, event: ResponseHead) -> bytes:
-        headers = [line for line in event.headers if line[0] not in _SERVER_FRAMING]
-        if self._closing or self._phase is _Phase.ERROR:
-            headers.append(_CLOSE)
-        status = event.status
-        if status in _NO_BODY_STATUS or self._method == b"HEAD":
-            self._framing = _Framing.NONE
-        elif any(name == b"content-length" for name, _ in headers):
-            self._framing = _Framing.LENGTH
-        else:
-            self._framing = _Framing.CHUNKED if self._version == b"1.1" else _Framing.CLOSE
-        response = h11.Response(status_code=status, headers=headers, reason=event.reason)
-        return self._h11.send(response)

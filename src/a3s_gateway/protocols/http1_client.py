@@ -6,8 +6,10 @@ anything but ``ProtocolViolation`` (502 for the upstream's faults, 500 for a cal
 
 Theory of operation: one ``h11.Connection(CLIENT)`` for the life of the upstream connection,
 cycled with ``h11.start_next_cycle``. h11 parses the response (obs-fold replaced by a space,
-framing from the request method, so HEAD/204/304 responses have no body) and writes the request
-(always HTTP/1.1, ``host`` first). On top of it this adapter enforces SPEC §5.7's response
+framing from the request method, so HEAD/204/304 responses have no body) and writes the body;
+we write the request head ourselves (always HTTP/1.1, ``host`` first, every field checked
+against RFC 9110's grammar), as DESIGN.md §0 allows for heads the gateway already validated.
+On top of it this adapter enforces SPEC §5.7's response
 limits (head size and field count → 502), refuses 101 (WebSocket relaying comes later), and
 tracks what makes the connection unfit for the pool: a failed write, a violation, bytes after
 the response, or EOF. While the final head is awaited, the received bytes are mirrored (bounded
@@ -32,11 +34,34 @@ from a3s_gateway.protocols.events import (
     RequestHead,
     ResponseHead,
 )
+from a3s_gateway.protocols.http1_response import field_block
 
 __all__ = ["Http1Client"]
 
 _TE_CHUNKED: Final = (b"transfer-encoding", b"chunked")
+_TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_TARGET: Final = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _STATUS_101: Final = re.compile(rb"(?:\A|\n)HTTP/[0-9]\.[0-9] 101(?![0-9])")
+
+
+#: h11 state events for bodiless requests of the common methods: h11 only reads the method and
+#: the framing of the event it is told about, so one frozen event per method serves them all.
+_BODILESS: Final = {
+    method: h11.Request(method=method, target=b"/", headers=[(b"host", b"upstream")])
+    for method in (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"POST", b"PUT", b"PATCH")
+}
+
+
+def _state_event(
+    method: bytes, host: tuple[bytes, bytes], framing: tuple[bytes, bytes] | None
+) -> h11.Request:
+    """The event that tells h11 about a request we serialised ourselves."""
+    if framing is None:
+        cached = _BODILESS.get(method)
+        if cached is not None:
+            return cached
+        return h11.Request(method=method, target=b"/", headers=[host])
+    return h11.Request(method=method, target=b"/", headers=[host, framing])
 
 
 class Http1Client:
@@ -78,7 +103,7 @@ class Http1Client:
                 case BodyChunk(data=data):
                     return self._h11.send(h11.Data(data=data)) if data else b""
                 case RequestHead():
-                    wire = self._h11.send(self._request(event))
+                    wire = self._send_head(event)
                     if not event.has_body:  # complete already: a later EndOfBody is a no-op
                         self._h11.send(h11.EndOfMessage())
                     return wire
@@ -93,12 +118,43 @@ class Http1Client:
             self._unusable = True
             raise ProtocolViolation(500, "request could not be serialised") from exc
 
-    def _request(self, head: RequestHead) -> h11.Request:
-        headers = [line for line in head.headers if line[0] != b"transfer-encoding"]
-        self._chunked = head.has_body and not any(n == b"content-length" for n, _ in headers)
+    def _send_head(self, head: RequestHead) -> bytes:
+        """The request line and header block, written by us (``host`` first, as h11 does).
+
+        h11 still learns of the request, so that it frames the response (HEAD) and writes
+        the body, but from an event with only ``host`` and the framing field: building h11's
+        event from every forwarded field would re-validate each of them per request.
+        """
+        host: tuple[bytes, bytes] | None = None
+        framing: tuple[bytes, bytes] | None = None
+        rest: list[tuple[bytes, bytes]] = []
+        for line in head.headers:
+            name = line[0]
+            if name == b"host":
+                if host is not None:
+                    raise ProtocolViolation(500, "request could not be serialised")
+                host = line
+            elif name == b"transfer-encoding":
+                continue
+            else:
+                if name == b"content-length":
+                    framing = line
+                rest.append(line)
+        self._chunked = head.has_body and framing is None
         if self._chunked:
-            headers.append(_TE_CHUNKED)
-        return h11.Request(method=head.method, target=head.target, headers=headers)
+            framing = _TE_CHUNKED
+            rest.append(_TE_CHUNKED)
+        if host is None:
+            raise ProtocolViolation(500, "request could not be serialised")
+        block = field_block([host, *rest])
+        if (
+            block is None
+            or _TOKEN.fullmatch(head.method) is None
+            or _TARGET.fullmatch(head.target) is None
+        ):
+            raise ProtocolViolation(500, "request could not be serialised")
+        self._h11.send(_state_event(head.method, host, framing))
+        return b"%b %b HTTP/1.1\r\n%b\r\n" % (head.method, head.target, block)
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed received bytes (``b""`` = EOF); return the response's new events.

@@ -34,6 +34,8 @@ from a3s_gateway.protocols.responses import error_response
 from a3s_gateway.server.exchange import ClientTimeout, handle_request, send_generated
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from a3s_gateway.config.runtime import EntrypointRuntime
     from a3s_gateway.server.context import ServerContext
 
@@ -138,6 +140,27 @@ class Http1Downstream:
             raise ClientGone from error
         except BaseException:
             self._adapter.send_failed()
+            raise
+
+    async def send_batch(self, events: Sequence[ResponseHead | BodyChunk | EndOfBody]) -> None:
+        """Write several events of one response in a single write (what one upstream read
+        produced, or a whole generated response). Raises ``ClientGone`` if the write fails."""
+        adapter = self._adapter
+        parts: list[bytes] = []
+        for event in events:
+            if isinstance(event, ResponseHead):
+                self.response_started = True
+            parts.append(adapter.send(event))
+        data = b"".join(parts)
+        if not data:
+            return
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            adapter.send_failed()
+            raise ClientGone from error
+        except BaseException:
+            adapter.send_failed()
             raise
 
     def close_after_response(self) -> None:

@@ -41,7 +41,7 @@ from a3s_gateway.routing.request import RequestView, canonical_host, parse_peer
 from a3s_gateway.server.forward import AbortResponse, ConnectError, UpstreamFailure, forward
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from a3s_gateway.config.runtime import EntrypointRuntime, RuntimeConfig, ServiceRuntime
     from a3s_gateway.protocols.headers import Headers
@@ -53,6 +53,7 @@ __all__ = ["ClientTimeout", "Downstream", "handle_request", "send_generated"]
 
 log: Final = logging.getLogger("a3s_gateway.exchange")
 
+_END: Final = EndOfBody()
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 #: The answer when a service has no available backend at all (SPEC §7.9 step 5).
 _NO_BACKEND: Final = error_response(503, "no available backend")
@@ -73,6 +74,8 @@ class Downstream(Protocol):
 
     async def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> None: ...
 
+    async def send_batch(self, events: Sequence[ResponseHead | BodyChunk | EndOfBody]) -> None: ...
+
     def close_after_response(self) -> None: ...
 
 
@@ -80,10 +83,10 @@ async def send_generated(down: Downstream, response: GeneratedResponse, *, head_
     """Send a gateway-generated response (``Date`` is added by the caller's adapter path)."""
     if response.close:
         down.close_after_response()
-    await down.send(response.head)
     if response.body and not head_only:
-        await down.send(BodyChunk(response.body))
-    await down.send(EndOfBody())
+        await down.send_batch((response.head, BodyChunk(response.body), _END))
+    else:
+        await down.send_batch((response.head, _END))
 
 
 async def handle_request(
@@ -203,8 +206,13 @@ def _upstream_headers(
 ) -> tuple[Headers, str]:
     """SPEC §5.4 steps 1–5 (``Host`` is set per backend in ``forward``), and the client IP."""
     received = head.headers
-    peer = parse_peer(info.peer_ip)
-    trusted = peer is not None and entry.is_trusted(peer)
+    if entry.trust_all:
+        trusted = True
+    elif entry.trusted:  # parse the peer only when some network is trusted
+        peer = parse_peer(info.peer_ip)
+        trusted = peer is not None and entry.is_trusted(peer)
+    else:
+        trusted = False
     stripped = strip_hop_by_hop(received)
     client = client_ip(received, info.peer_ip, peer_trusted=trusted, is_trusted=entry.is_trusted)
     forwarding = ForwardingContext(
@@ -233,21 +241,34 @@ async def _dispatch(
 ) -> None:
     """Choose, connect, forward; failover once; answer 502/503/504 when all else fails."""
     total = service.total_timeout
-    with trio.move_on_after(total if total > 0 else float("inf")) as scope:
-        failure = await _try_service(request, down, ctx, service)
-        if failure is not None and service.failover is not None:
-            fallback = runtime.services.get(service.failover)
-            if fallback is not None:
-                second = await _try_service(request, down, ctx, fallback)
-                # SPEC §7.8: a failover without backends leaves the primary's 502/504 standing.
-                failure = second if second is not _NO_BACKEND or failure is _NO_BACKEND else failure
-        if failure is not None:
-            await _answer(down, request.head, failure)
+    if total <= 0:  # no total timeout: no scope (the hot path)
+        await _dispatch_within(request, down, ctx, runtime, service)
+        return
+    with trio.move_on_after(total) as scope:
+        await _dispatch_within(request, down, ctx, runtime, service)
         return
     if scope.cancelled_caught:
         if down.response_started:
             raise _abort()
         await _answer(down, request.head, error_response(504))
+
+
+async def _dispatch_within(
+    request: _Request,
+    down: Downstream,
+    ctx: ServerContext,
+    runtime: RuntimeConfig,
+    service: ServiceRuntime,
+) -> None:
+    failure = await _try_service(request, down, ctx, service)
+    if failure is not None and service.failover is not None:
+        fallback = runtime.services.get(service.failover)
+        if fallback is not None:
+            second = await _try_service(request, down, ctx, fallback)
+            # SPEC §7.8: a failover without backends leaves the primary's 502/504 standing.
+            failure = second if second is not _NO_BACKEND or failure is _NO_BACKEND else failure
+    if failure is not None:
+        await _answer(down, request.head, failure)
 
 
 async def _try_service(

@@ -98,7 +98,10 @@ async def forward(
     ``AbortResponse`` (the response is cut short); client failures propagate as they are.
     """
     peer = service.peers[backend.index]
-    conn = await _connect(ctx, service, peer)
+    # The hot path: an idle pooled connection needs no connect deadline and no checkpoint.
+    conn = ctx.pool.try_reuse(peer, service.pool)
+    if conn is None:
+        conn = await _connect(ctx, service, peer)
     attempt = _Attempt(conn, down, service, ctx)
     try:
         await attempt.run(
@@ -154,16 +157,23 @@ def _upstream_head(
 
 
 class _Attempt:
-    """The state of one attempt; ``reusable`` tells the pool whether the connection is clean."""
+    """The state of one attempt; ``reusable`` tells the pool whether the connection is clean.
+
+    One cancel scope (``_timer``) bounds the response: its deadline is the response-header
+    deadline until the head arrives, then it moves to now + body idle before every read.
+    ``_in_body`` tells which of the two expired.
+    """
 
     __slots__ = (
         "_conn",
         "_ctx",
         "_down",
+        "_in_body",
         "_pending",
         "_pump_done",
         "_pump_error",
         "_service",
+        "_timer",
         "reusable",
     )
 
@@ -181,6 +191,8 @@ class _Attempt:
         self._pending: deque[Event] = deque()
         self._pump_error: BaseException | None = None
         self._pump_done = down.request_complete
+        self._timer: trio.CancelScope | None = None
+        self._in_body = False
         self.reusable = False
 
     async def run(self, up_head: RequestHead, expect_continue: bool) -> None:
@@ -188,27 +200,38 @@ class _Attempt:
         if expect_continue and not self._down.request_complete:
             # SPEC §5.4: 100 Continue once routing and the upstream connection succeeded.
             await self._down.send(_CONTINUE)
-        response = await self._request_phase()
-        await self._relay(response)
+        if self._pump_done:
+            # No request body to pump (the common case): no nursery, one scope.
+            timer = self._timer = trio.CancelScope(
+                deadline=trio.current_time() + self._service.response_header_timeout
+            )
+            with timer:
+                await self._relay(await self._response_head())
+        else:
+            response = await self._request_phase()
+            timer = self._timer = trio.CancelScope()
+            with timer:
+                await self._relay(response)
+        if timer.cancelled_caught:
+            if not self._in_body:
+                raise UpstreamFailure(504, "response header timeout")
+            raise AbortResponse("upstream body idle timeout")
         self.reusable = self._pump_done and self._conn.adapter.reusable
 
     async def _request_phase(self) -> ResponseHead:
         """Pump the request body while waiting for the response head."""
-        rht = self._service.response_header_timeout
-        wait = trio.CancelScope(deadline=_INF if not self._pump_done else trio.current_time() + rht)
-        pump = trio.CancelScope()
+        wait = trio.CancelScope()
         failure: Exception | None = None
         response: ResponseHead | None = None
         async with trio.open_nursery() as nursery:
-            if not self._pump_done:
-                nursery.start_soon(self._pump, pump, wait)
+            nursery.start_soon(self._pump, wait)
             with wait:
                 # Caught here and raised after the nursery, so no exception group escapes.
                 try:
                     response = await self._response_head()
                 except Exception as error:  # re-raised below, unwrapped
                     failure = error
-            pump.cancel()
+            nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
         if self._pump_error is not None:
@@ -217,24 +240,23 @@ class _Attempt:
             raise UpstreamFailure(504, "response header timeout")
         return response
 
-    async def _pump(self, pump: trio.CancelScope, wait: trio.CancelScope) -> None:
+    async def _pump(self, wait: trio.CancelScope) -> None:
         """Client body → upstream, one chunk at a time; on completion start the head timer."""
-        with pump:
-            try:
-                while True:
-                    event = await self._down.receive_body()
-                    await self._write(self._conn.adapter.send(event), before_response=True)
-                    if isinstance(event, EndOfBody):
-                        break
-            except UpstreamFailure:
-                # The backend stopped reading; it may still answer (early response).
-                return
-            except Exception as error:  # recorded and re-raised by the attempt's task
-                self._pump_error = error
-                wait.cancel()
-                return
-            self._pump_done = True
-            wait.deadline = trio.current_time() + self._service.response_header_timeout
+        try:
+            while True:
+                event = await self._down.receive_body()
+                await self._write(self._conn.adapter.send(event), before_response=True)
+                if isinstance(event, EndOfBody):
+                    break
+        except UpstreamFailure:
+            # The backend stopped reading; it may still answer (early response).
+            return
+        except Exception as error:  # recorded and re-raised by the attempt's task
+            self._pump_error = error
+            wait.cancel()
+            return
+        self._pump_done = True
+        wait.deadline = trio.current_time() + self._service.response_header_timeout
 
     async def _response_head(self) -> ResponseHead:
         while True:
@@ -249,31 +271,52 @@ class _Attempt:
                 raise UpstreamFailure(502, "unexpected event before the response head")
 
     async def _relay(self, response: ResponseHead) -> None:
+        """Send the head and the body; whatever is already read goes out in one write."""
+        self._in_body = True
+        timer = self._timer
+        assert timer is not None  # set by run
+        timer.deadline = trio.current_time() + self._service.body_idle_timeout
         headers = strip_response_hop_by_hop(response.headers)
         if not any(name == b"date" for name, _ in headers):
             headers.append((b"date", self._ctx.dates.value()))
         if self._ctx.drain.draining:
             self._down.close_after_response()
-        await self._down.send(ResponseHead(response.status, headers, response.reason))
-        idle = self._service.body_idle_timeout
+        batch: list[ResponseHead | BodyChunk | EndOfBody] = [
+            ResponseHead(response.status, headers, response.reason)
+        ]
+        pending = self._pending
         while True:
-            with trio.move_on_after(idle):
-                try:
-                    event = await self._next_event(before_response=False)
-                except UpstreamFailure as error:
-                    raise AbortResponse(error.detail) from error
+            while pending:
+                event = pending.popleft()
                 if isinstance(event, BodyChunk):
-                    await self._down.send(event)
-                    continue
-                if isinstance(event, EndOfBody):
-                    await self._down.send(event)
+                    batch.append(event)
+                elif isinstance(event, EndOfBody):
+                    batch.append(event)
+                    await self._down.send_batch(batch)
                     return
-                raise AbortResponse("unexpected event in the response body")
-            raise AbortResponse("upstream body idle timeout")
+                else:
+                    raise AbortResponse("unexpected event in the response body")
+            if batch:
+                await self._down.send_batch(batch)
+                batch = []
+            try:
+                await self._fill(before_response=False)
+            except UpstreamFailure as error:
+                raise AbortResponse(error.detail) from error
 
     async def _next_event(self, *, before_response: bool) -> Event:
+        if not self._pending:
+            await self._fill(before_response=before_response)
+        return self._pending.popleft()
+
+    async def _fill(self, *, before_response: bool) -> None:
+        """Read from the upstream until at least one event is pending."""
         pending = self._pending
         while not pending:
+            if self._in_body:
+                timer = self._timer
+                assert timer is not None  # set before the relay starts
+                timer.deadline = trio.current_time() + self._service.body_idle_timeout
             try:
                 data = await self._conn.stream.receive_some(READ_SIZE)
                 if not isinstance(data, bytes):  # sockets give bytes; other streams may not
@@ -288,7 +331,6 @@ class _Attempt:
             if not events and not data:
                 raise UpstreamFailure(502, "connection closed")
             pending.extend(events)
-        return pending.popleft()
 
     async def _write(self, data: bytes, *, before_response: bool) -> None:
         if not data:

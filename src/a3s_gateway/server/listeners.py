@@ -25,6 +25,7 @@ import trio
 
 from a3s_gateway.errors import StartError
 from a3s_gateway.server.connection import ConnInfo, serve_http1
+from a3s_gateway.streams import RawSocketStream, from_trio
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -131,7 +132,7 @@ async def serve_listener(
     name = entry.name
     while True:
         try:
-            stream = await listener.accept()
+            accepted = await listener.accept()
         except OSError as error:
             if error.errno not in _RESOURCE_ERRORS:
                 raise
@@ -140,13 +141,14 @@ async def serve_listener(
             continue
         active = ctx.active_connections.get(name, 0)
         if active >= entry.max_connections:
-            stream.socket.close()
+            accepted.socket.close()
             continue
+        stream = from_trio(accepted)
         ctx.active_connections[name] = active + 1
         handlers.start_soon(_handle, stream, entry, ctx)
 
 
-async def _handle(stream: trio.SocketStream, entry: EntrypointRuntime, ctx: ServerContext) -> None:
+async def _handle(stream: RawSocketStream, entry: EntrypointRuntime, ctx: ServerContext) -> None:
     try:
         peer = stream.socket.getpeername()
         info = ConnInfo(entry.name, str(peer[0]), int(peer[1]), entry.tls)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import trio
 
+from a3s_gateway.streams import RawSocketStream
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -84,12 +86,15 @@ class UpstreamConnection:
         """True if this idle connection must not be reused: readable (EOF, a reset or stray
         bytes — an idle HTTP/1.1 server has nothing to say) or already closed. Never blocks.
 
-        Only a plain ``trio.SocketStream`` can be checked; any other stream is assumed alive
+        Only a ``RawSocketStream`` or a plain ``trio.SocketStream`` can be checked; any other
+        stream is assumed alive
         (the stale-reuse rule of SPEC §5.7 covers what slips through). ``is_readable`` is trio's
         public zero-timeout poll on the socket, equivalent to a ``recv(MSG_PEEK|MSG_DONTWAIT)``
         that does not block, without wrapping the file descriptor in a second socket object.
         """
         stream = self.stream
+        if isinstance(stream, RawSocketStream):
+            return stream.is_readable()
         if not isinstance(stream, trio.SocketStream):
             return False
         sock = stream.socket
@@ -99,13 +104,16 @@ class UpstreamConnection:
         """Close at once if the stream allows it synchronously; False when the caller must
         ``await aclose()`` instead.
 
-        A ``trio.SocketStream`` closes its socket (exactly what its ``aclose`` does); a
-        ``trio.SSLStream`` over one is closed the way ``aclose_forcefully`` would, without
+        A ``RawSocketStream`` or a ``trio.SocketStream`` closes its socket (what ``aclose``
+        does); a ``trio.SSLStream`` over one is closed the way ``aclose_forcefully`` would, without
         close_notify, by closing the socket underneath. Those are all production streams.
         """
         stream: trio.abc.Stream = self.stream
         while isinstance(stream, trio.SSLStream):
             stream = stream.transport_stream
+        if isinstance(stream, RawSocketStream):
+            stream.close_nowait()
+            return True
         if isinstance(stream, trio.SocketStream):
             stream.socket.close()
             return True

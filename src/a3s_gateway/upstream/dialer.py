@@ -6,7 +6,8 @@ service's ``connect_timeout`` in exactly one place (``server/exchange.py``), bou
 including name resolution. A cancelled dial leaves no socket open (trio closes losing attempts).
 
 TCP_NODELAY: ``trio.SocketStream.__init__`` sets it on every TCP stream (and TCP_NOTSENT_LOWAT
-where available), so nothing is set here; ``tests/upstream/test_dialer.py`` checks it.
+where available), so nothing is set here; ``tests/upstream/test_dialer.py`` checks it. The
+connected socket is then taken over by ``streams.RawSocketStream``, the hot path's lean stream.
 
 Must not: take a timeout argument, retry (retries across backends belong to §7.8 in the exchange),
 log, or read the wall clock.
@@ -21,6 +22,7 @@ from typing import Final, TypeAlias
 
 import trio
 
+from a3s_gateway.streams import from_trio
 from a3s_gateway.upstream.errors import ConnectFailed
 from a3s_gateway.upstream.peer import Peer
 
@@ -44,7 +46,7 @@ async def dial(peer: Peer) -> trio.abc.Stream:
         await trio.lowlevel.checkpoint()
         raise ConnectFailed("tls not supported yet")
     try:
-        return await trio.open_tcp_stream(peer.host, peer.port)
+        return from_trio(await trio.open_tcp_stream(peer.host, peer.port))
     except OSError as error:
         raise ConnectFailed(connect_reason(error)) from error
 

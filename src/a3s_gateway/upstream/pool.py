@@ -179,6 +179,24 @@ class UpstreamPool:
                 case Wait():
                     return await self._wait(peer, progress)
 
+    def try_reuse(self, peer: Peer, settings: PoolSettings) -> UpstreamConnection | None:
+        """The newest live idle connection to ``peer``, checked out, without a checkpoint; None
+        when ``acquire`` must decide (nothing idle, an expiry or a settings change to apply).
+
+        Dead idle connections met on the way are closed, as ``acquire`` would.
+        """
+        if self._closed:
+            return None
+        state = self._state
+        now = trio.current_time()
+        while True:
+            conn = state.reuse(peer, settings, now)
+            if conn is None:
+                return None
+            if not conn.looks_dead():
+                return self._hand_out(conn, reused=True)
+            self._apply(state.release(peer, conn, reusable=False, now=now))
+
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give back a connection from ``acquire``; never blocks, never raises for closing.
 

@@ -174,6 +174,23 @@ class PoolState(Generic[C, W]):
         rec.dials += 1
         return DIAL
 
+    def reuse(self, peer: Peer, settings: PoolSettings, now: float) -> C | None:
+        """The hot path's shortcut: the newest idle connection to ``peer`` (checked out) when
+        ``acquire`` would certainly answer ``Reuse`` with it; else None and nothing changed.
+
+        Only when ``settings`` are the peer's current ones and the newest idle connection has
+        not expired, so the expiry schedule needs no update.
+        """
+        rec = self._records.get(peer)
+        if rec is None or settings is not rec.settings or not rec.idle:
+            return None
+        since, conn = rec.idle[-1]
+        if since + settings.idle_conn_timeout <= now:
+            return None
+        rec.idle.pop()
+        rec.busy += 1
+        return conn
+
     def wait(self, peer: Peer, waiter: W) -> list[W]:
         """Queue ``waiter`` after a ``Wait`` decision.
 

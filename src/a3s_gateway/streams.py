@@ -1,0 +1,141 @@
+"""A lean trio stream over a connected TCP socket, for the proxy's hot path (DESIGN.md §3.5).
+
+Ring 1. ``trio.SocketStream`` spends about 25 µs on a send/receive pair in conflict detectors,
+an async context manager per call and two checkpoints; a proxied request makes five such calls.
+``RawSocketStream`` does the same work with the non-blocking stdlib socket and trio's
+``wait_readable``/``wait_writable``:
+
+* ``receive_some`` waits for readability first (the common case on a proxy is that the peer
+  has not answered yet), then reads: one scheduling point per read, so a task that relays a
+  long body still yields on every chunk and stays cancellable.
+* ``send_all`` writes at once and only waits when the kernel buffer is full. A send that
+  completes does not yield: every caller in the gateway reads before it writes again, and that
+  read is the checkpoint. Cancellation is therefore seen at the next read, not in the middle of
+  a write (which would leave the stream in an unknown state anyway).
+
+Errors follow the ``trio.abc.Stream`` contract: a reset or any other ``OSError`` is
+``BrokenResourceError``, use after ``aclose`` is ``ClosedResourceError``. Concurrent calls in
+the same direction are a caller bug; trio's ``wait_*`` raise ``BusyResourceError`` for them.
+
+Must not: buffer, parse, time out (callers own every deadline) or log.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Final
+
+import trio
+
+__all__ = ["RawSocketStream", "from_trio"]
+
+_DEFAULT_READ: Final = 65536
+
+
+class RawSocketStream(trio.abc.HalfCloseableStream):
+    """A connected, non-blocking stream socket as a trio stream (see the module docstring)."""
+
+    __slots__ = ("_closed", "socket")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        #: The stdlib socket (for ``getpeername``, options and tests).
+        self.socket = sock
+        self._closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        sock = self.socket
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            raise trio.BrokenResourceError(error) from error
+        total = len(data)
+        if sent >= total:
+            return
+        view = memoryview(data)
+        while sent < total:
+            await trio.lowlevel.wait_writable(sock)
+            if self._closed:
+                raise trio.ClosedResourceError("stream closed while sending")
+            try:
+                sent += sock.send(view[sent:])
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                raise trio.BrokenResourceError(error) from error
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        await trio.lowlevel.wait_writable(self.socket)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        size = _DEFAULT_READ if max_bytes is None else max_bytes
+        if size < 1:
+            raise ValueError("max_bytes must be >= 1")
+        sock = self.socket
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                raise trio.ClosedResourceError("stream closed while receiving") from None
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                raise trio.BrokenResourceError(error) from error
+
+    async def send_eof(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        await trio.lowlevel.checkpoint()
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError as error:
+            raise trio.BrokenResourceError(error) from error
+
+    def is_readable(self) -> bool:
+        """Whether a read would not block (data, EOF or an error is pending); never blocks.
+
+        An idle pooled connection that is readable is dead or misbehaving (SPEC §5.7).
+        """
+        if self._closed:
+            return True
+        try:
+            self.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    def close_nowait(self) -> None:
+        """Close at once, without a checkpoint (what ``aclose`` does before its checkpoint)."""
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self.socket)
+            self.socket.close()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            # Wakes any task blocked in wait_readable/wait_writable with ClosedResourceError.
+            trio.lowlevel.notify_closing(self.socket)
+            self.socket.close()
+        await trio.lowlevel.checkpoint()
+
+
+def from_trio(stream: trio.SocketStream) -> RawSocketStream:
+    """Take over the socket of a ``trio.SocketStream`` (which must not be used afterwards)."""
+    trio_sock = stream.socket
+    fd = trio_sock.detach()
+    return RawSocketStream(
+        socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto, fileno=fd)
+    )
