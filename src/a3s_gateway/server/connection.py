@@ -126,6 +126,21 @@ class Http1Downstream:
             return event
         raise ProtocolViolation(400, "unexpected event in request body")
 
+    def take_buffered_body(self) -> list[BodyChunk | EndOfBody] | None:
+        """The rest of the request body if all of it has already been read (a small body sent
+        with its head), consumed; else None and nothing changes."""
+        pending = self.pending
+        if self.request_complete or not pending or not isinstance(pending[-1], EndOfBody):
+            return None
+        body: list[BodyChunk | EndOfBody] = []
+        for event in pending:
+            if not isinstance(event, (BodyChunk, EndOfBody)):
+                return None
+            body.append(event)
+        pending.clear()
+        self.request_complete = True
+        return body
+
     async def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> None:
         """Write one event to the client. Raises ``ClientGone`` if the write fails."""
         if isinstance(event, ResponseHead):

@@ -196,7 +196,14 @@ class _Attempt:
         self.reusable = False
 
     async def run(self, up_head: RequestHead, expect_continue: bool) -> None:
-        await self._write(self._conn.adapter.send(up_head), before_response=True)
+        adapter = self._conn.adapter
+        wire = adapter.send(up_head)
+        body = None if self._pump_done else self._down.take_buffered_body()
+        if body is not None:
+            # The whole body came with the head (a small POST): one write, no pump task.
+            wire += b"".join([adapter.send(event) for event in body])
+            self._pump_done = True
+        await self._write(wire, before_response=True)
         if expect_continue and not self._down.request_complete:
             # SPEC §5.4: 100 Continue once routing and the upstream connection succeeded.
             await self._down.send(_CONTINUE)
