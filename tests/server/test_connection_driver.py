@@ -383,3 +383,46 @@ async def test_total_timeout_gives_504(
     await h.client.send_all(GET)
     status, _, _ = await read_response(h.client, _sent_client())
     assert status == 504
+
+
+async def origin_once(stream: trio.abc.Stream) -> None:
+    """Answers one request with 200 ``once`` (keep-alive advertised), then closes: what an
+    origin whose keep-alive timeout fired looks like to the pool."""
+    conn = h11.Connection(h11.SERVER)
+    while not isinstance(await _next(conn, stream), h11.EndOfMessage):
+        pass
+    headers = [(b"content-length", b"4")]
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
+    await stream.send_all(conn.send(h11.Data(data=b"once")) + conn.send(h11.EndOfMessage()))
+    await stream.aclose()
+
+
+async def test_a_stale_pooled_connection_is_replaced_and_the_get_resent(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, origin_once)
+    for _ in range(3):  # round-robin over two backends: the third reuses the first connection
+        await h.client.send_all(GET)
+        status, _, body = await read_response(h.client, _sent_client())
+        assert (status, body) == (200, b"once")
+    assert len(h.dials) == 3  # the stale one was replaced by a fresh dial
+    assert h.ctx.stale_retries == 1
+
+
+async def test_a_request_with_a_body_is_not_resent_on_a_stale_connection(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, origin_once)
+    for _ in range(2):
+        await h.client.send_all(GET)
+        await read_response(h.client, _sent_client())
+    await h.client.send_all(b"PUT /x HTTP/1.1\r\nhost: example.com\r\ncontent-length: 2\r\n\r\nhi")
+    sent = h11.Connection(h11.CLIENT)
+    framing = [("host", "a"), ("content-length", "2")]
+    sent.send(h11.Request(method="PUT", target="/x", headers=framing))
+    sent.send(h11.Data(data=b"hi"))
+    sent.send(h11.EndOfMessage())
+    status, _, _ = await read_response(h.client, sent)
+    assert status == 502
+    assert h.ctx.stale_retries == 0
+    assert len(h.dials) == 2

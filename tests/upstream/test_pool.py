@@ -108,6 +108,16 @@ async def test_try_reuse_is_the_synchronous_reuse_path(nursery: trio.Nursery) ->
     assert pool.stats(PEER) == PeerStats(idle=1, busy=1, dials=2)
 
 
+async def test_a_fresh_acquire_dials_even_with_idle_connections(nursery: trio.Nursery) -> None:
+    pool = await started(nursery, FakeDialer())
+    idle = await pool.acquire(PEER, DEFAULT)
+    pool.release(idle, reusable=True)
+    fresh = await pool.acquire(PEER, DEFAULT, fresh=True)
+    assert fresh is not idle
+    assert not fresh.reused
+    assert pool.stats(PEER) == PeerStats(idle=1, busy=1, dials=2)
+
+
 async def test_try_reuse_never_returns_an_expired_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

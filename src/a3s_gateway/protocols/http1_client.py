@@ -247,6 +247,11 @@ class Http1Client:
         self._h11.send_failed()
 
     @property
+    def received_any(self) -> bool:
+        """Whether any byte of this cycle's response arrived (a stale connection sends none)."""
+        return self._received
+
+    @property
     def reusable(self) -> bool:
         """Request sent and response read completely, keep-alive on both sides, no error."""
         conn = self._h11

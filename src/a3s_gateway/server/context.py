@@ -76,6 +76,7 @@ class ServerContext:
         "drain",
         "pool",
         "runtime",
+        "stale_retries",
         "total_requests",
     )
 
@@ -87,3 +88,5 @@ class ServerContext:
         self.active_connections: dict[str, int] = {}
         self.active_requests: dict[str, int] = {}
         self.total_requests = 0
+        #: Requests re-sent on a fresh connection after a stale pooled one (SPEC §5.7).
+        self.stale_retries = 0

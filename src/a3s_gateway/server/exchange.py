@@ -54,7 +54,6 @@ __all__ = ["ClientTimeout", "Downstream", "handle_request", "send_generated"]
 log: Final = logging.getLogger("a3s_gateway.exchange")
 
 _END: Final = EndOfBody()
-_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 #: The answer when a service has no available backend at all (SPEC §7.9 step 5).
 _NO_BACKEND: Final = error_response(503, "no available backend")
 
@@ -307,8 +306,3 @@ async def _try_service(
                 raise _abort() from error
             return None
     return failure
-
-
-def is_idempotent(method: bytes) -> bool:
-    """RFC 9110 §9.2.2 idempotent methods (stale-connection re-send, SPEC §5.7)."""
-    return method in _IDEMPOTENT

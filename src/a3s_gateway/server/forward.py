@@ -47,6 +47,8 @@ __all__ = ["ConnectError", "UpstreamFailure", "forward"]
 READ_SIZE: Final = 65536
 _CONTINUE: Final = Informational(100, [])
 _INF: Final = float("inf")
+#: RFC 9110 §9.2.2 idempotent methods: the ones a stale connection's request may be re-sent for.
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class ConnectError(Exception):
@@ -96,28 +98,66 @@ async def forward(
 
     Raises ``ConnectError`` (nothing sent), ``UpstreamFailure`` (nothing relayed yet) or
     ``AbortResponse`` (the response is cut short); client failures propagate as they are.
+    A reused connection that fails before any response byte, for an idempotent request
+    without a body, is replaced by a fresh one and the request re-sent once (SPEC §5.7).
     """
     peer = service.peers[backend.index]
+    up_head = _upstream_head(head, target, headers, service, backend)
     # The hot path: an idle pooled connection needs no connect deadline and no checkpoint.
     conn = ctx.pool.try_reuse(peer, service.pool)
     if conn is None:
         conn = await _connect(ctx, service, peer)
+    try:
+        await _attempt(conn, up_head, down, ctx, service, head.expect_continue)
+    except UpstreamFailure as failure:
+        if not _stale(conn, failure, head, down):
+            raise
+    else:
+        return
+    ctx.stale_retries += 1
+    conn = await _connect(ctx, service, peer, fresh=True)
+    await _attempt(conn, up_head, down, ctx, service, head.expect_continue)
+
+
+def _stale(
+    conn: UpstreamConnection, failure: UpstreamFailure, head: RequestHead, down: Downstream
+) -> bool:
+    """SPEC §5.7 "Stale reuse": may this failure be a keep-alive connection the backend had
+    already closed, with nothing lost by sending the request again?"""
+    return (
+        conn.reused
+        and failure.status == 502
+        and not conn.adapter.received_any
+        and not head.has_body
+        and head.method in _IDEMPOTENT
+        and not down.response_started
+    )
+
+
+async def _attempt(
+    conn: UpstreamConnection,
+    up_head: RequestHead,
+    down: Downstream,
+    ctx: ServerContext,
+    service: ServiceRuntime,
+    expect_continue: bool,
+) -> None:
     attempt = _Attempt(conn, down, service, ctx)
     try:
-        await attempt.run(
-            _upstream_head(head, target, headers, service, backend), head.expect_continue
-        )
+        await attempt.run(up_head, expect_continue)
     finally:
         if attempt.reusable:
             conn.adapter.start_next_cycle()
         ctx.pool.release(conn, reusable=attempt.reusable)
 
 
-async def _connect(ctx: ServerContext, service: ServiceRuntime, peer: Peer) -> UpstreamConnection:
+async def _connect(
+    ctx: ServerContext, service: ServiceRuntime, peer: Peer, *, fresh: bool = False
+) -> UpstreamConnection:
     progress = AcquireProgress()
     with trio.move_on_after(service.connect_timeout):
         try:
-            return await ctx.pool.acquire(peer, service.pool, progress)
+            return await ctx.pool.acquire(peer, service.pool, progress, fresh=fresh)
         except ConnectFailed as error:
             raise ConnectError(502, str(error)) from error
         except PoolClosed as error:

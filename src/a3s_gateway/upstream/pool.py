@@ -144,13 +144,19 @@ class UpstreamPool:
     # --- acquiring ---
 
     async def acquire(
-        self, peer: Peer, settings: PoolSettings, progress: AcquireProgress | None = None
+        self,
+        peer: Peer,
+        settings: PoolSettings,
+        progress: AcquireProgress | None = None,
+        *,
+        fresh: bool = False,
     ) -> UpstreamConnection:
         """A connection to ``peer``, checked out to the caller until ``release``.
 
         In order: the most recently idled live connection (dead and expired ones are closed on
         the way); else a new one if under ``max_conns_per_backend``; else wait in FIFO order
-        for a released connection or a freed slot. Always a checkpoint. Cancellation at any
+        for a released connection or a freed slot (``fresh``: never an idle one; a waiter may
+        still be handed a released connection). Always a checkpoint. Cancellation at any
         point leaves the counts as they were. Raises ``ConnectFailed`` from the dialer and
         ``PoolClosed``.
         """
@@ -160,7 +166,7 @@ class UpstreamPool:
         progress = _UNOBSERVED if progress is None else progress
         state = self._state
         while True:
-            decision = state.acquire(peer, settings, trio.current_time())
+            decision = state.acquire(peer, settings, trio.current_time(), fresh=fresh)
             self._nudge_reaper()  # changed settings may have moved an expiry earlier
             match decision:
                 case Reuse(conn=conn):

@@ -146,10 +146,14 @@ class PoolState(Generic[C, W]):
 
     # --- acquiring ---
 
-    def acquire(self, peer: Peer, settings: PoolSettings, now: float) -> AcquireDecision[C]:
+    def acquire(
+        self, peer: Peer, settings: PoolSettings, now: float, *, fresh: bool = False
+    ) -> AcquireDecision[C]:
         """Decide how to get a connection to ``peer``; ``settings`` become the peer's current.
 
         ``Expired`` and a dead ``Reuse`` (released with ``reusable=False``) mean "ask again".
+        ``fresh`` never reuses an idle connection (the stale re-send of SPEC §5.7); idle ones
+        still count against ``max_conns_per_backend``.
         """
         rec = self._records.get(peer)
         if rec is None:
@@ -158,7 +162,7 @@ class PoolState(Generic[C, W]):
             rec.settings = settings
             if rec.idle:  # a shorter idle_conn_timeout may move the expiry earlier
                 self._schedule(rec)
-        if rec.idle:
+        if rec.idle and not fresh:
             since, conn = rec.idle[-1]
             if since + settings.idle_conn_timeout <= now:
                 # The newest is expired, so all are: LIFO order is idle_since order.
