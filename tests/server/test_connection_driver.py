@@ -8,6 +8,7 @@ past its deadline in virtual time, and in-flight counts are checked to return to
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import trio.testing
 
 from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
-from a3s_gateway.server.connection import ConnInfo, serve_http1
+from a3s_gateway.server.connection import LINGER_IDLE, LINGER_TIME, ConnInfo, serve_http1
 from a3s_gateway.server.context import ServerContext
 from a3s_gateway.upstream import ConnectFailed, Peer, UpstreamPool
 
@@ -426,3 +427,49 @@ async def test_a_request_with_a_body_is_not_resent_on_a_stale_connection(
     assert status == 502
     assert h.ctx.stale_retries == 0
     assert len(h.dials) == 2
+
+
+async def origin_early(stream: trio.abc.Stream) -> None:
+    """Answers 200 with ``Connection: close`` as soon as a head arrives, reading no body."""
+    conn = h11.Connection(h11.SERVER)
+    assert isinstance(await _next(conn, stream), h11.Request)
+    headers = [(b"content-length", b"5"), (b"connection", b"close")]
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
+    await stream.send_all(conn.send(h11.Data(data=b"early")) + conn.send(h11.EndOfMessage()))
+    await stream.aclose()
+
+
+UPLOAD = b"POST /x HTTP/1.1\r\nhost: example.com\r\ncontent-length: 100000000\r\n\r\n" + b"x" * 10
+
+
+async def test_an_early_answer_is_followed_by_a_bounded_lingering_close(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, origin_early)
+    await h.client.send_all(UPLOAD)
+    data = await read_all(h.client)  # the gateway half-closes after the response
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert data.endswith(b"early")
+    answered = trio.current_time()
+
+    async def trickle() -> None:  # a client that goes on uploading slowly
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await h.client.send_all(b"y" * 1000)
+                await trio.sleep(1.0)
+
+    nursery.start_soon(trickle)
+    await h.done.wait()
+    # Drained while the client kept sending, but never longer than LINGER_TIME in all.
+    assert trio.current_time() - answered == pytest.approx(LINGER_TIME, abs=0.1)
+
+
+async def test_a_silent_client_ends_the_lingering_close_after_the_idle_bound(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery, origin_early)
+    await h.client.send_all(UPLOAD)
+    await read_all(h.client)
+    answered = trio.current_time()
+    await h.done.wait()
+    assert trio.current_time() - answered == pytest.approx(LINGER_IDLE, abs=0.1)

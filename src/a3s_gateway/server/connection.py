@@ -199,9 +199,37 @@ async def serve_http1(stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContex
     except Exception:
         log.exception("connection from %s failed", info.peer_ip)
     finally:
+        if down.response_started and not down.request_complete:
+            await _linger(stream)
         with trio.move_on_after(CLOSE_GRACE) as cleanup:
             cleanup.shield = True
             await stream.aclose()
+
+
+#: Lingering close (RFC 9112 §9.6; NGINX's lingering_time/lingering_timeout): how long, in
+#: all and per read, unread request bytes are drained after a response was sent early.
+LINGER_TIME: Final = 5.0
+LINGER_IDLE: Final = 2.0
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then read and drop what the client still sends, for a bounded time.
+
+    Closing a socket with unread bytes makes the kernel send a reset, and a reset can destroy
+    the response the client has not read yet (an early 413 during a large upload, say).
+    """
+    with trio.move_on_after(LINGER_TIME):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            while True:
+                with trio.move_on_after(LINGER_IDLE) as idle:
+                    if not await stream.receive_some(READ_SIZE):
+                        return
+                if idle.cancelled_caught:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            return
 
 
 async def _serve_requests(
