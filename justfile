@@ -40,9 +40,11 @@ cov:
 demo *args:
     {{py}} -m a3s_gateway demo {{args}}
 
-# Benchmarks (bench/): route-table micro-benchmark (the HTTP harness lands with issue #5)
-bench:
-    {{py}} bench/bench_routing.py
+# Benchmarks: micro and memory, then HTTP load vs NGINX and Python peers (args: run_bench.py's)
+bench *args:
+    bash bench/harness/install-debian-packages.sh
+    {{py}} -m bench.micro --json bench/results/micro-latest.json {{ if args =~ '--quick' { "--quick" } else { "" } }}
+    {{py}} bench/run_bench.py {{args}}
 
 # Regenerate the schema-derived field reference in docs/configuration.md
 docs:

@@ -1,0 +1,14 @@
+"""HTTP load harness of ``just bench`` (issue #5, SPEC §15).
+
+Runs NGINX as the shared upstream, puts each product in front of it (NGINX as a reverse proxy,
+a3s_gateway with one and with N workers, the Python peers of ``bench/peers``), drives each with
+``wrk`` and writes ``bench/results/``: the raw run as JSON, ``latest.md`` (the table the README
+embeds) and ``latest.png`` (throughput ratios to NGINX). Entry point: ``bench/run_bench.py``.
+
+Modules: ``procs`` (free ports, child processes stopped by PID), ``nginx`` and ``gateway``
+(config generation and commands), ``wrk`` (the Lua reporter and its parser), ``environment``
+(what machine and versions the numbers come from), ``plan`` (profiles and products),
+``peerlink`` (the lazy link to ``bench/peers``), ``runner`` (the trial loop), ``report``
+(medians, ratios, SPEC §15 verdicts, Markdown, chart) and ``cli``. The Debian packages of the
+load tools are installed by ``install-debian-packages.sh`` (first step of ``just bench``).
+"""

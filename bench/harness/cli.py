@@ -1,0 +1,204 @@
+"""Command line of ``bench/run_bench.py``: options, the run, and writing ``bench/results/``.
+
+Exit codes: 0 when the run completed (even with SPEC §15 misses, wrk errors or a failed Python
+peer: the report says so), 1 when it could not run or NGINX or the gateway failed, 2 for a
+usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from harness import environment, peerlink, plan, report
+from harness.environment import load_average
+from harness.procs import StartError
+from harness.runner import Runner, Settings, say
+
+RESULTS: Final = Path(__file__).resolve().parents[1] / "results"
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_bench.py",
+        description=(
+            "HTTP load benchmark of a3s_gateway against NGINX and Python proxies (SPEC §15). "
+            "Writes bench/results/run-<UTC>.json, latest.json, latest.md and latest.png."
+        ),
+    )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"run this profile (repeatable; default all): {', '.join(plan.profile_names())}",
+    )
+    parser.add_argument(
+        "--product",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "measure this product (repeatable; default all; nginx is always added as the "
+            f"baseline): {', '.join(plan.BUILTIN_PRODUCTS)}, a peer name or 'peers'"
+        ),
+    )
+    parser.add_argument("--trials", type=_positive_int, default=None, help="default 3")
+    parser.add_argument(
+        "--duration", type=_positive_float, default=None, help="seconds per trial (default 10)"
+    )
+    parser.add_argument(
+        "--warmup", type=_positive_float, default=None, help="warm-up seconds (default 2)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="development run: 2 trials × 3 s after 1 s warm-up (explicit options win)",
+    )
+    parser.add_argument(
+        "--connections", type=_positive_int, default=64, help="wrk connections (default 64)"
+    )
+    parser.add_argument("--threads", type=_positive_int, default=2, help="wrk threads (default 2)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="output folder (default bench/results)",
+    )
+    return parser
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 (wrk counts whole seconds)")
+    return value
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = bool(args.quick)
+    trials: int = args.trials or (2 if quick else 3)
+    duration: float = args.duration or (3.0 if quick else 10.0)
+    warmup: float = args.warmup or (1.0 if quick else 2.0)
+    return Settings(trials, duration, warmup, args.connections, args.threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    peers = peerlink.load()
+    try:
+        profiles = plan.select_profiles(args.profile)
+        plan.check_products(args.product, peers.names)
+    except ValueError as error:
+        parser.print_usage(sys.stderr)
+        print(f"run_bench.py: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    missing = environment.missing_tools()
+    if missing:
+        say(
+            f"missing load tools: {', '.join(missing)}; install them with "
+            "`bash bench/harness/install-debian-packages.sh` (part of `just bench`)"
+        )
+        return EXIT_FAILED
+    settings = settings_from(args)
+    command = shlex.join(["python", "bench/run_bench.py", *arguments])
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    products_per_profile = [
+        len(plan.products_for(profile, peers.names, args.product)) for profile in profiles
+    ]
+    estimate = sum(products_per_profile) * settings.trials * (settings.duration + settings.warmup)
+    say(
+        f"a3s bench {stamp}: {len(profiles)} profile(s), {settings.trials} × "
+        f"{settings.duration:g} s trials, about {estimate / 60:.1f} min of load plus start-up"
+    )
+    env = environment.collect(wrk_threads=settings.threads)
+    if not peers.module:
+        say(f"peers: {peers.missing_reason}")
+    clock = time.monotonic()
+    runner = Runner(settings, profiles, args.product, peers)
+    # SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop every started process.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        runs = runner.run()
+    except KeyboardInterrupt:
+        say("interrupted: every started process was stopped; no results written")
+        return EXIT_FAILED
+    except (RuntimeError, OSError, StartError) as error:
+        say(f"benchmark failed: {error}")
+        return EXIT_FAILED
+    env["load_average_end"] = load_average()
+    env["peers"] = {
+        name: {
+            "version": peers.versions.get(name),
+            "unavailable": peers.unavailable.get(name, peers.missing_reason),
+        }
+        for name in peers.names
+    }
+    meta: dict[str, object] = {
+        "command": command,
+        "via": "just bench (./dev bench) runs the same command",
+        "started_utc": started.isoformat(timespec="seconds"),
+        "wall_seconds": round(time.monotonic() - clock, 1),
+        "trials": settings.trials,
+        "duration_s": settings.duration,
+        "warmup_s": settings.warmup,
+        "connections": settings.connections,
+        "wrk_threads": settings.threads,
+        "wrk_timeout_s": 2,
+        "product_order": "profile order on odd-numbered trials, reversed on even-numbered ones",
+        "upstream_port": runner.upstream_port,
+        "upstream_nginx_config": runner.upstream_config,
+    }
+    summaries = report.summarise(runs)
+    rows = report.verdicts(summaries, peers.names)
+    document = report.record(
+        meta=meta, environment=env, profiles=runs, summaries=summaries, rows=rows
+    )
+    results: Path = args.results
+    results.mkdir(parents=True, exist_ok=True)
+    raw = results / f"run-{stamp}.json"
+    report.write_json(document, raw)
+    shutil.copyfile(raw, results / "latest.json")
+    table = report.markdown(
+        meta=meta,
+        environment=env,
+        summaries=summaries,
+        rows=rows,
+        peer_notes=dict(peers.unavailable),
+    )
+    (results / "latest.md").write_text(table)
+    report.chart(
+        summaries,
+        results / "latest.png",
+        title=f"a3s_gateway throughput ÷ NGINX, {started:%Y-%m-%d %H:%M} UTC\n{command}",
+    )
+    print(table)
+    say(f"wrote {raw}, latest.json, latest.md, latest.png in {results}")
+    failed = any(
+        summary.status == "failed" and summary.product not in peers.names for summary in summaries
+    )
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,151 @@
+"""Profiles (request shapes and router tables) and products (what serves them).
+
+Products: ``direct`` (wrk straight at the upstream: the ceiling), ``nginx`` (the reverse-proxy
+baseline, with the profile's worker count), ``a3s-1w`` and ``a3s-Nw`` (the gateway with
+``--workers 1`` and ``--workers 0``) and the Python peers of ``bench/peers`` (GET profile
+only). ``nginx`` is always measured: every ratio is to the NGINX of the same profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from harness.nginx import BODY_42, DOWNLOAD_BYTES, POST_BYTES
+
+DIRECT: Final = "direct"
+NGINX: Final = "nginx"
+A3S_1W: Final = "a3s-1w"
+A3S_NW: Final = "a3s-Nw"
+PEERS_ALIAS: Final = "peers"
+BUILTIN_PRODUCTS: Final = (DIRECT, NGINX, A3S_1W, A3S_NW)
+GATEWAY_WORKERS: Final = {A3S_1W: 1, A3S_NW: 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One request shape against one configuration."""
+
+    name: str
+    description: str
+    method: str
+    path: str
+    body_bytes: int
+    response_bytes: int
+    nginx_workers: str  # "1" or "auto" (NGINX's one per CPU, as --workers 0)
+    routers: int
+    products: tuple[str, ...]  # without the peers; `with_peers` adds them
+    with_peers: bool = False
+
+
+GET_1W: Final = Profile(
+    "get-42b-1w",
+    "HTTP/1.1 GET, 42-byte response, one worker (NGINX worker_processes 1)",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (DIRECT, NGINX, A3S_1W),
+    with_peers=True,
+)
+GET_NW: Final = Profile(
+    "get-42b-Nw",
+    "HTTP/1.1 GET, 42-byte response, one worker per CPU (gateway --workers 0, NGINX auto)",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "auto",
+    1,
+    (DIRECT, NGINX, A3S_NW),
+)
+POST_16K: Final = Profile(
+    "post-16k",
+    "HTTP/1.1 POST of a 16 KiB body, 42-byte response, one worker",
+    "POST",
+    "/post",
+    POST_BYTES,
+    len(BODY_42),
+    "1",
+    1,
+    (DIRECT, NGINX, A3S_1W),
+)
+DOWNLOAD_1M: Final = Profile(
+    "download-1m",
+    "HTTP/1.1 GET of a 1 MiB static file, one worker",
+    "GET",
+    "/1m",
+    0,
+    DOWNLOAD_BYTES,
+    "1",
+    1,
+    (DIRECT, NGINX, A3S_1W),
+)
+ROUTERS_10: Final = Profile(
+    "routers-10",
+    "HTTP/1.1 GET, 42-byte response, 10 routers (benchmarked one in the middle), one worker",
+    "GET",
+    "/api/bench",
+    0,
+    len(BODY_42),
+    "1",
+    10,
+    (NGINX, A3S_1W),
+)
+ROUTERS_1000: Final = Profile(
+    "routers-1000",
+    "HTTP/1.1 GET, 42-byte response, 1000 routers (benchmarked one in the middle), one worker",
+    "GET",
+    "/api/bench",
+    0,
+    len(BODY_42),
+    "1",
+    1000,
+    (NGINX, A3S_1W),
+)
+PROFILES: Final = (GET_1W, GET_NW, POST_16K, DOWNLOAD_1M, ROUTERS_10, ROUTERS_1000)
+PROFILE_ALIASES: Final = {"get-42b": (GET_1W.name, GET_NW.name)}
+
+
+def profile_names() -> list[str]:
+    return [profile.name for profile in PROFILES] + list(PROFILE_ALIASES)
+
+
+def select_profiles(names: list[str]) -> list[Profile]:
+    """The profiles named (aliases expanded), in the canonical order; all when ``names`` is empty.
+
+    Raises ``ValueError`` for an unknown name.
+    """
+    if not names:
+        return list(PROFILES)
+    wanted: set[str] = set()
+    known = {profile.name for profile in PROFILES}
+    for name in names:
+        if name in PROFILE_ALIASES:
+            wanted.update(PROFILE_ALIASES[name])
+        elif name in known:
+            wanted.add(name)
+        else:
+            raise ValueError(f"unknown profile {name!r}: use one of {', '.join(profile_names())}")
+    return [profile for profile in PROFILES if profile.name in wanted]
+
+
+def products_for(profile: Profile, peers: tuple[str, ...], selected: list[str]) -> list[str]:
+    """The products to measure in ``profile``: ``selected`` (all when empty) plus ``nginx``."""
+    candidates = [*profile.products, *(peers if profile.with_peers else ())]
+    if not selected:
+        return candidates
+    wanted = set(selected) | {NGINX}
+    if PEERS_ALIAS in wanted:
+        wanted.update(peers)
+    return [product for product in candidates if product in wanted]
+
+
+def check_products(selected: list[str], peers: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` for a product name that is neither built in nor a peer."""
+    known = {*BUILTIN_PRODUCTS, PEERS_ALIAS, *peers}
+    for name in selected:
+        if name not in known:
+            raise ValueError(f"unknown product {name!r}: use one of {', '.join(sorted(known))}")

@@ -1,0 +1,384 @@
+"""Medians, ratios to NGINX, the SPEC §15 verdicts, and the files in ``bench/results/``.
+
+Per product and profile: the median over trials of req/s and of each latency percentile. The
+throughput ratio is product ÷ NGINX of the same profile (higher is better), the p99 ratio is
+product p99 ÷ NGINX p99 (lower is better). SPEC §15 rows covered here:
+
+- GET 42 B, 1 worker: a3s-1w ≥ 0.15 × NGINX, p99 ≤ 6 × NGINX;
+- GET 42 B, one worker per CPU: a3s-Nw ≥ 0.25 × NGINX (same worker count), p99 ≤ 4 ×;
+- best Python peer ÷ a3s_gateway (1 worker, same run) ≤ 0.5;
+- 1000 routers ÷ 10 routers (a3s-1w): throughput ≥ 0.83, p99 ≤ 1.2.
+
+A row with wrk errors in the products it compares is a MISS whatever the ratios; a row whose
+products were not measured is "n/a". Files: ``run-<UTC>.json`` and ``latest.json`` (the same
+record), ``latest.md`` (the tables the README embeds) and ``latest.png`` (throughput ratios).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from harness import plan
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from harness.runner import ProductRun, ProfileRun
+
+LATENCIES: Final = ("p50_ms", "p90_ms", "p99_ms")
+TARGET_LINES: Final = {plan.GET_1W.name: 0.15, plan.GET_NW.name: 0.25}
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Medians of one product in one profile, with its ratios to NGINX."""
+
+    profile: str
+    product: str
+    status: str
+    reason: str | None
+    trials: int
+    rps: float | None
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    errors: int
+    rps_ratio: float | None
+    p99_ratio: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One SPEC §15 row: measured ratios, targets, PASS/MISS/n/a and why."""
+
+    scenario: str
+    throughput_ratio: float | None
+    throughput_target: str
+    p99_ratio: float | None
+    p99_target: str
+    verdict: str
+    note: str
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or base == 0:
+        return None
+    return value / base
+
+
+def summarise(profiles: list[ProfileRun]) -> list[Summary]:
+    """One summary per product per profile, in run order."""
+    summaries: list[Summary] = []
+    for profile in profiles:
+        medians = {product.name: _medians(product) for product in profile.products}
+        base = medians.get(plan.NGINX, {})
+        for product in profile.products:
+            own = medians[product.name]
+            summaries.append(
+                Summary(
+                    profile=profile.profile.name,
+                    product=product.name,
+                    status=product.status,
+                    reason=product.reason,
+                    trials=len(product.trials),
+                    rps=own.get("rps"),
+                    p50_ms=own.get("p50_ms"),
+                    p90_ms=own.get("p90_ms"),
+                    p99_ms=own.get("p99_ms"),
+                    errors=sum(trial.error_total for trial in product.trials),
+                    rps_ratio=_ratio(own.get("rps"), base.get("rps")),
+                    p99_ratio=_ratio(own.get("p99_ms"), base.get("p99_ms")),
+                )
+            )
+    return summaries
+
+
+def _medians(product: ProductRun) -> dict[str, float | None]:
+    trials = product.trials
+    medians: dict[str, float | None] = {"rps": _median([trial.rps for trial in trials])}
+    for name in LATENCIES:
+        medians[name] = _median([getattr(trial, name) for trial in trials])
+    return medians
+
+
+def _find(summaries: list[Summary], profile: str, product: str) -> Summary | None:
+    for summary in summaries:
+        if summary.profile == profile and summary.product == product and summary.rps:
+            return summary
+    return None
+
+
+def _judge(
+    scenario: str,
+    pair: tuple[Summary | None, Summary | None],
+    targets: tuple[float, float | None],
+    *,
+    at_most: bool = False,
+) -> Verdict:
+    """Compare ``pair[0]`` to ``pair[1]``: throughput ≥ (or ≤ with ``at_most``), p99 ≤."""
+    measured, base = pair
+    throughput_target, p99_target = targets
+    sign = "≤" if at_most else "≥"
+    p99_text = f"≤ {p99_target:g}" if p99_target is not None else "—"
+    if measured is None or base is None:
+        return Verdict(
+            scenario, None, f"{sign} {throughput_target:g}", None, p99_text, "n/a", "not measured"
+        )
+    throughput = _ratio(measured.rps, base.rps)
+    p99 = _ratio(measured.p99_ms, base.p99_ms)
+    misses: list[str] = []
+    if throughput is not None and (
+        throughput > throughput_target if at_most else throughput < throughput_target
+    ):
+        misses.append("throughput")
+    if p99_target is not None and p99 is not None and p99 > p99_target:
+        misses.append("p99")
+    errors = measured.errors + base.errors
+    if errors:
+        misses.append(f"{errors} wrk errors")
+    note = ", ".join(misses) if misses else ""
+    return Verdict(
+        scenario,
+        throughput,
+        f"{sign} {throughput_target:g}",
+        p99 if p99_target is not None else None,
+        p99_text,
+        "MISS" if misses else "PASS",
+        note,
+    )
+
+
+def verdicts(summaries: list[Summary], peers: tuple[str, ...]) -> list[Verdict]:
+    """The SPEC §15 rows this harness covers."""
+    get1, getn = plan.GET_1W.name, plan.GET_NW.name
+    rows = [
+        _judge(
+            "HTTP/1.1 GET 42 B, 1 worker (a3s-1w ÷ nginx)",
+            (_find(summaries, get1, plan.A3S_1W), _find(summaries, get1, plan.NGINX)),
+            (0.15, 6.0),
+        ),
+        _judge(
+            "HTTP/1.1 GET 42 B, one worker per CPU (a3s-Nw ÷ nginx auto)",
+            (_find(summaries, getn, plan.A3S_NW), _find(summaries, getn, plan.NGINX)),
+            (0.25, 4.0),
+        ),
+    ]
+    measured_peers = [found for name in peers if (found := _find(summaries, get1, name))]
+    best = max(measured_peers, key=lambda summary: summary.rps or 0.0, default=None)
+    label = f"best Python peer ({best.product}) ÷ a3s-1w" if best else "best Python peer ÷ a3s-1w"
+    rows.append(
+        _judge(
+            f"HTTP/1.1 GET, {label}",
+            (best, _find(summaries, get1, plan.A3S_1W)),
+            (0.5, None),
+            at_most=True,
+        )
+    )
+    rows.append(
+        _judge(
+            "HTTP/1.1 GET, 1000 routers ÷ 10 routers (a3s-1w)",
+            (
+                _find(summaries, plan.ROUTERS_1000.name, plan.A3S_1W),
+                _find(summaries, plan.ROUTERS_10.name, plan.A3S_1W),
+            ),
+            (0.83, 1.2),
+        )
+    )
+    return rows
+
+
+def record(
+    *,
+    meta: dict[str, object],
+    environment: dict[str, object],
+    profiles: list[ProfileRun],
+    summaries: list[Summary],
+    rows: list[Verdict],
+) -> dict[str, object]:
+    """The JSON document of one run."""
+    return {
+        "meta": meta,
+        "environment": environment,
+        "profiles": [dataclasses.asdict(profile) for profile in profiles],
+        "summary": [dataclasses.asdict(summary) for summary in summaries],
+        "targets": [dataclasses.asdict(row) for row in rows],
+    }
+
+
+def write_json(document: dict[str, object], *paths: Path) -> None:
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    for path in paths:
+        path.write_text(text)
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def markdown(
+    *,
+    meta: dict[str, object],
+    environment: dict[str, object],
+    summaries: list[Summary],
+    rows: list[Verdict],
+    peer_notes: dict[str, str],
+) -> str:
+    """``latest.md``: the command and machine, the results table, the SPEC §15 verdicts."""
+    gateway_info = environment.get("gateway")
+    commit = subject = dirty = override = "?"
+    if isinstance(gateway_info, dict):
+        commit = str(gateway_info.get("commit", "?"))[:12]
+        subject = str(gateway_info.get("subject", ""))
+        dirty = str(gateway_info.get("dirty", "?"))
+        override = str(gateway_info.get("source_override") or "no")
+    lines = [
+        "# a3s_gateway HTTP benchmark (latest run)",
+        "",
+        f"- Command: `{meta['command']}` (started {meta['started_utc']}, "
+        f"{meta['trials']} × {meta['duration_s']} s trials after {meta['warmup_s']} s warm-up, "
+        f"wrk {meta['connections']} connections × {meta['wrk_threads']} threads)",
+        f"- Machine: {environment['cpu_model']}, {environment['cpu_count']} CPUs "
+        f"(affinity {environment['sched_getaffinity']}), {environment['memory']}, "
+        f"{environment['kernel']}",
+        f"- CPU pinning: {environment['pinning']}",
+        f"- Load average at start / end: {environment['load_average_start']} / "
+        f"{environment.get('load_average_end', '?')}",
+        f"- Versions: {environment['nginx']}; {environment['wrk']}; Python {environment['python']}",
+        f"- Gateway: commit `{commit}` ({subject}), uncommitted changes in its tree: {dirty}, "
+        f"A3S_BENCH_GATEWAY_SRC: {override}",
+        "",
+        "Medians over trials. Ratios are product ÷ NGINX of the same profile (throughput: "
+        "higher is better; p99: lower is better). `direct` is wrk straight at the upstream. "
+        "Errors are wrk's connect/read/write/timeout errors plus responses with status ≥ 400.",
+        "",
+        "| profile | product | req/s | ratio to NGINX | p50 ms | p90 ms | p99 ms | p99 ratio "
+        "| errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for summary in summaries:
+        if summary.status != "ok" and summary.rps is None:
+            reason = (summary.reason or summary.status).splitlines()[0][:120]
+            lines.append(
+                f"| {summary.profile} | {summary.product} | {summary.status}: {reason} "
+                "| | | | | | |"
+            )
+            continue
+        flag = "" if summary.status == "ok" else f" ({summary.status})"
+        lines.append(
+            f"| {summary.profile} | {summary.product}{flag} | {_num(summary.rps, 0)} "
+            f"| {_ratio_text(summary.rps_ratio)} | {_num(summary.p50_ms)} "
+            f"| {_num(summary.p90_ms)} | {_num(summary.p99_ms)} "
+            f"| {_ratio_text(summary.p99_ratio)} | {summary.errors} |"
+        )
+    lines += [
+        "",
+        "## SPEC §15 targets covered by this run",
+        "",
+        "| scenario | throughput ratio | target | p99 ratio | target | verdict |",
+        "|---|---:|---|---:|---|---|",
+    ]
+    for row in rows:
+        verdict = f"**{row.verdict}**" + (f" ({row.note})" if row.note else "")
+        lines.append(
+            f"| {row.scenario} | {_ratio_text(row.throughput_ratio)} | {row.throughput_target} "
+            f"| {_ratio_text(row.p99_ratio)} | {row.p99_target} | {verdict} |"
+        )
+    errors = [summary for summary in summaries if summary.errors]
+    notes: list[str] = []
+    if errors:
+        notes += [
+            f"- **This run has errors**: {summary.profile}/{summary.product}: "
+            f"{summary.errors} over {summary.trials} trial(s)."
+            for summary in errors
+        ]
+    notes += [
+        f"- {summary.profile}/{summary.product}: {summary.status}: "
+        f"{(summary.reason or '').splitlines()[0][:300] if summary.reason else ''}"
+        for summary in summaries
+        if summary.status == "failed"
+    ]
+    notes += [f"- Peer {name} not measured: {reason}" for name, reason in peer_notes.items()]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def chart(summaries: list[Summary], path: Path, *, title: str) -> None:
+    """A bar chart of throughput ratios to NGINX per profile, with SPEC §15 target lines.
+
+    ``direct`` (the upstream's own ceiling, about 2× NGINX) is left out so the products stay
+    readable; it is in the table.
+    """
+    import matplotlib  # heavy: imported only once a run is done
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after choosing the backend
+
+    profiles = list(dict.fromkeys(summary.profile for summary in summaries))
+    bars = {
+        profile: [
+            summary
+            for summary in summaries
+            if summary.profile == profile
+            and summary.product not in (plan.NGINX, plan.DIRECT)
+            and summary.rps_ratio is not None
+        ]
+        for profile in profiles
+    }
+    width = max((len(items) for items in bars.values()), default=1) or 1
+    figure, axes = plt.subplots(figsize=(max(8.0, 1.8 * len(profiles) + 3), 5.0))
+    colours = {plan.A3S_1W: "#1f77b4", plan.A3S_NW: "#2ca02c"}
+    step = 0.8 / width
+    highest = 0.3
+    for index, profile in enumerate(profiles):
+        items = bars[profile]
+        start = index - 0.4 + step * (width - len(items)) / 2
+        for offset, summary in enumerate(items):
+            x = start + step * (offset + 0.5)
+            ratio = summary.rps_ratio or 0.0
+            highest = max(highest, ratio)
+            axes.bar(x, ratio, width=step * 0.9, color=colours.get(summary.product, "#ff7f0e"))
+            crowded = len(items) > 2  # side-by-side labels would overlap: write them upwards
+            axes.annotate(
+                f"{summary.product} {ratio:.3f}" if crowded else f"{summary.product}\n{ratio:.3f}",
+                (x, ratio),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90 if crowded else 0,
+            )
+        target = TARGET_LINES.get(profile)
+        if target is not None:
+            axes.hlines(target, index - 0.45, index + 0.45, colors="#d62728", linestyles="--")
+            axes.annotate(
+                f"SPEC §15 target {target:g}",
+                (index - 0.44, target),
+                xytext=(0, 2),
+                textcoords="offset points",
+                fontsize=7,
+                color="#d62728",
+            )
+    if highest >= 0.9:
+        axes.axhline(1.0, color="#555555", linewidth=0.8)
+    axes.set_ylim(0, highest * 1.25)
+    axes.set_xlim(-0.5, len(profiles) - 0.5)
+    axes.set_xticks(range(len(profiles)), profiles)
+    axes.set_ylabel("throughput ÷ NGINX (same profile)")
+    axes.set_title(title, fontsize=8, wrap=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

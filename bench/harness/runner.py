@@ -1,0 +1,363 @@
+"""The trial loop: start the upstream, then per profile start its products and measure them.
+
+Per profile every product is started once (all on free loopback ports, in front of the one
+upstream), checked with one real request, then measured ``trials`` times; in each trial every
+product gets a warm-up wrk run (discarded) and a measured wrk run, in the profile's product
+order on even trials and reversed on odd ones. A product that fails to start, fails its check
+or dies is recorded with the reason and skipped; the run goes on. Every process is stopped by
+PID when its profile (or the run) ends, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from harness import gateway, nginx, plan, wrk
+from harness.environment import load_average
+from harness.procs import HOST, Child, Children, StartError, free_port
+
+if TYPE_CHECKING:
+    from harness.peerlink import Peers
+
+START_TIMEOUT: Final = 60.0
+PREFLIGHT_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Load shape of one run."""
+
+    trials: int
+    duration: float
+    warmup: float
+    connections: int = 64
+    threads: int = 2
+
+
+@dataclass(slots=True)
+class Trial:
+    """One measured wrk run of one product. Latencies in milliseconds."""
+
+    trial: int
+    position: int
+    rps: float
+    requests: int
+    duration_s: float
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: dict[str, int]
+    error_total: int
+    warmup_requests: int
+    warmup_errors: int
+    load_average: list[float]
+
+
+@dataclass(slots=True)
+class ProductRun:
+    """A product in one profile: how it was started and its trials (or why it has none)."""
+
+    name: str
+    kind: str
+    command: list[str]
+    workers: int | None
+    status: str = "ok"
+    reason: str | None = None
+    config: str | None = None  # the generated config (long router tables abridged)
+    trials: list[Trial] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ProfileRun:
+    """A profile's request and the products measured with it."""
+
+    profile: plan.Profile
+    host_header: str | None
+    path: str
+    gateway_workers_n: int
+    products: list[ProductRun] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Live:
+    run: ProductRun
+    port: int
+    child: Child | None
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def preflight(port: int, profile: plan.Profile, host: str | None, path: str) -> str | None:
+    """One real request; None when it answers 200 with the expected body size, else why not."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=PREFLIGHT_TIMEOUT)
+    headers = {"Host": host} if host else {}
+    body = b"p" * profile.body_bytes if profile.body_bytes else None
+    try:
+        connection.request(profile.method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        content = response.read()
+    except (OSError, http.client.HTTPException) as error:
+        return f"check request failed: {type(error).__name__}: {error}"
+    finally:
+        connection.close()
+    if response.status != 200 or len(content) != profile.response_bytes:
+        return (
+            f"check request {profile.method} {path} answered {response.status} with "
+            f"{len(content)} bytes (expected 200 with {profile.response_bytes}): {content[:80]!r}"
+        )
+    return None
+
+
+class Runner:
+    """Runs the selected profiles; ``run`` returns what was measured."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        profiles: list[plan.Profile],
+        selected_products: list[str],
+        peers: Peers,
+    ) -> None:
+        self.settings = settings
+        self.profiles = profiles
+        self.selected = selected_products
+        self.peers = peers
+        self.upstream_port = 0
+        self.upstream_config = ""
+
+    def run(self) -> list[ProfileRun]:
+        work = Path(tempfile.mkdtemp(prefix="a3s-bench-"))
+        # NGINX workers run as an unprivileged user when the harness is root: they must be able
+        # to reach the 1 MiB file and the temp directories below this 0700 directory.
+        work.chmod(0o755)
+        try:
+            self._prepare_peers()
+            with Children() as scope:
+                self._start_upstream(work / "upstream", scope)
+                return [self._profile(profile, work / profile.name) for profile in self.profiles]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _prepare_peers(self) -> None:
+        """Make the peers' venvs before any load starts (the first time may take minutes)."""
+        wanted = {
+            name
+            for profile in self.profiles
+            for name in plan.products_for(profile, self.peers.names, self.selected)
+            if name in self.peers.names
+        }
+        for name in sorted(wanted):
+            say(f"preparing peer {name}")
+            if self.peers.ensure(name):
+                say(f"   {name} {self.peers.versions.get(name, '')}")
+            else:
+                say(f"   {name}: unavailable: {self.peers.unavailable.get(name)}")
+
+    def _start_upstream(self, prefix: Path, scope: Children) -> None:
+        prefix.mkdir(parents=True)
+        self.upstream_port = free_port()
+        conf = nginx.write_upstream(prefix, self.upstream_port)
+        self.upstream_config = conf.read_text()
+        nginx.check_config(conf, prefix)
+        child = scope.start(
+            Child("upstream", nginx.command(conf, prefix), log_path=prefix / "out.log")
+        )
+        child.wait_for_port(self.upstream_port, timeout=START_TIMEOUT)
+        say(f"upstream nginx on {HOST}:{self.upstream_port} (pid {child.pid})")
+
+    def _profile(self, profile: plan.Profile, work: Path) -> ProfileRun:
+        table = gateway.routing(profile.routers, profile.path)
+        result = ProfileRun(profile, table.host, table.path, gateway.worker_count(0))
+        products = plan.products_for(profile, self.peers.names, self.selected)
+        say(f"== {profile.name}: {profile.description}; products: {', '.join(products)}")
+        script = wrk.write_script(
+            work.parent / f"{profile.name}.lua",
+            method=profile.method,
+            body_bytes=profile.body_bytes,
+            host=table.host,
+        )
+        with Children() as scope:
+            live: list[_Live] = []
+            for name in products:
+                entry = self._start(name, profile, table, work / name, scope)
+                result.products.append(entry.run)
+                if entry.run.status == "ok":
+                    reason = preflight(entry.port, profile, table.host, table.path)
+                    if reason is not None:
+                        self._fail(entry, f"preflight: {reason}")
+                    else:
+                        live.append(entry)
+            for trial in range(self.settings.trials):
+                order = live if trial % 2 == 0 else list(reversed(live))
+                for position, entry in enumerate(order):
+                    if entry.run.status == "ok":
+                        self._measure(entry, script, table.path, trial, position)
+        return result
+
+    def _start(
+        self,
+        name: str,
+        profile: plan.Profile,
+        table: gateway.Routing,
+        work: Path,
+        scope: Children,
+    ) -> _Live:
+        work.mkdir(parents=True)
+        if name == plan.DIRECT:
+            run = ProductRun(name, "direct", [], None)
+            return _Live(run, self.upstream_port, None)
+        port = free_port()
+        if name == plan.NGINX:
+            conf = nginx.write_proxy(work, port, self.upstream_port, profile.nginx_workers)
+            argv = nginx.command(conf, work)
+            run = ProductRun(name, "nginx", argv, _nginx_workers(profile.nginx_workers))
+            run.config = conf.read_text()
+            try:
+                nginx.check_config(conf, work)
+            except RuntimeError as error:
+                return self._fail(_Live(run, port, None), str(error))
+            return self._spawn(run, port, work, scope, marker=None, env=None)
+        if name in plan.GATEWAY_WORKERS:
+            workers = plan.GATEWAY_WORKERS[name]
+            config = work / "gateway.hcl"
+            text = gateway.config_text(port, self.upstream_port, table)
+            config.write_text(text)
+            argv = gateway.command(config, workers)
+            run = ProductRun(name, "a3s_gateway", argv, gateway.worker_count(workers))
+            run.config = _abridged(text)
+            return self._spawn(
+                run,
+                port,
+                work,
+                scope,
+                marker=gateway.ready_marker(workers),
+                env=gateway.environment(),
+            )
+        run = ProductRun(name, "peer", [], None)
+        if not self.peers.ensure(name):
+            run.status = "unavailable"
+            run.reason = self.peers.unavailable.get(name, "unavailable")
+            return _Live(run, port, None)
+        try:
+            run.command = self.peers.command(
+                name, listen_port=port, upstream_port=self.upstream_port
+            )
+        except Exception as error:  # the peer module's failure is the peer's, not the run's
+            return self._fail(_Live(run, port, None), f"peer_command: {error}")
+        return self._spawn(run, port, work, scope, marker=None, env=None)
+
+    def _spawn(
+        self,
+        run: ProductRun,
+        port: int,
+        work: Path,
+        scope: Children,
+        *,
+        marker: str | None,
+        env: dict[str, str] | None,
+    ) -> _Live:
+        try:
+            child = scope.start(Child(run.name, run.command, log_path=work / "out.log", env=env))
+        except OSError as error:
+            return self._fail(_Live(run, port, None), f"could not start: {error}")
+        entry = _Live(run, port, child)
+        try:
+            if marker is not None:
+                child.wait_until(
+                    lambda: child.log_contains(marker),
+                    timeout=START_TIMEOUT,
+                    what=f"log line {marker!r}",
+                )
+            child.wait_for_port(port, timeout=START_TIMEOUT)
+        except StartError as error:
+            return self._fail(entry, str(error))
+        say(f"   {run.name} on {HOST}:{port} (pid {child.pid})")
+        return entry
+
+    def _fail(self, entry: _Live, reason: str) -> _Live:
+        entry.run.status = "failed"
+        entry.run.reason = reason
+        if entry.child is not None:
+            entry.child.stop()  # no idle process of a failed product beside the measured ones
+        say(f"   {entry.run.name}: FAILED: {reason}")
+        return entry
+
+    def _measure(
+        self,
+        entry: _Live,
+        script: Path,
+        path: str,
+        trial: int,
+        position: int,
+    ) -> None:
+        url = f"http://{HOST}:{entry.port}{path}"
+        settings = self.settings
+        try:
+            warm = wrk.run(
+                url,
+                script=script,
+                seconds=settings.warmup,
+                connections=settings.connections,
+                threads=settings.threads,
+            )
+            result = wrk.run(
+                url,
+                script=script,
+                seconds=settings.duration,
+                connections=settings.connections,
+                threads=settings.threads,
+            )
+        except wrk.WrkError as error:
+            self._fail(entry, f"trial {trial + 1}: {error}")
+            return
+        record = Trial(
+            trial=trial + 1,
+            position=position + 1,
+            rps=round(result.rps, 1),
+            requests=result.requests,
+            duration_s=round(result.duration_us / 1e6, 3),
+            mean_ms=round(result.mean_us / 1000, 3),
+            p50_ms=result.p50_us / 1000,
+            p90_ms=result.p90_us / 1000,
+            p99_ms=result.p99_us / 1000,
+            max_ms=result.max_us / 1000,
+            errors=result.errors,
+            error_total=result.error_count,
+            warmup_requests=warm.requests,
+            warmup_errors=warm.error_count,
+            load_average=load_average(),
+        )
+        entry.run.trials.append(record)
+        errors = f", {record.error_total} errors {record.errors}" if record.error_total else ""
+        say(
+            f"   trial {trial + 1} {entry.run.name:<16} {record.rps:>10.0f} req/s"
+            f"  p50 {record.p50_ms:.2f} ms  p99 {record.p99_ms:.2f} ms{errors}"
+        )
+        if entry.child is not None and not entry.child.alive():
+            self._fail(
+                entry,
+                f"exited with {entry.child.popen.returncode} during trial {trial + 1}:\n"
+                + entry.child.log_tail(),
+            )
+
+
+def _nginx_workers(value: str) -> int:
+    return gateway.worker_count(0) if value == "auto" else int(value)
+
+
+def _abridged(text: str, keep: int = 60) -> str:
+    lines = text.splitlines()
+    if len(lines) <= 2 * keep:
+        return text
+    skipped = len(lines) - 2 * keep
+    return "\n".join([*lines[:keep], f"# ... {skipped} lines left out ...", *lines[-keep:]])
