@@ -1,0 +1,1 @@
+../src/a3s_gateway/demo/demo.hcl
