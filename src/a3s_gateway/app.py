@@ -2,7 +2,9 @@
 root nursery (DESIGN.md §3.1 Ring 2, §3.3).
 
 Nurseries (DESIGN.md §3.3): ``serve`` opens the *root* nursery (until shutdown completes),
-which holds the upstream pool's task and the *connection handlers* nursery, which in turn holds
+which holds the upstream pool's task, the running config generation's background tasks
+(health probers and tickers, ``server/generation.py``; a reload starts the next generation's
+before cancelling the old one's) and the *connection handlers* nursery, which in turn holds
 the *listener group* (one accept loop per bound socket). Drain (SPEC §2.4): cancel the listener
 group, close the sockets, flag the drain (idle keep-alive connections close, responses in
 progress carry ``Connection: close``), move the handlers' deadline to now + grace, then close
@@ -28,6 +30,7 @@ from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import GatewayError, ReloadError, StartError
 from a3s_gateway.server.context import ServerContext
+from a3s_gateway.server.generation import carry_over, run_generation
 from a3s_gateway.server.listeners import bound_address, open_http_listeners, serve_listener
 from a3s_gateway.upstream import UpstreamPool
 
@@ -109,6 +112,9 @@ class Gateway:
         self._reuse_port = reuse_port
         self._listeners: dict[str, list[trio.SocketListener]] = {}
         self._context: ServerContext | None = None
+        self._root: trio.Nursery | None = None
+        #: The cancel scope of the running generation's probers and tickers.
+        self._generation_scope: trio.CancelScope | None = None
         self._state = GatewayState.CREATED
         self._generation = 1
         self._started_at: float | None = None
@@ -153,6 +159,8 @@ class Gateway:
         ctx = self._context = ServerContext(runtime, pool)
         async with trio.open_nursery() as root:
             await root.start(pool.run)
+            self._root = root
+            self._generation_scope = await root.start(self._generation_task, runtime)
             async with trio.open_nursery() as handlers:
                 async with trio.open_nursery() as acceptors:
                     for name, listeners in self._listeners.items():
@@ -178,6 +186,14 @@ class Gateway:
                 cleanup.shield = True
                 await pool.aclose()
             root.cancel_scope.cancel()
+
+    async def _generation_task(
+        self, runtime: RuntimeConfig, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        """One generation's probers and tickers, in the root nursery until cancelled."""
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await run_generation(runtime)
 
     def _grace_secs(self) -> float:
         grace = self._grace
@@ -230,6 +246,13 @@ class Gateway:
         self._config = config
         self._generation += 1
         if self._context is not None:
+            carry_over(self._context.runtime, runtime)
+            if self._root is not None:
+                # The new generation's probers start before the old ones stop: no gap.
+                previous_scope = self._generation_scope
+                self._generation_scope = await self._root.start(self._generation_task, runtime)
+                if previous_scope is not None:
+                    previous_scope.cancel()
             self._context.runtime = runtime
         self._last_reload = ReloadStatus(time=trio.current_time(), ok=True, problem_count=0)
         self._state = previous

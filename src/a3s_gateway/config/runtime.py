@@ -25,6 +25,7 @@ from a3s_gateway.config.schema_services import LoadBalancer
 from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
+from a3s_gateway.services.health import CheckSettings, kind_for_servers
 from a3s_gateway.upstream import Peer, PoolSettings
 
 if TYPE_CHECKING:
@@ -96,6 +97,8 @@ class ServiceRuntime:
     connect_attempts: int
     pass_host_header: bool
     failover: str | None
+    #: Active health checks (SPEC §7.4); None when the service has no ``health_check`` block.
+    health_check: CheckSettings | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,7 +210,17 @@ def _service(name: str, service: Service) -> ServiceRuntime:
         connect_attempts=balancer_config.connect_attempts,
         pass_host_header=balancer_config.pass_host_header,
         failover=service.failover.service if service.failover else None,
+        health_check=_health_check(service, balancer_config),
     )
+
+
+def _health_check(service: Service, balancer: LoadBalancer) -> CheckSettings | None:
+    block = balancer.health_check
+    if block is None:
+        return None
+    urls = [server.url for server in balancer.servers]
+    urls += [server.url for revision in service.revisions for server in revision.servers]
+    return CheckSettings.from_config(block, default_kind=kind_for_servers(urls))
 
 
 def _pool_settings(balancer: LoadBalancer) -> PoolSettings:

@@ -93,8 +93,8 @@ async def forward(
     ctx: ServerContext,
     service: ServiceRuntime,
     backend: Backend,
-) -> None:
-    """Proxy one request to ``backend`` and relay the response to ``down``.
+) -> int:
+    """Proxy one request to ``backend``, relay the response to ``down``; its status.
 
     Raises ``ConnectError`` (nothing sent), ``UpstreamFailure`` (nothing relayed yet) or
     ``AbortResponse`` (the response is cut short); client failures propagate as they are.
@@ -108,15 +108,13 @@ async def forward(
     if conn is None:
         conn = await _connect(ctx, service, peer)
     try:
-        await _attempt(conn, up_head, down, ctx, service, head.expect_continue)
+        return await _attempt(conn, up_head, down, ctx, service, head.expect_continue)
     except UpstreamFailure as failure:
         if not _stale(conn, failure, head, down):
             raise
-    else:
-        return
     ctx.stale_retries += 1
     conn = await _connect(ctx, service, peer, fresh=True)
-    await _attempt(conn, up_head, down, ctx, service, head.expect_continue)
+    return await _attempt(conn, up_head, down, ctx, service, head.expect_continue)
 
 
 def _stale(
@@ -141,10 +139,10 @@ async def _attempt(
     ctx: ServerContext,
     service: ServiceRuntime,
     expect_continue: bool,
-) -> None:
+) -> int:
     attempt = _Attempt(conn, down, service, ctx)
     try:
-        await attempt.run(up_head, expect_continue)
+        return await attempt.run(up_head, expect_continue)
     finally:
         if attempt.reusable:
             conn.adapter.start_next_cycle()
@@ -235,7 +233,8 @@ class _Attempt:
         self._in_body = False
         self.reusable = False
 
-    async def run(self, up_head: RequestHead, expect_continue: bool) -> None:
+    async def run(self, up_head: RequestHead, expect_continue: bool) -> int:
+        """Send, wait, relay; the response's status."""
         adapter = self._conn.adapter
         wire = adapter.send(up_head)
         body = None if self._pump_done else self._down.take_buffered_body()
@@ -253,7 +252,8 @@ class _Attempt:
                 deadline=trio.current_time() + self._service.response_header_timeout
             )
             with timer:
-                await self._relay(await self._response_head())
+                response = await self._response_head()
+                await self._relay(response)
         else:
             response = await self._request_phase()
             timer = self._timer = trio.CancelScope()
@@ -264,6 +264,7 @@ class _Attempt:
                 raise UpstreamFailure(504, "response header timeout")
             raise AbortResponse("upstream body idle timeout")
         self.reusable = self._pump_done and self._conn.adapter.reusable
+        return response.status
 
     async def _request_phase(self) -> ResponseHead:
         """Pump the request body while waiting for the response head."""

@@ -1,0 +1,80 @@
+"""The background tasks one config generation owns: active health probers (SPEC §7.4) and the
+passive-health tickers (SPEC §7.5).
+
+Ring 1. Nursery: ``run_generation`` opens one per generation; ``app.Gateway`` starts it in its
+root nursery and cancels it when a reload has started the next generation's, so probers never
+leak across reloads. Deadlines: none here (each probe is bounded by its own timeout in
+``services/checker.py``).
+
+State across reloads (``carry_over``): the new generation's backends start with the active
+health and passive state of the previous generation's backend with the same service and URL, so
+a reload neither re-admits an unhealthy backend nor forgets an ejection. Every prober of the new
+generation starts afresh (SPEC §7.4 keeps unchanged probers running; restarting them costs one
+early probe per backend and keeps the generation's tasks in one nursery).
+
+Must not: choose backends, proxy, or change health flags itself (the health machines do).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from a3s_gateway.services.checker import run_prober
+from a3s_gateway.services.health import ActiveHealth
+
+if TYPE_CHECKING:
+    from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
+    from a3s_gateway.services import Backend
+
+__all__ = ["carry_over", "run_generation"]
+
+log: Final = logging.getLogger("a3s_gateway.health")
+
+
+async def run_generation(
+    runtime: RuntimeConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the generation's probers and tickers until cancelled; ``started()`` once all of
+    them are running (the first probes are under way, not finished)."""
+    async with trio.open_nursery() as nursery:
+        for service in runtime.services.values():
+            _start_probers(nursery, service)
+        task_status.started()
+
+
+def _start_probers(nursery: trio.Nursery, service: ServiceRuntime) -> None:
+    settings = service.health_check
+    if settings is None:
+        return
+    on_change = partial(_health_changed, service.name)
+    for backend in service.backends:
+        state = ActiveHealth(backend, settings.healthy_threshold, settings.unhealthy_threshold)
+        nursery.start_soon(partial(run_prober, backend, settings, state, on_change=on_change))
+
+
+def _health_changed(service: str, backend: Backend, healthy: bool, reason: str) -> None:
+    log.info(
+        "backend %s of service %s is now %s (%s)",
+        backend.url.text,
+        service,
+        "healthy" if healthy else "unhealthy",
+        reason,
+    )
+
+
+def carry_over(previous: RuntimeConfig, current: RuntimeConfig) -> None:
+    """Give ``current``'s backends the health state of ``previous``'s backends with the same
+    service name and server URL (see the module docstring)."""
+    for name, service in current.services.items():
+        old = previous.services.get(name)
+        if old is None:
+            continue
+        by_url = {backend.url.text: backend for backend in old.backends}
+        for backend in service.backends:
+            before = by_url.get(backend.url.text)
+            if before is not None and service.health_check is not None:
+                backend.active_healthy = before.active_healthy

@@ -1,0 +1,106 @@
+"""Active health checks in the running gateway (issue #6, SPEC §7.4): an in-process ``Gateway``
+in front of two real test origins whose ``/health`` answer the tests change. Real sockets, so
+the real clock: every wait is for a condition (probes the origin has received), bounded by the
+test's time limit, never a sleep.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.support.gateway import (
+    GatewayHandle,
+    config_text,
+    curl,
+    load,
+    running_gateway,
+    server_entry,
+)
+from tests.support.origin import Fixed, Origin
+
+pytestmark = pytest.mark.integration
+
+CHECK = """
+    health_check {
+      path                = "/health"
+      interval            = "200ms"
+      timeout             = "150ms"
+      unhealthy_threshold = 1
+      healthy_threshold   = 1
+    }
+"""
+
+
+@pytest.fixture
+async def origin_a(nursery: trio.Nursery) -> Origin:
+    server = Origin("a")
+    await nursery.start(server.serve)
+    return server
+
+
+@pytest.fixture
+async def origin_b(nursery: trio.Nursery) -> Origin:
+    server = Origin("b")
+    await nursery.start(server.serve)
+    return server
+
+
+def probes(origin: Origin) -> int:
+    return sum(1 for request in origin.requests if request.path == b"/health")
+
+
+async def probed(origin: Origin, more: int) -> None:
+    """Wait until ``origin`` has received ``more`` further probes: the gateway has then
+    processed at least ``more - 1`` of them."""
+    target = probes(origin) + more
+    await origin.wait_for(lambda: probes(origin) >= target)
+
+
+async def served_by(gateway: GatewayHandle, count: int) -> list[str]:
+    origins = []
+    for _ in range(count):
+        result = await curl(gateway.url("/work"))
+        assert result.response.status == 200, result.stderr
+        origins.append(str(result.response.json()["origin"]))
+    return origins
+
+
+def two_origins(a: Origin, b: Origin | None) -> str:
+    servers = [server_entry(a)] + ([server_entry(b)] if b is not None else [])
+    return config_text(servers, balancer=CHECK)
+
+
+async def test_a_failing_backend_gets_no_traffic_until_it_recovers(
+    origin_a: Origin, origin_b: Origin
+) -> None:
+    origin_a.on("/health", Fixed(200, b"ok"))
+    origin_b.on("/health", Fixed(503, b"down"))
+    async with running_gateway(two_origins(origin_a, origin_b)) as gw:
+        await probed(origin_b, 2)
+        assert await served_by(gw, 4) == ["a"] * 4
+        origin_b.on("/health", Fixed(200, b"ok"))
+        await probed(origin_b, 2)
+        assert sorted(await served_by(gw, 4)) == ["a", "a", "b", "b"]
+    probe = next(r for r in origin_b.requests if r.path == b"/health")
+    assert probe.method == b"GET"
+    assert probe.values(b"connection") == [b"close"]
+    assert probe.values(b"user-agent")[0].startswith(b"a3s-gateway-health/")
+
+
+async def test_a_reload_keeps_the_health_state_and_stops_old_probers(
+    origin_a: Origin, origin_b: Origin
+) -> None:
+    origin_a.on("/health", Fixed(200, b"ok"))
+    origin_b.on("/health", Fixed(503, b"down"))
+    async with running_gateway(two_origins(origin_a, origin_b)) as gw:
+        await probed(origin_b, 2)
+        # Same config again: the new generation's backends start unhealthy like the old ones,
+        # so not one request reaches b in between.
+        await gw.gateway.reload(load(two_origins(origin_a, origin_b)))
+        assert await served_by(gw, 4) == ["a"] * 4
+        # Without b: its prober is cancelled with the old generation.
+        await gw.gateway.reload(load(two_origins(origin_a, None)))
+        after_reload = probes(origin_b)
+        await probed(origin_a, 3)
+        assert probes(origin_b) <= after_reload + 1  # at most one probe already under way
