@@ -259,6 +259,12 @@ class Gateway:
         log.info("config reloaded: generation %d", self._generation)
         return self._generation
 
+    @property
+    def runtime(self) -> RuntimeConfig | None:
+        """The compiled snapshot of the running generation (backends with their health
+        state); None before ``serve`` started."""
+        return self._context.runtime if self._context is not None else None
+
     def record_failed_reload(self, problem_count: int) -> None:
         """Note a reload that was rejected before reaching ``reload`` (bad config)."""
         self._last_reload = ReloadStatus(

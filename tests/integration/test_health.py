@@ -17,7 +17,7 @@ from tests.support.gateway import (
     running_gateway,
     server_entry,
 )
-from tests.support.origin import Fixed, Origin
+from tests.support.origin import Echo, Fixed, Origin
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +104,46 @@ async def test_a_reload_keeps_the_health_state_and_stops_old_probers(
         after_reload = probes(origin_b)
         await probed(origin_a, 3)
         assert probes(origin_b) <= after_reload + 1  # at most one probe already under way
+
+
+PASSIVE = """
+    passive_health {
+      error_threshold   = 2
+      window            = "30s"
+      recovery_time     = "1s"
+      max_recovery_time = "1s"
+    }
+"""
+
+
+async def statuses(gateway: GatewayHandle, count: int) -> list[tuple[int, str]]:
+    seen = []
+    for _ in range(count):
+        result = await curl(gateway.url("/work"))
+        response = result.response
+        origin = str(response.json()["origin"]) if response.status == 200 else "-"
+        seen.append((response.status, origin))
+    return seen
+
+
+async def test_a_backend_answering_5xx_is_ejected_then_readmitted(
+    origin_a: Origin, origin_b: Origin
+) -> None:
+    origin_b.on("/work", Fixed(500, b"boom"))
+    config = config_text([server_entry(origin_a), server_entry(origin_b)], balancer=PASSIVE)
+    async with running_gateway(config) as gw:
+        # Round-robin: b answers 500 twice and is ejected (max 50 % of two backends: one).
+        assert await statuses(gw, 4) == [(200, "a"), (500, "-"), (200, "a"), (500, "-")]
+        assert await statuses(gw, 4) == [(200, "a")] * 4
+        runtime = gw.gateway.runtime
+        assert runtime is not None
+        service = runtime.services["main"]
+        outliers = service.outliers
+        assert outliers is not None
+        backend_b = service.backends[1]
+        until = outliers.ejected_until(backend_b)
+        assert until is not None
+        # b recovers; once its ejection time is over it is selected again.
+        origin_b.on("/work", Echo())
+        await trio.sleep_until(until)
+        assert sorted(origin for _, origin in await statuses(gw, 4)) == ["a", "a", "b", "b"]

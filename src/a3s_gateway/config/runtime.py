@@ -26,6 +26,7 @@ from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
 from a3s_gateway.services.health import CheckSettings, kind_for_servers
+from a3s_gateway.services.passive import OutlierDetector, PassiveSettings
 from a3s_gateway.upstream import Peer, PoolSettings
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ class ServiceRuntime:
     failover: str | None
     #: Active health checks (SPEC §7.4); None when the service has no ``health_check`` block.
     health_check: CheckSettings | None = None
+    #: Passive health (SPEC §7.5) over ``backends``; None when ``passive_health`` is disabled.
+    outliers: OutlierDetector | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,6 +214,11 @@ def _service(name: str, service: Service) -> ServiceRuntime:
         pass_host_header=balancer_config.pass_host_header,
         failover=service.failover.service if service.failover else None,
         health_check=_health_check(service, balancer_config),
+        outliers=(
+            OutlierDetector(backends, PassiveSettings.from_config(balancer_config.passive_health))
+            if balancer_config.passive_health.enabled
+            else None
+        ),
     )
 
 

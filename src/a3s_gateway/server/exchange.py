@@ -39,6 +39,7 @@ from a3s_gateway.protocols.target import decrement_max_forwards, precheck, split
 from a3s_gateway.routing.paths import InvalidPathEscape, routing_path, sanitize_path
 from a3s_gateway.routing.request import RequestView, canonical_host, parse_peer
 from a3s_gateway.server.forward import AbortResponse, ConnectError, UpstreamFailure, forward
+from a3s_gateway.server.generation import log_transition
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -282,6 +283,13 @@ async def _try_service(
     else the error response that describes the last failure."""
     tried: list[Backend] = []
     failure = _NO_BACKEND
+    outliers = service.outliers
+    if outliers is not None:
+        # SPEC §7.5: an ejection that has run out ends when selecting, not only on the ticker.
+        due = outliers.next_readmission
+        if due is not None and due <= trio.current_time():
+            for transition in outliers.tick(trio.current_time()):
+                log_transition(service.name, transition)
     for _ in range(service.connect_attempts):
         backend = service.balancer.pick(exclude=tried, key=request.client)
         if backend is None:
@@ -289,20 +297,36 @@ async def _try_service(
         tried.append(backend)
         with backend.lease():
             try:
-                await forward(
+                status = await forward(
                     request.head, request.target, request.headers, down, ctx, service, backend
                 )
             except ConnectError as error:
                 log.info("connect to %s failed: %s", backend.url.text, error.detail)
+                _outcome(service, backend, error.status)
                 failure = error_response(error.status)
                 continue
             except UpstreamFailure as error:
                 log.info("upstream %s failed: %s", backend.url.text, error.detail)
+                if error.status != 503:  # 503: our own pool limit or shutdown, not the backend
+                    _outcome(service, backend, error.status)
                 if down.response_started:
                     raise _abort() from error
                 return error_response(error.status, error.text)
             except AbortResponse as error:
                 log.info("response from %s aborted: %s", backend.url.text, error)
+                _outcome(service, backend, 502)
                 raise _abort() from error
+            _outcome(service, backend, status)
             return None
     return failure
+
+
+def _outcome(service: ServiceRuntime, backend: Backend, status: int) -> None:
+    """Feed one finished attempt to the service's passive health (SPEC §7.5): transport
+    failures arrive as 502 (refused, reset, invalid) or 504 (timeouts)."""
+    outliers = service.outliers
+    if outliers is None:
+        return
+    transition = outliers.record(backend, error=outliers.is_error(status), now=trio.current_time())
+    if transition is not None:
+        log_transition(service.name, transition)

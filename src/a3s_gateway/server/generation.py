@@ -1,5 +1,6 @@
 """The background tasks one config generation owns: active health probers (SPEC §7.4) and the
-passive-health tickers (SPEC §7.5).
+passive-health tickers (SPEC §7.5), and the glue between the two (an active success re-admits
+a passively ejected backend) and the logs of their transitions.
 
 Ring 1. Nursery: ``run_generation`` opens one per generation; ``app.Gateway`` starts it in its
 root nursery and cancels it when a reload has started the next generation's, so probers never
@@ -25,12 +26,15 @@ import trio
 
 from a3s_gateway.services.checker import run_prober
 from a3s_gateway.services.health import ActiveHealth
+from a3s_gateway.services.passive import PassiveState
 
 if TYPE_CHECKING:
     from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
     from a3s_gateway.services import Backend
+    from a3s_gateway.services.checker import ProbeResult
+    from a3s_gateway.services.passive import OutlierDetector, Transition
 
-__all__ = ["carry_over", "run_generation"]
+__all__ = ["carry_over", "log_transition", "run_generation"]
 
 log: Final = logging.getLogger("a3s_gateway.health")
 
@@ -47,13 +51,58 @@ async def run_generation(
 
 
 def _start_probers(nursery: trio.Nursery, service: ServiceRuntime) -> None:
+    outliers = service.outliers
+    if outliers is not None:
+        nursery.start_soon(_tick, service.name, outliers)
     settings = service.health_check
     if settings is None:
         return
     on_change = partial(_health_changed, service.name)
+    on_result = partial(_probed, service.name, outliers) if outliers is not None else None
     for backend in service.backends:
         state = ActiveHealth(backend, settings.healthy_threshold, settings.unhealthy_threshold)
-        nursery.start_soon(partial(run_prober, backend, settings, state, on_change=on_change))
+        nursery.start_soon(
+            partial(run_prober, backend, settings, state, on_change=on_change, on_result=on_result)
+        )
+
+
+async def _tick(service: str, outliers: OutlierDetector) -> None:
+    """SPEC §7.5's ticker: ejections that have run out end even without traffic."""
+    interval = outliers.settings.tick_interval
+    while True:
+        await trio.sleep(interval)
+        for transition in outliers.tick(trio.current_time()):
+            log_transition(service, transition)
+
+
+def _probed(service: str, outliers: OutlierDetector, backend: Backend, result: ProbeResult) -> None:
+    """SPEC §7.4 "With passive health": an active success re-admits an ejected backend."""
+    if result.success:
+        transition = outliers.readmit(backend, trio.current_time())
+        if transition is not None:
+            log_transition(service, transition)
+
+
+def log_transition(service: str, transition: Transition) -> None:
+    """Log a passive-health transition: ejections as warnings, recoveries as info."""
+    backend = transition.backend.url.text
+    if transition.new is PassiveState.EJECTED:
+        assert transition.ejected_until is not None  # set for every ejection
+        log.warning(
+            "backend %s of service %s ejected for %.1f s (passive health, ejection %d)",
+            backend,
+            service,
+            transition.ejected_until - trio.current_time(),
+            transition.multiplier,
+        )
+    else:
+        log.info(
+            "backend %s of service %s: passive health %s -> %s",
+            backend,
+            service,
+            transition.old.value,
+            transition.new.value,
+        )
 
 
 def _health_changed(service: str, backend: Backend, healthy: bool, reason: str) -> None:
@@ -78,3 +127,5 @@ def carry_over(previous: RuntimeConfig, current: RuntimeConfig) -> None:
             before = by_url.get(backend.url.text)
             if before is not None and service.health_check is not None:
                 backend.active_healthy = before.active_healthy
+        if service.outliers is not None and old.outliers is not None:
+            service.outliers.adopt(old.outliers)  # only when the settings are unchanged
