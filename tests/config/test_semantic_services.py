@@ -221,6 +221,16 @@ BALANCER_CASES = [
         "same_site",
     ),
     Case(
+        "sticky-domain-injection",
+        balanced(
+            '    sticky {\n      secret = "0123456789abcdef0123"\n'
+            '      domain = "example.com; Max-Age=0"\n    }\n'
+        ),
+        'services["api"].load_balancer.sticky.domain',
+        "must be ASCII without control characters or ';'",
+        "domain",
+    ),
+    Case(
         "sticky-without-secret",
         balanced('    sticky {\n      cookie = "srv"\n    }\n'),
         'services["api"].load_balancer.sticky',

@@ -1,4 +1,4 @@
-"""Active health checks in the running gateway (issue #6, SPEC §7.4): an in-process ``Gateway``
+"""Health and affinity in the running gateway (issue #6, SPEC §7.4–7.6): an in-process ``Gateway``
 in front of two real test origins whose ``/health`` answer the tests change. Real sockets, so
 the real clock: every wait is for a condition (probes the origin has received), bounded by the
 test's time limit, never a sleep.
@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests.support.gateway import (
+    CurlResult,
     GatewayHandle,
     config_text,
     curl,
@@ -147,3 +148,59 @@ async def test_a_backend_answering_5xx_is_ejected_then_readmitted(
         origin_b.on("/work", Echo())
         await trio.sleep_until(until)
         assert sorted(origin for _, origin in await statuses(gw, 4)) == ["a", "a", "b", "b"]
+
+
+STICKY = """
+    sticky {
+      cookie = "pin"
+    }
+"""
+
+
+def cookie_of(result: CurlResult) -> str:
+    value = result.response.header(b"set-cookie")
+    assert value is not None, result.stderr
+    pair = value.decode().split(";")[0]
+    assert pair.startswith("pin=")
+    return pair
+
+
+async def test_a_sticky_client_keeps_its_backend_across_a_restart(
+    origin_a: Origin, origin_b: Origin
+) -> None:
+    config = config_text([server_entry(origin_a), server_entry(origin_b)], balancer=STICKY)
+    async with running_gateway(config) as gw:
+        first = await curl(gw.url("/work"))
+        pinned = str(first.response.json()["origin"])
+        cookie = cookie_of(first)
+        again = [await curl(gw.url("/work"), "-b", cookie) for _ in range(4)]
+        fresh = [await curl(gw.url("/work")) for _ in range(2)]
+    assert [str(r.response.json()["origin"]) for r in again] == [pinned] * 4
+    assert all(r.response.header(b"set-cookie") is None for r in again)  # valid: no new cookie
+    # Without the cookie, round-robin goes on and every answer carries a cookie.
+    assert all(r.response.header(b"set-cookie") is not None for r in fresh)
+    # A new gateway process state (a restart): the cookie still names the same backend.
+    async with running_gateway(config) as gw:
+        after = [await curl(gw.url("/work"), "-b", cookie) for _ in range(4)]
+        forged = await curl(gw.url("/work"), "-b", cookie[:-2] + "xx")
+    assert [str(r.response.json()["origin"]) for r in after] == [pinned] * 4
+    assert forged.response.header(b"set-cookie") is not None  # tampered: re-issued
+
+
+async def test_a_sticky_client_moves_when_its_backend_is_ejected(
+    origin_a: Origin, origin_b: Origin
+) -> None:
+    config = config_text(
+        [server_entry(origin_a), server_entry(origin_b)], balancer=STICKY + PASSIVE
+    )
+    async with running_gateway(config) as gw:
+        first = await curl(gw.url("/work"))
+        pinned = str(first.response.json()["origin"])
+        cookie = cookie_of(first)
+        broken, healthy = (origin_a, "b") if pinned == "a" else (origin_b, "a")
+        broken.on("/work", Fixed(500, b"boom"))
+        for _ in range(2):  # two errors eject the pinned backend
+            assert (await curl(gw.url("/work"), "-b", cookie)).response.status == 500
+        moved = await curl(gw.url("/work"), "-b", cookie)
+    assert str(moved.response.json()["origin"]) == healthy
+    assert cookie_of(moved) != cookie

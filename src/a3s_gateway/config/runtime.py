@@ -27,6 +27,7 @@ from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
 from a3s_gateway.services.health import CheckSettings, kind_for_servers
 from a3s_gateway.services.passive import OutlierDetector, PassiveSettings
+from a3s_gateway.services.sticky import StickyPool, StickySettings
 from a3s_gateway.upstream import Peer, PoolSettings
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ class ServiceRuntime:
     health_check: CheckSettings | None = None
     #: Passive health (SPEC §7.5) over ``backends``; None when ``passive_health`` is disabled.
     outliers: OutlierDetector | None = None
+    #: Sticky sessions (SPEC §7.6); None without a ``sticky`` block.
+    sticky: StickyPool | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,6 +220,11 @@ def _service(name: str, service: Service) -> ServiceRuntime:
         outliers=(
             OutlierDetector(backends, PassiveSettings.from_config(balancer_config.passive_health))
             if balancer_config.passive_health.enabled
+            else None
+        ),
+        sticky=(
+            StickyPool(name, backends, StickySettings.from_config(balancer_config.sticky, name))
+            if balancer_config.sticky is not None
             else None
         ),
     )

@@ -198,6 +198,17 @@ def _check_sticky(report: Report, base: Path, sticky: Sticky) -> None:
         )
     if not sticky.path.startswith("/"):
         report.error((*base, "path"), f'path {quote_value(sticky.path)} must start with "/"')
+    for field, value in (("path", sticky.path), ("domain", sticky.domain)):
+        # RFC 6265 §4.1.1: anything else would end or inject a cookie attribute.
+        if value is not None and not _cookie_attribute_ok(value):
+            report.error(
+                (*base, field),
+                f"{field} {quote_value(value)} must be ASCII without control characters or ';'",
+            )
+
+
+def _cookie_attribute_ok(text: str) -> bool:
+    return text.isascii() and ";" not in text and all(0x20 <= ord(c) != 0x7F for c in text)
 
 
 # -- mirror, failover (check 8) ----------------------------------------------------------------

@@ -42,6 +42,11 @@ class DateCache:
             self._value = formatdate(second, usegmt=True).encode("ascii")
         return self._value
 
+    @staticmethod
+    def unix() -> int:
+        """Wall-clock Unix seconds (sticky-cookie expiry, SPEC §7.6)."""
+        return int(time.time())
+
 
 class Drain:
     """The graceful-drain flag of SPEC §2.4 and the idle waits it interrupts.

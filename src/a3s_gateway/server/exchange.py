@@ -173,7 +173,7 @@ async def _handle(
         return
     target = raw_path + (b"?" + query if query else b"")
     upstream_headers, client = _upstream_headers(head, info, entry)
-    request = _Request(head, target, upstream_headers, client)
+    request = _Request(head, target, upstream_headers, client, entry.tls)
     await _dispatch(request, down, ctx, runtime, service)
 
 
@@ -194,13 +194,17 @@ class _Request:
     """What every attempt at a request shares: the head as received, the origin-form target,
     the forwarded headers (without ``Host``) and the client IP (the consistent-hash key)."""
 
-    __slots__ = ("client", "head", "headers", "target")
+    __slots__ = ("client", "head", "headers", "target", "tls")
 
-    def __init__(self, head: RequestHead, target: bytes, headers: Headers, client: str) -> None:
+    def __init__(
+        self, head: RequestHead, target: bytes, headers: Headers, client: str, tls: bool
+    ) -> None:
         self.head = head
         self.target = target
         self.headers = headers
         self.client = client
+        #: The request arrived over TLS (a sticky cookie is then ``Secure`` by default).
+        self.tls = tls
 
 
 def _upstream_headers(
@@ -266,7 +270,8 @@ async def _dispatch_within(
     if failure is not None and service.failover is not None:
         fallback = runtime.services.get(service.failover)
         if fallback is not None:
-            second = await _try_service(request, down, ctx, fallback)
+            # SPEC §7.8: the failover service's own sticky settings do not apply.
+            second = await _try_service(request, down, ctx, fallback, primary=False)
             # SPEC §7.8: a failover without backends leaves the primary's 502/504 standing.
             failure = second if second is not _NO_BACKEND or failure is _NO_BACKEND else failure
     if failure is not None:
@@ -278,11 +283,20 @@ async def _try_service(
     down: Downstream,
     ctx: ServerContext,
     service: ServiceRuntime,
+    *,
+    primary: bool = True,
 ) -> GeneratedResponse | None:
     """Up to ``connect_attempts`` backends (SPEC §7.8); None once a response was relayed,
-    else the error response that describes the last failure."""
+    else the error response that describes the last failure.
+
+    Sticky sessions (SPEC §7.6, §7.9 step 1), for the primary service only: a valid cookie
+    naming an available backend picks it for the first attempt, without ``Set-Cookie``; any
+    other backend that serves gets a cookie naming it.
+    """
     tried: list[Backend] = []
     failure = _NO_BACKEND
+    sticky = service.sticky if primary else None
+    pinned = sticky.lookup(request.head.headers, ctx.dates.unix()) if sticky else None
     outliers = service.outliers
     if outliers is not None:
         # SPEC §7.5: an ejection that has run out ends when selecting, not only on the ticker.
@@ -291,14 +305,27 @@ async def _try_service(
             for transition in outliers.tick(trio.current_time()):
                 log_transition(service.name, transition)
     for _ in range(service.connect_attempts):
-        backend = service.balancer.pick(exclude=tried, key=request.client)
+        if pinned is not None and not tried:
+            backend: Backend | None = pinned
+        else:
+            backend = service.balancer.pick(exclude=tried, key=request.client)
         if backend is None:
             break
         tried.append(backend)
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if sticky is not None and backend is not pinned:
+            extra = (sticky.set_cookie(backend, ctx.dates.unix(), tls=request.tls),)
         with backend.lease():
             try:
                 status = await forward(
-                    request.head, request.target, request.headers, down, ctx, service, backend
+                    request.head,
+                    request.target,
+                    request.headers,
+                    down,
+                    ctx,
+                    service,
+                    backend,
+                    extra,
                 )
             except ConnectError as error:
                 log.info("connect to %s failed: %s", backend.url.text, error.detail)

@@ -35,8 +35,10 @@ from a3s_gateway.protocols.headers import strip_response_hop_by_hop
 from a3s_gateway.upstream import AcquireProgress, AcquireStage, ConnectFailed, PoolClosed
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from a3s_gateway.config.runtime import ServiceRuntime
-    from a3s_gateway.protocols.headers import Headers
+    from a3s_gateway.protocols.headers import HeaderLine, Headers
     from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.exchange import Downstream
     from a3s_gateway.services import Backend
@@ -93,8 +95,10 @@ async def forward(
     ctx: ServerContext,
     service: ServiceRuntime,
     backend: Backend,
+    extra: Sequence[HeaderLine] = (),
 ) -> int:
     """Proxy one request to ``backend``, relay the response to ``down``; its status.
+    ``extra`` fields are added to the response (a sticky ``Set-Cookie``).
 
     Raises ``ConnectError`` (nothing sent), ``UpstreamFailure`` (nothing relayed yet) or
     ``AbortResponse`` (the response is cut short); client failures propagate as they are.
@@ -108,13 +112,13 @@ async def forward(
     if conn is None:
         conn = await _connect(ctx, service, peer)
     try:
-        return await _attempt(conn, up_head, down, ctx, service, head.expect_continue)
+        return await _attempt(conn, up_head, down, ctx, service, head.expect_continue, extra)
     except UpstreamFailure as failure:
         if not _stale(conn, failure, head, down):
             raise
     ctx.stale_retries += 1
     conn = await _connect(ctx, service, peer, fresh=True)
-    return await _attempt(conn, up_head, down, ctx, service, head.expect_continue)
+    return await _attempt(conn, up_head, down, ctx, service, head.expect_continue, extra)
 
 
 def _stale(
@@ -139,8 +143,9 @@ async def _attempt(
     ctx: ServerContext,
     service: ServiceRuntime,
     expect_continue: bool,
+    extra: Sequence[HeaderLine],
 ) -> int:
-    attempt = _Attempt(conn, down, service, ctx)
+    attempt = _Attempt(conn, down, service, ctx, extra)
     try:
         return await attempt.run(up_head, expect_continue)
     finally:
@@ -206,6 +211,7 @@ class _Attempt:
         "_conn",
         "_ctx",
         "_down",
+        "_extra",
         "_in_body",
         "_pending",
         "_pump_done",
@@ -221,8 +227,10 @@ class _Attempt:
         down: Downstream,
         service: ServiceRuntime,
         ctx: ServerContext,
+        extra: Sequence[HeaderLine],
     ) -> None:
         self._conn = conn
+        self._extra = extra
         self._down = down
         self._service = service
         self._ctx = ctx
@@ -327,6 +335,8 @@ class _Attempt:
         headers = strip_response_hop_by_hop(response.headers)
         if not any(name == b"date" for name, _ in headers):
             headers.append((b"date", self._ctx.dates.value()))
+        if self._extra:
+            headers.extend(self._extra)
         if self._ctx.drain.draining:
             self._down.close_after_response()
         batch: list[ResponseHead | BodyChunk | EndOfBody] = [
