@@ -160,6 +160,7 @@ class Gateway:
         async with trio.open_nursery() as root:
             await root.start(pool.run)
             self._root = root
+            ctx.background = root
             self._generation_scope = await root.start(self._generation_task, runtime)
             async with trio.open_nursery() as handlers:
                 async with trio.open_nursery() as acceptors:

@@ -26,6 +26,7 @@ from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
 from a3s_gateway.services.health import CheckSettings, kind_for_servers
+from a3s_gateway.services.mirror import MirrorSettings, MirrorState
 from a3s_gateway.services.passive import OutlierDetector, PassiveSettings
 from a3s_gateway.services.sticky import StickyPool, StickySettings
 from a3s_gateway.upstream import Peer, PoolSettings
@@ -105,6 +106,8 @@ class ServiceRuntime:
     outliers: OutlierDetector | None = None
     #: Sticky sessions (SPEC §7.6); None without a ``sticky`` block.
     sticky: StickyPool | None = None
+    #: Traffic mirroring (SPEC §7.7); None without a ``mirror`` block.
+    mirror: MirrorState | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,6 +228,11 @@ def _service(name: str, service: Service) -> ServiceRuntime:
         sticky=(
             StickyPool(name, backends, StickySettings.from_config(balancer_config.sticky, name))
             if balancer_config.sticky is not None
+            else None
+        ),
+        mirror=(
+            MirrorState(MirrorSettings.from_config(service.mirror))
+            if service.mirror is not None
             else None
         ),
     )

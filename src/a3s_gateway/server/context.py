@@ -77,6 +77,7 @@ class ServerContext:
     __slots__ = (
         "active_connections",
         "active_requests",
+        "background",
         "dates",
         "drain",
         "pool",
@@ -95,3 +96,5 @@ class ServerContext:
         self.total_requests = 0
         #: Requests re-sent on a fresh connection after a stale pooled one (SPEC §5.7).
         self.stale_retries = 0
+        #: Where fire-and-forget work runs (mirror copies); set by ``app.Gateway`` while serving.
+        self.background: trio.Nursery | None = None

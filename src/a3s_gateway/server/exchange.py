@@ -40,6 +40,7 @@ from a3s_gateway.routing.paths import InvalidPathEscape, routing_path, sanitize_
 from a3s_gateway.routing.request import RequestView, canonical_host, parse_peer
 from a3s_gateway.server.forward import AbortResponse, ConnectError, UpstreamFailure, forward
 from a3s_gateway.server.generation import log_transition
+from a3s_gateway.server.mirror import MirrorCopy, MirrorTee
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -66,9 +67,14 @@ class ClientTimeout(Exception):  # noqa: N818 -- an event
 class Downstream(Protocol):
     """The client side of one exchange, whatever the downstream protocol."""
 
-    http_version: bytes
-    request_complete: bool
-    response_started: bool
+    @property
+    def http_version(self) -> bytes: ...
+
+    @property
+    def request_complete(self) -> bool: ...
+
+    @property
+    def response_started(self) -> bool: ...
 
     async def receive_body(self) -> BodyChunk | EndOfBody: ...
 
@@ -266,6 +272,12 @@ async def _dispatch_within(
     runtime: RuntimeConfig,
     service: ServiceRuntime,
 ) -> None:
+    mirror = service.mirror
+    if mirror is not None and mirror.sampler.take():
+        copy = MirrorCopy(
+            ctx, mirror, request.head, request.target, request.headers, request.client
+        )
+        down = MirrorTee(down, copy)
     failure = await _try_service(request, down, ctx, service)
     if failure is not None and service.failover is not None:
         fallback = runtime.services.get(service.failover)

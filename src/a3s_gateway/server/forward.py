@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from a3s_gateway.services import Backend
     from a3s_gateway.upstream import Peer, UpstreamConnection
 
-__all__ = ["ConnectError", "UpstreamFailure", "forward"]
+__all__ = ["ConnectError", "UpstreamFailure", "forward", "upstream_head"]
 
 READ_SIZE: Final = 65536
 _CONTINUE: Final = Informational(100, [])
@@ -106,7 +106,7 @@ async def forward(
     without a body, is replaced by a fresh one and the request re-sent once (SPEC §5.7).
     """
     peer = service.peers[backend.index]
-    up_head = _upstream_head(head, target, headers, service, backend)
+    up_head = upstream_head(head, target, headers, service, backend)
     # The hot path: an idle pooled connection needs no connect deadline and no checkpoint.
     conn = ctx.pool.try_reuse(peer, service.pool)
     if conn is None:
@@ -171,7 +171,7 @@ async def _connect(
     raise ConnectError(504, "connect timeout")
 
 
-def _upstream_head(
+def upstream_head(
     head: RequestHead,
     target: bytes,
     headers: Headers,

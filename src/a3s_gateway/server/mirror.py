@@ -1,0 +1,209 @@
+"""Sending mirror copies (SPEC §7.7): fire-and-forget requests to the mirror service, isolated
+from the primary exchange.
+
+Ring 1. Nursery: copies run in ``ServerContext.background`` (a nursery in the gateway's root,
+for the gateway's life); each copy is bounded by the mirror's ``timeout`` and at most
+``max_concurrency`` run per mirror, so nothing grows without bound. ``MirrorTee`` wraps the
+client side of the primary exchange: it copies the request body as the primary reads it (never
+waiting for the copy, abandoning it past ``max_body_bytes``) and starts the copy once the body
+is complete. The copy's response is read and dropped; its failures are counted and logged at
+debug level, never reported to the primary or to passive health.
+
+Must not: block or fail the primary exchange, follow redirects, or retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from a3s_gateway.protocols.events import (
+    BodyChunk,
+    EndOfBody,
+    ProtocolViolation,
+    RequestHead,
+    ResponseHead,
+)
+from a3s_gateway.services.mirror import BodyCopy
+from a3s_gateway.upstream import ConnectFailed, PoolClosed
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from a3s_gateway.protocols.events import Informational
+    from a3s_gateway.protocols.headers import Headers
+    from a3s_gateway.server.context import ServerContext
+    from a3s_gateway.server.exchange import Downstream
+    from a3s_gateway.services.mirror import MirrorState
+
+__all__ = ["MirrorCopy", "MirrorTee"]
+
+log: Final = logging.getLogger("a3s_gateway.mirror")
+_READ_SIZE: Final = 65536
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
+class MirrorCopy:
+    """One request to be mirrored: the head as forwarded to the primary, the body copy."""
+
+    __slots__ = ("_ctx", "_state", "body", "client", "head", "headers", "target")
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        state: MirrorState,
+        head: RequestHead,
+        target: bytes,
+        headers: Headers,
+        client: str,
+    ) -> None:
+        self._ctx = ctx
+        self._state = state
+        self.head = head
+        self.target = target
+        self.headers = headers
+        self.client = client
+        with_body = head.has_body and state.settings.mirror_body
+        self.body = BodyCopy(state.settings.max_body_bytes) if with_body else None
+
+    def start(self) -> None:
+        """Send the copy in the background (or count why not); never blocks or raises."""
+        state = self._state
+        body = self.body
+        if body is not None and body.overflowed:
+            state.count("body_too_large")
+            return
+        if state.in_flight >= state.settings.max_concurrency:
+            state.count("saturated")
+            return
+        background = self._ctx.background
+        if background is None:  # the gateway is not serving (a test's bare context)
+            state.count("error")
+            return
+        state.in_flight += 1
+        background.start_soon(self._run, body.value() if body is not None else b"")
+
+    async def _run(self, body: bytes) -> None:
+        state = self._state
+        try:
+            with trio.move_on_after(state.settings.timeout) as scope:
+                state.count(await self._send(body))
+            if scope.cancelled_caught:
+                state.count("timeout")
+        finally:
+            state.in_flight -= 1
+
+    async def _send(self, body: bytes) -> str:
+        # Imported here: forward imports exchange's types, and exchange imports this module.
+        from a3s_gateway.server.forward import upstream_head
+
+        ctx = self._ctx
+        service = ctx.runtime.services.get(self._state.settings.service)
+        if service is None:
+            return "unresolved"
+        backend = service.balancer.pick(exclude=(), key=self.client)
+        if backend is None:
+            return "no_backend"
+        headers = [line for line in self.headers if line[0] not in _FRAMING]
+        if body:
+            headers.append((b"content-length", str(len(body)).encode()))
+        head = RequestHead(
+            method=self.head.method,
+            target=self.target,
+            authority=self.head.authority,
+            headers=headers,
+            http_version=b"1.1",
+            has_body=bool(body),
+        )
+        with backend.lease():
+            try:
+                conn = await ctx.pool.acquire(service.peers[backend.index], service.pool)
+            except (ConnectFailed, PoolClosed) as error:
+                log.debug("mirror to %s: %s", backend.url.text, error)
+                return "error"
+            reusable = False
+            try:
+                adapter = conn.adapter
+                wire = adapter.send(upstream_head(head, self.target, headers, service, backend))
+                if body:
+                    wire += adapter.send(BodyChunk(body)) + adapter.send(EndOfBody())
+                await conn.stream.send_all(wire)
+                while True:  # read and drop the response; bounded by the mirror's timeout
+                    data = bytes(await conn.stream.receive_some(_READ_SIZE))
+                    if not data:
+                        return "error"
+                    if any(isinstance(event, EndOfBody) for event in adapter.receive(data)):
+                        break
+                reusable = adapter.reusable
+                if reusable:
+                    adapter.start_next_cycle()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolViolation) as e:
+                log.debug("mirror to %s failed: %s", backend.url.text, e)
+                return "error"
+            finally:
+                ctx.pool.release(conn, reusable=reusable)
+        return "sent"
+
+
+class MirrorTee:
+    """The primary exchange's ``Downstream``, with the request body copied for the mirror.
+
+    The copy starts when the request body is complete (at once for a request without one).
+    """
+
+    __slots__ = ("_copy", "_down", "_started")
+
+    def __init__(self, down: Downstream, copy: MirrorCopy) -> None:
+        self._down = down
+        self._copy = copy
+        self._started = False
+        if down.request_complete:
+            self._start()
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._copy.start()
+
+    def _see(self, event: BodyChunk | EndOfBody) -> None:
+        body = self._copy.body
+        if isinstance(event, BodyChunk):
+            if body is not None:
+                body.add(event.data)
+        else:
+            self._start()
+
+    @property
+    def http_version(self) -> bytes:
+        return self._down.http_version
+
+    @property
+    def request_complete(self) -> bool:
+        return self._down.request_complete
+
+    @property
+    def response_started(self) -> bool:
+        return self._down.response_started
+
+    async def receive_body(self) -> BodyChunk | EndOfBody:
+        event = await self._down.receive_body()
+        self._see(event)
+        return event
+
+    def take_buffered_body(self) -> list[BodyChunk | EndOfBody] | None:
+        body = self._down.take_buffered_body()
+        if body is not None:
+            for event in body:
+                self._see(event)
+        return body
+
+    async def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> None:
+        await self._down.send(event)
+
+    async def send_batch(self, events: Sequence[ResponseHead | BodyChunk | EndOfBody]) -> None:
+        await self._down.send_batch(events)
+
+    def close_after_response(self) -> None:
+        self._down.close_after_response()
