@@ -6,17 +6,22 @@ test's time limit, never a sleep.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 
+from a3s_gateway.services import PassiveState
 from tests.support.gateway import (
     CurlResult,
     GatewayHandle,
     config_text,
     curl,
+    free_port,
     load,
     running_gateway,
     server_entry,
+    service_block,
 )
 from tests.support.origin import Echo, Fixed, Origin
 
@@ -204,3 +209,40 @@ async def test_a_sticky_client_moves_when_its_backend_is_ejected(
         moved = await curl(gw.url("/work"), "-b", cookie)
     assert str(moved.response.json()["origin"]) == healthy
     assert cookie_of(moved) != cookie
+
+
+async def test_failover_serves_when_every_primary_backend_is_unhealthy(
+    origin_a: Origin, origin_b: Origin, caplog: pytest.LogCaptureFixture
+) -> None:
+    origin_a.on("/health", Fixed(503, b"down"))
+    config = config_text(
+        [server_entry(origin_a)],
+        balancer=CHECK,
+        service_extra='  failover {\n    service = "backup"\n  }',
+        more=service_block("backup", [server_entry(origin_b)]),
+    )
+    async with running_gateway(config) as gw:
+        await probed(origin_a, 2)
+        quiet = await curl(gw.url("/work"))
+        caplog.set_level(logging.DEBUG, logger="a3s_gateway.exchange")
+        debug = await curl(gw.url("/work"))
+    assert quiet.response.json()["origin"] == "b"
+    assert quiet.response.header(b"x-a3s-failover") is None
+    # --log-level debug: the response names the pool that served it.
+    assert debug.response.header(b"x-a3s-failover") == b"backup"
+    assert "request goes to failover service backup" in caplog.text
+    assert not [r for r in origin_a.requests if r.path == b"/work"]
+
+
+async def test_a_stopped_backend_is_ejected_by_its_connect_failures(origin_a: Origin) -> None:
+    # Nothing listens on the second server's port: every connect to it is refused (a 502 for
+    # passive health), and the request moves on to the live backend (connect_attempts).
+    config = config_text([server_entry(origin_a), server_entry(free_port())], balancer=PASSIVE)
+    async with running_gateway(config) as gw:
+        assert [status for status, _ in await statuses(gw, 4)] == [200] * 4
+        runtime = gw.gateway.runtime
+        assert runtime is not None
+        service = runtime.services["main"]
+        assert service.outliers is not None
+        assert service.outliers.state(service.backends[1]) is PassiveState.EJECTED
+        assert not service.backends[1].available

@@ -80,6 +80,7 @@ class ServerContext:
         "background",
         "dates",
         "drain",
+        "failover_requests",
         "pool",
         "runtime",
         "stale_retries",
@@ -96,5 +97,7 @@ class ServerContext:
         self.total_requests = 0
         #: Requests re-sent on a fresh connection after a stale pooled one (SPEC §5.7).
         self.stale_retries = 0
+        #: Requests sent to a failover service (SPEC §7.8; a metric once metrics land).
+        self.failover_requests = 0
         #: Where fire-and-forget work runs (mirror copies); set by ``app.Gateway`` while serving.
         self.background: trio.Nursery | None = None

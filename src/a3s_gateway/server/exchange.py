@@ -56,6 +56,8 @@ __all__ = ["ClientTimeout", "Downstream", "handle_request", "send_generated"]
 log: Final = logging.getLogger("a3s_gateway.exchange")
 
 _END: Final = EndOfBody()
+#: The debug-mode response field naming the failover service that served (SPEC §7.8).
+_SERVED_BY: Final = b"x-a3s-failover"
 #: The answer when a service has no available backend at all (SPEC §7.9 step 5).
 _NO_BACKEND: Final = error_response(503, "no available backend")
 
@@ -282,8 +284,22 @@ async def _dispatch_within(
     if failure is not None and service.failover is not None:
         fallback = runtime.services.get(service.failover)
         if fallback is not None:
-            # SPEC §7.8: the failover service's own sticky settings do not apply.
-            second = await _try_service(request, down, ctx, fallback, primary=False)
+            reason = "no_backend" if failure is _NO_BACKEND else "connect_failed"
+            ctx.failover_requests += 1
+            log.info(
+                "service %s failed (%s): request goes to failover service %s",
+                service.name,
+                reason,
+                fallback.name,
+            )
+            # SPEC §7.8: the failover service's own sticky settings do not apply. In debug
+            # mode (--log-level debug) the response says which pool served it.
+            served_by = (
+                ((_SERVED_BY, fallback.name.encode()),) if log.isEnabledFor(logging.DEBUG) else ()
+            )
+            second = await _try_service(
+                request, down, ctx, fallback, primary=False, extra=served_by
+            )
             # SPEC §7.8: a failover without backends leaves the primary's 502/504 standing.
             failure = second if second is not _NO_BACKEND or failure is _NO_BACKEND else failure
     if failure is not None:
@@ -297,6 +313,7 @@ async def _try_service(
     service: ServiceRuntime,
     *,
     primary: bool = True,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> GeneratedResponse | None:
     """Up to ``connect_attempts`` backends (SPEC §7.8); None once a response was relayed,
     else the error response that describes the last failure.
@@ -324,9 +341,9 @@ async def _try_service(
         if backend is None:
             break
         tried.append(backend)
-        extra: tuple[tuple[bytes, bytes], ...] = ()
+        added = extra
         if sticky is not None and backend is not pinned:
-            extra = (sticky.set_cookie(backend, ctx.dates.unix(), tls=request.tls),)
+            added = (*extra, sticky.set_cookie(backend, ctx.dates.unix(), tls=request.tls))
         with backend.lease():
             try:
                 status = await forward(
@@ -337,7 +354,7 @@ async def _try_service(
                     ctx,
                     service,
                     backend,
-                    extra,
+                    added,
                 )
             except ConnectError as error:
                 log.info("connect to %s failed: %s", backend.url.text, error.detail)
