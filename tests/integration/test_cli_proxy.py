@@ -25,7 +25,7 @@ from tests.support.gateway import (
     service_block,
     wait_refused,
 )
-from tests.support.origin import Origin, SlowHead
+from tests.support.origin import Fixed, Origin, SlowHead
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +170,33 @@ async def test_sigterm_lets_the_request_in_flight_finish(origin: Origin, tmp_pat
     assert result.response.status == 200
     assert result.response.header(b"connection") == b"close"
     assert result.response.json()["target"] == "/slow"
+
+
+async def test_sticky_affinity_and_health_survive_a_real_restart(
+    origin: Origin, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    other = Origin("other")
+    await nursery.start(other.serve)
+    other.on("/health", Fixed(503, b"down"))
+    port = free_port()
+    balancer = (
+        '    sticky {\n      cookie = "pin"\n      secret = "0123456789abcdef0123"\n    }\n'
+        '    health_check {\n      path = "/health"\n      interval = "200ms"\n'
+        '      timeout = "150ms"\n      unhealthy_threshold = 1\n    }\n'
+    )
+    text = config_text([server_entry(origin), server_entry(other)], balancer=balancer, port=port)
+    async with cli_gateway(tmp_path, text) as gateway:
+        # "other" fails its probes: once the gateway has seen one, it gets no traffic.
+        with trio.fail_after(CLIENT_WAIT):
+            await other.wait_for(lambda: sum(r.path == b"/health" for r in other.requests) >= 2)
+        first = await curl(f"http://127.0.0.1:{port}/a")
+        assert await stop(gateway) == 0
+    cookie = (first.response.header(b"set-cookie") or b"").decode().split(";")[0]
+    assert first.response.json()["origin"] == "cli"
+    assert cookie.startswith("pin=1.")
+    async with cli_gateway(tmp_path, text) as gateway:
+        again = [await curl(f"http://127.0.0.1:{port}/b", "-b", cookie) for _ in range(3)]
+        assert await stop(gateway) == 0
+    assert [r.response.json()["origin"] for r in again] == ["cli"] * 3
+    assert all(r.response.header(b"set-cookie") is None for r in again)
+    assert not [r for r in other.requests if r.path != b"/health"]
