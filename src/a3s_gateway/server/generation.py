@@ -27,12 +27,14 @@ import trio
 from a3s_gateway.services.checker import run_prober
 from a3s_gateway.services.health import ActiveHealth
 from a3s_gateway.services.passive import PassiveState
+from a3s_gateway.upstream.dialer import dial
 
 if TYPE_CHECKING:
     from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
     from a3s_gateway.services import Backend
     from a3s_gateway.services.checker import ProbeResult
     from a3s_gateway.services.passive import OutlierDetector, Transition
+    from a3s_gateway.upstream.dialer import Dialer
 
 __all__ = ["carry_over", "log_transition", "run_generation"]
 
@@ -40,17 +42,21 @@ log: Final = logging.getLogger("a3s_gateway.health")
 
 
 async def run_generation(
-    runtime: RuntimeConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    runtime: RuntimeConfig,
+    *,
+    dialer: Dialer = dial,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the generation's probers and tickers until cancelled; ``started()`` once all of
-    them are running (the first probes are under way, not finished)."""
+    them are running (the first probes are under way, not finished). Tests inject ``dialer``.
+    """
     async with trio.open_nursery() as nursery:
         for service in runtime.services.values():
-            _start_probers(nursery, service)
+            _start_probers(nursery, service, dialer)
         task_status.started()
 
 
-def _start_probers(nursery: trio.Nursery, service: ServiceRuntime) -> None:
+def _start_probers(nursery: trio.Nursery, service: ServiceRuntime, dialer: Dialer) -> None:
     outliers = service.outliers
     if outliers is not None:
         nursery.start_soon(_tick, service.name, outliers)
@@ -61,9 +67,10 @@ def _start_probers(nursery: trio.Nursery, service: ServiceRuntime) -> None:
     on_result = partial(_probed, service.name, outliers) if outliers is not None else None
     for backend in service.backends:
         state = ActiveHealth(backend, settings.healthy_threshold, settings.unhealthy_threshold)
-        nursery.start_soon(
-            partial(run_prober, backend, settings, state, on_change=on_change, on_result=on_result)
+        prober = partial(
+            run_prober, backend, settings, state, on_change=on_change, on_result=on_result
         )
+        nursery.start_soon(partial(prober, dialer=dialer))
 
 
 async def _tick(service: str, outliers: OutlierDetector) -> None:
