@@ -62,7 +62,7 @@ class Origins:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some())
+                conn.receive_data(bytes(await stream.receive_some()))
             elif isinstance(event, h11.EndOfMessage):
                 break
         response = h11.Response(status_code=status, headers=[(b"content-length", b"0")])
@@ -105,7 +105,7 @@ async def test_the_ticker_readmits_an_ejected_backend_without_traffic(
     assert outliers is not None
     backend = service.backends[0]
     outliers.record(backend, error=True, now=trio.current_time())
-    assert not backend.available
+    assert outliers.state(backend) is PassiveState.EJECTED
     nursery.start_soon(run_generation, current)
     await trio.sleep(3.5)  # no request arrives: only the ticker can end the ejection
     assert backend.available
