@@ -241,7 +241,11 @@ class Gateway:
         previous = self._state
         self._state = GatewayState.RELOADING
         try:
-            runtime = compile_runtime(config, self._generation + 1)
+            try:
+                previous_runtime = self._context.runtime if self._context is not None else None
+                runtime = compile_runtime(config, self._generation + 1, previous_runtime)
+            except StartError as error:
+                raise ReloadError(str(error)) from error
         finally:
             self._state = previous
         self._config = config

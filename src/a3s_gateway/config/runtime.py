@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.config.schema_services import LoadBalancer
+from a3s_gateway.middleware.phases import compile_chains
 from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
     from a3s_gateway.config.schema_services import Service
+    from a3s_gateway.middleware.base import Middleware
     from a3s_gateway.routing.request import PeerAddress
 
 __all__ = [
@@ -119,10 +121,25 @@ class RuntimeConfig:
     entrypoints: Mapping[str, EntrypointRuntime]
     routes: RouteTable
     services: Mapping[str, ServiceRuntime]
+    #: Middleware instances by definition name (shared by the routers that list them).
+    middlewares: Mapping[str, Middleware]
+    #: Each router's middleware chain, in order; routers without middlewares are absent.
+    chains: Mapping[str, tuple[Middleware, ...]]
 
 
-def compile_runtime(config: Config, generation: int) -> RuntimeConfig:
-    """Build the snapshot of a validated config (rules were already compiled once at load)."""
+def compile_runtime(
+    config: Config, generation: int, previous: RuntimeConfig | None = None
+) -> RuntimeConfig:
+    """Build the snapshot of a validated config (rules were already compiled once at load).
+
+    ``previous`` (on reload) lends its middleware instances to unchanged definitions. Raises
+    ``StartError`` if a router lists a middleware type that cannot run yet.
+    """
+    instances, chains = compile_chains(
+        config,
+        previous.config if previous is not None else None,
+        previous.middlewares if previous is not None else None,
+    )
     entrypoints = {
         name: _entrypoint(name, entrypoint)
         for name, entrypoint in config.entrypoints.items()
@@ -139,6 +156,8 @@ def compile_runtime(config: Config, generation: int) -> RuntimeConfig:
         entrypoints=entrypoints,
         routes=_route_table(config),
         services=services,
+        middlewares=instances,
+        chains=chains,
     )
 
 

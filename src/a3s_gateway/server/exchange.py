@@ -14,11 +14,13 @@ Must not: parse bytes (the adapters do) or know the downstream protocol: it talk
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
+from a3s_gateway.middleware import Middleware, RequestState, through
 from a3s_gateway.protocols.events import (
     BodyChunk,
     EndOfBody,
@@ -179,10 +181,60 @@ async def _handle(
     if service is None:
         await _answer(down, head, error_response(503))
         return
-    target = raw_path + (b"?" + query if query else b"")
-    upstream_headers, client = _upstream_headers(head, info, entry)
-    request = _Request(head, target, upstream_headers, client, entry.tls)
+    chain = runtime.chains.get(route.name)
+    if chain:
+        request = await _run_chain(chain, head, raw_path, query, down, info, entry)
+        if request is None:  # a middleware answered
+            return
+    else:
+        target = raw_path + (b"?" + query if query else b"")
+        upstream_headers, client = _upstream_headers(head, info, entry)
+        request = _Request(head, target, upstream_headers, client, entry.tls)
     await _dispatch(request, down, ctx, runtime, service)
+
+
+async def _run_chain(
+    chain: tuple[Middleware, ...],
+    head: RequestHead,
+    raw_path: bytes,
+    query: bytes,
+    down: Downstream,
+    info: ConnInfo,
+    entry: EntrypointRuntime,
+) -> _Request | None:
+    """The request sides of ``chain`` (SPEC §8.1); the request to dispatch, or None when a
+    middleware answered (its answer went back through the sides entered before it)."""
+    state = RequestState(
+        method=head.method,
+        path=raw_path,
+        query=query,
+        headers=list(head.headers),
+        authority=head.authority,
+        client_ip=_client(head.headers, info, entry),
+        peer_ip=info.peer_ip,
+        tls=entry.tls,
+    )
+    for index, middleware in enumerate(chain):
+        try:
+            answer = await middleware.request(state)
+        except Exception:  # a middleware bug answers 500; the connection survives (SPEC §8.1)
+            log.exception("middleware %s failed", middleware.name)
+            answer = error_response(500, "internal error")
+        if answer is not None:
+            await _answer(down, head, through(chain[:index], state, answer))
+            return None
+    changed = dataclasses.replace(head, method=state.method, headers=state.headers)
+    target = state.path + (b"?" + state.query if state.query else b"")
+    upstream_headers, client = _upstream_headers(changed, info, entry)
+    if state.forwarded_prefix is not None:
+        upstream_headers.append((b"x-forwarded-prefix", state.forwarded_prefix))
+    hosts = state.values(b"host")
+    request = _Request(changed, target, upstream_headers, client, entry.tls)
+    request.chain = chain
+    request.state = state
+    if hosts and hosts[0] != head.authority:  # the headers middleware set Host (SPEC §8.9)
+        request.host = hosts[0]
+    return request
 
 
 class _TextHeaders:
@@ -200,9 +252,11 @@ class _TextHeaders:
 
 class _Request:
     """What every attempt at a request shares: the head as received, the origin-form target,
-    the forwarded headers (without ``Host``) and the client IP (the consistent-hash key)."""
+    the forwarded headers (without ``Host``) and the client IP (the consistent-hash key);
+    with middlewares, their chain and request state (for the response sides) and a ``Host``
+    a middleware set."""
 
-    __slots__ = ("client", "head", "headers", "target", "tls")
+    __slots__ = ("chain", "client", "head", "headers", "host", "state", "target", "tls")
 
     def __init__(
         self, head: RequestHead, target: bytes, headers: Headers, client: str, tls: bool
@@ -213,6 +267,37 @@ class _Request:
         self.client = client
         #: The request arrived over TLS (a sticky cookie is then ``Secure`` by default).
         self.tls = tls
+        self.chain: tuple[Middleware, ...] = ()
+        self.state: RequestState | None = None
+        self.host: bytes | None = None
+
+    def respond(self, status: int, headers: Headers) -> None:
+        """The response sides of the whole chain, last first, on a proxied response head."""
+        state = self.state
+        assert state is not None  # only called when there is a chain
+        for middleware in reversed(self.chain):
+            middleware.response(state, status, headers)
+
+    def answer(self, response: GeneratedResponse) -> GeneratedResponse:
+        """A gateway-generated answer after dispatch, through every response side."""
+        if self.state is None:
+            return response
+        return through(self.chain, self.state, response)
+
+
+def _peer_trusted(info: ConnInfo, entry: EntrypointRuntime) -> bool:
+    if entry.trust_all:
+        return True
+    if entry.trusted:  # parse the peer only when some network is trusted
+        peer = parse_peer(info.peer_ip)
+        return peer is not None and entry.is_trusted(peer)
+    return False
+
+
+def _client(received: Headers, info: ConnInfo, entry: EntrypointRuntime) -> str:
+    """The client IP by the trusted-proxy rule (SPEC §5.4)."""
+    trusted = _peer_trusted(info, entry)
+    return client_ip(received, info.peer_ip, peer_trusted=trusted, is_trusted=entry.is_trusted)
 
 
 def _upstream_headers(
@@ -220,13 +305,7 @@ def _upstream_headers(
 ) -> tuple[Headers, str]:
     """SPEC §5.4 steps 1–5 (``Host`` is set per backend in ``forward``), and the client IP."""
     received = head.headers
-    if entry.trust_all:
-        trusted = True
-    elif entry.trusted:  # parse the peer only when some network is trusted
-        peer = parse_peer(info.peer_ip)
-        trusted = peer is not None and entry.is_trusted(peer)
-    else:
-        trusted = False
+    trusted = _peer_trusted(info, entry)
     stripped = strip_hop_by_hop(received)
     client = client_ip(received, info.peer_ip, peer_trusted=trusted, is_trusted=entry.is_trusted)
     forwarding = ForwardingContext(
@@ -264,7 +343,7 @@ async def _dispatch(
     if scope.cancelled_caught:
         if down.response_started:
             raise _abort()
-        await _answer(down, request.head, error_response(504))
+        await _answer(down, request.head, request.answer(error_response(504)))
 
 
 async def _dispatch_within(
@@ -303,7 +382,7 @@ async def _dispatch_within(
             # SPEC §7.8: a failover without backends leaves the primary's 502/504 standing.
             failure = second if second is not _NO_BACKEND or failure is _NO_BACKEND else failure
     if failure is not None:
-        await _answer(down, request.head, failure)
+        await _answer(down, request.head, request.answer(failure))
 
 
 async def _try_service(
@@ -355,6 +434,8 @@ async def _try_service(
                     service,
                     backend,
                     added,
+                    on_response=request.respond if request.chain else None,
+                    host=request.host,
                 )
             except ConnectError as error:
                 log.info("connect to %s failed: %s", backend.url.text, error.detail)

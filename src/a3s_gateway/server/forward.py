@@ -35,7 +35,7 @@ from a3s_gateway.protocols.headers import strip_response_hop_by_hop
 from a3s_gateway.upstream import AcquireProgress, AcquireStage, ConnectFailed, PoolClosed
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from a3s_gateway.config.runtime import ServiceRuntime
     from a3s_gateway.protocols.headers import HeaderLine, Headers
@@ -96,9 +96,14 @@ async def forward(
     service: ServiceRuntime,
     backend: Backend,
     extra: Sequence[HeaderLine] = (),
+    *,
+    on_response: Callable[[int, Headers], None] | None = None,
+    host: bytes | None = None,
 ) -> int:
     """Proxy one request to ``backend``, relay the response to ``down``; its status.
-    ``extra`` fields are added to the response (a sticky ``Set-Cookie``).
+    ``extra`` fields are added to the response (a sticky ``Set-Cookie``); ``on_response``
+    (the middlewares' response sides) may change the response head's fields before it is
+    sent; ``host`` replaces the ``Host`` the backend would get (a headers middleware).
 
     Raises ``ConnectError`` (nothing sent), ``UpstreamFailure`` (nothing relayed yet) or
     ``AbortResponse`` (the response is cut short); client failures propagate as they are.
@@ -106,19 +111,23 @@ async def forward(
     without a body, is replaced by a fresh one and the request re-sent once (SPEC §5.7).
     """
     peer = service.peers[backend.index]
-    up_head = upstream_head(head, target, headers, service, backend)
+    up_head = upstream_head(head, target, headers, service, backend, host)
     # The hot path: an idle pooled connection needs no connect deadline and no checkpoint.
     conn = ctx.pool.try_reuse(peer, service.pool)
     if conn is None:
         conn = await _connect(ctx, service, peer)
     try:
-        return await _attempt(conn, up_head, down, ctx, service, head.expect_continue, extra)
+        return await _attempt(
+            conn, up_head, down, ctx, service, head.expect_continue, extra, on_response
+        )
     except UpstreamFailure as failure:
         if not _stale(conn, failure, head, down):
             raise
     ctx.stale_retries += 1
     conn = await _connect(ctx, service, peer, fresh=True)
-    return await _attempt(conn, up_head, down, ctx, service, head.expect_continue, extra)
+    return await _attempt(
+        conn, up_head, down, ctx, service, head.expect_continue, extra, on_response
+    )
 
 
 def _stale(
@@ -144,8 +153,9 @@ async def _attempt(
     service: ServiceRuntime,
     expect_continue: bool,
     extra: Sequence[HeaderLine],
+    on_response: Callable[[int, Headers], None] | None,
 ) -> int:
-    attempt = _Attempt(conn, down, service, ctx, extra)
+    attempt = _Attempt(conn, down, service, ctx, extra, on_response)
     try:
         return await attempt.run(up_head, expect_continue)
     finally:
@@ -177,13 +187,16 @@ def upstream_head(
     headers: Headers,
     service: ServiceRuntime,
     backend: Backend,
+    override: bytes | None = None,
 ) -> RequestHead:
     """The request as the backend sees it: origin-form target under the server's path prefix,
     ``Host`` per ``pass_host_header`` (SPEC §5.4 step 6)."""
     prefix = service.prefixes[backend.index]
     if prefix:
         target = prefix.rstrip(b"/") + target
-    if service.pass_host_header and head.authority:
+    if override is not None:
+        host = override
+    elif service.pass_host_header and head.authority:
         host = head.authority
     else:
         url = backend.url
@@ -213,6 +226,7 @@ class _Attempt:
         "_down",
         "_extra",
         "_in_body",
+        "_on_response",
         "_pending",
         "_pump_done",
         "_pump_error",
@@ -228,9 +242,11 @@ class _Attempt:
         service: ServiceRuntime,
         ctx: ServerContext,
         extra: Sequence[HeaderLine],
+        on_response: Callable[[int, Headers], None] | None = None,
     ) -> None:
         self._conn = conn
         self._extra = extra
+        self._on_response = on_response
         self._down = down
         self._service = service
         self._ctx = ctx
@@ -337,6 +353,8 @@ class _Attempt:
             headers.append((b"date", self._ctx.dates.value()))
         if self._extra:
             headers.extend(self._extra)
+        if self._on_response is not None:
+            self._on_response(response.status, headers)
         if self._ctx.drain.draining:
             self._down.close_after_response()
         batch: list[ResponseHead | BodyChunk | EndOfBody] = [

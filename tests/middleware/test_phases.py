@@ -1,0 +1,96 @@
+"""The middleware pipeline (SPEC §8.1): one instance per definition shared by routers, kept
+across a reload while the definition is unchanged; unimplemented types refused; short-circuit
+answers go back through the response sides entered before, last first."""
+
+from __future__ import annotations
+
+import pytest
+
+from a3s_gateway.config.load import load_config_text
+from a3s_gateway.config.schema import Config
+from a3s_gateway.errors import StartError
+from a3s_gateway.middleware import Middleware, RequestState, compile_chains, through
+from a3s_gateway.protocols.headers import Headers
+from a3s_gateway.protocols.responses import error_response
+
+BASE = """
+entrypoints "web" {{
+  address = "127.0.0.1:0"
+}}
+routers "one" {{
+  rule        = "PathPrefix(`/one`)"
+  service     = "svc"
+  middlewares = ["cors", "hdrs"]
+}}
+routers "two" {{
+  rule        = "PathPrefix(`/two`)"
+  service     = "svc"
+  middlewares = ["hdrs"]
+}}
+routers "bare" {{
+  rule    = "PathPrefix(`/`)"
+  service = "svc"
+}}
+middlewares "cors" {{
+  type = "cors"
+}}
+middlewares "hdrs" {{
+  type             = "headers"
+  request_headers  = {{ "X-Env" = "{env}" }}
+}}
+{more}
+services "svc" {{
+  load_balancer {{
+    servers = [{{ url = "http://127.0.0.1:9" }}]
+  }}
+}}
+"""
+
+
+def config(env: str = "a", more: str = "") -> Config:
+    return load_config_text(BASE.format(env=env, more=more))
+
+
+def test_one_instance_per_definition_in_router_order() -> None:
+    instances, chains = compile_chains(config())
+    assert [m.name for m in chains["one"]] == ["cors", "hdrs"]
+    assert chains["two"][0] is chains["one"][1] is instances["hdrs"]
+    assert "bare" not in chains
+
+
+def test_an_unchanged_definition_keeps_its_instance_on_reload() -> None:
+    first = config()
+    instances, _ = compile_chains(first)
+    changed = config(env="b")
+    again, _ = compile_chains(changed, first, instances)
+    assert again["cors"] is instances["cors"]
+    assert again["hdrs"] is not instances["hdrs"]
+
+
+def test_a_router_using_an_unimplemented_type_is_refused() -> None:
+    more = 'middlewares "limit" {\n  type = "rate-limit"\n  rate = 10\n}\n'
+    text = BASE.format(env="a", more=more).replace(
+        'middlewares = ["hdrs"]', 'middlewares = ["limit"]'
+    )
+    with pytest.raises(StartError, match=r'"limit" \(rate-limit\)'):
+        compile_chains(load_config_text(text))
+    # Defined but unused: ignored.
+    compile_chains(config(more=more))
+
+
+class Tag(Middleware):
+    def response(self, state: RequestState, status: int, headers: Headers) -> None:
+        headers.append((b"x-seen", self.name.encode()))
+
+
+def test_through_runs_the_entered_response_sides_last_first_on_a_copy() -> None:
+    state = RequestState(
+        method=b"GET", path=b"/", query=b"", headers=[], authority=b"a",
+        client_ip="192.0.2.1", peer_ip="192.0.2.1", tls=False,
+    )  # fmt: skip
+    shared = error_response(401, "nope")
+    answer = through([Tag("first"), Tag("second")], state, shared)
+    seen = [value for name, value in answer.head.headers if name == b"x-seen"]
+    assert seen == [b"second", b"first"]
+    assert not any(name == b"x-seen" for name, _ in shared.head.headers)
+    assert through([], state, shared) is shared
