@@ -37,6 +37,7 @@ class RequestState:
     forwarding fields are still handled by the gateway. ``path`` is the raw (escaped) path and
     ``query`` the raw query without ``?``. ``forwarded_prefix`` is sent as
     ``X-Forwarded-Prefix`` (strip-prefix) after the forwarding rules, so it survives them.
+    ``now`` is trio's clock at the request's start (monotonic seconds, not wall time).
     """
 
     __slots__ = (
@@ -45,6 +46,7 @@ class RequestState:
         "forwarded_prefix",
         "headers",
         "method",
+        "now",
         "path",
         "peer_ip",
         "query",
@@ -62,6 +64,7 @@ class RequestState:
         client_ip: str,
         peer_ip: str,
         tls: bool,
+        now: float = 0.0,
     ) -> None:
         self.method = method
         self.path = path
@@ -71,6 +74,9 @@ class RequestState:
         self.client_ip = client_ip
         self.peer_ip = peer_ip
         self.tls = tls
+        #: The request's arrival on trio's clock (seconds): the time rate limits and token
+        #: checks use, so that they run on ``autojump_clock`` in tests.
+        self.now = now
         self.forwarded_prefix: bytes | None = None
 
     def values(self, name: bytes) -> list[bytes]:

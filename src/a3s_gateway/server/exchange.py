@@ -213,6 +213,7 @@ async def _run_chain(
         client_ip=_client(head.headers, info, entry),
         peer_ip=info.peer_ip,
         tls=entry.tls,
+        now=trio.current_time(),
     )
     for index, middleware in enumerate(chain):
         try:
