@@ -340,3 +340,16 @@ def test_decode_basic_token(token: bytes, expected: tuple[bytes, bytes] | None) 
 def test_reprs() -> None:
     assert repr(basic_auth()) == "<BasicAuthMiddleware 'login'>"
     assert repr(api_key("k")) == "<ApiKeyMiddleware 'keys'>"
+
+
+def test_a_realm_with_a_control_character_is_a_config_error() -> None:
+    from a3s_gateway.config.load import load_config_text
+    from a3s_gateway.errors import ConfigError
+
+    text = (
+        'entrypoints "web" {\n  address = "127.0.0.1:0"\n}\n'
+        'middlewares "a" {\n  type = "basic-auth"\n  username = "u"\n  password = "p"\n'
+        '  realm = "x\\ny"\n}\n'
+    )
+    with pytest.raises(ConfigError, match="control characters"):
+        load_config_text(text)

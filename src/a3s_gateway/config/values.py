@@ -81,7 +81,7 @@ OPTIONAL_HEADER_NAME_PATTERN: Final = rf"^(?:{_TCHAR}*)\Z"
 ABSOLUTE_PATH_PATTERN: Final = r"^/"
 PATH_PREFIX_PATTERN: Final = r"^(?:/[^/]+)+\Z"  # "/api/gateway": no trailing "/"
 NO_COLON_PATTERN: Final = r"^[^:]*\Z"
-NO_QUOTE_PATTERN: Final = r'^[^"]*\Z'
+NO_QUOTE_PATTERN: Final = r'^[^"\x00-\x1f\x7f]*\Z'
 
 PATTERN_DESCRIPTIONS: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -109,7 +109,7 @@ PATTERN_DESCRIPTIONS: Final[Mapping[str, str]] = MappingProxyType(
         ABSOLUTE_PATH_PATTERN: "a path starting with '/'",
         PATH_PREFIX_PATTERN: "a path starting with '/' and not ending with '/'",
         NO_COLON_PATTERN: "a value without ':'",
-        NO_QUOTE_PATTERN: "a value without '\"'",
+        NO_QUOTE_PATTERN: "a value without '\"' or control characters",
     }
 )
 
