@@ -200,3 +200,22 @@ async def test_sticky_affinity_and_health_survive_a_real_restart(
     assert [r.response.json()["origin"] for r in again] == ["cli"] * 3
     assert all(r.response.header(b"set-cookie") is None for r in again)
     assert not [r for r in other.requests if r.path != b"/health"]
+
+
+async def test_a_backend_answering_5xx_is_drained_through_the_cli(
+    origin: Origin, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    broken = Origin("broken")
+    await nursery.start(broken.serve)
+    broken.on("/work", Fixed(500, b"boom"))
+    port = free_port()
+    balancer = '    passive_health {\n      error_threshold = 2\n      window = "30s"\n    }\n'
+    text = config_text([server_entry(origin), server_entry(broken)], balancer=balancer, port=port)
+    async with cli_gateway(tmp_path, text) as gateway:
+        first = [await curl(f"http://127.0.0.1:{port}/work") for _ in range(4)]
+        after = [await curl(f"http://127.0.0.1:{port}/work") for _ in range(4)]
+        assert await stop(gateway) == 0
+    # Round-robin until the broken backend has answered 500 twice; then only the good one.
+    assert [r.response.status for r in first] == [200, 500, 200, 500]
+    assert [r.response.status for r in after] == [200] * 4
+    assert sum(r.path == b"/work" for r in broken.requests) == 2
