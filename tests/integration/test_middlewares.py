@@ -147,3 +147,22 @@ async def test_a_gateway_error_passes_the_whole_chain(origin: Origin) -> None:
         result = await curl(gw.url("/down"), "-H", f"Origin: {ORIGIN}")
     assert result.response.status == 502
     assert result.response.header(b"access-control-allow-origin") == ORIGIN.encode()
+
+
+async def test_rate_limit_answers_429_with_retry_after_and_keeps_cors(origin: Origin) -> None:
+    limit = """
+middlewares "limit" {
+  type  = "rate-limit"
+  rate  = 0.1
+  burst = 2
+}
+"""
+    async with running_gateway(with_chain(origin, ["cors", "limit"], CORS + limit)) as gw:
+        results = [await curl(gw.url("/x"), "-H", f"Origin: {ORIGIN}") for _ in range(3)]
+    assert [r.response.status for r in results] == [200, 200, 429]
+    assert [r.response.header(b"ratelimit-remaining") for r in results] == [b"1", b"0", b"0"]
+    rejected = results[2].response
+    assert rejected.json() == {"error": "rate limit exceeded", "status": 429}
+    assert rejected.header(b"retry-after") == b"10"
+    assert rejected.header(b"access-control-allow-origin") == ORIGIN.encode()
+    assert len(origin.requests) == 2

@@ -68,11 +68,11 @@ def test_an_unchanged_definition_keeps_its_instance_on_reload() -> None:
 
 
 def test_a_router_using_an_unimplemented_type_is_refused() -> None:
-    more = 'middlewares "limit" {\n  type = "rate-limit"\n  rate = 10\n}\n'
+    more = 'middlewares "limit" {\n  type = "compress"\n}\n'
     text = BASE.format(env="a", more=more).replace(
         'middlewares = ["hdrs"]', 'middlewares = ["limit"]'
     )
-    with pytest.raises(StartError, match=r'"limit" \(rate-limit\)'):
+    with pytest.raises(StartError, match=r'"limit" \(compress\)'):
         compile_chains(load_config_text(text))
     # Defined but unused: ignored.
     compile_chains(config(more=more))

@@ -45,6 +45,7 @@ def _factories() -> dict[str, Factory]:
     from a3s_gateway.middleware.cors import CorsMiddleware
     from a3s_gateway.middleware.headers import HeadersMiddleware
     from a3s_gateway.middleware.ip_allow import IpAllowMiddleware
+    from a3s_gateway.middleware.ratelimit import RateLimitMiddleware
     from a3s_gateway.middleware.rewrite import StripPrefixMiddleware
 
     factories: dict[str, Factory] = {}
@@ -54,6 +55,7 @@ def _factories() -> dict[str, Factory]:
         ("cors", CorsMiddleware),
         ("headers", HeadersMiddleware),
         ("ip-allow", IpAllowMiddleware),
+        ("rate-limit", RateLimitMiddleware),
         ("strip-prefix", StripPrefixMiddleware),
     ):
         factories[kind] = cls.from_config  # type: ignore[assignment]  # each takes its own block type; dispatch is by the block's tag
