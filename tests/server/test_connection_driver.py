@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import h11
 import pytest
@@ -19,6 +20,9 @@ import trio.testing
 
 from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
+from a3s_gateway.middleware import Middleware, RequestState
+from a3s_gateway.protocols.headers import Headers
+from a3s_gateway.protocols.responses import GeneratedResponse, error_response
 from a3s_gateway.server.connection import LINGER_IDLE, LINGER_TIME, ConnInfo, serve_http1
 from a3s_gateway.server.context import ServerContext
 from a3s_gateway.upstream import ConnectFailed, Peer, UpstreamPool
@@ -473,3 +477,56 @@ async def test_a_silent_client_ends_the_lingering_close_after_the_idle_bound(
     answered = trio.current_time()
     await h.done.wait()
     assert trio.current_time() - answered == pytest.approx(LINGER_IDLE, abs=0.1)
+
+
+class Recorder(Middleware):
+    """Records what the pipeline shows it; answers 403 when ``deny`` is set."""
+
+    def __init__(self, name: str, log: list[str], *, deny: bool = False) -> None:
+        super().__init__(name)
+        self.log = log
+        self.deny = deny
+
+    async def request(self, state: RequestState) -> GeneratedResponse | None:
+        self.log.append(f"{self.name}.request")
+        return error_response(403) if self.deny else None
+
+    def response(self, state: RequestState, status: int, headers: Headers) -> None:
+        self.log.append(f"{self.name}.response {status}")
+
+    def completed(self, state: RequestState, status: int) -> None:
+        self.log.append(f"{self.name}.completed {status}")
+
+
+async def test_the_pipeline_phases_run_in_onion_order(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery)
+    log: list[str] = []
+    chains = cast("dict[str, tuple[Middleware, ...]]", h.ctx.runtime.chains)
+    chains["all"] = (Recorder("a", log), Recorder("b", log))
+    await h.client.send_all(GET)
+    status, _, _ = await read_response(h.client, _sent_client())
+    assert status == 200
+    assert log == [
+        "a.request",
+        "b.request",
+        "b.response 200",
+        "a.response 200",
+        "b.completed 200",
+        "a.completed 200",
+    ]
+
+
+async def test_a_short_circuit_passes_only_the_middlewares_entered_before(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery)
+    log: list[str] = []
+    chains = cast("dict[str, tuple[Middleware, ...]]", h.ctx.runtime.chains)
+    chains["all"] = (Recorder("a", log), Recorder("b", log, deny=True), Recorder("c", log))
+    await h.client.send_all(GET)
+    status, _, _ = await read_response(h.client, _sent_client())
+    assert status == 403
+    assert log == ["a.request", "b.request", "a.response 403", "a.completed 403"]
+    assert h.dials == []  # never dispatched

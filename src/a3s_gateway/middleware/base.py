@@ -11,6 +11,8 @@ change, and ``Middleware`` is the base class with the two sides of the onion:
 * ``response(state, status, headers)`` runs in reverse chain order on the response head that
   goes to the client (proxied, gateway-generated errors, and short-circuits of middlewares
   listed later), changing ``headers`` in place.
+* ``completed(state, status)`` runs once the exchange has ended, for outcome accounting (a
+  circuit breaker's verdict, a retry budget).
 
 One instance per middleware *definition*, shared by every router that lists it (SPEC §8.1
 "Shared state"). Must not: do IO outside ``request`` (and only through the clients they own),
@@ -100,6 +102,13 @@ class Middleware:
     def response(self, state: RequestState, status: int, headers: Headers) -> None:
         """The response side: change ``headers`` of the response going to the client."""
         del state, status, headers
+
+    def completed(self, state: RequestState, status: int) -> None:
+        """The completion phase (SPEC §8.1 phase 6): called once per request that entered this
+        middleware, when its exchange has ended, in reverse chain order. ``status`` is the
+        status sent to the client, or 0 when no response completed (the client went away, the
+        response was cut short)."""
+        del state, status
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -190,7 +190,13 @@ async def _handle(
         target = raw_path + (b"?" + query if query else b"")
         upstream_headers, client = _upstream_headers(head, info, entry)
         request = _Request(head, target, upstream_headers, client, entry.tls)
-    await _dispatch(request, down, ctx, runtime, service)
+    if request.state is None:
+        await _dispatch(request, down, ctx, runtime, service)
+        return
+    try:
+        await _dispatch(request, down, ctx, runtime, service)
+    finally:
+        _complete(request.chain, request.state, request.status)
 
 
 async def _run_chain(
@@ -222,7 +228,13 @@ async def _run_chain(
             log.exception("middleware %s failed", middleware.name)
             answer = error_response(500, "internal error")
         if answer is not None:
-            await _answer(down, head, through(chain[:index], state, answer))
+            entered = chain[:index]
+            sent = 0
+            try:
+                await _answer(down, head, through(entered, state, answer))
+                sent = answer.head.status
+            finally:
+                _complete(entered, state, sent)
             return None
     changed = dataclasses.replace(head, method=state.method, headers=state.headers)
     target = state.path + (b"?" + state.query if state.query else b"")
@@ -236,6 +248,15 @@ async def _run_chain(
     if hosts and hosts[0] != head.authority:  # the headers middleware set Host (SPEC §8.9)
         request.host = hosts[0]
     return request
+
+
+def _complete(entered: Sequence[Middleware], state: RequestState, status: int) -> None:
+    """The completion phase (SPEC §8.1 phase 6) of the middlewares a request entered."""
+    for middleware in reversed(entered):
+        try:
+            middleware.completed(state, status)
+        except Exception:  # a middleware bug must not end the connection
+            log.exception("middleware %s failed to complete", middleware.name)
 
 
 class _TextHeaders:
@@ -257,7 +278,7 @@ class _Request:
     with middlewares, their chain and request state (for the response sides) and a ``Host``
     a middleware set."""
 
-    __slots__ = ("chain", "client", "head", "headers", "host", "state", "target", "tls")
+    __slots__ = ("chain", "client", "head", "headers", "host", "state", "status", "target", "tls")
 
     def __init__(
         self, head: RequestHead, target: bytes, headers: Headers, client: str, tls: bool
@@ -271,6 +292,8 @@ class _Request:
         self.chain: tuple[Middleware, ...] = ()
         self.state: RequestState | None = None
         self.host: bytes | None = None
+        #: The status sent to the client once the exchange ended (0: none completed).
+        self.status = 0
 
     def respond(self, status: int, headers: Headers) -> None:
         """The response sides of the whole chain, last first, on a proxied response head."""
@@ -345,6 +368,7 @@ async def _dispatch(
         if down.response_started:
             raise _abort()
         await _answer(down, request.head, request.answer(error_response(504)))
+        request.status = 504
 
 
 async def _dispatch_within(
@@ -384,6 +408,7 @@ async def _dispatch_within(
             failure = second if second is not _NO_BACKEND or failure is _NO_BACKEND else failure
     if failure is not None:
         await _answer(down, request.head, request.answer(failure))
+        request.status = failure.head.status
 
 
 async def _try_service(
@@ -455,6 +480,7 @@ async def _try_service(
                 _outcome(service, backend, 502)
                 raise _abort() from error
             _outcome(service, backend, status)
+            request.status = status
             return None
     return failure
 
