@@ -52,6 +52,7 @@ class RequestState:
         "path",
         "peer_ip",
         "query",
+        "service",
         "tls",
     )
 
@@ -67,6 +68,7 @@ class RequestState:
         peer_ip: str,
         tls: bool,
         now: float = 0.0,
+        service: str = "",
     ) -> None:
         self.method = method
         self.path = path
@@ -79,6 +81,8 @@ class RequestState:
         #: The request's arrival on trio's clock (seconds): the time rate limits and token
         #: checks use, so that they run on ``autojump_clock`` in tests.
         self.now = now
+        #: The routed service's name (per-service state such as a circuit breaker's).
+        self.service = service
         self.forwarded_prefix: bytes | None = None
 
     def values(self, name: bytes) -> list[bytes]:

@@ -183,7 +183,7 @@ async def _handle(
         return
     chain = runtime.chains.get(route.name)
     if chain:
-        request = await _run_chain(chain, head, raw_path, query, down, info, entry)
+        request = await _run_chain(chain, head, raw_path, query, down, info, entry, route.service)
         if request is None:  # a middleware answered
             return
     else:
@@ -207,6 +207,7 @@ async def _run_chain(
     down: Downstream,
     info: ConnInfo,
     entry: EntrypointRuntime,
+    service: str,
 ) -> _Request | None:
     """The request sides of ``chain`` (SPEC §8.1); the request to dispatch, or None when a
     middleware answered (its answer went back through the sides entered before it)."""
@@ -220,6 +221,7 @@ async def _run_chain(
         peer_ip=info.peer_ip,
         tls=entry.tls,
         now=trio.current_time(),
+        service=service,
     )
     for index, middleware in enumerate(chain):
         try:
