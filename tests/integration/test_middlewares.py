@@ -5,6 +5,8 @@ types that are implemented so far."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -166,3 +168,32 @@ middlewares "limit" {
     assert rejected.header(b"retry-after") == b"10"
     assert rejected.header(b"access-control-allow-origin") == ORIGIN.encode()
     assert len(origin.requests) == 2
+
+
+LIMIT = """
+middlewares "small" {
+  type           = "body-limit"
+  max_body_bytes = 4096
+}
+"""
+
+
+async def test_body_limit_on_content_length_and_on_a_chunked_upload(
+    origin: Origin, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"z" * 200_000)
+    async with running_gateway(with_chain(origin, ["small"], LIMIT)) as gw:
+        fits = await curl(gw.url("/ok"), "--data-binary", "x" * 4096)
+        declared = await curl(gw.url("/declared"), "--data-binary", f"@{big}")
+        chunked = await curl(
+            gw.url("/chunked"), "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{big}"
+        )
+    assert fits.response.status == 200
+    for result in (declared, chunked):
+        assert result.response.status == 413, result.stderr
+        assert result.response.json() == {"error": "request body too large", "max_bytes": 4096}
+        assert result.response.header(b"connection") == b"close"
+    # The declared one never reached the backend; the chunked one never arrived whole.
+    assert [r.path for r in origin.completed] == [b"/ok"]
+    assert b"/declared" not in [r.path for r in origin.requests]

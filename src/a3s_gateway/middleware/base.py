@@ -44,6 +44,7 @@ class RequestState:
 
     __slots__ = (
         "authority",
+        "body_limit",
         "client_ip",
         "forwarded_prefix",
         "headers",
@@ -83,6 +84,8 @@ class RequestState:
         self.now = now
         #: The routed service's name (per-service state such as a circuit breaker's).
         self.service = service
+        #: The most request-body bytes any middleware allows (``body-limit``); None: no limit.
+        self.body_limit: int | None = None
         self.forwarded_prefix: bytes | None = None
 
     def values(self, name: bytes) -> list[bytes]:

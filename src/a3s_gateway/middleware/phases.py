@@ -42,6 +42,7 @@ def _factories() -> dict[str, Factory]:
     """The middleware types this build runs, by their config ``type``."""
     # Imported here: each module is only needed once a config uses its type.
     from a3s_gateway.middleware.auth import ApiKeyMiddleware, BasicAuthMiddleware
+    from a3s_gateway.middleware.body_limit import BodyLimitMiddleware
     from a3s_gateway.middleware.cors import CorsMiddleware
     from a3s_gateway.middleware.headers import HeadersMiddleware
     from a3s_gateway.middleware.ip_allow import IpAllowMiddleware
@@ -52,6 +53,7 @@ def _factories() -> dict[str, Factory]:
     for kind, cls in (
         ("api-key", ApiKeyMiddleware),
         ("basic-auth", BasicAuthMiddleware),
+        ("body-limit", BodyLimitMiddleware),
         ("cors", CorsMiddleware),
         ("headers", HeadersMiddleware),
         ("ip-allow", IpAllowMiddleware),

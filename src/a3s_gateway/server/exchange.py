@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import trio
 
 from a3s_gateway.middleware import Middleware, RequestState, through
+from a3s_gateway.middleware.body_limit import too_large
 from a3s_gateway.protocols.events import (
     BodyChunk,
     EndOfBody,
@@ -40,6 +41,7 @@ from a3s_gateway.protocols.responses import GeneratedResponse, error_response
 from a3s_gateway.protocols.target import decrement_max_forwards, precheck, split_target
 from a3s_gateway.routing.paths import InvalidPathEscape, routing_path, sanitize_path
 from a3s_gateway.routing.request import RequestView, canonical_host, parse_peer
+from a3s_gateway.server.body_limit import BodyTooLarge, LimitedDownstream
 from a3s_gateway.server.forward import AbortResponse, ConnectError, UpstreamFailure, forward
 from a3s_gateway.server.generation import log_transition
 from a3s_gateway.server.mirror import MirrorCopy, MirrorTee
@@ -129,8 +131,11 @@ async def handle_request(
         # A malformed request body (bad chunking): 400 if we still can, else abort.
         if down.response_started:
             raise _abort() from None
-        text = f"bad request: {violation.reason}" if violation.status == 400 else None
-        await _answer(down, head, error_response(violation.status, text, close=True))
+        if isinstance(violation, BodyTooLarge):  # SPEC §8.11: the body crossed a body-limit
+            await _answer(down, head, too_large(violation.limit))
+        else:
+            text = f"bad request: {violation.reason}" if violation.status == 400 else None
+            await _answer(down, head, error_response(violation.status, text, close=True))
     finally:
         ctx.active_requests[info.entrypoint] -= 1
 
@@ -380,6 +385,9 @@ async def _dispatch_within(
     runtime: RuntimeConfig,
     service: ServiceRuntime,
 ) -> None:
+    state = request.state
+    if state is not None and state.body_limit is not None and not down.request_complete:
+        down = LimitedDownstream(down, state.body_limit)
     mirror = service.mirror
     if mirror is not None and mirror.sampler.take():
         copy = MirrorCopy(
