@@ -183,17 +183,25 @@ async def test_body_limit_on_content_length_and_on_a_chunked_upload(
 ) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(b"z" * 200_000)
-    async with running_gateway(with_chain(origin, ["small"], LIMIT)) as gw:
+    async with running_gateway(with_chain(origin, ["cors", "small"], CORS + LIMIT)) as gw:
         fits = await curl(gw.url("/ok"), "--data-binary", "x" * 4096)
         declared = await curl(gw.url("/declared"), "--data-binary", f"@{big}")
         chunked = await curl(
-            gw.url("/chunked"), "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{big}"
+            gw.url("/chunked"),
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            f"Origin: {ORIGIN}",
+            "--data-binary",
+            f"@{big}",
         )
     assert fits.response.status == 200
     for result in (declared, chunked):
         assert result.response.status == 413, result.stderr
         assert result.response.json() == {"error": "request body too large", "max_bytes": 4096}
         assert result.response.header(b"connection") == b"close"
+    # The streamed 413 still passed the response side of "cors" listed before.
+    assert chunked.response.header(b"access-control-allow-origin") == ORIGIN.encode()
     # The declared one never reached the backend; the chunked one never arrived whole.
     assert [r.path for r in origin.completed] == [b"/ok"]
     assert b"/declared" not in [r.path for r in origin.requests]

@@ -131,11 +131,8 @@ async def handle_request(
         # A malformed request body (bad chunking): 400 if we still can, else abort.
         if down.response_started:
             raise _abort() from None
-        if isinstance(violation, BodyTooLarge):  # SPEC §8.11: the body crossed a body-limit
-            await _answer(down, head, too_large(violation.limit))
-        else:
-            text = f"bad request: {violation.reason}" if violation.status == 400 else None
-            await _answer(down, head, error_response(violation.status, text, close=True))
+        text = f"bad request: {violation.reason}" if violation.status == 400 else None
+        await _answer(down, head, error_response(violation.status, text, close=True))
     finally:
         ctx.active_requests[info.entrypoint] -= 1
 
@@ -387,7 +384,27 @@ async def _dispatch_within(
 ) -> None:
     state = request.state
     if state is not None and state.body_limit is not None and not down.request_complete:
-        down = LimitedDownstream(down, state.body_limit)
+        try:
+            await _dispatch_limited(
+                request, LimitedDownstream(down, state.body_limit), ctx, runtime, service
+            )
+        except BodyTooLarge as error:
+            if down.response_started:
+                raise _abort() from None
+            # Answered here, so the 413 passes the middlewares' response sides (SPEC §8.1).
+            await _answer(down, request.head, request.answer(too_large(error.limit)))
+            request.status = 413
+        return
+    await _dispatch_limited(request, down, ctx, runtime, service)
+
+
+async def _dispatch_limited(
+    request: _Request,
+    down: Downstream,
+    ctx: ServerContext,
+    runtime: RuntimeConfig,
+    service: ServiceRuntime,
+) -> None:
     mirror = service.mirror
     if mirror is not None and mirror.sampler.take():
         copy = MirrorCopy(
