@@ -3,10 +3,6 @@
 #   ./dev validate examples/gateway.hcl      # check it and print the summary
 #   ./dev run examples/gateway.hcl           # start the gateway with it
 #
-# Until the jwt and rate-limit middlewares land (issue #7), `run` refuses this file (exit 3)
-# rather than serve the "api" router without its auth and limit: take "auth" and "limit" out
-# of that router's middlewares to run it today.
-#
 # Every block and field is described in docs/configuration.md (SPEC §3). Strings may use
 # ${NAME} and ${NAME:-default} for environment variables; write $${ for a literal "${".
 

@@ -29,7 +29,7 @@ from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import GatewayError, ReloadError, StartError
-from a3s_gateway.server.context import ServerContext
+from a3s_gateway.server.context import DateCache, ServerContext
 from a3s_gateway.server.generation import carry_over, run_generation
 from a3s_gateway.server.listeners import bound_address, open_http_listeners, serve_listener
 from a3s_gateway.upstream import UpstreamPool
@@ -139,7 +139,7 @@ class Gateway:
         self._state = GatewayState.STARTING
         self._started_at = trio.current_time()
         try:
-            runtime = compile_runtime(self._config, self._generation)
+            runtime = compile_runtime(self._config, self._generation, clock=DateCache.unix)
             self._listeners = await open_http_listeners(
                 runtime.entrypoints, reuse_port=self._reuse_port
             )
@@ -243,7 +243,9 @@ class Gateway:
         try:
             try:
                 previous_runtime = self._context.runtime if self._context is not None else None
-                runtime = compile_runtime(config, self._generation + 1, previous_runtime)
+                runtime = compile_runtime(
+                    config, self._generation + 1, previous_runtime, clock=DateCache.unix
+                )
             except StartError as error:
                 raise ReloadError(str(error)) from error
         finally:

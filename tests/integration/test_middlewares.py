@@ -5,6 +5,11 @@ types that are implemented so far."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +210,34 @@ async def test_body_limit_on_content_length_and_on_a_chunked_upload(
     # The declared one never reached the backend; the chunked one never arrived whole.
     assert [r.path for r in origin.completed] == [b"/ok"]
     assert b"/declared" not in [r.path for r in origin.requests]
+
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def hs256(claims: dict[str, object]) -> str:
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64(json.dumps(claims).encode())
+    signature = hmac.new(SECRET.encode(), header + b"." + payload, hashlib.sha256).digest()
+    return (header + b"." + payload + b"." + b64(signature)).decode()
+
+
+async def test_jwt_admits_a_valid_token_and_forwards_only_its_own_subject(origin: Origin) -> None:
+    definitions = f'middlewares "auth" {{\n  type = "jwt"\n  value = "{SECRET}"\n}}\n'
+    valid = hs256({"sub": "ada", "exp": int(time.time()) + 300})
+    expired = hs256({"sub": "ada", "exp": int(time.time()) - 300})
+    async with running_gateway(with_chain(origin, ["auth"], definitions)) as gw:
+        good = await curl(
+            gw.url("/x"), "-H", f"Authorization: Bearer {valid}", "-H", "X-JWT-Subject: admin"
+        )
+        old = await curl(gw.url("/x"), "-H", f"Authorization: Bearer {expired}")
+        none = await curl(gw.url("/x"))
+    assert good.response.status == 200
+    [seen] = origin.requests
+    assert seen.values(b"x-jwt-subject") == [b"ada"]  # the client's copy was dropped
+    assert (old.response.status, none.response.status) == (401, 401)
+    assert old.response.json()["detail"] == "expired"
+    assert (none.response.header(b"www-authenticate") or b"").startswith(b"Bearer")

@@ -33,7 +33,7 @@ from a3s_gateway.services.sticky import StickyPool, StickySettings
 from a3s_gateway.upstream import Peer, PoolSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
@@ -128,17 +128,23 @@ class RuntimeConfig:
 
 
 def compile_runtime(
-    config: Config, generation: int, previous: RuntimeConfig | None = None
+    config: Config,
+    generation: int,
+    previous: RuntimeConfig | None = None,
+    *,
+    clock: Callable[[], float] | None = None,
 ) -> RuntimeConfig:
     """Build the snapshot of a validated config (rules were already compiled once at load).
 
-    ``previous`` (on reload) lends its middleware instances to unchanged definitions. Raises
+    ``previous`` (on reload) lends its middleware instances to unchanged definitions; ``clock``
+    is the wall clock for middlewares that need one (``jwt``). Raises
     ``StartError`` if a router lists a middleware type that cannot run yet.
     """
     instances, chains = compile_chains(
         config,
         previous.config if previous is not None else None,
         previous.middlewares if previous is not None else None,
+        clock=clock,
     )
     entrypoints = {
         name: _entrypoint(name, entrypoint)

@@ -14,11 +14,13 @@ back through the ``response`` sides of the middlewares entered *before* the one 
 (``through``), in reverse order; proxied responses and gateway errors go through the response
 side of the whole chain.
 
-Must not: do IO, read the time, or know the downstream protocol.
+Must not: do IO (but for the key files a definition names, read once when it is built), read
+the time (``jwt`` gets the wall clock from the caller), or know the downstream protocol.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
 from a3s_gateway.errors import StartError
@@ -38,14 +40,16 @@ Factory: TypeAlias = "Callable[[str, MiddlewareBlock], Middleware]"
 Chains: TypeAlias = "Mapping[str, tuple[Middleware, ...]]"
 
 
-def _factories() -> dict[str, Factory]:
-    """The middleware types this build runs, by their config ``type``."""
+def _factories(clock: Callable[[], float] | None) -> dict[str, Factory]:
+    """The middleware types this build runs, by their config ``type``; ``jwt`` needs the wall
+    clock (``exp``/``nbf``), which Ring 0 takes from its caller."""
     # Imported here: each module is only needed once a config uses its type.
     from a3s_gateway.middleware.auth import ApiKeyMiddleware, BasicAuthMiddleware
     from a3s_gateway.middleware.body_limit import BodyLimitMiddleware
     from a3s_gateway.middleware.cors import CorsMiddleware
     from a3s_gateway.middleware.headers import HeadersMiddleware
     from a3s_gateway.middleware.ip_allow import IpAllowMiddleware
+    from a3s_gateway.middleware.jwt import JwtMiddleware
     from a3s_gateway.middleware.ratelimit import RateLimitMiddleware
     from a3s_gateway.middleware.rewrite import StripPrefixMiddleware
 
@@ -61,6 +65,8 @@ def _factories() -> dict[str, Factory]:
         ("strip-prefix", StripPrefixMiddleware),
     ):
         factories[kind] = cls.from_config  # type: ignore[assignment]  # each takes its own block type; dispatch is by the block's tag
+    if clock is not None:
+        factories["jwt"] = partial(JwtMiddleware.from_config, clock=clock)
     return factories
 
 
@@ -68,13 +74,17 @@ def compile_chains(
     config: Config,
     previous: Config | None = None,
     previous_instances: Mapping[str, Middleware] | None = None,
+    *,
+    clock: Callable[[], float] | None = None,
 ) -> tuple[dict[str, Middleware], dict[str, tuple[Middleware, ...]]]:
-    """Instances by definition name and chains by router name.
+    """Instances by definition name and chains by router name; ``clock`` gives wall-clock Unix
+    seconds (without it, ``jwt`` cannot be built).
 
-    Raises ``StartError`` naming every router that lists a type not implemented yet.
+    Raises ``StartError`` naming every router that lists a type not implemented yet, and for a
+    definition that cannot be built (a ``jwt`` key file that cannot be read, say).
     """
     referenced = {name for router in config.routers.values() for name in router.middlewares}
-    factories = _factories()
+    factories = _factories(clock)
     instances: dict[str, Middleware] = {}
     missing: list[str] = []
     for name in sorted(referenced):
