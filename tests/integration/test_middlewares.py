@@ -24,7 +24,7 @@ from tests.support.gateway import (
     server_entry,
     service_block,
 )
-from tests.support.origin import Origin
+from tests.support.origin import Fixed, Origin
 
 pytestmark = pytest.mark.integration
 
@@ -241,3 +241,22 @@ async def test_jwt_admits_a_valid_token_and_forwards_only_its_own_subject(origin
     assert (old.response.status, none.response.status) == (401, 401)
     assert old.response.json()["detail"] == "expired"
     assert (none.response.header(b"www-authenticate") or b"").startswith(b"Bearer")
+
+
+async def test_the_circuit_breaker_opens_after_consecutive_failures(origin: Origin) -> None:
+    origin.on("/x", Fixed(500, b"boom"))
+    definitions = """
+middlewares "breaker" {
+  type              = "circuit-breaker"
+  failure_threshold = 2
+  cooldown_secs     = 60
+}
+"""
+    config = with_chain(origin, ["breaker"], definitions)
+    async with running_gateway(config) as gw:
+        results = [await curl(gw.url("/x")) for _ in range(4)]
+    assert [r.response.status for r in results] == [500, 500, 503, 503]
+    rejected = results[2].response
+    assert rejected.json()["error"] == "service unavailable (circuit breaker open)"
+    assert int(rejected.header(b"retry-after") or b"0") >= 59
+    assert len(origin.requests) == 2  # the open breaker answered the rest itself

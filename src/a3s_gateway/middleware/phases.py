@@ -46,6 +46,7 @@ def _factories(clock: Callable[[], float] | None) -> dict[str, Factory]:
     # Imported here: each module is only needed once a config uses its type.
     from a3s_gateway.middleware.auth import ApiKeyMiddleware, BasicAuthMiddleware
     from a3s_gateway.middleware.body_limit import BodyLimitMiddleware
+    from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
     from a3s_gateway.middleware.cors import CorsMiddleware
     from a3s_gateway.middleware.headers import HeadersMiddleware
     from a3s_gateway.middleware.ip_allow import IpAllowMiddleware
@@ -58,6 +59,7 @@ def _factories(clock: Callable[[], float] | None) -> dict[str, Factory]:
         ("api-key", ApiKeyMiddleware),
         ("basic-auth", BasicAuthMiddleware),
         ("body-limit", BodyLimitMiddleware),
+        ("circuit-breaker", CircuitBreakerMiddleware),
         ("cors", CorsMiddleware),
         ("headers", HeadersMiddleware),
         ("ip-allow", IpAllowMiddleware),
