@@ -124,15 +124,12 @@ class RawSocketStream(trio.abc.HalfCloseableStream):
         """Close at once, without a checkpoint (what ``aclose`` does before its checkpoint)."""
         if not self._closed:
             self._closed = True
+            # Wakes any task blocked in wait_readable/wait_writable with ClosedResourceError.
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            # Wakes any task blocked in wait_readable/wait_writable with ClosedResourceError.
-            trio.lowlevel.notify_closing(self.socket)
-            self.socket.close()
+        self.close_nowait()
         await trio.lowlevel.checkpoint()
 
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, ProtocolViolation
+from a3s_gateway.server.tap import RequestBodyTap
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from a3s_gateway.protocols.events import Informational, ResponseHead
     from a3s_gateway.server.exchange import Downstream
 
 __all__ = ["BodyTooLarge", "LimitedDownstream"]
@@ -32,51 +30,18 @@ class BodyTooLarge(ProtocolViolation):
         self.limit = limit
 
 
-class LimitedDownstream:
+class LimitedDownstream(RequestBodyTap):
     """A ``Downstream`` whose request body may not exceed ``limit`` bytes."""
 
-    __slots__ = ("_down", "_limit", "_seen")
+    __slots__ = ("_limit", "_seen")
 
     def __init__(self, down: Downstream, limit: int) -> None:
-        self._down = down
+        super().__init__(down)
         self._limit = limit
         self._seen = 0
 
-    def _count(self, event: BodyChunk | EndOfBody) -> None:
+    def _see(self, event: BodyChunk | EndOfBody) -> None:
         if isinstance(event, BodyChunk):
             self._seen += len(event.data)
             if self._seen > self._limit:
                 raise BodyTooLarge(self._limit)
-
-    @property
-    def http_version(self) -> bytes:
-        return self._down.http_version
-
-    @property
-    def request_complete(self) -> bool:
-        return self._down.request_complete
-
-    @property
-    def response_started(self) -> bool:
-        return self._down.response_started
-
-    async def receive_body(self) -> BodyChunk | EndOfBody:
-        event = await self._down.receive_body()
-        self._count(event)
-        return event
-
-    def take_buffered_body(self) -> list[BodyChunk | EndOfBody] | None:
-        body = self._down.take_buffered_body()
-        if body is not None:
-            for event in body:
-                self._count(event)
-        return body
-
-    async def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> None:
-        await self._down.send(event)
-
-    async def send_batch(self, events: Sequence[ResponseHead | BodyChunk | EndOfBody]) -> None:
-        await self._down.send_batch(events)
-
-    def close_after_response(self) -> None:
-        self._down.close_after_response()

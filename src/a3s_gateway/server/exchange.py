@@ -462,8 +462,9 @@ async def _try_service(
     if outliers is not None:
         # SPEC §7.5: an ejection that has run out ends when selecting, not only on the ticker.
         due = outliers.next_readmission
-        if due is not None and due <= trio.current_time():
-            for transition in outliers.tick(trio.current_time()):
+        now = trio.current_time() if due is not None else 0.0
+        if due is not None and due <= now:
+            for transition in outliers.tick(now):
                 log_transition(service.name, transition)
     for _ in range(service.connect_attempts):
         if pinned is not None and not tried:

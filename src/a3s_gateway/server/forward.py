@@ -48,7 +48,6 @@ __all__ = ["ConnectError", "UpstreamFailure", "forward", "upstream_head"]
 
 READ_SIZE: Final = 65536
 _CONTINUE: Final = Informational(100, [])
-_INF: Final = float("inf")
 #: RFC 9110 §9.2.2 idempotent methods: the ones a stale connection's request may be re-sent for.
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 

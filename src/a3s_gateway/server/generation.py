@@ -52,11 +52,11 @@ async def run_generation(
     """
     async with trio.open_nursery() as nursery:
         for service in runtime.services.values():
-            _start_probers(nursery, service, dialer)
+            _start_tasks(nursery, service, dialer)
         task_status.started()
 
 
-def _start_probers(nursery: trio.Nursery, service: ServiceRuntime, dialer: Dialer) -> None:
+def _start_tasks(nursery: trio.Nursery, service: ServiceRuntime, dialer: Dialer) -> None:
     outliers = service.outliers
     if outliers is not None:
         nursery.start_soon(_tick, service.name, outliers)

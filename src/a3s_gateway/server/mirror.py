@@ -24,15 +24,12 @@ from a3s_gateway.protocols.events import (
     EndOfBody,
     ProtocolViolation,
     RequestHead,
-    ResponseHead,
 )
+from a3s_gateway.server.tap import RequestBodyTap
 from a3s_gateway.services.mirror import BodyCopy
 from a3s_gateway.upstream import ConnectFailed, PoolClosed
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from a3s_gateway.protocols.events import Informational
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.exchange import Downstream
@@ -147,16 +144,16 @@ class MirrorCopy:
         return "sent"
 
 
-class MirrorTee:
+class MirrorTee(RequestBodyTap):
     """The primary exchange's ``Downstream``, with the request body copied for the mirror.
 
     The copy starts when the request body is complete (at once for a request without one).
     """
 
-    __slots__ = ("_copy", "_down", "_started")
+    __slots__ = ("_copy", "_started")
 
     def __init__(self, down: Downstream, copy: MirrorCopy) -> None:
-        self._down = down
+        super().__init__(down)
         self._copy = copy
         self._started = False
         if down.request_complete:
@@ -174,36 +171,3 @@ class MirrorTee:
                 body.add(event.data)
         else:
             self._start()
-
-    @property
-    def http_version(self) -> bytes:
-        return self._down.http_version
-
-    @property
-    def request_complete(self) -> bool:
-        return self._down.request_complete
-
-    @property
-    def response_started(self) -> bool:
-        return self._down.response_started
-
-    async def receive_body(self) -> BodyChunk | EndOfBody:
-        event = await self._down.receive_body()
-        self._see(event)
-        return event
-
-    def take_buffered_body(self) -> list[BodyChunk | EndOfBody] | None:
-        body = self._down.take_buffered_body()
-        if body is not None:
-            for event in body:
-                self._see(event)
-        return body
-
-    async def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> None:
-        await self._down.send(event)
-
-    async def send_batch(self, events: Sequence[ResponseHead | BodyChunk | EndOfBody]) -> None:
-        await self._down.send_batch(events)
-
-    def close_after_response(self) -> None:
-        self._down.close_after_response()
