@@ -29,9 +29,10 @@ from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import GatewayError, ReloadError, StartError
-from a3s_gateway.server.context import DateCache, ServerContext
+from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.generation import carry_over, run_generation
 from a3s_gateway.server.listeners import bound_address, open_http_listeners, serve_listener
+from a3s_gateway.server.outbound import Outbound
 from a3s_gateway.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ class Gateway:
         self._shutdown_requested = trio.Event()
         self._stopped = trio.Event()
         self._grace: float | None = None
+        #: Outbound clients for middlewares (forward-auth, JWKS, Redis); run in the root nursery.
+        self._outbound = Outbound()
 
     def _with_override(self, config: Config) -> Config:
         if self._override is None:
@@ -139,7 +142,7 @@ class Gateway:
         self._state = GatewayState.STARTING
         self._started_at = trio.current_time()
         try:
-            runtime = compile_runtime(self._config, self._generation, clock=DateCache.unix)
+            runtime = compile_runtime(self._config, self._generation, deps=self._outbound.deps())
             self._listeners = await open_http_listeners(
                 runtime.entrypoints, reuse_port=self._reuse_port
             )
@@ -159,6 +162,7 @@ class Gateway:
         ctx = self._context = ServerContext(runtime, pool)
         async with trio.open_nursery() as root:
             await root.start(pool.run)
+            await root.start(self._outbound.run)
             self._root = root
             ctx.background = root
             self._generation_scope = await root.start(self._generation_task, runtime)
@@ -186,6 +190,7 @@ class Gateway:
             with trio.move_on_after(_POOL_CLOSE_GRACE) as cleanup:
                 cleanup.shield = True
                 await pool.aclose()
+                await self._outbound.aclose()
             root.cancel_scope.cancel()
 
     async def _generation_task(
@@ -244,7 +249,7 @@ class Gateway:
             try:
                 previous_runtime = self._context.runtime if self._context is not None else None
                 runtime = compile_runtime(
-                    config, self._generation + 1, previous_runtime, clock=DateCache.unix
+                    config, self._generation + 1, previous_runtime, deps=self._outbound.deps()
                 )
             except StartError as error:
                 raise ReloadError(str(error)) from error

@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.schema_middlewares import Jwt
+from a3s_gateway.config.urls import HttpUrl
 from a3s_gateway.config.values import DurationOrZero
 from a3s_gateway.errors import StartError
 from a3s_gateway.middleware.base import RequestState
@@ -30,13 +32,17 @@ from a3s_gateway.middleware.jwt import (
     JwtMiddleware,
     bearer_token,
 )
+from a3s_gateway.middleware.outbound import HttpReply, MiddlewareDeps, OutboundFailed
+from a3s_gateway.middleware.phases import compile_chains
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import GeneratedResponse
+from tests.middleware.test_jwks import FakeCaller, document, ec_jwk, rsa_jwk
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 SECRET = "s" * 64
+JWKS_URL = HttpUrl("https://issuer.example/.well-known/jwks.json")
 NOW = 1_700_000_000
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "256": hashes.SHA256,
@@ -660,9 +666,9 @@ def test_key_fitting_no_algorithm_is_a_start_error(
         middleware(algorithms=("ES256", "RS256"), value=None, public_key_file=ec_file)
 
 
-def test_jwks_url_is_refused() -> None:
-    block = Jwt(algorithms=("RS256",), jwks_url="https://issuer.example/jwks")  # type: ignore[arg-type]  # HttpUrl is a str at runtime
-    with pytest.raises(StartError, match='jwt "auth": jwks_url is not supported yet'):
+def test_jwks_url_without_an_http_client_is_a_start_error() -> None:
+    block = Jwt(algorithms=("RS256",), jwks_url=JWKS_URL)
+    with pytest.raises(StartError, match='jwt "auth": jwks_url needs an outbound HTTP client'):
         JwtMiddleware.from_config("auth", block, clock=lambda: NOW)
 
 
@@ -674,3 +680,205 @@ def test_missing_secret_is_a_start_error() -> None:
 def test_constructor_rejects_negative_leeway() -> None:
     with pytest.raises(ValueError, match="leeway"):
         JwtMiddleware("auth", clock=lambda: NOW, secret=SECRET, leeway=-1)
+
+
+# --------------------------------------------------------------------------- JWKS
+
+
+def signed(
+    body: dict[str, object],
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    algorithm: str,
+    **head: object,
+) -> bytes:
+    """An RS/ES token whose header has ``alg`` and the ``head`` members (``kid``...)."""
+    signing_input = segment({"alg": algorithm, **head}) + b"." + segment(body)
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = sign_rs(signing_input, key, algorithm)
+    else:
+        signature = sign_es(signing_input, key, algorithm)
+    return signing_input + b"." + b64(signature)
+
+
+def jwks_middleware(
+    *replies: HttpReply | Exception,
+    algorithms: tuple[str, ...] = ("RS256", "ES256"),
+    **fields: object,
+) -> JwtMiddleware:
+    fields.setdefault("value", None)
+    block = Jwt(algorithms=algorithms, jwks_url=JWKS_URL, **fields)  # type: ignore[arg-type]  # a few valid Jwt fields per test
+    caller = FakeCaller(list(replies))
+    return JwtMiddleware.from_config("auth", block, clock=lambda: NOW, http=caller)
+
+
+def jwks_reply(*keys: object) -> HttpReply:
+    return HttpReply(200, [(b"content-type", b"application/json")], document(*keys))
+
+
+async def refresh(mw: JwtMiddleware, now: float = 0.0) -> str | None:
+    [work] = mw.background()
+    return await work.run(now)
+
+
+async def rejects_at(mw: JwtMiddleware, token: bytes, reason: str, now: float) -> None:
+    state = make_state([bearer(token)])
+    state.now = now
+    assert_invalid(await mw.request(state), reason)
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+async def test_jwks_keys_verify_rs_and_es_tokens_by_kid(
+    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    mw = jwks_middleware(jwks_reply(rsa_jwk(rsa_key, kid="r1"), ec_jwk(ec_key, kid="e1")))
+    assert await refresh(mw) is None
+    state = await passes(mw, signed(claims(), rsa_key, "RS256", kid="r1", typ="JWT"))
+    assert state.headers[-1] == (b"x-jwt-subject", b"alice")
+    await passes(mw, signed(claims(sub="bob"), ec_key, "ES256", kid="e1"))
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    await rejects(mw, signed(claims(), other, "RS256", kid="r1"), BAD_SIGNATURE)
+    await rejects(mw, signed(claims(), ec_key, "ES256", kid="r1"), UNKNOWN_KEY)  # an RSA key
+    await rejects(mw, signed(claims(exp=NOW - 100), rsa_key, "RS256", kid="r1"), EXPIRED)
+    await rejects(mw, signed(claims(), rsa_key, "RS384", kid="r1"), ALGORITHM_NOT_ALLOWED)
+    assert mw.jwks_errors == 0
+
+
+async def test_before_the_first_fetch_every_jwks_token_is_unknown_key(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    mw = jwks_middleware(OutboundFailed("refused"), jwks_reply(rsa_jwk(rsa_key, kid="r1")))
+    token = signed(claims(), rsa_key, "RS256", kid="r1")
+    await rejects(mw, token, UNKNOWN_KEY)
+    assert await refresh(mw) is not None  # refused: still no keys
+    assert mw.jwks_errors == 1
+    await rejects(mw, token, UNKNOWN_KEY)
+    assert await refresh(mw, 600.0) is None
+    await passes(mw, token)
+
+
+async def test_an_unknown_kid_asks_for_a_refresh_at_most_once_a_minute(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    mw = jwks_middleware(jwks_reply(rsa_jwk(rsa_key, kid="r1")))
+    await refresh(mw, 0.0)
+    [work] = mw.background()
+    assert work.next_run() == 600.0
+    unknown = signed(claims(), rsa_key, "RS256", kid="r2")
+    await rejects_at(mw, unknown, UNKNOWN_KEY, now=100.0)
+    assert work.next_run() == 100.0  # answered at once; the refresh is brought forward
+    await refresh(mw, 100.0)
+    await rejects_at(mw, unknown, UNKNOWN_KEY, now=150.0)
+    assert work.next_run() == 700.0  # 50 s after the last demand: no refresh
+    await rejects_at(mw, unknown, UNKNOWN_KEY, now=160.0)
+    assert work.next_run() == 160.0
+
+
+async def test_other_failures_ask_for_no_refresh(rsa_key: rsa.RSAPrivateKey) -> None:
+    mw = jwks_middleware(jwks_reply(rsa_jwk(rsa_key, kid="r1")))
+    await refresh(mw, 0.0)
+    [work] = mw.background()
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    await rejects_at(mw, signed(claims(), other, "RS256", kid="r1"), BAD_SIGNATURE, 100.0)
+    await rejects_at(mw, b"not.a.token", MALFORMED, 100.0)
+    await rejects_at(mw, hs_token(claims()), ALGORITHM_NOT_ALLOWED, 100.0)
+    assert work.next_run() == 600.0
+
+
+async def test_the_jwk_alg_and_curve_must_fit_the_token(rsa_key: rsa.RSAPrivateKey) -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    mw = jwks_middleware(jwks_reply(rsa_jwk(rsa_key, kid="r", alg="RS512"), ec_jwk(p384, kid="e")))
+    await refresh(mw)
+    await rejects(mw, signed(claims(), rsa_key, "RS256", kid="r"), UNKNOWN_KEY)
+    await rejects(mw, signed(claims(), p384, "ES256", kid="e"), UNKNOWN_KEY)
+
+
+async def test_a_jwks_never_supplies_an_hmac_key(rsa_key: rsa.RSAPrivateKey) -> None:
+    oct_secret = b"k" * 64
+    keys = (
+        {"kty": "oct", "kid": "hs", "k": base64.urlsafe_b64encode(oct_secret).decode()},
+        rsa_jwk(rsa_key, kid="r1"),
+    )
+    mixed = jwks_middleware(jwks_reply(*keys), algorithms=("HS256", "RS256"), value=SECRET)
+    await refresh(mixed)
+    head: dict[str, object] = {"alg": "HS256", "kid": "hs"}
+    await rejects(mixed, hs_token(claims(), secret=oct_secret.decode(), header=head), BAD_SIGNATURE)
+    # The classic confusion: the published key as the HMAC secret, with the key's kid.
+    published = json.dumps(rsa_jwk(rsa_key, kid="r1"))
+    head = {"alg": "HS256", "kid": "r1"}
+    await rejects(mixed, hs_token(claims(), secret=published, header=head), BAD_SIGNATURE)
+    await passes(mixed, hs_token(claims(), header=head))  # HS uses "value"; kid is ignored
+    await rejects(mixed, signed(claims(), rsa_key, "RS256", kid="hs"), UNKNOWN_KEY)
+    rs_only = jwks_middleware(jwks_reply(*keys), algorithms=("RS256",))
+    await refresh(rs_only)
+    await rejects(rs_only, hs_token(claims(), secret=published, header=head), ALGORITHM_NOT_ALLOWED)
+
+
+async def test_a_token_without_kid_uses_the_only_fitting_key(
+    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    mw = jwks_middleware(jwks_reply(rsa_jwk(rsa_key, kid="r1"), ec_jwk(ec_key, kid="e1")))
+    await refresh(mw)
+    await passes(mw, signed(claims(), rsa_key, "RS256"))
+    await passes(mw, signed(claims(), ec_key, "ES256"))
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    two = jwks_middleware(jwks_reply(rsa_jwk(rsa_key, kid="r1"), rsa_jwk(other, kid="r2")))
+    await refresh(two)
+    await rejects(two, signed(claims(), rsa_key, "RS256"), UNKNOWN_KEY)
+    await passes(two, signed(claims(), other, "RS256", kid="r2"))
+
+
+async def test_a_failed_refresh_keeps_the_keys(rsa_key: rsa.RSAPrivateKey) -> None:
+    mw = jwks_middleware(jwks_reply(rsa_jwk(rsa_key, kid="r1")), HttpReply(500, [], b"oops"))
+    await refresh(mw, 0.0)
+    warning = await refresh(mw, 600.0)
+    assert warning is not None
+    assert "fetch failed: status 500" in warning
+    assert mw.jwks_errors == 1
+    await passes(mw, signed(claims(), rsa_key, "RS256", kid="r1"))
+
+
+def test_only_a_jwks_definition_has_background_work() -> None:
+    assert middleware().background() == ()
+    assert middleware().jwks is None
+    assert middleware().jwks_errors == 0
+    mw = jwks_middleware()
+    assert mw.jwks is not None
+    assert mw.background() == (mw.jwks,)
+    assert mw.jwks.url is JWKS_URL
+
+
+def test_compile_chains_hands_the_http_client_to_jwt() -> None:
+    config = load_config_text(
+        f"""
+entrypoints "web" {{
+  address = "127.0.0.1:0"
+}}
+routers "r" {{
+  rule        = "PathPrefix(`/`)"
+  service     = "svc"
+  middlewares = ["auth"]
+}}
+services "svc" {{
+  load_balancer {{
+    servers = [{{ url = "http://10.9.0.1:80" }}]
+  }}
+}}
+middlewares "auth" {{
+  type       = "jwt"
+  algorithms = ["RS256"]
+  jwks_url   = "{JWKS_URL.text}"
+}}
+"""
+    )
+    caller = FakeCaller([OutboundFailed("down")])
+    instances, _ = compile_chains(config, deps=MiddlewareDeps(clock=lambda: NOW, http=caller))
+    auth = instances["auth"]
+    assert isinstance(auth, JwtMiddleware)
+    assert auth.jwks is not None
+    assert auth.jwks.url == JWKS_URL
+    with pytest.raises(StartError, match="jwks_url needs an outbound HTTP client"):
+        compile_chains(config, deps=MiddlewareDeps(clock=lambda: NOW))

@@ -1,5 +1,6 @@
 """The middleware pipeline (SPEC §8.1): one instance per definition shared by routers, kept
-across a reload while the definition is unchanged; unimplemented types refused; short-circuit
+across a reload while the definition is unchanged; every HTTP type has a factory, and one that
+cannot be built (no dependency) is refused; short-circuit
 answers go back through the response sides entered before, last first."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import StartError
 from a3s_gateway.middleware import Middleware, RequestState, compile_chains, through
+from a3s_gateway.middleware.outbound import MiddlewareDeps
+from a3s_gateway.middleware.phases import _factory
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import error_response
 
@@ -67,15 +70,30 @@ def test_an_unchanged_definition_keeps_its_instance_on_reload() -> None:
     assert again["hdrs"] is not instances["hdrs"]
 
 
-def test_a_router_using_an_unimplemented_type_is_refused() -> None:
-    more = 'middlewares "limit" {\n  type = "compress"\n}\n'
+def test_a_middleware_without_its_dependency_is_refused() -> None:
+    more = 'middlewares "auth" {\n  type = "jwt"\n  value = "0123456789abcdef0123456789abcdef"\n}\n'
     text = BASE.format(env="a", more=more).replace(
-        'middlewares = ["hdrs"]', 'middlewares = ["limit"]'
+        'middlewares = ["hdrs"]', 'middlewares = ["auth"]'
     )
-    with pytest.raises(StartError, match=r'"limit" \(compress\)'):
-        compile_chains(load_config_text(text))
-    # Defined but unused: ignored.
+    with pytest.raises(StartError, match=r'"auth" \(jwt\)'):
+        compile_chains(load_config_text(text))  # no wall clock given
+    compile_chains(load_config_text(text), deps=MiddlewareDeps(clock=lambda: 0.0))
+    # Defined but unused: not built.
     compile_chains(config(more=more))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "api-key", "basic-auth", "jwt", "forward-auth", "rate-limit", "rate-limit-redis", "cors",
+        "headers", "strip-prefix", "body-limit", "retry", "circuit-breaker", "ip-allow",
+        "compress",
+    ],
+)  # fmt: skip
+def test_every_http_type_has_a_factory(kind: str) -> None:
+    deps = MiddlewareDeps(clock=lambda: 0.0, http=object(), redis=object())  # type: ignore[arg-type]  # never called
+    assert _factory(kind, deps) is not None
+    assert _factory("tcp-filter", deps) is None
 
 
 class Tag(Middleware):

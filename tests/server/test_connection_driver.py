@@ -530,3 +530,44 @@ async def test_a_short_circuit_passes_only_the_middlewares_entered_before(
     assert status == 403
     assert log == ["a.request", "b.request", "a.response 403", "a.completed 403"]
     assert h.dials == []  # never dispatched
+
+
+class Broken(Middleware):
+    """A middleware with a bug: its request side (``on="request"``) or its response side
+    raises."""
+
+    def __init__(self, name: str, on: str) -> None:
+        super().__init__(name)
+        self.on = on
+
+    async def request(self, state: RequestState) -> GeneratedResponse | None:
+        if self.on == "request":
+            raise RuntimeError("request side bug")
+        return None
+
+    def response(self, state: RequestState, status: int, headers: Headers) -> None:
+        raise RuntimeError("response side bug")
+
+
+@pytest.mark.parametrize("on", ["request", "response"])
+async def test_a_middleware_bug_answers_500_and_the_connection_survives(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, on: str
+) -> None:
+    """SPEC §8.1 "Errors": a request-side bug, or a response-side bug on a proxied head (and
+    then on the 500 itself), gives 500 ``internal error``; the next request on the same
+    connection is served."""
+    h = await start(nursery)
+    log: list[str] = []
+    chains = cast("dict[str, tuple[Middleware, ...]]", h.ctx.runtime.chains)
+    chains["all"] = (Recorder("a", log), Broken("b", on))
+    client = _sent_client()
+    await h.client.send_all(GET)
+    status, _, body = await read_response(h.client, client)
+    assert status == 500
+    assert b"internal error" in body
+    assert log[-1] == "a.completed 500"
+    chains["all"] = ()
+    client.start_next_cycle()
+    await h.client.send_all(GET)
+    status, _, _ = await read_response(h.client, client)
+    assert status == 200

@@ -1,19 +1,40 @@
 """A config generation's background tasks on trio's virtual clock (issue #6): probers probe on
 their interval until the generation is cancelled, passive tickers re-admit ejected backends
 without traffic, and ``carry_over`` hands health state to the next generation. Probes go to a
-scripted h11 origin over memory streams (the injected dialer)."""
+scripted h11 origin over memory streams (the injected dialer).
+
+Middleware background work (SPEC §8.4 "JWKS", with a fake ``HttpCaller``): the JWKS is fetched
+at start without holding up the generation, then every 10 minutes; an unknown ``kid`` refreshes
+at most once a minute while its request is answered at once; a failure keeps the keys and logs
+a warning; a reload hands the schedule (and, for a rebuilt definition, the keys) over; a
+cancelled generation fetches no more."""
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
 import h11
+import pytest
 import trio
 import trio.testing
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
+from a3s_gateway.config.urls import HttpUrl
+from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.jwt import JwtMiddleware
+from a3s_gateway.middleware.outbound import HttpReply, MiddlewareDeps, OutboundFailed
+from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.server.generation import carry_over, run_generation
 from a3s_gateway.services import PassiveState
 from a3s_gateway.upstream import Peer
+from tests.middleware.test_jwks import document, ec_jwk
 
 CONFIG = """
 entrypoints "web" {{
@@ -123,3 +144,293 @@ def test_carry_over_keeps_health_by_url() -> None:
     a, b = new.services["svc"].backends
     assert not b.active_healthy
     assert a.passive_ejected
+
+
+# --------------------------------------------------------------------------- JWKS refresh
+#
+# These span more than the suite's 60 s limit of trio time (refreshes every 10 min), so each
+# runs its own ``trio.run`` on an autojump ``MockClock`` (what the ``autojump_clock`` fixture
+# installs) under its own limit: a hang still fails at once, in virtual time.
+
+WALL = 1_700_000_000
+ISSUER = "https://issuer.example/jwks"
+JWKS_CONFIG = """
+entrypoints "web" {{
+  address = "127.0.0.1:0"
+}}
+routers "r" {{
+  rule        = "PathPrefix(`/`)"
+  service     = "svc"
+  middlewares = ["auth"]
+}}
+services "svc" {{
+  load_balancer {{
+    servers = [{{ url = "http://10.9.0.1:80" }}]
+  }}
+}}
+middlewares "auth" {{
+  type       = "jwt"
+  algorithms = ["ES256"]
+  jwks_url   = "{issuer}"
+  leeway     = "{leeway}"
+}}
+"""
+
+
+def run_virtual(main: Callable[[], Awaitable[None]], limit: float = 4 * 3600) -> None:
+    async def limited() -> None:
+        with trio.fail_after(limit):
+            await main()
+
+    trio.run(limited, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class Issuer:
+    """A fake ``HttpCaller`` serving the JWK Set of ``keys`` (by kid), or failing while
+    ``down``; ``gate``, when set, holds each fetch until it is set. Records fetch times."""
+
+    def __init__(self, **keys: ec.EllipticCurvePrivateKey) -> None:
+        self.keys = keys
+        self.down = False
+        self.gate: trio.Event | None = None
+        self.fetched_at: list[float] = []
+
+    async def get(
+        self, url: HttpUrl, headers: Headers, *, within: float, max_body: int
+    ) -> HttpReply:
+        assert (url.text, within, max_body) == (ISSUER, 5.0, 1024 * 1024)
+        self.fetched_at.append(trio.current_time())
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise OutboundFailed("connection refused")
+        body = document(*(ec_jwk(key, kid=kid) for kid, key in self.keys.items()))
+        return HttpReply(200, [], body)
+
+
+def jwks_runtime(
+    issuer: Issuer, generation: int = 1, previous: RuntimeConfig | None = None, leeway: str = "60s"
+) -> RuntimeConfig:
+    config = load_config_text(JWKS_CONFIG.format(issuer=ISSUER, leeway=leeway))
+    deps = MiddlewareDeps(clock=lambda: WALL, http=issuer)
+    return compile_runtime(config, generation, previous, deps=deps)
+
+
+def auth(runtime: RuntimeConfig) -> JwtMiddleware:
+    middleware = runtime.middlewares["auth"]
+    assert isinstance(middleware, JwtMiddleware)
+    return middleware
+
+
+def es256(key: ec.EllipticCurvePrivateKey, kid: str) -> bytes:
+    def segment(value: object) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=")
+
+    signing_input = segment({"alg": "ES256", "kid": kid}) + b"." + segment({"exp": WALL + 300})
+    r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")
+
+
+async def answer(middleware: JwtMiddleware, token: bytes) -> str:
+    """``pass`` or the 401's ``detail``, for a request arriving now (trio's clock)."""
+    state = RequestState(
+        method=b"GET",
+        path=b"/",
+        query=b"",
+        headers=[(b"authorization", b"Bearer " + token)],
+        authority=b"example.com",
+        client_ip="192.0.2.1",
+        peer_ip="192.0.2.1",
+        tls=False,
+        now=trio.current_time(),
+    )
+    response = await middleware.request(state)
+    if response is None:
+        return "pass"
+    assert response.head.status == 401
+    detail = json.loads(response.body)["detail"]
+    assert isinstance(detail, str)
+    return detail
+
+
+async def sleep_until(moment: float) -> None:
+    await trio.sleep_until(moment)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+KEY_1 = ec.generate_private_key(ec.SECP256R1())
+KEY_2 = ec.generate_private_key(ec.SECP256R1())
+KEY_3 = ec.generate_private_key(ec.SECP256R1())
+
+
+def test_jwks_is_fetched_at_start_without_blocking_and_every_ten_minutes() -> None:
+    async def main() -> None:
+        issuer = Issuer(k1=KEY_1)
+        issuer.gate = trio.Event()  # the first fetch hangs until released
+        current = jwks_runtime(issuer)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_generation, current)
+            await trio.testing.wait_all_tasks_blocked()
+            assert issuer.fetched_at == [0.0]
+            # The generation is running and requests are answered while the fetch hangs.
+            assert await answer(auth(current), es256(KEY_1, "k1")) == "unknown key"
+            issuer.gate.set()
+            issuer.gate = None
+            await trio.testing.wait_all_tasks_blocked()
+            assert await answer(auth(current), es256(KEY_1, "k1")) == "pass"
+            await sleep_until(1250.0)
+            assert issuer.fetched_at == [0.0, 600.0, 1200.0]
+            nursery.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_an_unknown_kid_refreshes_at_most_once_a_minute() -> None:
+    async def main() -> None:
+        issuer = Issuer(k1=KEY_1)
+        current = jwks_runtime(issuer)
+        middleware = auth(current)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_generation, current)
+            await sleep_until(100.0)
+            issuer.keys = {"k2": KEY_2}  # the issuer rotates its key
+            assert await answer(middleware, es256(KEY_2, "k2")) == "unknown key"  # at once
+            await trio.testing.wait_all_tasks_blocked()
+            assert issuer.fetched_at == [0.0, 100.0]
+            assert await answer(middleware, es256(KEY_2, "k2")) == "pass"
+            assert await answer(middleware, es256(KEY_1, "k1")) == "unknown key"  # removed
+            await sleep_until(130.0)
+            issuer.keys = {"k3": KEY_3}
+            assert await answer(middleware, es256(KEY_3, "k3")) == "unknown key"
+            await sleep_until(159.0)
+            assert await answer(middleware, es256(KEY_3, "k3")) == "unknown key"
+            assert issuer.fetched_at == [0.0, 100.0]  # a minute has not passed since 100
+            await sleep_until(161.0)
+            assert await answer(middleware, es256(KEY_3, "k3")) == "unknown key"
+            await trio.testing.wait_all_tasks_blocked()
+            assert await answer(middleware, es256(KEY_3, "k3")) == "pass"
+            await sleep_until(800.0)
+            # The scheduled refresh counts from the last fetch.
+            assert issuer.fetched_at == [0.0, 100.0, 161.0, 761.0]
+            nursery.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_a_failed_refresh_keeps_the_keys_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        issuer = Issuer(k1=KEY_1)
+        current = jwks_runtime(issuer)
+        middleware = auth(current)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_generation, current)
+            await sleep_until(300.0)
+            issuer.down = True
+            await sleep_until(650.0)
+            assert issuer.fetched_at == [0.0, 600.0]
+            assert middleware.jwks_errors == 1
+            assert await answer(middleware, es256(KEY_1, "k1")) == "pass"
+            issuer.down = False
+            await sleep_until(1250.0)
+            assert issuer.fetched_at == [0.0, 600.0, 1200.0]  # no faster retry
+            assert middleware.jwks_errors == 1
+            nursery.cancel_scope.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="a3s_gateway.middleware"):
+        run_virtual(main)
+    assert [record.getMessage() for record in caplog.records] == [
+        f'middleware "auth": JWKS {ISSUER}: fetch failed: connection refused; keeping the 1 '
+        "key fetched before"
+    ]
+    assert caplog.records[0].levelno == logging.WARNING
+
+
+def test_a_jwks_down_at_start_recovers_through_unknown_kid_refreshes() -> None:
+    async def main() -> None:
+        issuer = Issuer(k1=KEY_1)
+        issuer.down = True
+        current = jwks_runtime(issuer)
+        middleware = auth(current)
+        token = es256(KEY_1, "k1")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_generation, current)
+            await sleep_until(10.0)
+            assert await answer(middleware, token) == "unknown key"
+            await trio.testing.wait_all_tasks_blocked()
+            assert issuer.fetched_at == [0.0, 10.0]
+            assert middleware.jwks_errors == 2
+            issuer.down = False
+            await sleep_until(40.0)
+            assert await answer(middleware, token) == "unknown key"
+            await sleep_until(70.0)
+            assert await answer(middleware, token) == "unknown key"
+            await trio.testing.wait_all_tasks_blocked()
+            assert await answer(middleware, token) == "pass"
+            assert issuer.fetched_at == [0.0, 10.0, 70.0]
+            nursery.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_a_reload_hands_the_refresh_over_without_a_gap_or_a_double() -> None:
+    async def main() -> None:
+        issuer = Issuer(k1=KEY_1)
+        first = jwks_runtime(issuer)
+        async with trio.open_nursery() as nursery:
+            old = trio.CancelScope()
+
+            async def generation_1(task_status: trio.TaskStatus[None]) -> None:
+                with old:
+                    await run_generation(first, task_status=task_status)
+
+            await nursery.start(generation_1)
+            await sleep_until(100.0)
+            # Unchanged definition: the same instance (and schedule) serves generation 2.
+            second = jwks_runtime(issuer, 2, first)
+            assert auth(second) is auth(first)
+            carry_over(first, second)
+            await nursery.start(run_generation, second)
+            old.cancel()
+            await sleep_until(1250.0)
+            assert issuer.fetched_at == [0.0, 600.0, 1200.0]
+            # The new generation's runner answers the wake-ups.
+            assert await answer(auth(second), es256(KEY_2, "k2")) == "unknown key"
+            await trio.testing.wait_all_tasks_blocked()
+            assert issuer.fetched_at == [0.0, 600.0, 1200.0, 1250.0]
+            # A changed definition gets a new instance that starts with the old keys.
+            issuer.gate = trio.Event()
+            third = jwks_runtime(issuer, 3, second, leeway="30s")
+            assert auth(third) is not auth(second)
+            carry_over(second, third)
+            await nursery.start(run_generation, third)
+            await trio.testing.wait_all_tasks_blocked()
+            assert issuer.fetched_at[-1] == 1250.0  # its first fetch is under way, held
+            assert await answer(auth(third), es256(KEY_1, "k1")) == "pass"
+            nursery.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_a_cancelled_generation_fetches_no_more() -> None:
+    async def main() -> None:
+        issuer = Issuer(k1=KEY_1)
+        current = jwks_runtime(issuer)
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def generation(task_status: trio.TaskStatus[None]) -> None:
+                with scope:
+                    await run_generation(current, task_status=task_status)
+
+            await nursery.start(generation)
+            await sleep_until(10.0)
+            scope.cancel()
+            await sleep_until(2000.0)
+            assert issuer.fetched_at == [0.0]
+            # No runner is left to wake: a demand changes the schedule, nobody fetches.
+            assert await answer(auth(current), es256(KEY_2, "k2")) == "unknown key"
+            await sleep_until(2100.0)
+            assert issuer.fetched_at == [0.0]
+
+    run_virtual(main)

@@ -129,8 +129,19 @@ class ChunkedWithTrailers:
     trailers: HeaderPairs
 
 
+@dataclass(frozen=True, eq=False)
+class Streamed:
+    """200, chunked, with ``headers``: the chunks one write each; then, when ``release`` is
+    given, the body ends only once it is set."""
+
+    chunks: tuple[bytes, ...]
+    headers: HeaderPairs = ()
+    release: trio.Event | None = None
+
+
 Behaviour: TypeAlias = (
     Echo
+    | Streamed
     | Fixed
     | Download
     | SlowHead
@@ -383,6 +394,14 @@ class Origin:
                 return False
             case EarlyAnswer():  # handled before the body is read
                 return False
+            case Streamed(chunks=chunks, headers=extra, release=release):
+                lines = [*extra, (b"transfer-encoding", b"chunked")]
+                await self._send(stream, conn.send(h11.Response(status_code=200, headers=lines)))
+                for chunk in chunks:
+                    await self._send(stream, conn.send(h11.Data(data=chunk)))
+                if release is not None:
+                    await release.wait()
+                await self._send(stream, conn.send(h11.EndOfMessage()))
             case ChunkedWithTrailers(chunks=chunks, trailers=trailers):
                 names = b", ".join(name for name, _ in trailers)
                 lines = [(b"transfer-encoding", b"chunked"), (b"trailer", names)]

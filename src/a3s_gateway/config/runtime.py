@@ -33,12 +33,13 @@ from a3s_gateway.services.sticky import StickyPool, StickySettings
 from a3s_gateway.upstream import Peer, PoolSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
     from a3s_gateway.config.schema_services import Service
     from a3s_gateway.middleware.base import Middleware
+    from a3s_gateway.middleware.outbound import MiddlewareDeps
     from a3s_gateway.routing.request import PeerAddress
 
 __all__ = [
@@ -75,6 +76,17 @@ class EntrypointRuntime:
     sanitize_path: bool
     trust_all: bool
     trusted: tuple[_Network, ...]
+    #: ``tcp_allowed_ips`` (SPEC §3.7): the peers whose connections are accepted; None means
+    #: everyone.
+    allowed: tuple[_Network, ...] | None = None
+
+    def is_allowed(self, address: PeerAddress | None) -> bool:
+        """Whether a connection from ``address`` passes ``tcp_allowed_ips`` (an address that
+        does not parse passes only when there is no list)."""
+        allowed = self.allowed
+        if allowed is None:
+            return True
+        return address is not None and any(address in network for network in allowed)
 
     def is_trusted(self, address: PeerAddress) -> bool:
         """Whether ``address`` may supply forwarding headers (``forwarded_headers``)."""
@@ -132,19 +144,19 @@ def compile_runtime(
     generation: int,
     previous: RuntimeConfig | None = None,
     *,
-    clock: Callable[[], float] | None = None,
+    deps: MiddlewareDeps | None = None,
 ) -> RuntimeConfig:
     """Build the snapshot of a validated config (rules were already compiled once at load).
 
-    ``previous`` (on reload) lends its middleware instances to unchanged definitions; ``clock``
-    is the wall clock for middlewares that need one (``jwt``). Raises
+    ``previous`` (on reload) lends its middleware instances to unchanged definitions; ``deps``
+    are what some middleware types need (the wall clock, outbound clients). Raises
     ``StartError`` if a router lists a middleware type that cannot run yet.
     """
     instances, chains = compile_chains(
         config,
         previous.config if previous is not None else None,
         previous.middlewares if previous is not None else None,
-        clock=clock,
+        deps=deps,
     )
     entrypoints = {
         name: _entrypoint(name, entrypoint)
@@ -198,6 +210,11 @@ def _entrypoint(name: str, entrypoint: Entrypoint) -> EntrypointRuntime:
         sanitize_path=entrypoint.sanitize_path is not False,
         trust_all=forwarded is not None and forwarded.insecure,
         trusted=tuple(n.network for n in forwarded.trusted_ips) if forwarded else (),
+        allowed=(
+            tuple(n.network for n in entrypoint.tcp_allowed_ips)
+            if entrypoint.tcp_allowed_ips
+            else None
+        ),
     )
 
 

@@ -13,22 +13,53 @@ change, and ``Middleware`` is the base class with the two sides of the onion:
   listed later), changing ``headers`` in place.
 * ``completed(state, status)`` runs once the exchange has ended, for outcome accounting (a
   circuit breaker's verdict, a retry budget).
+* ``background()`` names the timed work the middleware needs done outside requests (``jwt``'s
+  JWKS refresh), as ``Background`` objects. A middleware owns no task and never sleeps: the
+  runner in ``server/generation.py`` (Ring 1) runs each one in its config generation's nursery
+  and logs the warnings it returns.
 
 One instance per middleware *definition*, shared by every router that lists it (SPEC §8.1
-"Shared state"). Must not: do IO outside ``request`` (and only through the clients they own),
-read the time except through a ``now`` given to them, or keep per-request state on the
-instance.
+"Shared state"). Must not: do IO outside ``request`` and ``Background.run`` (and only through
+the clients they own), read the time except through a ``now`` given to them, or keep
+per-request state on the instance.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.protocols.responses import GeneratedResponse
 
-__all__ = ["Middleware", "RequestState"]
+__all__ = ["Background", "Middleware", "RequestState"]
+
+
+class Background(Protocol):
+    """Timed work of a middleware, driven by a Ring 1 runner on trio's clock.
+
+    The runner calls ``run(now)`` whenever ``next_run()`` is at or before ``now``, one call at a
+    time, and otherwise waits until ``next_run()`` or until a callback it registered with
+    ``watch`` is called, whichever comes first. A reload may briefly run two runners for one
+    instance that both generations keep, so ``run`` must tolerate a concurrent call.
+    """
+
+    def next_run(self) -> float:
+        """When ``run`` is due next (trio's clock, seconds; ``-inf`` at once, ``inf`` never)."""
+        ...
+
+    async def run(self, now: float) -> str | None:
+        """Do the work due at ``now``, bounded in time by its own timeouts, and move
+        ``next_run`` past ``now``. Returns a warning for the log, or None. Raises nothing for
+        a peer's failure."""
+        ...
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` whenever ``next_run`` moves earlier; returns the function that stops
+        it (called when the runner ends)."""
+        ...
 
 
 class RequestState:
@@ -52,7 +83,9 @@ class RequestState:
         "now",
         "path",
         "peer_ip",
+        "peer_trusted",
         "query",
+        "received",
         "service",
         "tls",
     )
@@ -70,6 +103,8 @@ class RequestState:
         tls: bool,
         now: float = 0.0,
         service: str = "",
+        peer_trusted: bool = False,
+        received: bytes | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -79,6 +114,14 @@ class RequestState:
         self.client_ip = client_ip
         self.peer_ip = peer_ip
         self.tls = tls
+        #: The peer may supply forwarding fields (``forwarded_headers``, SPEC §5.4): its
+        #: ``X-Forwarded-For`` chain is kept when the gateway forwards on its behalf.
+        self.peer_trusted = peer_trusted
+        #: The path and query as the client sent them (before sanitising and any middleware's
+        #: rewrite): what ``X-Forwarded-Uri`` reports.
+        self.received = (
+            received if received is not None else path + (b"?" + query if query else b"")
+        )
         #: The request's arrival on trio's clock (seconds): the time rate limits and token
         #: checks use, so that they run on ``autojump_clock`` in tests.
         self.now = now
@@ -87,6 +130,15 @@ class RequestState:
         #: The most request-body bytes any middleware allows (``body-limit``); None: no limit.
         self.body_limit: int | None = None
         self.forwarded_prefix: bytes | None = None
+
+    def copy(self) -> RequestState:
+        """A copy whose changes do not reach this one (the header list is copied; the values
+        are immutable): a retry attempt's fresh request (SPEC §8.1 "Wrappers")."""
+        twin = RequestState.__new__(RequestState)
+        for slot in RequestState.__slots__:
+            setattr(twin, slot, getattr(self, slot))
+        twin.headers = list(self.headers)
+        return twin
 
     def values(self, name: bytes) -> list[bytes]:
         """The values of every field line called ``name`` (lower case), in order."""
@@ -109,6 +161,11 @@ class Middleware:
     def response(self, state: RequestState, status: int, headers: Headers) -> None:
         """The response side: change ``headers`` of the response going to the client."""
         del state, status, headers
+
+    def background(self) -> tuple[Background, ...]:
+        """The timed work this instance needs run while a config generation that lists it is
+        live (none by default); see ``Background``."""
+        return ()
 
     def completed(self, state: RequestState, status: int) -> None:
         """The completion phase (SPEC §8.1 phase 6): called once per request that entered this

@@ -2,9 +2,11 @@
 
 Ring 0 on the request path: pure; no trio, sockets, TLS, logging, and no clock of its own. The
 wall-clock time that ``exp`` and ``nbf`` are compared with comes from the ``clock`` callable
-the caller passes (``RequestState.now`` is trio's monotonic clock, not Unix time). The one piece
-of IO is at construction: ``from_config`` reads ``public_key_file`` once, so a missing or
-unparseable key refuses the config with ``StartError`` instead of failing every request.
+the caller passes (``RequestState.now`` is trio's monotonic clock, not Unix time; it is only
+used to pace JWKS refreshes). IO: ``from_config`` reads ``public_key_file`` once, so a missing or
+unparseable key refuses the config with ``StartError`` instead of failing every request; with
+``jwks_url`` the keys come from a JWK Set (``middleware/jwks.py``) that a Ring 1 task fetches at
+start and every 10 minutes through the ``background()`` hook, never on the request path.
 
 A request passes when its ``header`` carries exactly one token that
 * is three base64url segments (RFC 4648 §5, no padding, canonical) whose first two decode to
@@ -12,16 +14,22 @@ A request passes when its ``header`` carries exactly one token that
 * names in ``alg`` one of the configured ``algorithms`` (``none`` is never one) and has no
   ``crit`` member (no extension is understood);
 * verifies with the key of its algorithm's family only: HS* with the UTF-8 bytes of ``value``,
-  RS*/ES* with the public key of ``public_key_file`` (RSA for RS*, the curve of the algorithm for
-  ES*), so an RS/ES token is never checked against the secret nor the other way round;
+  RS*/ES* with the public key of ``public_key_file`` or the JWKS key chosen by the header's
+  ``kid`` (RSA for RS*, the curve of the algorithm for ES*; a JWK's ``alg``, if present, must
+  equal the token's; a token without ``kid`` uses the set's only fitting key, if it has exactly
+  one), so an RS/ES token is never checked against the secret nor the other way round, and a
+  JWKS never supplies an HMAC key;
 * has claims that pass ``require_exp``, ``exp``/``nbf`` with ``leeway``, ``issuer`` and
   ``audience``.
 
 On success, every client-sent line of ``subject_header`` and of each ``claims_headers`` target
 is dropped and those fields are set from the verified claims. Failures answer 401 with a
-``Bearer`` challenge (RFC 6750 §3).
+``Bearer`` challenge (RFC 6750 §3). A token whose JWKS key is not in the set (unknown ``kid``,
+or no set fetched yet) is answered ``unknown key`` at once and asks for an early refresh, at
+most one per minute (``JwksKeys.demand``; the module docstring of ``jwks.py`` says why the
+request does not wait for it).
 
-Must not: fetch a JWKS (``jwks_url`` is refused at construction until a Ring 1 fetcher exists),
+Must not: fetch the JWKS on the request path (a request only asks for a refresh),
 trust any header or claim before the signature has been verified, log or echo a token or the
 secret, keep per-request state on the instance (one instance serves every router that lists the
 definition, SPEC §8.1), or reuse a response object (later response sides change its header list
@@ -46,6 +54,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from a3s_gateway.errors import StartError
 from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.jwks import JwksKeys, PublicKey, key_fits
 from a3s_gateway.protocols.events import ResponseHead
 from a3s_gateway.protocols.responses import GeneratedResponse, error_response
 
@@ -53,7 +62,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from a3s_gateway.config.schema_middlewares import Jwt
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.base import Background, RequestState
+    from a3s_gateway.middleware.outbound import HttpCaller
 
 __all__ = [
     "ALGORITHM_NOT_ALLOWED",
@@ -95,9 +105,6 @@ UNKNOWN_KEY: Final = "unknown key"
 #: The largest ``public_key_file`` read (as ``preflight``: a PEM public key is a few KiB).
 MAX_KEY_FILE_BYTES: Final = 1024 * 1024
 
-#: The public-key types a ``public_key_file`` may hold.
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-
 _WWW_AUTHENTICATE: Final = b"www-authenticate"
 _CONTENT_LENGTH: Final = b"content-length"
 _BEARER: Final = b"bearer"
@@ -111,8 +118,6 @@ _HASHES: Final[dict[str, type[hashes.HashAlgorithm]]] = {
     "384": hashes.SHA384,
     "512": hashes.SHA512,
 }
-# RFC 7518 §3.4: ES256 is P-256, ES384 is P-384 and ES512 is P-521.
-_CURVES: Final = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 
 class TokenError(ValueError):
@@ -196,17 +201,19 @@ class JwtMiddleware(Middleware):
 
     ``clock`` returns the wall-clock time in Unix seconds; it is read once per request whose
     token has a valid signature. ``secret`` is required iff an HS algorithm is allowed and
-    ``public_key`` iff an RS or ES one is; the key must fit at least one allowed algorithm
-    (an RSA key RS*, an EC key the ES* of its curve). Tokens of an allowed algorithm that the
-    key does not fit are rejected as ``unknown key``.
+    one of ``public_key`` and ``jwks`` iff an RS or ES one is; a ``public_key`` must fit at
+    least one allowed algorithm (an RSA key RS*, an EC key the ES* of its curve). Tokens of an
+    allowed algorithm that no key fits are rejected as ``unknown key``.
     """
 
     __slots__ = (
+        "_algorithms",
         "_audience",
         "_claims",
         "_clock",
         "_field",
         "_issuer",
+        "_jwks",
         "_leeway",
         "_require_exp",
         "_subject",
@@ -222,6 +229,7 @@ class JwtMiddleware(Middleware):
         algorithms: Iterable[str] = ("HS256",),
         secret: str | None = None,
         public_key: PublicKey | None = None,
+        jwks: JwksKeys | None = None,
         header: str = "Authorization",
         issuer: str | None = None,
         audience: Iterable[str] | None = None,
@@ -245,18 +253,33 @@ class JwtMiddleware(Middleware):
             for claim, target in (claims_headers or {}).items()
         )
         self._targets = frozenset({self._subject, *(target for _, target in self._claims)})
-        self._verifiers = _verifiers(tuple(algorithms), secret, public_key)
+        self._algorithms = frozenset(algorithms)
+        self._jwks = jwks
+        self._verifiers = _verifiers(tuple(algorithms), secret, public_key, jwks)
 
     @classmethod
-    def from_config(cls, name: str, block: Jwt, *, clock: Callable[[], float]) -> Self:
+    def from_config(
+        cls,
+        name: str,
+        block: Jwt,
+        *,
+        clock: Callable[[], float],
+        http: HttpCaller | None = None,
+    ) -> Self:
         """The middleware of the validated ``jwt`` definition ``name``.
 
-        Reads ``public_key_file`` now. Raises ``StartError`` when the key file cannot be read,
-        holds no usable key or fits none of the allowed algorithms, and when ``jwks_url`` is set
-        (not supported yet: serving such a route would have no key to check tokens with).
+        Reads ``public_key_file`` now; a ``jwks_url`` gets an empty key set that ``http``
+        fills once ``background()`` runs. Raises ``StartError`` when the key file cannot be
+        read, holds no usable key or fits none of the allowed algorithms, and when
+        ``jwks_url`` is set but no ``http`` caller was given.
         """
+        jwks = None
         if block.jwks_url is not None:
-            raise StartError(f'jwt "{name}": jwks_url is not supported yet')
+            if http is None:
+                raise StartError(
+                    f'jwt "{name}": jwks_url needs an outbound HTTP client, and none was given'
+                )
+            jwks = JwksKeys(block.jwks_url, http)
         audience = (block.audience,) if isinstance(block.audience, str) else block.audience
         try:
             public_key = (
@@ -268,6 +291,7 @@ class JwtMiddleware(Middleware):
                 algorithms=block.algorithms,
                 secret=block.value,
                 public_key=public_key,
+                jwks=jwks,
                 header=block.header,
                 issuer=block.issuer,
                 audience=audience,
@@ -292,6 +316,8 @@ class JwtMiddleware(Middleware):
         try:
             claims = self.verify(token)
         except TokenError as error:
+            if error.reason == UNKNOWN_KEY and self._jwks is not None:
+                self._jwks.demand(state.now)
             return invalid_token_response(error.reason)
         headers = [line for line in state.headers if line[0] not in self._targets]
         subject = claims.get("sub")
@@ -322,9 +348,14 @@ class JwtMiddleware(Middleware):
             raise TokenError(MALFORMED)
         if kid is not None and not isinstance(kid, str):
             raise TokenError(MALFORMED)
-        if algorithm not in self._verifiers:
+        if algorithm not in self._algorithms:
             raise TokenError(ALGORITHM_NOT_ALLOWED)
-        verifier = self._verifiers[algorithm]
+        if algorithm in self._verifiers:
+            verifier = self._verifiers[algorithm]
+        else:  # RS/ES with a JWKS: the key the header names
+            assert self._jwks is not None  # _verifiers covers every algorithm otherwise
+            key = self._jwks.select(kid, algorithm)
+            verifier = None if key is None else _asymmetric_verifier(key, algorithm)
         if verifier is None:
             raise TokenError(UNKNOWN_KEY)
         if not verifier(header_part + b"." + payload_part, signature):
@@ -332,6 +363,20 @@ class JwtMiddleware(Middleware):
         claims = _json_object(payload)
         self._check_claims(claims, self._clock())
         return claims
+
+    def background(self) -> tuple[Background, ...]:
+        """The JWKS refresh, when keys come from ``jwks_url``."""
+        return () if self._jwks is None else (self._jwks,)
+
+    @property
+    def jwks(self) -> JwksKeys | None:
+        """The key set fetched from ``jwks_url`` (None without one)."""
+        return self._jwks
+
+    @property
+    def jwks_errors(self) -> int:
+        """Failed JWKS fetches so far (``a3s_jwks_errors_total``); 0 without a JWKS."""
+        return 0 if self._jwks is None else self._jwks.errors
 
     def _check_claims(self, claims: dict[str, object], now: float) -> None:
         expires = _numeric_date(claims, "exp")
@@ -378,11 +423,17 @@ def _missing_token() -> GeneratedResponse:
 
 
 def _verifiers(
-    algorithms: tuple[str, ...], secret: str | None, public_key: PublicKey | None
+    algorithms: tuple[str, ...],
+    secret: str | None,
+    public_key: PublicKey | None,
+    jwks: JwksKeys | None,
 ) -> dict[str, Callable[[bytes, bytes], bool] | None]:
-    """A verifier per allowed algorithm; None where the configured key does not fit it."""
+    """A verifier per allowed algorithm whose key is known now; None where the configured key
+    does not fit it. RS/ES algorithms are left out when their keys come from ``jwks``."""
     if not algorithms:
         raise ValueError("at least one algorithm must be allowed")
+    if jwks is not None and public_key is not None:
+        raise ValueError("set only one of a public key and a JWKS")
     verifiers: dict[str, Callable[[bytes, bytes], bool] | None] = {}
     asymmetric: list[str] = []
     for algorithm in algorithms:
@@ -394,23 +445,26 @@ def _verifiers(
                 raise ValueError(f'"value" is required when {algorithm} is allowed')
             verifiers[algorithm] = _hmac_verifier(secret.encode(), bits)
             continue
+        if jwks is not None:
+            continue
         asymmetric.append(algorithm)
         if public_key is None:
             raise ValueError(f"a public key is required when {algorithm} is allowed")
-        if family == "RS" and isinstance(public_key, rsa.RSAPublicKey):
-            verifiers[algorithm] = _rsa_verifier(public_key, bits)
-        elif (
-            family == "ES"
-            and isinstance(public_key, ec.EllipticCurvePublicKey)
-            and public_key.curve.name == _CURVES[algorithm]
-        ):
-            verifiers[algorithm] = _ec_verifier(public_key, bits)
-        else:
-            verifiers[algorithm] = None
+        verifiers[algorithm] = _asymmetric_verifier(public_key, algorithm)
     if asymmetric and all(verifiers[algorithm] is None for algorithm in asymmetric):
         kind = "RSA" if isinstance(public_key, rsa.RSAPublicKey) else "EC"
         raise ValueError(f"the {kind} public key fits none of {', '.join(asymmetric)}")
     return verifiers
+
+
+def _asymmetric_verifier(key: PublicKey, algorithm: str) -> Callable[[bytes, bytes], bool] | None:
+    """The verifier of an RS or ES ``algorithm`` with ``key``; None if the key does not fit."""
+    if not key_fits(key, algorithm):
+        return None
+    bits = algorithm[2:]
+    if isinstance(key, rsa.RSAPublicKey):
+        return _rsa_verifier(key, bits)
+    return _ec_verifier(key, bits)
 
 
 def _hmac_verifier(secret: bytes, bits: str) -> Callable[[bytes, bytes], bool]:

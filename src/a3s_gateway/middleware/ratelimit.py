@@ -61,6 +61,8 @@ __all__ = [
     "TokenBucket",
     "default_burst",
     "key_function",
+    "set_fields",
+    "too_many",
 ]
 
 #: The 429 ``error`` text (SPEC §8.6).
@@ -383,10 +385,7 @@ class RateLimitMiddleware(Middleware):
         decision = self._table.take(self._key(state), state.now)
         if decision.allowed:
             return None
-        extra: Headers = [(_RETRY_AFTER, str(decision.retry_after).encode())]
-        if self._headers:
-            extra.extend(_field_lines(decision))
-        return error_response(429, RATE_LIMITED, extra=extra)
+        return too_many(decision, fields=self._headers)
 
     def response(self, state: RequestState, status: int, headers: Headers) -> None:
         """Add the RateLimit fields (when configured) of the request's bucket.
@@ -399,13 +398,27 @@ class RateLimitMiddleware(Middleware):
         del status
         if not self._headers:
             return
-        decision = self._table.peek(self._key(state), state.now)
-        existing = _existing_remaining(headers)
-        if existing is not None and existing < decision.remaining:
-            return
-        if existing is not None or any(field in _FIELDS for field, _ in headers):
-            headers[:] = [line for line in headers if line[0] not in _FIELDS]
-        headers.extend(_field_lines(decision))
+        set_fields(headers, self._table.peek(self._key(state), state.now))
+
+
+def too_many(decision: Decision, *, fields: bool) -> GeneratedResponse:
+    """The 429 of a rejected ``decision``: ``Retry-After``, and the RateLimit fields when
+    ``fields`` (SPEC §8.6; shared with ``rate-limit-redis``)."""
+    extra: Headers = [(_RETRY_AFTER, str(decision.retry_after).encode())]
+    if fields:
+        extra.extend(_field_lines(decision))
+    return error_response(429, RATE_LIMITED, extra=extra)
+
+
+def set_fields(headers: Headers, decision: Decision) -> None:
+    """Put ``decision``'s RateLimit fields on a response's ``headers`` (in place), unless it
+    already carries a lower ``RateLimit-Remaining`` (see ``RateLimitMiddleware.response``)."""
+    existing = _existing_remaining(headers)
+    if existing is not None and existing < decision.remaining:
+        return
+    if existing is not None or any(field in _FIELDS for field, _ in headers):
+        headers[:] = [line for line in headers if line[0] not in _FIELDS]
+    headers.extend(_field_lines(decision))
 
 
 def _field_lines(decision: Decision) -> list[HeaderLine]:

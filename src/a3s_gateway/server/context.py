@@ -82,6 +82,8 @@ class ServerContext:
         "drain",
         "failover_requests",
         "pool",
+        "rejected_connections",
+        "rejection_reports",
         "runtime",
         "stale_retries",
         "total_requests",
@@ -95,6 +97,11 @@ class ServerContext:
         self.active_connections: dict[str, int] = {}
         self.active_requests: dict[str, int] = {}
         self.total_requests = 0
+        #: Connections closed at accept, by (entrypoint, reason) (SPEC §6.4 reasons
+        #: ``max_connections`` and ``ip_not_allowed``; a metric once metrics land).
+        self.rejected_connections: dict[tuple[str, str], int] = {}
+        #: When each (entrypoint, reason) was last summarised in the log, and its count then.
+        self.rejection_reports: dict[tuple[str, str], tuple[float, int]] = {}
         #: Requests re-sent on a fresh connection after a stale pooled one (SPEC §5.7).
         self.stale_retries = 0
         #: Requests sent to a failover service (SPEC §7.8; a metric once metrics land).

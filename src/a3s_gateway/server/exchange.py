@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
+from functools import partial
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from a3s_gateway.middleware import Middleware, RequestState, through
 from a3s_gateway.middleware.body_limit import too_large
+from a3s_gateway.middleware.compress import CompressMiddleware
+from a3s_gateway.middleware.retry import RetryMiddleware, failure_kind
 from a3s_gateway.protocols.events import (
     BodyChunk,
     EndOfBody,
@@ -42,14 +46,22 @@ from a3s_gateway.protocols.target import decrement_max_forwards, precheck, split
 from a3s_gateway.routing.paths import InvalidPathEscape, routing_path, sanitize_path
 from a3s_gateway.routing.request import RequestView, canonical_host, parse_peer
 from a3s_gateway.server.body_limit import BodyTooLarge, LimitedDownstream
-from a3s_gateway.server.forward import AbortResponse, ConnectError, UpstreamFailure, forward
+from a3s_gateway.server.forward import (
+    AbortResponse,
+    ConnectError,
+    HeldResponse,
+    UpstreamFailure,
+    forward,
+)
 from a3s_gateway.server.generation import log_transition
 from a3s_gateway.server.mirror import MirrorCopy, MirrorTee
+from a3s_gateway.server.replay import ReplayBuffer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from a3s_gateway.config.runtime import EntrypointRuntime, RuntimeConfig, ServiceRuntime
+    from a3s_gateway.middleware.compress import BodyFilter
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.server.connection import ConnInfo
     from a3s_gateway.server.context import ServerContext
@@ -64,6 +76,23 @@ _END: Final = EndOfBody()
 _SERVED_BY: Final = b"x-a3s-failover"
 #: The answer when a service has no available backend at all (SPEC §7.9 step 5).
 _NO_BACKEND: Final = error_response(503, "no available backend")
+#: The answer when a middleware fails (SPEC §8.1 "Errors").
+_INTERNAL_ERROR: Final = error_response(500, "internal error")
+
+
+class MiddlewareFailed(Exception):  # noqa: N818 -- an event
+    """A middleware's response side raised (logged where it happened): answered 500."""
+
+
+def _through(
+    entered: Sequence[Middleware], state: RequestState, response: GeneratedResponse
+) -> GeneratedResponse:
+    """``phases.through``, but a response side that raises gives a 500 (SPEC §8.1 "Errors")."""
+    try:
+        return through(entered, state, response)
+    except Exception:
+        log.exception("a middleware failed on the response side")
+        return _INTERNAL_ERROR
 
 
 class ClientTimeout(Exception):  # noqa: N818 -- an event
@@ -160,6 +189,7 @@ async def _handle(
         await _answer(down, head, early)
         return
     raw_path, query = split_target(head.target)
+    received = raw_path
     if entry.sanitize_path:
         raw_path = sanitize_path(raw_path)
     try:
@@ -184,62 +214,93 @@ async def _handle(
         await _answer(down, head, error_response(503))
         return
     chain = runtime.chains.get(route.name)
-    if chain:
-        request = await _run_chain(chain, head, raw_path, query, down, info, entry, route.service)
-        if request is None:  # a middleware answered
-            return
-    else:
+    if not chain:
         target = raw_path + (b"?" + query if query else b"")
         upstream_headers, client = _upstream_headers(head, info, entry)
         request = _Request(head, target, upstream_headers, client, entry.tls)
-    if request.state is None:
         await _dispatch(request, down, ctx, runtime, service)
         return
-    try:
-        await _dispatch(request, down, ctx, runtime, service)
-    finally:
-        _complete(request.chain, request.state, request.status)
-
-
-async def _run_chain(
-    chain: tuple[Middleware, ...],
-    head: RequestHead,
-    raw_path: bytes,
-    query: bytes,
-    down: Downstream,
-    info: ConnInfo,
-    entry: EntrypointRuntime,
-    service: str,
-) -> _Request | None:
-    """The request sides of ``chain`` (SPEC §8.1); the request to dispatch, or None when a
-    middleware answered (its answer went back through the sides entered before it)."""
+    trusted = _peer_trusted(info, entry)
     state = RequestState(
         method=head.method,
         path=raw_path,
         query=query,
         headers=list(head.headers),
         authority=head.authority,
-        client_ip=_client(head.headers, info, entry),
+        client_ip=client_ip(
+            head.headers, info.peer_ip, peer_trusted=trusted, is_trusted=entry.is_trusted
+        ),
         peer_ip=info.peer_ip,
         tls=entry.tls,
         now=trio.current_time(),
-        service=service,
+        service=route.service,
+        peer_trusted=trusted,
+        received=received + (b"?" + query if query else b""),
     )
+    split = _wrapper_index(chain)
+    stop = len(chain) if split is None else split + 1
+    if await _request_sides(chain, 0, stop, state, head, down) is not None:
+        return  # a middleware answered
+    if split is not None:
+        status = 0
+        try:
+            status = await _retrying(chain, split, state, head, down, info, ctx, runtime, service)
+        finally:
+            _complete(chain[:stop], state, status)
+        return
+    request = _chained_request(chain, state, head, info, entry)
+    try:
+        await _dispatch(request, down, ctx, runtime, service)
+    finally:
+        _complete(request.chain, state, request.status)
+
+
+def _wrapper_index(chain: tuple[Middleware, ...]) -> int | None:
+    """The position of the first ``retry`` in ``chain`` (it runs the rest per attempt)."""
     for index, middleware in enumerate(chain):
+        if isinstance(middleware, RetryMiddleware):
+            return index
+    return None
+
+
+async def _request_sides(
+    chain: tuple[Middleware, ...],
+    start: int,
+    stop: int,
+    state: RequestState,
+    head: RequestHead,
+    down: Downstream,
+) -> int | None:
+    """The request sides of ``chain[start:stop]`` (SPEC §8.1); None when all passed, else the
+    status a middleware answered with (0 if it could not be sent). The answer goes back
+    through the response sides of the middlewares entered before it (``chain[:index]``); the
+    ones entered here complete."""
+    for index in range(start, stop):
+        middleware = chain[index]
         try:
             answer = await middleware.request(state)
         except Exception:  # a middleware bug answers 500; the connection survives (SPEC §8.1)
             log.exception("middleware %s failed", middleware.name)
-            answer = error_response(500, "internal error")
+            answer = _INTERNAL_ERROR
         if answer is not None:
-            entered = chain[:index]
             sent = 0
             try:
-                await _answer(down, head, through(entered, state, answer))
+                await _answer(down, head, _through(chain[:index], state, answer))
                 sent = answer.head.status
             finally:
-                _complete(entered, state, sent)
-            return None
+                _complete(chain[start:index], state, sent)
+            return sent
+    return None
+
+
+def _chained_request(
+    chain: tuple[Middleware, ...],
+    state: RequestState,
+    head: RequestHead,
+    info: ConnInfo,
+    entry: EntrypointRuntime,
+) -> _Request:
+    """The request to dispatch once the request sides ran: the head as they changed it."""
     changed = dataclasses.replace(head, method=state.method, headers=state.headers)
     target = state.path + (b"?" + state.query if state.query else b"")
     upstream_headers, client = _upstream_headers(changed, info, entry)
@@ -251,7 +312,110 @@ async def _run_chain(
     request.state = state
     if hosts and hosts[0] != head.authority:  # the headers middleware set Host (SPEC §8.9)
         request.host = hosts[0]
+    for middleware in chain:
+        if isinstance(middleware, CompressMiddleware):
+            request.body_filter = partial(middleware.body_filter, state)
+            break
     return request
+
+
+async def _retrying(
+    chain: tuple[Middleware, ...],
+    split: int,
+    base: RequestState,
+    head: RequestHead,
+    down: Downstream,
+    info: ConnInfo,
+    ctx: ServerContext,
+    runtime: RuntimeConfig,
+    service: ServiceRuntime,
+) -> int:
+    """SPEC §8.12: attempts of the rest of the chain and the dispatch, each on a fresh copy of
+    the request as it reached ``retry`` (``chain[split]``); the status sent to the client.
+
+    A response head the policy wants to retry is held and discarded (``forward``'s ``hold``),
+    so nothing reaches the client before the decision. The body is replayed from a bounded
+    buffer. Every attempt excludes the backends tried before it while others are available.
+    """
+    retry = chain[split]
+    assert isinstance(retry, RetryMiddleware)
+    entry = runtime.entrypoints[info.entrypoint]
+    replay = ReplayBuffer(down, retry.max_body_bytes)
+    tried: list[Backend] = []
+    stream = _is_stream(base)
+    number = 0  # the retry number of the current attempt (0: the first attempt)
+    slots = 0  # budget slots taken and not yet given back
+    reason = ""
+    state = base
+
+    def decide(kind: str, status: int) -> bool:
+        """Whether the current attempt's outcome is retried (takes a budget slot if so)."""
+        nonlocal slots, reason
+        if number >= retry.max_retries:
+            return False
+        why = retry.reason(kind, status)
+        if why is None or not retry.may_repeat(why, method=state.method, stream=stream):
+            return False
+        if not replay.replayable:
+            retry.skip("body_too_large")
+            return False
+        if not retry.begin_retry(service.name, why):
+            return False
+        slots += 1
+        reason = why
+        return True
+
+    try:
+        while True:
+            state = base.copy()
+            try:
+                sent = await _request_sides(chain, split + 1, len(chain), state, head, down)
+                if sent is not None:
+                    return sent
+                request = _chained_request(chain, state, head, info, entry)
+                request.tried = tried
+                request.first = number == 0
+                request.hold = partial(decide, "status")
+                failure = await _dispatch(request, replay.attempt(), ctx, runtime, service)
+                if failure is not None and failure.response is None:
+                    held = True  # the head was held and discarded: decided already
+                else:
+                    held = failure is not None and decide(failure.kind, failure.status)
+                if not held:
+                    if failure is not None and failure.response is not None:
+                        await _answer(down, request.head, request.answer(failure.response))
+                        request.status = failure.status
+                    _complete(chain[split + 1 :], state, request.status)
+                    return request.status
+                assert failure is not None
+                # Retried: the later middlewares saw this attempt end with its status.
+                _complete(chain[split + 1 :], state, failure.status)
+            finally:
+                if number > 0:  # this attempt was a retry: its budget slot is free again
+                    slots -= 1
+                    retry.end_retry()
+            number += 1
+            log.info(
+                "retrying request to service %s (retry %d of %d: %s)",
+                service.name,
+                number,
+                retry.max_retries,
+                reason,
+            )
+            await trio.sleep(retry.backoff(number, random.random()))
+    finally:
+        for _ in range(slots):  # taken for a retry that never ran (the client went away)
+            retry.end_retry()
+
+
+def _is_stream(state: RequestState) -> bool:
+    """gRPC and WebSocket requests (retried only after a connect failure, SPEC §8.12)."""
+    for name, value in state.headers:
+        if name == b"upgrade" or (
+            name == b"content-type" and value.lower().startswith(b"application/grpc")
+        ):
+            return True
+    return False
 
 
 def _complete(entered: Sequence[Middleware], state: RequestState, status: int) -> None:
@@ -282,7 +446,21 @@ class _Request:
     with middlewares, their chain and request state (for the response sides) and a ``Host``
     a middleware set."""
 
-    __slots__ = ("chain", "client", "head", "headers", "host", "state", "status", "target", "tls")
+    __slots__ = (
+        "body_filter",
+        "chain",
+        "client",
+        "first",
+        "head",
+        "headers",
+        "hold",
+        "host",
+        "state",
+        "status",
+        "target",
+        "tls",
+        "tried",
+    )
 
     def __init__(
         self, head: RequestHead, target: bytes, headers: Headers, client: str, tls: bool
@@ -298,19 +476,31 @@ class _Request:
         self.host: bytes | None = None
         #: The status sent to the client once the exchange ended (0: none completed).
         self.status = 0
+        #: Backends earlier attempts used (retry avoids them while others are available).
+        self.tried: list[Backend] = []
+        #: The first attempt (mirroring and sticky pinning happen once per request).
+        self.first = True
+        #: The retry policy's look at a response status before it is sent (``forward``).
+        self.hold: Callable[[int], bool] | None = None
+        #: The body transform of the chain (``compress``), given the final response head.
+        self.body_filter: Callable[[int, Headers], BodyFilter | None] | None = None
 
     def respond(self, status: int, headers: Headers) -> None:
         """The response sides of the whole chain, last first, on a proxied response head."""
         state = self.state
         assert state is not None  # only called when there is a chain
         for middleware in reversed(self.chain):
-            middleware.response(state, status, headers)
+            try:
+                middleware.response(state, status, headers)
+            except Exception as error:  # a bug: 500 instead of this response (SPEC §8.1)
+                log.exception("middleware %s failed on the response", middleware.name)
+                raise MiddlewareFailed from error
 
     def answer(self, response: GeneratedResponse) -> GeneratedResponse:
         """A gateway-generated answer after dispatch, through every response side."""
         if self.state is None:
             return response
-        return through(self.chain, self.state, response)
+        return _through(self.chain, self.state, response)
 
 
 def _peer_trusted(info: ConnInfo, entry: EntrypointRuntime) -> bool:
@@ -320,12 +510,6 @@ def _peer_trusted(info: ConnInfo, entry: EntrypointRuntime) -> bool:
         peer = parse_peer(info.peer_ip)
         return peer is not None and entry.is_trusted(peer)
     return False
-
-
-def _client(received: Headers, info: ConnInfo, entry: EntrypointRuntime) -> str:
-    """The client IP by the trusted-proxy rule (SPEC §5.4)."""
-    trusted = _peer_trusted(info, entry)
-    return client_ip(received, info.peer_ip, peer_trusted=trusted, is_trusted=entry.is_trusted)
 
 
 def _upstream_headers(
@@ -353,26 +537,51 @@ def _upstream_headers(
     return [line for line in headers if line[0] != b"host"], client
 
 
+class _Failure:
+    """A dispatch that relayed no response: the error to answer (None when an upstream
+    response was held and discarded for a retry), its status, and its kind for the retry
+    policy (``middleware.retry.failure_kind``)."""
+
+    __slots__ = ("kind", "response", "status")
+
+    def __init__(self, response: GeneratedResponse | None, status: int, kind: str) -> None:
+        self.response = response
+        self.status = status
+        self.kind = kind
+
+
+_NO_BACKEND_FAILURE: Final = _Failure(_NO_BACKEND, 503, "connect-failure")
+
+
 async def _dispatch(
     request: _Request,
     down: Downstream,
     ctx: ServerContext,
     runtime: RuntimeConfig,
     service: ServiceRuntime,
-) -> None:
-    """Choose, connect, forward; failover once; answer 502/503/504 when all else fails."""
+) -> _Failure | None:
+    """Choose, connect, forward; failover once. Without a retry middleware (``request.hold``
+    unset) every failure is answered here (502/503/504) and None returned; with one, a
+    failure is returned unanswered for the policy to judge."""
     total = service.total_timeout
     if total <= 0:  # no total timeout: no scope (the hot path)
-        await _dispatch_within(request, down, ctx, runtime, service)
-        return
-    with trio.move_on_after(total) as scope:
-        await _dispatch_within(request, down, ctx, runtime, service)
-        return
-    if scope.cancelled_caught:
-        if down.response_started:
-            raise _abort()
-        await _answer(down, request.head, request.answer(error_response(504)))
-        request.status = 504
+        failure = await _dispatch_within(request, down, ctx, runtime, service)
+    else:
+        failure = None
+        with trio.move_on_after(total) as scope:
+            failure = await _dispatch_within(request, down, ctx, runtime, service)
+        if scope.cancelled_caught:  # the total timeout ends the request: never retried
+            if down.response_started:
+                raise _abort()
+            await _answer(down, request.head, request.answer(error_response(504)))
+            request.status = 504
+            return None
+    if failure is None or request.hold is not None:
+        return failure
+    assert failure.response is not None  # only a hold discards a response
+    await _answer(down, request.head, request.answer(failure.response))
+    request.status = failure.status
+    return None
 
 
 async def _dispatch_within(
@@ -381,11 +590,11 @@ async def _dispatch_within(
     ctx: ServerContext,
     runtime: RuntimeConfig,
     service: ServiceRuntime,
-) -> None:
+) -> _Failure | None:
     state = request.state
     if state is not None and state.body_limit is not None and not down.request_complete:
         try:
-            await _dispatch_limited(
+            return await _dispatch_limited(
                 request, LimitedDownstream(down, state.body_limit), ctx, runtime, service
             )
         except BodyTooLarge as error:
@@ -394,8 +603,8 @@ async def _dispatch_within(
             # Answered here, so the 413 passes the middlewares' response sides (SPEC §8.1).
             await _answer(down, request.head, request.answer(too_large(error.limit)))
             request.status = 413
-        return
-    await _dispatch_limited(request, down, ctx, runtime, service)
+            return None
+    return await _dispatch_limited(request, down, ctx, runtime, service)
 
 
 async def _dispatch_limited(
@@ -404,18 +613,18 @@ async def _dispatch_limited(
     ctx: ServerContext,
     runtime: RuntimeConfig,
     service: ServiceRuntime,
-) -> None:
+) -> _Failure | None:
     mirror = service.mirror
-    if mirror is not None and mirror.sampler.take():
+    if mirror is not None and request.first and mirror.sampler.take():
         copy = MirrorCopy(
             ctx, mirror, request.head, request.target, request.headers, request.client
         )
         down = MirrorTee(down, copy)
     failure = await _try_service(request, down, ctx, service)
-    if failure is not None and service.failover is not None:
+    if failure is not None and failure.response is not None and service.failover is not None:
         fallback = runtime.services.get(service.failover)
         if fallback is not None:
-            reason = "no_backend" if failure is _NO_BACKEND else "connect_failed"
+            reason = "no_backend" if failure is _NO_BACKEND_FAILURE else "connect_failed"
             ctx.failover_requests += 1
             log.info(
                 "service %s failed (%s): request goes to failover service %s",
@@ -432,10 +641,9 @@ async def _dispatch_limited(
                 request, down, ctx, fallback, primary=False, extra=served_by
             )
             # SPEC §7.8: a failover without backends leaves the primary's 502/504 standing.
-            failure = second if second is not _NO_BACKEND or failure is _NO_BACKEND else failure
-    if failure is not None:
-        await _answer(down, request.head, request.answer(failure))
-        request.status = failure.head.status
+            if second is not _NO_BACKEND_FAILURE or failure is _NO_BACKEND_FAILURE:
+                failure = second
+    return failure
 
 
 async def _try_service(
@@ -446,18 +654,24 @@ async def _try_service(
     *,
     primary: bool = True,
     extra: tuple[tuple[bytes, bytes], ...] = (),
-) -> GeneratedResponse | None:
+) -> _Failure | None:
     """Up to ``connect_attempts`` backends (SPEC §7.8); None once a response was relayed,
-    else the error response that describes the last failure.
+    else the failure that describes the last attempt.
 
-    Sticky sessions (SPEC §7.6, §7.9 step 1), for the primary service only: a valid cookie
-    naming an available backend picks it for the first attempt, without ``Set-Cookie``; any
-    other backend that serves gets a cookie naming it.
+    Sticky sessions (SPEC §7.6, §7.9 step 1), for the primary service and the first attempt
+    only: a valid cookie naming an available backend picks it first, without ``Set-Cookie``;
+    any other backend that serves gets a cookie naming it. Backends earlier retry attempts
+    used (``request.tried``) are avoided while others are available (SPEC §8.12).
     """
     tried: list[Backend] = []
-    failure = _NO_BACKEND
+    failure = _NO_BACKEND_FAILURE
     sticky = service.sticky if primary else None
-    pinned = sticky.lookup(request.head.headers, ctx.dates.unix()) if sticky else None
+    pinned = (
+        sticky.lookup(request.head.headers, ctx.dates.unix())
+        if sticky is not None and request.first
+        else None
+    )
+    avoid = request.tried
     outliers = service.outliers
     if outliers is not None:
         # SPEC §7.5: an ejection that has run out ends when selecting, not only on the ticker.
@@ -469,11 +683,17 @@ async def _try_service(
     for _ in range(service.connect_attempts):
         if pinned is not None and not tried:
             backend: Backend | None = pinned
+        elif avoid:
+            backend = service.balancer.pick(exclude=[*tried, *avoid], key=request.client)
+            if backend is None:
+                backend = service.balancer.pick(exclude=tried, key=request.client)
         else:
             backend = service.balancer.pick(exclude=tried, key=request.client)
         if backend is None:
             break
         tried.append(backend)
+        if request.hold is not None:
+            avoid.append(backend)
         added = extra
         if sticky is not None and backend is not pinned:
             added = (*extra, sticky.set_cookie(backend, ctx.dates.unix(), tls=request.tls))
@@ -490,11 +710,13 @@ async def _try_service(
                     added,
                     on_response=request.respond if request.chain else None,
                     host=request.host,
+                    hold=request.hold,
+                    body_filter=request.body_filter,
                 )
             except ConnectError as error:
                 log.info("connect to %s failed: %s", backend.url.text, error.detail)
                 _outcome(service, backend, error.status)
-                failure = error_response(error.status)
+                failure = _Failure(error_response(error.status), error.status, "connect-failure")
                 continue
             except UpstreamFailure as error:
                 log.info("upstream %s failed: %s", backend.url.text, error.detail)
@@ -502,7 +724,19 @@ async def _try_service(
                     _outcome(service, backend, error.status)
                 if down.response_started:
                     raise _abort() from error
-                return error_response(error.status, error.text)
+                kind = failure_kind(error.status, connect=False, before_head=True)
+                return _Failure(error_response(error.status, error.text), error.status, kind)
+            except HeldResponse as held:
+                log.info("response %d from %s held for a retry", held.status, backend.url.text)
+                _outcome(service, backend, held.status)
+                return _Failure(None, held.status, "status")
+            except MiddlewareFailed:
+                # A response side failed on the proxied head, before it was sent (SPEC §8.1).
+                if down.response_started:
+                    raise _abort() from None
+                await _answer(down, request.head, _INTERNAL_ERROR)
+                request.status = 500
+                return None
             except AbortResponse as error:
                 log.info("response from %s aborted: %s", backend.url.text, error)
                 _outcome(service, backend, 502)

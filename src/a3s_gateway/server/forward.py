@@ -16,6 +16,7 @@ Must not: choose backends or answer errors itself (``exchange.py`` does), or par
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -38,15 +39,25 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from a3s_gateway.config.runtime import ServiceRuntime
+    from a3s_gateway.middleware.compress import BodyFilter
     from a3s_gateway.protocols.headers import HeaderLine, Headers
     from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.exchange import Downstream
     from a3s_gateway.services import Backend
     from a3s_gateway.upstream import Peer, UpstreamConnection
 
-__all__ = ["ConnectError", "UpstreamFailure", "forward", "upstream_head"]
+__all__ = [
+    "AbortResponse",
+    "ConnectError",
+    "HeldResponse",
+    "UpstreamFailure",
+    "forward",
+    "upstream_head",
+]
 
 READ_SIZE: Final = 65536
+#: A discarded (retried) response's body is drained up to this many bytes for reuse (§8.12).
+_DISCARD_LIMIT: Final = 65536
 _CONTINUE: Final = Informational(100, [])
 #: RFC 9110 §9.2.2 idempotent methods: the ones a stale connection's request may be re-sent for.
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -82,6 +93,15 @@ class UpstreamFailure(Exception):  # noqa: N818 -- the backend's failure, not ou
         self.text = text
 
 
+class HeldResponse(Exception):  # noqa: N818 -- an event
+    """The response head was held and discarded because the attempt will be retried (the
+    ``hold`` callback said so); nothing was sent downstream. ``status`` is the upstream's."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"held response {status}")
+        self.status = status
+
+
 class AbortResponse(Exception):  # noqa: N818 -- an event
     """The response was started and cannot be completed: the client connection must close."""
 
@@ -98,14 +118,21 @@ async def forward(
     *,
     on_response: Callable[[int, Headers], None] | None = None,
     host: bytes | None = None,
+    hold: Callable[[int], bool] | None = None,
+    body_filter: Callable[[int, Headers], BodyFilter | None] | None = None,
 ) -> int:
     """Proxy one request to ``backend``, relay the response to ``down``; its status.
     ``extra`` fields are added to the response (a sticky ``Set-Cookie``); ``on_response``
     (the middlewares' response sides) may change the response head's fields before it is
-    sent; ``host`` replaces the ``Host`` the backend would get (a headers middleware).
+    sent; ``host`` replaces the ``Host`` the backend would get (a headers middleware);
+    ``hold`` (the retry middleware) sees the response status before anything is sent and,
+    when it answers True, the response is discarded and ``HeldResponse`` raised;
+    ``body_filter`` (compress) may transform the response body on its way out (SPEC §8.1
+    phase 5), after the response sides ran on the head.
 
-    Raises ``ConnectError`` (nothing sent), ``UpstreamFailure`` (nothing relayed yet) or
-    ``AbortResponse`` (the response is cut short); client failures propagate as they are.
+    Raises ``ConnectError`` (nothing sent), ``UpstreamFailure`` (nothing relayed yet),
+    ``HeldResponse`` or ``AbortResponse`` (the response is cut short); client failures
+    propagate as they are.
     A reused connection that fails before any response byte, for an idempotent request
     without a body, is replaced by a fresh one and the request re-sent once (SPEC §5.7).
     """
@@ -117,7 +144,16 @@ async def forward(
         conn = await _connect(ctx, service, peer)
     try:
         return await _attempt(
-            conn, up_head, down, ctx, service, head.expect_continue, extra, on_response
+            conn,
+            up_head,
+            down,
+            ctx,
+            service,
+            head.expect_continue,
+            extra,
+            on_response,
+            hold,
+            body_filter,
         )
     except UpstreamFailure as failure:
         if not _stale(conn, failure, head, down):
@@ -125,7 +161,16 @@ async def forward(
     ctx.stale_retries += 1
     conn = await _connect(ctx, service, peer, fresh=True)
     return await _attempt(
-        conn, up_head, down, ctx, service, head.expect_continue, extra, on_response
+        conn,
+        up_head,
+        down,
+        ctx,
+        service,
+        head.expect_continue,
+        extra,
+        on_response,
+        hold,
+        body_filter,
     )
 
 
@@ -153,8 +198,10 @@ async def _attempt(
     expect_continue: bool,
     extra: Sequence[HeaderLine],
     on_response: Callable[[int, Headers], None] | None,
+    hold: Callable[[int], bool] | None,
+    body_filter: Callable[[int, Headers], BodyFilter | None] | None,
 ) -> int:
-    attempt = _Attempt(conn, down, service, ctx, extra, on_response)
+    attempt = _Attempt(conn, down, service, ctx, extra, on_response, hold, body_filter)
     try:
         return await attempt.run(up_head, expect_continue)
     finally:
@@ -220,10 +267,12 @@ class _Attempt:
     """
 
     __slots__ = (
+        "_body_filter",
         "_conn",
         "_ctx",
         "_down",
         "_extra",
+        "_hold",
         "_in_body",
         "_on_response",
         "_pending",
@@ -242,8 +291,12 @@ class _Attempt:
         ctx: ServerContext,
         extra: Sequence[HeaderLine],
         on_response: Callable[[int, Headers], None] | None = None,
+        hold: Callable[[int], bool] | None = None,
+        body_filter: Callable[[int, Headers], BodyFilter | None] | None = None,
     ) -> None:
         self._conn = conn
+        self._hold = hold
+        self._body_filter = body_filter
         self._extra = extra
         self._on_response = on_response
         self._down = down
@@ -343,9 +396,13 @@ class _Attempt:
 
     async def _relay(self, response: ResponseHead) -> None:
         """Send the head and the body; whatever is already read goes out in one write."""
-        self._in_body = True
         timer = self._timer
         assert timer is not None  # set by run
+        if self._hold is not None and self._hold(response.status):
+            timer.deadline = math.inf  # the discard has its own bound
+            await self._discard()
+            raise HeldResponse(response.status)
+        self._in_body = True
         timer.deadline = trio.current_time() + self._service.body_idle_timeout
         headers = strip_response_hop_by_hop(response.headers)
         if not any(name == b"date" for name, _ in headers):
@@ -356,6 +413,11 @@ class _Attempt:
             self._on_response(response.status, headers)
         if self._ctx.drain.draining:
             self._down.close_after_response()
+        if self._body_filter is not None:
+            body_filter = self._body_filter(response.status, headers)
+            if body_filter is not None:
+                await self._relay_filtered(response, headers, body_filter)
+                return
         batch: list[ResponseHead | BodyChunk | EndOfBody] = [
             ResponseHead(response.status, headers, response.reason)
         ]
@@ -378,6 +440,58 @@ class _Attempt:
                 await self._fill(before_response=False)
             except UpstreamFailure as error:
                 raise AbortResponse(error.detail) from error
+
+    async def _relay_filtered(
+        self, response: ResponseHead, headers: Headers, body_filter: BodyFilter
+    ) -> None:
+        """``_relay`` through a body filter: each chunk goes out as the filter makes it, and the
+        head only once the filter says it is final (it may hold the first bytes to decide)."""
+        batch: list[ResponseHead | BodyChunk | EndOfBody] = []
+        head_sent = False
+        pending = self._pending
+        while True:
+            while pending:
+                event = pending.popleft()
+                if isinstance(event, BodyChunk):
+                    data = body_filter.feed(event.data)
+                elif isinstance(event, EndOfBody):
+                    data = body_filter.finish()
+                else:
+                    raise AbortResponse("unexpected event in the response body")
+                if not head_sent and body_filter.ready:
+                    batch.append(ResponseHead(response.status, headers, response.reason))
+                    head_sent = True
+                if data:
+                    batch.append(BodyChunk(data))
+                if isinstance(event, EndOfBody):
+                    batch.append(event)
+                    await self._down.send_batch(batch)
+                    return
+            if batch:
+                await self._down.send_batch(batch)
+                batch = []
+            try:
+                await self._fill(before_response=False)
+            except UpstreamFailure as error:
+                raise AbortResponse(error.detail) from error
+
+    async def _discard(self) -> None:
+        """Read and drop a held response's body, up to ``_DISCARD_LIMIT`` bytes within one
+        body-idle timeout, so the connection can be reused; else it is closed (SPEC §8.12)."""
+        if not self._pump_done:
+            return  # the request was not fully sent: the connection cannot be reused
+        seen = 0
+        with trio.move_on_after(self._service.body_idle_timeout):
+            while seen <= _DISCARD_LIMIT:
+                try:
+                    event = await self._next_event(before_response=False)
+                except UpstreamFailure:
+                    return
+                if isinstance(event, EndOfBody):
+                    self.reusable = self._conn.adapter.reusable
+                    return
+                if isinstance(event, BodyChunk):
+                    seen += len(event.data)
 
     async def _next_event(self, *, before_response: bool) -> Event:
         if not self._pending:

@@ -1,17 +1,25 @@
 """The background tasks one config generation owns: active health probers (SPEC §7.4) and the
 passive-health tickers (SPEC §7.5), and the glue between the two (an active success re-admits
-a passively ejected backend) and the logs of their transitions.
+a passively ejected backend) and the logs of their transitions; and the runners of the
+middlewares' ``Background`` work (``middleware/base.py``; today ``jwt``'s JWKS refresh, SPEC
+§8.4), which sleep on trio's clock until the work is due or a request asks for it early, and
+log the warnings it returns.
 
 Ring 1. Nursery: ``run_generation`` opens one per generation; ``app.Gateway`` starts it in its
-root nursery and cancels it when a reload has started the next generation's, so probers never
-leak across reloads. Deadlines: none here (each probe is bounded by its own timeout in
-``services/checker.py``).
+root nursery and cancels it when a reload has started the next generation's, so probers and
+refreshers never leak across reloads. Deadlines: none here (each probe is bounded by its own
+timeout in ``services/checker.py``, each ``Background.run`` by its own, e.g. 5 s per JWKS
+fetch). The runners start with ``start_soon``, so no fetch delays the generation's start nor
+traffic. A middleware instance kept by a reload is briefly run by both generations' runners;
+its schedule lives on the instance, so the new runner picks it up where the old one was.
 
 State across reloads (``carry_over``): the new generation's backends start with the active
 health and passive state of the previous generation's backend with the same service and URL, so
 a reload neither re-admits an unhealthy backend nor forgets an ejection. Every prober of the new
 generation starts afresh (SPEC §7.4 keeps unchanged probers running; restarting them costs one
-early probe per backend and keeps the generation's tasks in one nursery).
+early probe per backend and keeps the generation's tasks in one nursery). A ``jwt`` definition
+rebuilt by a reload starts with the keys of the previous instance of that name when its
+``jwks_url`` is the same, so changing, say, its ``leeway`` opens no window of ``unknown key``.
 
 Must not: choose backends, proxy, or change health flags itself (the health machines do).
 """
@@ -24,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from a3s_gateway.middleware.jwt import JwtMiddleware
 from a3s_gateway.services.checker import run_prober
 from a3s_gateway.services.health import ActiveHealth
 from a3s_gateway.services.passive import PassiveState
@@ -31,14 +40,16 @@ from a3s_gateway.upstream.dialer import dial
 
 if TYPE_CHECKING:
     from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
+    from a3s_gateway.middleware.base import Background, Middleware
     from a3s_gateway.services import Backend
     from a3s_gateway.services.checker import ProbeResult
     from a3s_gateway.services.passive import OutlierDetector, Transition
     from a3s_gateway.upstream.dialer import Dialer
 
-__all__ = ["carry_over", "log_transition", "run_generation"]
+__all__ = ["carry_over", "log_transition", "run_background", "run_generation"]
 
 log: Final = logging.getLogger("a3s_gateway.health")
+middleware_log: Final = logging.getLogger("a3s_gateway.middleware")
 
 
 async def run_generation(
@@ -47,13 +58,51 @@ async def run_generation(
     dialer: Dialer = dial,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the generation's probers and tickers until cancelled; ``started()`` once all of
-    them are running (the first probes are under way, not finished). Tests inject ``dialer``.
+    """Run the generation's probers, tickers and middleware background work until cancelled;
+    ``started()`` once all of them are running (the first probes and fetches are under way, not
+    finished). Tests inject ``dialer``.
     """
     async with trio.open_nursery() as nursery:
         for service in runtime.services.values():
             _start_tasks(nursery, service, dialer)
+        for name, middleware in runtime.middlewares.items():
+            for work in middleware.background():
+                nursery.start_soon(run_background, name, work)
         task_status.started()
+
+
+class _Waker:
+    """The wake-up a runner registers with its ``Background``: sets the current event."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def __call__(self) -> None:
+        self.event.set()
+
+
+async def run_background(name: str, work: Background) -> None:
+    """Run ``work`` (of the middleware definition ``name``) whenever it is due, until
+    cancelled; its warnings are logged naming the middleware."""
+    waker = _Waker()
+    unwatch = work.watch(waker)
+    try:
+        while True:
+            # A fresh event before reading the schedule: a wake-up after this point is seen.
+            waker.event = trio.Event()
+            now = trio.current_time()
+            due = work.next_run()
+            if due > now:
+                with trio.move_on_at(due):
+                    await waker.event.wait()
+                continue
+            warning = await work.run(now)
+            if warning is not None:
+                middleware_log.warning('middleware "%s": %s', name, warning)
+    finally:
+        unwatch()
 
 
 def _start_tasks(nursery: trio.Nursery, service: ServiceRuntime, dialer: Dialer) -> None:
@@ -136,3 +185,17 @@ def carry_over(previous: RuntimeConfig, current: RuntimeConfig) -> None:
                 backend.active_healthy = before.active_healthy
         if service.outliers is not None and old.outliers is not None:
             service.outliers.adopt(old.outliers)  # only when the settings are unchanged
+    for name, middleware in current.middlewares.items():
+        _adopt_keys(middleware, previous.middlewares.get(name))
+
+
+def _adopt_keys(middleware: Middleware, before: Middleware | None) -> None:
+    """A rebuilt ``jwt`` definition starts with its predecessor's JWKS keys (same URL only)."""
+    if (
+        isinstance(middleware, JwtMiddleware)
+        and isinstance(before, JwtMiddleware)
+        and middleware is not before
+        and middleware.jwks is not None
+        and before.jwks is not None
+    ):
+        middleware.jwks.adopt(before.jwks)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.errors import StartError
+from a3s_gateway.routing.request import parse_peer
 from a3s_gateway.server.connection import ConnInfo, serve_http1
 from a3s_gateway.streams import RawSocketStream, from_trio
 
@@ -42,6 +43,8 @@ _BACKLOG: Final = 4096
 #: ``trio.serve_listeners`` does, instead of ending the accept loop.
 _RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _RESOURCE_PAUSE: Final = 0.1
+#: Rejected connections are summarised in the log at most this often (seconds).
+_REPORT_EVERY: Final = 60.0
 
 
 async def open_http_listeners(
@@ -127,7 +130,10 @@ async def serve_listener(
 ) -> None:
     """Accept connections forever, each served in ``handlers``; cancel to stop.
 
-    Over ``max_connections`` a connection is accepted and closed at once (SPEC §3.7).
+    The entrypoint's current settings are read from ``ctx.runtime`` at each accept, so a
+    reload's limits apply to the next connection. Over ``max_connections``, or from a peer
+    outside ``tcp_allowed_ips``, a connection is accepted and closed at once, before any byte
+    is read or written (SPEC §3.7, §6.4), and counted in ``ctx.rejected_connections``.
     """
     name = entry.name
     while True:
@@ -139,13 +145,45 @@ async def serve_listener(
             log.warning("accept on %s: %s; pausing", name, error.strerror)
             await trio.sleep(_RESOURCE_PAUSE)
             continue
+        entry = ctx.runtime.entrypoints.get(name, entry)
         active = ctx.active_connections.get(name, 0)
         if active >= entry.max_connections:
-            accepted.socket.close()
+            _reject(accepted, ctx, name, "max_connections")
+            continue
+        if entry.allowed is not None and not _allowed(accepted, entry):
+            _reject(accepted, ctx, name, "ip_not_allowed")
             continue
         stream = from_trio(accepted)
         ctx.active_connections[name] = active + 1
         handlers.start_soon(_handle, stream, entry, ctx)
+
+
+def _allowed(accepted: trio.SocketStream, entry: EntrypointRuntime) -> bool:
+    try:
+        peer = accepted.socket.getpeername()
+    except OSError:  # already gone
+        return False
+    return entry.is_allowed(parse_peer(str(peer[0])))
+
+
+def _reject(accepted: trio.SocketStream, ctx: ServerContext, name: str, reason: str) -> None:
+    """Close a just-accepted connection without a byte; counted, logged at debug level, with
+    an info summary at most once a minute per entrypoint and reason."""
+    accepted.socket.close()
+    key = (name, reason)
+    count = ctx.rejected_connections.get(key, 0) + 1
+    ctx.rejected_connections[key] = count
+    log.debug("connection on %s rejected: %s", name, reason)
+    now = trio.current_time()
+    last_time, last_count = ctx.rejection_reports.get(key, (-_REPORT_EVERY, 0))
+    if now - last_time >= _REPORT_EVERY:
+        ctx.rejection_reports[key] = (now, count)
+        log.info(
+            "entrypoint %s rejected %d connection(s) (%s) in the last minute",
+            name,
+            count - last_count,
+            reason,
+        )
 
 
 async def _handle(stream: RawSocketStream, entry: EntrypointRuntime, ctx: ServerContext) -> None:
