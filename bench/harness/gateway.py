@@ -14,9 +14,14 @@ bound is short so stopping is quick; everything else is the gateway's default.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -47,14 +52,56 @@ def routing(routers: int, path: str) -> Routing:
     return Routing(routers, f"h{middle}.example", "/api/bench")
 
 
-def _router(name: str, rule: str) -> str:
-    return f'routers "{name}" {{\n  rule    = "{rule}"\n  service = "upstream"\n}}\n'
+def _router(name: str, rule: str, extra: str = "") -> str:
+    return f'routers "{name}" {{\n  rule    = "{rule}"\n  service = "upstream"\n{extra}}}\n'
 
 
-def config_text(port: int, upstream_port: int, table: Routing) -> str:
-    """The HCL config for ``table`` listening on ``port``."""
+#: The middlewares the profiles may list, by name: each lets the benchmarked request through
+#: but does its real per-request work (a network check, a token bucket, header edits, an
+#: origin check, a breaker's admission and outcome, a length check, an HS256 signature and
+#: claims check of the ``Authorization`` token that ``bearer_token`` makes).
+JWT_SECRET: Final = "bench-secret-0123456789abcdef0123"
+MIDDLEWARES: Final = {
+    "allow": 'type = "ip-allow"\n  allowed_ips = ["127.0.0.0/8"]',
+    "limit": 'type = "rate-limit"\n  rate = 1000000000\n  burst = 1000000000',
+    "tag": 'type = "headers"\n  response_headers = { "x-bench" = "1" }',
+    "cors": 'type = "cors"\n  allowed_origins = ["https://app.example"]',
+    "breaker": 'type = "circuit-breaker"',
+    "limit-body": 'type = "body-limit"\n  max_body_bytes = 1048576',
+    "auth-jwt": f'type = "jwt"\n  value = "{JWT_SECRET}"',
+}
+
+
+def bearer_token(lifetime: int = 86400) -> str:
+    """An HS256 token ``auth-jwt`` accepts for ``lifetime`` seconds from now."""
+
+    def encode(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+    header = encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = encode(json.dumps({"sub": "bench", "exp": int(time.time()) + lifetime}).encode())
+    signing_input = f"{header}.{claims}".encode("ascii")
+    signature = hmac.new(JWT_SECRET.encode(), signing_input, hashlib.sha256).digest()
+    return f"{header}.{claims}.{encode(signature)}"
+
+
+def middleware_blocks(names: tuple[str, ...]) -> tuple[str, str]:
+    """The definitions of ``names`` (keys of ``MIDDLEWARES``) and the router's list line."""
+    if not names:
+        return "", ""
+    blocks = "".join(f'middlewares "{name}" {{\n  {MIDDLEWARES[name]}\n}}\n' for name in names)
+    listed = ", ".join(f'"{name}"' for name in names)
+    return blocks, f"  middlewares = [{listed}]\n"
+
+
+def config_text(
+    port: int, upstream_port: int, table: Routing, middlewares: tuple[str, ...] = ()
+) -> str:
+    """The HCL config for ``table`` listening on ``port``; the one-router table's router lists
+    ``middlewares`` (names in ``MIDDLEWARES``)."""
+    blocks, listed = middleware_blocks(middlewares)
     if table.routers <= 1:
-        routers = _router("all", "PathPrefix(`/`)")
+        routers = _router("all", "PathPrefix(`/`)", listed) + blocks
     else:
         routers = "".join(
             _router(f"r{n:04d}", f"Host(`h{n}.example`) && PathPrefix(`/api`)")

@@ -36,6 +36,8 @@ class Profile:
     routers: int
     products: tuple[str, ...]  # without the peers; `with_peers` adds them
     with_peers: bool = False
+    #: The benchmarked router's middlewares, by name in ``gateway.MIDDLEWARES`` (gateway only).
+    middlewares: tuple[str, ...] = ()
 
 
 GET_1W: Final = Profile(
@@ -105,8 +107,60 @@ ROUTERS_1000: Final = Profile(
     1000,
     (NGINX, A3S_1W),
 )
-PROFILES: Final = (GET_1W, GET_NW, POST_16K, DOWNLOAD_1M, ROUTERS_10, ROUTERS_1000)
-PROFILE_ALIASES: Final = {"get-42b": (GET_1W.name, GET_NW.name)}
+MIDDLEWARES_3: Final = Profile(
+    "middlewares-3",
+    "HTTP/1.1 GET, 42-byte response, 3 middlewares that pass (ip-allow, rate-limit, headers), "
+    "one worker",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (NGINX, A3S_1W),
+    middlewares=("allow", "limit", "tag"),
+)
+MIDDLEWARES_6: Final = Profile(
+    "middlewares-6",
+    "HTTP/1.1 GET, 42-byte response, 6 middlewares that pass (the 3 above, cors, "
+    "circuit-breaker, body-limit), one worker",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (NGINX, A3S_1W),
+    middlewares=("allow", "limit", "tag", "cors", "breaker", "limit-body"),
+)
+README_CHAIN: Final = Profile(
+    "readme-chain",
+    "HTTP/1.1 GET, 42-byte response, the README example chain (jwt HS256 with a valid bearer "
+    "token, rate-limit that admits every request), one worker",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (NGINX, A3S_1W),
+    middlewares=("auth-jwt", "limit"),
+)
+PROFILES: Final = (
+    GET_1W,
+    GET_NW,
+    POST_16K,
+    DOWNLOAD_1M,
+    ROUTERS_10,
+    ROUTERS_1000,
+    MIDDLEWARES_3,
+    MIDDLEWARES_6,
+    README_CHAIN,
+)
+PROFILE_ALIASES: Final = {
+    "get-42b": (GET_1W.name, GET_NW.name),
+    "middlewares": (GET_1W.name, MIDDLEWARES_3.name, MIDDLEWARES_6.name, README_CHAIN.name),
+}
 
 
 def profile_names() -> list[str]:

@@ -7,7 +7,8 @@ product p99 ÷ NGINX p99 (lower is better). SPEC §15 rows covered here:
 - GET 42 B, 1 worker: a3s-1w ≥ 0.15 × NGINX, p99 ≤ 6 × NGINX;
 - GET 42 B, one worker per CPU: a3s-Nw ≥ 0.25 × NGINX (same worker count), p99 ≤ 4 ×;
 - best Python peer ÷ a3s_gateway (1 worker, same run) ≤ 0.5;
-- 1000 routers ÷ 10 routers (a3s-1w): throughput ≥ 0.83, p99 ≤ 1.2.
+- 1000 routers ÷ 10 routers (a3s-1w): throughput ≥ 0.83, p99 ≤ 1.2;
+- README example chain (jwt + rate-limit) ÷ bare route (a3s-1w): throughput ≥ 0.8, p99 ≤ 1.3.
 
 A row with wrk errors in the products it compares is a MISS whatever the ratios; a row whose
 products were not measured is "n/a". Files: ``run-<UTC>.json`` and ``latest.json`` (the same
@@ -190,6 +191,16 @@ def verdicts(summaries: list[Summary], peers: tuple[str, ...]) -> list[Verdict]:
                 _find(summaries, plan.ROUTERS_10.name, plan.A3S_1W),
             ),
             (0.83, 1.2),
+        )
+    )
+    rows.append(
+        _judge(
+            "README example chain (jwt + rate-limit) ÷ bare route (a3s-1w)",
+            (
+                _find(summaries, plan.README_CHAIN.name, plan.A3S_1W),
+                _find(summaries, get1, plan.A3S_1W),
+            ),
+            (0.8, 1.3),
         )
     )
     return rows

@@ -101,6 +101,7 @@ def preflight(port: int, profile: plan.Profile, host: str | None, path: str) -> 
     """One real request; None when it answers 200 with the expected body size, else why not."""
     connection = http.client.HTTPConnection(HOST, port, timeout=PREFLIGHT_TIMEOUT)
     headers = {"Host": host} if host else {}
+    headers.update(_request_headers(profile))
     body = b"p" * profile.body_bytes if profile.body_bytes else None
     try:
         connection.request(profile.method, path, body=body, headers=headers)
@@ -185,6 +186,7 @@ class Runner:
             method=profile.method,
             body_bytes=profile.body_bytes,
             host=table.host,
+            headers=_request_headers(profile),
         )
         with Children() as scope:
             live: list[_Live] = []
@@ -230,7 +232,7 @@ class Runner:
         if name in plan.GATEWAY_WORKERS:
             workers = plan.GATEWAY_WORKERS[name]
             config = work / "gateway.hcl"
-            text = gateway.config_text(port, self.upstream_port, table)
+            text = gateway.config_text(port, self.upstream_port, table, profile.middlewares)
             config.write_text(text)
             argv = gateway.command(config, workers)
             run = ProductRun(name, "a3s_gateway", argv, gateway.worker_count(workers))
@@ -361,3 +363,10 @@ def _abridged(text: str, keep: int = 60) -> str:
         return text
     skipped = len(lines) - 2 * keep
     return "\n".join([*lines[:keep], f"# ... {skipped} lines left out ...", *lines[-keep:]])
+
+
+def _request_headers(profile: plan.Profile) -> dict[str, str]:
+    """Extra request fields of a profile: a valid bearer token when its chain has ``jwt``."""
+    if "auth-jwt" in profile.middlewares:
+        return {"Authorization": f"Bearer {gateway.bearer_token()}"}
+    return {}

@@ -65,8 +65,15 @@ class WrkResult:
         return sum(self.errors.values())
 
 
-def write_script(path: Path, *, method: str, body_bytes: int, host: str | None) -> Path:
-    """Write the Lua script for one request shape to ``path``."""
+def write_script(
+    path: Path,
+    *,
+    method: str,
+    body_bytes: int,
+    host: str | None,
+    headers: dict[str, str] | None = None,
+) -> Path:
+    """Write the Lua script for one request shape to ``path`` (``headers``: extra fields)."""
     lines = [f'wrk.method = "{method}"']
     if body_bytes:
         lines += [
@@ -75,6 +82,8 @@ def write_script(path: Path, *, method: str, body_bytes: int, host: str | None) 
         ]
     if host is not None:
         lines.append(f'wrk.headers["Host"] = "{host}"')
+    for name, value in (headers or {}).items():
+        lines.append(f'wrk.headers["{name}"] = "{value}"')
     path.write_text("\n".join(lines) + "\n" + DONE_LUA)
     return path
 
