@@ -29,14 +29,14 @@ def test_a_short_body_cannot_end() -> None:
 def test_unknown_length_is_chunked_for_1_1_and_close_delimited_for_1_0() -> None:
     chunked = ResponseWriter(b"GET", b"1.1", keep_alive=True)
     assert chunked.head(200, [(b"transfer-encoding", b"gzip")], b"", close=False) == (
-        b"HTTP/1.1 200 \r\ntransfer-encoding: chunked\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
     )
     assert chunked.data(b"abc") == b"3\r\nabc\r\n"
     assert chunked.end([(b"x-sum", b"1")]) == b"0\r\nx-sum: 1\r\n\r\n"
     assert chunked.keep_alive
 
     old = ResponseWriter(b"GET", b"1.0", keep_alive=False)
-    assert old.head(200, [], b"", close=False) == b"HTTP/1.1 200 \r\nconnection: close\r\n\r\n"
+    assert old.head(200, [], b"", close=False) == b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"
     assert old.data(b"abc") == b"abc"
     assert old.end([(b"x-sum", b"1")]) == b""
     assert not old.keep_alive
@@ -60,7 +60,7 @@ def test_close_and_client_keep_alive() -> None:
     wire = writer.head(
         200, [(b"connection", b"keep-alive"), (b"content-length", b"0")], b"", close=True
     )
-    assert wire == b"HTTP/1.1 200 \r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    assert wire == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     assert client_keep_alive(b"1.1", [(b"connection", b"Upgrade, CLOSE")]) is False
     assert client_keep_alive(b"1.1", [(b"connection", b"keep-alive")]) is True
     assert client_keep_alive(b"1.0", [(b"connection", b"keep-alive")]) is False
@@ -91,3 +91,17 @@ def test_informational_only_before_the_head_and_only_to_1_1() -> None:
     with pytest.raises(ProtocolViolation):
         writer.informational(100, [], b"")
     assert ResponseWriter(b"POST", b"1.0", keep_alive=False).informational(100, [], b"") == b""
+
+
+def test_a_head_without_a_reason_gets_the_usual_phrase() -> None:
+    writer = ResponseWriter(b"GET", b"1.1", keep_alive=True)
+    wire = writer.head(401, [(b"content-length", b"0")], b"", close=False)
+    assert wire.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    other = ResponseWriter(b"GET", b"1.1", keep_alive=True)
+    assert other.head(299, [(b"content-length", b"0")], b"", close=False).startswith(
+        b"HTTP/1.1 299 \r\n"
+    )  # no phrase known: none
+    kept = ResponseWriter(b"GET", b"1.1", keep_alive=True)
+    assert kept.head(401, [(b"content-length", b"0")], b"Go Away", close=False).startswith(
+        b"HTTP/1.1 401 Go Away\r\n"
+    )

@@ -571,3 +571,18 @@ async def test_a_middleware_bug_answers_500_and_the_connection_survives(
     await h.client.send_all(GET)
     status, _, _ = await read_response(h.client, client)
     assert status == 200
+
+
+async def test_generated_responses_carry_date_and_a_reason_phrase(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery)
+    chains = cast("dict[str, tuple[Middleware, ...]]", h.ctx.runtime.chains)
+    chains["all"] = (Recorder("deny", [], deny=True),)
+    await h.client.send_all(GET)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await h.client.receive_some(65536)
+    status_line, _, fields = head.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 403 Forbidden"
+    assert b"\r\ndate: " in b"\r\n" + fields.lower()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum, auto
+from http import HTTPStatus
 from typing import Final
 
 from a3s_gateway.protocols.events import ProtocolViolation
@@ -72,6 +73,11 @@ def field_block(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """``name: value CRLF`` for every line, or None if any line breaks RFC 9110's grammar."""
     block = b"".join(b"%b: %b\r\n" % line for line in headers)
     return block if _HEADER_BLOCK.fullmatch(block) is not None else None
+
+
+#: RFC 9110's reason phrases, written when a head has none (clients and people reading
+#: ``curl -i`` expect ``401 Unauthorized``, not ``401``).
+PHRASES: Final = {int(status): status.phrase.encode("ascii") for status in HTTPStatus}
 
 
 def _fail(reason: str) -> ProtocolViolation:
@@ -187,4 +193,6 @@ class ResponseWriter:
         block = field_block(headers)
         if block is None or _REASON.fullmatch(reason) is None:
             raise _fail("invalid response header field")
+        if not reason:  # a generated response, or an upstream that sent none: the usual phrase
+            reason = PHRASES.get(status, b"")
         return b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, block)

@@ -46,6 +46,7 @@ from a3s_gateway.protocols.target import decrement_max_forwards, precheck, split
 from a3s_gateway.routing.paths import InvalidPathEscape, routing_path, sanitize_path
 from a3s_gateway.routing.request import RequestView, canonical_host, parse_peer
 from a3s_gateway.server.body_limit import BodyTooLarge, LimitedDownstream
+from a3s_gateway.server.context import DateCache
 from a3s_gateway.server.forward import (
     AbortResponse,
     ConnectError,
@@ -72,6 +73,9 @@ __all__ = ["ClientTimeout", "Downstream", "handle_request", "send_generated"]
 log: Final = logging.getLogger("a3s_gateway.exchange")
 
 _END: Final = EndOfBody()
+#: ``Date`` values for generated responses (formatted at most once a second; shared by the
+#: gateways of a process, which is harmless: it only caches the time of day).
+_DATES: Final = DateCache()
 #: The debug-mode response field naming the failover service that served (SPEC §7.8).
 _SERVED_BY: Final = b"x-a3s-failover"
 #: The answer when a service has no available backend at all (SPEC §7.9 step 5).
@@ -123,13 +127,17 @@ class Downstream(Protocol):
 
 
 async def send_generated(down: Downstream, response: GeneratedResponse, *, head_only: bool) -> None:
-    """Send a gateway-generated response (``Date`` is added by the caller's adapter path)."""
+    """Send a gateway-generated response, with a ``Date`` field when it has none (RFC 9110
+    §6.6.1: the gateway is the origin of this response)."""
     if response.close:
         down.close_after_response()
+    head = response.head
+    if not any(name == b"date" for name, _ in head.headers):
+        head = ResponseHead(head.status, [*head.headers, (b"date", _DATES.value())], head.reason)
     if response.body and not head_only:
-        await down.send_batch((response.head, BodyChunk(response.body), _END))
+        await down.send_batch((head, BodyChunk(response.body), _END))
     else:
-        await down.send_batch((response.head, _END))
+        await down.send_batch((head, _END))
 
 
 async def handle_request(
