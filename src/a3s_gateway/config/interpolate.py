@@ -97,22 +97,34 @@ class InterpolationResult:
     data: object
     errors: tuple[tuple[Path, str], ...]
     whole: frozenset[Path]
+    #: Strings produced by interpolating a variable whose name marks a secret (SPEC §14.4:
+    #: ``SECRET``, ``TOKEN``, ``PASSWORD``, ``PASSWD``, ``KEY``, ``CREDENTIAL``).
+    secrets: frozenset[str] = frozenset()
 
 
 def interpolate_tree(data: object, env: Mapping[str, str]) -> InterpolationResult:
     """Interpolate every string value in nested dicts, lists and tuples; never raises."""
     walker = _TreeWalker(env)
     result = walker.walk(data, ())
-    return InterpolationResult(result, tuple(walker.errors), frozenset(walker.whole))
+    return InterpolationResult(
+        result, tuple(walker.errors), frozenset(walker.whole), frozenset(walker.secrets)
+    )
+
+
+#: A variable reference whose name marks its value as a secret (SPEC §14.4).
+_SECRET_REFERENCE: Final = re.compile(
+    r"\$\{[A-Za-z0-9_]*(?:SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL)", re.IGNORECASE
+)
 
 
 class _TreeWalker:
-    __slots__ = ("env", "errors", "whole")
+    __slots__ = ("env", "errors", "secrets", "whole")
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.errors: list[tuple[Path, str]] = []
         self.whole: list[Path] = []
+        self.secrets: set[str] = set()
 
     def walk(self, node: object, path: Path) -> object:
         match node:
@@ -144,6 +156,8 @@ class _TreeWalker:
             return text
         if _WHOLE.fullmatch(text) is not None:
             self.whole.append(path)
+        if result and _SECRET_REFERENCE.search(text) is not None:
+            self.secrets.add(result)
         return result
 
 

@@ -24,7 +24,7 @@ from a3s_gateway.config.problems import (
     make_problem,
     sort_problems,
 )
-from a3s_gateway.config.schema import LABELLED_SECTIONS
+from a3s_gateway.config.schema import LABELLED_SECTIONS, remember_secrets
 from a3s_gateway.config.semantic import SemanticContext, check_semantics
 from a3s_gateway.errors import ConfigError
 
@@ -188,6 +188,8 @@ def _load_parsed(
     ordered = sort_problems(problems)
     failed = not main.ok or any(p.severity == "error" for p in ordered)
     config = None if failed else converted.config
+    if converted.config is not None:
+        remember_secrets(converted.config, interpolated.secrets)
     return LoadResult(config, ordered, sources, main_file, tuple(files), converted.config)
 
 

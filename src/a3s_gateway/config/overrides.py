@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from a3s_gateway.config.schema import remember_secrets, secrets_of
 from a3s_gateway.config.schema_entrypoints import Entrypoint
 
 if TYPE_CHECKING:
@@ -29,4 +30,6 @@ def apply_listen_override(config: Config, address: Address) -> Config:
         entrypoints[LISTEN_ENTRYPOINT] = msgspec.structs.replace(current, address=address)
     else:
         entrypoints[LISTEN_ENTRYPOINT] = Entrypoint(address=address)
-    return msgspec.structs.replace(config, entrypoints=entrypoints)
+    replaced = msgspec.structs.replace(config, entrypoints=entrypoints)
+    remember_secrets(replaced, secrets_of(config))
+    return replaced

@@ -8,6 +8,7 @@ need. Must not: read files or the environment, or perform cross-field checks.
 
 from __future__ import annotations
 
+import weakref
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -158,7 +159,7 @@ class Observability(Block, frozen=True, kw_only=True):
     service_name: Annotated[str, msgspec.Meta(min_length=1)] = "a3s-gateway"
 
 
-class Config(Block, frozen=True, kw_only=True):
+class Config(Block, frozen=True, kw_only=True, weakref=True):
     """A whole gateway configuration, validated (SPEC §3).
 
     Immutable: treat the label maps as read-only. ``to_json()`` renders it with secrets
@@ -177,11 +178,13 @@ class Config(Block, frozen=True, kw_only=True):
     shutdown_timeout_secs: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 30
 
     def to_builtins(self, *, redact: bool = True) -> dict[str, object]:
-        """Plain builtins (the HCL shape), with secrets replaced by ``"<redacted>"``."""
+        """Plain builtins (the HCL shape), with secrets replaced by ``"<redacted>"``: the
+        secret fields, sensitive header values, and strings interpolated from secret-named
+        variables (``remember_secrets``)."""
         tree = msgspec.to_builtins(self, enc_hook=_enc_hook if redact else enc_hook)
         assert isinstance(tree, dict)
         if redact:
-            _redact(tree)
+            _redact(tree, _SECRET_STRINGS.get(id(self), frozenset()))
         return tree
 
     def to_json(self, *, redact: bool = True) -> bytes:
@@ -213,16 +216,57 @@ def _enc_hook(obj: object) -> object:
     return enc_hook(obj)
 
 
-def _redact(node: object) -> None:
+#: Header names whose configured values are secrets (SPEC §14.4), and name parts that are.
+_SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+_SECRET_HEADER_PARTS: Final = ("token", "secret", "key", "password")
+#: Strings interpolated from secret-named variables, per live ``Config`` (by id; dropped when
+#: the config is collected).
+_SECRET_STRINGS: dict[int, frozenset[str]] = {}
+
+
+def remember_secrets(config: Config, secrets: frozenset[str]) -> None:
+    """Record the strings of ``config`` that came from secret-named variables, so that its
+    redacted renderings hide them wherever they ended up."""
+    if not secrets:
+        return
+    key = id(config)
+    _SECRET_STRINGS[key] = _SECRET_STRINGS.get(key, frozenset()) | secrets
+    weakref.finalize(config, _SECRET_STRINGS.pop, key, None)
+
+
+def secrets_of(config: Config) -> frozenset[str]:
+    """What ``remember_secrets`` recorded for ``config``."""
+    return _SECRET_STRINGS.get(id(config), frozenset())
+
+
+def _sensitive_header(name: object) -> bool:
+    if not isinstance(name, str):
+        return False
+    lowered = name.lower()
+    return lowered in _SECRET_HEADERS or any(part in lowered for part in _SECRET_HEADER_PARTS)
+
+
+def _redact(node: object, secrets: frozenset[str]) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
             if key in SECRET_FIELDS and value is not None:
                 node[key] = _redacted_shape(value)
+            elif isinstance(key, str) and key.endswith("headers") and isinstance(value, dict):
+                for name, text in value.items():
+                    if _sensitive_header(name) or (isinstance(text, str) and text in secrets):
+                        value[name] = REDACTED
+            elif isinstance(value, str):
+                if value in secrets:
+                    node[key] = REDACTED
             else:
-                _redact(value)
-    elif isinstance(node, list | tuple):
-        for item in node:
-            _redact(item)
+                _redact(value, secrets)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            if isinstance(item, str):
+                if item in secrets:
+                    node[index] = REDACTED
+            else:
+                _redact(item, secrets)
 
 
 def _redacted_shape(value: object) -> object:
