@@ -3,7 +3,8 @@
 Runs, in order: route matching (``bench/bench_routing.py``'s measurement, loaded from its file
 and left unmodified; skipped with the reason if it doesn't import), config loading
 (``config_parse``), the HTTP/1.1 adapters (``http1_adapter``) and the gateway's memory
-(``memory``; needs NGINX and curl). Prints one table per benchmark; with ``--json`` also writes
+(``memory``; needs NGINX and curl), and the per-request cost of observability (``metrics``,
+``accesslog``, ``tracing``). Prints one table per benchmark; with ``--json`` also writes
 ``{"environment": {...}, "results": {name: rows or record}, "errors": {name: text}}``, which
 the load harness merges into its report. ``--quick`` runs fewer rounds and smaller memory
 loads (for a smoke test, not for numbers to publish). A benchmark that fails is recorded in
@@ -25,11 +26,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Final, Protocol
 
-from . import config_parse, http1_adapter, memory
+from . import accesslog_bench, config_parse, http1_adapter, memory, metrics_bench, tracing_bench
 
 BENCH: Final = Path(__file__).resolve().parents[1]
 REPO: Final = BENCH.parent
-NAMES: Final = ("routing", "config", "http1", "memory")
+NAMES: Final = ("routing", "config", "http1", "metrics", "accesslog", "tracing", "memory")
 
 
 class _Table(Protocol):
@@ -125,11 +126,14 @@ def memory_record(*, quick: bool) -> memory.Memory:
 
 def print_rows(title: str, rows: list[dict[str, object]], columns: list[str]) -> None:
     print(f"\n{title}")
-    widths = [max(len(column), *(len(str(row[column])) for row in rows)) for column in columns]
+    widths = [
+        max(len(column), *(len(str(row.get(column, ""))) for row in rows)) for column in columns
+    ]
     print("  ".join(column.rjust(width) for column, width in zip(columns, widths, strict=True)))
     for row in rows:
         cells = (
-            str(row[column]).rjust(width) for column, width in zip(columns, widths, strict=True)
+            str(row.get(column, "")).rjust(width)
+            for column, width in zip(columns, widths, strict=True)
         )
         print("  ".join(cells))
 
@@ -159,6 +163,21 @@ def main(argv: list[str] | None = None) -> int:
             "HTTP/1.1 adapters, one keep-alive cycle",
             http1,
             ["cycle", "us_per_cycle", "us_best"],
+        ),
+        "metrics": (
+            "metrics: per-request updates and a scrape (observability/gateway_metrics.py)",
+            metrics_bench.run,
+            ["kind", "call", "step", "ns_per_call", "ns_best", "ms_per_scrape", "ms_best"],
+        ),
+        "accesslog": (
+            "access log: encoding and queueing a line (observability/accesslog.py)",
+            accesslog_bench.run,
+            ["case", "us_per_op", "us_best"],
+        ),
+        "tracing": (
+            "tracing: extract, new span, inject, request id (observability/tracing.py)",
+            tracing_bench.run,
+            ["cycle", "ns_per_request", "ns_best"],
         ),
     }
     for name in args.only:

@@ -4,8 +4,12 @@ Ring 2 (with ``app.py``): the only place that installs signal handlers and loggi
 delegate to ``config.load``, ``preflight`` and ``app.Gateway``. Errors on the command line are
 one line on stderr (exit 2), never a traceback.
 
-Nurseries: ``run`` opens one nursery holding ``Gateway.serve`` and the signal watcher; a first
-SIGINT/SIGTERM asks the gateway to drain, a second cancels the nursery at once (exit 128+n).
+Nurseries: ``run`` opens one nursery holding ``Gateway.serve``, the reload path
+(``providers.Reloader.run``: the file watcher and debounced reloads, when
+``providers.file.watch`` is true) and the signal watcher; a first SIGINT/SIGTERM asks the
+gateway to drain, a second cancels the nursery at once (exit 128+n). SIGHUP and the watcher
+share one reload function (``Reloader.reload_now``); a failed reload keeps the running config,
+logs every problem and is recorded in ``health().last_reload``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import trio
 
 from a3s_gateway import __version__
 from a3s_gateway.app import Gateway
-from a3s_gateway.config.load import LoadOptions, LoadResult, load
+from a3s_gateway.config.load import LoadOptions, load
+from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.summary import summary, summary_lines
 from a3s_gateway.config.values import Address
 from a3s_gateway.demo import Demo
@@ -35,12 +40,14 @@ from a3s_gateway.demo.run import DEFAULT_PORT
 from a3s_gateway.errors import ConfigError, GatewayError, StartError
 from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
+from a3s_gateway.providers import Reloader
 from a3s_gateway.server.workers import run_supervisor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from a3s_gateway.config.problems import Problem
+    from a3s_gateway.config.schema import Config
 
 PROG: Final = "a3s-gateway"
 EXIT_OK: Final = 0
@@ -225,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     try:
         gateway = Gateway(result.config, listen_override=args.listen)
-        return trio.run(_serve_until_signalled, gateway, path, result)
+        return trio.run(_serve_until_signalled, gateway, path, args.listen)
     except StartError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_START
@@ -242,19 +249,35 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve_until_signalled(gateway: Gateway, path: str, first: LoadResult) -> int:
-    """Serve; drain on the first SIGINT/SIGTERM, exit at once on the second, reload on SIGHUP."""
-    del first
-    return await _until_signalled(gateway.serve, gateway.shutdown, partial(_reload, gateway, path))
+async def _serve_until_signalled(gateway: Gateway, path: str, listen: str | None) -> int:
+    """Serve with the file provider; drain on the first SIGINT/SIGTERM, exit at once on the
+    second, reload on SIGHUP (the same path as a file change, but never skipped as unchanged)."""
+    prepare: Callable[[Config], Config] | None = None
+    if listen is not None:
+        prepare = partial(apply_listen_override, address=Address(listen))
+    reloader = Reloader(gateway, path, prepare=prepare)
+    gateway.attach_reloader(reloader)
+
+    async def on_sighup() -> None:
+        # After logrotate the access log goes on in a new file, whatever the config says.
+        gateway.reopen_access_log()
+        await reloader.reload_now(force=True)
+
+    return await _until_signalled(
+        gateway.serve, gateway.shutdown, on_sighup, background=reloader.run
+    )
 
 
 async def _until_signalled(
     serve: _Startable,
     shutdown: Callable[[], Awaitable[object]],
     reload: Callable[[], Awaitable[object]],
+    *,
+    background: _Startable | None = None,
 ) -> int:
     """Run ``serve`` (a ``nursery.start``-able function) until it returns; the first
     SIGINT/SIGTERM calls ``shutdown``, a second cancels at once (128+n), SIGHUP calls ``reload``.
+    ``background`` (also ``start``-able) runs from when ``serve`` has started until it returns.
 
     A ``GatewayError`` from starting ``serve`` is raised as it is (not in an exception group).
     """
@@ -274,6 +297,8 @@ async def _until_signalled(
             except GatewayError as error:
                 start_error.append(error)
             else:
+                if background is not None:
+                    await nursery.start(background)
                 exit_code.append(await _signal_loop(signals, nursery, shutdown, reload))
         if start_error:
             raise start_error[0]
@@ -290,7 +315,8 @@ async def _signal_loop(
     draining = False
     async for signum in signals:
         if signum == signal.SIGHUP:
-            await reload()
+            # In the background: a SIGTERM during a reload is handled at once.
+            nursery.start_soon(reload)
         elif draining:
             log.warning("second signal %s: stopping now", signal.Signals(signum).name)
             nursery.cancel_scope.cancel()
@@ -300,25 +326,6 @@ async def _signal_loop(
             log.info("signal %s: draining", signal.Signals(signum).name)
             nursery.start_soon(shutdown)
     return EXIT_OK
-
-
-async def _reload(gateway: Gateway, path: str) -> None:
-    """SIGHUP: reload from the file; a bad config is logged and the running one kept."""
-    result = await trio.to_thread.run_sync(load, path)
-    problems = await trio.to_thread.run_sync(lambda: check(result, offline=False))
-    errors = [p for p in problems if p.severity == "error"]
-    if errors or result.config is None:
-        for problem in problems:
-            log.error("reload rejected: %s", problem.format())
-        gateway.record_failed_reload(len(errors))
-        return
-    for problem in problems:
-        log.warning("%s", problem.format())
-    try:
-        await gateway.reload(result.config)
-    except GatewayError as error:
-        log.error("reload rejected: %s", error)
-        gateway.record_failed_reload(1)
 
 
 def _demo(port: int) -> int:

@@ -112,3 +112,8 @@ def test_through_runs_the_entered_response_sides_last_first_on_a_copy() -> None:
     assert seen == [b"second", b"first"]
     assert not any(name == b"x-seen" for name, _ in shared.head.headers)
     assert through([], state, shared) is shared
+
+
+def test_instances_know_their_config_type() -> None:
+    instances, _ = compile_chains(config())
+    assert {name: m.kind for name, m in instances.items()} == {"cors": "cors", "hdrs": "headers"}

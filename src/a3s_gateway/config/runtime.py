@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.config.schema_services import LoadBalancer
 from a3s_gateway.middleware.phases import compile_chains
+from a3s_gateway.observability.tracing import propagation_forms
 from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
@@ -137,6 +138,31 @@ class RuntimeConfig:
     middlewares: Mapping[str, Middleware]
     #: Each router's middleware chain, in order; routers without middlewares are absent.
     chains: Mapping[str, tuple[Middleware, ...]]
+    #: Tracing and request-id settings (SPEC §9.4, §9.5).
+    observability: ObservabilityRuntime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObservabilityRuntime:
+    """What the data plane needs of ``observability {}`` per request."""
+
+    #: Extract, continue and inject trace context (``tracing_enabled``).
+    tracing: bool
+    sample_rate: float
+    #: ``tracing_propagation`` as ``observability.tracing`` form flags.
+    forms: int
+    #: The request-id field name, lower case (``b""``: no request ids).
+    request_id: bytes
+
+
+def _observability(config: Config) -> ObservabilityRuntime:
+    settings = config.observability
+    return ObservabilityRuntime(
+        tracing=settings.tracing_enabled,
+        sample_rate=settings.tracing_sample_rate,
+        forms=propagation_forms(settings.tracing_propagation),
+        request_id=settings.request_id_header.lower().encode("ascii"),
+    )
 
 
 def compile_runtime(
@@ -176,6 +202,7 @@ def compile_runtime(
         services=services,
         middlewares=instances,
         chains=chains,
+        observability=_observability(config),
     )
 
 

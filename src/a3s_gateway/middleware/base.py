@@ -148,10 +148,12 @@ class RequestState:
 class Middleware:
     """Base class: both sides do nothing. ``name`` is the definition's name in the config."""
 
-    __slots__ = ("name",)
+    __slots__ = ("kind", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: The config ``type`` (set by ``compile_chains``; metrics label ``type``).
+        self.kind = type(self).__name__
 
     async def request(self, state: RequestState) -> GeneratedResponse | None:
         """The request side; a response short-circuits the chain (SPEC §8.1)."""

@@ -156,7 +156,8 @@ def compile_chains(
         if kept is not None and old is not None and old == block:
             instances[name] = kept  # unchanged definition: same instance, same state
         else:
-            instances[name] = factory(name, block, deps)
+            instance = instances[name] = factory(name, block, deps)
+            instance.kind = kind
     if missing:
         raise StartError(
             "middleware cannot run on an http router of this gateway: " + ", ".join(missing)

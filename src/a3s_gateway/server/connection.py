@@ -68,6 +68,9 @@ class Http1Downstream:
 
     ``receive_body`` applies the client body-idle timeout; ``send`` poisons the adapter when a
     write fails. ``request_complete`` turns true once the request's ``EndOfBody`` was read.
+    ``status``, ``received_bytes`` and ``sent_bytes`` describe the exchange in progress for
+    the access log and metrics: the status of the response head sent, and the body bytes read
+    and written (all reset per request).
     """
 
     __slots__ = (
@@ -75,10 +78,15 @@ class Http1Downstream:
         "_body_idle",
         "_stream",
         "closing",
+        "head_sent",
         "http_version",
         "pending",
+        "received_bytes",
         "request_complete",
+        "response_fields",
         "response_started",
+        "sent_bytes",
+        "status",
     )
 
     def __init__(self, stream: trio.abc.Stream, adapter: Http1Server, body_idle: float) -> None:
@@ -91,6 +99,36 @@ class Http1Downstream:
         self.response_started = False
         #: The connection ends after the response in progress.
         self.closing = False
+        self.status = 0
+        self.received_bytes = 0
+        self.sent_bytes = 0
+        #: When the response head was written (trio's clock; -1: not yet).
+        self.head_sent = -1.0
+        #: Fields every response head of the exchange carries (the request id, SPEC §9.5).
+        self.response_fields: list[tuple[bytes, bytes]] = []
+
+    def add_response_field(self, line: tuple[bytes, bytes]) -> None:
+        """Add ``line`` to the response head of the exchange in progress, whoever makes it
+        (the upstream, a middleware, the gateway)."""
+        self.response_fields.append(line)
+
+    def _with_fields(self, head: ResponseHead) -> ResponseHead:
+        fields = self.response_fields
+        names = {name for name, _ in fields}
+        kept = [line for line in head.headers if line[0] not in names]
+        return ResponseHead(head.status, [*kept, *fields], head.reason)
+
+    def start_exchange(self, head: RequestHead) -> None:
+        """Reset the per-request state for ``head``."""
+        self.request_complete = not head.has_body
+        self.response_started = False
+        self.http_version = head.http_version
+        self.status = 0
+        self.received_bytes = 0
+        self.sent_bytes = 0
+        self.head_sent = -1.0
+        if self.response_fields:
+            self.response_fields = []
 
     async def fill(self) -> None:
         """Read once from the client and queue the resulting events.
@@ -123,6 +161,7 @@ class Http1Downstream:
             self.request_complete = True
             return event
         if isinstance(event, BodyChunk):
+            self.received_bytes += len(event.data)
             return event
         raise ProtocolViolation(400, "unexpected event in request body")
 
@@ -133,10 +172,14 @@ class Http1Downstream:
         if self.request_complete or not pending or not isinstance(pending[-1], EndOfBody):
             return None
         body: list[BodyChunk | EndOfBody] = []
+        size = 0
         for event in pending:
-            if not isinstance(event, (BodyChunk, EndOfBody)):
+            if isinstance(event, BodyChunk):
+                size += len(event.data)
+            elif not isinstance(event, EndOfBody):
                 return None
             body.append(event)
+        self.received_bytes += size
         pending.clear()
         self.request_complete = True
         return body
@@ -145,6 +188,8 @@ class Http1Downstream:
         """Write one event to the client. Raises ``ClientGone`` if the write fails."""
         if isinstance(event, ResponseHead):
             self.response_started = True
+            if self.response_fields:
+                event = self._with_fields(event)
         data = self._adapter.send(event)
         if not data:
             return
@@ -156,15 +201,27 @@ class Http1Downstream:
         except BaseException:
             self._adapter.send_failed()
             raise
+        if isinstance(event, ResponseHead):
+            self.status = event.status
+            self.head_sent = trio.current_time()
+        elif isinstance(event, BodyChunk):
+            self.sent_bytes += len(event.data)
 
     async def send_batch(self, events: Sequence[ResponseHead | BodyChunk | EndOfBody]) -> None:
         """Write several events of one response in a single write (what one upstream read
         produced, or a whole generated response). Raises ``ClientGone`` if the write fails."""
         adapter = self._adapter
         parts: list[bytes] = []
+        status = 0
+        sent = 0
         for event in events:
-            if isinstance(event, ResponseHead):
+            if isinstance(event, BodyChunk):
+                sent += len(event.data)
+            elif isinstance(event, ResponseHead):
                 self.response_started = True
+                status = event.status
+                if self.response_fields:
+                    event = self._with_fields(event)
             parts.append(adapter.send(event))
         data = b"".join(parts)
         if not data:
@@ -177,6 +234,11 @@ class Http1Downstream:
         except BaseException:
             adapter.send_failed()
             raise
+        # Counted once written: the record shows what reached the client.
+        if status:
+            self.status = status
+            self.head_sent = trio.current_time()
+        self.sent_bytes += sent
 
     def close_after_response(self) -> None:
         """The response in progress ends the connection (``Connection: close``)."""
@@ -245,9 +307,7 @@ async def _serve_requests(
         if head is None:
             return
         served += 1
-        down.request_complete = not head.has_body
-        down.response_started = False
-        down.http_version = head.http_version
+        down.start_exchange(head)
         limit = entry.max_requests_per_connection
         if ctx.drain.draining or (limit and served >= limit):
             down.close_after_response()

@@ -8,14 +8,19 @@ keeps a consistent snapshot, SPEC §10.1). Must not: hold per-request state.
 
 from __future__ import annotations
 
+import random
+import secrets
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING
+
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     import trio
 
     from a3s_gateway.config.runtime import RuntimeConfig
+    from a3s_gateway.observability.record import ExchangeObserver
     from a3s_gateway.upstream import UpstreamPool
 
 __all__ = ["DateCache", "Drain", "ServerContext"]
@@ -81,9 +86,12 @@ class ServerContext:
         "dates",
         "drain",
         "failover_requests",
+        "metrics",
+        "observer",
         "pool",
         "rejected_connections",
         "rejection_reports",
+        "rng",
         "runtime",
         "stale_retries",
         "total_requests",
@@ -108,3 +116,10 @@ class ServerContext:
         self.failover_requests = 0
         #: Where fire-and-forget work runs (mirror copies); set by ``app.Gateway`` while serving.
         self.background: trio.Nursery | None = None
+        #: The Prometheus families (a disabled instance records nothing: the null object).
+        self.metrics = GatewayMetrics(enabled=False)
+        #: Receives each finished exchange's record (metrics, access log); None: nobody.
+        self.observer: ExchangeObserver | None = None
+        #: Span and request ids (SPEC §9.4: ``random.Random`` seeded from ``secrets``), one per
+        #: process: each worker builds its own context after it was spawned.
+        self.rng = random.Random(secrets.randbits(128))

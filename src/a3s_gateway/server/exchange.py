@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -24,8 +25,17 @@ import trio
 
 from a3s_gateway.middleware import Middleware, RequestState, through
 from a3s_gateway.middleware.body_limit import too_large
+from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
 from a3s_gateway.middleware.compress import CompressMiddleware
 from a3s_gateway.middleware.retry import RetryMiddleware, failure_kind
+from a3s_gateway.observability.record import ExchangeObserver, ExchangeRecord
+from a3s_gateway.observability.tracing import (
+    extract,
+    inject,
+    request_id,
+    set_request_id,
+    start_span,
+)
 from a3s_gateway.protocols.events import (
     BodyChunk,
     EndOfBody,
@@ -61,8 +71,14 @@ from a3s_gateway.server.replay import ReplayBuffer
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-    from a3s_gateway.config.runtime import EntrypointRuntime, RuntimeConfig, ServiceRuntime
+    from a3s_gateway.config.runtime import (
+        EntrypointRuntime,
+        ObservabilityRuntime,
+        RuntimeConfig,
+        ServiceRuntime,
+    )
     from a3s_gateway.middleware.compress import BodyFilter
+    from a3s_gateway.observability.tracing import Span
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.server.connection import ConnInfo
     from a3s_gateway.server.context import ServerContext
@@ -126,6 +142,25 @@ class Downstream(Protocol):
     def close_after_response(self) -> None: ...
 
 
+class ObservedDownstream(Downstream, Protocol):
+    """The connection's own downstream, which also counts what crossed it for the record:
+    the status of the response head sent and the body bytes read and written."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def received_bytes(self) -> int: ...
+
+    @property
+    def sent_bytes(self) -> int: ...
+
+    @property
+    def head_sent(self) -> float: ...
+
+    def add_response_field(self, line: tuple[bytes, bytes]) -> None: ...
+
+
 async def send_generated(down: Downstream, response: GeneratedResponse, *, head_only: bool) -> None:
     """Send a gateway-generated response, with a ``Date`` field when it has none (RFC 9110
     §6.6.1: the gateway is the origin of this response)."""
@@ -141,31 +176,67 @@ async def send_generated(down: Downstream, response: GeneratedResponse, *, head_
 
 
 async def handle_request(
-    head: RequestHead, down: Downstream, info: ConnInfo, ctx: ServerContext
+    head: RequestHead, down: ObservedDownstream, info: ConnInfo, ctx: ServerContext
 ) -> None:
-    """Answer one request, by proxying it or by a generated response.
+    """Answer one request, by proxying it or by a generated response, then hand its record to
+    the observers (metrics, access log) once the response has gone out.
 
     Raises only ``ClientGone`` (the client went away, or the response had to be aborted): the
     connection then closes. Everything else is answered here.
     """
+    record = ExchangeRecord(info.entrypoint, trio.current_time())
+    record.method = head.method
+    record.host = head.authority
+    record.peer_ip = record.client_ip = info.peer_ip
+    record.protocol = _PROTOCOLS.get(head.http_version, "HTTP/1.1")
+    if info.tls:
+        record.scheme = "https"
+    try:
+        await _handle_counted(head, down, info, ctx, record)
+    except BaseException:
+        if not record.error or not down.status:  # nothing (or not all) reached the client
+            record.error = record.error if down.status and record.error else "client_abort"
+        raise
+    finally:
+        record.status = down.status
+        record.head_sent = down.head_sent
+        record.request_bytes = down.received_bytes
+        record.response_bytes = down.sent_bytes
+        record.ended = trio.current_time()
+        record.wall = time.time()
+        observer = ctx.observer
+        if observer is not None:
+            observer.finish(record)
+
+
+async def _handle_counted(
+    head: RequestHead,
+    down: ObservedDownstream,
+    info: ConnInfo,
+    ctx: ServerContext,
+    record: ExchangeRecord,
+) -> None:
     runtime = ctx.runtime
     entry = runtime.entrypoints[info.entrypoint]
     ctx.total_requests += 1
     active = ctx.active_requests.get(info.entrypoint, 0)
     if active >= entry.max_concurrent_requests:
+        record.error = "overloaded"
         extra = [(b"retry-after", b"1")]
         await _answer(down, head, error_response(503, "overloaded", extra=extra))
         return
     ctx.active_requests[info.entrypoint] = active + 1
     try:
-        await _handle(head, down, info, ctx, runtime, entry)
+        await _handle(head, down, info, ctx, runtime, entry, record)
     except ClientTimeout:
+        record.error = "client_timeout"
         if not down.response_started:
             await _answer(down, head, error_response(408, close=True))
         else:
             raise _abort() from None
     except ProtocolViolation as violation:
         # A malformed request body (bad chunking): 400 if we still can, else abort.
+        record.error = "bad_request"
         if down.response_started:
             raise _abort() from None
         text = f"bad request: {violation.reason}" if violation.status == 400 else None
@@ -186,23 +257,32 @@ async def _answer(down: Downstream, head: RequestHead, response: GeneratedRespon
 
 async def _handle(
     head: RequestHead,
-    down: Downstream,
+    down: ObservedDownstream,
     info: ConnInfo,
     ctx: ServerContext,
     runtime: RuntimeConfig,
     entry: EntrypointRuntime,
+    record: ExchangeRecord,
 ) -> None:
+    for name, value in head.headers:
+        if name == b"user-agent":
+            record.user_agent = value
+            break
+    trace = _trace(head, down, info, ctx, runtime.observability, entry, record)
+    raw_path, query = split_target(head.target)
+    received = record.path = raw_path
+    record.query = query
     early = precheck(head)
     if early is not None:
+        record.error = "bad_request" if early.head.status >= 400 else ""
         await _answer(down, head, early)
         return
-    raw_path, query = split_target(head.target)
-    received = raw_path
     if entry.sanitize_path:
         raw_path = sanitize_path(raw_path)
     try:
         path = routing_path(raw_path)
     except InvalidPathEscape:
+        record.error = "bad_request"
         await _answer(down, head, error_response(400, "bad request: invalid escape", close=True))
         return
     view = RequestView(
@@ -215,17 +295,24 @@ async def _handle(
     )
     route = runtime.routes.select(view, info.entrypoint)
     if route is None:
+        record.error = "no_route"
         await _answer(down, head, error_response(404))
         return
+    record.router = route.name
+    record.service = route.service
     service = runtime.services.get(route.service)
     if service is None:
+        record.error = "no_backend"
         await _answer(down, head, error_response(503))
         return
     chain = runtime.chains.get(route.name)
     if not chain:
         target = raw_path + (b"?" + query if query else b"")
         upstream_headers, client = _upstream_headers(head, info, entry)
-        request = _Request(head, target, upstream_headers, client, entry.tls)
+        record.client_ip = client
+        if trace is not None:
+            upstream_headers = trace.apply(upstream_headers)
+        request = _Request(head, target, upstream_headers, client, entry.tls, record)
         await _dispatch(request, down, ctx, runtime, service)
         return
     trusted = _peer_trusted(info, entry)
@@ -245,22 +332,106 @@ async def _handle(
         peer_trusted=trusted,
         received=received + (b"?" + query if query else b""),
     )
+    record.client_ip = state.client_ip
     split = _wrapper_index(chain)
     stop = len(chain) if split is None else split + 1
-    if await _request_sides(chain, 0, stop, state, head, down) is not None:
+    if await _request_sides(chain, 0, stop, state, head, down, record, ctx.observer) is not None:
         return  # a middleware answered
     if split is not None:
         status = 0
         try:
-            status = await _retrying(chain, split, state, head, down, info, ctx, runtime, service)
+            status = await _retrying(
+                chain, split, state, head, down, info, ctx, runtime, service, record, trace
+            )
         finally:
             _complete(chain[:stop], state, status)
         return
-    request = _chained_request(chain, state, head, info, entry)
+    request = _chained_request(chain, state, head, info, entry, record, trace)
     try:
         await _dispatch(request, down, ctx, runtime, service)
     finally:
         _complete(request.chain, state, request.status)
+
+
+#: The ``protocol`` of the access log by the request's HTTP version.
+_PROTOCOLS: Final = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
+#: The access log's ``error`` for a middleware's answer, by status (SPEC §9.2).
+_ANSWER_ERRORS: Final = {
+    401: "unauthorized",
+    403: "forbidden",
+    413: "body_too_large",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "auth_unavailable",
+    503: "unavailable",
+    504: "auth_timeout",
+}
+
+
+def _answered_error(middleware: Middleware, status: int) -> str:
+    """The ``error`` word for a middleware's own answer ("" for a CORS preflight 204)."""
+    if status < 400:
+        return ""
+    if status == 503 and isinstance(middleware, CircuitBreakerMiddleware):
+        return "breaker_open"
+    return _ANSWER_ERRORS.get(status, "denied")
+
+
+def _failure_error(error: UpstreamFailure) -> str:
+    """The ``error`` word for an upstream failure before any response byte was relayed."""
+    if error.status == 504:
+        return "upstream_timeout"
+    if error.status == 503:
+        return "at_capacity" if "limit" in error.detail else "shutting_down"
+    return "bad_response" if error.detail.startswith("invalid") else "upstream_reset"
+
+
+class _Trace:
+    """The exchange's span and request id, and how they go on every upstream request."""
+
+    __slots__ = ("forms", "name", "request_id", "span")
+
+    def __init__(self, span: Span | None, forms: int, name: bytes, request_id: bytes) -> None:
+        self.span = span
+        self.forms = forms
+        self.name = name
+        self.request_id = request_id
+
+    def apply(self, headers: Headers) -> Headers:
+        """``headers`` with the trace headers replaced by the span's (SPEC §9.4 "Inject") and
+        the request id set (§9.5)."""
+        if self.span is not None:
+            headers = inject(headers, self.span, self.forms)
+        if self.name:
+            headers = set_request_id(headers, self.name, self.request_id)
+        return headers
+
+
+def _trace(
+    head: RequestHead,
+    down: ObservedDownstream,
+    info: ConnInfo,
+    ctx: ServerContext,
+    settings: ObservabilityRuntime,
+    entry: EntrypointRuntime,
+    record: ExchangeRecord,
+) -> _Trace | None:
+    """Continue the request's trace and settle its request id (SPEC §9.4, §9.5); None when
+    both are off. The request id also goes on the response, whoever answers."""
+    name = settings.request_id
+    if not settings.tracing and not name:
+        return None
+    span = None
+    if settings.tracing:
+        span = start_span(extract(head.headers), ctx.rng, settings.sample_rate)
+        record.trace_id = span.trace_id
+        record.span_id = span.span_id
+    rid = b""
+    if name:
+        trusted = _peer_trusted(info, entry)
+        rid = record.request_id = request_id(head.headers, name, trusted=trusted, rng=ctx.rng)
+        down.add_response_field((name, rid))
+    return _Trace(span, settings.forms, name, rid)
 
 
 def _wrapper_index(chain: tuple[Middleware, ...]) -> int | None:
@@ -278,19 +449,28 @@ async def _request_sides(
     state: RequestState,
     head: RequestHead,
     down: Downstream,
+    record: ExchangeRecord,
+    observer: ExchangeObserver | None,
 ) -> int | None:
     """The request sides of ``chain[start:stop]`` (SPEC §8.1); None when all passed, else the
     status a middleware answered with (0 if it could not be sent). The answer goes back
     through the response sides of the middlewares entered before it (``chain[:index]``); the
-    ones entered here complete."""
+    ones entered here complete. Each request side's outcome and time go to ``observer``."""
     for index in range(start, stop):
         middleware = chain[index]
+        began = trio.current_time() if observer is not None else 0.0
         try:
             answer = await middleware.request(state)
         except Exception:  # a middleware bug answers 500; the connection survives (SPEC §8.1)
             log.exception("middleware %s failed", middleware.name)
             answer = _INTERNAL_ERROR
+        if observer is not None:
+            outcome = "pass" if answer is None else "reject"
+            spent = trio.current_time() - began
+            observer.middleware(middleware.name, middleware.kind, outcome, spent)
         if answer is not None:
+            record.middleware = middleware.name
+            record.error = _answered_error(middleware, answer.head.status)
             sent = 0
             try:
                 await _answer(down, head, _through(chain[:index], state, answer))
@@ -307,6 +487,8 @@ def _chained_request(
     head: RequestHead,
     info: ConnInfo,
     entry: EntrypointRuntime,
+    record: ExchangeRecord,
+    trace: _Trace | None,
 ) -> _Request:
     """The request to dispatch once the request sides ran: the head as they changed it."""
     changed = dataclasses.replace(head, method=state.method, headers=state.headers)
@@ -314,8 +496,10 @@ def _chained_request(
     upstream_headers, client = _upstream_headers(changed, info, entry)
     if state.forwarded_prefix is not None:
         upstream_headers.append((b"x-forwarded-prefix", state.forwarded_prefix))
+    if trace is not None:
+        upstream_headers = trace.apply(upstream_headers)
     hosts = state.values(b"host")
-    request = _Request(changed, target, upstream_headers, client, entry.tls)
+    request = _Request(changed, target, upstream_headers, client, entry.tls, record)
     request.chain = chain
     request.state = state
     if hosts and hosts[0] != head.authority:  # the headers middleware set Host (SPEC §8.9)
@@ -337,6 +521,8 @@ async def _retrying(
     ctx: ServerContext,
     runtime: RuntimeConfig,
     service: ServiceRuntime,
+    record: ExchangeRecord,
+    trace: _Trace | None,
 ) -> int:
     """SPEC §8.12: attempts of the rest of the chain and the dispatch, each on a fresh copy of
     the request as it reached ``retry`` (``chain[split]``); the status sent to the client.
@@ -377,10 +563,12 @@ async def _retrying(
         while True:
             state = base.copy()
             try:
-                sent = await _request_sides(chain, split + 1, len(chain), state, head, down)
+                sent = await _request_sides(
+                    chain, split + 1, len(chain), state, head, down, record, ctx.observer
+                )
                 if sent is not None:
                     return sent
-                request = _chained_request(chain, state, head, info, entry)
+                request = _chained_request(chain, state, head, info, entry, record, trace)
                 request.tried = tried
                 request.first = number == 0
                 request.hold = partial(decide, "status")
@@ -463,6 +651,7 @@ class _Request:
         "headers",
         "hold",
         "host",
+        "record",
         "state",
         "status",
         "target",
@@ -471,9 +660,17 @@ class _Request:
     )
 
     def __init__(
-        self, head: RequestHead, target: bytes, headers: Headers, client: str, tls: bool
+        self,
+        head: RequestHead,
+        target: bytes,
+        headers: Headers,
+        client: str,
+        tls: bool,
+        record: ExchangeRecord,
     ) -> None:
         self.head = head
+        #: What the observers will see of this exchange (attempts, backend, errors).
+        self.record = record
         self.target = target
         self.headers = headers
         self.client = client
@@ -579,6 +776,7 @@ async def _dispatch(
         with trio.move_on_after(total) as scope:
             failure = await _dispatch_within(request, down, ctx, runtime, service)
         if scope.cancelled_caught:  # the total timeout ends the request: never retried
+            request.record.error = "upstream_timeout"
             if down.response_started:
                 raise _abort()
             await _answer(down, request.head, request.answer(error_response(504)))
@@ -606,6 +804,7 @@ async def _dispatch_within(
                 request, LimitedDownstream(down, state.body_limit), ctx, runtime, service
             )
         except BodyTooLarge as error:
+            request.record.error = "body_too_large"
             if down.response_started:
                 raise _abort() from None
             # Answered here, so the 413 passes the middlewares' response sides (SPEC §8.1).
@@ -634,6 +833,7 @@ async def _dispatch_limited(
         if fallback is not None:
             reason = "no_backend" if failure is _NO_BACKEND_FAILURE else "connect_failed"
             ctx.failover_requests += 1
+            ctx.metrics.failover(service.name, reason)
             log.info(
                 "service %s failed (%s): request goes to failover service %s",
                 service.name,
@@ -702,6 +902,11 @@ async def _try_service(
         tried.append(backend)
         if request.hold is not None:
             avoid.append(backend)
+        record = request.record
+        record.attempts += 1
+        record.backend = backend.url.text
+        record.upstream_started = trio.current_time()
+        record.upstream_head = -1.0
         added = extra
         if sticky is not None and backend is not pinned:
             added = (*extra, sticky.set_cookie(backend, ctx.dates.unix(), tls=request.tls))
@@ -720,26 +925,34 @@ async def _try_service(
                     host=request.host,
                     hold=request.hold,
                     body_filter=request.body_filter,
+                    record=record,
                 )
             except ConnectError as error:
                 log.info("connect to %s failed: %s", backend.url.text, error.detail)
-                _outcome(service, backend, error.status)
+                record.error = "connect_timeout" if error.status == 504 else "connect_refused"
+                ctx.metrics.connect_error(
+                    service.name, backend.url.text, "timeout" if error.status == 504 else "refused"
+                )
+                _outcome(ctx, service, backend, error.status, record)
                 failure = _Failure(error_response(error.status), error.status, "connect-failure")
                 continue
             except UpstreamFailure as error:
                 log.info("upstream %s failed: %s", backend.url.text, error.detail)
+                record.error = _failure_error(error)
                 if error.status != 503:  # 503: our own pool limit or shutdown, not the backend
-                    _outcome(service, backend, error.status)
+                    _outcome(ctx, service, backend, error.status, record)
                 if down.response_started:
                     raise _abort() from error
                 kind = failure_kind(error.status, connect=False, before_head=True)
                 return _Failure(error_response(error.status, error.text), error.status, kind)
             except HeldResponse as held:
+                record.error = ""
                 log.info("response %d from %s held for a retry", held.status, backend.url.text)
-                _outcome(service, backend, held.status)
+                _outcome(ctx, service, backend, held.status, record)
                 return _Failure(None, held.status, "status")
             except MiddlewareFailed:
                 # A response side failed on the proxied head, before it was sent (SPEC §8.1).
+                record.error = "internal_error"
                 if down.response_started:
                     raise _abort() from None
                 await _answer(down, request.head, _INTERNAL_ERROR)
@@ -747,17 +960,31 @@ async def _try_service(
                 return None
             except AbortResponse as error:
                 log.info("response from %s aborted: %s", backend.url.text, error)
-                _outcome(service, backend, 502)
+                record.error = "upstream_reset"
+                _outcome(ctx, service, backend, 502, record)
                 raise _abort() from error
-            _outcome(service, backend, status)
+            _outcome(ctx, service, backend, status, record)
             request.status = status
+            record.error = ""
             return None
+    if failure is _NO_BACKEND_FAILURE and not tried:
+        request.record.error = "no_backend"
     return failure
 
 
-def _outcome(service: ServiceRuntime, backend: Backend, status: int) -> None:
-    """Feed one finished attempt to the service's passive health (SPEC §7.5): transport
-    failures arrive as 502 (refused, reset, invalid) or 504 (timeouts)."""
+def _outcome(
+    ctx: ServerContext,
+    service: ServiceRuntime,
+    backend: Backend,
+    status: int,
+    record: ExchangeRecord,
+) -> None:
+    """Feed one finished attempt to the observers (per-backend counts and upstream time) and
+    to the service's passive health (SPEC §7.5): transport failures arrive as 502 (refused,
+    reset, invalid) or 504 (timeouts)."""
+    observer = ctx.observer
+    if observer is not None:
+        observer.attempt(service.name, backend.url.text, status, record.upstream_seconds)
     outliers = service.outliers
     if outliers is None:
         return

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.runtime import ServiceRuntime
     from a3s_gateway.middleware.compress import BodyFilter
+    from a3s_gateway.observability.record import ExchangeRecord
     from a3s_gateway.protocols.headers import HeaderLine, Headers
     from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.exchange import Downstream
@@ -120,6 +121,7 @@ async def forward(
     host: bytes | None = None,
     hold: Callable[[int], bool] | None = None,
     body_filter: Callable[[int, Headers], BodyFilter | None] | None = None,
+    record: ExchangeRecord | None = None,
 ) -> int:
     """Proxy one request to ``backend``, relay the response to ``down``; its status.
     ``extra`` fields are added to the response (a sticky ``Set-Cookie``); ``on_response``
@@ -154,11 +156,13 @@ async def forward(
             on_response,
             hold,
             body_filter,
+            record,
         )
     except UpstreamFailure as failure:
         if not _stale(conn, failure, head, down):
             raise
     ctx.stale_retries += 1
+    ctx.metrics.stale_retry(service.name, backend.url.text)
     conn = await _connect(ctx, service, peer, fresh=True)
     return await _attempt(
         conn,
@@ -171,6 +175,7 @@ async def forward(
         on_response,
         hold,
         body_filter,
+        record,
     )
 
 
@@ -200,8 +205,10 @@ async def _attempt(
     on_response: Callable[[int, Headers], None] | None,
     hold: Callable[[int], bool] | None,
     body_filter: Callable[[int, Headers], BodyFilter | None] | None,
+    record: ExchangeRecord | None,
 ) -> int:
     attempt = _Attempt(conn, down, service, ctx, extra, on_response, hold, body_filter)
+    attempt.record = record
     try:
         return await attempt.run(up_head, expect_continue)
     finally:
@@ -280,6 +287,7 @@ class _Attempt:
         "_pump_error",
         "_service",
         "_timer",
+        "record",
         "reusable",
     )
 
@@ -308,6 +316,8 @@ class _Attempt:
         self._timer: trio.CancelScope | None = None
         self._in_body = False
         self.reusable = False
+        #: Gets the time the response head arrived (the access log's ``upstream_ms``).
+        self.record: ExchangeRecord | None = None
 
     async def run(self, up_head: RequestHead, expect_continue: bool) -> int:
         """Send, wait, relay; the response's status."""
@@ -396,6 +406,8 @@ class _Attempt:
 
     async def _relay(self, response: ResponseHead) -> None:
         """Send the head and the body; whatever is already read goes out in one write."""
+        if self.record is not None:
+            self.record.upstream_head = trio.current_time()
         timer = self._timer
         assert timer is not None  # set by run
         if self._hold is not None and self._hold(response.status):

@@ -4,7 +4,14 @@ Ring 1. Nurseries: none of its own. ``serve_listener`` runs inside the *listener
 nursery (owned by ``app.py``, cancelled first when draining) and starts one task per accepted
 connection in the *connection handlers* nursery it is given (also owned by ``app.py``; its
 deadline becomes now + grace at drain), the shape of ``trio.serve_listeners`` (DESIGN.md §3.3).
-Deadlines: none.
+Deadlines: a retired ``ListenerGroup``'s connections get now + grace (SPEC §10.2).
+
+``ListenerGroup`` is one entrypoint's bound sockets with their accept loops (one per socket,
+each in its own cancel scope, so a reload can start and stop one entrypoint's loops without
+touching the others) and the cancel scopes of the connections they accepted. A reload keeps a
+group whose address is unchanged (the same sockets, never rebound), binds new ones before its
+swap, and retires removed ones after it: their loops stop, their sockets close, and their
+open connections are cancelled if still open when the grace ends.
 
 ``open_http_listeners`` binds every address before anything is served, so a bind failure is a
 ``StartError`` naming the entrypoint and address and nothing stays bound (SPEC §2.2). With
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket as stdlib_socket
 from typing import TYPE_CHECKING, Final
 
@@ -34,7 +42,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.runtime import EntrypointRuntime
     from a3s_gateway.server.context import ServerContext
 
-__all__ = ["open_http_listeners", "serve_listener"]
+__all__ = ["Connections", "ListenerGroup", "open_http_listeners", "serve_listener"]
 
 log: Final = logging.getLogger("a3s_gateway.server")
 
@@ -122,13 +130,108 @@ def bound_address(listener: trio.SocketListener) -> tuple[str, int]:
     return str(sockname[0]), int(sockname[1])
 
 
+class Connections:
+    """The cancel scopes of the connections one listener group accepted, and the deadline
+    they all get (infinite until the group is retired)."""
+
+    __slots__ = ("deadline", "scopes")
+
+    def __init__(self) -> None:
+        self.deadline = math.inf
+        self.scopes: set[trio.CancelScope] = set()
+
+    def end_by(self, deadline: float) -> None:
+        """Cancel every connection, current or starting, that is still open at ``deadline``."""
+        self.deadline = min(self.deadline, deadline)
+        for scope in self.scopes:
+            scope.deadline = min(scope.deadline, deadline)
+
+
+class ListenerGroup:
+    """One entrypoint's sockets, accept loops and connections (module docstring)."""
+
+    def __init__(
+        self, name: str, address: tuple[str, int], listeners: list[trio.SocketListener]
+    ) -> None:
+        #: The entrypoint whose connections the loops accept (a reload may rename it).
+        self.name = name
+        #: The configured (host, port): what a reload compares (port 0 stays 0 here).
+        self.address = address
+        self.listeners = listeners
+        self.connections = Connections()
+        self._loops: list[trio.CancelScope] = []
+        self.closed = False
+
+    @property
+    def accepting(self) -> bool:
+        """Whether accept loops are running."""
+        return bool(self._loops)
+
+    def start(
+        self,
+        acceptors: trio.Nursery,
+        handlers: trio.Nursery,
+        ctx: ServerContext,
+        entry: EntrypointRuntime,
+    ) -> None:
+        """Start one accept loop per socket in ``acceptors`` for ``entry`` (loops already
+        running are stopped first: a renamed entrypoint keeps its sockets)."""
+        self.stop()
+        self.name = entry.name
+        for listener in self.listeners:
+            scope = trio.CancelScope()
+            self._loops.append(scope)
+            acceptors.start_soon(self._accept, scope, listener, entry, handlers, ctx)
+
+    async def _accept(
+        self,
+        scope: trio.CancelScope,
+        listener: trio.SocketListener,
+        entry: EntrypointRuntime,
+        handlers: trio.Nursery,
+        ctx: ServerContext,
+    ) -> None:
+        with scope:
+            try:
+                await serve_listener(listener, entry, handlers, ctx, self.connections)
+            except trio.ClosedResourceError:
+                if not self.closed:
+                    raise
+
+    def stop(self) -> None:
+        """Stop the accept loops; the sockets stay open (new connections wait in the
+        backlog). A pending accept is cancelled before it takes a connection."""
+        for scope in self._loops:
+            scope.cancel()
+        self._loops.clear()
+
+    def close(self) -> None:
+        """Stop accepting and close the sockets. Idempotent."""
+        self.stop()
+        self.closed = True
+        for listener in self.listeners:
+            listener.socket.close()
+
+    def retire(self, deadline: float) -> None:
+        """Close, and cancel the connections still open at ``deadline`` (SPEC §10.2:
+        a removed listener's connections drain within the grace)."""
+        self.close()
+        self.connections.end_by(deadline)
+
+    def bound(self) -> tuple[tuple[str, int], ...]:
+        """The addresses actually bound (port 0 resolved)."""
+        return tuple(bound_address(listener) for listener in self.listeners)
+
+
 async def serve_listener(
     listener: trio.SocketListener,
     entry: EntrypointRuntime,
     handlers: trio.Nursery,
     ctx: ServerContext,
+    connections: Connections | None = None,
 ) -> None:
-    """Accept connections forever, each served in ``handlers``; cancel to stop.
+    """Accept connections forever, each served in ``handlers``; cancel to stop. With
+    ``connections``, each connection runs in a cancel scope registered there.
 
     The entrypoint's current settings are read from ``ctx.runtime`` at each accept, so a
     reload's limits apply to the next connection. Over ``max_connections``, or from a peer
@@ -155,7 +258,8 @@ async def serve_listener(
             continue
         stream = from_trio(accepted)
         ctx.active_connections[name] = active + 1
-        handlers.start_soon(_handle, stream, entry, ctx)
+        ctx.metrics.connection_opened(name)
+        handlers.start_soon(_handle, stream, entry, ctx, connections)
 
 
 def _allowed(accepted: trio.SocketStream, entry: EntrypointRuntime) -> bool:
@@ -170,6 +274,7 @@ def _reject(accepted: trio.SocketStream, ctx: ServerContext, name: str, reason: 
     """Close a just-accepted connection without a byte; counted, logged at debug level, with
     an info summary at most once a minute per entrypoint and reason."""
     accepted.socket.close()
+    ctx.metrics.connection_rejected(name, reason)
     key = (name, reason)
     count = ctx.rejected_connections.get(key, 0) + 1
     ctx.rejected_connections[key] = count
@@ -186,7 +291,12 @@ def _reject(accepted: trio.SocketStream, ctx: ServerContext, name: str, reason: 
         )
 
 
-async def _handle(stream: RawSocketStream, entry: EntrypointRuntime, ctx: ServerContext) -> None:
+async def _handle(
+    stream: RawSocketStream,
+    entry: EntrypointRuntime,
+    ctx: ServerContext,
+    connections: Connections | None,
+) -> None:
     try:
         peer = stream.socket.getpeername()
         info = ConnInfo(entry.name, str(peer[0]), int(peer[1]), entry.tls)
@@ -194,7 +304,17 @@ async def _handle(stream: RawSocketStream, entry: EntrypointRuntime, ctx: Server
         stream.socket.close()
         ctx.active_connections[entry.name] -= 1
         return
+    if connections is None:
+        try:
+            await serve_http1(stream, info, ctx)
+        finally:
+            ctx.active_connections[entry.name] -= 1
+        return
+    scope = trio.CancelScope(deadline=connections.deadline)
+    connections.scopes.add(scope)
     try:
-        await serve_http1(stream, info, ctx)
+        with scope:
+            await serve_http1(stream, info, ctx)
     finally:
+        connections.scopes.discard(scope)
         ctx.active_connections[entry.name] -= 1

@@ -16,12 +16,16 @@ nothing yet; end-of-file means the supervisor is gone and the worker drains.
 Signals: SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the supervisor
 decides and forwards SIGTERM). SIGTERM starts the drain; repeated SIGTERMs change nothing
 (a supervisor that wants it dead now uses SIGKILL), so a SIGTERM sent both to the process
-group and by the supervisor does not skip the drain. SIGHUP reloads the config from the file;
-it is ignored until the worker is serving.
+group and by the supervisor does not skip the drain. SIGHUP (sent by the supervisor once it
+has validated the file, ``server/workers.py``) reloads the config from the file through
+``providers.Reloader.reload_now`` — the candidate is built in a child process, off the event
+loop — with the ``--listen`` override and the reserved ports re-applied; it is ignored until
+the worker is serving. Workers do not watch the file: the supervisor does.
 
 Nurseries: ``ProcessWorker`` owns none (its awaits run in the supervisor's slot task). In the
 worker, ``_serve`` owns one nursery holding ``Gateway.serve``, the supervisor watcher, the
-drain and reload tasks; it ends when ``Gateway.serve`` returns. Deadlines: none of its own (the
+reloader (which owns the candidate-builder child, started at the first reload) and the drain
+and reload tasks; it ends when ``Gateway.serve`` returns. Deadlines: none of its own (the
 drain grace is the gateway's). Must not: bind sockets itself, parse arguments, or write to
 stdout.
 """
@@ -42,10 +46,12 @@ import trio
 from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import LoadOptions, load
 from a3s_gateway.config.overrides import apply_listen_override
+from a3s_gateway.config.schema import remember_secrets, secrets_of
 from a3s_gateway.config.values import Address
-from a3s_gateway.errors import GatewayError, ReloadError
+from a3s_gateway.errors import GatewayError
 from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
+from a3s_gateway.providers import Reloader
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -186,7 +192,9 @@ def with_ports(config: Config, ports: dict[str, int]) -> Config:
         if entry is not None and entry.address.port == 0:
             address = Address(_format_address(entry.address.host, port))
             entrypoints[name] = msgspec.structs.replace(entry, address=address)
-    return msgspec.structs.replace(config, entrypoints=entrypoints)
+    replaced = msgspec.structs.replace(config, entrypoints=entrypoints)
+    remember_secrets(replaced, secrets_of(config))
+    return replaced
 
 
 def _prepare(config: Config, spec: WorkerSpec) -> Config:
@@ -196,19 +204,17 @@ def _prepare(config: Config, spec: WorkerSpec) -> Config:
     return with_ports(config, spec.ports)
 
 
-def _load(spec: WorkerSpec, *, reloading: bool) -> Config | None:
-    """Load and check the file; log the problems; ``None`` if there is an error."""
+def _load(spec: WorkerSpec) -> Config | None:
+    """Load and check the file at start; log the problems; ``None`` if there is an error."""
     result = load(spec.path, options=LoadOptions(workers=spec.workers))
     problems = check(result, offline=False)
     if any(p.severity == "error" for p in problems) or result.config is None:
-        prefix = "reload rejected: " if reloading else ""
         for problem in problems:
-            log.error("%s%s", prefix, problem.format())
+            log.error("%s", problem.format())
         return None
     # The CLI already logged the start-up warnings once; N more copies would be noise.
-    level = logging.WARNING if reloading else logging.DEBUG
     for problem in problems:
-        log.log(level, "%s", problem.format())
+        log.debug("%s", problem.format())
     return _prepare(result.config, spec)
 
 
@@ -221,7 +227,7 @@ def worker_main(spec: WorkerSpec, channel: Connection[object, object]) -> None:
 
 
 def _run(spec: WorkerSpec, channel: Connection[object, object]) -> int:
-    config = _load(spec, reloading=False)
+    config = _load(spec)
     if config is None:
         return EXIT_CONFIG
     try:
@@ -258,17 +264,27 @@ def _gateway_error(error: BaseException) -> GatewayError | None:
 
 async def _serve(gateway: Gateway, spec: WorkerSpec, channel: Connection[object, object]) -> int:
     """Serve until the gateway has stopped; see the module docstring for the signals."""
+    reloader = Reloader(
+        gateway,
+        spec.path,
+        workers=spec.workers,
+        prepare=partial(_prepare, spec=spec),
+        watch=False,
+        warm=False,
+    )
+    gateway.attach_reloader(reloader)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(_serve_then_cancel, gateway, nursery.cancel_scope)
+            await nursery.start(reloader.run)
             addresses = {name: list(bound) for name, bound in gateway.addresses().items()}
             channel.send_bytes(_encoder.encode(Ready(pid=os.getpid(), addresses=addresses)))
             nursery.start_soon(_watch_supervisor, channel, gateway)
             draining = False
-            reloading = trio.Lock()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    nursery.start_soon(_reload, gateway, spec, reloading)
+                    gateway.reopen_access_log()
+                    nursery.start_soon(partial(reloader.reload_now, force=True))
                 elif not draining:
                     draining = True
                     log.info("worker %d: draining", spec.index)
@@ -295,17 +311,3 @@ async def _watch_supervisor(channel: Connection[object, object], gateway: Gatewa
             log.warning("supervisor is gone: draining")
             await gateway.shutdown()
             return
-
-
-async def _reload(gateway: Gateway, spec: WorkerSpec, lock: trio.Lock) -> None:
-    """SIGHUP: reload from the file; a bad config is logged and the running one kept."""
-    async with lock:
-        config = await trio.to_thread.run_sync(partial(_load, spec, reloading=True))
-        if config is None:
-            gateway.record_failed_reload(1)
-            return
-        try:
-            await gateway.reload(config)
-        except ReloadError as error:
-            log.error("reload rejected: %s", error)
-            gateway.record_failed_reload(1)

@@ -16,7 +16,15 @@ get datagrams), so its port is learnt and released at once.
 
 Processes and signals (SPEC §2.4): the supervisor owns the signals. First SIGINT/SIGTERM →
 SIGTERM to every worker (each drains), wait, exit 0; a second → SIGKILL, exit 128+n; SIGHUP →
-forwarded to every ready worker (each reloads its own config from the file). A worker that
+a reload (below).
+
+Reload (SPEC §13.4): the supervisor owns the file watching. SIGHUP and a change of the file
+(``providers.Reloader`` with ``Fleet`` as its target, debounced, unchanged candidates
+skipped) validate the file once, in the supervisor's candidate-builder child; a valid
+candidate is forwarded as SIGHUP to every ready worker, which then reloads from the file
+itself; an invalid one is logged by the supervisor and no worker reloads. (A file changed again
+between the validation and a worker's read is read by the worker as it is then; the change
+also triggers the next validation.) A worker that
 exits unexpectedly is logged and restarted after ``restart_delay`` (1 s doubling to 30 s; the
 count resets once a worker has run ``STABLE_AFTER`` seconds); the others keep serving. If a
 worker fails during the initial start-up (config or bind error), the others are stopped and the
@@ -59,6 +67,7 @@ from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import StartError
 from a3s_gateway.observability import applog
+from a3s_gateway.providers import Reloader
 from a3s_gateway.server.worker_main import ProcessWorker, Ready, Worker, WorkerSpec
 
 if TYPE_CHECKING:
@@ -69,6 +78,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema_entrypoints import Entrypoint
 
 __all__ = [
+    "Fleet",
     "Supervisor",
     "after_crash",
     "reserve_ports",
@@ -199,6 +209,8 @@ class Supervisor:
         self._start_deadline = start_deadline
         self._alive: dict[int, Worker] = {}
         self._ready: set[int] = set()
+        self._reloader: Reloader | None = None
+        self._nursery: trio.Nursery | None = None
         self._all_ready = trio.Event()
         self._stopping = trio.Event()
         self.exit_code = EXIT_OK
@@ -209,9 +221,17 @@ class Supervisor:
         """Slot index → pid of its current worker."""
         return {index: worker.pid for index, worker in self._alive.items()}
 
-    async def run(self, signals: AsyncIterator[int]) -> int:
-        """Start the workers, supervise them until stopped; the process exit code."""
+    async def run(self, signals: AsyncIterator[int], *, reloader: Reloader | None = None) -> int:
+        """Start the workers, supervise them until stopped; the process exit code.
+
+        With ``reloader`` (whose target is a ``Fleet`` of this supervisor), the file is watched
+        and SIGHUP goes through ``reloader.reload_now``; without, SIGHUP is forwarded as is.
+        """
         async with trio.open_nursery() as supervisor:
+            self._nursery = supervisor
+            if reloader is not None:
+                self._reloader = reloader
+                await supervisor.start(reloader.run)
             supervisor.start_soon(self._handle_signals, signals)
             supervisor.start_soon(self._watch_start_up)
             supervisor.start_soon(self._bound_drain)
@@ -249,8 +269,12 @@ class Supervisor:
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                log.info("signal %s: reloading %d worker(s)", name, len(self._ready))
-                self.reload()
+                if self._reloader is not None and self._nursery is not None:
+                    log.info("signal %s: validating the config file", name)
+                    self._nursery.start_soon(partial(self._reloader.reload_now, force=True))
+                else:
+                    log.info("signal %s: reloading %d worker(s)", name, len(self._ready))
+                    self.reload()
             elif not self._stopping.is_set():
                 log.info("signal %s: draining workers", name)
                 self.stop(EXIT_OK)
@@ -319,6 +343,45 @@ class Supervisor:
             self._all_ready.set()
 
 
+class Fleet:
+    """The supervisor as a reload target (``providers.ReloadTarget``): a valid candidate is
+    recorded as the running config and forwarded to the ready workers as SIGHUP."""
+
+    def __init__(self, supervisor: Supervisor, config: Config) -> None:
+        self._supervisor = supervisor
+        self._config = config
+        self._generation = 1
+        #: Candidates rejected before reaching the workers.
+        self.failed_reloads = 0
+
+    @property
+    def config_generation(self) -> int:
+        """Validated generations so far (1 = the start)."""
+        return self._generation
+
+    def config(self) -> Config:
+        return self._config
+
+    def health(self) -> Fleet:
+        return self
+
+    async def reload(self, config: Config) -> int:
+        await trio.lowlevel.checkpoint()
+        self._config = config
+        self._generation += 1
+        log.info(
+            "config validated: generation %d; reloading %d worker(s)",
+            self._generation,
+            len(self._supervisor.pids()),
+        )
+        self._supervisor.reload()
+        return self._generation
+
+    def record_failed_reload(self, problem_count: int) -> None:
+        del problem_count
+        self.failed_reloads += 1
+
+
 def _how(code: int) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
@@ -354,8 +417,12 @@ def run_supervisor(
     context = multiprocessing.get_context("spawn")
     spawn = partial(_spawn, context, template)
     supervisor = Supervisor(workers, spawn, drain_bound=config.shutdown_timeout_secs + DRAIN_MARGIN)
+    prepare = (
+        partial(apply_listen_override, address=Address(listen)) if listen is not None else None
+    )
+    reloader = Reloader(Fleet(supervisor, config), path, workers=workers, prepare=prepare)
     try:
-        return trio.run(_supervise, supervisor)
+        return trio.run(_supervise, supervisor, reloader)
     finally:
         for sock in held:
             sock.close()
@@ -365,9 +432,9 @@ def _spawn(context: SpawnContext, template: WorkerSpec, index: int) -> Worker:
     return ProcessWorker(context, msgspec.structs.replace(template, index=index))
 
 
-async def _supervise(supervisor: Supervisor) -> int:
+async def _supervise(supervisor: Supervisor, reloader: Reloader) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        return await supervisor.run(signals)
+        return await supervisor.run(signals, reloader=reloader)
 
 
 def _load(path: str, workers: int, listen: str | None) -> Config | None:

@@ -1,0 +1,722 @@
+"""The gateway's Prometheus families (SPEC §9.1) and the calls that feed them.
+
+Ring 0: pure; no trio, sockets, TLS or clocks (times and the wall clock arrive as arguments).
+
+``GatewayMetrics`` owns a ``Registry`` (``metrics.py``) with the SPEC §9.1 families that exist
+in this build, and two ways in:
+
+- **Events**, called by the data plane, each cheap: ``observe_exchange`` (one finished request:
+  the requests counter, the duration histogram, the byte counters), ``observe_attempt`` (one
+  upstream attempt: backend requests, upstream response time), ``connection_opened``,
+  ``connection_rejected``, ``connect_error``, ``stale_retry``, ``failover``,
+  ``middleware_outcome``, ``health_check``, ``passive_ejection``, ``reload``,
+  ``config_applied`` and ``access_log_dropped``. The children an exchange touches are cached
+  per (entrypoint, router, service) and per (service, backend), so a repeated label set costs a
+  dict lookup and an attribute add per family. ``observe_exchange`` leaves the backend
+  families alone: the data plane reports every attempt (retries and failover included) through
+  ``ExchangeObserver.attempt`` to ``observe_attempt``, and counting the record's last backend
+  as well would count twice.
+- **``collect(runtime, ctx)``**, called at scrape time just before ``render()``: gauges are set
+  from live state (requests in flight and open connections per entrypoint, the pool's idle and
+  active connections, each backend's in-flight count and health flags, rate-limit keys, breaker
+  states, the config generation, the ``process_*`` sample when one is passed), and counters kept
+  by the middleware instances and mirror states (retries, breaker transitions, Redis and JWKS
+  errors, mirror outcomes) are read into their families. Gauges of objects that left the config
+  are removed; counters stay (SPEC §9.1: counters survive reloads).
+
+Counters kept by instances are per generation: a reload may rebuild or drop a middleware (a
+changed definition) and rebuilds every mirror state. ``retire`` (or ``retire_generation``, which
+finds them) hands over the instances that the new generation no longer uses; their totals are
+carried, and the families report carried + live, so they never go down. A retired instance is
+still read until the next reload (requests in flight finish on their snapshot and may still
+count), then folded into the carried totals. Counter children only ever ``advance_to`` a
+larger total.
+
+With ``enabled=False`` (``metrics_enabled = false``) every method returns at once and nothing
+is recorded; the management API answers 404 instead of calling ``render``.
+
+Families of features that do not exist yet arrive with their issues: ``a3s_tls_*`` (TLS),
+``a3s_grpc_responses_total`` (gRPC), ``a3s_websocket_*`` and ``a3s_sse_streams_active``
+(WebSocket, SSE), ``a3s_tcp_*`` (TCP routing), ``a3s_udp_*`` (UDP), ``a3s_autoscaler_*`` and
+``a3s_scale_buffer_*`` (autoscaling), ``a3s_revision_traffic_percent`` and ``a3s_rollout_*``
+(revisions), ``a3s_acme_*`` (ACME), ``a3s_lb_panic_total`` (panic mode) and
+``a3s_config_pending_references`` (providers).
+
+Must not: import Ring 1 modules at run time (the data plane is described by the ``Protocol``s
+below), block, or raise from an event method on a well-formed call.
+"""
+
+from __future__ import annotations
+
+import platform
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
+
+from a3s_gateway.observability.metrics import GaugeKind, Registry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from a3s_gateway.config.runtime import RuntimeConfig
+    from a3s_gateway.middleware.base import Middleware
+    from a3s_gateway.observability.metrics import Counter, CounterChild, HistogramChild
+    from a3s_gateway.observability.process import ProcessSample
+    from a3s_gateway.observability.record import ExchangeRecord
+    from a3s_gateway.services.mirror import MirrorState
+    from a3s_gateway.upstream.peer import Peer
+    from a3s_gateway.upstream.pool_state import PeerStats
+
+__all__ = ["GatewayMetrics", "MetricsContext", "PoolView", "normalise_method"]
+
+#: The nine standard methods (RFC 9110 §9, RFC 5789); any other is ``OTHER`` (SPEC §9.1).
+#: Methods are case-sensitive, so ``get`` is ``OTHER`` too.
+_METHODS: Final[dict[bytes, str]] = {
+    method.encode(): method
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+}
+
+_ROUTE: Final = ("entrypoint", "router", "service")
+_BACKEND: Final = ("service", "backend")
+
+#: The ``to`` label of ``a3s_circuit_breaker_transitions_total`` by ``BreakerState`` value.
+_BREAKER_STATES: Final = {0: "closed", 1: "open", 2: "half_open"}
+
+
+def normalise_method(method: bytes) -> str:
+    """The ``method`` label: one of the nine standard methods, else ``OTHER``."""
+    return _METHODS.get(method, "OTHER")
+
+
+class PoolView(Protocol):
+    """What ``collect`` reads of the upstream pool (``upstream/pool.py``'s ``UpstreamPool``)."""
+
+    def stats(self, peer: Peer) -> PeerStats: ...
+
+
+class MetricsContext(Protocol):
+    """What ``collect`` reads of the data plane (``server/context.py``'s ``ServerContext``)."""
+
+    @property
+    def active_requests(self) -> Mapping[str, int]: ...
+
+    @property
+    def active_connections(self) -> Mapping[str, int]: ...
+
+    @property
+    def rejected_connections(self) -> Mapping[tuple[str, str], int]: ...
+
+    @property
+    def pool(self) -> PoolView: ...
+
+
+class _Route:
+    """The children one (entrypoint, router, service) touches, created as first needed."""
+
+    __slots__ = ("durations", "key", "request_bytes", "response_bytes", "statuses")
+
+    def __init__(self, metrics: GatewayMetrics, key: tuple[str, str, str]) -> None:
+        self.key = key
+        self.request_bytes = metrics.request_bytes.labels(*key)
+        self.response_bytes = metrics.response_bytes.labels(*key)
+        self.statuses: dict[int, _Status] = {}
+        #: The duration histogram by status class (status // 100), shared by its statuses.
+        self.durations: dict[int, HistogramChild] = {}
+
+    def status(self, metrics: GatewayMetrics, status: int) -> _Status:
+        """The children of ``status`` on this route (created on first use)."""
+        klass = status // 100
+        duration = self.durations.get(klass)
+        if duration is None:
+            duration = self.durations[klass] = metrics.duration.labels(*self.key, f"{klass}xx")
+        slot = self.statuses[status] = _Status(duration)
+        return slot
+
+
+class _Status:
+    """The children of one status on one route: the duration histogram of its class and the
+    requests counter per method. ``methods`` is keyed by the request's method bytes, and only
+    the nine standard methods are ever keys (any other goes to ``other``), so the cache stays
+    bounded whatever methods clients send."""
+
+    __slots__ = ("duration", "methods", "other")
+
+    def __init__(self, duration: HistogramChild) -> None:
+        self.duration = duration
+        self.methods: dict[bytes, CounterChild] = {}
+        self.other: CounterChild | None = None
+
+    def counter(
+        self, metrics: GatewayMetrics, route: _Route, method: bytes, status: int
+    ) -> CounterChild:
+        """The requests counter of ``method`` (created on first use)."""
+        label = _METHODS.get(method)
+        if label is None:
+            if self.other is None:
+                self.other = metrics.requests.labels(*route.key, "OTHER", str(status))
+            return self.other
+        child = self.methods[method] = metrics.requests.labels(*route.key, label, str(status))
+        return child
+
+
+class _Upstream:
+    """The children of one (service, backend)."""
+
+    __slots__ = ("codes", "response_seconds")
+
+    def __init__(self, metrics: GatewayMetrics, service: str, backend: str) -> None:
+        self.response_seconds = metrics.upstream_response.labels(service, backend)
+        #: ``a3s_backend_requests_total`` by status.
+        self.codes: dict[int, CounterChild] = {}
+
+
+_Totals: TypeAlias = "dict[tuple[Counter, tuple[str, ...]], float]"
+
+
+class GatewayMetrics:
+    """The SPEC §9.1 families of one process, and the calls that feed them."""
+
+    def __init__(self, enabled: bool, *, version: str | None = None) -> None:
+        if version is None:
+            from a3s_gateway import __version__  # at call time: an import cycle
+
+            version = __version__
+        self.enabled = enabled
+        self.registry = registry = Registry()
+        counter, gauge, histogram = registry.counter, registry.gauge, registry.histogram
+
+        # --- HTTP exchanges and connections
+        self.requests = counter(
+            "a3s_http_requests_total",
+            "HTTP requests answered, by entrypoint, router, service, method and status code.",
+            (*_ROUTE, "method", "code"),
+        )
+        self.duration = histogram(
+            "a3s_http_request_duration_seconds",
+            "Time from the request head received to the end of the exchange, in seconds.",
+            (*_ROUTE, "code_class"),
+        )
+        self.request_bytes = counter(
+            "a3s_http_request_bytes_total", "Request body bytes received from clients.", _ROUTE
+        )
+        self.response_bytes = counter(
+            "a3s_http_response_bytes_total", "Response body bytes sent to clients.", _ROUTE
+        )
+        self.in_flight = gauge(
+            "a3s_http_requests_in_flight", "HTTP requests being handled now.", ("entrypoint",)
+        )
+        self.open_connections = gauge(
+            "a3s_open_connections",
+            "Downstream connections open now, by entrypoint and protocol.",
+            ("entrypoint", "protocol"),
+        )
+        self.connections = counter(
+            "a3s_connections_total", "Downstream connections accepted.", ("entrypoint",)
+        )
+        self.connections_rejected = counter(
+            "a3s_connections_rejected_total",
+            "Downstream connections closed at accept, by reason.",
+            ("entrypoint", "reason"),
+        )
+
+        # --- backends and services
+        self.backend_requests = counter(
+            "a3s_backend_requests_total",
+            "Upstream attempts, by service, backend and status (502/504 for transport failures).",
+            (*_BACKEND, "code"),
+        )
+        self.upstream_response = histogram(
+            "a3s_upstream_response_seconds",
+            "Time from an upstream attempt's start to its response head, in seconds.",
+            _BACKEND,
+        )
+        self.connect_errors = counter(
+            "a3s_upstream_connect_errors_total",
+            "Failed upstream connection attempts, by reason.",
+            (*_BACKEND, "reason"),
+        )
+        self.stale_retries = counter(
+            "a3s_upstream_stale_retries_total",
+            "Requests re-sent on a fresh connection after a stale pooled one failed.",
+            _BACKEND,
+        )
+        self.pool_connections = gauge(
+            "a3s_upstream_pool_connections",
+            "Pooled upstream connections now, by state (idle, active).",
+            (*_BACKEND, "state"),
+        )
+        self.backend_in_flight = gauge(
+            "a3s_backend_in_flight", "Upstream attempts in flight now.", _BACKEND
+        )
+        self.backend_available = gauge(
+            "a3s_backend_available",
+            "1 when the backend may be selected (weight > 0, healthy, not ejected).",
+            _BACKEND,
+            kind=GaugeKind.MAX,
+        )
+        self.backend_healthy = gauge(
+            "a3s_backend_healthy",
+            "1 when active health checks consider the backend healthy.",
+            _BACKEND,
+            kind=GaugeKind.MAX,
+        )
+        self.backend_ejected = gauge(
+            "a3s_backend_ejected",
+            "1 when passive health has ejected the backend.",
+            _BACKEND,
+            kind=GaugeKind.MAX,
+        )
+        self.service_available = gauge(
+            "a3s_service_available_backends",
+            "Backends of the service that may be selected now.",
+            ("service",),
+            kind=GaugeKind.MAX,
+        )
+        self.health_checks = counter(
+            "a3s_health_checks_total", "Active health probes, by result.", (*_BACKEND, "result")
+        )
+        self.passive_ejections = counter(
+            "a3s_passive_ejections_total", "Backends ejected by passive health.", _BACKEND
+        )
+        self.passive_ejections_skipped = counter(
+            "a3s_passive_ejections_skipped_total",
+            "Ejections refused because of max_ejection_percent.",
+            _BACKEND,
+        )
+        self.failovers = counter(
+            "a3s_failover_requests_total",
+            "Requests sent to a failover service, by reason.",
+            ("service", "reason"),
+        )
+        self.mirror_requests = counter(
+            "a3s_mirror_requests_total",
+            "Mirrored request copies, by outcome.",
+            ("service", "outcome"),
+        )
+
+        # --- middlewares
+        self.middleware_requests = counter(
+            "a3s_middleware_requests_total",
+            "Requests through a middleware, by outcome.",
+            ("middleware", "type", "outcome"),
+        )
+        self.middleware_duration = histogram(
+            "a3s_middleware_duration_seconds",
+            "Time spent in a middleware's request side, in seconds.",
+            ("middleware", "type"),
+        )
+        self.rate_limit_keys = gauge(
+            "a3s_rate_limit_keys", "Keys with a token bucket now.", ("middleware",)
+        )
+        self.redis_errors = counter(
+            "a3s_rate_limit_redis_errors_total",
+            "Requests Redis could not decide (timeouts, errors).",
+            ("middleware",),
+        )
+        self.breaker_state = gauge(
+            "a3s_circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open (the worst of its services).",
+            ("middleware",),
+            kind=GaugeKind.MAX,
+        )
+        self.breaker_transitions = counter(
+            "a3s_circuit_breaker_transitions_total",
+            "Circuit breaker transitions, by target state.",
+            ("middleware", "to"),
+        )
+        self.retries = counter(
+            "a3s_retries_total", "Retry attempts started.", ("middleware", "service")
+        )
+        self.retries_skipped = counter(
+            "a3s_retries_skipped_total",
+            "Retries that were due but not made, by reason.",
+            ("middleware", "reason"),
+        )
+        self.jwks_errors = counter("a3s_jwks_errors_total", "Failed JWKS fetches.", ("middleware",))
+
+        # --- config, log, build
+        self.config_generation = gauge(
+            "a3s_config_generation", "The config generation serving now.", kind=GaugeKind.OWN
+        )
+        self.config_reload_time = gauge(
+            "a3s_config_last_reload_timestamp_seconds",
+            "Unix time the serving config was applied.",
+            kind=GaugeKind.OWN,
+        )
+        self.config_warnings = gauge(
+            "a3s_config_warnings", "Warnings of the serving config.", kind=GaugeKind.OWN
+        )
+        self.config_reloads = counter(
+            "a3s_config_reloads_total", "Config reloads, by result.", ("result",)
+        )
+        self.access_log_dropped_lines = counter(
+            "a3s_access_log_dropped_total", "Access-log entries dropped because the queue was full."
+        )
+        self.build_info = gauge(
+            "a3s_build_info",
+            "Always 1; the labels tell the gateway and Python versions.",
+            ("version", "python"),
+            kind=GaugeKind.OWN,
+        )
+        self.build_info.labels(version, platform.python_version()).set(1)
+
+        # --- process (the standard names of the Prometheus client libraries). With workers
+        # the supervisor's merge adds up CPU, memory and descriptors (every process's share)
+        # and reports its own limit and start time.
+        self.process_cpu = counter(
+            "process_cpu_seconds_total", "Total user and system CPU time spent in seconds."
+        )
+        self.process_resident = gauge(
+            "process_resident_memory_bytes", "Resident memory size in bytes."
+        )
+        self.process_virtual = gauge(
+            "process_virtual_memory_bytes", "Virtual memory size in bytes."
+        )
+        self.process_open_fds = gauge("process_open_fds", "Number of open file descriptors.")
+        self.process_max_fds = gauge(
+            "process_max_fds", "Maximum number of open file descriptors.", kind=GaugeKind.OWN
+        )
+        self.process_start = gauge(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            kind=GaugeKind.OWN,
+        )
+
+        # The families of TLS, gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME,
+        # panic mode and providers arrive with their issues (listed in the module docstring).
+
+        self._routes: dict[tuple[str, str, str], _Route] = {}
+        self._upstreams: dict[tuple[str, str], _Upstream] = {}
+        #: Totals of instances retired and folded (see the module docstring).
+        self._carried: _Totals = {}
+        #: Instances retired at the last reload, still read until the next one.
+        self._retiring: tuple[Middleware, ...] = ()
+        self._retiring_mirrors: tuple[tuple[str, MirrorState], ...] = ()
+
+    # ---------------------------------------------------------------------- data-plane events
+
+    def observe_exchange(self, record: ExchangeRecord) -> None:
+        """One finished HTTP exchange: ``a3s_http_requests_total`` (status 0 when no response
+        was sent; its class is ``0xx``), the duration histogram and the byte counters."""
+        if not self.enabled:
+            return
+        key = (record.entrypoint, record.router, record.service)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = _Route(self, key)
+        status = record.status
+        slot = route.statuses.get(status)
+        if slot is None:
+            slot = route.status(self, status)
+        requests = slot.methods.get(record.method)
+        if requests is None:
+            requests = slot.counter(self, route, record.method, status)
+        requests.value += 1
+        route.request_bytes.value += record.request_bytes
+        route.response_bytes.value += record.response_bytes
+        seconds = record.head_seconds  # request head received → response head sent (§9.1)
+        duration = slot.duration  # HistogramChild.observe, inlined
+        duration.counts[bisect_left(duration.bounds, seconds)] += 1
+        duration.sum += seconds
+
+    def observe_attempt(
+        self, service: str, backend: str, status: int, seconds: float | None
+    ) -> None:
+        """One upstream attempt (``ExchangeObserver.attempt``): ``a3s_backend_requests_total``
+        with its status (502/504 for transport failures) and, when a response head arrived,
+        the seconds to it in ``a3s_upstream_response_seconds``."""
+        if not self.enabled:
+            return
+        key = (service, backend)
+        upstream = self._upstreams.get(key)
+        if upstream is None:
+            upstream = self._upstreams[key] = _Upstream(self, service, backend)
+        codes = upstream.codes.get(status)
+        if codes is None:
+            codes = upstream.codes[status] = self.backend_requests.labels(
+                service, backend, str(status)
+            )
+        codes.value += 1
+        if seconds is not None:
+            histogram = upstream.response_seconds  # HistogramChild.observe, inlined
+            histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+            histogram.sum += seconds
+
+    def connection_opened(self, entrypoint: str) -> None:
+        """A downstream connection was accepted."""
+        if self.enabled:
+            self.connections.labels(entrypoint).value += 1
+
+    def connection_rejected(self, entrypoint: str, reason: str) -> None:
+        """A connection was closed at accept (``max_connections``, ``ip_not_allowed``).
+
+        ``collect`` also reads ``ServerContext.rejected_connections``, which counts the same
+        events; counters only advance to the larger total, so using both never counts twice.
+        """
+        if self.enabled:
+            self.connections_rejected.labels(entrypoint, reason).value += 1
+
+    def connect_error(self, service: str, backend: str, reason: str) -> None:
+        """An upstream connection attempt failed (``refused``, ``timeout``, ...)."""
+        if self.enabled:
+            self.connect_errors.labels(service, backend, reason).value += 1
+
+    def stale_retry(self, service: str, backend: str) -> None:
+        """A request was re-sent after a stale pooled connection failed (SPEC §5.7)."""
+        if self.enabled:
+            self.stale_retries.labels(service, backend).value += 1
+
+    def failover(self, service: str, reason: str) -> None:
+        """A request of ``service`` went to its failover service."""
+        if self.enabled:
+            self.failovers.labels(service, reason).value += 1
+
+    def middleware_outcome(self, name: str, type: str, outcome: str, seconds: float) -> None:
+        """A middleware's request side finished with ``outcome`` after ``seconds``."""
+        if not self.enabled:
+            return
+        self.middleware_requests.labels(name, type, outcome).value += 1
+        self.middleware_duration.labels(name, type).observe(seconds)
+
+    def health_check(self, service: str, backend: str, result: str) -> None:
+        """An active health probe finished with ``result``."""
+        if self.enabled:
+            self.health_checks.labels(service, backend, result).value += 1
+
+    def passive_ejection(self, service: str, backend: str, *, skipped: bool) -> None:
+        """Passive health ejected ``backend`` (or would have, but for max_ejection_percent)."""
+        if not self.enabled:
+            return
+        family = self.passive_ejections_skipped if skipped else self.passive_ejections
+        family.labels(service, backend).value += 1
+
+    def reload(self, result: str) -> None:
+        """A reload finished: ``ok``, ``error`` or ``unchanged``."""
+        if self.enabled:
+            self.config_reloads.labels(result).value += 1
+
+    def config_applied(self, *, wall: float, warnings: int) -> None:
+        """A config generation started serving (at start and after each applied reload): the
+        Unix time and its number of warnings."""
+        if not self.enabled:
+            return
+        self.config_reload_time.labels().set(wall)
+        self.config_warnings.labels().set(warnings)
+
+    def access_log_dropped(self, n: int = 1) -> None:
+        """``n`` access-log entries were dropped (queue full)."""
+        if self.enabled and n > 0:
+            self.access_log_dropped_lines.labels().value += n
+
+    # ------------------------------------------------------------------------------- reloads
+
+    def retire(
+        self,
+        instances: Iterable[Middleware],
+        *,
+        mirrors: Iterable[tuple[str, MirrorState]] = (),
+    ) -> None:
+        """Hand over the middleware instances (and ``(service, mirror state)`` pairs) that the
+        new generation no longer uses, once per reload; their counts stay in the totals. The
+        instances retired at the previous reload are folded into the carried totals now."""
+        if not self.enabled:
+            return
+        folded: _Totals = {}
+        self._instance_totals(self._retiring, self._retiring_mirrors, folded)
+        carried = self._carried
+        for key, value in folded.items():
+            carried[key] = carried.get(key, 0) + value
+        self._retiring = tuple(instances)
+        self._retiring_mirrors = tuple(mirrors)
+
+    def retire_generation(self, previous: RuntimeConfig, current: RuntimeConfig) -> None:
+        """``retire`` what ``previous`` had and ``current`` does not: middleware instances not
+        kept by the reload, and every replaced mirror state. Call it once per swap."""
+        instances = [
+            instance
+            for name, instance in previous.middlewares.items()
+            if current.middlewares.get(name) is not instance
+        ]
+        mirrors = []
+        for name, service in previous.services.items():
+            now = current.services.get(name)
+            if service.mirror is not None and (now is None or now.mirror is not service.mirror):
+                mirrors.append((name, service.mirror))
+        self.retire(instances, mirrors=mirrors)
+
+    # ------------------------------------------------------------------------------- scrape
+
+    def collect(
+        self,
+        runtime: RuntimeConfig,
+        ctx: MetricsContext,
+        *,
+        process: ProcessSample | None = None,
+    ) -> None:
+        """Set the gauges and instance-kept counters from live state (call before ``render``)."""
+        if not self.enabled:
+            return
+        self.config_generation.labels().set(runtime.generation)
+        self._collect_entrypoints(runtime, ctx)
+        self._collect_services(runtime, ctx)
+        self._collect_middlewares(runtime)
+        if process is not None:
+            self._collect_process(process)
+
+    def render(self) -> bytes:
+        """The exposition of every family (``collect`` first for fresh gauges)."""
+        return self.registry.render()
+
+    def snapshot(self) -> bytes:
+        """This worker's families for the supervisor's ``merge`` (SPEC §13.4)."""
+        return self.registry.snapshot()
+
+    def _collect_entrypoints(self, runtime: RuntimeConfig, ctx: MetricsContext) -> None:
+        names = runtime.entrypoints
+        for family, counts, extra in (
+            (self.in_flight, ctx.active_requests, ()),
+            (self.open_connections, ctx.active_connections, ("http1",)),
+        ):
+            keep = set()
+            for name in dict.fromkeys([*names, *counts]):  # in a stable order
+                value = counts.get(name, 0)
+                if value or name in names:
+                    labels = (name, *extra)
+                    family.labels(*labels).set(value)
+                    keep.add(labels)
+            family.retain(keep)
+        for (entrypoint, reason), total in ctx.rejected_connections.items():
+            self.connections_rejected.labels(entrypoint, reason).advance_to(total)
+
+    def _collect_services(self, runtime: RuntimeConfig, ctx: MetricsContext) -> None:
+        pool = ctx.pool
+        backends: set[tuple[str, ...]] = set()
+        pooled: set[tuple[str, ...]] = set()
+        services: set[tuple[str, ...]] = set()
+        for name, service in runtime.services.items():
+            available = 0
+            for backend, peer in zip(service.backends, service.peers, strict=True):
+                labels = (name, backend.url.text)
+                backends.add(labels)
+                is_available = backend.available
+                available += is_available
+                self.backend_in_flight.labels(*labels).set(backend.in_flight)
+                self.backend_available.labels(*labels).set(int(is_available))
+                self.backend_healthy.labels(*labels).set(int(backend.active_healthy))
+                self.backend_ejected.labels(*labels).set(int(backend.passive_ejected))
+                stats = pool.stats(peer)
+                idle, active = (*labels, "idle"), (*labels, "active")
+                self.pool_connections.labels(*idle).set(stats.idle)
+                self.pool_connections.labels(*active).set(stats.busy)
+                pooled.update((idle, active))
+            self.service_available.labels(name).set(available)
+            services.add((name,))
+        for family in (
+            self.backend_in_flight,
+            self.backend_available,
+            self.backend_healthy,
+            self.backend_ejected,
+        ):
+            family.retain(backends)
+        self.pool_connections.retain(pooled)
+        self.service_available.retain(services)
+
+    def _collect_middlewares(self, runtime: RuntimeConfig) -> None:
+        from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
+        from a3s_gateway.middleware.ratelimit import RateLimitMiddleware
+
+        totals: _Totals = dict(self._carried)
+        retiring = {id(instance) for instance in self._retiring}
+        live = [m for m in runtime.middlewares.values() if id(m) not in retiring]
+        mirrors = [
+            (name, service.mirror)
+            for name, service in runtime.services.items()
+            if service.mirror is not None
+        ]
+        self._instance_totals(self._retiring, self._retiring_mirrors, totals)
+        self._instance_totals(live, mirrors, totals)
+        for (family, labels), total in totals.items():
+            family.labels(*labels).advance_to(total)
+        keys: set[tuple[str, ...]] = set()
+        states: set[tuple[str, ...]] = set()
+        for instance in runtime.middlewares.values():
+            if isinstance(instance, RateLimitMiddleware):
+                self.rate_limit_keys.labels(instance.name).set(instance.key_count)
+                keys.add((instance.name,))
+            elif isinstance(instance, CircuitBreakerMiddleware):
+                self.breaker_state.labels(instance.name).set(int(instance.state))
+                states.add((instance.name,))
+        self.rate_limit_keys.retain(keys)
+        self.breaker_state.retain(states)
+
+    def _instance_totals(
+        self,
+        instances: Iterable[Middleware],
+        mirrors: Iterable[tuple[str, MirrorState]],
+        totals: _Totals,
+    ) -> None:
+        """Add the counts kept by ``instances`` and ``mirrors`` to ``totals``."""
+
+        def add(family: Counter, labels: tuple[str, ...], value: float) -> None:
+            key = (family, labels)
+            totals[key] = totals.get(key, 0) + value
+
+        for instance in instances:
+            name = instance.name
+            for family, labels, value in _middleware_counts(self, instance):
+                add(family, (name, *labels), value)
+        for service, mirror in mirrors:
+            for outcome, count in mirror.outcomes.items():
+                add(self.mirror_requests, (service, outcome), count)
+
+    def _collect_process(self, process: ProcessSample) -> None:
+        self.process_cpu.labels().advance_to(process.cpu_seconds)
+        self.process_resident.labels().set(process.resident_bytes)
+        self.process_virtual.labels().set(process.virtual_bytes)
+        if process.open_fds is not None:
+            self.process_open_fds.labels().set(process.open_fds)
+        if process.max_fds is not None:
+            self.process_max_fds.labels().set(process.max_fds)
+        if process.start_time is not None:
+            self.process_start.labels().set(process.start_time)
+
+
+def _middleware_counts(
+    metrics: GatewayMetrics, instance: Middleware
+) -> Iterable[tuple[Counter, tuple[str, ...], float]]:
+    """The counters an instance keeps: (family, labels after ``middleware``, value).
+
+    Dispatches on the instance's module before importing its class, so a type no config uses
+    is never imported (``jwt`` would bring in ``cryptography``).
+    """
+    match type(instance).__module__:
+        case "a3s_gateway.middleware.retry":
+            from a3s_gateway.middleware.retry import RetryMiddleware
+
+            if isinstance(instance, RetryMiddleware):
+                by_service: dict[str, int] = {}
+                for (service, _reason), count in instance.retries.items():
+                    by_service[service] = by_service.get(service, 0) + count
+                for service, count in by_service.items():
+                    yield metrics.retries, (service,), count
+                for reason, count in instance.skipped.items():
+                    yield metrics.retries_skipped, (reason,), count
+        case "a3s_gateway.middleware.breaker":
+            from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
+
+            if isinstance(instance, CircuitBreakerMiddleware):
+                for state, count in instance.transitions.items():
+                    yield metrics.breaker_transitions, (_BREAKER_STATES[int(state)],), count
+        case "a3s_gateway.middleware.redis_ratelimit":
+            from a3s_gateway.middleware.redis_ratelimit import (
+                RedisRateLimitMiddleware,
+            )
+
+            if isinstance(instance, RedisRateLimitMiddleware):
+                yield metrics.redis_errors, (), instance.errors
+        case "a3s_gateway.middleware.jwt":
+            from a3s_gateway.middleware.jwt import JwtMiddleware
+
+            if isinstance(instance, JwtMiddleware):
+                yield metrics.jwks_errors, (), instance.jwks_errors
+        case _:
+            pass

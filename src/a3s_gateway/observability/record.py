@@ -1,0 +1,145 @@
+"""What one HTTP exchange leaves behind for metrics, the access log and tracing (SPEC §9).
+
+Ring 0. ``ExchangeRecord`` is filled by the data plane as a request goes through it (routing,
+middlewares, attempts, the response) and handed, once the exchange has ended, to the observers:
+``observability/gateway_metrics.py`` (Prometheus families) and the access log
+(``observability/accesslog.py``). One object per request, with slots and defaults, so that the
+hot path pays for a few attribute writes and nothing else; everything derived (code class,
+milliseconds, the JSON line) is computed by the observers, off the request's critical path.
+
+Times are trio's clock in seconds (``started``, ``upstream_started``, ``upstream_head``,
+``ended``); ``wall`` is the Unix time at the end, for the log's ``ts``. Fields copied from the
+request as it arrived (``method``, ``host``, ``path``, ``query``, ``user_agent``) and the ids
+(``request_id``, ``trace_id``, ``span_id``) stay ``bytes``
+(the client's bytes, any octets): decoding them is the observers' work, not the request's.
+
+Must not: hold request or response bodies, or any field the access log must never show
+(``Authorization``, cookies, API keys: SPEC §9.2); the query string is kept only for
+``access_log_include_query``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["ExchangeObserver", "ExchangeRecord"]
+
+
+class ExchangeObserver(Protocol):
+    """Who receives finished records (``server/observe.py`` combines metrics and the access
+    log). ``finish`` runs in the request's task after its response went out: it must not block
+    or raise."""
+
+    def finish(self, record: ExchangeRecord) -> None:
+        """Account for one finished exchange."""
+        ...
+
+    def middleware(self, name: str, kind: str, outcome: str, seconds: float) -> None:
+        """Account for one middleware's request side: ``pass`` or ``reject`` after
+        ``seconds``."""
+        ...
+
+    def attempt(self, service: str, backend: str, status: int, seconds: float | None) -> None:
+        """Account for one upstream attempt: its status (502/504 for transport failures) and
+        the time to its response head (None without one)."""
+        ...
+
+
+class ExchangeRecord:
+    """One HTTP exchange as observed; mutable while the exchange runs."""
+
+    __slots__ = (
+        "attempts",
+        "backend",
+        "client_ip",
+        "ended",
+        "entrypoint",
+        "error",
+        "head_sent",
+        "host",
+        "method",
+        "middleware",
+        "path",
+        "peer_ip",
+        "protocol",
+        "query",
+        "request_bytes",
+        "request_id",
+        "response_bytes",
+        "router",
+        "scheme",
+        "service",
+        "span_id",
+        "started",
+        "status",
+        "trace_id",
+        "upstream_head",
+        "upstream_started",
+        "user_agent",
+        "wall",
+    )
+
+    def __init__(self, entrypoint: str, started: float) -> None:
+        self.entrypoint = entrypoint
+        self.started = started
+        #: When the exchange ended (trio's clock); 0 until it did.
+        self.ended = 0.0
+        #: When the response head went out (trio's clock); -1: it did not.
+        self.head_sent = -1.0
+        #: Unix time at the end (the access log's ``ts``).
+        self.wall = 0.0
+        self.router = ""
+        self.service = ""
+        #: The server URL of the backend that answered (or the last one tried).
+        self.backend = ""
+        self.client_ip = ""
+        self.peer_ip = ""
+        self.method = b""
+        self.scheme = "http"
+        #: The request's authority (``Host``) as received.
+        self.host = b""
+        #: The path without the query, as received.
+        self.path = b""
+        self.query = b""
+        #: ``HTTP/1.0``, ``HTTP/1.1`` or ``HTTP/2``.
+        self.protocol = "HTTP/1.1"
+        #: The final status sent to the client; 0 when none was (the client went away, the
+        #: response was cut short).
+        self.status = 0
+        #: Request and response body bytes that crossed the gateway.
+        self.request_bytes = 0
+        self.response_bytes = 0
+        #: When the last upstream attempt started and when its response head arrived (trio's
+        #: clock; -1: none).
+        self.upstream_started = -1.0
+        self.upstream_head = -1.0
+        #: Upstream attempts (connect attempts and retries included).
+        self.attempts = 0
+        #: A short cause when the gateway answered or aborted (SPEC §9.2 ``error`` words).
+        self.error = ""
+        #: The middleware that answered, if one did.
+        self.middleware = ""
+        #: The request id and the gateway span's ids (lower-case hex), as they go on the wire.
+        self.request_id = b""
+        self.trace_id = b""
+        self.span_id = b""
+        self.user_agent = b""
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the request head to the end of the exchange."""
+        return max(0.0, self.ended - self.started)
+
+    @property
+    def head_seconds(self) -> float:
+        """Seconds from the request head to the response head sent (SPEC §9.1's request
+        duration); the whole exchange when no head went out."""
+        end = self.head_sent if self.head_sent >= 0.0 else self.ended
+        return max(0.0, end - self.started)
+
+    @property
+    def upstream_seconds(self) -> float | None:
+        """Seconds from the last attempt's start to its response head; None without one."""
+        if self.upstream_head < 0.0 or self.upstream_started < 0.0:
+            return None
+        return max(0.0, self.upstream_head - self.upstream_started)

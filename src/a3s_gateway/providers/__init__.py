@@ -1,0 +1,33 @@
+"""Config providers and the reload path (SPEC §10).
+
+Ring 1. ``file`` watches the config file and its conf.d directory; ``candidate`` builds reload
+candidates in a child process; ``aggregator`` debounces changes and runs the one reload path
+(``Reloader.reload_now``) that the watcher, SIGHUP and the management API share.
+"""
+
+from __future__ import annotations
+
+from a3s_gateway.providers.aggregator import (
+    Builder,
+    Debouncer,
+    Reloader,
+    ReloadOutcome,
+    ReloadResult,
+    ReloadTarget,
+)
+from a3s_gateway.providers.candidate import BuildError, Candidate, CandidateBuilder
+from a3s_gateway.providers.file import FileProvider, WatchTargets
+
+__all__ = [
+    "BuildError",
+    "Builder",
+    "Candidate",
+    "CandidateBuilder",
+    "Debouncer",
+    "FileProvider",
+    "ReloadOutcome",
+    "ReloadResult",
+    "ReloadTarget",
+    "Reloader",
+    "WatchTargets",
+]

@@ -1,0 +1,1 @@
+"""Tests of the config providers and the reload path (SPEC §10)."""
