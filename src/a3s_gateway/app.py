@@ -294,7 +294,7 @@ class Gateway:
         """One generation's probers and tickers, in the root nursery until cancelled."""
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            await run_generation(runtime)
+            await run_generation(runtime, metrics=self._metrics)
 
     def _grace_secs(self) -> float:
         grace = self._grace

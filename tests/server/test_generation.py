@@ -30,6 +30,7 @@ from a3s_gateway.config.urls import HttpUrl
 from a3s_gateway.middleware.base import RequestState
 from a3s_gateway.middleware.jwt import JwtMiddleware
 from a3s_gateway.middleware.outbound import HttpReply, MiddlewareDeps, OutboundFailed
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.server.generation import carry_over, run_generation
 from a3s_gateway.services import PassiveState
@@ -434,3 +435,30 @@ def test_a_cancelled_generation_fetches_no_more() -> None:
             assert issuer.fetched_at == [0.0]
 
     run_virtual(main)
+
+
+async def test_probe_results_are_counted_in_the_metrics(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    origins = Origins(nursery, {"10.9.0.1": 200, "10.9.0.2": 503})
+    current = runtime(CHECK)
+    metrics = GatewayMetrics(enabled=True)
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await run_generation(current, dialer=origins, metrics=metrics)
+
+    nursery.start_soon(run)
+    await trio.sleep(7)
+    scope.cancel()
+    counts = {
+        (labels[1], labels[2]): child.value
+        for labels, child in metrics.health_checks.children.items()
+    }
+    probes = {
+        host: sum(probed == host for probed, _ in origins.probes)
+        for host in ("10.9.0.1", "10.9.0.2")
+    }
+    assert counts[("http://10.9.0.1:80", "success")] == probes["10.9.0.1"]
+    assert counts[("http://10.9.0.2:80", "failure")] == probes["10.9.0.2"]

@@ -887,7 +887,7 @@ async def _try_service(
         now = trio.current_time() if due is not None else 0.0
         if due is not None and due <= now:
             for transition in outliers.tick(now):
-                log_transition(service.name, transition)
+                log_transition(service.name, transition, ctx.metrics)
     for _ in range(service.connect_attempts):
         if pinned is not None and not tried:
             backend: Backend | None = pinned
@@ -990,4 +990,4 @@ def _outcome(
         return
     transition = outliers.record(backend, error=outliers.is_error(status), now=trio.current_time())
     if transition is not None:
-        log_transition(service.name, transition)
+        log_transition(service.name, transition, ctx.metrics)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.middleware.jwt import JwtMiddleware
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.services.checker import run_prober
 from a3s_gateway.services.health import ActiveHealth
 from a3s_gateway.services.passive import PassiveState
@@ -56,15 +57,18 @@ async def run_generation(
     runtime: RuntimeConfig,
     *,
     dialer: Dialer = dial,
+    metrics: GatewayMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the generation's probers, tickers and middleware background work until cancelled;
     ``started()`` once all of them are running (the first probes and fetches are under way, not
-    finished). Tests inject ``dialer``.
+    finished). Probe results and passive ejections are counted in ``metrics``. Tests inject
+    ``dialer``.
     """
+    metrics = GatewayMetrics(enabled=False) if metrics is None else metrics
     async with trio.open_nursery() as nursery:
         for service in runtime.services.values():
-            _start_tasks(nursery, service, dialer)
+            _start_tasks(nursery, service, dialer, metrics)
         for name, middleware in runtime.middlewares.items():
             for work in middleware.background():
                 nursery.start_soon(run_background, name, work)
@@ -105,15 +109,17 @@ async def run_background(name: str, work: Background) -> None:
         unwatch()
 
 
-def _start_tasks(nursery: trio.Nursery, service: ServiceRuntime, dialer: Dialer) -> None:
+def _start_tasks(
+    nursery: trio.Nursery, service: ServiceRuntime, dialer: Dialer, metrics: GatewayMetrics
+) -> None:
     outliers = service.outliers
     if outliers is not None:
-        nursery.start_soon(_tick, service.name, outliers)
+        nursery.start_soon(_tick, service.name, outliers, metrics)
     settings = service.health_check
     if settings is None:
         return
     on_change = partial(_health_changed, service.name)
-    on_result = partial(_probed, service.name, outliers) if outliers is not None else None
+    on_result = partial(_probed, service.name, outliers, metrics)
     for backend in service.backends:
         state = ActiveHealth(backend, settings.healthy_threshold, settings.unhealthy_threshold)
         prober = partial(
@@ -122,27 +128,37 @@ def _start_tasks(nursery: trio.Nursery, service: ServiceRuntime, dialer: Dialer)
         nursery.start_soon(partial(prober, dialer=dialer))
 
 
-async def _tick(service: str, outliers: OutlierDetector) -> None:
+async def _tick(service: str, outliers: OutlierDetector, metrics: GatewayMetrics) -> None:
     """SPEC §7.5's ticker: ejections that have run out end even without traffic."""
     interval = outliers.settings.tick_interval
     while True:
         await trio.sleep(interval)
         for transition in outliers.tick(trio.current_time()):
-            log_transition(service, transition)
+            log_transition(service, transition, metrics)
 
 
-def _probed(service: str, outliers: OutlierDetector, backend: Backend, result: ProbeResult) -> None:
-    """SPEC §7.4 "With passive health": an active success re-admits an ejected backend."""
-    if result.success:
+def _probed(
+    service: str,
+    outliers: OutlierDetector | None,
+    metrics: GatewayMetrics,
+    backend: Backend,
+    result: ProbeResult,
+) -> None:
+    """Count the probe (``a3s_health_checks_total``); SPEC §7.4 "With passive health": an
+    active success re-admits an ejected backend."""
+    metrics.health_check(service, backend.url.text, "success" if result.success else "failure")
+    if result.success and outliers is not None:
         transition = outliers.readmit(backend, trio.current_time())
         if transition is not None:
-            log_transition(service, transition)
+            log_transition(service, transition, metrics)
 
 
-def log_transition(service: str, transition: Transition) -> None:
-    """Log a passive-health transition: ejections as warnings, recoveries as info."""
+def log_transition(service: str, transition: Transition, metrics: GatewayMetrics) -> None:
+    """Log a passive-health transition (ejections as warnings, recoveries as info) and count
+    ejections (``a3s_passive_ejections_total``)."""
     backend = transition.backend.url.text
     if transition.new is PassiveState.EJECTED:
+        metrics.passive_ejection(service, backend, skipped=False)
         assert transition.ejected_until is not None  # set for every ejection
         log.warning(
             "backend %s of service %s ejected for %.1f s (passive health, ejection %d)",
