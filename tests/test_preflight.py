@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,8 +13,9 @@ import trustme
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from a3s_gateway import cli
 from a3s_gateway.config.load import load_text
-from a3s_gateway.preflight import check, validate_config
+from a3s_gateway.preflight import OTEL_MODULES, check, otel_missing, validate_config
 
 ROUTES = """
 routers "api" {
@@ -150,3 +155,96 @@ def test_validate_config_combines_both(tmp_path: Path, pem_files: dict[str, Path
     online = validate_config(config)
     assert [p.path for p in online if p.severity == "error"] == ['entrypoints["web"].tls.key_file']
     assert all(p.severity != "error" for p in validate_config(config, offline=True))
+
+
+def otlp_config(endpoint: str, *, tracing: bool = True) -> str:
+    return (
+        f"""
+entrypoints "web" {{
+  address = "127.0.0.1:8080"
+}}
+observability {{
+  otlp_endpoint   = "{endpoint}"
+  tracing_enabled = {"true" if tracing else "false"}
+}}
+"""
+        + ROUTES
+    )
+
+
+def test_an_otlp_endpoint_with_the_otel_extra_installed_passes() -> None:
+    missing = otel_missing()
+    if missing is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the otel extra must be installed in CI: {missing}")
+        pytest.skip(f"the otel extra is not installed: {missing}")
+    assert problems_of(otlp_config("http://collector.internal:4318")) == []
+
+
+@pytest.mark.parametrize("module", OTEL_MODULES)
+def test_an_otlp_endpoint_without_the_otel_extra_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    """SPEC §9.4: a config error naming the ``otel`` extra, in ``validate`` and at start."""
+    monkeypatch.setitem(sys.modules, module, None)  # "import module" now fails
+    [(path, message)] = problems_of(otlp_config("http://collector.internal:4318"))
+    assert path == "observability.otlp_endpoint"
+    assert '"otel" extra' in message
+    assert "a3s-gateway[otel]" in message
+    assert module in message
+    # With tracing off nothing is exported, so the packages are not needed.
+    assert problems_of(otlp_config("http://collector.internal:4318", tracing=False)) == []
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [
+        ("collector:4318", "expected http:// or https://"),
+        ("grpc://collector:4317", 'unsupported scheme "grpc"'),
+        ("http://user:pw@collector:4318", "userinfo"),
+    ],
+)
+def test_an_otlp_endpoint_must_be_an_http_url(endpoint: str, reason: str) -> None:
+    [(path, message)] = problems_of(otlp_config(endpoint, tracing=False))
+    assert path == "observability.otlp_endpoint"
+    assert reason in message
+    assert "pw" not in message  # a URL with userinfo may carry a password
+
+
+def test_validate_reports_a_missing_otel_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "gateway.hcl"
+    config.write_text(otlp_config("https://otel.example/v1/traces"))
+    monkeypatch.setitem(sys.modules, OTEL_MODULES[0], None)
+    [problem] = [p for p in validate_config(config) if p.severity == "error"]
+    assert problem.path == "observability.otlp_endpoint"
+    assert problem.file == str(config)
+    assert problem.line == 6
+    assert all(p.severity != "error" for p in validate_config(config, offline=True))
+
+
+@pytest.fixture
+def app_logger() -> Iterator[None]:
+    """``run`` installs the application log on the ``a3s_gateway`` logger: put it back."""
+    logger = logging.getLogger("a3s_gateway")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.mark.usefixtures("app_logger")
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_the_cli_refuses_an_otlp_endpoint_without_the_otel_extra(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "gateway.hcl"
+    config.write_text(otlp_config("http://collector.internal:4318"))
+    monkeypatch.setitem(sys.modules, OTEL_MODULES[1], None)
+    assert cli.main([command, str(config)]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "observability.otlp_endpoint" in err
+    assert 'install the "otel" extra' in err

@@ -1,13 +1,16 @@
 """Environment checks of a loaded config (SPEC §3.1 step 6) and ``validate_config``.
 
 Ring 1 (reads files and uses ``ssl``), no trio: TLS certificate/key files readable, parseable
-and matching, CA bundles parseable, JWT public keys parseable. These run at start and in
-``validate`` without ``--offline``; never at ``load_config``. Must not: print or return the
-contents of any key file, or contact the network.
+and matching, CA bundles parseable, JWT public keys parseable, and, with ``otlp_endpoint``
+set, an http(s) URL there and the OpenTelemetry packages of the ``otel`` extra importable
+(SPEC §9.4 "Export"; ``server/otlp.py`` needs them). These run at start and in ``validate``
+without ``--offline``; never at ``load_config``. Must not: print or return the contents of any
+key file, or contact the network.
 """
 
 from __future__ import annotations
 
+import importlib
 import ssl
 from typing import TYPE_CHECKING, Final
 
@@ -16,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from a3s_gateway.config.load import LoadOptions, LoadResult, load
 from a3s_gateway.config.problems import Path, Problem, SourceMap, make_problem, sort_problems
 from a3s_gateway.config.schema_middlewares import Jwt
+from a3s_gateway.config.urls import HttpUrl
 
 if TYPE_CHECKING:
     import os
@@ -24,6 +28,13 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
 
 MAX_KEY_FILE_BYTES: Final = 1024 * 1024
+#: What OTLP export imports (``server/otlp.py``): the packages of the ``otel`` extra.
+OTEL_MODULES: Final = (
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
+#: How to get them, for messages.
+OTEL_EXTRA_HINT: Final = 'install the "otel" extra: pip install "a3s-gateway[otel]"'
 
 
 def validate_config(
@@ -86,6 +97,35 @@ def _findings(config: Config) -> Iterator[tuple[Path, str]]:
         if isinstance(middleware, Jwt) and middleware.public_key_file is not None:
             path: Path = ("middlewares", name, "public_key_file")
             yield from _public_key(path, middleware.public_key_file)
+    observability = config.observability
+    if observability.otlp_endpoint:
+        yield from _otlp(observability.otlp_endpoint, tracing=observability.tracing_enabled)
+
+
+def otel_missing() -> str | None:
+    """Why the ``otel`` extra's packages cannot be used (the first module that does not
+    import, and its error), or None when they can."""
+    for module in OTEL_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # ImportError, or a broken install (protobuf mismatch)
+            return f"{module} cannot be imported ({type(error).__name__}: {error})"
+    return None
+
+
+def _otlp(endpoint: str, *, tracing: bool) -> Iterator[tuple[Path, str]]:
+    """``otlp_endpoint``: an http(s) URL, and (spans are exported only with tracing on) the
+    packages that export to it."""
+    path: Path = ("observability", "otlp_endpoint")
+    try:
+        HttpUrl(endpoint)
+    except ValueError as error:
+        yield path, str(error)
+    if not tracing:
+        return
+    missing = otel_missing()
+    if missing is not None:
+        yield path, f"OTLP export needs the OpenTelemetry packages ({missing}): {OTEL_EXTRA_HINT}"
 
 
 def _unreadable(file: str) -> str | None:

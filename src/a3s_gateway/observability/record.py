@@ -10,7 +10,7 @@ milliseconds, the JSON line) is computed by the observers, off the request's cri
 Times are trio's clock in seconds (``started``, ``upstream_started``, ``upstream_head``,
 ``ended``); ``wall`` is the Unix time at the end, for the log's ``ts``. Fields copied from the
 request as it arrived (``method``, ``host``, ``path``, ``query``, ``user_agent``) and the ids
-(``request_id``, ``trace_id``, ``span_id``) stay ``bytes``
+(``request_id``, ``trace_id``, ``span_id``, ``parent_span_id``) stay ``bytes``
 (the client's bytes, any octets): decoding them is the observers' work, not the request's.
 
 Must not: hold request or response bodies, or any field the access log must never show
@@ -59,6 +59,7 @@ class ExchangeRecord:
         "host",
         "method",
         "middleware",
+        "parent_span_id",
         "path",
         "peer_ip",
         "protocol",
@@ -67,6 +68,7 @@ class ExchangeRecord:
         "request_id",
         "response_bytes",
         "router",
+        "sampled",
         "scheme",
         "service",
         "span_id",
@@ -123,6 +125,10 @@ class ExchangeRecord:
         self.request_id = b""
         self.trace_id = b""
         self.span_id = b""
+        #: The caller's span id (our span's parent; empty for a new root) and whether the
+        #: gateway's span is sampled (only sampled spans are exported, SPEC §9.4).
+        self.parent_span_id = b""
+        self.sampled = False
         self.user_agent = b""
 
     @property

@@ -426,6 +426,8 @@ def _trace(
         span = start_span(extract(head.headers), ctx.rng, settings.sample_rate)
         record.trace_id = span.trace_id
         record.span_id = span.span_id
+        record.parent_span_id = span.parent_id
+        record.sampled = span.sampled
     rid = b""
     if name:
         trusted = _peer_trusted(info, entry)

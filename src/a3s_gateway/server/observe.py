@@ -1,5 +1,5 @@
 """The data plane's observer: each finished exchange and upstream attempt to the Prometheus
-families and the access log (SPEC §9.1, §9.2).
+families, the access log and the OTLP span exporter (SPEC §9.1, §9.2, §9.4).
 
 Ring 1 (it holds the access log's writer). ``Observer`` is the ``ExchangeObserver`` that
 ``app.Gateway`` puts on ``ServerContext.observer``; it runs in the request's task after the
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from a3s_gateway.observability.gateway_metrics import GatewayMetrics
     from a3s_gateway.observability.record import ExchangeRecord
     from a3s_gateway.server.accesslog import AccessLog, DisabledAccessLog
+    from a3s_gateway.server.otlp import OtlpExporter
 
 __all__ = ["Observer"]
 
@@ -24,11 +25,18 @@ __all__ = ["Observer"]
 class Observer:
     """Metrics and access log behind the ``ExchangeObserver`` interface."""
 
-    __slots__ = ("access_log", "metrics")
+    __slots__ = ("access_log", "metrics", "otlp")
 
-    def __init__(self, metrics: GatewayMetrics, access_log: AccessLog | DisabledAccessLog) -> None:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        access_log: AccessLog | DisabledAccessLog,
+        otlp: OtlpExporter | None = None,
+    ) -> None:
         self.metrics = metrics
         self.access_log = access_log
+        #: The span exporter (``otlp_endpoint``, SPEC §9.4); None: spans are not exported.
+        self.otlp = otlp
 
     def finish(self, record: ExchangeRecord) -> None:
         """One finished exchange: its request metrics and its access-log line."""
@@ -36,6 +44,9 @@ class Observer:
         access_log = self.access_log
         if access_log.enabled:
             access_log.submit(record)
+        otlp = self.otlp
+        if otlp is not None and record.sampled:
+            otlp.submit(record)
 
     def attempt(self, service: str, backend: str, status: int, seconds: float | None) -> None:
         """One upstream attempt: per-backend counts and the upstream response time."""
