@@ -28,6 +28,11 @@ are serialised; a reload during a drain is refused.
 
 The reload sources (file watcher, SIGHUP, management API) share ``providers.Reloader``, which
 the CLI attaches with ``attach_reloader``; ``reloader`` is how the management API finds it.
+
+Management listener: the gateway serves its own (``management {}``) unless built with
+``management=False``, which is how a worker of ``run --workers N`` runs: there the supervisor
+owns the listener and asks each worker for ``metrics_snapshot()`` and state (SPEC §13.4,
+``server/workers.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import GatewayError, ReloadError, StartError
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
+from a3s_gateway.preflight import OTEL_EXTRA_HINT
 from a3s_gateway.server.accesslog import access_log_for
 from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.generation import carry_over, run_generation
@@ -66,11 +72,27 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from a3s_gateway.config.runtime import EntrypointRuntime
-    from a3s_gateway.config.schema import Config
+    from a3s_gateway.config.schema import Config, Observability
     from a3s_gateway.providers import Reloader
     from a3s_gateway.providers.aggregator import ReloadOutcome
+    from a3s_gateway.server.otlp import OtlpExporter
 
 log: Final = logging.getLogger("a3s_gateway.app")
+
+
+def _otlp_exporter(settings: Observability) -> OtlpExporter | None:
+    """The span exporter for ``otlp_endpoint`` (SPEC §9.4); None when nothing is exported.
+    The ``otel`` extra is imported only then (preflight reported its absence already)."""
+    if not settings.otlp_endpoint or not settings.tracing_enabled:
+        return None
+    try:
+        from a3s_gateway.server.otlp import OtlpExporter
+    except ImportError as error:
+        raise StartError(f"otlp_endpoint: {error}; {OTEL_EXTRA_HINT}") from error
+    try:
+        return OtlpExporter(settings.otlp_endpoint, settings.service_name, version=_version())
+    except ValueError as error:
+        raise StartError(f"otlp_endpoint: {error}") from error
 
 
 def _version() -> str:
@@ -80,6 +102,8 @@ def _version() -> str:
     return __version__
 
 
+#: Bound on exporting the queued spans at the end of a drain.
+_OTLP_FLUSH_GRACE: Final = 5.0
 #: Bound on closing the upstream pool at the end of a drain.
 _POOL_CLOSE_GRACE: Final = 5.0
 
@@ -168,6 +192,7 @@ class Gateway:
         listen_override: str | None = None,
         workers: int = 1,
         reuse_port: bool = False,
+        management: bool = True,
     ) -> None:
         self._override = Address(listen_override) if listen_override is not None else None
         self._config = self._with_override(config)
@@ -177,6 +202,8 @@ class Gateway:
                 "(`run --workers N`, SPEC §13.4)"
             )
         self._reuse_port = reuse_port
+        #: Whether this gateway binds its ``management {}`` listener (module docstring).
+        self._serve_management = management
         #: Each http entrypoint's listener group, by entrypoint name.
         self._groups: dict[str, ListenerGroup] = {}
         self._context: ServerContext | None = None
@@ -205,6 +232,8 @@ class Gateway:
         #: The management API (SPEC §9.6): its listeners, bound in ``serve`` with the others.
         self._management: ManagementServer | None = None
         self._management_listeners: list[trio.SocketListener] = []
+        #: The OTLP span exporter (``otlp_endpoint``), made in ``_run``; None: no export.
+        self._otlp: OtlpExporter | None = None
         #: Reloads by result, for ``a3s_config_reloads_total`` (``unchanged`` comes from the
         #: reloader, which does not swap such a candidate).
         self._reload_counts: dict[str, int] = {"ok": 0, "error": 0}
@@ -247,8 +276,9 @@ class Gateway:
         pool = UpstreamPool()
         ctx = self._context = ServerContext(runtime, pool)
         ctx.metrics = self._metrics
-        if self._metrics.enabled or self._access_log.enabled:
-            ctx.observer = Observer(self._metrics, self._access_log)
+        otlp = self._otlp = _otlp_exporter(self._config.observability)
+        if self._metrics.enabled or self._access_log.enabled or otlp is not None:
+            ctx.observer = Observer(self._metrics, self._access_log, otlp)
         self._metrics.config_applied(wall=time.time(), warnings=0)
         async with trio.open_nursery() as root:
             await root.start(pool.run)
@@ -279,13 +309,17 @@ class Gateway:
                     self._acceptors = None
                     ctx.drain.start()
                     acceptors.cancel_scope.cancel()
-                self._close_listeners()
+                self._close_entrypoints()  # the management API answers until the end
                 handlers.cancel_scope.deadline = trio.current_time() + self._grace_secs()
             with trio.move_on_after(_POOL_CLOSE_GRACE) as cleanup:
                 cleanup.shield = True
                 await pool.aclose()
                 await self._outbound.aclose()
                 await self._access_log.aclose()
+            if otlp is not None:
+                with trio.move_on_after(_OTLP_FLUSH_GRACE) as flush:
+                    flush.shield = True
+                    await otlp.aclose()
             root.cancel_scope.cancel()
 
     async def _generation_task(
@@ -311,9 +345,12 @@ class Gateway:
                 "yes" if tls else "no",
             )
 
-    def _close_listeners(self) -> None:
+    def _close_entrypoints(self) -> None:
         for group in self._groups.values():
             group.close()
+
+    def _close_listeners(self) -> None:
+        self._close_entrypoints()
         for listener in self._management_listeners:
             listener.socket.close()
 
@@ -487,7 +524,7 @@ class Gateway:
             path = self._config.observability.access_log_path
             raise StartError(f"cannot open access log {path}: {error.strerror or error}") from error
         settings = self._config.management
-        if settings is None or not settings.enabled:
+        if settings is None or not settings.enabled or not self._serve_management:
             return
         self._management = ManagementServer(
             settings,
@@ -529,6 +566,18 @@ class Gateway:
             metrics.config_reloads.labels(result).advance_to(total)
         metrics.collect(ctx.runtime, ctx, process=read_process())
         return metrics.render()
+
+    def metrics_snapshot(self) -> bytes | None:
+        """This gateway's families, fresh (``collect`` runs first), as ``Registry.snapshot()``
+        for a supervisor's ``merge`` (SPEC §13.4); None with ``metrics_enabled = false`` or
+        before ``serve``. ``a3s_config_reloads_total`` is left empty: with workers the
+        supervisor counts reloads (it validates every candidate once)."""
+        metrics = self._metrics
+        ctx = self._context
+        if not metrics.enabled or ctx is None:
+            return None
+        metrics.collect(ctx.runtime, ctx, process=read_process())
+        return metrics.snapshot()
 
     def connections(self) -> Mapping[str, int]:
         """Open downstream connections per entrypoint."""

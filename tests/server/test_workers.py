@@ -1,6 +1,8 @@
 """The multi-worker supervisor (SPEC §13.4, §2.4, §2.5): the pure restart policy, port
-reservation, the supervisor loop with fake workers under the autojump clock, and the real
-thing end to end — a supervisor subprocess, two spawned workers and a trio backend."""
+reservation, the supervisor loop with fake workers under the autojump clock (restarts,
+signals, and the control channel's queries: replies matched by id, a silent or dying worker
+left out within the timeout, late replies dropped), and the real thing end to end — a
+supervisor subprocess, two spawned workers and a trio backend."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -18,8 +21,17 @@ import pytest
 import trio
 import trio.testing
 
+from a3s_gateway.app import GatewayState
 from a3s_gateway.config.load import load_text
-from a3s_gateway.server.worker_main import Ready, with_ports
+from a3s_gateway.server.worker_main import (
+    MetricsReply,
+    Query,
+    Ready,
+    Reply,
+    StateReply,
+    WorkerMessage,
+    with_ports,
+)
 from a3s_gateway.server.workers import (
     BACKOFF_MAX,
     STABLE_AFTER,
@@ -81,31 +93,82 @@ def test_port_0_is_reserved_by_a_reuse_port_socket_that_a_worker_can_share() -> 
 # ----------------------------------------------------------------------------- fake workers
 
 
-class FakeWorker:
-    """A worker that reports ready (unless told not to) and exits when told to."""
+#: How a fake worker answers a query: a reply, or None to stay silent.
+Answer = Callable[[Query], Reply | None]
 
-    def __init__(self, pid: int, *, ready: bool, obeys_sigterm: bool, start_code: int) -> None:
+
+def silent(query: Query) -> Reply | None:
+    del query
+    return None
+
+
+def state_of(pid: int) -> Answer:
+    """Answers every query with a state report whose ``total_requests`` is ``pid``."""
+
+    def answer(query: Query) -> Reply | None:
+        return StateReply(query.id, "running", {"web": 1}, pid, {})
+
+    return answer
+
+
+class FakeWorker:
+    """A worker that reports ready (unless told not to), answers queries with ``answer`` and
+    exits when told to. Messages queued before the exit are still received (as from a real
+    pipe), then ``receive`` returns None."""
+
+    def __init__(
+        self,
+        pid: int,
+        *,
+        ready: bool,
+        obeys_sigterm: bool,
+        start_code: int,
+        answer: Answer = silent,
+    ) -> None:
         self.pid = pid
         self.signals: list[int] = []
-        self._ready = ready
+        self.queries: list[Query] = []
+        self.answer = answer
         self._obeys_sigterm = obeys_sigterm
         self._code = start_code
         self._exited = trio.Event()
-        if not ready:
+        self._messages: list[WorkerMessage] = []
+        self._changed = trio.Event()
+        if ready:
+            self.push(Ready(pid=pid, addresses={}))
+        else:
             self.exit(start_code)
+
+    def push(self, message: WorkerMessage) -> None:
+        """Queue ``message`` for the supervisor (a late reply, say)."""
+        self._messages.append(message)
+        self._changed.set()
 
     def exit(self, code: int) -> None:
         if not self._exited.is_set():
             self._code = code
             self._exited.set()
+            self._changed.set()
 
-    async def receive(self) -> Ready | None:
-        if self._ready:
-            self._ready = False
-            await trio.lowlevel.checkpoint()
-            return Ready(pid=self.pid, addresses={})
-        await self._exited.wait()
-        return None
+    async def receive(self) -> WorkerMessage | None:
+        while True:
+            if self._messages:
+                await trio.lowlevel.checkpoint()
+                return self._messages.pop(0)
+            if self._exited.is_set():
+                await trio.lowlevel.checkpoint()
+                return None
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+    async def send(self, message: Query) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._exited.is_set():
+            raise BrokenPipeError(32, "Broken pipe")
+        self.queries.append(message)
+        reply = self.answer(message)
+        if reply is not None:
+            self.push(reply)
 
     async def wait(self) -> int:
         await self._exited.wait()
@@ -120,13 +183,21 @@ class FakeWorker:
 
 
 class FakeSpawner:
-    """``Supervisor``'s ``spawn``: records (time, slot, worker) for every start."""
+    """``Supervisor``'s ``spawn``: records (time, slot, worker) for every start. ``answers``
+    gives a slot's workers their way of answering queries (default: silent)."""
 
-    def __init__(self, *, obeys_sigterm: bool = True, failing: dict[int, int] | None = None):
+    def __init__(
+        self,
+        *,
+        obeys_sigterm: bool = True,
+        failing: dict[int, int] | None = None,
+        answers: dict[int, Answer] | None = None,
+    ):
         self.started: list[tuple[float, int, FakeWorker]] = []
         self.spawned = trio.Event()
         self._obeys_sigterm = obeys_sigterm
         self._failing = failing or {}
+        self._answers = answers or {}
 
     def __call__(self, index: int) -> FakeWorker:
         code = self._failing.get(index)
@@ -135,6 +206,7 @@ class FakeSpawner:
             ready=code is None,
             obeys_sigterm=self._obeys_sigterm,
             start_code=code or 0,
+            answer=self._answers.get(index, silent),
         )
         self.started.append((trio.current_time(), index, worker))
         self.spawned.set()
@@ -284,7 +356,7 @@ async def test_workers_not_ready_by_the_start_deadline_fail_the_start(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     class Silent(FakeWorker):
-        async def receive(self) -> Ready | None:
+        async def receive(self) -> WorkerMessage | None:
             await self.wait()
             return None
 
@@ -294,6 +366,129 @@ async def test_workers_not_ready_by_the_start_deadline_fail_the_start(
     supervisor = Supervisor(2, spawn, drain_bound=40.0, start_deadline=20.0)
     assert await supervisor.run(trio.open_memory_channel[int](1)[1]) == 3
     assert trio.current_time() == pytest.approx(20.0)
+
+
+# ----------------------------------------------------------------------------- queries
+
+
+@dataclass
+class Running:
+    supervisor: Supervisor
+    spawn: FakeSpawner
+    signals: trio.MemorySendChannel[int]
+
+
+async def running(nursery: trio.Nursery, count: int, answers: dict[int, Answer]) -> Running:
+    spawn = FakeSpawner(answers=answers)
+    supervisor = Supervisor(count, spawn, drain_bound=40.0)
+    signals = await nursery.start(supervise, supervisor)
+    await trio.testing.wait_all_tasks_blocked()
+    return Running(supervisor, spawn, signals)
+
+
+async def test_every_ready_worker_answers_under_its_own_query_id(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    answers = {0: state_of(1000), 1: state_of(1001)}
+    async with trio.open_nursery() as nursery:
+        fleet = await running(nursery, 2, answers)
+        first = await fleet.supervisor.query("state", StateReply, within=2.0)
+        second = await fleet.supervisor.query("state", StateReply, within=2.0)
+        assert trio.current_time() == 0.0  # no waiting for a timeout
+        await fleet.signals.send(signal.SIGTERM)
+    assert {index: reply.total_requests for index, reply in first.replies.items()} == {
+        0: 1000,
+        1: 1001,
+    }
+    assert first.missing == second.missing == ()
+    queries = fleet.spawn.latest(0).queries
+    assert [q.kind for q in queries] == ["state", "state"]
+    assert queries[0].id != queries[1].id
+    assert [reply.id for reply in (first.replies[0], second.replies[0])] == [q.id for q in queries]
+    assert fleet.supervisor.query_failures == {}
+
+
+async def test_a_silent_worker_is_left_out_after_the_timeout_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        fleet = await running(nursery, 2, {0: state_of(7)})  # slot 1 never answers
+        answers = await fleet.supervisor.query("state", StateReply, within=2.0)
+        assert trio.current_time() == pytest.approx(2.0)
+        assert list(answers.replies) == [0]
+        assert answers.missing == (1,)
+        assert fleet.supervisor.query_failures == {"state": 1}
+
+        # Its reply arrives late: nobody waits for that id any more, so it is dropped, and
+        # the next query is answered with its own reply, not the stale one.
+        late = fleet.spawn.latest(1)
+        late.push(StateReply(late.queries[0].id, "running", {}, -1, {}))
+        late.answer = state_of(8)
+        again = await fleet.supervisor.query("state", StateReply, within=2.0)
+        assert {index: reply.total_requests for index, reply in again.replies.items()} == {
+            0: 7,
+            1: 8,
+        }
+        await fleet.signals.send(signal.SIGTERM)
+
+
+async def test_a_worker_that_dies_during_a_query_is_left_out_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        fleet = await running(nursery, 2, {0: state_of(7)})
+        dying = fleet.spawn.latest(1)
+
+        async def kill_soon() -> None:
+            await trio.sleep(0.25)
+            dying.exit(-signal.SIGKILL)
+
+        nursery.start_soon(kill_soon)
+        answers = await fleet.supervisor.query("state", StateReply, within=10.0)
+        assert trio.current_time() == pytest.approx(0.25)  # not the 10 s timeout
+        assert answers.missing == (1,)
+        assert list(answers.replies) == [0]
+        assert fleet.supervisor.ready() == (0,)
+        await fleet.signals.send(signal.SIGTERM)
+
+
+async def test_a_reply_of_the_wrong_kind_counts_as_no_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def metrics(query: Query) -> Reply | None:
+        return MetricsReply(query.id, b"")
+
+    async with trio.open_nursery() as nursery:
+        fleet = await running(nursery, 1, {0: metrics})
+        answers = await fleet.supervisor.query("state", StateReply, within=2.0)
+        assert answers.replies == {}
+        assert answers.missing == (0,)
+        assert fleet.supervisor.query_failures == {"state": 1}
+        await fleet.signals.send(signal.SIGTERM)
+
+
+async def test_only_ready_workers_are_asked_and_the_state_follows_the_fleet(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        fleet = await running(nursery, 2, {0: state_of(1), 1: state_of(2)})
+        supervisor = fleet.supervisor
+        assert supervisor.state() is GatewayState.RUNNING
+        crashed = fleet.spawn.latest(1)
+        crashed.exit(-signal.SIGSEGV)
+        await trio.testing.wait_all_tasks_blocked()
+        assert supervisor.ready() == (0,)
+        assert supervisor.spawned() == (0,)  # backing off before the restart
+        assert supervisor.state() is GatewayState.RUNNING
+        answers = await supervisor.query("state", StateReply, within=2.0)
+        assert list(answers.replies) == [0]
+        assert answers.missing == ()  # a worker that is not ready is not asked
+        assert crashed.queries == []
+        await trio.sleep(1.5)  # the 1 s backoff
+        assert supervisor.ready() == (0, 1)
+        await fleet.signals.send(signal.SIGTERM)
+        await trio.testing.wait_all_tasks_blocked()
+        assert supervisor.state() is GatewayState.STOPPING
 
 
 # ----------------------------------------------------------------------------- end to end

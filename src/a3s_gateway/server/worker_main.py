@@ -9,9 +9,18 @@ serves it under ``trio.run``.
 
 Control channel: one end of a ``multiprocessing`` duplex ``Pipe`` (a socketpair).
 ``Connection.send_bytes`` already frames each message with a 4-byte length prefix, and the
-payload is a msgpack-encoded msgspec ``Struct`` (the SPEC's "length-prefixed msgspec
-messages"). Worker → supervisor: ``Ready`` once every listener is bound. Supervisor → worker:
-nothing yet; end-of-file means the supervisor is gone and the worker drains.
+payload is a msgpack-encoded, tagged msgspec ``Struct`` (the SPEC's "length-prefixed msgspec
+messages"). Worker → supervisor: ``Ready`` once every listener is bound, then one reply per
+query. Supervisor → worker: ``Query`` (``id``, ``kind``), answered with the same ``id`` by
+``MetricsReply`` (``metrics``: ``Gateway.metrics_snapshot()``), ``StateReply`` (``state``:
+lifecycle, connections per entrypoint, requests, bound addresses) or ``DocumentsReply``
+(``services``, ``middlewares``: the management API's documents of this worker's running
+generation, built by ``observability/management_api.py``). End-of-file means the supervisor is
+gone and the worker drains. The worker answers queries one at a time, in order, from the task
+that reads the channel; each reply is written from a worker thread, so a large snapshot never
+blocks the worker's event loop (one writer at a time: the replies are sequential and ``Ready``
+was written before the first query could arrive). The supervisor sends queries only to workers
+that reported ``Ready`` (``server/workers.py``), so replies always follow it.
 
 Signals: SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the supervisor
 decides and forwards SIGTERM). SIGTERM starts the drain; repeated SIGTERMs change nothing
@@ -23,11 +32,11 @@ loop — with the ``--listen`` override and the reserved ports re-applied; it is
 the worker is serving. Workers do not watch the file: the supervisor does.
 
 Nurseries: ``ProcessWorker`` owns none (its awaits run in the supervisor's slot task). In the
-worker, ``_serve`` owns one nursery holding ``Gateway.serve``, the supervisor watcher, the
+worker, ``_serve`` owns one nursery holding ``Gateway.serve``, the supervisor's channel reader, the
 reloader (which owns the candidate-builder child, started at the first reload) and the drain
 and reload tasks; it ends when ``Gateway.serve`` returns. Deadlines: none of its own (the
-drain grace is the gateway's). Must not: bind sockets itself, parse arguments, or write to
-stdout.
+drain grace is the gateway's). Must not: bind sockets itself (nor the management listener,
+which the supervisor owns: ``Gateway(management=False)``), parse arguments, or write to stdout.
 """
 
 from __future__ import annotations
@@ -37,8 +46,9 @@ import logging
 import os
 import signal
 import sys
+import time
 from functools import partial
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 
 import msgspec
 import trio
@@ -50,6 +60,11 @@ from a3s_gateway.config.schema import remember_secrets, secrets_of
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import GatewayError
 from a3s_gateway.observability import applog
+from a3s_gateway.observability.management_api import (
+    Clock,
+    middleware_documents,
+    service_documents,
+)
 from a3s_gateway.preflight import check
 from a3s_gateway.providers import Reloader
 
@@ -60,11 +75,21 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
 
 __all__ = [
+    "DocumentsReply",
+    "MetricsReply",
     "ProcessWorker",
+    "Query",
+    "QueryKind",
     "Ready",
+    "Reply",
+    "StateReply",
     "Worker",
+    "WorkerMessage",
     "WorkerSpec",
+    "answer_query",
     "decode_message",
+    "decode_query",
+    "encode_message",
     "with_ports",
     "worker_main",
 ]
@@ -98,13 +123,67 @@ class Ready(msgspec.Struct, frozen=True, tag="ready"):
     addresses: dict[str, list[tuple[str, int]]]
 
 
+#: What the supervisor may ask a worker for.
+QueryKind: TypeAlias = Literal["metrics", "state", "services", "middlewares"]
+
+
+class Query(msgspec.Struct, frozen=True, tag="query"):
+    """Supervisor → worker: answer ``kind``, quoting ``id`` (unique per channel)."""
+
+    id: int
+    kind: QueryKind
+
+
+class MetricsReply(msgspec.Struct, frozen=True, tag="metrics"):
+    """Worker → supervisor: ``GatewayMetrics.snapshot()`` (None: metrics are disabled)."""
+
+    id: int
+    snapshot: bytes | None
+
+
+class StateReply(msgspec.Struct, frozen=True, tag="state"):
+    """Worker → supervisor: a small state report."""
+
+    id: int
+    #: ``GatewayState`` value (``running``, ``reloading``, ``stopping``...).
+    state: str
+    #: Open downstream connections per entrypoint.
+    connections: dict[str, int]
+    #: Requests this worker has handled since it started.
+    total_requests: int
+    #: Bound addresses per entrypoint (port 0 resolved).
+    addresses: dict[str, list[tuple[str, int]]]
+
+
+class DocumentsReply(msgspec.Struct, frozen=True, tag="documents"):
+    """Worker → supervisor: the management API's documents (``services``, ``middlewares``) of
+    the worker's running generation (empty before it serves)."""
+
+    id: int
+    documents: list[dict[str, object]]
+
+
+Reply: TypeAlias = MetricsReply | StateReply | DocumentsReply
+WorkerMessage: TypeAlias = Ready | MetricsReply | StateReply | DocumentsReply
+
 _encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final = msgspec.msgpack.Decoder(Ready)
+_decoder: Final = msgspec.msgpack.Decoder(WorkerMessage)
+_query_decoder: Final = msgspec.msgpack.Decoder(Query)
 
 
-def decode_message(data: bytes) -> Ready:
-    """Decode one control-channel message; raises ``msgspec.DecodeError`` if malformed."""
+def encode_message(message: WorkerMessage | Query) -> bytes:
+    """The payload of one control-channel message (either direction)."""
+    return _encoder.encode(message)
+
+
+def decode_message(data: bytes) -> WorkerMessage:
+    """Decode one worker → supervisor message; raises ``msgspec.DecodeError`` if malformed."""
     return _decoder.decode(data)
+
+
+def decode_query(data: bytes) -> Query:
+    """Decode one supervisor → worker message; raises ``msgspec.DecodeError`` if malformed."""
+    return _query_decoder.decode(data)
 
 
 # ------------------------------------------------------------------ the supervisor's side
@@ -116,8 +195,12 @@ class Worker(Protocol):
     @property
     def pid(self) -> int: ...
 
-    async def receive(self) -> Ready | None:
+    async def receive(self) -> WorkerMessage | None:
         """The next control message; ``None`` once the channel is closed (the worker exited)."""
+
+    async def send(self, message: Query) -> None:
+        """Write ``message`` to the worker. Raises ``OSError`` when the channel is broken or
+        closed."""
 
     async def wait(self) -> int:
         """Wait for the exit and reap; the exit code (−n for signal n)."""
@@ -146,7 +229,9 @@ class ProcessWorker:
     def pid(self) -> int:
         return self._pid
 
-    async def receive(self) -> Ready | None:
+    async def receive(self) -> WorkerMessage | None:
+        # The worker writes each message whole (a reply from its thread), so once the first
+        # bytes are readable ``recv_bytes`` returns as fast as the kernel moves the rest.
         while True:
             await trio.lowlevel.wait_readable(self._channel.fileno())
             try:
@@ -157,6 +242,13 @@ class ProcessWorker:
                 return decode_message(data)
             except msgspec.DecodeError as error:
                 log.warning("worker pid %d: bad control message: %s", self._pid, error)
+
+    async def send(self, message: Query) -> None:
+        # A query is a few dozen bytes: once the socket is writable (Linux: at most a quarter
+        # of its buffer in use) the write completes at once. A worker that stops reading thus
+        # makes ``send`` wait here, under the caller's timeout, instead of blocking the loop.
+        await trio.lowlevel.wait_writable(self._channel.fileno())
+        self._channel.send_bytes(encode_message(message))
 
     async def wait(self) -> int:
         await trio.lowlevel.wait_readable(self._process.sentinel)
@@ -231,7 +323,7 @@ def _run(spec: WorkerSpec, channel: Connection[object, object]) -> int:
     if config is None:
         return EXIT_CONFIG
     try:
-        gateway = Gateway(config, reuse_port=True)
+        gateway = Gateway(config, reuse_port=True, management=False)
         return trio.run(_serve, gateway, spec, channel)
     except (GatewayError, BaseExceptionGroup) as error:
         # A bind failure leaves ``nursery.start`` inside the nursery body, so it arrives
@@ -278,8 +370,8 @@ async def _serve(gateway: Gateway, spec: WorkerSpec, channel: Connection[object,
             await nursery.start(_serve_then_cancel, gateway, nursery.cancel_scope)
             await nursery.start(reloader.run)
             addresses = {name: list(bound) for name, bound in gateway.addresses().items()}
-            channel.send_bytes(_encoder.encode(Ready(pid=os.getpid(), addresses=addresses)))
-            nursery.start_soon(_watch_supervisor, channel, gateway)
+            channel.send_bytes(encode_message(Ready(pid=os.getpid(), addresses=addresses)))
+            nursery.start_soon(_serve_supervisor, channel, gateway)
             draining = False
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -301,13 +393,45 @@ async def _serve_then_cancel(
     scope.cancel()
 
 
-async def _watch_supervisor(channel: Connection[object, object], gateway: Gateway) -> None:
-    """End-of-file on the control channel: the supervisor died; drain instead of lingering."""
+async def _serve_supervisor(channel: Connection[object, object], gateway: Gateway) -> None:
+    """Answer the supervisor's queries in order; end-of-file on the channel: the supervisor
+    died, so drain instead of lingering."""
     while True:
         await trio.lowlevel.wait_readable(channel.fileno())
         try:
-            channel.recv_bytes()
+            data = channel.recv_bytes()
         except (EOFError, OSError):
             log.warning("supervisor is gone: draining")
             await gateway.shutdown()
             return
+        try:
+            query = decode_query(data)
+        except msgspec.DecodeError as error:
+            log.warning("bad control message from the supervisor: %s", error)
+            continue
+        reply = encode_message(answer_query(query, gateway))
+        try:
+            await trio.to_thread.run_sync(channel.send_bytes, reply)
+        except OSError:
+            continue  # the supervisor is gone: the next read sees the end of the file
+
+
+def answer_query(query: Query, gateway: Gateway) -> Reply:
+    """This worker's answer to ``query`` (cheap: a scrape's ``collect`` and encoding)."""
+    match query.kind:
+        case "metrics":
+            return MetricsReply(query.id, gateway.metrics_snapshot())
+        case "state":
+            health = gateway.health()
+            return StateReply(
+                query.id,
+                state=health.state.value,
+                connections=dict(gateway.connections()),
+                total_requests=health.total_requests,
+                addresses={name: list(bound) for name, bound in gateway.addresses().items()},
+            )
+        case "services":
+            clock = Clock(trio.current_time(), time.time())
+            return DocumentsReply(query.id, service_documents(gateway.runtime, clock))
+        case "middlewares":
+            return DocumentsReply(query.id, middleware_documents(gateway.runtime))

@@ -1,0 +1,616 @@
+"""The multi-worker supervisor's management API (SPEC §13.4, §9.6): one listener for N workers.
+
+Ring 1 (trio). ``run --workers N`` binds the ``management`` listener in the supervisor
+(``server/workers.py``; each worker runs ``Gateway(management=False)``) and serves it with
+``FleetManagementServer``: the HTTP/1.1 shell, limits, TLS and endpoint logic are those of the
+single-process gateway (``server/management.py``, ``observability/management_api.py``); what
+differs is where the answers come from. For every request the server builds a fresh
+``FleetView`` (the ``GatewayView`` of the fleet), asking the workers over the control channel
+only for what the endpoint shows (``Supervisor.query``, each worker bounded by
+``QUERY_TIMEOUT``; a worker that does not answer is left out, logged and counted):
+
+- ``/health``: the supervisor's lifecycle (``starting`` until every worker has been ready
+  once, ``running``, ``stopping`` while draining), its uptime, ``workers`` = the workers ready
+  now, the config generation and last reload of the supervisor's reload path; active
+  connections and total requests summed over the workers' state reports. (A restarted worker
+  counts its requests from zero, so the sum can go down.)
+- ``/live``: the supervisor's event loop answers. ``/ready``: 503 with a reason while the
+  workers start, a worker is missing (down or restarting: "1 of 2 workers ready (worker 0
+  starting)") or the supervisor drains; no worker is asked.
+- ``/metrics``: ``metrics.merge`` of every ready worker's ``Gateway.metrics_snapshot()`` with
+  the supervisor's own registry, a ``GatewayMetrics`` in which only the supervisor's values are
+  set: the config gauges (generation, apply time, warnings: ``OWN`` gauges, so the
+  supervisor's values are the ones shown), ``a3s_config_reloads_total`` from the supervisor's
+  ``Reloader`` (workers leave it empty: every candidate is validated once, here), build info,
+  its own ``process_*`` sample (CPU and memory add up over the processes; the descriptor limit
+  and start time are the supervisor's), and three families of the fleet: ``a3s_workers_ready``,
+  ``a3s_worker_restarts_total`` and ``a3s_worker_query_failures_total{query}``.
+- ``/config``: the supervisor's validated config, redacted (the workers read the same file;
+  the supervisor validated it before any of them reloaded).
+- ``/routes`` (and ``/routes/{name}``): the supervisor's own compiled ``RuntimeConfig``
+  (``Fleet.runtime``): routes are a function of the config alone, identical in every worker of
+  the generation, so no worker is asked. The same runtime decides 404 for an unknown route or
+  service name.
+- ``/services``, ``/services/{name}``, ``/backends``, ``/middlewares``: the workers' reports,
+  merged. These documents show live per-worker state (health flags, passive ejections,
+  requests in flight, breaker states, rate-limit keys, retry budgets) that the supervisor's
+  runtime, which never serves, does not have; each worker builds them with the API's own
+  document functions and ``merge_documents`` combines them: counts are added up (in flight,
+  keys, breaker failures, retries...), a flag is true when it is true in any worker (the
+  ``MAX`` rule of the metrics merge), a state that differs takes the worst (``open`` over
+  ``half-open`` over ``closed``; ``ejected`` over ``probation`` over ``healthy``),
+  ``ejected_until`` the latest; settings (``weight``, ``backends_total``) are taken as they
+  are; ``backends_available`` is recounted from the merged backends. Rate-limit ``keys`` and
+  ``max_keys`` are both added up: the fleet holds up to N × ``max_keys`` buckets (SPEC §13.4:
+  the effective limit is N × configured). 503 when no worker answered.
+- ``/entrypoints``: the supervisor's config for names, protocols, addresses and TLS; bound
+  addresses (the union: every worker binds the same ones with ``SO_REUSEPORT``) and
+  connections (summed) from the workers' state reports.
+- ``/version``, ``/providers``: the supervisor's. ``POST /reload``: the supervisor's reload
+  path (``Reloader.reload_now``: validate once, compile once, SIGHUP to the ready workers);
+  the answer reports the supervisor's generation once the workers have been signalled (each
+  then reloads on its own and logs the result).
+
+Access checks come first: a request the IP allow list or the token would refuse never causes a
+worker query (``/health`` is open, so anyone who may reach the port may cause one state query
+per request, bounded by the server's 64 connections).
+
+Nurseries: none of its own (``Supervisor.query`` opens one per query; the server's are the
+base class's). Deadlines: ``QUERY_TIMEOUT`` per worker per request. Must not: serve traffic,
+bind sockets (``server/workers.py`` binds the listener), or block on a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from a3s_gateway.app import HealthSnapshot
+from a3s_gateway.errors import ReloadError
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics
+from a3s_gateway.observability.management_api import (
+    OPEN_ENDPOINTS,
+    AccessPolicy,
+    ApiRequest,
+    ApiResponse,
+    Clock,
+    ListenerInfo,
+    endpoint_segments,
+    handle,
+    json_response,
+    request_path,
+)
+from a3s_gateway.observability.metrics import GaugeKind, Registry, merge
+from a3s_gateway.server.management import ManagementServer, ServerLimits
+from a3s_gateway.server.process_metrics import read_process
+from a3s_gateway.server.worker_main import DocumentsReply, MetricsReply, StateReply
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+    from a3s_gateway.app import GatewayState
+    from a3s_gateway.config.runtime import RuntimeConfig
+    from a3s_gateway.config.schema import Config, Management
+    from a3s_gateway.observability.management_api import ReloadReport
+    from a3s_gateway.observability.process import ProcessSample
+    from a3s_gateway.providers import Reloader
+    from a3s_gateway.server.worker_main import QueryKind
+    from a3s_gateway.server.workers import Fleet, Supervisor
+
+__all__ = [
+    "QUERY_TIMEOUT",
+    "FleetApi",
+    "FleetManagementServer",
+    "FleetView",
+    "fleet_listeners",
+    "merge_documents",
+    "merge_services",
+    "merge_snapshots",
+    "readiness",
+]
+
+log: Final = logging.getLogger("a3s_gateway.management")
+
+JsonObject = dict[str, object]
+
+#: How long a request waits for each worker's reply before leaving that worker out.
+QUERY_TIMEOUT: Final = 2.0
+
+#: Endpoint → what the workers are asked for it (the others need no worker).
+_FETCH: Final[Mapping[str, QueryKind]] = {
+    "metrics": "metrics",
+    "health": "state",
+    "entrypoints": "state",
+    "services": "services",
+    "backends": "services",
+    "middlewares": "middlewares",
+}
+_READ: Final = frozenset({"GET", "HEAD"})
+
+#: Numbers that are settings, equal in every worker: kept as they are, not added up.
+_SETTINGS: Final = frozenset({"weight", "backends_total", "priority", "effective_priority"})
+#: The fields that name an element of a list of objects (a service, a backend, a retry reason).
+_IDENTITY: Final = ("name", "service", "url", "revision", "reason")
+#: States that can differ between workers, from best to worst.
+_SEVERITY: Final[Mapping[str, int]] = {
+    "closed": 0,
+    "healthy": 0,
+    "half-open": 1,
+    "probation": 1,
+    "open": 2,
+    "ejected": 2,
+}
+#: Timestamps (RFC 3339, UTC: they sort as text) of which the latest is shown.
+_LATEST: Final = frozenset({"ejected_until"})
+
+
+# ------------------------------------------------------------------------- merging (pure)
+
+
+def merge_documents(reports: Sequence[Sequence[JsonObject]]) -> list[JsonObject]:
+    """Combine the workers' lists of documents (one list per worker) into one list, element by
+    element (see the module docstring for the rules); elements appear in first-seen order."""
+    merged = _merge_list([list(report) for report in reports])
+    return [element for element in merged if isinstance(element, dict)]
+
+
+def merge_services(reports: Sequence[Sequence[JsonObject]]) -> list[JsonObject]:
+    """``merge_documents`` for ``/services``, with ``backends_available`` recounted from the
+    merged backends."""
+    services = merge_documents(reports)
+    for service in services:
+        backends = service.get("backends")
+        if isinstance(backends, list):
+            service["backends_available"] = sum(
+                1 for backend in backends if isinstance(backend, dict) and backend.get("available")
+            )
+    return services
+
+
+def _backends(services: Sequence[JsonObject]) -> list[JsonObject]:
+    """``/backends``: every backend of every (merged) service."""
+    found: list[JsonObject] = []
+    for service in services:
+        backends = service.get("backends")
+        if isinstance(backends, list):
+            found.extend(backend for backend in backends if isinstance(backend, dict))
+    return found
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _objects(values: Sequence[object]) -> list[JsonObject] | None:
+    """``values`` when every one is an object, else None."""
+    objects = [value for value in values if isinstance(value, dict)]
+    return objects if len(objects) == len(values) else None
+
+
+def _combine(key: str, values: Sequence[object]) -> object:
+    """One field's value in the fleet from its values in the workers (None: absent there)."""
+    present = [value for value in values if value is not None]
+    if not present:
+        return None
+    first = present[0]
+    if key in _SETTINGS or len(present) == 1:
+        return first
+    if all(isinstance(value, bool) for value in present):
+        return any(present)
+    if all(_is_number(value) for value in present):
+        return sum(value for value in present if isinstance(value, int | float))
+    objects = _objects(present)
+    if objects is not None:
+        return _merge_object(objects)
+    lists = [value for value in present if isinstance(value, list)]
+    if len(lists) == len(present):
+        return _merge_list(lists)
+    texts = [value for value in present if isinstance(value, str)]
+    if len(texts) == len(present):
+        if key in _LATEST:
+            return max(texts)
+        if any(text in _SEVERITY for text in texts):
+            return max(texts, key=lambda text: _SEVERITY.get(text, -1))
+    return first
+
+
+def _merge_object(objects: Sequence[JsonObject]) -> JsonObject:
+    keys = dict.fromkeys(key for document in objects for key in document)
+    return {key: _combine(key, [document.get(key) for document in objects]) for key in keys}
+
+
+def _merge_list(lists: Sequence[list[object]]) -> list[object]:
+    """Lists of objects: elements with the same identity fields are one element. Other lists
+    (names of routers, entrypoints) are settings: the first worker's."""
+    elements = [element for values in lists for element in values]
+    objects = _objects(elements)
+    if objects is None:
+        return list(lists[0])
+    groups: dict[tuple[object, ...], list[JsonObject]] = {}
+    for element in objects:
+        identity = tuple(element.get(key) for key in _IDENTITY)
+        groups.setdefault(identity, []).append(element)
+    return [_merge_object(group) for group in groups.values()]
+
+
+def merge_snapshots(snapshots: Sequence[bytes], own: Registry) -> bytes:
+    """``metrics.merge`` of ``snapshots`` with ``own``; a snapshot that does not decode is left
+    out (and logged) instead of failing the scrape."""
+    try:
+        return merge(snapshots, own=own)
+    except ValueError:
+        good = [snapshot for snapshot in snapshots if _decodes(snapshot)]
+        log.warning("metrics: %d malformed worker snapshot(s) left out", len(snapshots) - len(good))
+        return merge(good, own=own)
+
+
+def _decodes(snapshot: bytes) -> bool:
+    try:
+        merge([snapshot], own=Registry())
+    except ValueError:
+        return False
+    return True
+
+
+def fleet_listeners(
+    config: Config, runtime: RuntimeConfig, states: Sequence[StateReply]
+) -> list[ListenerInfo]:
+    """``/entrypoints``: the running config's HTTP entrypoints with the addresses bound in any
+    worker (the union) and their connections summed (None when no worker reported)."""
+    infos = []
+    for name, entry in config.entrypoints.items():
+        if name not in runtime.entrypoints:
+            continue
+        bound = dict.fromkeys(
+            _shown(host, port) for state in states for host, port in state.addresses.get(name, ())
+        )
+        connections = sum(state.connections.get(name, 0) for state in states) if states else None
+        infos.append(
+            ListenerInfo(
+                name=name,
+                protocol=entry.protocol,
+                address=entry.address.text,
+                bound=tuple(bound),
+                tls=entry.tls is not None,
+                connections=connections,
+            )
+        )
+    return infos
+
+
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def readiness(supervisor: Supervisor) -> str | None:
+    """Why the fleet is not ready (a worker is missing), or None when every worker is."""
+    ready = supervisor.ready()
+    count = supervisor.count
+    if len(ready) == count:
+        return None
+    spawned = set(supervisor.spawned())
+    missing = [
+        f"worker {index} {'starting' if index in spawned else 'down'}"
+        for index in range(count)
+        if index not in ready
+    ]
+    return f"{len(ready)} of {count} workers ready ({', '.join(missing)})"
+
+
+# ------------------------------------------------------------------------------- the view
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetView:
+    """The fleet as one request sees it: a ``GatewayView`` over the supervisor's state and the
+    replies fetched for this request (``FleetApi.view``)."""
+
+    version: str
+    #: Workers ready now (``/health``'s ``workers``).
+    workers: int
+    snapshot: HealthSnapshot
+    lifecycle: GatewayState
+    current: Config
+    compiled: RuntimeConfig
+    #: The entrypoints with the workers' addresses; empty unless a state query was made.
+    entrypoints: tuple[ListenerInfo, ...] = ()
+    #: The merged exposition; None unless fetched (or metrics are disabled).
+    metrics: bytes | None = None
+    #: The workers' merged documents for the endpoint; None unless fetched and answered.
+    documents: list[JsonObject] | None = None
+    #: Why ``/ready`` is 503 although the supervisor is running (a worker is missing).
+    not_ready: str | None = None
+    reload_path: Callable[[], Awaitable[ReloadReport]]
+
+    def health(self) -> HealthSnapshot:
+        return self.snapshot
+
+    def state(self) -> GatewayState:
+        return self.lifecycle
+
+    def config(self) -> Config:
+        return self.current
+
+    def runtime(self) -> RuntimeConfig:
+        return self.compiled
+
+    def listeners(self) -> Sequence[ListenerInfo]:
+        return self.entrypoints
+
+    def metrics_text(self) -> bytes | None:
+        return self.metrics
+
+    async def reload(self) -> ReloadReport:
+        return await self.reload_path()
+
+    def finish(
+        self, segments: tuple[str, ...] | None, method: str, response: ApiResponse
+    ) -> ApiResponse:
+        """``handle``'s answer, with what only the workers know put in: a 200 ``/ready`` while
+        a worker is missing becomes 503, and a 200 ``/services``, ``/services/{name}``,
+        ``/backends`` or ``/middlewares`` carries the workers' merged documents (503 when no
+        worker answered). ``handle`` has already made every other decision (access, method,
+        unknown names), so only its 200 answers are changed."""
+        if response.status != HTTPStatus.OK or segments is None:
+            return response
+        if segments == ("ready",):
+            if self.not_ready is None:
+                return response
+            answer = json_response(
+                HTTPStatus.SERVICE_UNAVAILABLE, {"ready": False, "reason": self.not_ready}
+            )
+        elif segments[0] in ("services", "backends", "middlewares"):
+            answer = self._documents(segments)
+        else:
+            return response
+        if method == "HEAD":
+            return ApiResponse(answer.status, answer.headers, b"")
+        return answer
+
+    def _documents(self, segments: tuple[str, ...]) -> ApiResponse:
+        documents = self.documents
+        if documents is None:
+            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no worker answered"})
+        match segments:
+            case ("services", name):
+                found = [document for document in documents if document.get("name") == name]
+                if not found:
+                    error = {"error": "no worker serves this service yet"}
+                    return json_response(HTTPStatus.SERVICE_UNAVAILABLE, error)
+                return json_response(HTTPStatus.OK, found[0])
+            case ("backends",):
+                return json_response(HTTPStatus.OK, _backends(documents))
+            case _:
+                return json_response(HTTPStatus.OK, documents)
+
+
+def _version() -> str:
+    # Imported here: the package's __init__ imports app, which the server package follows.
+    from a3s_gateway import __version__
+
+    return __version__
+
+
+class FleetApi:
+    """Builds a ``FleetView`` per request from the supervisor, its ``Fleet`` (config, compiled
+    runtime, reload status) and its ``Reloader``; owns the supervisor's metrics registry."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        fleet: Fleet,
+        reloader: Reloader,
+        *,
+        timeout: float = QUERY_TIMEOUT,
+        version: str | None = None,
+    ) -> None:
+        self._supervisor = supervisor
+        self._fleet = fleet
+        self._reloader = reloader
+        self._timeout = timeout
+        self._version = version if version is not None else _version()
+        #: The supervisor's own families (module docstring): only its values are ever set.
+        self.metrics = GatewayMetrics(True, version=self._version)
+        registry = self.metrics.registry
+        self._workers_ready = registry.gauge(
+            "a3s_workers_ready", "Worker processes ready now.", kind=GaugeKind.OWN
+        )
+        self._restarts = registry.counter(
+            "a3s_worker_restarts_total", "Worker processes restarted after an exit."
+        )
+        self._query_failures = registry.counter(
+            "a3s_worker_query_failures_total",
+            "Queries a ready worker did not answer in time (its part was left out), by query.",
+            ("query",),
+        )
+
+    async def view(self, fetch: QueryKind | None = None) -> FleetView:
+        """The view for one request, with ``fetch`` asked of the ready workers first."""
+        supervisor = self._supervisor
+        states: Sequence[StateReply] = ()
+        metrics: bytes | None = None
+        documents: list[JsonObject] | None = None
+        match fetch:
+            case "metrics":
+                metrics = await self.metrics_text()
+            case "state":
+                answers = await supervisor.query("state", StateReply, within=self._timeout)
+                states = list(answers.replies.values())
+            case "services" | "middlewares":
+                found = await supervisor.query(fetch, DocumentsReply, within=self._timeout)
+                reports = [reply.documents for reply in found.replies.values()]
+                if reports:
+                    documents = (
+                        merge_services(reports) if fetch == "services" else merge_documents(reports)
+                    )
+            case None:
+                pass
+        return self._build(states=states, metrics=metrics, documents=documents)
+
+    def current(self) -> FleetView:
+        """The view without asking any worker (for the base server's constructor)."""
+        return self._build()
+
+    def _build(
+        self,
+        *,
+        states: Sequence[StateReply] = (),
+        metrics: bytes | None = None,
+        documents: list[JsonObject] | None = None,
+    ) -> FleetView:
+        supervisor, fleet = self._supervisor, self._fleet
+        started = supervisor.started_at
+        config = fleet.config()
+        snapshot = HealthSnapshot(
+            state=supervisor.state(),
+            uptime_secs=0.0 if started is None else trio.current_time() - started,
+            active_connections=sum(sum(state.connections.values()) for state in states),
+            total_requests=sum(state.total_requests for state in states),
+            config_generation=fleet.config_generation,
+            last_reload=fleet.last_reload,
+        )
+        listeners = fleet_listeners(config, fleet.runtime, states) if states else []
+        return FleetView(
+            version=self._version,
+            workers=len(supervisor.ready()),
+            snapshot=snapshot,
+            lifecycle=snapshot.state,
+            current=config,
+            compiled=fleet.runtime,
+            entrypoints=tuple(listeners),
+            metrics=metrics,
+            documents=documents,
+            not_ready=readiness(supervisor),
+            reload_path=self.reload,
+        )
+
+    async def metrics_text(self) -> bytes | None:
+        """The fleet's exposition (module docstring); None with ``metrics_enabled = false``."""
+        if not self._fleet.config().observability.metrics_enabled:
+            return None
+        answers = await self._supervisor.query("metrics", MetricsReply, within=self._timeout)
+        snapshots = [
+            reply.snapshot for reply in answers.replies.values() if reply.snapshot is not None
+        ]
+        self._collect()
+        return merge_snapshots(snapshots, self.metrics.registry)
+
+    def _collect(self) -> None:
+        """Set the supervisor's own values (module docstring) before a merge."""
+        metrics, fleet, supervisor = self.metrics, self._fleet, self._supervisor
+        metrics.config_generation.labels().set(fleet.config_generation)
+        last = self._reloader.last
+        warnings = len(last.warnings) if last is not None and last.ok else 0
+        metrics.config_applied(wall=fleet.applied_at, warnings=warnings)
+        for result, total in self._reloader.counts.items():
+            metrics.config_reloads.labels(result).advance_to(total)
+        self._workers_ready.labels().set(len(supervisor.ready()))
+        self._restarts.labels().advance_to(supervisor.restarts)
+        for kind, total in supervisor.query_failures.items():
+            self._query_failures.labels(kind).advance_to(total)
+        process = read_process()
+        if process is not None:
+            _set_process(metrics, process)
+
+    async def reload(self) -> ReloadReport:
+        """``POST /reload``: the supervisor's reload path (validated once, then SIGHUP)."""
+        return await self._reloader.reload_now(force=True)
+
+
+def _set_process(metrics: GatewayMetrics, process: ProcessSample) -> None:
+    metrics.process_cpu.labels().advance_to(process.cpu_seconds)
+    metrics.process_resident.labels().set(process.resident_bytes)
+    metrics.process_virtual.labels().set(process.virtual_bytes)
+    if process.open_fds is not None:
+        metrics.process_open_fds.labels().set(process.open_fds)
+    if process.max_fds is not None:
+        metrics.process_max_fds.labels().set(process.max_fds)
+    if process.start_time is not None:
+        metrics.process_start.labels().set(process.start_time)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class FleetManagementServer(ManagementServer):
+    """``ManagementServer`` answering from a fresh ``FleetView`` per request (module
+    docstring). The connection handling, limits and TLS are the base class's; ``answer``
+    checks access with the same ``AccessPolicy`` (built from the same settings and token
+    variable) before any worker is asked, then lets ``handle`` answer over the view."""
+
+    def __init__(
+        self,
+        settings: Management,
+        api: FleetApi,
+        *,
+        limits: ServerLimits | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(settings, api.current(), limits=limits, environ=environ)
+        self._api = api
+        self._token_source = environ
+        self._current = settings
+        self._gate = self._policy(settings)
+
+    @property
+    def settings(self) -> Management:
+        """The ``management`` block in force (its address is where ``serve`` should listen)."""
+        return self._current
+
+    def update(self, settings: Management) -> None:
+        super().update(settings)
+        self._current = settings
+        self._gate = self._policy(settings)
+
+    def apply(self, config: Config) -> None:
+        """A reload applied ``config`` (``Fleet.listeners``): its ``management`` settings take
+        effect for the next request, except the address and ``enabled`` (a restart)."""
+        settings = config.management
+        if settings is None or not settings.enabled:
+            return
+        try:
+            self.update(settings)
+        except ReloadError as error:
+            log.error("management settings not applied: %s", error)
+
+    def _policy(self, settings: Management) -> AccessPolicy:
+        environ = os.environ if self._token_source is None else self._token_source
+        return AccessPolicy.from_settings(settings, environ.get(settings.auth_token_env) or None)
+
+    def _fetch(self, segments: tuple[str, ...] | None, request: ApiRequest) -> QueryKind | None:
+        """What the workers are asked before ``request`` is answered: nothing unless it reads
+        an endpoint that needs them and passes the access checks."""
+        if not segments or len(segments) > 2 or request.method not in _READ:
+            return None
+        name = segments[0]
+        if len(segments) == 2 and name != "services":
+            return None
+        fetch = _FETCH.get(name)
+        if fetch is None or (name not in OPEN_ENDPOINTS and self._gate.check(request) is not None):
+            return None
+        return fetch
+
+    async def answer(self, request: ApiRequest) -> ApiResponse:
+        settings = self._current
+        try:
+            try:
+                segments = endpoint_segments(request_path(request.target), settings.path_prefix)
+            except UnicodeDecodeError:
+                segments = None
+            view = await self._api.view(self._fetch(segments, request))
+            clock = Clock(trio.current_time(), time.time())
+            response = await handle(
+                request, view, prefix=settings.path_prefix, access=self._gate, clock=clock
+            )
+            return view.finish(segments, request.method, response)
+        except Exception:
+            log.exception(
+                "management API: %s %s failed", request.method, request_path(request.target)
+            )
+            return json_response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
