@@ -44,8 +44,16 @@ def test_a_bad_port_is_a_usage_error(port: str, capsys: pytest.CaptureFixture[st
     assert "--port" in capsys.readouterr().err
 
 
+MANAGEMENT_URL = re.compile(r"curl -s (http://127\.0\.0\.1:\d+/api/gateway)/health\n")
+
+
 def test_the_banner_lists_urls_and_commands() -> None:
-    text = banner("http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103), listening=True)
+    text = banner(
+        "http://127.0.0.1:8080",
+        BackendPorts(9101, 9102, 9103),
+        listening=True,
+        management="http://127.0.0.1:9901/api/gateway",
+    )
     for line in (
         "curl -i http://127.0.0.1:8080/api/hello",
         "curl -N http://127.0.0.1:8080/events",
@@ -53,12 +61,32 @@ def test_the_banner_lists_urls_and_commands() -> None:
         "curl -i http://127.0.0.1:8080/api/status/503",
         "echo-a    http://127.0.0.1:9101",
         "ws://127.0.0.1:9103/ws",
+        "curl -s http://127.0.0.1:9901/api/gateway/health\n",
+        "curl -s http://127.0.0.1:9901/api/gateway/metrics",
     ):
         assert line in text
     assert "ws://127.0.0.1:8080" not in text  # not proxied yet: only the direct URL is shown
-    assert "9901" not in text  # the management API is not served yet
     assert "issue" not in text
+    # The management lines come before the WebSocket line (the CLI test reads up to it).
+    assert text.index("/api/gateway/metrics") < text.index("/ws\n")
+    without = banner("http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103), listening=True)
+    assert "api/gateway" not in without
+    assert "Management API" not in without
     assert "opens no listeners" in banner("x", BackendPorts(1, 2, 3), listening=False)
+
+
+async def check_management(printed: str) -> None:
+    """The management URL the banner names answers: health says running, and the metrics
+    count the requests the gateway served."""
+    found = MANAGEMENT_URL.search(printed)
+    assert found is not None, printed
+    base = found.group(1)
+    health = json.loads(await curl(f"{base}/health"))
+    assert health["state"] == "running"
+    assert health["workers"] == 1
+    metrics = await curl(f"{base}/metrics")
+    assert "# TYPE a3s_http_requests_total counter" in metrics
+    assert "a3s_build_info{" in metrics
 
 
 async def test_run_demo_starts_backends_and_stops_after_shutdown() -> None:
@@ -72,11 +100,14 @@ async def test_run_demo_starts_backends_and_stops_after_shutdown() -> None:
     text = out.getvalue()
     assert f"curl -i {running.url}/api/hello" in text
     assert f"ws://127.0.0.1:{running.backends.stream}/ws" in text
+    assert running.management is not None
+    assert f"curl -s {running.management}/health" in text
 
 
 @pytest.mark.integration
 async def test_demo_end_to_end(nursery: trio.Nursery) -> None:
-    running = await start_demo(nursery, io.StringIO())
+    out = io.StringIO()
+    running = await start_demo(nursery, out)
     try:
         url = running.url
         seen = [json.loads(await curl(f"{url}/api/hello"))["service"] for _ in range(4)]
@@ -92,8 +123,45 @@ async def test_demo_end_to_end(nursery: trio.Nursery) -> None:
         assert json.loads(await curl(f"{url}/hello"))["path"] == "/hello"  # fallback router
         events = await curl("-N", f"{url}/events?count=3&interval_ms=10")
         assert re.findall(r'"count": (\d+)', events) == ["1", "2", "3"]
+        await check_management(out.getvalue())
+        assert running.management is not None
+        metrics = await curl(f"{running.management}/metrics")
+        served = re.findall(
+            r'^a3s_http_requests_total\{entrypoint="web",router="api",service="api",'
+            r'method="GET",code="200"\} (\d+)$',
+            metrics,
+            re.MULTILINE,
+        )
+        assert served == ["5"]  # the four /api/hello and the /api/bytes above
     finally:
         await running.gateway.shutdown()
+
+
+@pytest.mark.integration
+async def test_an_admin_token_in_the_shell_does_not_lock_the_banner_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # demo.hcl reads its own token variable, so the production one changes nothing here...
+    monkeypatch.setenv("A3S_GATEWAY_ADMIN_TOKEN", "not-for-the-demo")
+    async with trio.open_nursery() as nursery:
+        out = io.StringIO()
+        running = await start_demo(nursery, out)
+        try:
+            await check_management(out.getvalue())
+        finally:
+            await running.gateway.shutdown()
+    # ...while the demo's own variable does put the API behind a token.
+    monkeypatch.setenv("A3S_DEMO_ADMIN_TOKEN", "demo-token")
+    async with trio.open_nursery() as nursery:
+        running = await start_demo(nursery, io.StringIO())
+        try:
+            assert running.management is not None
+            code = await curl(
+                "-o", "/dev/null", "-w", "%{http_code}", f"{running.management}/metrics"
+            )
+            assert code == "401"
+        finally:
+            await running.gateway.shutdown()
 
 
 @pytest.mark.integration
@@ -134,6 +202,7 @@ async def test_the_demo_command_runs_until_sigint(tmp_path: Path) -> None:
         assert echo_b is not None, printed
         document = json.loads(await curl(f"http://127.0.0.1:{echo_b.group(1)}/direct"))
         assert document["service"] == "echo-b"
+        await check_management(printed)
         process.send_signal(signal.SIGINT)
         with trio.fail_after(20):
             assert await process.wait() == 0, (tmp_path / "stderr").read_text()

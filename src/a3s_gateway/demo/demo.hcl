@@ -51,9 +51,12 @@ services "stream" {
   }
 }
 
-# Loopback only; no token is needed there (SPEC §3.13).
+# The management API (docs/operations.md), loopback only. Its token variable is the demo's own,
+# so an A3S_GATEWAY_ADMIN_TOKEN set in your shell does not put the banner's curl commands
+# behind a token; unset, no token is asked for (SPEC §3.13).
 management {
-  address = "127.0.0.1:${A3S_DEMO_ADMIN_PORT:-9901}"
+  address        = "127.0.0.1:${A3S_DEMO_ADMIN_PORT:-9901}"
+  auth_token_env = "A3S_DEMO_ADMIN_TOKEN"
 }
 
 # A short drain: Ctrl-C stops the demo within a few seconds even with an SSE stream open.

@@ -5,14 +5,21 @@ Ring 2 (a small composition root beside ``app.py``): builds the demo config from
 ports and runs ``Gateway``. Nurseries: ``Demo.serve`` opens the demo's root nursery, holding
 the three backend listeners and ``Gateway.serve``; when the gateway has stopped (after
 ``shutdown``) the backends are cancelled and ``serve`` returns. Deadlines: only the gateway's
-own drain grace (``shutdown_timeout_secs`` in ``demo.hcl``). Must not: install signal handlers
-or logging (the CLI does), or advertise what the gateway does not serve yet (WebSocket
-proxying, the management API): the banner lists the direct backend URL for ``/ws`` instead.
+own drain grace (``shutdown_timeout_secs`` in ``demo.hcl``).
+
+The banner names the management API (``demo.hcl``'s loopback ``management`` block) with its
+health and metrics URLs. With ``--port 0`` the management port is chosen here, as a port free
+on loopback just before the gateway binds it, because the banner must print it and the gateway
+does not report the management listener's bound address.
+
+Must not: install signal handlers or logging (the CLI does), or advertise what the gateway does
+not serve yet (WebSocket proxying): the banner lists the direct backend URL for ``/ws`` instead.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from dataclasses import dataclass
 from importlib.resources import files
@@ -59,6 +66,24 @@ def load_demo_config(env: dict[str, str]) -> Config:
     return load_config_text(demo_config_text(), filename=CONFIG_FILENAME, env=env)
 
 
+def free_loopback_port() -> int:
+    """A TCP port free on the loopback address now. Another process could take it before the
+    gateway binds it; the gateway then fails to start, naming the address (exit 3)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def management_url(config: Config, port: int) -> str | None:
+    """The management API's base URL (``http://127.0.0.1:<port><path_prefix>``), or None when
+    ``config`` serves none."""
+    management = config.management
+    if management is None or not management.enabled:
+        return None
+    return f"http://{HOST}:{port}{management.path_prefix}"
+
+
 @dataclass(frozen=True, slots=True)
 class RunningDemo:
     """What ``Demo.serve`` reports once everything is up."""
@@ -69,6 +94,8 @@ class RunningDemo:
     url: str
     #: Whether the gateway reported bound listeners (``gateway.addresses()["web"]``).
     listening: bool
+    #: The management API's base URL, e.g. ``http://127.0.0.1:9901/api/gateway``.
+    management: str | None = None
 
 
 def gateway_url(gateway: Gateway, configured_port: int) -> tuple[str, bool]:
@@ -90,7 +117,8 @@ class Demo:
         self, port: int = DEFAULT_PORT, *, admin_port: int | None = None, out: TextIO | None = None
     ) -> None:
         self.port = port
-        # "--port 0" asks for free ports; the management listener follows suit.
+        # "--port 0" asks for free ports; the management listener follows suit (0: a free port,
+        # chosen in ``serve``).
         if admin_port is None:
             admin_port = 0 if port == 0 else DEFAULT_ADMIN_PORT
         self.admin_port = admin_port
@@ -107,15 +135,19 @@ class Demo:
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 backends = await start_backends(nursery)
+                if self.admin_port == 0:
+                    self.admin_port = free_loopback_port()
                 self._env = demo_env(self.port, self.admin_port, backends)
-                gateway = Gateway(load_demo_config(self._env))
+                config = load_demo_config(self._env)
+                gateway = Gateway(config)
                 await nursery.start(self._serve_gateway, gateway, nursery.cancel_scope)
                 self._gateway = gateway
                 url, listening = gateway_url(gateway, self.port)
+                admin = management_url(config, self.admin_port)
                 out = self._out if self._out is not None else sys.stdout
-                out.write(banner(url, backends, listening=listening))
+                out.write(banner(url, backends, listening=listening, management=admin))
                 out.flush()
-                task_status.started(RunningDemo(gateway, backends, url, listening))
+                task_status.started(RunningDemo(gateway, backends, url, listening, admin))
 
     @staticmethod
     async def _serve_gateway(
@@ -157,8 +189,11 @@ async def run_demo(
     await Demo(port, admin_port=admin_port, out=out).serve(task_status=task_status)
 
 
-def banner(url: str, backends: BackendPorts, *, listening: bool) -> str:
-    """What the demo prints once it is up: where everything is and what to paste."""
+def banner(
+    url: str, backends: BackendPorts, *, listening: bool, management: str | None = None
+) -> str:
+    """What the demo prints once it is up: where everything is and what to paste.
+    ``management`` is the management API's base URL (None: not served)."""
     lines = [
         "",
         "a3s-gateway demo is running. Press Ctrl-C to stop.",
@@ -180,6 +215,7 @@ def banner(url: str, backends: BackendPorts, *, listening: bool) -> str:
         f"  curl -N {url}/events",
         f"  curl -N '{url}/events?count=3&interval_ms=200'",
         "",
+        *_management_lines(management),
         "WebSocket echo, directly on the backend (proxying WebSockets comes in a later release):",
         f"  ws://{HOST}:{backends.stream}/ws",
         "",
@@ -191,3 +227,15 @@ def banner(url: str, backends: BackendPorts, *, listening: bool) -> str:
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _management_lines(management: str | None) -> list[str]:
+    if management is None:
+        return []
+    return [
+        "Management API (loopback only, no token):",
+        f"  curl -s {management}/health",
+        f"  curl -s {management}/metrics | grep ^a3s_http_requests_total",
+        "Access log: one JSON line per request, printed below.",
+        "",
+    ]
