@@ -94,11 +94,32 @@ def middleware_blocks(names: tuple[str, ...]) -> tuple[str, str]:
     return blocks, f"  middlewares = [{listed}]\n"
 
 
+#: The ``observability`` block per profile setting: ``default`` is the gateway's defaults but
+#: the access log (metrics, tracing and request ids on); ``off`` switches everything off;
+#: ``on`` also writes the access log, to ``{log}`` (a file in the product's work directory).
+OBSERVABILITY: Final = {
+    "default": "  access_log_enabled = false",
+    "off": (
+        "  access_log_enabled = false\n  metrics_enabled = false\n  tracing_enabled = false\n"
+        '  request_id_header = ""'
+    ),
+    "on": '  access_log_path = "{log}"',
+}
+
+
 def config_text(
-    port: int, upstream_port: int, table: Routing, middlewares: tuple[str, ...] = ()
+    port: int,
+    upstream_port: int,
+    table: Routing,
+    middlewares: tuple[str, ...] = (),
+    *,
+    observability: str = "default",
+    log: str = "",
 ) -> str:
     """The HCL config for ``table`` listening on ``port``; the one-router table's router lists
-    ``middlewares`` (names in ``MIDDLEWARES``)."""
+    ``middlewares`` (names in ``MIDDLEWARES``); ``observability`` picks an ``OBSERVABILITY``
+    block (``log``: the access-log file of ``on``)."""
+    observed = OBSERVABILITY[observability].replace("{log}", log)
     blocks, listed = middleware_blocks(middlewares)
     if table.routers <= 1:
         routers = _router("all", "PathPrefix(`/`)", listed) + blocks
@@ -123,7 +144,7 @@ services "upstream" {{
 }}
 
 observability {{
-  access_log_enabled = false
+{observed}
 }}
 
 shutdown_timeout_secs = 2

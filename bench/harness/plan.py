@@ -38,6 +38,8 @@ class Profile:
     with_peers: bool = False
     #: The benchmarked router's middlewares, by name in ``gateway.MIDDLEWARES`` (gateway only).
     middlewares: tuple[str, ...] = ()
+    #: The gateway's ``observability`` setting (``gateway.OBSERVABILITY``).
+    observability: str = "default"
 
 
 GET_1W: Final = Profile(
@@ -146,6 +148,32 @@ README_CHAIN: Final = Profile(
     (NGINX, A3S_1W),
     middlewares=("auth-jwt", "limit"),
 )
+OBSERVABILITY_OFF: Final = Profile(
+    "observability-off",
+    "HTTP/1.1 GET, 42-byte response, metrics, tracing, request ids and access log all off, "
+    "one worker",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (NGINX, A3S_1W),
+    observability="off",
+)
+OBSERVABILITY_ON: Final = Profile(
+    "observability-on",
+    "HTTP/1.1 GET, 42-byte response, metrics, tracing, request ids and the access log (to a "
+    "file) on, one worker",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (NGINX, A3S_1W),
+    observability="on",
+)
 PROFILES: Final = (
     GET_1W,
     GET_NW,
@@ -156,10 +184,13 @@ PROFILES: Final = (
     MIDDLEWARES_3,
     MIDDLEWARES_6,
     README_CHAIN,
+    OBSERVABILITY_OFF,
+    OBSERVABILITY_ON,
 )
 PROFILE_ALIASES: Final = {
     "get-42b": (GET_1W.name, GET_NW.name),
     "middlewares": (GET_1W.name, MIDDLEWARES_3.name, MIDDLEWARES_6.name, README_CHAIN.name),
+    "observability": (OBSERVABILITY_OFF.name, GET_1W.name, OBSERVABILITY_ON.name),
 }
 
 

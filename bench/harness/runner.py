@@ -232,7 +232,14 @@ class Runner:
         if name in plan.GATEWAY_WORKERS:
             workers = plan.GATEWAY_WORKERS[name]
             config = work / "gateway.hcl"
-            text = gateway.config_text(port, self.upstream_port, table, profile.middlewares)
+            text = gateway.config_text(
+                port,
+                self.upstream_port,
+                table,
+                profile.middlewares,
+                observability=profile.observability,
+                log=str(work / "access.log"),
+            )
             config.write_text(text)
             argv = gateway.command(config, workers)
             run = ProductRun(name, "a3s_gateway", argv, gateway.worker_count(workers))
