@@ -8,8 +8,9 @@ of requests sent; ``/health`` reports 2 workers and the summed requests; ``/read
 ``/entrypoints`` and ``/backends`` come from the workers' reports; the token is required and a
 reloaded allow list that excludes the client answers 403 (through ``POST /reload``, the
 supervisor's reload path). Killing one worker (SIGKILL) makes ``/ready`` 503 with a reason until
-it is restarted, while the scrape still answers with the survivor's share — strictly between 0
-and the total, which shows the traffic reached both workers.
+it is restarted, while the scrape still answers with the whole total (the gone worker's counts
+are kept) and ``/health`` with the survivor's share — strictly between 0 and the total, which
+shows the traffic reached both workers.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ async def test_the_supervisor_serves_one_management_api_for_both_workers(
             crash = await gateway.wait_for_line("restarting in 1s")
             missing = await curl(f"{api}/ready")
             during = await curl(f"{api}/metrics", *bearer)
+            health_during = await curl(f"{api}/health")
             while not exited(first):  # noqa: ASYNC110 -- /proc state; no event to wait for
                 await trio.sleep(0.05)
             await gateway.wait_for_line("restarted")
@@ -158,7 +160,12 @@ async def test_the_supervisor_serves_one_management_api_for_both_workers(
             "reason": f"1 of 2 workers ready (worker {slot} down)",
         }
         assert during.response.status == 200
-        assert 0 < served(during) < REQUESTS  # the survivor's share: both workers served
+        # The gone worker's counts stay in the totals (no dip, no false counter reset)...
+        assert served(during) == REQUESTS
+        # ...while the live report is the survivor's share alone: both workers served.
+        live = health_during.response.json()["total_requests"]
+        assert isinstance(live, int)
+        assert 0 < live < REQUESTS
         back = await curl(f"{api}/ready")
         assert back.response.status == 200
         assert (await curl(f"{api}/health")).response.json()["workers"] == 2

@@ -23,6 +23,7 @@ from a3s_gateway.observability.metrics import (
     escape_label_value,
     format_value,
     merge,
+    monotonic_part,
 )
 
 
@@ -477,3 +478,16 @@ def test_merge_of_nothing_renders_own() -> None:
 def test_merge_refuses_garbage() -> None:
     with pytest.raises(msgspec.DecodeError):
         merge([b"not a snapshot"], own=Registry())
+
+
+def test_the_monotonic_part_of_a_snapshot_keeps_counters_and_histograms_only() -> None:
+    worker = Registry()
+    worker.counter("a_total", "A counter.").labels().inc(3)
+    worker.gauge("b", "A gauge.").labels().set(7)
+    worker.histogram("c_seconds", "A histogram.").labels().observe(0.2)
+    kept = monotonic_part(worker.snapshot())
+    text = merge([kept], own=Registry()).decode()
+    assert "a_total 3" in text
+    assert "c_seconds_count 1" in text
+    assert "\nb " not in text
+    assert not text.startswith("b ")

@@ -62,6 +62,7 @@ __all__ = [
     "escape_label_value",
     "format_value",
     "merge",
+    "monotonic_part",
 ]
 
 #: The ``Content-Type`` of ``render``'s output.
@@ -588,6 +589,15 @@ def _compatible(family: Family, snap: _FamilySnap) -> bool:
     if isinstance(family, Histogram):
         return family.buckets == snap.buckets
     return True
+
+
+def monotonic_part(snapshot: bytes) -> bytes:
+    """``snapshot`` with only its counters and histograms: what a worker that has gone had
+    counted, to be kept in a supervisor's merge so that the totals never go down (gauges
+    describe a live process and go with it). Raises ``msgspec.DecodeError`` like ``merge``."""
+    decoded = _DECODER.decode(snapshot)
+    kept = tuple(family for family in decoded.families if family.type in ("counter", "histogram"))
+    return _ENCODER.encode(_Snapshot(version=decoded.version, families=kept))
 
 
 def merge(snapshots: Iterable[bytes], *, own: Registry) -> bytes:

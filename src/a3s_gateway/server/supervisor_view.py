@@ -86,7 +86,7 @@ from a3s_gateway.observability.management_api import (
     json_response,
     request_path,
 )
-from a3s_gateway.observability.metrics import GaugeKind, Registry, merge
+from a3s_gateway.observability.metrics import GaugeKind, Registry, merge, monotonic_part
 from a3s_gateway.server.management import ManagementServer, ServerLimits
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.server.worker_main import DocumentsReply, MetricsReply, StateReply
@@ -121,6 +121,8 @@ JsonObject = dict[str, object]
 
 #: How long a request waits for each worker's reply before leaving that worker out.
 QUERY_TIMEOUT: Final = 2.0
+#: Gone workers whose counters are kept in the fleet's totals (a bound on restarts remembered).
+RETIRED_LIMIT: Final = 256
 
 #: Endpoint → what the workers are asked for it (the others need no worker).
 _FETCH: Final[Mapping[str, QueryKind]] = {
@@ -417,6 +419,10 @@ class FleetApi:
         self._version = version if version is not None else _version()
         #: The supervisor's own families (module docstring): only its values are ever set.
         self.metrics = GatewayMetrics(True, version=self._version)
+        #: Each slot's worker (pid) and its last metrics snapshot.
+        self._last: dict[int, tuple[int, bytes]] = {}
+        #: The counters and histograms of workers that have gone (``_retire_gone``).
+        self._retired: list[bytes] = []
         registry = self.metrics.registry
         self._workers_ready = registry.gauge(
             "a3s_workers_ready", "Worker processes ready now.", kind=GaugeKind.OWN
@@ -495,11 +501,38 @@ class FleetApi:
         if not self._fleet.config().observability.metrics_enabled:
             return None
         answers = await self._supervisor.query("metrics", MetricsReply, within=self._timeout)
-        snapshots = [
-            reply.snapshot for reply in answers.replies.values() if reply.snapshot is not None
-        ]
+        pids = self._supervisor.pids()
+        snapshots: list[bytes] = []
+        for index, reply in answers.replies.items():
+            if reply.snapshot is None:
+                continue
+            snapshots.append(reply.snapshot)
+            pid = pids.get(index)
+            if pid is not None:
+                self._last[index] = (pid, reply.snapshot)
+        self._retire_gone(pids)
         self._collect()
-        return merge_snapshots(snapshots, self.metrics.registry)
+        return merge_snapshots([*snapshots, *self._retired], self.metrics.registry)
+
+    def _retire_gone(self, pids: Mapping[int, int]) -> None:
+        """Keep what a worker that has gone (exited or replaced) counted up to its last
+        scrape: its counters and histograms join every later merge, so the fleet's totals do
+        not drop when a worker is restarted (what it counted after its last scrape is lost).
+        Bounded: past ``RETIRED_LIMIT`` gone workers the oldest is dropped, with a warning."""
+        for index, (pid, snapshot) in list(self._last.items()):
+            if pids.get(index) == pid:
+                continue
+            del self._last[index]
+            try:
+                self._retired.append(monotonic_part(snapshot))
+            except ValueError:
+                continue
+            if len(self._retired) > RETIRED_LIMIT:
+                self._retired.pop(0)
+                log.warning(
+                    "metrics: more than %d workers gone; the oldest one's counts dropped",
+                    RETIRED_LIMIT,
+                )
 
     def _collect(self) -> None:
         """Set the supervisor's own values (module docstring) before a merge."""
