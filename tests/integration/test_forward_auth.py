@@ -175,6 +175,12 @@ async def test_an_allowed_request_reaches_the_origin_with_the_identity_fields(
     assert call.header(b"x-forwarded-host") == f"{LOCAL}:{gw.port}".encode()
     assert call.header(b"x-forwarded-uri") == b"/app/items?page=2"
     assert call.header(b"x-forwarded-for") == LOCAL.encode()
+    # SPEC §9.4 "Inject": the auth call carries the gateway's span and request id, the same
+    # ones the origin gets.
+    assert call.header(b"traceparent") == seen.header(b"traceparent")
+    assert call.header(b"traceparent") is not None
+    assert call.header(b"x-request-id") == seen.header(b"x-request-id")
+    assert call.header(b"x-request-id") == first.response.header(b"x-request-id")
     # Both auth requests went over one pooled connection.
     assert [(r.connection, r.index) for r in auth.requests] == [(1, 0), (1, 1)]
 

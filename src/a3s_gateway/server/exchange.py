@@ -333,6 +333,10 @@ async def _handle(
         received=received + (b"?" + query if query else b""),
     )
     record.client_ip = state.client_ip
+    if trace is not None:
+        # The middlewares see the gateway's trace context and request id, so the calls they
+        # make (forward-auth) carry them too (SPEC §9.4 "Inject").
+        state.headers = trace.apply(state.headers)
     split = _wrapper_index(chain)
     stop = len(chain) if split is None else split + 1
     if await _request_sides(chain, 0, stop, state, head, down, record, ctx.observer) is not None:
