@@ -3,6 +3,8 @@ reload, the --listen override. Time is trio's virtual clock."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 import trio.testing
@@ -120,3 +122,36 @@ def test_listen_override_adds_web_when_missing() -> None:
 def test_workers_other_than_one_are_refused_until_implemented() -> None:
     with pytest.raises(StartError, match="workers"):
         Gateway(base_config(), workers=2)
+
+
+async def test_a_reload_names_the_settings_it_cannot_apply() -> None:
+    """Settings read only at start (the access log's file, metrics on/off...) are named in a
+    warning when a reload changes them; the reload itself goes through."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("a3s_gateway.app")
+    handler = Keep(level=logging.WARNING)
+    logger.addHandler(handler)
+    gateway = Gateway(base_config())
+    changed = load_config_text(
+        BASE + "observability {\n  metrics_enabled = false\n  access_log_enabled = false\n}\n",
+        filename="new.hcl",
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            assert await gateway.reload(base_config()) == 2  # nothing restart-only changed
+            assert records == []
+            assert await gateway.reload(changed) == 3
+            await gateway.shutdown()
+    finally:
+        logger.removeHandler(handler)
+    [warning] = records
+    message = warning.getMessage()
+    assert "observability.metrics_enabled" in message
+    assert "observability.access_log_enabled" in message
+    assert "restart" in message

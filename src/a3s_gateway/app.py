@@ -95,6 +95,33 @@ def _otlp_exporter(settings: Observability) -> OtlpExporter | None:
         raise StartError(f"otlp_endpoint: {error}") from error
 
 
+def _restart_only(config: Config) -> dict[str, object]:
+    """The settings a running gateway reads only at start (a reload cannot apply them)."""
+    observability = config.observability
+    management = config.management
+    return {
+        "observability.metrics_enabled": observability.metrics_enabled,
+        "observability.access_log_enabled": observability.access_log_enabled,
+        "observability.access_log_path": observability.access_log_path,
+        "observability.access_log_buffer": observability.access_log_buffer,
+        "observability.otlp_endpoint": observability.otlp_endpoint,
+        "observability.service_name": observability.service_name,
+        "management.enabled": management is not None and management.enabled,
+        "management.address": management.address.text if management is not None else "",
+    }
+
+
+def _warn_restart_only(previous: Config, current: Config) -> None:
+    """Say which changed settings a reload leaves as they were (they need a restart)."""
+    before, after = _restart_only(previous), _restart_only(current)
+    changed = [name for name, value in after.items() if before[name] != value]
+    if changed:
+        log.warning(
+            "reload: %s changed; these settings apply after a restart, the running ones stay",
+            ", ".join(changed),
+        )
+
+
 def _version() -> str:
     # Imported here: the package's __init__ imports this module.
     from a3s_gateway import __version__
@@ -416,6 +443,7 @@ class Gateway:
                     raise ReloadError("the gateway is stopping: reload refused")
         finally:
             self._state = previous
+        _warn_restart_only(self._config, config)
         self._config = config
         self._generation += 1
         if ctx is not None:
