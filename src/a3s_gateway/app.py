@@ -559,10 +559,6 @@ class Gateway:
             GatewayAdapter(self, reload=self._management_reload, metrics=self.metrics_text),
         )
         self._management_listeners = await open_management_listener(settings)
-        for listener in self._management_listeners:
-            host, port = bound_address(listener)
-            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            log.info("management API listening on %s", shown)
 
     def _apply_observability(self, config: Config) -> None:
         """What a reload changes in place: the access log's query setting and the management

@@ -194,8 +194,8 @@ async def handle_request(
     try:
         await _handle_counted(head, down, info, ctx, record)
     except BaseException:
-        if not record.error or not down.status:  # nothing (or not all) reached the client
-            record.error = record.error if down.status and record.error else "client_abort"
+        if not (down.status and record.error):  # keep a cause only once a head went out
+            record.error = "client_abort"
         raise
     finally:
         record.status = down.status

@@ -207,8 +207,7 @@ async def _attempt(
     body_filter: Callable[[int, Headers], BodyFilter | None] | None,
     record: ExchangeRecord | None,
 ) -> int:
-    attempt = _Attempt(conn, down, service, ctx, extra, on_response, hold, body_filter)
-    attempt.record = record
+    attempt = _Attempt(conn, down, service, ctx, extra, on_response, hold, body_filter, record)
     try:
         return await attempt.run(up_head, expect_continue)
     finally:
@@ -301,6 +300,7 @@ class _Attempt:
         on_response: Callable[[int, Headers], None] | None = None,
         hold: Callable[[int], bool] | None = None,
         body_filter: Callable[[int, Headers], BodyFilter | None] | None = None,
+        record: ExchangeRecord | None = None,
     ) -> None:
         self._conn = conn
         self._hold = hold
@@ -317,7 +317,7 @@ class _Attempt:
         self._in_body = False
         self.reusable = False
         #: Gets the time the response head arrived (the access log's ``upstream_ms``).
-        self.record: ExchangeRecord | None = None
+        self.record = record
 
     async def run(self, up_head: RequestHead, expect_continue: bool) -> int:
         """Send, wait, relay; the response's status."""

@@ -274,7 +274,6 @@ def _reject(accepted: trio.SocketStream, ctx: ServerContext, name: str, reason: 
     """Close a just-accepted connection without a byte; counted, logged at debug level, with
     an info summary at most once a minute per entrypoint and reason."""
     accepted.socket.close()
-    ctx.metrics.connection_rejected(name, reason)
     key = (name, reason)
     count = ctx.rejected_connections.get(key, 0) + 1
     ctx.rejected_connections[key] = count
