@@ -3,12 +3,22 @@
 #   ./dev validate examples/gateway.hcl      # check it and print the summary
 #   ./dev run examples/gateway.hcl           # start the gateway with it
 #
-# Every block and field is described in docs/configuration.md (SPEC §3). Strings may use
-# ${NAME} and ${NAME:-default} for environment variables; write $${ for a literal "${".
+# Every block and field is described in docs/configuration.md; services in docs/services.md,
+# middlewares in docs/middlewares.md, the management API and observability in
+# docs/operations.md. Strings may use ${NAME} and ${NAME:-default} for environment variables;
+# write $${ for a literal "${".
+#
+# Only what works today is here. TLS, HTTP/2, WebSocket proxying, TCP/UDP entrypoints and
+# routers, autoscaling, revisions, rollouts and the DNS, discovery and Kubernetes providers are
+# part of the configuration language but not available yet: `validate` refuses them by name
+# (see "Not available yet" in docs/configuration.md).
 
 # --- Entrypoints: where the gateway listens -------------------------------------------------
 entrypoints "web" {
   address = "127.0.0.1:8080"          # IPv4:port, [IPv6]:port or :port (all interfaces)
+
+  max_connections = 10000             # refused at accept beyond this
+  tcp_allowed_ips = ["127.0.0.0/8", "::1"]
 
   timeouts {
     request_head = "30s"               # durations: <number><ms|s|m|h>
@@ -19,24 +29,11 @@ entrypoints "web" {
     max_header_bytes = 32768
     max_headers      = 100
   }
-}
 
-# A raw TCP entrypoint; tcp_routers pick a backend by SNI, ALPN or client IP.
-entrypoints "postgres" {
-  address         = "127.0.0.1:15432"
-  protocol        = "tcp"
-  max_connections = 100
-  tcp_allowed_ips = ["127.0.0.0/8", "::1"]
+  forwarded_headers {
+    trusted_ips = ["127.0.0.1"]        # peers whose X-Forwarded-* headers are kept
+  }
 }
-
-# TLS termination (needs real files; see docs/configuration.md):
-# entrypoints "websecure" {
-#   address = ":8443"
-#   tls {
-#     cert_file = "/etc/gateway/tls/cert.pem"
-#     key_file  = "/etc/gateway/tls/key.pem"
-#   }
-# }
 
 # --- Routers: Traefik-style rules pick a service ----------------------------------------------
 routers "api" {
@@ -51,39 +48,41 @@ routers "static" {
   priority = 1                         # 0 (default) means "the rule's length"
 }
 
-tcp_routers "db" {
-  rule        = "HostSNI(`*`)"
-  service     = "db"
-  middlewares = ["db-guard"]
-}
-
 # --- Services: backend pools ------------------------------------------------------------------
 services "api" {
   load_balancer {
-    strategy = "least-connections"
+    strategy = "least-connections"     # also round-robin, weighted, random, p2c, consistent-hash
     servers = [
       { url = "http://127.0.0.1:8001" },
       { url = "http://127.0.0.1:8002", weight = 2 },
     ]
 
-    health_check {
+    health_check {                     # active probes, each backend on its own schedule
       path     = "/health"
       interval = "10s"
       timeout  = "2s"
     }
 
-    passive_health {
+    passive_health {                   # outlier ejection from real traffic (on by default)
       error_threshold = 5
       window          = "30s"
     }
 
-    sticky {
+    sticky {                           # a signed cookie keeps a client on its backend
       cookie = "api_backend"
       secret = "${STICKY_SECRET:-dev-only-sticky-secret-0123456789}"
     }
+
+    connect_timeout         = "5s"
+    response_header_timeout = "30s"
   }
 
-  failover {
+  mirror {                             # copy 10 % of requests to a shadow pool, answers dropped
+    service    = "shadow"
+    percentage = 10
+  }
+
+  failover {                           # used when no backend of "api" is available
     service = "static"
   }
 }
@@ -94,9 +93,9 @@ services "static" {
   }
 }
 
-services "db" {
+services "shadow" {
   load_balancer {
-    servers = [{ url = "tcp://127.0.0.1:5432" }]
+    servers = [{ url = "http://127.0.0.1:8004" }]
   }
 }
 
@@ -107,7 +106,7 @@ middlewares "cors" {
 }
 
 middlewares "auth" {
-  type = "jwt"
+  type  = "jwt"
   value = "${JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}"
 }
 
@@ -122,14 +121,9 @@ middlewares "strip-api" {
   prefixes = ["/api"]
 }
 
-middlewares "db-guard" {
-  type            = "tcp-filter"
-  max_connections = 50
-}
-
 # --- Management API, observability, providers --------------------------------------------------
 management {
-  address = "127.0.0.1:9901"
+  address = "127.0.0.1:9901"           # /api/gateway/health, /metrics, /config, ...
 }
 
 observability {
@@ -139,7 +133,7 @@ observability {
 
 providers {
   file {
-    watch = true
+    watch = true                       # reload when this file changes
   }
 }
 

@@ -47,10 +47,12 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from a3s_gateway.config.availability import check_availability
 from a3s_gateway.config.overrides import apply_listen_override
+from a3s_gateway.config.problems import SourceMap
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.values import Address
-from a3s_gateway.errors import GatewayError, ReloadError, StartError
+from a3s_gateway.errors import ConfigError, GatewayError, ReloadError, StartError
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.preflight import OTEL_EXTRA_HINT
 from a3s_gateway.server.accesslog import access_log_for
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
 
+    from a3s_gateway.config.problems import Problem
     from a3s_gateway.config.runtime import EntrypointRuntime
     from a3s_gateway.config.schema import Config, Observability
     from a3s_gateway.providers import Reloader
@@ -120,6 +123,12 @@ def _warn_restart_only(previous: Config, current: Config) -> None:
             "reload: %s changed; these settings apply after a restart, the running ones stay",
             ", ".join(changed),
         )
+
+
+def _unavailable(config: Config) -> tuple[Problem, ...]:
+    """Settings ``config`` uses whose feature has not landed (``load`` reports them for files;
+    a ``Config`` built in code is checked here, so it cannot run with a setting ignored)."""
+    return tuple(check_availability(config, SourceMap(), default_file="<config>"))
 
 
 def _version() -> str:
@@ -222,6 +231,9 @@ class Gateway:
         management: bool = True,
     ) -> None:
         self._override = Address(listen_override) if listen_override is not None else None
+        unavailable = _unavailable(config)
+        if unavailable:
+            raise ConfigError(unavailable)
         self._config = self._with_override(config)
         if workers != 1:
             raise StartError(
@@ -404,6 +416,9 @@ class Gateway:
         await trio.lowlevel.checkpoint()
         async with self._reload_lock:
             try:
+                unavailable = _unavailable(config)
+                if unavailable:
+                    raise ReloadError(str(ConfigError(unavailable)))
                 return await self._reload(self._with_override(config))
             except ReloadError:
                 self.record_failed_reload(1)

@@ -1,5 +1,5 @@
 """The config loading pipeline (SPEC §3.1, §3.5): files → HCL → merge → interpolate → schema →
-semantic checks, collecting every problem.
+semantic checks → settings not available yet, collecting every problem.
 
 Ring 0 apart from reading the config files themselves: no trio, sockets, TLS or clock. The
 environment checks of SPEC §3.1 step 6 (certificate files and keys) live in
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Final
 
+from a3s_gateway.config.availability import check_availability
 from a3s_gateway.config.convert import convert_config
 from a3s_gateway.config.hcl import ParsedFile, parse_hcl
 from a3s_gateway.config.interpolate import interpolate_tree
@@ -68,6 +69,9 @@ class LoadOptions:
     """Knobs that change which checks apply (SPEC §2.1, §3.15)."""
 
     workers: int = 1
+    #: Refuse settings whose feature has not landed yet (``config/availability.py``). Only the
+    #: tests of the schema and semantic rules of those features turn this off.
+    refuse_unavailable: bool = True
 
 
 def load(
@@ -184,6 +188,8 @@ def _load_parsed(
         # it (e.g. "required") is an echo of that problem, not a new one.
         rejected = {p.path for p in problems if p.severity == "error"}
         semantic = check_semantics(converted.config, context)
+        if options.refuse_unavailable:
+            semantic += check_availability(converted.config, sources, default_file=main_file)
         problems.extend(p for p in semantic if p.path not in rejected)
     ordered = sort_problems(problems)
     failed = not main.ok or any(p.severity == "error" for p in ordered)

@@ -74,10 +74,12 @@ def _check_backend_source(report: Report, base: Path, name: str, service: Servic
     scaling = service.scaling
     if scaling is not None and scaling.executor == "local":
         return
+    # Only the source that works today is suggested; revisions, providers.dns and the local
+    # scaling executor join the hint as they land (config/availability.py).
     report.error(
         base,
-        f'service "{name}" has no backends: set load_balancer.servers or revisions, add a '
-        'providers.dns entry, or use scaling executor "local"',
+        f'service "{name}" has no backends: set load_balancer.servers, e.g. '
+        'servers = [{ url = "http://127.0.0.1:8001" }]',
     )
 
 

@@ -1,0 +1,423 @@
+"""Settings the schema knows but this version of the gateway cannot honour yet, refused by name.
+
+Ring 0: pure. The schema describes the whole configuration language, and features land one at a
+time. A setting whose feature does not run yet must never be accepted and then silently ignored
+(an entrypoint with ``tls`` that serves plain HTTP is worse than an error), so ``load`` reports
+every use of such a setting as an error naming the field and the missing feature, and
+``Gateway`` refuses a ``Config`` built in code that uses one. ``UNAVAILABLE`` is the one table:
+when a feature lands, its rows go, and the table-driven test (tests/config/test_availability.py)
+follows. docs/configuration.md lists the same rows for users.
+
+A field counts as *used* when the config file writes it (the source map has its position) or,
+for a ``Config`` built without a source map, when its value differs from the default.
+
+Must not: raise, read files or the environment, or echo a configured value (it may be a secret).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+from a3s_gateway.config.problems import Path, Problem, SourceMap, make_problem
+from a3s_gateway.config.schema_middlewares import TcpFilter
+from a3s_gateway.config.schema_services import LoadBalancer, PassiveHealth
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from a3s_gateway.config.schema import Config
+
+    #: Every use of one setting in a config, as ``(path, what)``.
+    Finder: TypeAlias = Callable[[Config, SourceMap], Iterator[tuple[Path, str]]]
+
+__all__ = ["UNAVAILABLE", "Unavailable", "check_availability"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """One setting that is refused until its feature lands."""
+
+    #: Where it is written, as users read it (``entrypoints.<name>.tls``).
+    where: str
+    #: What is missing, completing "… is not available yet".
+    feature: str
+    #: Every use in a config, as ``(path, what)``: ``what`` names the use in the message.
+    find: Finder
+    #: A snippet that uses it, added to a minimal config with entrypoint "web", service "app"
+    #: and router "app" (the table-driven test loads each one).
+    sample: str
+
+
+def check_availability(config: Config, sources: SourceMap, *, default_file: str) -> list[Problem]:
+    """An error for every use of an unavailable setting in ``config``, in table order."""
+    problems: list[Problem] = []
+    for row in UNAVAILABLE:
+        for path, what in row.find(config, sources):
+            message = (
+                f"{what} is not available yet in this version of a3s_gateway ({row.feature}); "
+                "remove it (the gateway would otherwise ignore it)"
+            )
+            problems.append(
+                make_problem("error", path, message, sources, default_file=default_file)
+            )
+    return problems
+
+
+# -- finders -------------------------------------------------------------------------------------
+
+
+def _written(sources: SourceMap, path: Path, *, differs: bool) -> bool:
+    """Whether the field at ``path`` is used: written in the file, or (no position known, as for
+    a ``Config`` built in code) set to something other than its default."""
+    return sources.get(path) is not None or differs
+
+
+def _entrypoint_tls(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, entry in config.entrypoints.items():
+        if entry.tls is not None:
+            yield ("entrypoints", name, "tls"), 'block "tls"'
+
+
+def _entrypoint_protocol(
+    protocol: str,
+) -> Finder:
+    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+        for name, entry in config.entrypoints.items():
+            if entry.protocol == protocol:
+                yield ("entrypoints", name, "protocol"), f'protocol "{protocol}"'
+
+    return find
+
+
+def _entrypoint_field(field: str) -> Finder:
+    """An optional entrypoint field (``None`` when not set)."""
+
+    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+        for name, entry in config.entrypoints.items():
+            if getattr(entry, field) is not None:
+                yield ("entrypoints", name, field), f'field "{field}"'
+
+    return find
+
+
+def _h2c(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, entry in config.entrypoints.items():
+        if entry.h2c:  # h2c = false asks for what the gateway does anyway
+            yield ("entrypoints", name, "h2c"), "h2c = true"
+
+
+def _handshake_timeout(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, entry in config.entrypoints.items():
+        if entry.timeouts is not None and entry.timeouts.handshake is not None:
+            yield ("entrypoints", name, "timeouts", "handshake"), 'timeout "handshake"'
+
+
+def _router_section(section: str) -> Finder:
+    noun = section.replace("_", " ")
+
+    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+        routers: dict[str, object] = getattr(config, section)
+        for name in routers:
+            yield (section, name), f'{noun[:-1]} "{name}"'
+
+    return find
+
+
+def _tcp_filter(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, middleware in config.middlewares.items():
+        if isinstance(middleware, TcpFilter):
+            yield ("middlewares", name, "type"), 'middleware type "tcp-filter"'
+
+
+def _upstream_tls(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, service in config.services.items():
+        if service.load_balancer is not None and service.load_balancer.upstream_tls is not None:
+            yield ("services", name, "load_balancer", "upstream_tls"), 'block "upstream_tls"'
+
+
+def _server_schemes(*schemes: str) -> Finder:
+    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+        for name, service in config.services.items():
+            balancer = service.load_balancer
+            servers = balancer.servers if balancer is not None else ()
+            for index, server in enumerate(servers):
+                if server.url.scheme in schemes:
+                    path: Path = ("services", name, "load_balancer", "servers", index, "url")
+                    yield path, f'a "{server.url.scheme}://" server'
+
+    return find
+
+
+def _hash_key(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, service in config.services.items():
+        balancer = service.load_balancer
+        if balancer is not None and balancer.hash_key not in (None, "client-ip"):
+            yield ("services", name, "load_balancer", "hash_key"), f'hash_key "{balancer.hash_key}"'
+
+
+def _panic_threshold(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, service in config.services.items():
+        balancer = service.load_balancer
+        if balancer is not None and balancer.panic_threshold > 0:
+            yield ("services", name, "load_balancer", "panic_threshold"), "panic_threshold > 0"
+
+
+_DEFAULT_BALANCER: Final = LoadBalancer()
+_DEFAULT_PASSIVE: Final = PassiveHealth()
+
+
+def _stream_idle_timeout(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, service in config.services.items():
+        balancer = service.load_balancer
+        if balancer is None:
+            continue
+        path: Path = ("services", name, "load_balancer", "stream_idle_timeout")
+        differs = balancer.stream_idle_timeout != _DEFAULT_BALANCER.stream_idle_timeout
+        if _written(sources, path, differs=differs):
+            yield path, 'field "stream_idle_timeout"'
+
+
+def _grpc_status_codes(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, service in config.services.items():
+        balancer = service.load_balancer
+        if balancer is None:
+            continue
+        codes = balancer.passive_health.error_grpc_status_codes
+        path: Path = (
+            "services",
+            name,
+            "load_balancer",
+            "passive_health",
+            "error_grpc_status_codes",
+        )
+        if _written(sources, path, differs=codes != _DEFAULT_PASSIVE.error_grpc_status_codes):
+            yield path, 'field "error_grpc_status_codes"'
+
+
+def _service_field(*fields: str) -> Finder:
+    """Service fields that are unset when falsy (``None``, ``()``, ``""``)."""
+
+    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+        for name, service in config.services.items():
+            for field in fields:
+                if getattr(service, field):
+                    yield ("services", name, field), f'field "{field}"'
+
+    return find
+
+
+def _provider(kind: str) -> Finder:
+    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+        providers = config.providers
+        if providers is not None and getattr(providers, kind) is not None:
+            yield ("providers", kind), f'provider "{kind}"'
+
+    return find
+
+
+_TLS_BLOCK: Final = """
+entrypoints "secure" {
+  address = "127.0.0.1:8443"
+  tls {
+    cert_file = "/etc/gateway/cert.pem"
+    key_file  = "/etc/gateway/key.pem"
+  }
+}
+"""
+
+_TCP_ENTRYPOINT: Final = 'entrypoints "db" {\n  address = "127.0.0.1:5433"\n  protocol = "tcp"\n}\n'
+
+#: Every setting refused until its feature lands, in the order the docs list them.
+UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
+    Unavailable("entrypoints.<name>.tls", "TLS termination", _entrypoint_tls, _TLS_BLOCK),
+    Unavailable(
+        "entrypoints.<name>.timeouts.handshake",
+        "TLS termination",
+        _handshake_timeout,
+        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
+        '  timeouts {\n    handshake = "5s"\n  }\n}\n',
+    ),
+    Unavailable(
+        "entrypoints.<name>.redirect_to",
+        "redirects to a TLS entrypoint",
+        _entrypoint_field("redirect_to"),
+        _TLS_BLOCK + 'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
+        '  redirect_to = "secure"\n}\n',
+    ),
+    Unavailable(
+        "entrypoints.<name>.h2c",
+        "HTTP/2",
+        _h2c,
+        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n  h2c = true\n}\n',
+    ),
+    Unavailable(
+        "entrypoints.<name>.http2",
+        "HTTP/2",
+        _entrypoint_field("http2"),
+        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
+        "  http2 {\n    max_concurrent_streams = 50\n  }\n}\n",
+    ),
+    Unavailable(
+        'entrypoints.<name>.protocol = "tcp"',
+        "TCP proxying",
+        _entrypoint_protocol("tcp"),
+        _TCP_ENTRYPOINT,
+    ),
+    Unavailable(
+        'entrypoints.<name>.protocol = "udp"',
+        "UDP proxying",
+        _entrypoint_protocol("udp"),
+        'entrypoints "dns" {\n  address = "127.0.0.1:5353"\n  protocol = "udp"\n}\n',
+    ),
+    Unavailable(
+        "entrypoints.<name>.proxy_protocol",
+        "the PROXY protocol",
+        _entrypoint_field("proxy_protocol"),
+        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
+        '  proxy_protocol {\n    trusted_ips = ["10.0.0.0/8"]\n  }\n}\n',
+    ),
+    Unavailable(
+        "tcp_routers.<name>",
+        "TCP proxying",
+        _router_section("tcp_routers"),
+        _TCP_ENTRYPOINT + 'services "db" {\n  load_balancer {\n'
+        '    servers = [{ url = "tcp://127.0.0.1:5432" }]\n  }\n}\n'
+        'tcp_routers "db" {\n  rule    = "HostSNI(`*`)"\n  service = "db"\n'
+        '  entrypoints = ["db"]\n}\n',
+    ),
+    Unavailable(
+        "udp_routers.<name>",
+        "UDP proxying",
+        _router_section("udp_routers"),
+        'entrypoints "dns" {\n  address = "127.0.0.1:5353"\n  protocol = "udp"\n}\n'
+        'services "dns" {\n  load_balancer {\n'
+        '    servers = [{ url = "udp://127.0.0.1:53" }]\n  }\n}\n'
+        'udp_routers "dns" {\n  service = "dns"\n  entrypoints = ["dns"]\n}\n',
+    ),
+    Unavailable(
+        'middlewares.<name>.type = "tcp-filter"',
+        "TCP proxying; on HTTP entrypoints use max_connections and tcp_allowed_ips",
+        _tcp_filter,
+        'middlewares "conn" {\n  type = "tcp-filter"\n  allowed_ips = ["10.0.0.0/8"]\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.upstream_tls",
+        "TLS to backends",
+        _upstream_tls,
+        'services "tls-app" {\n  load_balancer {\n'
+        '    servers = [{ url = "http://127.0.0.1:9001" }]\n'
+        "    upstream_tls {\n      insecure_skip_verify = true\n    }\n  }\n}\n",
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.servers: https:// and wss:// URLs",
+        "TLS to backends",
+        _server_schemes("https", "wss"),
+        'services "tls-app" {\n  load_balancer {\n'
+        '    servers = [{ url = "https://127.0.0.1:9443" }]\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.servers: h2c:// URLs",
+        "HTTP/2 to backends",
+        _server_schemes("h2c"),
+        'services "grpc" {\n  load_balancer {\n'
+        '    servers = [{ url = "h2c://127.0.0.1:50051" }]\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.servers: ws:// URLs",
+        "WebSocket proxying",
+        _server_schemes("ws"),
+        'services "chat" {\n  load_balancer {\n'
+        '    servers = [{ url = "ws://127.0.0.1:9002" }]\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.servers: tcp://, tls:// and udp:// URLs",
+        "TCP and UDP proxying",
+        _server_schemes("tcp", "tls", "udp"),
+        'services "db" {\n  load_balancer {\n'
+        '    servers = [{ url = "tcp://127.0.0.1:5432" }]\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.hash_key (other than client-ip)",
+        "consistent-hash keys other than the client IP",
+        _hash_key,
+        'services "hashed" {\n  load_balancer {\n    strategy = "consistent-hash"\n'
+        '    hash_key = "header:X-User"\n'
+        '    servers  = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.panic_threshold",
+        "panic mode",
+        _panic_threshold,
+        'services "panicky" {\n  load_balancer {\n    panic_threshold = 50\n'
+        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.stream_idle_timeout",
+        "a separate idle timeout for streams; body_idle_timeout applies to them today",
+        _stream_idle_timeout,
+        'services "streams" {\n  load_balancer {\n    stream_idle_timeout = "10m"\n'
+        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.load_balancer.passive_health.error_grpc_status_codes",
+        "gRPC",
+        _grpc_status_codes,
+        'services "grpc" {\n  load_balancer {\n'
+        '    servers = [{ url = "http://127.0.0.1:9001" }]\n'
+        "    passive_health {\n      error_grpc_status_codes = [14, 13]\n    }\n  }\n}\n",
+    ),
+    Unavailable(
+        "services.<name>.scaling",
+        "autoscaling",
+        _service_field("scaling"),
+        'services "scaled" {\n  load_balancer {\n'
+        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n'
+        '  scaling {\n    executor = "mock"\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.revisions, revision_affinity, revision_header",
+        "revisions and traffic splitting",
+        _service_field("revisions", "revision_affinity", "revision_header"),
+        'services "split" {\n  revisions = [\n'
+        '    { name = "v1", traffic_percent = 100, '
+        'servers = [{ url = "http://127.0.0.1:9001" }] },\n  ]\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.rollout",
+        "canary rollouts",
+        _service_field("rollout"),
+        'services "canary" {\n  revisions = [\n'
+        '    { name = "v1", traffic_percent = 100, '
+        'servers = [{ url = "http://127.0.0.1:9001" }] },\n'
+        '    { name = "v2", traffic_percent = 0, '
+        'servers = [{ url = "http://127.0.0.1:9002" }] },\n  ]\n'
+        '  rollout {\n    from = "v1"\n    to   = "v2"\n  }\n}\n',
+    ),
+    Unavailable(
+        "services.<name>.websocket_mux",
+        "WebSocket multiplexing",
+        _service_field("websocket_mux"),
+        'services "mux" {\n  websocket_mux {\n    channels "chat" {\n      service = "app"\n'
+        "    }\n  }\n}\n",
+    ),
+    Unavailable(
+        "providers.dns",
+        "the DNS provider",
+        _provider("dns"),
+        'providers {\n  dns {\n    services "from-dns" {\n      hostname = "app.internal"\n'
+        "      port = 8080\n    }\n  }\n}\n",
+    ),
+    Unavailable(
+        "providers.discovery",
+        "the discovery provider",
+        _provider("discovery"),
+        'providers {\n  discovery {\n    seeds = [{ url = "http://127.0.0.1:9100" }]\n  }\n}\n',
+    ),
+    Unavailable(
+        "providers.kubernetes",
+        "the Kubernetes provider",
+        _provider("kubernetes"),
+        'providers {\n  kubernetes {\n    namespace = "default"\n  }\n}\n',
+    ),
+)

@@ -1,0 +1,149 @@
+"""Settings whose feature has not landed are refused by name (config/availability.py).
+
+The table ``UNAVAILABLE`` drives these tests: each row's sample is valid configuration language
+(it loads without errors when the refusal is off), and with the refusal on (the default, as in
+``validate`` and ``run``) it fails with errors that name the field and the missing feature and
+nothing else. A row removed from the table when its feature lands takes its test with it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from a3s_gateway import ConfigError, Gateway
+from a3s_gateway.config.availability import UNAVAILABLE, Unavailable
+from a3s_gateway.config.load import LoadOptions, load_text
+from a3s_gateway.config.schema import Config
+from a3s_gateway.errors import ReloadError
+from tests.support.semantic import BASE, TLS_ENTRYPOINT
+
+DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
+ROWS = pytest.mark.parametrize("row", UNAVAILABLE, ids=[row.where for row in UNAVAILABLE])
+
+
+def _section(row: Unavailable) -> str:
+    """``entrypoints`` of ``entrypoints.<name>.tls``: how the error's path must start."""
+    return row.where.split(".", 1)[0]
+
+
+@ROWS
+def test_each_sample_is_valid_language(row: Unavailable) -> None:
+    result = load_text(
+        BASE + row.sample, filename="t.hcl", env={}, options=LoadOptions(refuse_unavailable=False)
+    )
+    assert result.errors == (), [p.format() for p in result.errors]
+
+
+@ROWS
+def test_each_setting_is_refused_by_name(row: Unavailable) -> None:
+    result = load_text(BASE + row.sample, filename="t.hcl", env={})
+    assert result.config is None
+    errors = result.errors
+    assert errors, "nothing refused"
+    for problem in errors:
+        assert "is not available yet" in problem.message, problem.format()
+        assert problem.line is not None, problem.format()
+    mine = [p for p in errors if f"({row.feature})" in p.message]
+    assert mine, [p.format() for p in errors]
+    assert any(p.path.startswith(_section(row)) for p in mine), [p.path for p in mine]
+
+
+@ROWS
+def test_the_docs_list_every_row(row: Unavailable) -> None:
+    assert f"`{row.where}`" in DOCS.read_text(encoding="utf-8")
+
+
+def test_the_message_names_the_block_and_the_feature() -> None:
+    result = load_text(BASE + TLS_ENTRYPOINT, filename="t.hcl", env={})
+    [problem] = result.errors
+    assert problem.path == 'entrypoints["secure"].tls'
+    assert problem.message.startswith('block "tls" is not available yet')
+    assert "(TLS termination)" in problem.message
+    assert problem.line == BASE.count("\n") + 4
+
+
+def test_h2c_false_asks_for_nothing_new() -> None:
+    snippet = 'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n  h2c = false\n}\n'
+    assert load_text(BASE + snippet, filename="t.hcl", env={}).errors == ()
+
+
+def test_a_written_default_still_counts() -> None:
+    """Writing ``stream_idle_timeout = "5m"`` (its default) still asks for the feature."""
+    snippet = (
+        'services "s" {\n  load_balancer {\n    stream_idle_timeout = "5m"\n'
+        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n'
+    )
+    [problem] = load_text(BASE + snippet, filename="t.hcl", env={}).errors
+    assert problem.path == 'services["s"].load_balancer.stream_idle_timeout'
+
+
+def test_secrets_are_not_echoed() -> None:
+    snippet = (
+        'services "s" {\n  load_balancer {\n    strategy = "consistent-hash"\n'
+        '    hash_key = "header:X-Api-Token"\n'
+        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n'
+    )
+    [problem] = load_text(BASE + snippet, filename="t.hcl", env={}).errors
+    assert "X-Api-Token" in problem.message  # a header name, not a value
+    snippet = 'providers {\n  kubernetes {\n    api_server = "https://k8s.internal"\n  }\n}\n'
+    [problem] = load_text(BASE + snippet, filename="t.hcl", env={}).errors
+    assert "k8s.internal" not in problem.message
+
+
+def _config_in_code(snippet: str) -> Config:
+    result = load_text(
+        BASE + snippet, filename="t.hcl", env={}, options=LoadOptions(refuse_unavailable=False)
+    )
+    assert result.config is not None
+    return result.config
+
+
+def test_a_gateway_built_in_code_refuses_it() -> None:
+    config = load_text(
+        BASE + TLS_ENTRYPOINT,
+        filename="t.hcl",
+        env={},
+        options=LoadOptions(refuse_unavailable=False),
+    ).config
+    assert config is not None
+    with pytest.raises(ConfigError) as caught:
+        Gateway(config)
+    [problem] = caught.value.problems
+    assert problem.path == 'entrypoints["secure"].tls'
+    assert problem.file == "<config>"
+
+
+async def test_a_reload_built_in_code_refuses_it() -> None:
+    plain = load_text(BASE, filename="t.hcl", env={}).config
+    assert plain is not None
+    with_tls = load_text(
+        BASE + TLS_ENTRYPOINT,
+        filename="t.hcl",
+        env={},
+        options=LoadOptions(refuse_unavailable=False),
+    ).config
+    assert with_tls is not None
+    gateway = Gateway(plain)
+    with pytest.raises(ReloadError, match="TLS termination"):
+        await gateway.reload(with_tls)
+    assert gateway.health().last_reload is not None
+
+
+@pytest.mark.integration
+def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.hcl"
+    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + TLS_ENTRYPOINT)
+    done = subprocess.run(
+        [sys.executable, "-m", "a3s_gateway", "run", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert 'entrypoints["secure"].tls: block "tls" is not available yet' in done.stderr
+    assert "listening" not in done.stderr
