@@ -30,7 +30,7 @@ entrypoints "web" {
 
 # --- Routers ----------------------------------------------------------------------------------
 
-# The API: the recommended order (SPEC §8.1). cors first, so that preflights are answered
+# The API: the recommended order (docs/middlewares.md). cors first, so that preflights are answered
 # before authentication and every rejection below still carries CORS fields; retry last but
 # for compress, so that it repeats as little as possible; compress acts on the final response
 # wherever it is listed.

@@ -196,7 +196,8 @@ def test_every_invalid_example_is_refused_as_shown(block: Block) -> None:
 
 
 def test_the_examples_show_every_type_in_its_own_section() -> None:
-    shown = {kind for block in VALID for _, kind in definitions(block.text)}
+    # A type that is not available yet (tcp-filter) is shown as a refused example.
+    shown = {kind for block in VALID + INVALID for _, kind in definitions(block.text)}
     assert shown == set(MIDDLEWARE_TYPES)
     headings = set(re.findall(r"^## (\S+)$", GUIDE.read_text(encoding="utf-8"), re.MULTILINE))
     assert set(MIDDLEWARE_TYPES) <= headings
