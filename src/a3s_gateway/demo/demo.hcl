@@ -1,4 +1,4 @@
-# a3s_gateway/demo/demo.hcl: the config of `a3s-gateway demo` (SPEC §2.1), shipped in the package.
+# a3s_gateway/demo/demo.hcl: the config of `a3s-gateway demo`, shipped in the package.
 #
 # The demo starts its backends on free loopback ports and passes them in through the
 # environment mapping given to load_config_text; to check this file by hand:
@@ -22,11 +22,8 @@ routers "events" {
   service = "stream"
 }
 
-# The streaming backend's WebSocket echo (used once the gateway proxies WebSockets).
-routers "ws" {
-  rule    = "Path(`/ws`)"
-  service = "stream"
-}
+# No /ws router yet: the gateway does not proxy WebSockets in this version, so the banner shows
+# the streaming backend's WebSocket echo at its direct URL instead.
 
 # Everything else: the echo backends too, below every other router.
 routers "fallback" {
@@ -53,7 +50,7 @@ services "stream" {
 
 # The management API (docs/operations.md), loopback only. Its token variable is the demo's own,
 # so an A3S_GATEWAY_ADMIN_TOKEN set in your shell does not put the banner's curl commands
-# behind a token; unset, no token is asked for (SPEC §3.13).
+# behind a token; while that variable is unset, no token is asked for.
 management {
   address        = "127.0.0.1:${A3S_DEMO_ADMIN_PORT:-9901}"
   auth_token_env = "A3S_DEMO_ADMIN_TOKEN"
