@@ -20,7 +20,14 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http1 import PIPELINE_SLACK, Http1Client, Http1Limits, Http1Server
-from tests.property.strategies_http1 import GeneratedRequest, mutated, requests, splits
+from tests.property.strategies_http1 import (
+    GeneratedRequest,
+    header_lists,
+    mutated,
+    requests,
+    splits,
+    targets,
+)
 
 LIMITS = Http1Limits(max_request_line_bytes=200, max_header_bytes=600, max_headers=12)
 Outcome = tuple[object, ...]
@@ -182,3 +189,40 @@ def test_client_response_events_do_not_depend_on_read_boundaries(
         return (heads, b"".join(e.data for e in events if isinstance(e, BodyChunk)), events[-1])
 
     assert outcome(data.draw(splits(wire))) == outcome([wire])
+
+
+HOSTS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.", min_size=1, max_size=20).filter(
+    lambda host: host[0] not in "-." and host[-1] not in "-."
+)
+
+
+@given(
+    HOSTS,
+    st.none() | st.integers(min_value=1, max_value=65535),
+    HOSTS,
+    st.booleans(),
+    targets(),
+    header_lists(max_size=3),
+)
+@example("app.example", None, "admin.example", True, b"/admin", [])
+def test_an_absolute_form_target_is_the_only_host(
+    target_host: str,
+    port: int | None,
+    header_host: str,
+    host_first: bool,
+    path: bytes,
+    extra: list[tuple[bytes, bytes]],
+) -> None:
+    """RFC 9112 §3.2.2: the target's authority replaces the received ``Host``, so whatever
+    reads the head (routing, middlewares, forwarding) sees one host, the one routed by."""
+    authority = target_host.encode() + (b"" if port is None else b":%d" % port)
+    host_line = (b"Host", header_host.encode())
+    lines = [host_line, *extra] if host_first else [*extra, host_line]
+    raw = b"GET http://" + authority + path + b" HTTP/1.1\r\n"
+    raw += b"".join(name + b": " + value + b"\r\n" for name, value in lines) + b"\r\n"
+    [head, end] = Http1Server().receive(raw)
+    assert isinstance(head, RequestHead)
+    assert isinstance(end, EndOfBody)
+    assert head.authority == authority
+    assert [value for name, value in head.headers if name == b"host"] == [authority]
+    assert [line for line in head.headers if line[0] != b"host"] == extra

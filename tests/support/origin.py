@@ -168,6 +168,8 @@ class Recorded:
     body_sha256: str
     connection: int
     complete: bool
+    #: The request's trailer fields (chunked bodies only).
+    trailers: HeaderPairs = ()
 
     @property
     def path(self) -> bytes:
@@ -295,8 +297,8 @@ class Origin:
             await self._send(
                 stream, conn.send(h11.InformationalResponse(status_code=100, headers=[]))
             )
-        length, digest, complete = await self._read_body(stream, conn)
-        record = self._record(event, length, digest, conn_id, complete=complete)
+        length, digest, complete, trailers = await self._read_body(stream, conn)
+        record = self._record(event, length, digest, conn_id, complete=complete, trailers=trailers)
         if not complete:
             return False
         keep_going = await self._respond(stream, conn, record, behaviour)
@@ -304,24 +306,32 @@ class Origin:
 
     async def _read_body(
         self, stream: trio.SocketStream, conn: h11.Connection
-    ) -> tuple[int, str, bool]:
+    ) -> tuple[int, str, bool, HeaderPairs]:
         digest = hashlib.sha256()
         length = 0
         while True:
             try:
                 event = await self._next(stream, conn)
             except _Closed:
-                return length, digest.hexdigest(), False
+                return length, digest.hexdigest(), False, ()
             if isinstance(event, h11.Data):
                 digest.update(event.data)
                 length += len(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                return length, digest.hexdigest(), True
+                trailers = tuple((bytes(k), bytes(v)) for k, v in event.headers)
+                return length, digest.hexdigest(), True, trailers
             else:
-                return length, digest.hexdigest(), False
+                return length, digest.hexdigest(), False, ()
 
     def _record(
-        self, request: h11.Request, length: int, digest: str, conn_id: int, *, complete: bool
+        self,
+        request: h11.Request,
+        length: int,
+        digest: str,
+        conn_id: int,
+        *,
+        complete: bool,
+        trailers: HeaderPairs = (),
     ) -> Recorded:
         record = Recorded(
             method=request.method,
@@ -332,6 +342,7 @@ class Origin:
             body_sha256=digest,
             connection=conn_id,
             complete=complete,
+            trailers=trailers,
         )
         self.requests.append(record)
         self._notify()

@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Final
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, ProtocolViolation
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
 
     import h11
 
@@ -93,13 +92,19 @@ def check_raw_head(head: bytes) -> None:
 
 
 def inspect_request(
-    request: h11.Request, headers: Sequence[HeaderLine], max_headers: int
+    request: h11.Request, headers: list[HeaderLine], max_headers: int
 ) -> tuple[bytes, int]:
     """Apply the SPEC §5.3 rules h11 leaves out; return ``(authority, body length)``.
 
     The body length is ``CHUNKED`` or the ``Content-Length`` (0 without a body). The authority
     is the absolute-form target's authority, else the ``Host`` value (RFC 9112 §3.2.2: the
     target wins; ``Host`` must still be present on HTTP/1.1 and valid), else ``b""``.
+
+    With an absolute-form target, ``headers`` is changed in place so that its ``Host`` line
+    carries that authority (RFC 9112 §3.2.2: a proxy ignores the received ``Host`` and replaces
+    it with the target's host): the authority is then the one truth every later stage reads,
+    routing, middlewares, forwarding headers and the upstream ``Host`` alike, and a client
+    cannot be routed by one host while the middlewares and the backend see another.
     """
     version = request.http_version
     if version not in _VERSIONS:
@@ -125,7 +130,18 @@ def inspect_request(
         raise ProtocolViolation(400, "invalid host")
     if authority is None:
         authority = host if host is not None else b""
+    elif host != authority:
+        _replace_host(headers, authority)
     return authority, CHUNKED if chunked else length
+
+
+def _replace_host(headers: list[HeaderLine], authority: bytes) -> None:
+    """Make ``authority`` the only ``Host`` line, where the received one was (or last)."""
+    for index, (name, _) in enumerate(headers):
+        if name == b"host":
+            headers[index] = (b"host", authority)
+            return
+    headers.append((b"host", authority))
 
 
 def _target_authority(method: bytes, target: bytes) -> bytes | None:

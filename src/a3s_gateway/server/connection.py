@@ -47,6 +47,11 @@ log: Final = logging.getLogger("a3s_gateway.server")
 READ_SIZE: Final = 65536
 #: Bound on closing a connection (a shielded cleanup always has a deadline).
 CLOSE_GRACE: Final = 1.0
+#: What the exchange gets at the end of every request body: request trailers are never passed
+#: on (as NGINX does). RFC 9110 §6.5.1 forbids framing, routing, authentication and control
+#: fields in trailers, and a trailer would bypass every header-side rule (hop-by-hop removal,
+#: ``X-Forwarded-*``, the identity fields a jwt or forward-auth middleware sets).
+END_WITHOUT_TRAILERS: Final = EndOfBody()
 
 
 class ClientGone(Exception):  # noqa: N818 -- an event, not a bug
@@ -159,7 +164,7 @@ class Http1Downstream:
         event = self.pending.popleft()
         if isinstance(event, EndOfBody):
             self.request_complete = True
-            return event
+            return END_WITHOUT_TRAILERS
         if isinstance(event, BodyChunk):
             self.received_bytes += len(event.data)
             return event
@@ -176,7 +181,9 @@ class Http1Downstream:
         for event in pending:
             if isinstance(event, BodyChunk):
                 size += len(event.data)
-            elif not isinstance(event, EndOfBody):
+            elif isinstance(event, EndOfBody):
+                event = END_WITHOUT_TRAILERS
+            else:
                 return None
             body.append(event)
         self.received_bytes += size
