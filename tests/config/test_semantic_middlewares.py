@@ -116,6 +116,36 @@ MIDDLEWARE_CASES = [
         '"X-A"',
     ),
     Case(
+        "headers-control-value",
+        middleware(
+            "h",
+            '  type = "headers"\n  response_headers = {\n    "X-B" = "a\\u0007b"\n  }\n',
+        ),
+        'middlewares["h"].response_headers["X-B"]',
+        'value of header "X-B" contains a control character',
+        '"X-B"',
+    ),
+    Case(
+        "headers-delete-value",
+        middleware(
+            "h",
+            '  type = "headers"\n  response_headers = {\n    "X-C" = "ab\\u007f"\n  }\n',
+        ),
+        'middlewares["h"].response_headers["X-C"]',
+        'value of header "X-C" contains a control character',
+        '"X-C"',
+    ),
+    Case(
+        "headers-padded-value",
+        middleware(
+            "h",
+            '  type = "headers"\n  request_headers = {\n    "X-D" = " padded"\n  }\n',
+        ),
+        'middlewares["h"].request_headers["X-D"]',
+        'value of header "X-D" starts or ends with whitespace',
+        '"X-D"',
+    ),
+    Case(
         "compress-content-type",
         middleware("zip", '  type = "compress"\n  compress_content_types = ["text/*", "json"]\n'),
         'middlewares["zip"].compress_content_types[1]',

@@ -191,7 +191,15 @@ def _check_forbidden_headers(report: Report, base: Path, headers: Mapping[str, s
 
 
 def check_header_values(report: Report, base: Path, headers: Mapping[str, str]) -> None:
-    """Header values may not contain CR, LF or NUL (the value itself is never echoed)."""
+    """Header values must be RFC 9110 field values once UTF-8 encoded (the value itself is never
+    echoed): otherwise every response that sets one would fail with a 500 at run time."""
     for name, value in headers.items():
         if any(char in value for char in _BAD_VALUE_CHARS):
             report.error((*base, name), f'value of header "{name}" contains CR, LF or NUL')
+        elif any(char != "\t" and (char < " " or char == "\x7f") for char in value):
+            report.error(
+                (*base, name),
+                f'value of header "{name}" contains a control character (only tab is allowed)',
+            )
+        elif value != value.strip(" \t"):
+            report.error((*base, name), f'value of header "{name}" starts or ends with whitespace')
