@@ -1,5 +1,7 @@
 # a3s_gateway task runner. `just` lists the recipes; every recipe calls a tool configured in
-# pyproject.toml. Run them through ./dev (which makes .venv first) or with .venv active.
+# pyproject.toml. Run them through ./dev (which sets .venv up as far as the recipe needs) or with
+# .venv active. ./dev runs demo, run and validate itself (python -m a3s_gateway, in the caller's
+# directory), without just.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -7,7 +9,7 @@ py := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else {
 
 # List the recipes
 default:
-    @just --list
+    @{{just_executable()}} --justfile {{quote(justfile())}} --list
 
 # Format the code in place
 fmt:

@@ -2,7 +2,9 @@
 
 Ring 2 (with ``app.py``): the only place that installs signal handlers and logging. Commands
 delegate to ``config.load``, ``preflight`` and ``app.Gateway``. Errors on the command line are
-one line on stderr (exit 2), never a traceback.
+one line on stderr (exit 2), never a traceback. A reader that stops early (``validate … | head
+-1``, ``version | true``) is no error either: the rest of the output is dropped and the exit
+code is the command's own.
 
 Nurseries: ``run`` opens one nursery holding ``Gateway.serve``, the reload path
 (``providers.Reloader.run``: the file watcher and debounced reloads, when
@@ -24,7 +26,7 @@ import signal
 import sys
 from functools import partial
 from importlib.metadata import version as package_version
-from typing import TYPE_CHECKING, Final, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol, TextIO, TypeVar
 
 import msgspec
 import trio
@@ -149,6 +151,16 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m a3s_gateway`` and the ``a3s-gateway`` script."""
     try:
+        return _command(argv)
+    finally:
+        # Also after argparse's --help (SystemExit): flushed here, a closed pipe is dropped
+        # quietly instead of failing again in the interpreter's final flush.
+        for stream in (sys.stdout, sys.stderr):
+            _flush(stream)
+
+
+def _command(argv: Sequence[str] | None) -> int:
+    try:
         args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
         if args.version or args.command == "version":
             return _version()
@@ -165,17 +177,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def _say(text: str, stream: TextIO | None = None) -> None:
+    """Print ``text`` (a line) to ``stream`` (default stdout). A reader that went away
+    (``| head -1``) is not an error: that stream's output is dropped from then on."""
+    stream = stream or sys.stdout
+    try:
+        print(text, file=stream)
+    except BrokenPipeError:
+        _drop(stream)
+
+
+def _flush(stream: TextIO) -> None:
+    try:
+        stream.flush()
+    except BrokenPipeError:
+        _drop(stream)
+
+
+def _drop(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null, so that what is still buffered and
+    everything written later (the interpreter flushes at exit) goes nowhere, without a
+    second BrokenPipeError (Python's docs, "Note on SIGPIPE")."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a real file (pytest's capture): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def _version() -> int:
-    print(f"{PROG} {__version__}")
+    _say(f"{PROG} {__version__}")
     parts = [f"python {platform.python_version()}"]
     parts += [f"{name} {package_version(name)}" for name in ("trio", "h11", "h2", "wsproto")]
-    print(", ".join(parts))
+    _say(", ".join(parts))
     return EXIT_OK
 
 
 def _print_problems(problems: Sequence[Problem]) -> None:
     for problem in problems:
-        print(problem.format(), file=sys.stderr)
+        _say(problem.format(), sys.stderr)
 
 
 def _validate(path: str, *, offline: bool, output: str) -> int:
@@ -188,17 +232,17 @@ def _validate(path: str, *, offline: bool, output: str) -> int:
             "problems": [msgspec.to_builtins(p) for p in problems],
             "summary": summary(result.config) if valid and result.config is not None else {},
         }
-        print(msgspec.json.encode(document).decode())
+        _say(msgspec.json.encode(document).decode())
         return EXIT_OK if valid else EXIT_CONFIG
     _print_problems(problems)
     if not valid:
         errors = sum(p.severity == "error" for p in problems)
-        print(f"{path}: {errors} error(s), {len(problems) - errors} warning(s)", file=sys.stderr)
+        _say(f"{path}: {errors} error(s), {len(problems) - errors} warning(s)", sys.stderr)
         return EXIT_CONFIG
     assert result.config is not None
-    print(f"{path}: configuration is valid ({len(problems)} warning(s))")
+    _say(f"{path}: configuration is valid ({len(problems)} warning(s))")
     for line in summary_lines(result.config):
-        print(line)
+        _say(line)
     return EXIT_OK
 
 

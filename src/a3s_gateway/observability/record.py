@@ -117,7 +117,16 @@ class ExchangeRecord:
         self.upstream_head = -1.0
         #: Upstream attempts (connect attempts and retries included).
         self.attempts = 0
-        #: A short cause when the gateway answered or aborted (SPEC §9.2 ``error`` words).
+        #: A short cause when the gateway answered or aborted (SPEC §9.2 ``error`` words; set
+        #: in ``server/exchange.py``): ``no_route``, ``no_backend``, ``at_capacity``,
+        #: ``connect_refused``, ``connect_timeout``, ``upstream_timeout``, ``upstream_reset``,
+        #: ``bad_response``, ``bad_request``, ``client_abort`` (the client went away, or the
+        #: response had to be cut), ``client_timeout``, ``overloaded``, ``shutting_down`` (a
+        #: 503: the upstream pool is closing), ``shutdown`` (the gateway cut the exchange while
+        #: stopping: the drain's grace ran out, a second signal, a retired listener's grace),
+        #: ``internal_error``; for middleware answers ``unauthorized``, ``forbidden``,
+        #: ``rate_limited``, ``body_too_large``, ``breaker_open``, ``auth_unavailable``,
+        #: ``auth_timeout``, ``unavailable``, ``denied``.
         self.error = ""
         #: The middleware that answered, if one did.
         self.middleware = ""

@@ -193,9 +193,9 @@ async def handle_request(
         record.scheme = "https"
     try:
         await _handle_counted(head, down, info, ctx, record)
-    except BaseException:
+    except BaseException as error:
         if not (down.status and record.error):  # keep a cause only once a head went out
-            record.error = "client_abort"
+            record.error = _end_cause(error)
         raise
     finally:
         record.status = down.status
@@ -207,6 +207,21 @@ async def handle_request(
         observer = ctx.observer
         if observer is not None:
             observer.finish(record)
+
+
+def _end_cause(error: BaseException) -> str:
+    """The ``error`` word for an exchange that ended by an exception: ``shutdown`` when the
+    gateway cancelled it (only a scope outside the exchange can: the drain's grace ran out, a
+    second signal stopped the gateway, a listener removed by a reload reached its grace), else
+    ``client_abort`` (the client went away, or the response had to be aborted)."""
+    if isinstance(error, trio.Cancelled):
+        return "shutdown"
+    if isinstance(error, BaseExceptionGroup):
+        # A cancelled nursery (the request-body pump's) raises its tasks' Cancelled as a group.
+        _, rest = error.split(trio.Cancelled)
+        if rest is None:
+            return "shutdown"
+    return "client_abort"
 
 
 async def _handle_counted(
