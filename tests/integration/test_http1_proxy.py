@@ -553,6 +553,41 @@ async def test_failover_service(
         assert origin.heads == 0
 
 
+@pytest.mark.parametrize(
+    ("method", "data"), [(b"POST", b"x" * 10_000), (b"GET", b"")], ids=["post-body", "get"]
+)
+async def test_a_backend_failing_after_the_request_was_sent_is_no_failover(
+    nursery: trio.Nursery, method: bytes, data: bytes
+) -> None:
+    """Failover takes requests no backend has seen (no backend, every connect failed). A reset
+    after the request was sent is the client's 502 at once: the body is spent, and a
+    non-idempotent request may have acted. Before, the failover backend got the head without
+    the body and the client waited for a 504."""
+    primary, backup = Origin("primary"), Origin("backup")
+    await nursery.start(primary.serve)
+    await nursery.start(backup.serve)
+    primary.on("/f", ResetBeforeResponse())
+    config = config_text(
+        [server_entry(primary)],
+        balancer='    connect_attempts = 1\n    response_header_timeout = "20s"',
+        service_extra='  failover {\n    service = "backup"\n  }',
+        more=service_block("backup", [server_entry(backup)]),
+    )
+    async with running_gateway(config) as gw:
+        head = method + b" /f HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(data)
+        client = await RawClient.connect(gw.port)
+        try:
+            await client.send(head + data)
+            with trio.fail_after(5):  # not the 20 s response_header_timeout
+                response = await client.response(method)
+        finally:
+            await client.aclose()
+    assert response is not None
+    assert response.status == 502
+    assert len(primary.requests) == 1
+    assert backup.heads == 0
+
+
 # -- broken and early responses (SPEC §5.2, §5.5) ---------------------------------------------
 
 

@@ -849,7 +849,16 @@ async def _dispatch_limited(
         )
         down = MirrorTee(down, copy)
     failure = await _try_service(request, down, ctx, service)
-    if failure is not None and failure.response is not None and service.failover is not None:
+    # Failover only when no request byte reached a backend: no available backend, or every
+    # connect attempt failed (SPEC §7.8). A backend that failed after the request was sent
+    # (reset, invalid response, response timeout) or a pool at its connection limit answers
+    # 502/503/504 here: the request body is gone, and a non-idempotent request may have acted.
+    if (
+        failure is not None
+        and failure.response is not None
+        and failure.kind == "connect-failure"
+        and service.failover is not None
+    ):
         fallback = runtime.services.get(service.failover)
         if fallback is not None:
             reason = "no_backend" if failure is _NO_BACKEND_FAILURE else "connect_failed"
