@@ -33,7 +33,7 @@ from a3s_gateway.providers import (
     Debouncer,
     Reloader,
 )
-from a3s_gateway.providers.candidate import build_candidate, rebuild
+from a3s_gateway.providers.candidate import build_candidate, content_digest, rebuild
 from a3s_gateway.providers.file import poll_source
 
 ROUTER = 'routers "{name}" {{\n  rule    = "PathPrefix(`/{name}`)"\n  service = "backend"\n}}\n'
@@ -108,7 +108,7 @@ class InProcessBuilder:
         if self.during:
             assert self.path is not None
             write(self.path, self.during.pop(0))
-        return Candidate(rebuild(built), built.problems)
+        return Candidate(rebuild(built), built.problems, built.digest or None)
 
     async def start(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -288,6 +288,118 @@ async def test_a_failed_build_and_a_refused_swap_are_errors(main: Path) -> None:
     assert "cannot listen" in refused.problems[0].message
     assert routers_of(target) == ["a"]
     assert target.failed == [1]  # the target records its own refusals
+
+
+# ----------------------------------------------------------------------------- logged once
+
+RATE_LIMIT = 'middlewares "limit" {\n  type = "rate-limit"\n  rate = 100\n  burst = 10\n}\n'
+MISSING = config_text("a").replace('service = "backend"', 'service = "missing"')
+
+
+def messages(
+    caplog: pytest.LogCaptureFixture, needle: str, level: int = logging.DEBUG
+) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if needle in r.getMessage() and r.levelno >= level
+    ]
+
+
+async def test_the_same_rejected_files_are_reported_once_and_every_new_edit_again(
+    main: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #13: an edit and a SIGHUP both reload the file; its problems are logged once."""
+    reloader, target, _ = make(main)
+    write(main, MISSING)
+    with caplog.at_level(logging.DEBUG, logger="a3s_gateway.reload"):
+        assert (await reloader.reload_now(force=True)).result == "error"  # SIGHUP
+        assert (await reloader.reload_now(force=False)).result == "error"  # the watcher
+        write(main, MISSING)  # saved again, the same bytes
+        assert (await reloader.reload_now(force=False)).result == "error"
+        assert len(messages(caplog, "reload rejected")) == 1
+        assert len(messages(caplog, "config still rejected")) == 2
+        # Still recorded as failed reloads each time (metrics, /health): only the log is quiet.
+        assert target.failed == [1, 1, 1]
+        assert reloader.counts["error"] == 3
+
+        write(main, MISSING + "# another edit, the same problem\n")
+        assert (await reloader.reload_now(force=False)).result == "error"
+        assert len(messages(caplog, "reload rejected")) == 2
+
+        write(main, config_text("a", "fixed"))
+        assert (await reloader.reload_now(force=False)).result == "ok"
+        write(main, MISSING)  # the first invalid content again: a new rejection
+        assert (await reloader.reload_now(force=False)).result == "error"
+    rejected = messages(caplog, "reload rejected", logging.ERROR)
+    assert len(rejected) == 3
+    assert all('service "missing" is not defined' in line for line in rejected)
+
+
+async def test_a_refusal_of_the_same_files_is_reported_once_a_failed_build_every_time(
+    main: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reloader, target, builder = make(main)
+    write(main, config_text("a", "b"))
+    target.refuse = ReloadError('entrypoint "extra": cannot listen on 127.0.0.1:1: denied')
+    with caplog.at_level(logging.INFO, logger="a3s_gateway.reload"):
+        await reloader.reload_now(force=True)
+        await reloader.reload_now(force=False)
+        assert len(messages(caplog, "reload rejected")) == 1
+        # A build that failed says nothing of the files: each failure is reported.
+        builder.fail = BuildError("the config build process exited")
+        await reloader.reload_now()
+        await reloader.reload_now()
+    assert len(messages(caplog, "reload rejected: the config build process exited")) == 2
+
+
+async def test_a_candidates_warnings_are_logged_once_it_is_swapped_in_not_when_unchanged(
+    main: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reloader, _, _ = make(main, workers=2)
+    write(main, config_text("a") + RATE_LIMIT)
+    with caplog.at_level(logging.DEBUG, logger="a3s_gateway.reload"):
+        assert (await reloader.reload_now(force=True)).result == "ok"  # SIGHUP
+        unchanged = await reloader.reload_now(force=False)  # the watcher, after the same edit
+    assert unchanged.result == "unchanged"
+    assert [p.message for p in unchanged.warnings] == [
+        "rate-limit is per worker: with 2 workers each one allows the full rate; "
+        "use rate-limit-redis for one shared limit"
+    ]
+    warnings = messages(caplog, "rate-limit is per worker")
+    assert len(warnings) == 1
+    assert [r.levelno for r in caplog.records if "per worker" in r.getMessage()] == [
+        logging.WARNING
+    ]
+
+
+async def test_a_workers_reloader_leaves_the_warnings_to_the_supervisor(
+    main: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reloader, _, _ = make(main, workers=2, report_warnings=False)
+    write(main, config_text("a") + RATE_LIMIT)
+    with caplog.at_level(logging.DEBUG, logger="a3s_gateway.reload"):
+        outcome = await reloader.reload_now(force=True)
+    assert outcome.result == "ok"
+    assert len(outcome.warnings) == 1  # still in the outcome (POST /reload answers with them)
+    levels = [r.levelno for r in caplog.records if "per worker" in r.getMessage()]
+    assert levels == [logging.DEBUG]
+
+
+def test_the_digest_follows_the_bytes_of_every_file_read(tmp_path: Path) -> None:
+    main = tmp_path / "gateway.hcl"
+    (tmp_path / "conf.d").mkdir()
+    extra = tmp_path / "conf.d" / "more.hcl"
+    write(main, config_text("a", directory="conf.d"))
+    write(extra, ROUTER.format(name="more"))
+    first = build_candidate(str(main))
+    assert first.digest == content_digest([str(main), str(extra)])
+    write(main, config_text("a", directory="conf.d"))  # a new file, the same bytes
+    assert build_candidate(str(main)).digest == first.digest
+    write(extra, ROUTER.format(name="other"))  # a conf.d file changed
+    assert build_candidate(str(main)).digest != first.digest
+    write(main, "routers {")  # a rejected candidate has one too
+    broken = build_candidate(str(main))
+    assert broken.config is None
+    assert broken.digest == content_digest([str(main)])
 
 
 async def test_a_reload_that_changes_the_file_settings_retargets_the_watcher(

@@ -1,8 +1,12 @@
 """The application log on stderr, as text or JSON lines (SPEC §9.3).
 
 Ring 0 formatting on top of the standard ``logging`` module; the CLI installs it, the library
-never does (a library user keeps their own logging setup). Must not: log secrets — callers pass
-redacted values only.
+never does (a library user keeps their own logging setup). Text lines are ``<time> <LEVEL>
+<logger>: <message>``, the message carrying its own ``key=value`` fields (SPEC §9.3). A worker
+process of ``run --workers N`` installs it with its slot index, so that each of its lines names
+it: a last field ``worker=<n>`` in text, a ``"worker": n`` field in JSON; the supervisor's
+lines (and a single process's) have neither. Must not: log secrets — callers pass redacted
+values only.
 """
 
 from __future__ import annotations
@@ -26,27 +30,41 @@ _encoder: Final = msgspec.json.Encoder()
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception text if any)."""
+    """One JSON object per line: time, level, the worker's index (worker processes only),
+    logger, message (and exception text if any)."""
+
+    def __init__(self, *, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, str] = {
+        entry: dict[str, str | int] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
         }
+        if self._worker is not None:
+            entry["worker"] = self._worker
+        entry["logger"] = record.name
+        entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _encoder.encode(entry).decode()
 
 
-def install(level: str, log_format: LogFormat) -> None:
-    """Send the ``a3s_gateway`` loggers to stderr at ``level`` in ``log_format``."""
+def text_format(worker: int | None = None) -> str:
+    """The ``logging`` format string of the text log (``worker``: a worker process's index)."""
+    who = "" if worker is None else f" worker={worker}"
+    return f"%(asctime)s %(levelname)-7s %(name)s: %(message)s{who}"
+
+
+def install(level: str, log_format: LogFormat, *, worker: int | None = None) -> None:
+    """Send the ``a3s_gateway`` loggers to stderr at ``level`` in ``log_format``; ``worker``:
+    the index of the worker process this is (every line then names it)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker=worker))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(text_format(worker)))
     root = logging.getLogger("a3s_gateway")
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])

@@ -9,6 +9,16 @@ bind new listeners, swap). A candidate with errors, a build that failed and a sw
 refused (``GatewayError``, e.g. a bind failure) all keep the running config; every problem is
 logged as ``reload rejected: …`` and the outcome says why. Reloads are serialised.
 
+Logged once (issue #13): an edit followed by a SIGHUP reaches ``reload_now`` twice
+(the signal at once, the watcher after the debounce). A rejection whose files hold the same
+bytes (``Candidate.digest``) and whose problems are the same as the previous rejection's is
+not logged again, only noted in one line (``config still rejected``; the outcome, the
+target's record and the metrics count it as usual); a new edit, even one with the same
+problems, is reported in full, and any accepted reload starts afresh. A
+candidate's warnings are logged once it is swapped in, not when it is skipped as unchanged or
+refused; ``report_warnings=False`` (a worker of ``run --workers N``, whose supervisor has
+already reported them) logs them at debug level only.
+
 Debounce (SPEC §10.1): the watcher only pokes (``changed``); ``Debouncer`` runs one reload once
 the pokes have been quiet for ``providers.file.debounce`` (trailing edge: a burst of writes is
 one reload, and a write during a reload schedules another, so the last write is never missed).
@@ -146,6 +156,10 @@ class _WatchSettings:
     directory: str | None
 
 
+def _formatted(problems: tuple[Problem, ...]) -> tuple[str, ...]:
+    return tuple(problem.format() for problem in problems)
+
+
 def _file_settings(config: Config) -> FileSettings:
     providers = config.providers
     if providers is None or providers.file is None:
@@ -161,7 +175,8 @@ class Reloader:
     ``prepare``: applied to every candidate (``--listen``, reserved ports). ``watch``: whether
     ``run`` may watch the file at all (the config's ``providers.file.watch`` decides next).
     ``warm``: start the builder child when ``run`` starts (and have it load the file once)
-    rather than at the first reload.
+    rather than at the first reload. ``report_warnings``: log a swapped candidate's warnings
+    (False: at debug level only; module docstring).
     ``builder`` and ``source`` are for tests.
     """
 
@@ -174,6 +189,7 @@ class Reloader:
         prepare: Callable[[Config], Config] | None = None,
         watch: bool = True,
         warm: bool = True,
+        report_warnings: bool = True,
         builder: Builder | None = None,
         source: Source | None = None,
     ) -> None:
@@ -184,6 +200,9 @@ class Reloader:
         self._prepare = prepare
         self._watch = watch
         self._warm = warm
+        self._warning_level = logging.WARNING if report_warnings else logging.DEBUG
+        #: The last rejection's digest and problems, while no reload has succeeded since.
+        self._rejected: tuple[bytes, tuple[str, ...]] | None = None
         self._builder: Builder = builder if builder is not None else CandidateBuilder()
         self._source = source
         self._lock = trio.Lock()
@@ -228,37 +247,53 @@ class Reloader:
         try:
             candidate = await self._builder.build(self._path, workers=self._workers)
         except (BuildError, OSError) as error:
-            log.error("reload rejected: %s", error)
+            self._report_rejection(None, (str(error),))
             target.record_failed_reload(1)
             return self._failed(str(error))
         if candidate.config is None:
-            for problem in candidate.problems:
-                log.error("reload rejected: %s", problem.format())
+            self._report_rejection(candidate.digest, _formatted(candidate.problems))
             target.record_failed_reload(len(candidate.errors))
             generation = target.health().config_generation
             return ReloadOutcome("error", generation, candidate.warnings, candidate.errors)
-        for problem in candidate.warnings:
-            log.warning("%s", problem.format())
         config = candidate.config
         if self._prepare is not None:
             config = self._prepare(config)
         if not force and config == target.config():
+            self._rejected = None
             generation = target.health().config_generation
             log.info("config unchanged: generation %d kept", generation)
             return ReloadOutcome("unchanged", generation, candidate.warnings)
         try:
             generation = await target.reload(config)
         except ConfigError as error:
-            for problem in error.problems:
-                log.error("reload rejected: %s", problem.format())
+            self._report_rejection(candidate.digest, _formatted(error.problems))
             return ReloadOutcome(
                 "error", target.health().config_generation, candidate.warnings, error.problems
             )
         except GatewayError as error:
-            log.error("reload rejected: %s", error)
+            self._report_rejection(candidate.digest, (str(error),))
             return self._failed(str(error), candidate.warnings)
+        self._rejected = None
+        # Once it is in: a candidate skipped as unchanged or refused says nothing of them.
+        for problem in candidate.warnings:
+            log.log(self._warning_level, "%s", problem.format())
         self._follow(config)
         return ReloadOutcome("ok", generation, candidate.warnings)
+
+    def _report_rejection(self, digest: bytes | None, problems: tuple[str, ...]) -> None:
+        """Log every problem as ``reload rejected: …`` — unless the files and the problems are
+        those of the last rejection (module docstring). ``digest=None``: not known, logged."""
+        rejected = None if digest is None else (digest, problems)
+        if rejected is not None and rejected == self._rejected:
+            log.info(
+                "config still rejected: the files are unchanged since the last rejected reload "
+                "(its %d problem(s) are logged above)",
+                len(problems),
+            )
+            return
+        self._rejected = rejected
+        for problem in problems:
+            log.error("reload rejected: %s", problem)
 
     def _failed(self, message: str, warnings: tuple[Problem, ...] = ()) -> ReloadOutcome:
         problem = Problem(

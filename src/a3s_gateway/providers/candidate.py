@@ -5,11 +5,12 @@ thread it would still hold the GIL the event loop needs, so it runs in a separat
 ``CandidateBuilder`` keeps one child (``python -m a3s_gateway.providers.child``) and asks it
 for each candidate. The child runs the whole pipeline the CLI runs at start — ``load`` (read,
 parse, conf.d merge, interpolate, convert, semantic checks) and the environment checks of
-``preflight.check`` — and answers with every problem and, when there was no error, the config
-encoded as msgpack. The parent rebuilds the exact ``Config`` with ``msgspec`` and the value
-classes' hooks (``config.values``): value classes travel as their text, so ``Duration("1m")``
-comes back as ``Duration("1m")``, and the strings that came from secret-named variables travel
-alongside so that the rebuilt config's redacted renderings hide them as the original's would.
+``preflight.check`` — and answers with every problem, a digest of the files it read
+(``content_digest``) and, when there was no error, the config encoded as msgpack. The parent
+rebuilds the exact ``Config`` with ``msgspec`` and the value classes' hooks
+(``config.values``): value classes travel as their text, so ``Duration("1m")`` comes back as
+``Duration("1m")``, and the strings that came from secret-named variables travel alongside so
+that the rebuilt config's redacted renderings hide them as the original's would.
 The decode of a 300-router config takes well under a millisecond, where the parse took about
 half a second.
 
@@ -30,6 +31,7 @@ problems (the aggregator does both).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import struct
 import subprocess
 import sys
@@ -54,6 +56,7 @@ __all__ = [
     "Candidate",
     "CandidateBuilder",
     "build_candidate",
+    "content_digest",
     "decode_config",
     "encode_config",
     "rebuild",
@@ -83,6 +86,8 @@ class Built(msgspec.Struct, frozen=True, tag="built"):
     problems: tuple[Problem, ...]
     config: bytes | None
     secrets: frozenset[str] = frozenset()
+    #: ``content_digest`` of the files the load read (empty: not known).
+    digest: bytes = b""
 
 
 request_decoder: Final = msgspec.msgpack.Decoder(Request)
@@ -113,10 +118,13 @@ def rebuild(built: Built) -> Config | None:
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A built candidate: the config (``None`` if any problem is an error) and every problem,
-    warnings included, sorted as ``validate`` prints them."""
+    warnings included, sorted as ``validate`` prints them. ``digest``: the ``content_digest``
+    of the files it was loaded from (``None``: not known), which tells a new edit from the
+    same content read again (the aggregator reports a rejected candidate once)."""
 
     config: Config | None
     problems: tuple[Problem, ...]
+    digest: bytes | None = None
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -131,17 +139,37 @@ class BuildError(Exception):
     """The child could not build a candidate (it died, or did not answer in time)."""
 
 
+def content_digest(files: Sequence[str]) -> bytes:
+    """SHA-256 over the names and bytes of ``files`` (an unreadable one counts by its error).
+
+    Read after the load: a file rewritten in between gives its new bytes' digest next to the
+    old bytes' problems. The aggregator compares both, so such a race can only make it report
+    a rejection twice, never hide a new one.
+    """
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(b"%d:%s" % (len(name), name.encode(errors="surrogateescape")))
+        try:
+            with open(name, "rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+        except OSError as error:
+            digest.update(b"error %d" % (error.errno or 0))
+    return digest.digest()
+
+
 def build_candidate(path: str, *, workers: int = 1) -> Built:
     """What the child does for one request (blocking; also usable in-process by tests)."""
     result = load(path, options=LoadOptions(workers=workers))
     problems = check(result, offline=False)
+    digest = content_digest(result.files)
     failed = result.config is None or any(p.severity == "error" for p in problems)
     if failed or result.config is None:
-        return Built(problems=problems, config=None)
+        return Built(problems=problems, config=None, digest=digest)
     return Built(
         problems=problems,
         config=encode_config(result.config),
         secrets=secrets_of(result.config),
+        digest=digest,
     )
 
 
@@ -186,7 +214,7 @@ class CandidateBuilder:
             except BuildError:
                 await self._discard()
                 raise
-        return Candidate(rebuild(built), built.problems)
+        return Candidate(rebuild(built), built.problems, built.digest or None)
 
     async def aclose(self) -> None:
         """Stop the child (end of its stdin, then a kill after a grace). Idempotent; safe in

@@ -3,9 +3,10 @@
 The supervisor's end (Ring 1): ``ProcessWorker`` starts ``worker_main`` with the ``spawn``
 start method and is the supervisor's handle on it — control channel, exit, signals (the
 ``Worker`` protocol, which tests fake). Inside the worker (Ring 2 for its process):
-``worker_main`` plays the CLI's part — it installs the application log and its own signal
-handlers, loads the config from the file, builds a ``Gateway`` with ``reuse_port=True`` and
-serves it under ``trio.run``.
+``worker_main`` plays the CLI's part — it installs the application log (every line naming the
+worker: a last field ``worker=<n>``, ``observability/applog.py``) and its own signal handlers,
+loads the config from the file, builds a ``Gateway`` with ``reuse_port=True`` and serves it
+under ``trio.run``.
 
 Control channel: one end of a ``multiprocessing`` duplex ``Pipe`` (a socketpair).
 ``Connection.send_bytes`` already frames each message with a 4-byte length prefix, and the
@@ -29,7 +30,9 @@ group and by the supervisor does not skip the drain. SIGHUP (sent by the supervi
 has validated the file, ``server/workers.py``) reloads the config from the file through
 ``providers.Reloader.reload_now`` — the candidate is built in a child process, off the event
 loop — with the ``--listen`` override and the reserved ports re-applied; it is ignored until
-the worker is serving. Workers do not watch the file: the supervisor does.
+the worker is serving. Workers do not watch the file: the supervisor does. Nor do they repeat
+the config's warnings (at start or on a reload): the CLI and the supervisor's validation
+reported each once, so a worker logs them at debug level only.
 
 Nurseries: ``ProcessWorker`` owns none (its awaits run in the supervisor's slot task). In the
 worker, ``_serve`` owns one nursery holding ``Gateway.serve``, the supervisor's channel reader, the
@@ -314,7 +317,8 @@ def worker_main(spec: WorkerSpec, channel: Connection[object, object]) -> None:
     """The ``multiprocessing`` target: serve until told to stop; exits 0, 1 (config) or 3."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    applog.install(spec.log_level, spec.log_format)
+    # Every line this process logs names its slot (``worker=<n>``; the supervisor's do not).
+    applog.install(spec.log_level, spec.log_format, worker=spec.index)
     sys.exit(_run(spec, channel))
 
 
@@ -330,13 +334,13 @@ def _run(spec: WorkerSpec, channel: Connection[object, object]) -> int:
         # wrapped in an exception group (strict exception groups, trio ≥ 0.25).
         found = _gateway_error(error)
         if found is None:
-            log.exception("worker %d crashed", spec.index)
+            log.exception("crashed")
             return EXIT_CRASH
-        log.error("worker %d: %s", spec.index, found)
+        log.error("%s", found)
         return EXIT_START
     except Exception:
         # Not exit 1, which the supervisor reads as "config error" during the start.
-        log.exception("worker %d crashed", spec.index)
+        log.exception("crashed")
         return EXIT_CRASH
     finally:
         channel.close()
@@ -363,6 +367,7 @@ async def _serve(gateway: Gateway, spec: WorkerSpec, channel: Connection[object,
         prepare=partial(_prepare, spec=spec),
         watch=False,
         warm=False,
+        report_warnings=False,  # the supervisor reported them when it validated the file
     )
     gateway.attach_reloader(reloader)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
@@ -379,7 +384,7 @@ async def _serve(gateway: Gateway, spec: WorkerSpec, channel: Connection[object,
                     nursery.start_soon(partial(reloader.reload_now, force=True))
                 elif not draining:
                     draining = True
-                    log.info("worker %d: draining", spec.index)
+                    log.info("draining")
                     nursery.start_soon(gateway.shutdown)
     return EXIT_OK
 

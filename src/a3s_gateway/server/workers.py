@@ -22,13 +22,16 @@ Reload (SPEC §13.4): the supervisor owns the file watching. SIGHUP and a change
 (``providers.Reloader`` with ``Fleet`` as its target, debounced, unchanged candidates
 skipped) validate the file once, in the supervisor's candidate-builder child; a valid
 candidate is forwarded as SIGHUP to every ready worker, which then reloads from the file
-itself; an invalid one is logged by the supervisor and no worker reloads. (A file changed again
-between the validation and a worker's read is read by the worker as it is then; the change
-also triggers the next validation.) A worker that
-exits unexpectedly is logged and restarted after ``restart_delay`` (1 s doubling to 30 s; the
-count resets once a worker has run ``STABLE_AFTER`` seconds); the others keep serving. If a
-worker fails during the initial start-up (config or bind error), the others are stopped and the
-supervisor exits 1 (config) or 3 (anything else).
+itself; an invalid one is logged by the supervisor (once, though an edit and a SIGHUP both
+validate it: ``providers/aggregator.py``) and no worker reloads. The config's warnings are the
+supervisor's to report, once per start (the CLI) and per reload; workers log them at debug
+level only, and every line a worker logs names it (a last field ``worker=<n>``). (A file
+changed again between the validation and a worker's read is read by the worker as it is then;
+the change also triggers the next validation.) A worker that exits unexpectedly is logged and
+restarted after ``restart_delay`` (1 s doubling to 30 s; the count resets once a worker has run
+``STABLE_AFTER`` seconds); the others keep serving. If a worker fails during the initial
+start-up (config or bind error), the others are stopped and the supervisor exits 1 (config) or
+3 (anything else).
 
 Management API and metrics (SPEC §13.4, §9.6): the supervisor binds the ``management``
 listener (workers run ``Gateway(management=False)``) and serves it with
