@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Final
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, ProtocolViolation
 
 if TYPE_CHECKING:
-
     import h11
 
     from a3s_gateway.protocols.events import Event
