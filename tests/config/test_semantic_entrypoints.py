@@ -39,6 +39,14 @@ ENTRYPOINT_CASES = [
         "peek",
     ),
     Case(
+        "request-body-on-tcp",
+        '\nentrypoints "raw" {\n  address = "127.0.0.1:9999"\n  protocol = "tcp"\n'
+        '  timeouts {\n    request_body = "1m"\n  }\n}\n',
+        'entrypoints["raw"].timeouts.request_body',
+        'field "request_body" does not apply to a tcp entrypoint (applies to: http)',
+        "request_body",
+    ),
+    Case(
         "idle-zero-on-http",
         '\nentrypoints "plain" {\n  address = "127.0.0.1:8081"\n  timeouts {\n'
         '    idle = "0s"\n  }\n}\n',

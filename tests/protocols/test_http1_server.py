@@ -21,6 +21,7 @@ from a3s_gateway.protocols.events import (
 )
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.http1 import PIPELINE_SLACK, Http1Limits, Http1Server
+from a3s_gateway.protocols.http1_request import RefusedRequest
 
 GET = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 
@@ -537,3 +538,76 @@ def test_headers_passed_as_given() -> None:
     headers: Headers = [(b"host", b"a"), (b"x-b", b"1"), (b"x-a", b"2"), (b"x-b", b"3")]
     wire = b"GET / HTTP/1.1\r\nHost: a\r\nX-B: 1\r\nx-a: 2\r\nX-b: 3\r\n\r\n"
     assert head_of(Http1Server().receive(wire)).headers == headers
+
+
+# --- what is known of a refused request (the access log's fields, issue #14) -------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "known"),
+    [
+        # h11 refuses the head: the request line is read from the raw head (no Host).
+        pytest.param(
+            b"GET /a?q=1 HTTP/1.1\r\nHost: h\r\nBad Field: x\r\n\r\n",
+            RefusedRequest(b"GET", b"/a?q=1", b"", b"1.1"),
+            id="h11-error",
+        ),
+        pytest.param(
+            b"POST /te HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            RefusedRequest(b"POST", b"/te", b"", b"1.1"),
+            id="501",
+        ),
+        pytest.param(
+            b"GET / HTTP/2\r\nHost: h\r\n\r\n", RefusedRequest(b"GET", b"/", b"", b"2"), id="505"
+        ),
+        pytest.param(
+            b"GET /\x01 HTTP/1.1\r\nHost: h\r\n\r\n", None, id="control-character-in-line"
+        ),
+        # h11 parsed it, the gateway's rules refused it: Host too.
+        pytest.param(
+            b"GET /%zz HTTP/1.1\r\nHost: h\r\n\r\n",
+            RefusedRequest(b"GET", b"/%zz", b"h", b"1.1"),
+            id="inspect",
+        ),
+        pytest.param(
+            b"GET /v HTTP/1.2\r\nHost: h\r\n\r\n",
+            RefusedRequest(b"GET", b"/v", b"h", b"1.2"),
+            id="505-h11-parsed",
+        ),
+        # A bad chunk that came with its head: the head is lost, not what it said.
+        pytest.param(
+            b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            RefusedRequest(b"POST", b"/up", b"h", b"1.1"),
+            id="bad-chunk-with-head",
+        ),
+        # The head never completed: nothing.
+        pytest.param(b"GET /" + b"a" * 9000, None, id="414"),
+        pytest.param(b"GET / HTTP/1.1\r\nX: " + b"b" * 40000, None, id="431"),
+    ],
+)
+def test_a_refused_request_says_what_was_read_of_it(
+    data: bytes, known: RefusedRequest | None
+) -> None:
+    server = Http1Server()
+    with pytest.raises(ProtocolViolation):
+        server.receive(data)
+    assert server.refused_request == known
+
+
+def test_nothing_is_refused_without_a_violation() -> None:
+    server = Http1Server()
+    server.receive(GET)
+    assert server.refused_request is None
+
+
+def test_a_malformed_pipelined_request_is_refused_at_the_next_cycle() -> None:
+    server = Http1Server()
+    events = server.receive(GET + b"GET /bad HTTP/1.1\r\nHost: a\r\nBad Field: x\r\n\r\n")
+    assert [type(event) for event in events] == [RequestHead, EndOfBody]
+    respond(server, ResponseHead(200, [(b"content-length", b"0")]))
+    with pytest.raises(ProtocolViolation) as caught:
+        server.start_next_cycle()
+    assert caught.value.status == 400
+    assert server.refused_request == RefusedRequest(b"GET", b"/bad", b"", b"1.1")
+    out = respond(server, ResponseHead(400, [(b"content-length", b"0")]))
+    assert b"connection: close" in out.lower()

@@ -52,8 +52,16 @@ __all__ = [
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: SPEC §3.7 defaults for HTTP entrypoints, in seconds.
-_HTTP_TIMEOUTS: Final = {"handshake": 10.0, "request_head": 30.0, "idle": 60.0, "body_idle": 60.0}
+#: SPEC §3.7 defaults for HTTP entrypoints, in seconds. ``request_body`` (issue #14) bounds a
+#: request body trickled a byte at a time, which ``body_idle`` alone never ends; 5 minutes
+#: leaves room for large uploads on slow links (Envoy's ``request_timeout`` is the same shape).
+_HTTP_TIMEOUTS: Final = {
+    "handshake": 10.0,
+    "request_head": 30.0,
+    "idle": 60.0,
+    "body_idle": 60.0,
+    "request_body": 300.0,
+}
 _DEFAULT_MAX_CONNECTIONS: Final = 10000
 
 
@@ -73,6 +81,8 @@ class EntrypointRuntime:
     request_head_timeout: float
     idle_timeout: float
     body_idle_timeout: float
+    #: Request head → last byte of its body (``timeouts.request_body``).
+    request_body_timeout: float
     via: bool
     sanitize_path: bool
     trust_all: bool
@@ -233,6 +243,7 @@ def _entrypoint(name: str, entrypoint: Entrypoint) -> EntrypointRuntime:
         request_head_timeout=seconds["request_head"],
         idle_timeout=seconds["idle"],
         body_idle_timeout=seconds["body_idle"],
+        request_body_timeout=seconds["request_body"],
         via=entrypoint.via is not False,
         sanitize_path=entrypoint.sanitize_path is not False,
         trust_all=forwarded is not None and forwarded.insecure,

@@ -42,6 +42,7 @@ class EntrypointTimeouts(Block, frozen=True, kw_only=True):
     request_head: Duration | None = None
     idle: DurationOrZero | None = None
     body_idle: Duration | None = None
+    request_body: Duration | None = None
     peek: Duration | None = None
 
 
@@ -159,6 +160,7 @@ TIMEOUT_FIELD_PROTOCOLS: dict[str, frozenset[str]] = {
     "request_head": frozenset({"http"}),
     "idle": frozenset({"http", "tcp"}),
     "body_idle": frozenset({"http"}),
+    "request_body": frozenset({"http"}),
     "peek": frozenset({"tcp"}),
 }
 

@@ -20,9 +20,26 @@ Must not: hold request or response bodies, or any field the access log must neve
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
-__all__ = ["ExchangeObserver", "ExchangeRecord"]
+__all__ = ["ExchangeObserver", "ExchangeRecord", "refusal_error"]
+
+#: The ``error`` word of a request refused while it was read, by the status it was answered
+#: with (the adapters' ``ProtocolViolation`` statuses, and 408 for a head that did not arrive
+#: within ``timeouts.request_head``); any other status is ``bad_request``. A 431 is also what
+#: an oversized trailer section gets.
+_REFUSAL_ERRORS: Final = {
+    408: "head_timeout",
+    414: "target_too_long",
+    431: "head_too_large",
+    501: "unsupported_transfer_coding",
+    505: "version_not_supported",
+}
+
+
+def refusal_error(status: int) -> str:
+    """The ``error`` word for a request refused with ``status`` while it was read."""
+    return _REFUSAL_ERRORS.get(status, "bad_request")
 
 
 class ExchangeObserver(Protocol):
@@ -120,11 +137,16 @@ class ExchangeRecord:
         #: A short cause when the gateway answered or aborted (SPEC §9.2 ``error`` words; set
         #: in ``server/exchange.py``): ``no_route``, ``no_backend``, ``at_capacity``,
         #: ``connect_refused``, ``connect_timeout``, ``upstream_timeout``, ``upstream_reset``,
-        #: ``bad_response``, ``bad_request``, ``client_abort`` (the client went away, or the
-        #: response had to be cut), ``client_timeout``, ``overloaded``, ``shutting_down`` (a
-        #: 503: the upstream pool is closing), ``shutdown`` (the gateway cut the exchange while
-        #: stopping: the drain's grace ran out, a second signal, a retired listener's grace),
-        #: ``internal_error``; for middleware answers ``unauthorized``, ``forbidden``,
+        #: ``bad_response``, ``client_abort`` (the client went away, or the response had to be
+        #: cut), ``client_timeout`` (a gap in the request body over ``timeouts.body_idle``),
+        #: ``body_timeout`` (the body not complete within ``timeouts.request_body``),
+        #: ``overloaded``, ``shutting_down`` (a 503: the upstream pool is closing), ``shutdown``
+        #: (the gateway cut the exchange while stopping: the drain's grace ran out, a second
+        #: signal, a retired listener's grace), ``internal_error``; for a request refused while
+        #: it was read (``refusal_error``, set in ``server/connection.py`` for the head and in
+        #: ``server/exchange.py`` for the body) ``bad_request``, ``head_timeout``,
+        #: ``target_too_long``, ``head_too_large``, ``unsupported_transfer_coding``,
+        #: ``version_not_supported``; for middleware answers ``unauthorized``, ``forbidden``,
         #: ``rate_limited``, ``body_too_large``, ``breaker_open``, ``auth_unavailable``,
         #: ``auth_timeout``, ``unavailable``, ``denied``.
         self.error = ""

@@ -21,6 +21,8 @@ Theory of operation — server. One request/response cycle at a time (SPEC §5.2
   ``max_header_bytes + PIPELINE_SLACK``. ``start_next_cycle`` (after a complete keep-alive
   response) swaps in a fresh h11 connection and parses what is buffered.
 * ``CLOSED`` after a clean EOF between requests; ``ERROR`` after a ``ProtocolViolation``.
+  ``refused_request`` then says what is known of a request refused once its head was complete
+  (for the access log), worked out on that error path only.
 
 A fresh h11 connection per cycle is what lets us own the between-requests buffer without
 reaching into h11's private one. Responses are written by ``http1_response.ResponseWriter``
@@ -56,13 +58,16 @@ from a3s_gateway.protocols.http1_request import (
     CHUNKED,
     ChunkedDecoder,
     LengthDecoder,
+    RefusedRequest,
     check_raw_head,
     inspect_request,
+    refused_head,
+    refused_request,
     violation_for,
 )
 from a3s_gateway.protocols.http1_response import ResponseWriter, client_keep_alive
 
-__all__ = ["PIPELINE_SLACK", "Http1Client", "Http1Limits", "Http1Server"]
+__all__ = ["PIPELINE_SLACK", "Http1Client", "Http1Limits", "Http1Server", "RefusedRequest"]
 
 #: Pipelined bytes the server buffers beyond ``max_header_bytes`` while a response is in
 #: progress: one 64 KiB read (SPEC §5.2). More is a 400: the excess may hold several complete
@@ -102,10 +107,9 @@ class Http1Server:
         "_h11",
         "_limits",
         "_line_seen",
-        "_method",
         "_phase",
+        "_refused",
         "_scan",
-        "_version",
         "_writer",
     )
 
@@ -120,8 +124,7 @@ class Http1Server:
         self._eof = False
         self._closing = False
         self._failed = False
-        self._method = b""  # b"" until this cycle's request head parsed
-        self._version = b""
+        self._refused: RefusedRequest | None = None  # set with the ERROR phase
         self._writer = ResponseWriter(b"", b"", keep_alive=False)
 
     def receive(self, data: bytes) -> list[Event]:
@@ -157,6 +160,12 @@ class Http1Server:
     def head_started(self) -> bool:
         """Whether some bytes of a not-yet-complete request head are being held."""
         return self._phase is _Phase.HEAD and bool(self._buf)
+
+    @property
+    def refused_request(self) -> RefusedRequest | None:
+        """After a ``ProtocolViolation``: the request line (and ``Host`` once h11 parsed the
+        head) of a request refused with a complete head, else None."""
+        return self._refused if self._phase is _Phase.ERROR else None
 
     @property
     def keep_alive(self) -> bool:
@@ -221,7 +230,6 @@ class Http1Server:
         limits = self._limits
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._phase = _Phase.HEAD
-        self._method = self._version = b""
         self._writer = ResponseWriter(b"", b"", keep_alive=False)
         try:
             return self._apply_eof(self._parse_head() if self._buf else [])
@@ -275,18 +283,25 @@ class Http1Server:
         return found.end()
 
     def _start_request(self, head: bytes, rest: bytes) -> list[Event]:
-        check_raw_head(head)
         conn = self._h11
-        conn.receive_data(head)
         try:
+            check_raw_head(head)
+            conn.receive_data(head)
             request = conn.next_event()
         except h11.RemoteProtocolError as exc:
+            self._refused = refused_head(head)
             raise violation_for(exc, head) from exc
+        except ProtocolViolation:
+            self._refused = refused_head(head)
+            raise
         if not isinstance(request, h11.Request):  # unreachable: the head is complete
             raise ProtocolViolation(400, "invalid request head")
         headers = list(request.headers)
-        authority, length = inspect_request(request, headers, self._limits.max_headers)
-        self._method, self._version = request.method, request.http_version
+        try:
+            authority, length = inspect_request(request, headers, self._limits.max_headers)
+        except ProtocolViolation:
+            self._refused = refused_request(request)
+            raise
         self._writer = ResponseWriter(
             request.method, request.http_version, client_keep_alive(request.http_version, headers)
         )
@@ -313,7 +328,11 @@ class Http1Server:
             else LengthDecoder(length)
         )
         self._phase = _Phase.BODY
-        self._decode(rest, events)
+        try:
+            self._decode(rest, events)
+        except ProtocolViolation:  # a bad body that came with the head: the head is lost
+            self._refused = refused_request(request)
+            raise
         return events
 
     def _receive_body(self, data: bytes) -> list[Event]:

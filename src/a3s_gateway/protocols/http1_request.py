@@ -38,6 +38,7 @@ control characters. Anything else is a 400; an oversized trailer section is a 43
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Final
 
@@ -54,8 +55,11 @@ __all__ = [
     "MAX_CHUNK_LINE_BYTES",
     "ChunkedDecoder",
     "LengthDecoder",
+    "RefusedRequest",
     "check_raw_head",
     "inspect_request",
+    "refused_head",
+    "refused_request",
     "violation_for",
 ]
 
@@ -76,12 +80,46 @@ _VERSIONS: Final = frozenset({b"1.0", b"1.1"})
 # A request line that is well-formed but for its version (``HTTP/2``, ``HTTP/1.10``) → 505.
 _LOOSE_LINE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9.]+)\r?")
 _STRICT_LINE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r?")
+# The same line, its parts captured, to say what a refused request was (``refused_head``).
+_LINE_PARTS: Final = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9.]+)\r?\n"
+)
 _UNFOLD: Final = re.compile(rb"\r?\n[ \t]+")
 _TE_LINE: Final = re.compile(
     rb"^transfer-encoding:[ \t]*(.*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
 )
 _CL_LINE: Final = re.compile(rb"^content-length:", re.IGNORECASE | re.MULTILINE)
 _HOST_LINE: Final = re.compile(rb"^host:", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRequest:
+    """What the access log may say about a request refused once its head was complete: the
+    request line's parts and the ``Host`` value as received (``b""`` when unknown)."""
+
+    method: bytes
+    target: bytes
+    host: bytes
+    http_version: bytes
+
+
+def refused_request(request: h11.Request) -> RefusedRequest:
+    """A request h11 parsed but the gateway refused (``inspect_request``, a bad body)."""
+    host = b""
+    for name, value in request.headers:
+        if name == b"host":
+            host = value
+            break
+    return RefusedRequest(request.method, request.target, host, request.http_version)
+
+
+def refused_head(head: bytes) -> RefusedRequest | None:
+    """A complete raw head refused before h11 parsed it: its request line if that is
+    well-formed but for the version (only printable bytes), else None. The error path only."""
+    line = _LINE_PARTS.match(head)
+    if line is None:
+        return None
+    return RefusedRequest(line[1], line[2], b"", line[3])
 
 
 def check_raw_head(head: bytes) -> None:

@@ -3,9 +3,15 @@
 Ring 1. Nurseries: none of its own (HTTP/1.1 serves one exchange at a time; the exchange owns
 its pump nursery). Deadlines set here (SPEC §5.5, DESIGN.md §3.4): keep-alive idle (end of a
 response → first byte of the next head; silent close), request head (first byte → head
-complete; 408 and close), and the client body idle gap (between request-body reads; the
-exchange maps it to 408 or an abort). On drain the idle wait is cancelled (idle connections
-close at once) and the response in progress carries ``Connection: close``.
+complete; 408 and close), and, in the one scope of each request-body read, the client body
+idle gap (between request-body reads) and the request-body deadline (request head → end of
+its body, ``timeouts.request_body``: a body trickled a byte at a time would otherwise never
+end); the exchange maps both to 408 or an abort. On drain the idle wait is cancelled (idle
+connections close at once) and the response in progress carries ``Connection: close``.
+
+A request refused while its head is read (a ``ProtocolViolation``, the head timeout, a bad
+request pipelined behind a good one) is answered here with ``Connection: close`` and, like any
+exchange that got a response, handed to the observer as an ``ExchangeRecord`` (issue #14).
 
 Must not: route or proxy (``exchange.py``), or parse bytes itself (``protocols/http1.py``).
 """
@@ -13,12 +19,15 @@ Must not: route or proxy (``exchange.py``), or parse bytes itself (``protocols/h
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
 
+from a3s_gateway.observability.record import ExchangeRecord, refusal_error
 from a3s_gateway.protocols.events import (
     BodyChunk,
     ConnectionClosed,
@@ -31,6 +40,7 @@ from a3s_gateway.protocols.events import (
 )
 from a3s_gateway.protocols.http1 import Http1Server
 from a3s_gateway.protocols.responses import error_response
+from a3s_gateway.protocols.target import split_target
 from a3s_gateway.server.exchange import ClientTimeout, handle_request, send_generated
 
 if TYPE_CHECKING:
@@ -71,8 +81,9 @@ class ConnInfo:
 class Http1Downstream:
     """The downstream side of the exchange in progress: events in, events out.
 
-    ``receive_body`` applies the client body-idle timeout; ``send`` poisons the adapter when a
-    write fails. ``request_complete`` turns true once the request's ``EndOfBody`` was read.
+    ``receive_body`` applies the client body-idle timeout and the request-body deadline;
+    ``send`` poisons the adapter when a write fails. ``request_complete`` turns true once the
+    request's ``EndOfBody`` was read.
     ``status``, ``received_bytes`` and ``sent_bytes`` describe the exchange in progress for
     the access log and metrics: the status of the response head sent, and the body bytes read
     and written (all reset per request).
@@ -80,7 +91,9 @@ class Http1Downstream:
 
     __slots__ = (
         "_adapter",
+        "_body_deadline",
         "_body_idle",
+        "_request_body",
         "_stream",
         "closing",
         "head_sent",
@@ -94,10 +107,20 @@ class Http1Downstream:
         "status",
     )
 
-    def __init__(self, stream: trio.abc.Stream, adapter: Http1Server, body_idle: float) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        adapter: Http1Server,
+        body_idle: float,
+        request_body: float = math.inf,
+    ) -> None:
         self._stream = stream
         self._adapter = adapter
         self._body_idle = body_idle
+        #: ``timeouts.request_body``, and when the body of the exchange in progress must be
+        #: complete (trio's clock; set by ``start_exchange`` for a request with a body).
+        self._request_body = request_body
+        self._body_deadline = math.inf
         self.pending: deque[Event] = deque()
         self.http_version = b"1.1"
         self.request_complete = False
@@ -125,9 +148,25 @@ class Http1Downstream:
 
     def start_exchange(self, head: RequestHead) -> None:
         """Reset the per-request state for ``head``."""
-        self.request_complete = not head.has_body
+        has_body = head.has_body
+        self.request_complete = not has_body
+        if has_body:
+            self._body_deadline = trio.current_time() + self._request_body
         self.response_started = False
         self.http_version = head.http_version
+        self.status = 0
+        self.received_bytes = 0
+        self.sent_bytes = 0
+        self.head_sent = -1.0
+        if self.response_fields:
+            self.response_fields = []
+
+    def start_refusal(self) -> None:
+        """Reset the per-request state for a request refused while it was read. Its rest may
+        still be arriving, so it counts as incomplete: the close after the answer lingers."""
+        self.request_complete = False
+        self.response_started = False
+        self.http_version = b"1.1"
         self.status = 0
         self.received_bytes = 0
         self.sent_bytes = 0
@@ -151,16 +190,20 @@ class Http1Downstream:
         self.pending.extend(events)
 
     async def receive_body(self) -> BodyChunk | EndOfBody:
-        """The next piece of the request body, within the body-idle timeout.
+        """The next piece of the request body, within the body-idle timeout and the
+        request-body deadline.
 
-        Raises ``ClientTimeout``, ``ClientGone`` or ``ProtocolViolation``.
+        Raises ``ClientTimeout`` (``error`` says which ran out), ``ClientGone`` or
+        ``ProtocolViolation``.
         """
         if not self.pending:
-            with trio.move_on_after(self._body_idle) as scope:
+            idle_end = trio.current_time() + self._body_idle
+            body_end = self._body_deadline
+            with trio.CancelScope(deadline=min(idle_end, body_end)) as scope:
                 while not self.pending:
                     await self.fill()
             if scope.cancelled_caught:
-                raise ClientTimeout
+                raise ClientTimeout("body_timeout" if body_end <= idle_end else "client_timeout")
         event = self.pending.popleft()
         if isinstance(event, EndOfBody):
             self.request_complete = True
@@ -260,7 +303,7 @@ async def serve_http1(stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContex
     """
     entry = ctx.runtime.entrypoints[info.entrypoint]
     adapter = Http1Server(entry.limits)
-    down = Http1Downstream(stream, adapter, entry.body_idle_timeout)
+    down = Http1Downstream(stream, adapter, entry.body_idle_timeout, entry.request_body_timeout)
     try:
         await _serve_requests(down, adapter, info, entry, ctx)
     except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -310,7 +353,7 @@ async def _serve_requests(
 ) -> None:
     served = 0
     while True:
-        head = await _next_head(down, adapter, entry, ctx)
+        head = await _next_head(down, adapter, info, entry, ctx)
         if head is None:
             return
         served += 1
@@ -325,35 +368,52 @@ async def _serve_requests(
             await _discard_body(down, adapter)
         if not adapter.keep_alive or ctx.drain.draining:
             return
-        down.pending.extend(adapter.start_next_cycle())
+        try:
+            down.pending.extend(adapter.start_next_cycle())
+        except ProtocolViolation as violation:
+            # A malformed request pipelined behind the one just answered (issue #14).
+            await _refuse(down, adapter, info, ctx, _Refused(violation.status, violation.reason))
+            return
 
 
 async def _next_head(
-    down: Http1Downstream, adapter: Http1Server, entry: EntrypointRuntime, ctx: ServerContext
+    down: Http1Downstream,
+    adapter: Http1Server,
+    info: ConnInfo,
+    entry: EntrypointRuntime,
+    ctx: ServerContext,
 ) -> RequestHead | None:
-    """The next request head, or None when the connection should end quietly."""
+    """The next request head, or None when the connection should end (quietly, or after
+    refusing the request)."""
     try:
         return await _read_head(down, adapter, entry, ctx)
-    except ProtocolViolation as violation:
-        text = f"bad request: {violation.reason}" if violation.status == 400 else None
-        await _answer_and_close(down, adapter, violation.status, text)
-    except _HeadTimeout:
-        await _answer_and_close(down, adapter, 408, None)
+    except _Refused as refused:
+        await _refuse(down, adapter, info, ctx, refused)
     return None
 
 
-class _HeadTimeout(Exception):  # noqa: N818 -- an event
-    """The request head did not complete within ``timeouts.request_head``."""
+class _Refused(Exception):  # noqa: N818 -- an event
+    """A request refused while its head was read: the status to answer (408 when the head did
+    not complete within ``timeouts.request_head``), the violation's fixed reason, and when the
+    head's first byte arrived (trio's clock; -1: with the read that was refused)."""
+
+    def __init__(self, status: int, reason: str = "", began: float = -1.0) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.began = began
 
 
 async def _read_head(
     down: Http1Downstream, adapter: Http1Server, entry: EntrypointRuntime, ctx: ServerContext
 ) -> RequestHead | None:
+    """The next request head, or None at a clean end (EOF, keep-alive idle, drain). Raises
+    ``_Refused`` for a violation or the head timeout, ``ClientGone`` on a reset."""
     drain = ctx.drain
     if drain.draining and not down.pending:
         return None
     idle = trio.CancelScope(deadline=trio.current_time() + entry.idle_timeout)
-    head_deadline = float("inf")
+    began = -1.0
     drain.idle_scopes.add(idle)
     try:
         with idle:
@@ -364,17 +424,59 @@ async def _read_head(
                         return event
                     if isinstance(event, ConnectionClosed):
                         return None
-                await down.fill()
-                if adapter.head_started and head_deadline == float("inf"):
-                    # The first byte of a head arrived: the head timer replaces the idle timer.
+                if began < 0.0 and adapter.head_started:
+                    # The first byte of a head arrived (in the last read, or pipelined before):
+                    # the head timer replaces the idle timer.
                     drain.idle_scopes.discard(idle)
-                    head_deadline = trio.current_time() + entry.request_head_timeout
-                    idle.deadline = head_deadline
+                    began = trio.current_time()
+                    idle.deadline = began + entry.request_head_timeout
+                await down.fill()
+    except ProtocolViolation as violation:
+        raise _Refused(violation.status, violation.reason, began) from None
     finally:
         drain.idle_scopes.discard(idle)
-    if head_deadline != float("inf"):
-        raise _HeadTimeout
+    if began >= 0.0:
+        raise _Refused(408, began=began)
     return None
+
+
+async def _refuse(
+    down: Http1Downstream,
+    adapter: Http1Server,
+    info: ConnInfo,
+    ctx: ServerContext,
+    refused: _Refused,
+) -> None:
+    """Answer a refused request with ``Connection: close``, then hand its record to the
+    observer like any exchange's: router and service empty, the request line only if it was
+    complete and well-formed (``Http1Server.refused_request``), the peer as the client (no
+    forwarding field of a refused head is trusted)."""
+    began = refused.began
+    record = ExchangeRecord(info.entrypoint, began if began >= 0.0 else trio.current_time())
+    record.peer_ip = record.client_ip = info.peer_ip
+    if info.tls:
+        record.scheme = "https"
+    record.error = refusal_error(refused.status)
+    line = adapter.refused_request
+    if line is not None:
+        record.method = line.method
+        record.host = line.host
+        record.path, record.query = split_target(line.target)
+        if line.http_version == b"1.0":
+            record.protocol = "HTTP/1.0"
+    down.start_refusal()
+    text = f"bad request: {refused.reason}" if refused.status == 400 else None
+    try:
+        await _answer_and_close(down, adapter, refused.status, text)
+    finally:
+        record.status = down.status
+        record.head_sent = down.head_sent
+        record.response_bytes = down.sent_bytes
+        record.ended = trio.current_time()
+        record.wall = time.time()
+        observer = ctx.observer
+        if observer is not None:
+            observer.finish(record)
 
 
 async def _answer_and_close(

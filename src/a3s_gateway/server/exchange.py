@@ -28,7 +28,7 @@ from a3s_gateway.middleware.body_limit import too_large
 from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
 from a3s_gateway.middleware.compress import CompressMiddleware
 from a3s_gateway.middleware.retry import RetryMiddleware, failure_kind
-from a3s_gateway.observability.record import ExchangeObserver, ExchangeRecord
+from a3s_gateway.observability.record import ExchangeObserver, ExchangeRecord, refusal_error
 from a3s_gateway.observability.tracing import (
     extract,
     inject,
@@ -116,7 +116,13 @@ def _through(
 
 
 class ClientTimeout(Exception):  # noqa: N818 -- an event
-    """The client left a gap longer than ``timeouts.body_idle`` in its request body."""
+    """The client was too slow with its request body: ``error`` is ``client_timeout`` for a
+    gap longer than ``timeouts.body_idle``, ``body_timeout`` for a body not complete within
+    ``timeouts.request_body`` of its head."""
+
+    def __init__(self, error: str = "client_timeout") -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class Downstream(Protocol):
@@ -243,15 +249,15 @@ async def _handle_counted(
     ctx.active_requests[info.entrypoint] = active + 1
     try:
         await _handle(head, down, info, ctx, runtime, entry, record)
-    except ClientTimeout:
-        record.error = "client_timeout"
+    except ClientTimeout as timeout:
+        record.error = timeout.error
         if not down.response_started:
             await _answer(down, head, error_response(408, close=True))
         else:
             raise _abort() from None
     except ProtocolViolation as violation:
         # A malformed request body (bad chunking): 400 if we still can, else abort.
-        record.error = "bad_request"
+        record.error = refusal_error(violation.status)
         if down.response_started:
             raise _abort() from None
         text = f"bad request: {violation.reason}" if violation.status == 400 else None
