@@ -427,6 +427,33 @@ async def test_balancing_order(
     assert names == order
 
 
+@pytest.mark.parametrize("middlewares", [False, True], ids=["bare", "with-middlewares"])
+async def test_consistent_hash_keys_on_hash_key(
+    origin: Origin, origin_b: Origin, middlewares: bool
+) -> None:
+    """``hash_key = "header:X-User"``: one user, one backend; users spread over both; a
+    request without the header is keyed on the client IP (all such requests: one backend)."""
+    servers = [server_entry(origin), server_entry(origin_b)]
+    balancer = '    hash_key = "header:X-User"'
+    config = config_text(servers, strategy="consistent-hash", balancer=balancer)
+    if middlewares:
+        config = (
+            config.replace('service = "main"', 'service = "main"\n  middlewares = ["tag"]', 1)
+            + 'middlewares "tag" {\n  type = "headers"\n  request_headers = { "X-Tag" = "t" }\n}\n'
+        )
+    users = [f"user-{n}" for n in range(12)]
+    async with running_gateway(config) as gw:
+        first = [await curl("-H", f"X-User: {u}", gw.url(f"/{u}")) for u in users]
+        again = [await curl("-H", f"X-User: {u}", gw.url(f"/{u}")) for u in users]
+        anonymous = [await curl(gw.url("/anon")) for _ in range(4)]
+    chosen = [r.response.json()["origin"] for r in first]
+    assert [r.response.json()["origin"] for r in again] == chosen  # sticky per key
+    assert set(chosen) == {"a", "b"}  # 12 keys over 2 equal backends: both get some
+    assert len({r.response.json()["origin"] for r in anonymous}) == 1
+    if middlewares:
+        assert all(r.header(b"x-tag") == b"t" for r in origin.requests + origin_b.requests)
+
+
 # -- gateway-generated errors (SPEC §5.5, §5.6) -----------------------------------------------
 
 

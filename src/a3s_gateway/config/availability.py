@@ -149,13 +149,6 @@ def _server_schemes(*schemes: str) -> Finder:
     return find
 
 
-def _hash_key(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, service in config.services.items():
-        balancer = service.load_balancer
-        if balancer is not None and balancer.hash_key not in (None, "client-ip"):
-            yield ("services", name, "load_balancer", "hash_key"), f'hash_key "{balancer.hash_key}"'
-
-
 def _panic_threshold(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
     for name, service in config.services.items():
         balancer = service.load_balancer
@@ -336,14 +329,6 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         _server_schemes("tcp", "tls", "udp"),
         'services "db" {\n  load_balancer {\n'
         '    servers = [{ url = "tcp://127.0.0.1:5432" }]\n  }\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.load_balancer.hash_key (other than client-ip)",
-        "consistent-hash keys other than the client IP",
-        _hash_key,
-        'services "hashed" {\n  load_balancer {\n    strategy = "consistent-hash"\n'
-        '    hash_key = "header:X-User"\n'
-        '    servers  = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n',
     ),
     Unavailable(
         "services.<name>.load_balancer.panic_threshold",

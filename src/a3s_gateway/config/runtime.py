@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.config.schema_services import LoadBalancer
 from a3s_gateway.middleware.phases import compile_chains
+from a3s_gateway.middleware.ratelimit import key_function
 from a3s_gateway.observability.tracing import propagation_forms
 from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
@@ -34,12 +35,12 @@ from a3s_gateway.services.sticky import StickyPool, StickySettings
 from a3s_gateway.upstream import Peer, PoolSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
     from a3s_gateway.config.schema_services import Service
-    from a3s_gateway.middleware.base import Middleware
+    from a3s_gateway.middleware.base import Middleware, RequestState
     from a3s_gateway.middleware.outbound import MiddlewareDeps
     from a3s_gateway.routing.request import PeerAddress
 
@@ -133,6 +134,8 @@ class ServiceRuntime:
     sticky: StickyPool | None = None
     #: Traffic mirroring (SPEC §7.7); None without a ``mirror`` block.
     mirror: MirrorState | None = None
+    #: ``consistent-hash``'s key (``hash_key``) from the request; None: the client IP.
+    hash_key: Callable[[RequestState], bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,6 +276,14 @@ def _route_table(config: Config) -> RouteTable:
     return RouteTable(routes)
 
 
+def _hash_key(balancer: LoadBalancer) -> Callable[[RequestState], bytes] | None:
+    """The key function of ``hash_key`` (SPEC §7.2); None for the client IP, the default."""
+    expression = balancer.hash_key
+    if balancer.strategy != "consistent-hash" or expression in (None, "client-ip"):
+        return None
+    return key_function(expression)
+
+
 def _service(name: str, service: Service) -> ServiceRuntime:
     balancer_config = service.load_balancer
     if balancer_config is None:
@@ -310,6 +321,7 @@ def _service(name: str, service: Service) -> ServiceRuntime:
             if balancer_config.sticky is not None
             else None
         ),
+        hash_key=_hash_key(balancer_config),
         mirror=(
             MirrorState(MirrorSettings.from_config(service.mirror))
             if service.mirror is not None

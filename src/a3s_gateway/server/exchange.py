@@ -728,6 +728,27 @@ class _Request:
                 log.exception("middleware %s failed on the response", middleware.name)
                 raise MiddlewareFailed from error
 
+    def hash_key(self, derive: Callable[[RequestState], bytes]) -> str:
+        """The ``consistent-hash`` key ``hash_key`` derives from this request (the middlewares'
+        view when there is one, else the request as received); the client IP when the request
+        has no such key (SPEC §7.2)."""
+        state = self.state
+        if state is None:
+            path, _, query = self.target.partition(b"?")
+            head = self.head
+            state = RequestState(
+                method=head.method,
+                path=path,
+                query=query,
+                headers=head.headers,
+                authority=head.authority,
+                client_ip=self.client,
+                peer_ip=self.client,
+                tls=self.tls,
+            )
+        value = derive(state)
+        return value.decode("utf-8", "surrogateescape") if value else self.client
+
     def answer(self, response: GeneratedResponse) -> GeneratedResponse:
         """A gateway-generated answer after dispatch, through every response side."""
         if self.state is None:
@@ -909,6 +930,7 @@ async def _try_service(
     """
     tried: list[Backend] = []
     failure = _NO_BACKEND_FAILURE
+    key = request.client if service.hash_key is None else request.hash_key(service.hash_key)
     sticky = service.sticky if primary else None
     pinned = (
         sticky.lookup(request.head.headers, ctx.dates.unix())
@@ -928,11 +950,11 @@ async def _try_service(
         if pinned is not None and not tried:
             backend: Backend | None = pinned
         elif avoid:
-            backend = service.balancer.pick(exclude=[*tried, *avoid], key=request.client)
+            backend = service.balancer.pick(exclude=[*tried, *avoid], key=key)
             if backend is None:
-                backend = service.balancer.pick(exclude=tried, key=request.client)
+                backend = service.balancer.pick(exclude=tried, key=key)
         else:
-            backend = service.balancer.pick(exclude=tried, key=request.client)
+            backend = service.balancer.pick(exclude=tried, key=key)
         if backend is None:
             break
         tried.append(backend)
