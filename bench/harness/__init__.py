@@ -8,7 +8,8 @@ embeds) and ``latest.png`` (throughput ratios to NGINX). Entry point: ``bench/ru
 Modules: ``procs`` (free ports, child processes stopped by PID), ``nginx`` and ``gateway``
 (config generation and commands), ``wrk`` (the Lua reporter and its parser), ``environment``
 (what machine and versions the numbers come from), ``plan`` (profiles and products),
-``peerlink`` (the lazy link to ``bench/peers``), ``runner`` (the trial loop), ``report``
-(medians, ratios, SPEC §15 verdicts, Markdown, chart) and ``cli``. The Debian packages of the
-load tools are installed by ``install-debian-packages.sh`` (first step of ``just bench``).
+``peerlink`` (the lazy link to ``bench/peers``), ``cputime`` (a product's CPU time from
+``/proc``), ``runner`` (the trial loop), ``report`` (medians, ratios, CPU µs per request, the
+SPEC §15 and issue #15 verdicts, Markdown, chart) and ``cli``. The Debian packages of the load
+tools are installed by ``install-debian-packages.sh`` (first step of ``just bench``).
 """

@@ -1,8 +1,13 @@
 """Command line of ``bench/run_bench.py``: options, the run, and writing ``bench/results/``.
 
-Exit codes: 0 when the run completed (even with SPEC §15 misses, wrk errors or a failed Python
+Exit codes: 0 when the run completed (even with target misses, wrk errors or a failed Python
 peer: the report says so), 1 when it could not run or NGINX or the gateway failed, 2 for a
 usage error.
+
+``--ab`` is the quick A/B of the request path: ``--quick --profile get-42b-1w --product
+a3s-1w,aiohttp-uvloop`` (NGINX is always added), about a minute; compare its CPU µs/req and
+ratios between two builds. Quick runs write to ``bench/results/quick/`` (git-ignored) unless
+``--results`` says otherwise, so they never replace the committed ``latest.*``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from harness.procs import StartError
 from harness.runner import Runner, Settings, say
 
 RESULTS: Final = Path(__file__).resolve().parents[1] / "results"
+QUICK_RESULTS: Final = RESULTS / "quick"
+AB_PROFILES: Final = [plan.GET_1W.name]
+AB_PRODUCTS: Final = [plan.A3S_1W, "aiohttp-uvloop"]
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
@@ -32,25 +40,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_bench.py",
         description=(
-            "HTTP load benchmark of a3s_gateway against NGINX and Python proxies (SPEC §15). "
-            "Writes bench/results/run-<UTC>.json, latest.json, latest.md and latest.png."
+            "HTTP load benchmark of a3s_gateway against NGINX and Python proxies (SPEC §15, "
+            "issue #15). Writes run-<UTC>.json, latest.json, latest.md and latest.png to "
+            "bench/results (bench/results/quick with --quick or --ab)."
         ),
     )
     parser.add_argument(
         "--profile",
+        "--profiles",
         action="append",
         default=[],
-        metavar="NAME",
-        help=f"run this profile (repeatable; default all): {', '.join(plan.profile_names())}",
+        metavar="NAME[,NAME...]",
+        help=(
+            "run these profiles (repeatable or comma-separated; default all): "
+            f"{', '.join(plan.profile_names())}"
+        ),
     )
     parser.add_argument(
         "--product",
+        "--products",
         action="append",
         default=[],
-        metavar="NAME",
+        metavar="NAME[,NAME...]",
         help=(
-            "measure this product (repeatable; default all; nginx is always added as the "
-            f"baseline): {', '.join(plan.BUILTIN_PRODUCTS)}, a peer name or 'peers'"
+            "measure these products (repeatable or comma-separated; default all; nginx is "
+            f"always added as the baseline): {', '.join(plan.BUILTIN_PRODUCTS)}, a peer name "
+            "or 'peers'"
+        ),
+    )
+    parser.add_argument(
+        "--ab",
+        action="store_true",
+        help=(
+            "quick A/B of the request path (about a minute): --quick --profile "
+            f"{','.join(AB_PROFILES)} --product {','.join(AB_PRODUCTS)} unless those are given"
         ),
     )
     parser.add_argument("--trials", type=_positive_int, default=None, help="default 3")
@@ -72,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--results",
         type=Path,
-        default=RESULTS,
-        help="output folder (default bench/results)",
+        default=None,
+        help="output folder (default bench/results; bench/results/quick with --quick or --ab)",
     )
     return parser
 
@@ -96,6 +119,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _names(values: list[str]) -> list[str]:
+    """``--profile a,b --profile c`` → ``[a, b, c]``."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def apply_presets(args: argparse.Namespace) -> None:
+    """Split the comma-separated names; ``--ab`` fills in what it stands for."""
+    args.profile = _names(args.profile)
+    args.product = _names(args.product)
+    if args.ab:
+        args.quick = True
+        args.profile = args.profile or list(AB_PROFILES)
+        args.product = args.product or list(AB_PRODUCTS)
+    if args.results is None:
+        args.results = QUICK_RESULTS if args.quick else RESULTS
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     quick = bool(args.quick)
     trials: int = args.trials or (2 if quick else 3)
@@ -108,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(arguments)
+    apply_presets(args)
     peers = peerlink.load()
     try:
         profiles = plan.select_profiles(args.profile)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from harness import gateway
+from harness import cputime, gateway
 
 TOOLS: Final = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
 
@@ -69,6 +69,7 @@ def collect(*, wrk_threads: int) -> dict[str, object]:
             "for the same cores"
         ),
         "memory": _meminfo(),
+        "clk_tck": cputime.CLK_TCK,
         "python": sys.version.split()[0],
         "python_executable": sys.executable,
         "nginx": _output(["nginx", "-v"]),

@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
 
-DEFAULT_PEERS: Final = ("mitmproxy", "proxy.py", "hypercorn-httpx")
+DEFAULT_PEERS: Final = ("mitmproxy", "proxy.py", "hypercorn-httpx", "aiohttp-uvloop")
 MODULE: Final = "peers"
 
 

@@ -2,8 +2,9 @@
 
 Products: ``direct`` (wrk straight at the upstream: the ceiling), ``nginx`` (the reverse-proxy
 baseline, with the profile's worker count), ``a3s-1w`` and ``a3s-Nw`` (the gateway with
-``--workers 1`` and ``--workers 0``) and the Python peers of ``bench/peers`` (GET profile
-only). ``nginx`` is always measured: every ratio is to the NGINX of the same profile.
+``--workers 1`` and ``--workers 0``) and the Python peers of ``bench/peers`` (mitmproxy,
+proxy.py, hypercorn-httpx, aiohttp-uvloop; in ``get-42b-1w`` only). ``nginx`` is always
+measured: every ratio is to the NGINX of the same profile.
 """
 
 from __future__ import annotations

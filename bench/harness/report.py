@@ -1,14 +1,17 @@
-"""Medians, ratios to NGINX, the SPEC §15 verdicts, and the files in ``bench/results/``.
+"""Medians, ratios to NGINX, the SPEC §15 and issue #15 verdicts, and ``bench/results/``.
 
-Per product and profile: the median over trials of req/s and of each latency percentile. The
-throughput ratio is product ÷ NGINX of the same profile (higher is better), the p99 ratio is
-product p99 ÷ NGINX p99 (lower is better). SPEC §15 rows covered here:
+Per product and profile: the median over trials of req/s, of each latency percentile and of the
+CPU µs per request of the product's processes (``cputime``). The throughput ratio is product ÷
+NGINX of the same profile (higher is better), the p99 ratio is product p99 ÷ NGINX p99 (lower is
+better). Target rows covered here:
 
 - GET 42 B, 1 worker: a3s-1w ≥ 0.15 × NGINX, p99 ≤ 6 × NGINX;
 - GET 42 B, one worker per CPU: a3s-Nw ≥ 0.25 × NGINX (same worker count), p99 ≤ 4 ×;
 - best Python peer ÷ a3s_gateway (1 worker, same run) ≤ 0.5;
 - 1000 routers ÷ 10 routers (a3s-1w): throughput ≥ 0.83, p99 ≤ 1.2;
-- README example chain (jwt + rate-limit) ÷ bare route (a3s-1w): throughput ≥ 0.8, p99 ≤ 1.3.
+- README example chain (jwt + rate-limit) ÷ bare route (a3s-1w): throughput ≥ 0.8, p99 ≤ 1.3;
+- issue #15: CPU per proxied GET (a3s-1w in ``get-42b-1w``) ≤ 150 µs;
+- issue #15: GET 42 B, a3s-1w ÷ the ``aiohttp-uvloop`` peer (same run) ≥ 1.0.
 
 A row with wrk errors in the products it compares is a MISS whatever the ratios; a row whose
 products were not measured is "n/a". Files: ``run-<UTC>.json`` and ``latest.json`` (the same
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
     from harness.runner import ProductRun, ProfileRun
 
 LATENCIES: Final = ("p50_ms", "p90_ms", "p99_ms")
+#: The peer issue #15 compares the 1-worker gateway with (``bench/peers``).
+AIOHTTP_PEER: Final = "aiohttp-uvloop"
+#: Issue #15: CPU per proxied GET (1 worker, default config), µs.
+CPU_TARGET_US: Final = 150.0
 TARGET_LINES: Final = {plan.GET_1W.name: 0.15, plan.GET_NW.name: 0.25}
 
 
@@ -50,11 +57,13 @@ class Summary:
     errors: int
     rps_ratio: float | None
     p99_ratio: float | None
+    #: Median CPU µs per request of the product's process tree (None for ``direct``).
+    cpu_us_per_req: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """One SPEC §15 row: measured ratios, targets, PASS/MISS/n/a and why."""
+    """One target row: measured ratios (or CPU µs per request), targets, PASS/MISS/n/a, why."""
 
     scenario: str
     throughput_ratio: float | None
@@ -63,6 +72,8 @@ class Verdict:
     p99_target: str
     verdict: str
     note: str
+    cpu_us_per_req: float | None = None
+    cpu_target: str = "—"
 
 
 def _median(values: list[float]) -> float | None:
@@ -97,6 +108,7 @@ def summarise(profiles: list[ProfileRun]) -> list[Summary]:
                     errors=sum(trial.error_total for trial in product.trials),
                     rps_ratio=_ratio(own.get("rps"), base.get("rps")),
                     p99_ratio=_ratio(own.get("p99_ms"), base.get("p99_ms")),
+                    cpu_us_per_req=own.get("cpu_us_per_req"),
                 )
             )
     return summaries
@@ -107,6 +119,9 @@ def _medians(product: ProductRun) -> dict[str, float | None]:
     medians: dict[str, float | None] = {"rps": _median([trial.rps for trial in trials])}
     for name in LATENCIES:
         medians[name] = _median([getattr(trial, name) for trial in trials])
+    medians["cpu_us_per_req"] = _median(
+        [trial.cpu_us_per_request for trial in trials if trial.cpu_us_per_request is not None]
+    )
     return medians
 
 
@@ -157,8 +172,21 @@ def _judge(
     )
 
 
+def _judge_cpu(scenario: str, measured: Summary | None, limit: float) -> Verdict:
+    """``measured``'s median CPU µs per request against ``limit`` (at most)."""
+    target = f"≤ {limit:g}"
+    cpu = measured.cpu_us_per_req if measured is not None else None
+    if measured is None or cpu is None:
+        return Verdict(scenario, None, "—", None, "—", "n/a", "not measured", None, target)
+    misses = ["CPU"] if cpu > limit else []
+    if measured.errors:
+        misses.append(f"{measured.errors} wrk errors")
+    verdict = "MISS" if misses else "PASS"
+    return Verdict(scenario, None, "—", None, "—", verdict, ", ".join(misses), cpu, target)
+
+
 def verdicts(summaries: list[Summary], peers: tuple[str, ...]) -> list[Verdict]:
-    """The SPEC §15 rows this harness covers."""
+    """The SPEC §15 and issue #15 rows this harness covers."""
     get1, getn = plan.GET_1W.name, plan.GET_NW.name
     rows = [
         _judge(
@@ -201,6 +229,21 @@ def verdicts(summaries: list[Summary], peers: tuple[str, ...]) -> list[Verdict]:
                 _find(summaries, get1, plan.A3S_1W),
             ),
             (0.8, 1.3),
+        )
+    )
+    rows.append(
+        _judge_cpu(
+            "Issue #15: CPU per proxied GET (a3s-1w in get-42b-1w: 1 worker, default config "
+            "but the access log), µs",
+            _find(summaries, get1, plan.A3S_1W),
+            CPU_TARGET_US,
+        )
+    )
+    rows.append(
+        _judge(
+            f"Issue #15: HTTP/1.1 GET 42 B, 1 worker (a3s-1w ÷ {AIOHTTP_PEER} proxy)",
+            (_find(summaries, get1, plan.A3S_1W), _find(summaries, get1, AIOHTTP_PEER)),
+            (1.0, None),
         )
     )
     return rows
@@ -272,18 +315,22 @@ def markdown(
         "",
         "Medians over trials. Ratios are product ÷ NGINX of the same profile (throughput: "
         "higher is better; p99: lower is better). `direct` is wrk straight at the upstream. "
+        "CPU µs/req is the CPU time (user + system, from `/proc/<pid>/stat`) of the product's "
+        "processes (the one started and its descendants: NGINX's master and workers, the "
+        "gateway's supervisor and workers) during the measured wrk run ÷ the requests wrk "
+        "completed in it. "
         "Errors are wrk's connect/read/write/timeout errors plus responses with status ≥ 400.",
         "",
         "| profile | product | req/s | ratio to NGINX | p50 ms | p90 ms | p99 ms | p99 ratio "
-        "| errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU µs/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for summary in summaries:
         if summary.status != "ok" and summary.rps is None:
             reason = (summary.reason or summary.status).splitlines()[0][:120]
             lines.append(
                 f"| {summary.profile} | {summary.product} | {summary.status}: {reason} "
-                "| | | | | | |"
+                "| | | | | | | |"
             )
             continue
         flag = "" if summary.status == "ok" else f" ({summary.status})"
@@ -291,20 +338,23 @@ def markdown(
             f"| {summary.profile} | {summary.product}{flag} | {_num(summary.rps, 0)} "
             f"| {_ratio_text(summary.rps_ratio)} | {_num(summary.p50_ms)} "
             f"| {_num(summary.p90_ms)} | {_num(summary.p99_ms)} "
-            f"| {_ratio_text(summary.p99_ratio)} | {summary.errors} |"
+            f"| {_ratio_text(summary.p99_ratio)} | {_num(summary.cpu_us_per_req, 0)} "
+            f"| {summary.errors} |"
         )
     lines += [
         "",
-        "## SPEC §15 targets covered by this run",
+        "## Targets covered by this run (SPEC §15, issue #15)",
         "",
-        "| scenario | throughput ratio | target | p99 ratio | target | verdict |",
-        "|---|---:|---|---:|---|---|",
+        "| scenario | throughput ratio | target | p99 ratio | target | CPU µs/req | target "
+        "| verdict |",
+        "|---|---:|---|---:|---|---:|---|---|",
     ]
     for row in rows:
         verdict = f"**{row.verdict}**" + (f" ({row.note})" if row.note else "")
         lines.append(
             f"| {row.scenario} | {_ratio_text(row.throughput_ratio)} | {row.throughput_target} "
-            f"| {_ratio_text(row.p99_ratio)} | {row.p99_target} | {verdict} |"
+            f"| {_ratio_text(row.p99_ratio)} | {row.p99_target} "
+            f"| {_num(row.cpu_us_per_req, 0)} | {row.cpu_target} | {verdict} |"
         )
     errors = [summary for summary in summaries if summary.errors]
     notes: list[str] = []

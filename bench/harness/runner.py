@@ -3,9 +3,11 @@
 Per profile every product is started once (all on free loopback ports, in front of the one
 upstream), checked with one real request, then measured ``trials`` times; in each trial every
 product gets a warm-up wrk run (discarded) and a measured wrk run, in the profile's product
-order on even trials and reversed on odd ones. A product that fails to start, fails its check
-or dies is recorded with the reason and skipped; the run goes on. Every process is stopped by
-PID when its profile (or the run) ends, also on errors and Ctrl-C.
+order on even trials and reversed on odd ones. Around each measured run the CPU time of the
+product's process tree is read from ``/proc`` (``cputime``), giving its CPU µs per request. A
+product that fails to start, fails its check or dies is recorded with the reason and skipped;
+the run goes on. Every process is stopped by PID when its profile (or the run) ends, also on
+errors and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from harness import gateway, nginx, plan, wrk
+from harness import cputime, gateway, nginx, plan, wrk
 from harness.environment import load_average
 from harness.procs import HOST, Child, Children, StartError, free_port
 
@@ -42,7 +44,13 @@ class Settings:
 
 @dataclass(slots=True)
 class Trial:
-    """One measured wrk run of one product. Latencies in milliseconds."""
+    """One measured wrk run of one product. Latencies in milliseconds.
+
+    ``cpu_s``: CPU seconds (user + system) of the product's process tree during the measured
+    run; ``cpu_us_per_request``: that ÷ ``requests`` in µs; ``cpu_cores``: that ÷ the run's
+    duration (1.0 = one core busy throughout); ``cpu_processes``: how many processes the tree
+    had. All None for ``direct`` (no process of its own) or when the tree could not be read.
+    """
 
     trial: int
     position: int
@@ -59,6 +67,10 @@ class Trial:
     warmup_requests: int
     warmup_errors: int
     load_average: list[float]
+    cpu_s: float | None = None
+    cpu_us_per_request: float | None = None
+    cpu_cores: float | None = None
+    cpu_processes: int | None = None
 
 
 @dataclass(slots=True)
@@ -319,6 +331,7 @@ class Runner:
                 connections=settings.connections,
                 threads=settings.threads,
             )
+            cpu_before = cputime.sample(entry.child.pid) if entry.child is not None else None
             result = wrk.run(
                 url,
                 script=script,
@@ -329,6 +342,7 @@ class Runner:
         except wrk.WrkError as error:
             self._fail(entry, f"trial {trial + 1}: {error}")
             return
+        cpu_after = cputime.sample(entry.child.pid) if entry.child is not None else None
         record = Trial(
             trial=trial + 1,
             position=position + 1,
@@ -346,11 +360,24 @@ class Runner:
             warmup_errors=warm.error_count,
             load_average=load_average(),
         )
+        if cpu_before is not None and cpu_after is not None:
+            cpu = cputime.seconds(cpu_before, cpu_after)
+            record.cpu_s = round(cpu, 3)
+            record.cpu_processes = len(cpu_after.pids)
+            if result.requests:
+                record.cpu_us_per_request = round(cpu * 1e6 / result.requests, 1)
+            if result.duration_us:
+                record.cpu_cores = round(cpu * 1e6 / result.duration_us, 3)
         entry.run.trials.append(record)
         errors = f", {record.error_total} errors {record.errors}" if record.error_total else ""
+        cpu_text = (
+            f"  CPU {record.cpu_us_per_request:.0f} µs/req ({record.cpu_cores:.2f} cores)"
+            if record.cpu_us_per_request is not None and record.cpu_cores is not None
+            else ""
+        )
         say(
             f"   trial {trial + 1} {entry.run.name:<16} {record.rps:>10.0f} req/s"
-            f"  p50 {record.p50_ms:.2f} ms  p99 {record.p99_ms:.2f} ms{errors}"
+            f"  p50 {record.p50_ms:.2f} ms  p99 {record.p99_ms:.2f} ms{cpu_text}{errors}"
         )
         if entry.child is not None and not entry.child.alive():
             self._fail(

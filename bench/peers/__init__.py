@@ -1,11 +1,14 @@
-"""The Python comparison proxies of SPEC §15: mitmproxy (reverse mode), proxy.py, hypercorn + httpx.
+"""The Python comparison proxies: mitmproxy (reverse mode), proxy.py, hypercorn + httpx, aiohttp.
 
-The load harness puts each peer in front of the shared upstream next to a3s_gateway; the SPEC's
-target is that the best of them reaches at most half our throughput. This package installs
-them, says how to run them as a reverse proxy, and checks them (``python -m bench.peers
---check``). Interface (what ``bench/harness`` imports)::
+The load harness puts each peer in front of the shared upstream next to a3s_gateway. SPEC §15's
+target is that the best of them reaches at most half our throughput; issue #15's is that
+a3s_gateway with one worker at least matches ``aiohttp-uvloop``, a featureless aiohttp proxy
+under uvloop (the fastest mainstream Python stack: a floor for what a Python proxy costs per
+request). This package installs them, says how to run them as a reverse proxy, and checks them
+(``python -m bench.peers --check``). Interface (what ``bench/harness`` imports)::
 
-    PEERS                                   # ("mitmproxy", "proxy.py", "hypercorn-httpx")
+    PEERS                                   # ("mitmproxy", "proxy.py", "hypercorn-httpx",
+                                            #  "aiohttp-uvloop")
     ensure_peer(name)                       # create bench/.venvs/<name> if missing
     peer_command(name, listen_port=, upstream_port=)  # argv of the reverse proxy
     peer_version(name)                      # e.g. "mitmproxy 11.0.2"
@@ -33,6 +36,10 @@ How each peer runs (one process serving, like a3s_gateway's ``--workers 1``):
   under hypercorn, one worker, uvloop. ``sniffio`` is installed with it: httpcore imports it on
   every request and, when it is missing (anyio no longer depends on it), pays a failed import —
   a search of ``sys.path`` — each time.
+* ``aiohttp-uvloop``: ``aiohttp_proxy.py`` (aiohttp's server and one ``ClientSession`` with a
+  keep-alive connector to the upstream, the response streamed back; nothing else) under
+  uvloop. The venv's import check, and the proxy at start-up, refuse to go on unless aiohttp's C
+  HTTP parser is the one in use (a pure-Python fallback would make the floor look higher).
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PEERS", "VENVS", "PeerUnavailable", "ensure_peer", "peer_command", "peer_version"]
 
-PEERS: Final[tuple[str, ...]] = ("mitmproxy", "proxy.py", "hypercorn-httpx")
+PEERS: Final[tuple[str, ...]] = ("mitmproxy", "proxy.py", "hypercorn-httpx", "aiohttp-uvloop")
 
 HERE: Final = Path(__file__).resolve().parent
 VENVS: Final = HERE.parent / ".venvs"
@@ -87,6 +94,13 @@ _SPECS: Final = {
         ("hypercorn==0.18.0", "httpx==0.29.0", "uvloop==0.23.0", "sniffio==1.3.1"),
         ("hypercorn", "httpx", "uvloop"),
         "import hypercorn.asyncio, httpx, uvloop, sniffio",
+    ),
+    "aiohttp-uvloop": _Spec(
+        ("aiohttp==3.14.5", "uvloop==0.23.0"),
+        ("aiohttp", "uvloop"),
+        "import uvloop, aiohttp.web; from aiohttp import http_parser as p; "
+        "assert p.HttpRequestParser is p.HttpRequestParserC "
+        "and p.HttpResponseParser is p.HttpResponseParserC, 'no C parser'",
     ),
 }
 
@@ -267,9 +281,10 @@ def peer_command(name: str, *, listen_port: int, upstream_port: int) -> list[str
             "--log-level",
             "ERROR",
         ]
+    script = "aiohttp_proxy.py" if name == "aiohttp-uvloop" else "asgi_proxy.py"
     return [
         python,
-        str(HERE / "asgi_proxy.py"),
+        str(HERE / script),
         "--listen-port",
         str(listen_port),
         "--upstream-port",
