@@ -45,7 +45,7 @@ demo *args:
 # Benchmarks: micro and memory, then HTTP load vs NGINX and Python peers (args: run_bench.py's)
 bench *args:
     bash bench/harness/install-debian-packages.sh
-    {{py}} -m bench.micro --json bench/results/micro-latest.json {{ if args =~ '--quick' { "--quick" } else { "" } }}
+    {{py}} -m bench.micro --json bench/results/micro-latest.json {{ if args =~ '--quick|--ab' { "--quick" } else { "" } }}
     {{py}} bench/run_bench.py {{args}}
 
 # Regenerate the schema-derived field reference in docs/configuration.md
