@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,32 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert entry["message"] == "hello world"
     assert entry["logger"] == "a3s_gateway.test"
     assert "ValueError: boom" in json.loads(second)["exception"]
+
+
+def test_validate_and_a_start_error_hide_interpolated_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §14.4: the summary of a valid config, and the bind failure ``run`` reports, show
+    an interpolated port as ``<redacted>``."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        monkeypatch.setenv("INPROC_SECRET_PORT", port)
+        config = tmp_path / "gateway.hcl"
+        config.write_text(
+            (FIXTURES / "quickstart.hcl")
+            .read_text()
+            .replace("0.0.0.0:8080", "127.0.0.1:${INPROC_SECRET_PORT}"),
+            encoding="utf-8",
+        )
+        assert cli.main(["validate", str(config)]) == 0
+        shown = capsys.readouterr()
+        assert "  web  127.0.0.1:<redacted>  http  no tls" in shown.out
+        try:
+            assert cli.main(["run", str(config)]) == cli.EXIT_START
+        finally:
+            logging.getLogger("a3s_gateway").handlers.clear()
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1:<redacted>" in err
+    assert port not in err

@@ -271,3 +271,23 @@ def test_the_cli_refuses_an_otlp_endpoint_without_the_otel_extra(
     err = capsys.readouterr().err
     assert "observability.otlp_endpoint" in err
     assert 'install the "otel" extra' in err
+
+
+def test_environment_problems_redact_interpolated_values_but_not_file_paths(
+    tmp_path: Path,
+) -> None:
+    """SPEC §14.4: an interpolated value in an environment check's message is redacted, a file
+    path stays readable (``${CERT_DIR}/cert.pem``)."""
+    text = tls_config("${CERT_DIR}/cert.pem", "${CERT_DIR}/key.pem") + (
+        'observability {\n  otlp_endpoint = "collector.${OTLP_SECRET}:4318"\n'
+        "  tracing_enabled = false\n}\n"
+    )
+    env = {"CERT_DIR": str(tmp_path / "certs"), "OTLP_SECRET": "zone-s3cr3t"}
+    options = LoadOptions(refuse_unavailable=False)
+    result = load_text(text, filename="t.hcl", env=env, options=options)
+    shown = {p.path: p.message for p in check(result, offline=False)}
+    assert shown['entrypoints["web"].tls.cert_file'] == (
+        f'file "{tmp_path}/certs/cert.pem" not found'
+    )
+    assert "s3cr3t" not in shown["observability.otlp_endpoint"]
+    assert '"collector.<redacted>:4318"' in shown["observability.otlp_endpoint"]

@@ -5,7 +5,7 @@ and matching, CA bundles parseable, JWT public keys parseable, and, with ``otlp_
 set, an http(s) URL there and the OpenTelemetry packages of the ``otel`` extra importable
 (SPEC §9.4 "Export"; ``server/otlp.py`` needs them). These run at start and in ``validate``
 without ``--offline``; never at ``load_config``. Must not: print or return the contents of any
-key file, or contact the network.
+key file or an interpolated value (``LoadResult.redactor``), or contact the network.
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ def validate_config(
 
 
 def check(result: LoadResult, *, offline: bool) -> tuple[Problem, ...]:
-    """``result``'s problems plus, unless ``offline``, the environment checks."""
+    """``result``'s problems plus, unless ``offline``, the environment checks (interpolated
+    values redacted as in the load's own problems)."""
     if offline or result.partial is None:
         return result.problems
     extra = check_environment(result.partial, result.sources, default_file=result.main_file)
-    return sort_problems([*result.problems, *extra])
+    return sort_problems([*result.problems, *result.redactor.problems(extra)])
 
 
 def check_environment(config: Config, sources: SourceMap, *, default_file: str) -> list[Problem]:

@@ -8,9 +8,11 @@ import pytest
 
 from a3s_gateway.config.interpolate import (
     InterpolationResult,
+    Substituted,
     coerce_scalar,
     interpolate,
     interpolate_tree,
+    is_file_path,
 )
 
 if TYPE_CHECKING:
@@ -155,7 +157,50 @@ def test_interpolate_tree_walks_dicts_and_lists() -> None:
         },
         errors=(),
         whole=frozenset(),
+        substituted=(
+            Substituted(("entrypoints", "web", "address"), ("8080",), (":",)),
+            Substituted(("servers", 0, "url"), ("10.0.0.1",), ("http://",)),
+        ),
     )
+
+
+def test_every_substituted_value_is_a_secret_unless_public_or_empty() -> None:
+    data = {
+        "a": "x${HOST}y${PORT}z",
+        "b": "${EMPTY}${MISSING:-}",
+        "c": "${HOST}",
+        "d": "${NOPE:-fallback}",
+        "e": "$${HOST} plain",
+    }
+    result = interpolate_tree(data, ENV, public=["PORT"])
+    assert result.substituted == (
+        Substituted(("a",), ("10.0.0.1",), ("x", "y8080z")),
+        Substituted(("c",), ("10.0.0.1",), ()),
+        Substituted(("d",), ("fallback",), ()),
+    )
+    assert result.secrets() == frozenset({"10.0.0.1", "fallback"})
+    assert result.secrets(besides=frozenset({("c",), ("d",)})) == frozenset({"10.0.0.1"})
+    assert interpolate_tree(data, ENV, public=["HOST", "PORT", "NOPE"]).substituted == ()
+
+
+def test_file_path_fields_hold_no_secrets() -> None:
+    data = {
+        "tls": {"cert_file": "${HOST}/cert.pem", "certificates": [{"key_file": "${HOST}/k"}]},
+        "providers": {"file": {"directory": "${HOST}/conf.d"}},
+        "observability": {"access_log_path": "${HOST}/access.log"},
+        "local": {"env": {"cert_file": "${PORT}"}, "cwd": "${HOST}"},
+    }
+    result = interpolate_tree(data, ENV)
+    assert result.data["tls"] == {  # type: ignore[index]  # the input's shape: a dict
+        "cert_file": "10.0.0.1/cert.pem",
+        "certificates": [{"key_file": "10.0.0.1/k"}],
+    }
+    # A key of a map (an environment variable of a child process) is not a field.
+    assert result.substituted == (Substituted(("local", "env", "cert_file"), ("8080",), ()),)
+    assert is_file_path(("tls", "client_ca_file"))
+    assert not is_file_path(("headers", "x_file"))
+    assert not is_file_path(("tls", "cert_file", 0))
+    assert not is_file_path(())
 
 
 def test_interpolate_tree_does_not_mutate_its_input() -> None:

@@ -211,3 +211,89 @@ def test_examples_gateway_hcl_is_valid() -> None:
     done = run_cli("validate", str(ROOT / "examples" / "gateway.hcl"))
     assert done.code == 0, done.stderr
     assert lines_with(done.stderr, "error") == []
+
+
+SECRET_CONFIG = """
+public_env = ["GW_PORT"]
+entrypoints "web" {
+  address = "127.0.0.1:${GW_PORT}"
+}
+routers "api" {
+  rule        = "PathPrefix(`/`)"
+  service     = "backend"
+  middlewares = ["auth", "hdr"]
+}
+services "backend" {
+  load_balancer {
+    servers = [{ url = "http://127.0.0.1:8001/${TENANT}" }]
+  }
+}
+middlewares "auth" {
+  type             = "forward-auth"
+  forward_auth_url = "https://auth.internal/${AUTH_TOKEN}/check"
+}
+middlewares "hdr" {
+  type            = "headers"
+  request_headers = { "X-Upstream-Auth" = "${BACKEND_PASS}" }
+}
+management {
+  address        = "127.0.0.1:0"
+  auth_token_env = "SECRET_TEST_ADMIN_TOKEN"
+  tls {
+    cert_file = "${CERT_DIR}/cert.pem"
+    key_file  = "${CERT_DIR}/key.pem"
+  }
+}
+observability {
+  access_log_path = "${LOG_DIR}/access.log"
+}
+"""
+SECRET_ENV = {
+    "GW_PORT": "18099",
+    "TENANT": "tenant-9d8c7b",
+    "AUTH_TOKEN": "tok-s3cr3t#zq9",
+    "BACKEND_PASS": "hunter2-backend",
+    "LOG_DIR": "/var/log/gw-secret-test",
+    "CERT_DIR": "/nonexistent/gw-certs",
+}
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_validate_never_prints_an_interpolated_value(tmp_path: Path, output: str) -> None:
+    """SPEC §14.4: the fragment (``#``) in AUTH_TOKEN makes forward_auth_url invalid; the
+    problem quotes the URL with the token redacted. A file path stays readable."""
+    config = tmp_path / "gateway.hcl"
+    config.write_text(SECRET_CONFIG, encoding="utf-8")
+    done = run_cli("validate", "--format", output, str(config), env=cli_env(SECRET_ENV))
+    assert done.code == 1, done.stderr
+    everything = done.stdout + done.stderr
+    for secret in ("tok-s3cr3t", "zq9", "hunter2", "tenant-9d8c7b"):
+        assert secret not in everything
+    expected = 'url "https://auth.internal/<redacted>/check" is invalid: a fragment is not allowed'
+    if output == "json":
+        document = json.loads(done.stdout)
+        assert document["valid"] is False
+        messages = [problem["message"] for problem in document["problems"]]
+        assert expected in messages
+        assert 'file "/nonexistent/gw-certs/cert.pem" not found' in messages
+    else:
+        assert expected in done.stderr
+        assert 'file "/nonexistent/gw-certs/cert.pem" not found' in done.stderr
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_valid_configs_summary_hides_interpolated_values(tmp_path: Path, output: str) -> None:
+    config = tmp_path / "gateway.hcl"
+    hidden = 'entrypoints "hidden" {\n  address = "${GW_HOST}"\n}\n'
+    config.write_text(SECRET_CONFIG + hidden, encoding="utf-8")
+    env = cli_env({**SECRET_ENV, "AUTH_TOKEN": "tok-s3cr3t", "GW_HOST": "127.0.0.1:18098"})
+    done = run_cli("validate", "--offline", "--format", output, str(config), env=env)
+    assert done.code == 0, done.stderr
+    assert "18098" not in done.stdout
+    assert "127.0.0.1:18099" in done.stdout  # GW_PORT is listed in public_env
+    if output == "json":
+        entrypoints = json.loads(done.stdout)["summary"]["entrypoints"]
+        addresses = {entry["name"]: entry["address"] for entry in entrypoints}
+        assert addresses == {"web": "127.0.0.1:18099", "hidden": "<redacted>"}
+    else:
+        assert "  hidden  <redacted>  http" in done.stdout

@@ -773,3 +773,61 @@ def test_no_target_makes_handle_fail(target: str, method: str) -> None:
     assert response.status in {200, 404, 405, 409}
     if method != "HEAD" and response.header("content-type") == "application/json":
         json.loads(response.body)
+
+
+# ------------------------------------------------------------------------------ interpolated
+
+
+INTERPOLATED = """
+public_env = ["APP_PORT"]
+entrypoints "web" {
+  address = "127.0.0.1:${WEB_PORT}"
+}
+routers "app" {
+  rule    = "Host(`${APP_HOST}`)"
+  service = "app"
+}
+services "app" {
+  load_balancer {
+    servers = [{ url = "http://10.0.0.1:${APP_PORT}/${BACKEND_PATH}" }]
+  }
+}
+"""
+INTERPOLATED_ENV = {
+    "WEB_PORT": "18081",
+    "APP_HOST": "hidden-host.example",
+    "APP_PORT": "9077",
+    "BACKEND_PATH": "tenant-7f3a9",
+}
+
+
+def interpolated_view() -> FakeView:
+    result = load_text(INTERPOLATED, filename="m.hcl", env=INTERPOLATED_ENV)
+    assert result.config is not None, [p.format() for p in result.errors]
+    return FakeView(result.config, compile_runtime(result.config, 1))
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["/config", "/routes", "/routes/app", "/services", "/backends"]
+)
+async def test_documents_hide_interpolated_values_but_not_public_ones(endpoint: str) -> None:
+    response = await call(interpolated_view(), f"{PREFIX}{endpoint}")
+    assert response.status == 200
+    for name in ("WEB_PORT", "APP_HOST", "BACKEND_PATH"):
+        assert INTERPOLATED_ENV[name].encode() not in response.body
+    assert b"<redacted>" in response.body
+    if endpoint in ("/config", "/services", "/backends"):
+        assert b"http://10.0.0.1:9077/<redacted>" in response.body
+
+
+async def test_reload_reply_hides_what_the_running_config_interpolated() -> None:
+    """The loader redacts a candidate's problems already; the reply is a second guard with
+    the running config's values (a value the swap itself quoted)."""
+    view = interpolated_view()
+    view.outcome = ReloadOutcome.failed("cannot bind 127.0.0.1:18081 for hidden-host.example")
+    response = await call(view, f"{PREFIX}/reload", "POST")
+    assert response.status == 422
+    assert b"18081" not in response.body
+    assert b"hidden-host" not in response.body
+    (problem,) = as_list(as_dict(document(response))["problems"])
+    assert problem["message"] == "cannot bind 127.0.0.1:<redacted> for <redacted>"

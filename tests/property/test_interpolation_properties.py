@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import pytest
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from a3s_gateway.config.interpolate import interpolate, interpolate_tree
+from a3s_gateway.config.load import load_text
+from a3s_gateway.config.redaction import REDACTED
 from a3s_gateway.config.values import (
     VALUE_TYPES,
     Address,
@@ -20,6 +23,7 @@ from a3s_gateway.config.values import (
     ServerUrl,
     parse_duration,
 )
+from a3s_gateway.preflight import check
 from tests.property.strategies import (
     DURATION_MAX_COUNT,
     ENV_NAMES,
@@ -105,6 +109,98 @@ def test_tree_of_one_string_agrees_with_interpolate(text: str, env: dict[str, st
     expected, message = _outcome(text, env)
     assert result.data == [expected]
     assert result.errors == ((((0,), message),) if message is not None else ())
+
+
+# --------------------------------------------------------------------------- secrets
+
+#: String fields of one config, each with a valid value: one or more get a ``${PROP_SECRET}``.
+SECRET_SLOTS: Final = {
+    "address": "127.0.0.1:8080",
+    "rule": "PathPrefix(`/`)",
+    "url": "http://127.0.0.1:9000",
+    "auth": "https://auth.internal/check",
+    "header": "v",
+    "health": "/healthz",
+    "otlp": "http://collector.internal:4318",
+}
+SECRET_CONFIG: Final = """
+entrypoints "web" {{
+  address = "{address}"
+}}
+routers "r" {{
+  rule        = "{rule}"
+  service     = "s"
+  middlewares = ["fa", "hdr"]
+}}
+services "s" {{
+  load_balancer {{
+    servers = [{{ url = "{url}" }}]
+    health_check {{
+      path = "{health}"
+    }}
+  }}
+}}
+middlewares "fa" {{
+  type             = "forward-auth"
+  forward_auth_url = "{auth}"
+}}
+middlewares "hdr" {{
+  type            = "headers"
+  request_headers = {{ "X-A" = "{header}" }}
+}}
+observability {{
+  otlp_endpoint   = "{otlp}"
+  tracing_enabled = false
+}}
+"""
+#: Literal text around the secret, written in HCL strings (no quote, escape or expression).
+_AROUND: Final = st.text(alphabet="ab/:.-_?#=@[]()` 0123456789", max_size=12)
+#: Secret values: anything an environment may hold, but not text the mark itself shows.
+_SECRETS: Final = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="<>\x00"), min_size=1, max_size=24
+).filter(lambda secret: secret.casefold() not in REDACTED.casefold())
+
+
+def _shown(secret: str) -> tuple[str, ...]:
+    return (secret, repr(secret)[1:-1], json.dumps(secret)[1:-1])
+
+
+def _strings(node: object) -> list[str]:
+    """Every string value of a builtins tree (keys are the file's own names)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [text for value in node.values() for text in _strings(value)]
+    if isinstance(node, list | tuple):
+        return [text for item in node for text in _strings(item)]
+    return []
+
+
+@given(
+    st.dictionaries(st.sampled_from(sorted(SECRET_SLOTS)), st.tuples(_AROUND, _AROUND), min_size=1),
+    _SECRETS,
+)
+@example({"auth": ("", "")}, "s3cr3t#x")
+@example({"url": ("http://", "/x")}, "bad host:99999")
+@example({"address": ("127.0.0.1:", "")}, "8080")
+@example({"rule": ("Host(`", "`)")}, "a\tb")
+@example({"health": ("/", "")}, "ü" * 30)
+@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+def test_no_problem_or_dump_shows_an_interpolated_secret(
+    slots: dict[str, tuple[str, str]], secret: str
+) -> None:
+    """SPEC §14.4: whatever the secret and wherever it goes, no problem message (any stage,
+    environment checks included) and no string of the redacted dump contains it."""
+    values = dict(SECRET_SLOTS)
+    for slot, (before, after) in slots.items():
+        values[slot] = before + "${PROP_SECRET}" + after
+    result = load_text(SECRET_CONFIG.format(**values), env={"PROP_SECRET": secret})
+    messages = [problem.message for problem in check(result, offline=False)]
+    config = result.partial
+    dumped = _strings(config.to_builtins()) if config is not None else []
+    for text in (*messages, *dumped):
+        for spelling in _shown(secret):
+            assert spelling not in text, (spelling, text)
 
 
 # --------------------------------------------------------------------------- durations

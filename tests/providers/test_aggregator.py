@@ -514,3 +514,36 @@ async def test_a_reload_of_300_routers_does_not_stall_the_event_loop(tmp_path: P
     )
     assert stall < 0.25
     assert stall < took / 2
+
+
+# ----------------------------------------------------------------------------- secrets
+
+
+async def test_rejections_never_log_or_return_an_interpolated_value(
+    main: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §14.4: the candidate's problems (redacted by the loader) and what the target says
+    when it refuses a swap (redacted here, with the candidate's values)."""
+    reloader, target, _ = make(main)
+    monkeypatch.setenv("AGG_TEST_TOKEN", "agg-s3cr3t#x")
+    monkeypatch.setenv("AGG_TEST_PORT", "8123")
+    invalid = config_text("a") + (
+        'middlewares "auth" {\n  type = "forward-auth"\n'
+        '  forward_auth_url = "https://auth/${AGG_TEST_TOKEN}/check"\n}\n'
+    )
+    write(main, invalid)
+    with caplog.at_level(logging.INFO, logger="a3s_gateway.reload"):
+        outcome = await reloader.reload_now()
+        assert outcome.result == "error"
+        (problem,) = outcome.problems
+        assert 'url "https://auth/<redacted>/check" is invalid' in problem.message
+        write(main, config_text("a", "b").replace("127.0.0.1:0", "127.0.0.1:${AGG_TEST_PORT}"))
+        target.refuse = ReloadError("cannot listen on 127.0.0.1:8123: denied")
+        refused = await reloader.reload_now()
+    assert [p.message for p in refused.problems] == [
+        "cannot listen on 127.0.0.1:<redacted>: denied"
+    ]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "reload rejected" in logged
+    assert "s3cr3t" not in logged
+    assert "8123" not in logged

@@ -57,6 +57,8 @@ class ConversionResult:
     problems: list[Problem] = field(default_factory=list)
     #: ``(section, label)`` of labelled blocks removed because they could not be converted.
     broken: set[tuple[str, str]] = field(default_factory=set)
+    #: Paths of whole ``${VAR}`` strings converted to an int, float or bool.
+    coerced: set[Path] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -215,6 +217,7 @@ class _Repairer:
             self._problem(located.original, str(error))
             return self._remove(located)
         self.whole = self.whole - {located.original}
+        self.result.coerced.add(located.original)
         _assign(located, converted)
         return True
 

@@ -6,7 +6,9 @@ chooses the environment), no trio, sockets or clocks.
 The only expressions are ``${NAME}`` and ``${NAME:-default}``; ``$${`` and ``%%{`` escape
 ``${`` and ``%{``; an unescaped ``%{`` (an HCL template directive) and every other ``${…}`` are
 errors. Substituted text is never scanned again, so an environment value cannot inject an
-expression.
+expression. ``interpolate_tree`` also notes where substituted values landed: every value is a
+secret (SPEC §14.4) unless its variable is public (``public_env``) or the string is a file path
+field; ``config/redaction.py`` hides them wherever the config is shown.
 
 Must not: evaluate anything but variable names (no ``eval``, no ``str.format``), interpolate
 keys (labels, attribute names and object keys are literal), or raise from ``interpolate_tree``
@@ -20,10 +22,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, overload
 
+from a3s_gateway.config.problems import MAP_FIELDS
 from a3s_gateway.config.values import quote_value
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
     from a3s_gateway.config.problems import Path
 
@@ -44,16 +47,22 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
     """
     if "$" not in text and "%" not in text:
         return text
-    out: list[str] = []
+    return "".join(piece for piece, _ in _pieces(text, env))
+
+
+def _pieces(text: str, env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``text`` interpolated, as pieces: (the file's text, ``None``) or (a substituted value,
+    the variable's name). Raises ``ValueError`` as ``interpolate`` does."""
+    out: list[tuple[str, str | None]] = []
     pos = 0
     while (token := _TOKEN.search(text, pos)) is not None:
-        out.append(text[pos : token.start()])
+        out.append((text[pos : token.start()], None))
         pos = token.end()
         match token.group():
             case "$${":
-                out.append("${")
+                out.append(("${", None))
             case "%%{":
-                out.append("%{")
+                out.append(("%{", None))
             case "%{":
                 raise ValueError(_DIRECTIVE)
             case _:
@@ -63,12 +72,12 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
                     raise ValueError(f'unterminated expression {fragment}: expected "}}"')
                 out.append(_substitute(text[token.start() : end + 1], env))
                 pos = end + 1
-    out.append(text[pos:])
-    return "".join(out)
+    out.append((text[pos:], None))
+    return out
 
 
-def _substitute(expression: str, env: Mapping[str, str]) -> str:
-    """The value of one ``${…}`` (``expression`` includes ``${`` and ``}``)."""
+def _substitute(expression: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """The value of one ``${…}`` (``expression`` includes ``${`` and ``}``) and the name."""
     match = _EXPRESSION.fullmatch(expression, 2, len(expression) - 1)
     if match is None or "${" in (match[2] or ""):  # a default is literal: no nesting
         raise ValueError(
@@ -78,10 +87,20 @@ def _substitute(expression: str, env: Mapping[str, str]) -> str:
     name, default = match[1], match[2]
     value = env.get(name)
     if default is not None:
-        return value or default
+        return value or default, name
     if value is None:
         raise ValueError(f"environment variable {name} is not set")
-    return value
+    return value, name
+
+
+@dataclass(frozen=True, slots=True)
+class Substituted:
+    """A string that received secret text (SPEC §14.4): where it is, the values substituted
+    into it, and the text around them (the file's own text and public variables' values)."""
+
+    path: Path
+    values: tuple[str, ...]
+    shown: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,40 +110,63 @@ class InterpolationResult:
     ``data`` has the input's shape (a string that failed keeps its text); ``errors`` holds
     (path, message) pairs, at most one per string value; ``whole`` holds the paths of strings
     that were exactly one successful ``${…}``, which a later stage may convert strictly to an
-    int, float or bool (``coerce_scalar``).
+    int, float or bool (``coerce_scalar``); ``substituted`` lists the strings that received
+    secret text: every non-empty value of a variable not named in ``public``, except in file
+    path fields (``FILE_PATH_FIELDS``).
     """
 
     data: object
     errors: tuple[tuple[Path, str], ...]
     whole: frozenset[Path]
-    #: Strings produced by interpolating a variable whose name marks a secret (SPEC §14.4:
-    #: ``SECRET``, ``TOKEN``, ``PASSWORD``, ``PASSWD``, ``KEY``, ``CREDENTIAL``).
-    secrets: frozenset[str] = frozenset()
+    substituted: tuple[Substituted, ...] = ()
+
+    def secrets(self, *, besides: frozenset[Path] = frozenset()) -> frozenset[str]:
+        """The secret values, except those of the strings at ``besides`` (values that filled
+        a number or bool field: the loader's choice, SPEC §14.4)."""
+        return frozenset(
+            value for item in self.substituted if item.path not in besides for value in item.values
+        )
 
 
-def interpolate_tree(data: object, env: Mapping[str, str]) -> InterpolationResult:
-    """Interpolate every string value in nested dicts, lists and tuples; never raises."""
-    walker = _TreeWalker(env)
+def interpolate_tree(
+    data: object, env: Mapping[str, str], *, public: Collection[str] = ()
+) -> InterpolationResult:
+    """Interpolate every string value in nested dicts, lists and tuples; never raises.
+
+    ``public``: names of variables whose values are not secrets (``public_env``).
+    """
+    walker = _TreeWalker(env, frozenset(public))
     result = walker.walk(data, ())
     return InterpolationResult(
-        result, tuple(walker.errors), frozenset(walker.whole), frozenset(walker.secrets)
+        result, tuple(walker.errors), frozenset(walker.whole), tuple(walker.substituted)
     )
 
 
-#: A variable reference whose name marks its value as a secret (SPEC §14.4).
-_SECRET_REFERENCE: Final = re.compile(
-    r"\$\{[A-Za-z0-9_]*(?:SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL)", re.IGNORECASE
+#: Fields that hold file paths, besides every ``*_file`` field: their interpolated text is not
+#: secret (``${CERT_DIR}/cert.pem`` stays readable in ``/config`` and in problems).
+FILE_PATH_FIELDS: Final = frozenset(
+    {"directory", "access_log_path", "acme_storage_path", "kubeconfig", "cwd"}
 )
 
 
-class _TreeWalker:
-    __slots__ = ("env", "errors", "secrets", "whole")
+def is_file_path(path: Path) -> bool:
+    """Whether ``path`` names a file path field (not a key of a map such as ``env``)."""
+    if not path or not isinstance(path[-1], str):
+        return False
+    name = path[-1]
+    in_map = len(path) >= 2 and path[-2] in MAP_FIELDS
+    return not in_map and (name.endswith("_file") or name in FILE_PATH_FIELDS)
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+
+class _TreeWalker:
+    __slots__ = ("env", "errors", "public", "substituted", "whole")
+
+    def __init__(self, env: Mapping[str, str], public: frozenset[str]) -> None:
         self.env = env
+        self.public = public
         self.errors: list[tuple[Path, str]] = []
         self.whole: list[Path] = []
-        self.secrets: set[str] = set()
+        self.substituted: list[Substituted] = []
 
     def walk(self, node: object, path: Path) -> object:
         match node:
@@ -149,16 +191,31 @@ class _TreeWalker:
         return out
 
     def _string(self, text: str, path: Path) -> str:
+        if "$" not in text and "%" not in text:
+            return text
         try:
-            result = interpolate(text, self.env)
+            pieces = _pieces(text, self.env)
         except ValueError as error:
             self.errors.append((path, str(error)))
             return text
         if _WHOLE.fullmatch(text) is not None:
             self.whole.append(path)
-        if result and _SECRET_REFERENCE.search(text) is not None:
-            self.secrets.add(result)
-        return result
+        if not is_file_path(path):
+            self._note_secrets(pieces, path)
+        return "".join(piece for piece, _ in pieces)
+
+    def _note_secrets(self, pieces: list[tuple[str, str | None]], path: Path) -> None:
+        values: list[str] = []
+        shown: list[str] = [""]
+        for piece, name in pieces:
+            if name is None or name in self.public or not piece:
+                shown[-1] += piece
+            else:
+                values.append(piece)
+                shown.append("")
+        if values:
+            kept = tuple(text for text in shown if text)
+            self.substituted.append(Substituted(path, tuple(values), kept))
 
 
 _INTEGER: Final = re.compile(r"-?[0-9]+")

@@ -4,13 +4,15 @@ semantic checks → settings not available yet, collecting every problem.
 Ring 0 apart from reading the config files themselves: no trio, sockets, TLS or clock. The
 environment checks of SPEC §3.1 step 6 (certificate files and keys) live in
 ``a3s_gateway.preflight`` because they need ``ssl``. Must not: raise for a bad config (it returns
-problems; ``load_config`` turns them into one ``ConfigError``), or log secrets.
+problems; ``load_config`` turns them into one ``ConfigError``), log secrets, or return a
+problem that quotes an interpolated value (they all pass through ``LoadResult.redactor``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Final
 
@@ -22,9 +24,11 @@ from a3s_gateway.config.problems import (
     Path,
     Problem,
     SourceMap,
+    format_path,
     make_problem,
     sort_problems,
 )
+from a3s_gateway.config.redaction import Redactor, Spot
 from a3s_gateway.config.schema import LABELLED_SECTIONS, remember_secrets
 from a3s_gateway.config.semantic import SemanticContext, check_semantics
 from a3s_gateway.errors import ConfigError
@@ -32,12 +36,15 @@ from a3s_gateway.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from a3s_gateway.config.interpolate import InterpolationResult
     from a3s_gateway.config.schema import Config
 
 MAX_FILE_BYTES: Final = 16 * 1024 * 1024
 MAIN_FILE_ONLY: Final = frozenset(
-    {"providers", "management", "observability", "shutdown_timeout_secs"}
+    {"providers", "management", "observability", "shutdown_timeout_secs", "public_env"}
 )
+#: A variable name that says its value is a secret: listing it in ``public_env`` is warned of.
+_SECRET_NAME: Final = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +59,9 @@ class LoadResult:
     #: The converted config even when errors were found (offending parts removed), so that
     #: environment checks can still run and report alongside; ``None`` if nothing converted.
     partial: Config | None = None
+    #: Hides the interpolated values (SPEC §14.4); ``problems`` went through it already, later
+    #: problems about this config (``preflight``) must too.
+    redactor: Redactor = field(default_factory=Redactor)
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -163,11 +173,16 @@ def _load_parsed(
         for extra in _conf_d(main_file, data, environment, problems):
             files.append(extra[0])
             _merge(data, extra[0], extra[1], sources, problems)
-    interpolated = interpolate_tree(data, environment)
+    # Names, never interpolated: "${X}" there is refused by the schema, not expanded.
+    public_env = data.pop("public_env", None)
+    public = _public_names(public_env, sources, main_file, problems)
+    interpolated = interpolate_tree(data, environment, public=public)
     for error_path, message in interpolated.errors:
         problems.append(make_problem("error", error_path, message, sources, default_file=main_file))
     tree = _without_nulls(interpolated.data)
     assert isinstance(tree, dict)
+    if public_env is not None:
+        tree["public_env"] = public_env
     converted = convert_config(
         tree,
         sources,
@@ -191,12 +206,50 @@ def _load_parsed(
         if options.refuse_unavailable:
             semantic += check_availability(converted.config, sources, default_file=main_file)
         problems.extend(p for p in semantic if p.path not in rejected)
-    ordered = sort_problems(problems)
+    redactor = _redactor(interpolated, frozenset(converted.coerced))
+    # Redacted first: two problems that differ only in a secret are then reported once.
+    ordered = sort_problems(list(redactor.problems(problems)))
     failed = not main.ok or any(p.severity == "error" for p in ordered)
     config = None if failed else converted.config
     if converted.config is not None:
-        remember_secrets(converted.config, interpolated.secrets)
-    return LoadResult(config, ordered, sources, main_file, tuple(files), converted.config)
+        remember_secrets(converted.config, redactor.secrets)
+    return LoadResult(config, ordered, sources, main_file, tuple(files), converted.config, redactor)
+
+
+def _redactor(interpolated: InterpolationResult, coerced: frozenset[Path]) -> Redactor:
+    """What hides the interpolated values (SPEC §14.4): every secret ``interpolate_tree``
+    noted, except whole ``${VAR}`` strings that became a number or bool."""
+    return Redactor(
+        interpolated.secrets(besides=coerced),
+        (
+            Spot(format_path(item.path), item.shown)
+            for item in interpolated.substituted
+            if item.path not in coerced
+        ),
+    )
+
+
+def _public_names(
+    listed: object, sources: SourceMap, main_file: str, problems: list[Problem]
+) -> frozenset[str]:
+    """The names in ``public_env`` (the schema checks its shape), warning of any that looks
+    like a secret's."""
+    if not isinstance(listed, list | tuple):
+        return frozenset()
+    names = [name if isinstance(name, str) else "" for name in listed]
+    for index, name in enumerate(names):
+        if _SECRET_NAME.search(name):
+            problems.append(
+                make_problem(
+                    "warning",
+                    ("public_env", index),
+                    f"{name} looks like the name of a secret; as it is listed here, its "
+                    "value is shown in /config, logs and problems",
+                    sources,
+                    default_file=main_file,
+                )
+            )
+    return frozenset(name for name in names if name)
 
 
 def _conf_d(

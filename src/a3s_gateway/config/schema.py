@@ -9,11 +9,12 @@ need. Must not: read files or the environment, or perform cross-field checks.
 from __future__ import annotations
 
 import weakref
-from typing import Annotated, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeAlias
 
 import msgspec
 
 from a3s_gateway.config.base import Block, Names, Port, PositiveInt
+from a3s_gateway.config.redaction import REDACTED, Redactor
 from a3s_gateway.config.schema_entrypoints import Entrypoint, Tls
 from a3s_gateway.config.schema_middlewares import MIDDLEWARE_TYPES, Middleware
 from a3s_gateway.config.schema_routers import Router, TcpRouter, UdpRouter
@@ -29,6 +30,9 @@ from a3s_gateway.config.values import (
     RedisUrl,
     enc_hook,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "MIDDLEWARE_TYPES",
@@ -48,6 +52,10 @@ __all__ = [
     "Tls",
     "UdpRouter",
 ]
+
+
+#: An environment variable's name.
+EnvName: TypeAlias = Annotated[str, msgspec.Meta(pattern=ENV_NAME_PATTERN)]
 
 
 class FileProvider(Block, frozen=True, kw_only=True):
@@ -176,15 +184,18 @@ class Config(Block, frozen=True, kw_only=True, weakref=True):
     management: Management | None = None
     observability: Observability = Observability()
     shutdown_timeout_secs: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 30
+    #: Variables whose values are not secrets: shown in ``/config``, logs and problems (SPEC
+    #: §14.4). Main file only; literal names, never interpolated.
+    public_env: tuple[EnvName, ...] = ()
 
     def to_builtins(self, *, redact: bool = True) -> dict[str, object]:
         """Plain builtins (the HCL shape), with secrets replaced by ``"<redacted>"``: the
-        secret fields, sensitive header values, and strings interpolated from secret-named
-        variables (``remember_secrets``)."""
+        secret fields, sensitive header values, and every interpolated value the loader
+        recorded (``remember_secrets``), wherever it is in a string."""
         tree = msgspec.to_builtins(self, enc_hook=_enc_hook if redact else enc_hook)
-        assert isinstance(tree, dict)
         if redact:
-            _redact(tree, _SECRET_STRINGS.get(id(self), frozenset()))
+            tree = _redact(tree, redactor_of(self))
+        assert isinstance(tree, dict)
         return tree
 
     def to_json(self, *, redact: bool = True) -> bytes:
@@ -203,7 +214,6 @@ LABELLED_SECTIONS: Final = (
 )
 
 _json: Final = msgspec.json.Encoder(order="deterministic")
-REDACTED: Final = "<redacted>"
 #: Fields whose values are secrets wherever they appear (SPEC §14.4).
 SECRET_FIELDS: Final = frozenset(
     {"keys", "password", "value", "secret", "api_token", "tsig_secret", "env"}
@@ -219,24 +229,34 @@ def _enc_hook(obj: object) -> object:
 #: Header names whose configured values are secrets (SPEC §14.4), and name parts that are.
 _SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 _SECRET_HEADER_PARTS: Final = ("token", "secret", "key", "password")
-#: Strings interpolated from secret-named variables, per live ``Config`` (by id; dropped when
-#: the config is collected).
-_SECRET_STRINGS: dict[int, frozenset[str]] = {}
+#: The interpolated values of each live ``Config`` (by id; dropped when the config is
+#: collected), ready to hide.
+_SECRET_STRINGS: dict[int, Redactor] = {}
+_NOTHING: Final = Redactor()
 
 
-def remember_secrets(config: Config, secrets: frozenset[str]) -> None:
-    """Record the strings of ``config`` that came from secret-named variables, so that its
-    redacted renderings hide them wherever they ended up."""
-    if not secrets:
+def remember_secrets(config: Config, secrets: Iterable[str]) -> None:
+    """Record the values interpolated into ``config`` (``InterpolationResult.secrets``), so
+    that its redacted renderings hide them wherever they ended up."""
+    known = secrets_of(config)
+    added = frozenset(secrets) - known
+    if not any(added):
         return
     key = id(config)
-    _SECRET_STRINGS[key] = _SECRET_STRINGS.get(key, frozenset()) | secrets
-    weakref.finalize(config, _SECRET_STRINGS.pop, key, None)
+    if key not in _SECRET_STRINGS:
+        weakref.finalize(config, _SECRET_STRINGS.pop, key, None)
+    _SECRET_STRINGS[key] = Redactor(known | added)
 
 
 def secrets_of(config: Config) -> frozenset[str]:
     """What ``remember_secrets`` recorded for ``config``."""
-    return _SECRET_STRINGS.get(id(config), frozenset())
+    return redactor_of(config).secrets
+
+
+def redactor_of(config: Config) -> Redactor:
+    """A ``Redactor`` for what ``remember_secrets`` recorded for ``config``: apply it to
+    anything that may quote the config's values (messages, documents, logs)."""
+    return _SECRET_STRINGS.get(id(config), _NOTHING)
 
 
 def _sensitive_header(name: object) -> bool:
@@ -246,27 +266,26 @@ def _sensitive_header(name: object) -> bool:
     return lowered in _SECRET_HEADERS or any(part in lowered for part in _SECRET_HEADER_PARTS)
 
 
-def _redact(node: object, secrets: frozenset[str]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in SECRET_FIELDS and value is not None:
-                node[key] = _redacted_shape(value)
-            elif isinstance(key, str) and key.endswith("headers") and isinstance(value, dict):
-                for name, text in value.items():
-                    if _sensitive_header(name) or (isinstance(text, str) and text in secrets):
-                        value[name] = REDACTED
-            elif isinstance(value, str):
-                if value in secrets:
-                    node[key] = REDACTED
-            else:
-                _redact(value, secrets)
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            if isinstance(item, str):
-                if item in secrets:
-                    node[index] = REDACTED
-            else:
-                _redact(item, secrets)
+def _redact(node: object, secrets: Redactor) -> object:
+    """A copy of a ``to_builtins`` tree with the secrets hidden (tuples become lists)."""
+    if isinstance(node, str):
+        return secrets.text(node)
+    if isinstance(node, list | tuple):
+        return [_redact(item, secrets) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[object, object] = {}
+    for key, value in node.items():
+        if key in SECRET_FIELDS and value is not None:
+            out[key] = _redacted_shape(value)
+        elif isinstance(key, str) and key.endswith("headers") and isinstance(value, dict):
+            out[key] = {
+                name: REDACTED if _sensitive_header(name) else _redact(text, secrets)
+                for name, text in value.items()
+            }
+        else:
+            out[key] = _redact(value, secrets)
+    return out
 
 
 def _redacted_shape(value: object) -> object:

@@ -6,6 +6,12 @@
 #   A3S_DEMO_ECHO_A=9001 A3S_DEMO_ECHO_B=9002 A3S_DEMO_STREAM=9003 \
 #     a3s-gateway validate src/a3s_gateway/demo/demo.hcl
 
+# The demo's ports are no secret: shown as they are in /config and the validate summary
+# (every other interpolated value would be shown as "<redacted>").
+public_env = [
+  "A3S_DEMO_PORT", "A3S_DEMO_ADMIN_PORT", "A3S_DEMO_ECHO_A", "A3S_DEMO_ECHO_B", "A3S_DEMO_STREAM",
+]
+
 entrypoints "web" {
   address = "127.0.0.1:${A3S_DEMO_PORT:-8080}"
 }

@@ -14,8 +14,9 @@ included, so the surface is not revealed to outsiders — first passes ``AccessP
 in ``allowed_ips`` else 403, then the bearer token when one is configured else 401); then an
 unknown path is 404 and a known path with the wrong method 405 with ``Allow``.
 
-Must not: log, read the environment, or put the token anywhere in a response (the policy keeps
-only its SHA-256, compared in constant time).
+Must not: log, read the environment, put the token anywhere in a response (the policy keeps
+only its SHA-256, compared in constant time), or show an interpolated config value outside the
+open probes (``redactor_of``: ``/config``, ``POST /reload`` and the other documents).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from urllib.parse import unquote
 import msgspec
 
 from a3s_gateway.config.problems import Problem
-from a3s_gateway.config.schema import LABELLED_SECTIONS
+from a3s_gateway.config.schema import LABELLED_SECTIONS, redactor_of
 from a3s_gateway.config.schema_services import LoadBalancer
 from a3s_gateway.middleware.breaker import BreakerState, CircuitBreakerMiddleware
 from a3s_gateway.middleware.phases import block_type
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from a3s_gateway.app import GatewayState, HealthSnapshot
+    from a3s_gateway.config.redaction import Redactor
     from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
     from a3s_gateway.config.schema import Config, Management
     from a3s_gateway.middleware.base import Middleware
@@ -397,8 +399,13 @@ async def _answer(endpoint: _Endpoint, view: GatewayView, clock: Clock) -> ApiRe
             return json_response(HTTPStatus.NOT_FOUND, {"error": "metrics are disabled"})
         return _response(HTTPStatus.OK, METRICS_CONTENT_TYPE, text)
     if name == "reload":
-        return _reload_response(await view.reload())
+        outcome = await view.reload()
+        return _reload_response(outcome, redactor_of(view.config()))
     status, document = _document(endpoint, view, clock)
+    if name not in OPEN_ENDPOINTS:
+        # Rules, backend URLs and addresses are config values too: interpolated ones are
+        # hidden here as in /config (SPEC §14.4; a second pass over /config changes nothing).
+        document = redactor_of(view.config()).tree(document)
     return json_response(status, document)
 
 
@@ -445,7 +452,9 @@ def _document(endpoint: _Endpoint, view: GatewayView, clock: Clock) -> tuple[int
             raise AssertionError(endpoint.name)
 
 
-def _reload_response(outcome: ReloadReport | None) -> ApiResponse:
+def _reload_response(outcome: ReloadReport | None, redactor: Redactor) -> ApiResponse:
+    """The reply to ``POST /reload``. The problems come redacted from the loader; ``redactor``
+    (the running config's values) is a second guard for what the swap itself said."""
     if outcome is None:
         return json_response(
             HTTPStatus.CONFLICT,
@@ -455,10 +464,10 @@ def _reload_response(outcome: ReloadReport | None) -> ApiResponse:
         document: JsonObject = {
             "ok": True,
             "generation": outcome.generation,
-            "warnings": [_problem(problem) for problem in outcome.warnings],
+            "warnings": [_problem(redactor.problem(problem)) for problem in outcome.warnings],
         }
         return json_response(HTTPStatus.OK, document)
-    problems = [_problem(problem) for problem in outcome.problems]
+    problems = [_problem(redactor.problem(problem)) for problem in outcome.problems]
     return json_response(HTTPStatus.UNPROCESSABLE_ENTITY, {"ok": False, "problems": problems})
 
 

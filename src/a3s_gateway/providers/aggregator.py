@@ -7,7 +7,9 @@ event loop), applies the command line's overrides (``prepare``: ``--listen``, a 
 reserved ports), and hands a valid candidate to the target (``app.Gateway.reload``: compile,
 bind new listeners, swap). A candidate with errors, a build that failed and a swap the target
 refused (``GatewayError``, e.g. a bind failure) all keep the running config; every problem is
-logged as ``reload rejected: …`` and the outcome says why. Reloads are serialised.
+logged as ``reload rejected: …`` and the outcome says why. Reloads are serialised. Nothing is
+logged or returned that quotes an interpolated value (SPEC §14.4): a candidate's problems come
+redacted from the loader, and what the target says is redacted with the candidate's values.
 
 Logged once (issue #13): an edit followed by a SIGHUP reaches ``reload_now`` twice
 (the signal at once, the watcher after the debounce). A rejection whose files hold the same
@@ -47,6 +49,7 @@ import trio
 
 from a3s_gateway.config.problems import Problem
 from a3s_gateway.config.schema import FileProvider as FileSettings
+from a3s_gateway.config.schema import redactor_of
 from a3s_gateway.errors import ConfigError, GatewayError
 from a3s_gateway.providers.candidate import BuildError, Candidate, CandidateBuilder
 from a3s_gateway.providers.file import FileProvider, Source, WatchTargets
@@ -266,13 +269,16 @@ class Reloader:
         try:
             generation = await target.reload(config)
         except ConfigError as error:
-            self._report_rejection(candidate.digest, _formatted(error.problems))
+            # What the target says may quote the candidate's values (SPEC §14.4).
+            problems = redactor_of(config).problems(error.problems)
+            self._report_rejection(candidate.digest, _formatted(problems))
             return ReloadOutcome(
-                "error", target.health().config_generation, candidate.warnings, error.problems
+                "error", target.health().config_generation, candidate.warnings, problems
             )
         except GatewayError as error:
-            self._report_rejection(candidate.digest, (str(error),))
-            return self._failed(str(error), candidate.warnings)
+            message = redactor_of(config).text(str(error), message=True)
+            self._report_rejection(candidate.digest, (message,))
+            return self._failed(message, candidate.warnings)
         self._rejected = None
         # Once it is in: a candidate skipped as unchanged or refused says nothing of them.
         for problem in candidate.warnings:
