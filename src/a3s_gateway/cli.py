@@ -4,7 +4,9 @@ Ring 2 (with ``app.py``): the only place that installs signal handlers and loggi
 delegate to ``config.load``, ``preflight`` and ``app.Gateway``. Errors on the command line are
 one line on stderr (exit 2), never a traceback. A reader that stops early (``validate … | head
 -1``, ``version | true``) is no error either: the rest of the output is dropped and the exit
-code is the command's own.
+code is the command's own. Nothing printed quotes an interpolated config value (SPEC §14.4):
+problems come redacted from the loader, and the summary and start errors pass through the
+load's ``redactor``.
 
 Nurseries: ``run`` opens one nursery holding ``Gateway.serve``, the reload path
 (``providers.Reloader.run``: the file watcher and debounced reloads, when
@@ -39,7 +41,7 @@ from a3s_gateway.config.summary import summary, summary_lines
 from a3s_gateway.config.values import Address
 from a3s_gateway.demo import Demo
 from a3s_gateway.demo.run import DEFAULT_PORT
-from a3s_gateway.errors import ConfigError, GatewayError, StartError
+from a3s_gateway.errors import ConfigError, GatewayError
 from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
 from a3s_gateway.providers import Reloader
@@ -224,13 +226,16 @@ def _print_problems(problems: Sequence[Problem]) -> None:
 
 def _validate(path: str, *, offline: bool, output: str) -> int:
     result = load(path)
-    problems = check(result, offline=offline)
+    # The problems come redacted; the summary names addresses and files (SPEC §14.4).
+    problems, hidden = check(result, offline=offline), result.redactor
     valid = not any(p.severity == "error" for p in problems)
     if output == "json":
         document = {
             "valid": valid,
             "problems": [msgspec.to_builtins(p) for p in problems],
-            "summary": summary(result.config) if valid and result.config is not None else {},
+            "summary": (
+                hidden.tree(summary(result.config)) if valid and result.config is not None else {}
+            ),
         }
         _say(msgspec.json.encode(document).decode())
         return EXIT_OK if valid else EXIT_CONFIG
@@ -242,7 +247,7 @@ def _validate(path: str, *, offline: bool, output: str) -> int:
     assert result.config is not None
     _say(f"{path}: configuration is valid ({len(problems)} warning(s))")
     for line in summary_lines(result.config):
-        _say(line)
+        _say(hidden.text(line))
     return EXIT_OK
 
 
@@ -273,15 +278,14 @@ def _run(args: argparse.Namespace) -> int:
             listen=args.listen,
             log_level=_log_level(args.log_level),
             log_format=args.log_format,
+            config=result.config,  # generation 1 is exactly what was checked above
         )
     try:
         gateway = Gateway(result.config, listen_override=args.listen)
         return trio.run(_serve_until_signalled, gateway, path, args.listen)
-    except StartError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_START
-    except GatewayError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except GatewayError as error:  # StartError included: a bind failure names the address
+        shown = result.redactor.text(str(error), message=True)
+        print(f"{PROG}: error: {shown}", file=sys.stderr)
         return EXIT_START
 
 

@@ -292,7 +292,7 @@ async def test_with_two_workers_the_supervisor_validates_and_both_workers_reload
         write(path, config_text(port, origin, port, with_b=True))
         with trio.fail_after(STARTUP_WAIT):
             await gateway.wait_for_line("config validated: generation 2")
-            # Each worker builds the candidate in its own child, started at this first reload.
+            # Each worker applies the generation the supervisor sends it.
             await gateway.wait_for_line("config reloaded: generation 2")
             await gateway.wait_for_line("config reloaded: generation 2")
         assert await every_connection_answers("/b", 200)

@@ -9,7 +9,9 @@ addresses and sums connections; the metrics of two real in-process gateways merg
 with the config gauges and the reload counter from the supervisor alone (a worker that
 reloaded itself adds nothing); ``Gateway(management=False)`` binds no management listener;
 and through the server: a request the token or the allow list refuses asks no worker,
-``/ready`` is 503 with a reason while a worker is down, the workers' merged documents answer
+``/ready`` is 503 with a reason while a worker is down, ``/health`` is ``degraded`` (200) then
+and ``down`` (503, ``/ready`` too) while no worker serves, a reload publishes the new
+generation to every worker, the workers' merged documents answer
 ``/services``, ``/services/{name}``, ``/backends`` (HEAD included) and ``/middlewares``, 503 when
 no worker answers, and ``/routes`` needs no worker.
 """
@@ -31,7 +33,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from a3s_gateway.app import Gateway
+from a3s_gateway.app import Gateway, GatewayState
 from a3s_gateway.config.load import LoadOptions, load_text
 from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.config.schema import Config
@@ -44,6 +46,7 @@ from a3s_gateway.server.supervisor_view import (
     FleetApi,
     FleetManagementServer,
     fleet_listeners,
+    fleet_state,
     merge_documents,
     merge_services,
 )
@@ -354,9 +357,66 @@ async def test_ready_is_503_with_a_reason_while_a_worker_is_down(
         assert head.header("content-length") == down.header("content-length")
         health = await fleet.get("/health", token=None)
         assert health.status == 200  # the supervisor runs; the other worker serves
-        assert (body(health)["state"], body(health)["workers"]) == ("running", 1)
+        shown = body(health)
+        assert (shown["state"], shown["workers"], shown["workers_expected"]) == ("degraded", 1, 2)
         await trio.sleep(1.5)  # the restart after 1 s
         assert (await fleet.get("/ready", token=None)).status == 200
+        again = await fleet.get("/health", token=None)
+        assert (again.status, body(again)["state"], body(again)["workers"]) == (200, "running", 2)
+
+
+async def test_health_and_ready_are_503_while_no_worker_serves(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with fleet_of(2, {0: state_of(1), 1: state_of(2)}, tmp_path) as fleet:
+        for index in (0, 1):
+            fleet.spawn.latest(index).exit(-signal.SIGKILL)
+        await trio.testing.wait_all_tasks_blocked()
+        health = await fleet.get("/health", token=None)
+        ready = await fleet.get("/ready", token=None)
+        head = await fleet.get("/health", token=None, method="HEAD")
+        posted = await fleet.get("/health", token=None, method="POST")
+        assert health.status == 503
+        shown = body(health)
+        assert (shown["state"], shown["workers"], shown["workers_expected"]) == ("down", 0, 2)
+        assert shown["config_generation"] == 1
+        assert (ready.status, body(ready)) == (
+            503,
+            {"ready": False, "reason": "0 of 2 workers ready (worker 0 down, worker 1 down)"},
+        )
+        assert (head.status, head.body) == (503, b"")
+        assert head.header("content-length") == health.header("content-length")
+        assert posted.status == 405  # the method check is still handle's
+        await trio.sleep(1.5)  # both restarted after 1 s
+        back = await fleet.get("/health", token=None)
+        assert (back.status, body(back)["state"]) == (200, "running")
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "ready", "expected"),
+    [
+        (GatewayState.STARTING, 1, ("starting", False)),
+        (GatewayState.RUNNING, 3, ("running", True)),
+        (GatewayState.RUNNING, 2, ("degraded", True)),
+        (GatewayState.RUNNING, 0, ("down", False)),
+        (GatewayState.STOPPING, 3, ("stopping", False)),
+    ],
+)
+def test_fleet_state(lifecycle: GatewayState, ready: int, expected: tuple[str, bool]) -> None:
+    assert fleet_state(lifecycle, ready, 3) == expected
+
+
+async def test_a_reload_publishes_the_new_generation_to_every_worker(tmp_path: Path) -> None:
+    # The real clock: the reload compiles in a thread, which the autojump clock would not wait
+    # for (it would jump to the test's time limit).
+    async with fleet_of(2, {}, tmp_path) as fleet:
+        assert [w.generations for _, _, w in fleet.spawn.started] == [[1], [1]]
+        changed = load(CONFIG.replace('127.0.0.1:1" }', '127.0.0.1:2" }'))
+        assert await fleet.fleet.reload(changed) == 2
+        await trio.testing.wait_all_tasks_blocked()
+        assert [w.generations for _, _, w in fleet.spawn.started] == [[1, 2], [1, 2]]
+        assert fleet.supervisor.served() == {0: 2, 1: 2}
+        assert fleet.fleet.config() == changed
 
 
 def service(in_flight: int, available: bool) -> dict[str, object]:

@@ -1,7 +1,9 @@
 """The multi-worker supervisor (SPEC §13.4, §2.4, §2.5): the pure restart policy, port
 reservation, the supervisor loop with fake workers under the autojump clock (restarts,
-signals, and the control channel's queries: replies matched by id, a silent or dying worker
-left out within the timeout, late replies dropped), and the real thing end to end — a
+signals, the config generations each worker is sent — the current one first, then each new
+one; a restarted worker the newest only; several published during a slow send coalesced — and
+the control channel's queries: replies matched by id, a silent or dying worker left out
+within the timeout, late replies dropped), and the real thing end to end — a
 supervisor subprocess, two spawned workers and a trio backend."""
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import trio.testing
 from a3s_gateway.app import GatewayState
 from a3s_gateway.config.load import load_text
 from a3s_gateway.server.worker_main import (
+    Apply,
+    Command,
     MetricsReply,
     Query,
     Ready,
@@ -112,9 +116,10 @@ def state_of(pid: int) -> Answer:
 
 
 class FakeWorker:
-    """A worker that reports ready (unless told not to), answers queries with ``answer`` and
-    exits when told to. Messages queued before the exit are still received (as from a real
-    pipe), then ``receive`` returns None."""
+    """A worker that reports ready (unless told not to), answers queries with ``answer``,
+    records the generations it is sent (``generations``) and exits when told to. Messages
+    queued before the exit are still received (as from a real pipe), then ``receive`` returns
+    None. While ``hold`` is set, an ``Apply`` being sent waits for ``release``."""
 
     def __init__(
         self,
@@ -128,6 +133,9 @@ class FakeWorker:
         self.pid = pid
         self.signals: list[int] = []
         self.queries: list[Query] = []
+        self.generations: list[int] = []
+        self.hold = False
+        self.release = trio.Event()
         self.answer = answer
         self._obeys_sigterm = obeys_sigterm
         self._code = start_code
@@ -161,10 +169,15 @@ class FakeWorker:
             self._changed = trio.Event()
             await self._changed.wait()
 
-    async def send(self, message: Query) -> None:
+    async def send(self, message: Command) -> None:
         await trio.lowlevel.checkpoint()
         if self._exited.is_set():
             raise BrokenPipeError(32, "Broken pipe")
+        if isinstance(message, Apply):
+            if self.hold:
+                await self.release.wait()
+            self.generations.append(message.generation)
+            return
         self.queries.append(message)
         reply = self.answer(message)
         if reply is not None:
@@ -317,7 +330,7 @@ async def test_workers_that_do_not_drain_in_time_are_killed(
     assert [w.signals for _, _, w in spawn.started] == [[signal.SIGTERM, signal.SIGKILL]] * 2
 
 
-async def test_sighup_is_forwarded_to_every_ready_worker(
+async def test_sighup_without_a_reloader_is_forwarded_to_every_ready_worker(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     spawn = FakeSpawner()
@@ -328,6 +341,75 @@ async def test_sighup_is_forwarded_to_every_ready_worker(
         await signals.send(signal.SIGHUP)
         await trio.testing.wait_all_tasks_blocked()
         assert [w.signals for _, _, w in spawn.started] == [[signal.SIGHUP]] * 2
+        await signals.send(signal.SIGTERM)
+
+
+def generation(number: int) -> Apply:
+    """A generation as the supervisor publishes it (fake workers never decode the config)."""
+    return Apply(number, b"config %d" % number)
+
+
+async def test_every_worker_is_sent_the_current_generation_first_then_each_new_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    supervisor.publish(generation(1))
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [w.generations for _, _, w in spawn.started] == [[1], [1]]
+        supervisor.publish(generation(2))
+        await trio.testing.wait_all_tasks_blocked()
+        assert [w.generations for _, _, w in spawn.started] == [[1, 2], [1, 2]]
+        assert supervisor.served() == {0: 2, 1: 2}
+        assert supervisor.generation == 2
+        await signals.send(signal.SIGTERM)
+    assert [w.signals for _, _, w in spawn.started] == [[signal.SIGTERM]] * 2  # no SIGHUP
+
+
+async def test_a_restarted_worker_starts_from_the_newest_generation_not_the_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    supervisor.publish(generation(1))
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        supervisor.publish(generation(2))
+        await trio.testing.wait_all_tasks_blocked()
+        crashed = spawn.latest(0)
+        crashed.exit(-signal.SIGKILL)
+        await trio.testing.wait_all_tasks_blocked()
+        supervisor.publish(generation(3))  # while slot 0 waits for its restart
+        await trio.sleep(1.5)  # the 1 s backoff
+        restarted = spawn.latest(0)
+        assert restarted is not crashed
+        assert restarted.generations == [3]  # started from the current one, nothing older
+        assert crashed.generations == [1, 2]
+        assert spawn.latest(1).generations == [1, 2, 3]
+        await signals.send(signal.SIGTERM)
+
+
+async def test_generations_published_while_one_is_sent_are_coalesced_into_the_newest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(1, spawn, drain_bound=40.0)
+    supervisor.publish(generation(1))
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        worker = spawn.latest(0)
+        worker.hold = True  # a worker slow to read a large generation
+        supervisor.publish(generation(2))
+        await trio.testing.wait_all_tasks_blocked()
+        for number in (3, 4, 5):
+            supervisor.publish(generation(number))
+        worker.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker.generations == [1, 2, 5]
         await signals.send(signal.SIGTERM)
 
 
@@ -506,14 +588,17 @@ def free_port() -> int:
 
 
 def exited(pid: int) -> bool:
-    """Whether ``pid`` is gone or a zombie. Its command line empties earlier, while the
-    process is still closing its files (its listening socket could still take a connection,
-    which the kernel then resets)."""
+    """Whether ``pid`` is gone, or a zombie whose every thread has exited. Its command line
+    empties earlier, while the process is still closing its files (its listening socket could
+    still take a connection, which the kernel then resets); and the main thread of a killed
+    process can be a zombie while its other threads (a worker's ``trio.to_thread`` threads)
+    are still exiting, holding the files they share."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return True
-    return stat.rpartition(")")[2].split()[0] in {"Z", "X"}
+    return stat.rpartition(")")[2].split()[0] in {"Z", "X"} and threads <= 1
 
 
 def worker_pids(supervisor: int) -> set[int]:

@@ -9,14 +9,17 @@ differs is where the answers come from. For every request the server builds a fr
 only for what the endpoint shows (``Supervisor.query``, each worker bounded by
 ``QUERY_TIMEOUT``; a worker that does not answer is left out, logged and counted):
 
-- ``/health``: the supervisor's lifecycle (``starting`` until every worker has been ready
-  once, ``running``, ``stopping`` while draining), its uptime, ``workers`` = the workers ready
-  now, the config generation and last reload of the supervisor's reload path; active
-  connections and total requests summed over the workers' state reports. (A restarted worker
-  counts its requests from zero, so the sum can go down.)
+- ``/health``: the fleet's state (``fleet_state``): ``starting`` (503) until every worker has
+  been ready once, then ``running`` while all N workers are ready, ``degraded`` (still 200)
+  while only some are, ``down`` (503) while none is — every worker crashed and its restart is
+  pending or failing, so every connection is refused — and ``stopping`` (503) while draining;
+  ``workers`` = the workers ready now, ``workers_expected`` = N; the supervisor's uptime, the
+  config generation and last reload of the supervisor's reload path; active connections and
+  total requests summed over the workers' state reports. (A restarted worker counts its
+  requests from zero, so the sum can go down.)
 - ``/live``: the supervisor's event loop answers. ``/ready``: 503 with a reason while the
   workers start, a worker is missing (down or restarting: "1 of 2 workers ready (worker 0
-  starting)") or the supervisor drains; no worker is asked.
+  starting)"; "0 of 2 …" when none serves) or the supervisor drains; no worker is asked.
 - ``/metrics``: ``metrics.merge`` of every ready worker's ``Gateway.metrics_snapshot()`` with
   the supervisor's own registry, a ``GatewayMetrics`` in which only the supervisor's values are
   set: the config gauges (generation, apply time, warnings: ``OWN`` gauges, so the
@@ -25,8 +28,8 @@ only for what the endpoint shows (``Supervisor.query``, each worker bounded by
   its own ``process_*`` sample (CPU and memory add up over the processes; the descriptor limit
   and start time are the supervisor's), and three families of the fleet: ``a3s_workers_ready``,
   ``a3s_worker_restarts_total`` and ``a3s_worker_query_failures_total{query}``.
-- ``/config``: the supervisor's validated config, redacted (the workers read the same file;
-  the supervisor validated it before any of them reloaded).
+- ``/config``: the supervisor's validated config, redacted: the current generation, which is
+  what the supervisor hands every worker (``server/workers.py``).
 - ``/routes`` (and ``/routes/{name}``): the supervisor's own compiled ``RuntimeConfig``
   (``Fleet.runtime``): routes are a function of the config alone, identical in every worker of
   the generation, so no worker is asked. The same runtime decides 404 for an unknown route or
@@ -71,7 +74,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from a3s_gateway.app import HealthSnapshot
+from a3s_gateway.app import GatewayState, HealthSnapshot
 from a3s_gateway.errors import ReloadError
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.observability.management_api import (
@@ -83,6 +86,7 @@ from a3s_gateway.observability.management_api import (
     ListenerInfo,
     endpoint_segments,
     handle,
+    health_document,
     json_response,
     request_path,
 )
@@ -94,7 +98,6 @@ from a3s_gateway.server.worker_main import DocumentsReply, MetricsReply, StateRe
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from a3s_gateway.app import GatewayState
     from a3s_gateway.config.runtime import RuntimeConfig
     from a3s_gateway.config.schema import Config, Management
     from a3s_gateway.observability.management_api import ReloadReport
@@ -109,6 +112,7 @@ __all__ = [
     "FleetManagementServer",
     "FleetView",
     "fleet_listeners",
+    "fleet_state",
     "merge_documents",
     "merge_services",
     "merge_snapshots",
@@ -134,6 +138,10 @@ _FETCH: Final[Mapping[str, QueryKind]] = {
     "middlewares": "middlewares",
 }
 _READ: Final = frozenset({"GET", "HEAD"})
+#: The statuses of ``handle``'s ``/health`` documents (others: a refused method).
+_HEALTH_STATUSES: Final = frozenset({HTTPStatus.OK, HTTPStatus.SERVICE_UNAVAILABLE})
+#: Lifecycle states in which a gateway serves traffic (as ``management_api``'s ``/health``).
+_SERVING: Final = frozenset({"running", "reloading"})
 
 #: Numbers that are settings, equal in every worker: kept as they are, not added up.
 _SETTINGS: Final = frozenset({"weight", "backends_total", "priority", "effective_priority"})
@@ -290,6 +298,17 @@ def _shown(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def fleet_state(lifecycle: GatewayState, ready: int, expected: int) -> tuple[str, bool]:
+    """``/health``'s ``state`` for a supervisor in ``lifecycle`` with ``ready`` of ``expected``
+    workers ready, and whether it is healthy (200): a running supervisor is ``running`` with
+    every worker, ``degraded`` (healthy: traffic is served) with some, ``down`` with none."""
+    if lifecycle is not GatewayState.RUNNING:
+        return lifecycle.value, lifecycle.value in _SERVING
+    if ready >= expected:
+        return "running", True
+    return ("degraded", True) if ready > 0 else ("down", False)
+
+
 def readiness(supervisor: Supervisor) -> str | None:
     """Why the fleet is not ready (a worker is missing), or None when every worker is."""
     ready = supervisor.ready()
@@ -316,6 +335,8 @@ class FleetView:
     version: str
     #: Workers ready now (``/health``'s ``workers``).
     workers: int
+    #: Worker slots (``--workers``; ``/health``'s ``workers_expected``).
+    expected: int
     snapshot: HealthSnapshot
     lifecycle: GatewayState
     current: Config
@@ -352,16 +373,19 @@ class FleetView:
         return await self.reload_path()
 
     def finish(
-        self, segments: tuple[str, ...] | None, method: str, response: ApiResponse
+        self, segments: tuple[str, ...] | None, method: str, response: ApiResponse, clock: Clock
     ) -> ApiResponse:
-        """``handle``'s answer, with what only the workers know put in: a 200 ``/ready`` while
-        a worker is missing becomes 503, and a 200 ``/services``, ``/services/{name}``,
-        ``/backends`` or ``/middlewares`` carries the workers' merged documents (503 when no
-        worker answered). ``handle`` has already made every other decision (access, method,
-        unknown names), so only its 200 answers are changed."""
-        if response.status != HTTPStatus.OK or segments is None:
+        """``handle``'s answer, with what only the fleet knows put in: ``/health`` tells the
+        fleet's state (``fleet_state``), a 200 ``/ready`` while a worker is missing becomes
+        503, and a 200 ``/services``, ``/services/{name}``, ``/backends`` or ``/middlewares``
+        carries the workers' merged documents (503 when no worker answered). ``handle`` has
+        already made every other decision (access, method, unknown names), so only its health
+        documents (200 or 503) and its other 200 answers are changed."""
+        if segments == ("health",) and response.status in _HEALTH_STATUSES:
+            answer = self._health(clock)
+        elif response.status != HTTPStatus.OK or segments is None:
             return response
-        if segments == ("ready",):
+        elif segments == ("ready",):
             if self.not_ready is None:
                 return response
             answer = json_response(
@@ -374,6 +398,16 @@ class FleetView:
         if method == "HEAD":
             return ApiResponse(answer.status, answer.headers, b"")
         return answer
+
+    def _health(self, clock: Clock) -> ApiResponse:
+        """``/health``: the single-process document with the fleet's state and
+        ``workers_expected``."""
+        _, document = health_document(self, clock)
+        state, healthy = fleet_state(self.lifecycle, self.workers, self.expected)
+        document["state"] = state
+        document["workers_expected"] = self.expected
+        status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
+        return json_response(status, document)
 
     def _documents(self, segments: tuple[str, ...]) -> ApiResponse:
         documents = self.documents
@@ -485,6 +519,7 @@ class FleetApi:
         return FleetView(
             version=self._version,
             workers=len(supervisor.ready()),
+            expected=supervisor.count,
             snapshot=snapshot,
             lifecycle=snapshot.state,
             current=config,
@@ -641,7 +676,7 @@ class FleetManagementServer(ManagementServer):
             response = await handle(
                 request, view, prefix=settings.path_prefix, access=self._gate, clock=clock
             )
-            return view.finish(segments, request.method, response)
+            return view.finish(segments, request.method, response, clock)
         except Exception:
             log.exception(
                 "management API: %s %s failed", request.method, request_path(request.target)

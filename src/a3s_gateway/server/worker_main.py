@@ -5,41 +5,57 @@ start method and is the supervisor's handle on it — control channel, exit, sig
 ``Worker`` protocol, which tests fake). Inside the worker (Ring 2 for its process):
 ``worker_main`` plays the CLI's part — it installs the application log (every line naming the
 worker: a last field ``worker=<n>``, ``observability/applog.py``) and its own signal handlers,
-loads the config from the file, builds a ``Gateway`` with ``reuse_port=True`` and serves it
-under ``trio.run``.
+waits for its config from the supervisor, builds a ``Gateway`` with ``reuse_port=True`` and
+serves it under ``trio.run``.
+
+Config (issue #14): a worker never reads the operator's config file. Every generation it serves
+comes from the supervisor, which validated it (at start and on each reload), over the control
+channel as ``Apply``: the ``Config`` as loaded, every ``${VAR}`` already interpolated with the
+supervisor's values (msgpack, value classes as their text: ``providers/candidate.py``'s codec),
+and the interpolated strings to redact (``schema.secrets_of``), so it redacts as the original
+does. The first message is the generation to start with — a restarted worker thus starts from
+the supervisor's current generation, whatever the file on disk says now, or if it is gone —
+and each later one is a reload. Nothing of it touches the disk or the log: the channel is a
+socketpair between the two processes. ``_prepare`` applies the ``--listen`` override and the
+reserved ports to every generation.
 
 Control channel: one end of a ``multiprocessing`` duplex ``Pipe`` (a socketpair).
 ``Connection.send_bytes`` already frames each message with a 4-byte length prefix, and the
 payload is a msgpack-encoded, tagged msgspec ``Struct`` (the SPEC's "length-prefixed msgspec
 messages"). Worker → supervisor: ``Ready`` once every listener is bound, then one reply per
-query. Supervisor → worker: ``Query`` (``id``, ``kind``), answered with the same ``id`` by
-``MetricsReply`` (``metrics``: ``Gateway.metrics_snapshot()``), ``StateReply`` (``state``:
-lifecycle, connections per entrypoint, requests, bound addresses) or ``DocumentsReply``
-(``services``, ``middlewares``: the management API's documents of this worker's running
-generation, built by ``observability/management_api.py``). End-of-file means the supervisor is
-gone and the worker drains. The worker answers queries one at a time, in order, from the task
-that reads the channel; each reply is written from a worker thread, so a large snapshot never
-blocks the worker's event loop (one writer at a time: the replies are sequential and ``Ready``
-was written before the first query could arrive). The supervisor sends queries only to workers
-that reported ``Ready`` (``server/workers.py``), so replies always follow it.
+query. Supervisor → worker: ``Apply`` (``generation``, ``config``, ``secrets``) first, and again
+on each reload; ``Query`` (``id``, ``kind``), answered with the same ``id`` by ``MetricsReply``
+(``metrics``: ``Gateway.metrics_snapshot()``), ``StateReply`` (``state``: lifecycle,
+connections per entrypoint, requests, bound addresses) or ``DocumentsReply`` (``services``,
+``middlewares``: the management API's documents of this worker's running generation, built by
+``observability/management_api.py``). End-of-file means the supervisor is gone and the worker
+drains. The worker reads the channel from one task, each message in a thread once readable (an
+``Apply`` can be large), and answers queries one at a time, in order; each reply is written
+from a thread too, so a large snapshot never blocks the event loop (one writer at a time: the
+replies are sequential and ``Ready`` was written before the first query could arrive). The
+supervisor sends queries only to workers that reported ``Ready`` (``server/workers.py``), so
+replies always follow it; its ``ProcessWorker.send`` serialises its writes and writes a large
+message from a thread.
+
+Reload: ``_Generations`` applies the generations handed to a serving worker one at a time
+(``Gateway.reload``: compile, bind, swap), a newer one replacing an older one still waiting,
+and reopens the access log for each (as the SIGHUP that used to carry a reload did). One the
+gateway refuses (a bind failure, a drain) is logged; the worker keeps the generation it
+serves. Workers do not watch the file and never see the config's warnings (the CLI and the
+supervisor's validation report each once).
 
 Signals: SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the supervisor
 decides and forwards SIGTERM). SIGTERM starts the drain; repeated SIGTERMs change nothing
 (a supervisor that wants it dead now uses SIGKILL), so a SIGTERM sent both to the process
-group and by the supervisor does not skip the drain. SIGHUP (sent by the supervisor once it
-has validated the file, ``server/workers.py``) reloads the config from the file through
-``providers.Reloader.reload_now`` — the candidate is built in a child process, off the event
-loop — with the ``--listen`` override and the reserved ports re-applied; it is ignored until
-the worker is serving. Workers do not watch the file: the supervisor does. Nor do they repeat
-the config's warnings (at start or on a reload): the CLI and the supervisor's validation
-reported each once, so a worker logs them at debug level only.
+group and by the supervisor does not skip the drain. SIGHUP only reopens the access log
+(reloads come from the supervisor, above).
 
 Nurseries: ``ProcessWorker`` owns none (its awaits run in the supervisor's slot task). In the
-worker, ``_serve`` owns one nursery holding ``Gateway.serve``, the supervisor's channel reader, the
-reloader (which owns the candidate-builder child, started at the first reload) and the drain
-and reload tasks; it ends when ``Gateway.serve`` returns. Deadlines: none of its own (the
-drain grace is the gateway's). Must not: bind sockets itself (nor the management listener,
-which the supervisor owns: ``Gateway(management=False)``), parse arguments, or write to stdout.
+worker, ``_serve`` owns one nursery holding ``Gateway.serve``, the supervisor's channel reader,
+the generations task and the drain task; it ends when ``Gateway.serve`` returns. Deadlines:
+``FIRST_CONFIG_WAIT`` for the first ``Apply``; the drain grace is the gateway's. Must not: read
+the config file, bind sockets itself (nor the management listener, which the supervisor owns:
+``Gateway(management=False)``), parse arguments, write to stdout, or log a config's contents.
 """
 
 from __future__ import annotations
@@ -50,14 +66,12 @@ import os
 import signal
 import sys
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 
 import msgspec
 import trio
 
 from a3s_gateway.app import Gateway
-from a3s_gateway.config.load import LoadOptions, load
 from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.schema import remember_secrets, secrets_of
 from a3s_gateway.config.values import Address
@@ -68,8 +82,7 @@ from a3s_gateway.observability.management_api import (
     middleware_documents,
     service_documents,
 )
-from a3s_gateway.preflight import check
-from a3s_gateway.providers import Reloader
+from a3s_gateway.providers.candidate import decode_config, encode_config
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -78,6 +91,9 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
 
 __all__ = [
+    "FIRST_CONFIG_WAIT",
+    "Apply",
+    "Command",
     "DocumentsReply",
     "MetricsReply",
     "ProcessWorker",
@@ -90,6 +106,9 @@ __all__ = [
     "WorkerMessage",
     "WorkerSpec",
     "answer_query",
+    "apply_message",
+    "config_of",
+    "decode_command",
     "decode_message",
     "decode_query",
     "encode_message",
@@ -104,14 +123,18 @@ EXIT_CONFIG: Final = 1
 EXIT_START: Final = 3
 #: A bug, not a config or start problem (sysexits ``EX_SOFTWARE``); the traceback is logged.
 EXIT_CRASH: Final = 70
+#: How long a started worker waits for its first ``Apply`` (the supervisor sends it at once).
+FIRST_CONFIG_WAIT: Final = 60.0
+#: Messages up to this size are written on the supervisor's event loop (a writable socket has
+#: far more room than this); longer ones (an ``Apply``) from a thread.
+_INLINE_SEND: Final = 4096
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything a worker needs, pickled to it by ``spawn`` (no live objects)."""
+    """How to run a worker, pickled to it by ``spawn`` (no live objects, and no config: that
+    comes over the control channel as ``Apply``)."""
 
     index: int
-    path: str
-    workers: int
     listen: str | None
     log_level: str
     log_format: applog.LogFormat
@@ -135,6 +158,21 @@ class Query(msgspec.Struct, frozen=True, tag="query"):
 
     id: int
     kind: QueryKind
+
+
+class Apply(msgspec.Struct, frozen=True, tag="apply"):
+    """Supervisor → worker: serve config generation ``generation`` (the supervisor's number),
+    validated by the supervisor: the first one to start with, later ones as reloads."""
+
+    generation: int
+    #: ``encode_config`` of the ``Config`` as loaded (``${VAR}`` interpolated); secrets inside.
+    config: bytes
+    #: The interpolated strings its renderings must redact (``schema.secrets_of``).
+    secrets: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        # Never the config itself (it holds the secrets): a repr can end up in a log.
+        return f"Apply(generation={self.generation}, config=<{len(self.config)} bytes>)"
 
 
 class MetricsReply(msgspec.Struct, frozen=True, tag="metrics"):
@@ -168,13 +206,16 @@ class DocumentsReply(msgspec.Struct, frozen=True, tag="documents"):
 
 Reply: TypeAlias = MetricsReply | StateReply | DocumentsReply
 WorkerMessage: TypeAlias = Ready | MetricsReply | StateReply | DocumentsReply
+#: Supervisor → worker.
+Command: TypeAlias = Query | Apply
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(WorkerMessage)
 _query_decoder: Final = msgspec.msgpack.Decoder(Query)
+_command_decoder: Final = msgspec.msgpack.Decoder(Command)
 
 
-def encode_message(message: WorkerMessage | Query) -> bytes:
+def encode_message(message: WorkerMessage | Command) -> bytes:
     """The payload of one control-channel message (either direction)."""
     return _encoder.encode(message)
 
@@ -185,8 +226,26 @@ def decode_message(data: bytes) -> WorkerMessage:
 
 
 def decode_query(data: bytes) -> Query:
-    """Decode one supervisor → worker message; raises ``msgspec.DecodeError`` if malformed."""
+    """Decode a ``Query``; raises ``msgspec.DecodeError`` if malformed (or another message)."""
     return _query_decoder.decode(data)
+
+
+def decode_command(data: bytes) -> Command:
+    """Decode one supervisor → worker message; raises ``msgspec.DecodeError`` if malformed."""
+    return _command_decoder.decode(data)
+
+
+def apply_message(config: Config, generation: int) -> Apply:
+    """The ``Apply`` that hands ``config`` (validated) to the workers as ``generation``."""
+    return Apply(generation, encode_config(config), secrets_of(config))
+
+
+def config_of(message: Apply) -> Config:
+    """The exact ``Config`` that ``message`` carries, its secrets remembered (for redaction).
+    Raises ``msgspec.DecodeError`` if it does not decode."""
+    config = decode_config(message.config)
+    remember_secrets(config, message.secrets)
+    return config
 
 
 # ------------------------------------------------------------------ the supervisor's side
@@ -201,9 +260,9 @@ class Worker(Protocol):
     async def receive(self) -> WorkerMessage | None:
         """The next control message; ``None`` once the channel is closed (the worker exited)."""
 
-    async def send(self, message: Query) -> None:
-        """Write ``message`` to the worker. Raises ``OSError`` when the channel is broken or
-        closed."""
+    async def send(self, message: Command) -> None:
+        """Write ``message`` to the worker (writes never interleave). Raises ``OSError`` when
+        the channel is broken or closed."""
 
     async def wait(self) -> int:
         """Wait for the exit and reap; the exit code (−n for signal n)."""
@@ -227,6 +286,7 @@ class ProcessWorker:
         assert self._process.pid is not None
         self._pid: int = self._process.pid
         self._reaped = False
+        self._writing = trio.Lock()
 
     @property
     def pid(self) -> int:
@@ -246,18 +306,29 @@ class ProcessWorker:
             except msgspec.DecodeError as error:
                 log.warning("worker pid %d: bad control message: %s", self._pid, error)
 
-    async def send(self, message: Query) -> None:
-        # A query is a few dozen bytes: once the socket is writable (Linux: at most a quarter
-        # of its buffer in use) the write completes at once. A worker that stops reading thus
-        # makes ``send`` wait here, under the caller's timeout, instead of blocking the loop.
-        await trio.lowlevel.wait_writable(self._channel.fileno())
-        self._channel.send_bytes(encode_message(message))
+    async def send(self, message: Command) -> None:
+        # A query is a few dozen bytes: once the socket is writable (Linux: at most half of its
+        # buffer in use) the write completes at once. A worker that stops reading thus makes
+        # ``send`` wait here, under the caller's timeout, instead of blocking the loop. An
+        # ``Apply`` can be megabytes: written from a thread (not cancellable once started; it
+        # ends when the worker has read it or has exited), one writer at a time.
+        payload = encode_message(message)
+        async with self._writing:
+            try:
+                await trio.lowlevel.wait_writable(self._channel.fileno())
+            except trio.ClosedResourceError:  # ``wait`` closed the channel meanwhile
+                raise BrokenPipeError(f"worker pid {self._pid}: channel closed") from None
+            if len(payload) <= _INLINE_SEND:
+                self._channel.send_bytes(payload)
+            else:
+                await trio.to_thread.run_sync(self._channel.send_bytes, payload)
 
     async def wait(self) -> int:
         await trio.lowlevel.wait_readable(self._process.sentinel)
         self._process.join()  # the sentinel closed as the process exited: returns at once
         self._reaped = True
         code = self._process.exitcode
+        trio.lowlevel.notify_closing(self._channel.fileno())
         self._channel.close()
         self._process.close()
         return -1 if code is None else code
@@ -299,20 +370,6 @@ def _prepare(config: Config, spec: WorkerSpec) -> Config:
     return with_ports(config, spec.ports)
 
 
-def _load(spec: WorkerSpec) -> Config | None:
-    """Load and check the file at start; log the problems; ``None`` if there is an error."""
-    result = load(spec.path, options=LoadOptions(workers=spec.workers))
-    problems = check(result, offline=False)
-    if any(p.severity == "error" for p in problems) or result.config is None:
-        for problem in problems:
-            log.error("%s", problem.format())
-        return None
-    # The CLI already logged the start-up warnings once; N more copies would be noise.
-    for problem in problems:
-        log.debug("%s", problem.format())
-    return _prepare(result.config, spec)
-
-
 def worker_main(spec: WorkerSpec, channel: Connection[object, object]) -> None:
     """The ``multiprocessing`` target: serve until told to stop; exits 0, 1 (config) or 3."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -323,12 +380,8 @@ def worker_main(spec: WorkerSpec, channel: Connection[object, object]) -> None:
 
 
 def _run(spec: WorkerSpec, channel: Connection[object, object]) -> int:
-    config = _load(spec)
-    if config is None:
-        return EXIT_CONFIG
     try:
-        gateway = Gateway(config, reuse_port=True, management=False)
-        return trio.run(_serve, gateway, spec, channel)
+        return trio.run(_start, spec, channel)
     except (GatewayError, BaseExceptionGroup) as error:
         # A bind failure leaves ``nursery.start`` inside the nursery body, so it arrives
         # wrapped in an exception group (strict exception groups, trio ≥ 0.25).
@@ -358,30 +411,65 @@ def _gateway_error(error: BaseException) -> GatewayError | None:
     return None
 
 
-async def _serve(gateway: Gateway, spec: WorkerSpec, channel: Connection[object, object]) -> int:
+async def _start(spec: WorkerSpec, channel: Connection[object, object]) -> int:
+    """Wait for the first generation, then serve it (``_serve``)."""
+    first = await _first_generation(channel)
+    if first is None:
+        return EXIT_START
+    try:
+        config = _prepare(config_of(first), spec)
+    except msgspec.DecodeError as error:
+        log.error("config generation %d from the supervisor: %s", first.generation, error)
+        return EXIT_CONFIG
+    gateway = Gateway(config, reuse_port=True, management=False)
+    return await _serve(gateway, spec, channel, first.generation)
+
+
+async def _first_generation(channel: Connection[object, object]) -> Apply | None:
+    """The supervisor's first message, an ``Apply``; None (logged) if none comes in time."""
+    with trio.move_on_after(FIRST_CONFIG_WAIT):
+        command = await _receive(channel)
+        if isinstance(command, Apply):
+            return command
+        what = "the supervisor is gone" if command is None else "a query came first"
+        log.error("no config from the supervisor: %s", what)
+        return None
+    log.error("no config from the supervisor within %gs", FIRST_CONFIG_WAIT)
+    return None
+
+
+async def _receive(channel: Connection[object, object]) -> Command | None:
+    """The next message from the supervisor (malformed ones are logged and skipped); None at
+    the end of the channel. Read in a thread once readable: an ``Apply`` can be large."""
+    while True:
+        await trio.lowlevel.wait_readable(channel.fileno())
+        try:
+            data = await trio.to_thread.run_sync(channel.recv_bytes)
+        except (EOFError, OSError):
+            return None
+        try:
+            return decode_command(data)
+        except msgspec.DecodeError as error:
+            log.warning("bad control message from the supervisor: %s", error)
+
+
+async def _serve(
+    gateway: Gateway, spec: WorkerSpec, channel: Connection[object, object], generation: int
+) -> int:
     """Serve until the gateway has stopped; see the module docstring for the signals."""
-    reloader = Reloader(
-        gateway,
-        spec.path,
-        workers=spec.workers,
-        prepare=partial(_prepare, spec=spec),
-        watch=False,
-        warm=False,
-        report_warnings=False,  # the supervisor reported them when it validated the file
-    )
-    gateway.attach_reloader(reloader)
+    generations = _Generations(gateway, spec, generation)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(_serve_then_cancel, gateway, nursery.cancel_scope)
-            await nursery.start(reloader.run)
             addresses = {name: list(bound) for name, bound in gateway.addresses().items()}
             channel.send_bytes(encode_message(Ready(pid=os.getpid(), addresses=addresses)))
-            nursery.start_soon(_serve_supervisor, channel, gateway)
+            log.info("serving config generation %d", generation)
+            nursery.start_soon(generations.run)
+            nursery.start_soon(_serve_supervisor, channel, gateway, generations)
             draining = False
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     gateway.reopen_access_log()
-                    nursery.start_soon(partial(reloader.reload_now, force=True))
                 elif not draining:
                     draining = True
                     log.info("draining")
@@ -398,23 +486,69 @@ async def _serve_then_cancel(
     scope.cancel()
 
 
-async def _serve_supervisor(channel: Connection[object, object], gateway: Gateway) -> None:
-    """Answer the supervisor's queries in order; end-of-file on the channel: the supervisor
-    died, so drain instead of lingering."""
-    while True:
-        await trio.lowlevel.wait_readable(channel.fileno())
+class _Generations:
+    """The generations a serving worker is handed (module docstring): ``offer`` keeps the
+    newest not yet applied; ``run`` applies them one at a time until cancelled."""
+
+    def __init__(self, gateway: Gateway, spec: WorkerSpec, serving: int) -> None:
+        self._gateway = gateway
+        self._spec = spec
+        #: The supervisor's number of the generation this worker serves.
+        self.serving = serving
+        self._newest = serving
+        self._pending: Apply | None = None
+        self._offered = trio.Event()
+
+    def offer(self, message: Apply) -> None:
+        """Apply ``message`` next (replacing one still waiting); an older one is ignored."""
+        if message.generation <= self._newest:
+            log.debug("config generation %d ignored: not newer", message.generation)
+            return
+        self._newest = message.generation
+        self._pending = message
+        self._offered.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._offered.wait()
+            self._offered = trio.Event()
+            message, self._pending = self._pending, None
+            if message is not None:
+                await self._apply(message)
+
+    async def _apply(self, message: Apply) -> None:
+        gateway = self._gateway
+        # A reload used to reach a worker as SIGHUP, which also reopened the access log.
+        gateway.reopen_access_log()
         try:
-            data = channel.recv_bytes()
-        except (EOFError, OSError):
+            await gateway.reload(_prepare(config_of(message), self._spec))
+        except (GatewayError, msgspec.DecodeError) as error:
+            log.error(
+                "config generation %d not applied (still serving %d): %s",
+                message.generation,
+                self.serving,
+                error,
+            )
+            return
+        self.serving = message.generation
+        log.info("serving config generation %d", message.generation)
+
+
+async def _serve_supervisor(
+    channel: Connection[object, object], gateway: Gateway, generations: _Generations
+) -> None:
+    """Answer the supervisor's queries in order and hand its generations on; end-of-file on
+    the channel: the supervisor died, so drain instead of lingering."""
+    while True:
+        command = await _receive(channel)
+        if command is None:
             log.warning("supervisor is gone: draining")
             await gateway.shutdown()
             return
-        try:
-            query = decode_query(data)
-        except msgspec.DecodeError as error:
-            log.warning("bad control message from the supervisor: %s", error)
+        if isinstance(command, Apply):
+            generations.offer(command)
             continue
-        reply = encode_message(answer_query(query, gateway))
+        reply = encode_message(answer_query(command, gateway))
         try:
             await trio.to_thread.run_sync(channel.send_bytes, reply)
         except OSError:

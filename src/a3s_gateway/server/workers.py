@@ -2,9 +2,9 @@
 
 Ring 1 (trio, sockets, processes) with a Ring-0 core: ``restart_delay`` and ``after_crash`` are
 plain functions of ``now``. One supervisor process serves no traffic; it starts N worker
-processes with the ``spawn`` start method (``server/worker_main.py``), each of which loads the
-config itself and binds every entrypoint with ``SO_REUSEPORT``, so the kernel spreads new
-connections over the workers.
+processes with the ``spawn`` start method (``server/worker_main.py``), each of which serves the
+config the supervisor hands it and binds every entrypoint with ``SO_REUSEPORT``, so the kernel
+spreads new connections over the workers.
 
 Port 0: a worker that binds port 0 itself would get a port of its own, so ``reserve_ports``
 binds first, in the supervisor: one ``SO_REUSEPORT`` socket per port-0 entrypoint address,
@@ -18,17 +18,22 @@ Processes and signals (SPEC §2.4): the supervisor owns the signals. First SIGIN
 SIGTERM to every worker (each drains), wait, exit 0; a second → SIGKILL, exit 128+n; SIGHUP →
 a reload (below).
 
-Reload (SPEC §13.4): the supervisor owns the file watching. SIGHUP and a change of the file
-(``providers.Reloader`` with ``Fleet`` as its target, debounced, unchanged candidates
-skipped) validate the file once, in the supervisor's candidate-builder child; a valid
-candidate is forwarded as SIGHUP to every ready worker, which then reloads from the file
-itself; an invalid one is logged by the supervisor (once, though an edit and a SIGHUP both
-validate it: ``providers/aggregator.py``) and no worker reloads. The config's warnings are the
-supervisor's to report, once per start (the CLI) and per reload; workers log them at debug
-level only, and every line a worker logs names it (a last field ``worker=<n>``). (A file
-changed again between the validation and a worker's read is read by the worker as it is then;
-the change also triggers the next validation.) A worker that exits unexpectedly is logged and
-restarted after ``restart_delay`` (1 s doubling to 30 s; the count resets once a worker has run
+Config generations (SPEC §13.4, issue #14): workers never read the config file. The
+supervisor loads and checks it at start (generation 1) and owns the file watching: SIGHUP and a
+change of the file (``providers.Reloader`` with ``Fleet`` as its target, debounced, unchanged
+candidates skipped) validate the file once, in the supervisor's candidate-builder child; a
+valid candidate is compiled once and becomes the current generation (``Fleet.reload``); an
+invalid one is logged by the supervisor (once, though an edit and a SIGHUP both validate it:
+``providers/aggregator.py``) and nothing changes. The current generation, encoded once as an
+``Apply`` message (the ``Config`` with its ``${VAR}`` values as the supervisor interpolated
+them), is what every worker is handed over its control channel: each slot's *feeder* sends it
+to a new worker as its first message — a worker restarted after a rejected reload, a deleted
+file or an edit not reloaded (``watch = false``) starts from the supervisor's current
+generation, like the others — and sends each newer generation as it is published (a reload),
+the newest only if several came meanwhile. The config's warnings are the supervisor's to
+report, once per start (the CLI) and per reload; every line a worker logs names it (a last
+field ``worker=<n>``). A worker that exits unexpectedly is logged and restarted after
+``restart_delay`` (1 s doubling to 30 s; the count resets once a worker has run
 ``STABLE_AFTER`` seconds); the others keep serving. If a worker fails during the initial
 start-up (config or bind error), the others are stopped and the supervisor exits 1 (config) or
 3 (anything else).
@@ -42,7 +47,8 @@ never started): a config the workers could not compile is rejected before any SI
 API reads routes from it.
 
 Control channel (``server/worker_main.py`` has the messages): one task per worker slot reads
-its channel — ``Ready`` and replies alike — so nothing else ever calls ``receive``. Each query
+its channel — ``Ready`` and replies alike — so nothing else ever calls ``receive``; the slot's
+feeder (``Apply``) and the queries write to it, one at a time (``ProcessWorker.send``). Each query
 carries an id, unique per channel; ``_Link`` keeps the queries awaiting a reply by id and the
 slot task hands each reply to its waiter. A query is sent only to a worker that has reported
 ``Ready``, and waits at most its timeout (the send included); a reply that comes later finds
@@ -53,22 +59,24 @@ worker out.
 Nurseries: ``Supervisor.run`` owns the *supervisor* nursery (signal handling, the start-up
 deadline, the drain bound) and inside it the *slots* nursery (one task per worker slot: spawn,
 read the control channel, reap, restart); the supervisor nursery is cancelled once every slot
-task has returned. ``_supervise`` wraps it in one more nursery for the management server, which
-answers until the last worker has exited. ``Supervisor.query`` opens a nursery per call (one
-task per ready worker). Deadlines: ``START_DEADLINE`` for the first readiness of all workers,
-the drain bound (``shutdown_timeout_secs`` + ``DRAIN_MARGIN``) after which survivors get
-SIGKILL, and each query's timeout.
+task has returned. Each slot task owns a *channel* nursery per worker it spawned, holding that
+worker's feeder, from the spawn until the worker's channel ends. ``_supervise`` wraps it all
+in one more nursery for the management server, which answers until the last worker has
+exited. ``Supervisor.query`` opens a nursery per call (one task per ready worker). Deadlines:
+``START_DEADLINE`` for the first readiness of all workers, the drain bound
+(``shutdown_timeout_secs`` + ``DRAIN_MARGIN``) after which survivors get SIGKILL, and each
+query's timeout.
 
 State per worker (SPEC §13.4) — every worker has its own: downstream connections and upstream
 pools; balancer positions (round-robin, least-connections counts); in-memory ``rate-limit``
 buckets (effective limit = N × configured); circuit breakers, retry budgets, passive health;
 mirror sampling and concurrency; ws-mux hubs; UDP sessions; ``max_connections`` and tcp-filter
-counts; request counters and metrics. Global state: the config file (each worker reads it),
-Redis (``rate-limit-redis``), the stateless sticky cookie, ACME storage on the filesystem, and
-the reserved port-0 sockets above (held here).
+counts; request counters and metrics. Global state: the config generation (the supervisor's,
+handed to each worker), Redis (``rate-limit-redis``), the stateless sticky cookie, ACME storage
+on the filesystem, and the reserved port-0 sockets above (held here).
 
-Must not: serve traffic, parse arguments, or signal a process it has already reaped (its pid
-may have been reused).
+Must not: serve traffic, parse arguments, signal a process it has already reaped (its pid
+may have been reused), let a worker read the config file, or log a generation's contents.
 """
 
 from __future__ import annotations
@@ -94,11 +102,13 @@ from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import ReloadError, StartError
 from a3s_gateway.observability import applog
+from a3s_gateway.preflight import check
 from a3s_gateway.providers import Reloader
 from a3s_gateway.server.management import open_management_listener
 from a3s_gateway.server.outbound import Outbound
 from a3s_gateway.server.supervisor_view import FleetApi, FleetManagementServer
 from a3s_gateway.server.worker_main import (
+    Apply,
     DocumentsReply,
     MetricsReply,
     ProcessWorker,
@@ -109,6 +119,7 @@ from a3s_gateway.server.worker_main import (
     Worker,
     WorkerMessage,
     WorkerSpec,
+    apply_message,
 )
 
 if TYPE_CHECKING:
@@ -235,7 +246,8 @@ def _bound_socket(family: int, kind: int, address: tuple[object, ...]) -> socket
 
 
 class Supervisor:
-    """Keeps ``count`` workers from ``spawn(index)`` running until a signal (module docstring).
+    """Keeps ``count`` workers from ``spawn(index)`` running until a signal (module docstring),
+    each fed the generation ``publish`` made current.
 
     ``spawn`` starts a worker synchronously; tests pass fakes and drive time with the autojump
     clock. ``run`` takes the signal numbers as an async iterator (``trio.open_signal_receiver``).
@@ -260,6 +272,10 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._all_ready = trio.Event()
         self._stopping = trio.Event()
+        #: The generation every worker is to serve (``publish``); None: none yet.
+        self._current: Apply | None = None
+        #: Set (and replaced) by each ``publish``: wakes the feeders.
+        self._published = trio.Event()
         self.exit_code = EXIT_OK
         #: Restarts done so far (for logs, metrics and tests).
         self.restarts = 0
@@ -285,10 +301,28 @@ class Supervisor:
         """The slots with a worker process (ready or still starting), in order."""
         return tuple(sorted(self._links))
 
+    @property
+    def generation(self) -> int | None:
+        """The number of the generation the workers are handed (None before ``publish``)."""
+        return None if self._current is None else self._current.generation
+
+    def served(self) -> dict[int, int]:
+        """Slot index → the generation last handed to its current worker (sent, not
+        necessarily applied yet); a worker not handed one yet is not listed."""
+        return {index: link.sent for index, link in self._links.items() if link.sent}
+
+    def publish(self, message: Apply) -> None:
+        """Make ``message`` the generation every worker serves: each current worker is sent it
+        (by its feeder, after any it is still being sent), and every worker started from now
+        on starts from it."""
+        self._current = message
+        published, self._published = self._published, trio.Event()
+        published.set()
+
     def state(self) -> GatewayState:
         """``starting`` until every worker has been ready once, ``running``, then ``stopping``
         from the first stop signal (a worker missing later does not change it: ``/ready``
-        reports that)."""
+        and ``/health`` report that, ``server/supervisor_view.py``)."""
         if self._stopping.is_set():
             return GatewayState.STOPPING
         if not self._all_ready.is_set():
@@ -363,8 +397,9 @@ class Supervisor:
         self._stopping.set()
         self._send_all(signal.SIGKILL)
 
-    def reload(self) -> None:
-        """SIGHUP to every ready worker (one still starting reads the file anyway)."""
+    def forward_sighup(self) -> None:
+        """SIGHUP to every ready worker: each reopens its access log (reloads reach workers
+        as ``Apply``, never as a signal)."""
         for index in self.ready():
             self._links[index].worker.signal(signal.SIGHUP)
 
@@ -380,8 +415,8 @@ class Supervisor:
                     log.info("signal %s: validating the config file", name)
                     self._nursery.start_soon(partial(self._reloader.reload_now, force=True))
                 else:
-                    log.info("signal %s: reloading %d worker(s)", name, len(self._ready))
-                    self.reload()
+                    log.info("signal %s: forwarded to %d worker(s)", name, len(self._ready))
+                    self.forward_sighup()
             elif not self._stopping.is_set():
                 log.info("signal %s: draining workers", name)
                 self.stop(EXIT_OK)
@@ -433,14 +468,34 @@ class Supervisor:
             return EXIT_START, f"worker {index} (spawn: {error.strerror or error})"
         link = self._links[index] = _Link(worker)
         try:
-            # The only reader of this channel (module docstring): readiness and replies.
-            while (message := await worker.receive()) is not None:
-                self._on_message(index, link, message)
+            async with trio.open_nursery() as channel:
+                channel.start_soon(self._feed, index, link)
+                # The only reader of this channel (module docstring): readiness and replies.
+                while (message := await worker.receive()) is not None:
+                    self._on_message(index, link, message)
+                channel.cancel_scope.cancel()
             return await worker.wait(), f"worker {index} (pid {worker.pid})"
         finally:
             link.close()
             del self._links[index]
             self._ready.discard(index)
+
+    async def _feed(self, index: int, link: _Link) -> None:
+        """Send slot ``index``'s worker the current generation, first thing, then each newer
+        one ``publish`` makes current (the newest only, if several came meanwhile), until
+        cancelled or the channel breaks."""
+        while True:
+            published = self._published
+            current = self._current
+            if current is None or current.generation <= link.sent:
+                await published.wait()
+                continue
+            try:
+                await link.worker.send(current)
+            except OSError as error:  # it exited: the slot task sees the end of the channel
+                log.debug("worker %d: generation %d not sent: %s", index, current.generation, error)
+                return
+            link.sent = current.generation
 
     def _on_message(self, index: int, link: _Link, message: WorkerMessage) -> None:
         if not isinstance(message, Ready):
@@ -481,10 +536,12 @@ class _Link:
     and the queries awaiting a reply by id. ``deliver`` is called by the slot task, the only
     reader; ``close`` when the worker has exited."""
 
-    __slots__ = ("_closed", "_last_id", "_waiting", "worker")
+    __slots__ = ("_closed", "_last_id", "_waiting", "sent", "worker")
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        #: The last generation sent to this worker (0: none yet).
+        self.sent = 0
         self._last_id = 0
         self._waiting: dict[int, _Waiter] = {}
         self._closed = False
@@ -527,10 +584,11 @@ class _Link:
 
 
 class Fleet:
-    """The supervisor as a reload target (``providers.ReloadTarget``): a valid candidate is
-    compiled once (``compile_runtime``; a failure rejects it, no worker reloads), recorded as
-    the running config and forwarded to the ready workers as SIGHUP. ``listeners`` are told of
-    every applied config (the management API's settings)."""
+    """The supervisor as a reload target (``providers.ReloadTarget``) and the owner of the
+    config generations: the start's config is generation 1; a valid candidate is compiled once
+    (``compile_runtime``; a failure rejects it, no worker sees it), recorded as the running
+    config and published to the workers (``Supervisor.publish``: module docstring).
+    ``listeners`` are told of every applied config (the management API's settings)."""
 
     def __init__(
         self,
@@ -545,6 +603,7 @@ class Fleet:
         self._runtime = runtime
         self._deps = deps
         self._generation = runtime.generation
+        supervisor.publish(apply_message(config, self._generation))
         #: Candidates rejected before reaching the workers.
         self.failed_reloads = 0
         #: The last reload attempt (trio clock), as ``Gateway.health().last_reload``.
@@ -571,10 +630,10 @@ class Fleet:
 
     async def reload(self, config: Config) -> int:
         generation = self._generation + 1
-        compile_new = partial(compile_runtime, config, generation, deps=self._deps)
+        compile_new = partial(_compile, config, generation, self._deps)
         try:
             # As in ``Gateway.reload``: ~70 ms of CPU for 300 rules, off the event loop.
-            runtime = await trio.to_thread.run_sync(compile_new)
+            runtime, message = await trio.to_thread.run_sync(compile_new)
         except StartError as error:
             self.record_failed_reload(1)
             raise ReloadError(str(error)) from error
@@ -590,7 +649,7 @@ class Fleet:
             self._generation,
             len(self._supervisor.pids()),
         )
-        self._supervisor.reload()
+        self._supervisor.publish(message)
         return self._generation
 
     def record_failed_reload(self, problem_count: int) -> None:
@@ -598,6 +657,13 @@ class Fleet:
         self.last_reload = ReloadStatus(
             time=trio.current_time(), ok=False, problem_count=problem_count
         )
+
+
+def _compile(
+    config: Config, generation: int, deps: MiddlewareDeps | None
+) -> tuple[RuntimeConfig, Apply]:
+    """``config`` compiled (``StartError`` if it cannot be) and encoded for the workers."""
+    return compile_runtime(config, generation, deps=deps), apply_message(config, generation)
 
 
 def _how(code: int) -> str:
@@ -610,33 +676,44 @@ def _how(code: int) -> str:
 
 
 def run_supervisor(
-    path: str, *, workers: int, listen: str | None, log_level: str, log_format: str
+    path: str,
+    *,
+    workers: int,
+    listen: str | None,
+    log_level: str,
+    log_format: str,
+    config: Config | None = None,
 ) -> int:
     """``run --workers N`` (N > 1): supervise N workers until a signal; the exit code (SPEC
-    §2.5). The CLI has already loaded and validated ``path``; blocking (runs ``trio.run``)."""
+    §2.5). ``config``: the config the CLI loaded and checked from ``path`` (without
+    ``--listen``), handed to the workers as generation 1; None: ``path`` is loaded and checked
+    again here. Blocking (runs ``trio.run``)."""
     fmt: applog.LogFormat = "json" if log_format == "json" else "text"
     applog.install(log_level, fmt)
     if not hasattr(socket, "SO_REUSEPORT"):
         log.error("--workers > 1 needs SO_REUSEPORT, which this platform lacks")
         return EXIT_START
-    config = _load(path, workers, listen)
     if config is None:
-        return EXIT_CONFIG
+        config = _load(path, workers)
+        if config is None:
+            return EXIT_CONFIG
+    # ``--listen`` applies to every generation (the workers re-apply it, with their ports).
+    prepare = (
+        partial(apply_listen_override, address=Address(listen)) if listen is not None else None
+    )
+    if prepare is not None:
+        config = prepare(config)
     _raise_file_limit()  # inherited by the workers
     # The supervisor compiles every generation once but never serves: its outbound clients
     # (which middleware factories need) are never started.
     deps = Outbound().deps()
-    prepare = (
-        partial(apply_listen_override, address=Address(listen)) if listen is not None else None
-    )
     held: list[socket.socket] = []
     try:
         runtime = compile_runtime(config, 1, deps=deps)
         ports, held = reserve_ports(config)
         template = WorkerSpec(
-            index=0, path=path, workers=workers, listen=listen, log_level=log_level,
-            log_format=fmt, ports=ports,
-        )  # fmt: skip
+            index=0, listen=listen, log_level=log_level, log_format=fmt, ports=ports
+        )
         spawn = partial(_spawn, multiprocessing.get_context("spawn"), template)
         drain_bound = config.shutdown_timeout_secs + DRAIN_MARGIN
         supervisor = Supervisor(workers, spawn, drain_bound=drain_bound)
@@ -690,16 +767,16 @@ async def _supervise(
     return code
 
 
-def _load(path: str, workers: int, listen: str | None) -> Config | None:
-    """The config as the workers will see it (``--listen`` applied), for ports and the grace."""
+def _load(path: str, workers: int) -> Config | None:
+    """Load and check ``path`` as the CLI does (its warnings were reported there); None, with
+    the problems logged, if it has an error."""
     result = load(path, options=LoadOptions(workers=workers))
-    if result.config is None:
-        for problem in result.problems:
+    problems = check(result, offline=False)
+    if result.config is None or any(problem.severity == "error" for problem in problems):
+        for problem in problems:
             log.error("%s", problem.format())
         return None
-    if listen is None:
-        return result.config
-    return apply_listen_override(result.config, Address(listen))
+    return result.config
 
 
 def _raise_file_limit() -> None:
