@@ -268,7 +268,8 @@ def refused_service_terms() -> list[str]:
 
 def test_not_available_lists_every_refused_service_setting() -> None:
     terms = refused_service_terms()
-    assert "panic_threshold" in terms
+    assert "upstream_tls" in terms
+    assert "panic_threshold" not in terms  # panic mode works: documented, no longer refused
     assert "https://" in terms
     waiting = not_available()
     missing = [term for term in terms if not in_backticks(term, waiting)]

@@ -241,6 +241,7 @@ FAMILIES = {
     "a3s_passive_ejections": ("counter", {"service", "backend"}),
     "a3s_passive_ejections_skipped": ("counter", {"service", "backend"}),
     "a3s_failover_requests": ("counter", {"service", "reason"}),
+    "a3s_lb_panic": ("counter", {"service"}),
     "a3s_mirror_requests": ("counter", {"service", "outcome"}),
     "a3s_middleware_requests": ("counter", {"middleware", "type", "outcome"}),
     "a3s_middleware_duration_seconds": ("histogram", {"middleware", "type"}),
@@ -275,6 +276,7 @@ def _exercise(metrics: GatewayMetrics) -> None:
     metrics.connect_error("svc", A, "refused")
     metrics.stale_retry("svc", A)
     metrics.failover("svc", "no_backend")
+    metrics.lb_panic("svc")
     metrics.middleware_outcome("keys", "rate-limit", "pass", 0.0001)
     metrics.health_check("svc", A, "success")
     metrics.passive_ejection("svc", A, skipped=False)
@@ -418,6 +420,7 @@ def test_event_methods() -> None:
     assert scraped["a3s_upstream_stale_retries_total", labels(service="svc", backend=A)] == 1
     failover = labels(service="svc", reason="no_backend")
     assert scraped["a3s_failover_requests_total", failover] == 1
+    assert scraped["a3s_lb_panic_total", labels(service="svc")] == 1
     outcome = labels(middleware="keys", type="rate-limit", outcome="pass")
     assert scraped["a3s_middleware_requests_total", outcome] == 1
     timing = labels(middleware="keys", type="rate-limit")

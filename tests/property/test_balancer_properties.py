@@ -2,14 +2,18 @@
 
 Smooth weighted round robin is exact per cycle and smooth in every prefix; the random strategies
 converge to the weights (seeded, so deterministic); no strategy ever picks an unavailable or
-excluded backend; rendezvous hashing moves only the keys of a removed or added backend; and the
-in-flight counters return to 0 after any interleaving of leases, errors and cancellations.
+excluded backend; rendezvous hashing moves only the keys of a removed or added backend; the
+in-flight counters return to 0 after any interleaving of leases, errors and cancellations; and
+panic mode (SPEC §7.1) starts strictly below its threshold, spreads picks over every
+weight-positive backend by weight, never picks a drained one, and changes nothing while every
+backend is available.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from fractions import Fraction
 from random import Random
 
 import pytest
@@ -33,6 +37,7 @@ from a3s_gateway.services import (
     WeightedRandom,
     make_balancer,
 )
+from a3s_gateway.services.balancer import panic_mode
 from tests.property.strategies_services import (
     MAX_POOL,
     BackendSpec,
@@ -205,6 +210,100 @@ def test_only_eligible_backends_are_picked(
             assert chosen in eligible
         else:
             assert chosen is None
+
+
+# --- panic mode (SPEC §7.1) ---
+
+
+def in_panic_pool(specs: list[BackendSpec]) -> set[int]:
+    """Positions a panic pick may choose: weight-positive and not excluded, health ignored."""
+    return {i for i, s in enumerate(specs) if s.weight > 0 and not s.excluded}
+
+
+@given(strategy_names(), pool_specs(), seeds(), hash_keys())
+def test_panic_picks_every_weight_positive_backend_but_never_a_drained_one(
+    strategy: str, specs: list[BackendSpec], seed: int, key: str
+) -> None:
+    backends, excluded = realise(specs)
+    allowed = {backends[i] for i in in_panic_pool(specs)}
+    balancer = make_balancer(strategy, backends, rng=Random(seed))
+    for _ in range(12):
+        chosen = balancer.pick(exclude=excluded, key=key, panic=True)
+        if allowed:
+            assert chosen in allowed
+        else:
+            assert chosen is None
+
+
+@given(pool_specs(min_size=1))
+def test_swrr_panic_cycle_is_exact_over_the_weight_positive_backends(
+    specs: list[BackendSpec],
+) -> None:
+    backends, excluded = realise(specs)
+    allowed = in_panic_pool(specs)
+    balancer = SmoothWeightedRoundRobin(backends)
+    total = sum(backends[i].weight for i in allowed)
+    for _ in range(2):
+        counts = Counter(balancer.pick(exclude=excluded, panic=True) for _ in range(total))
+        for position, backend in enumerate(backends):
+            assert counts[backend] == (backend.weight if position in allowed else 0)
+
+
+@given(
+    positive_weights(min_size=2, max_size=5),
+    st.lists(st.booleans(), min_size=5, max_size=5),
+    st.sampled_from(["random", "p2c"]),
+    seeds(),
+)
+def test_random_panic_shares_follow_the_weights_of_every_backend(
+    weights: list[int], unhealthy: list[bool], strategy: str, seed: int
+) -> None:
+    # Idle backends, so p2c's first draw always wins: both follow the weights, health ignored.
+    backends = make_pool(weights)
+    for backend, flag in zip(backends, unhealthy, strict=False):
+        backend.active_healthy = not flag
+    balancer = make_balancer(strategy, backends, rng=Random(seed))
+    picks = Counter(balancer.pick(panic=True) for _ in range(PICKS))
+    assert_shares_follow_weights(picks, backends)
+
+
+@given(strategy_names(), positive_weights(), seeds(), st.lists(hash_keys(), max_size=20))
+def test_panic_changes_nothing_while_every_backend_is_available(
+    strategy: str, weights: list[int], seed: int, keys: list[str]
+) -> None:
+    calm = make_balancer(strategy, make_pool(weights), rng=Random(seed))
+    panicked = make_balancer(strategy, make_pool(weights), rng=Random(seed))
+    for key in [*keys, *keys]:
+        first, second = calm.pick(key=key), panicked.pick(key=key, panic=True)
+        assert first is not None
+        assert second is not None
+        assert first.index == second.index
+
+
+@given(pool_specs(), st.integers(0, 100))
+def test_panic_starts_strictly_below_the_threshold(
+    specs: list[BackendSpec], threshold: int
+) -> None:
+    backends, _ = realise(specs)
+    positive = sum(1 for s in specs if s.weight > 0)
+    available = sum(1 for s in specs if s.weight > 0 and s.healthy and not s.ejected)
+    expected = positive > 0 and Fraction(available, positive) < Fraction(threshold, 100)
+    assert panic_mode(backends, threshold) is expected
+    # A failover service takes a pool with nothing available instead.
+    assert panic_mode(backends, threshold, failover=True) is (expected and available > 0)
+    if positive and (100 * available) % positive == 0:
+        # The share is a whole percentage: at it, no panic; one point above it, panic.
+        share = 100 * available // positive
+        assert not panic_mode(backends, share)
+        if share < 100:
+            assert panic_mode(backends, share + 1)
+
+
+@given(pool_specs(), st.integers(0, 99))
+def test_panic_is_monotone_in_the_threshold(specs: list[BackendSpec], threshold: int) -> None:
+    backends, _ = realise(specs)
+    assert panic_mode(backends, threshold) <= panic_mode(backends, threshold + 1)
+    assert not panic_mode(backends, 0)
 
 
 # --- consistent hash ---

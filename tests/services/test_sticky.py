@@ -275,6 +275,24 @@ def test_unavailable_backend_is_rejected(state: str) -> None:
     assert pool.lookup(cookie(value), NOW) is backends[1]
 
 
+@pytest.mark.parametrize("state", ["unhealthy", "ejected", "both"])
+def test_panic_honours_an_unhealthy_weight_positive_backend(state: str) -> None:
+    # SPEC §7.1: in panic, health is ignored for the cookie as for the balancer.
+    pool, backends = make_pool()
+    value = pool.cookie_value(backends[1], NOW)
+    backends[1].active_healthy = state == "ejected"
+    backends[1].passive_ejected = state != "unhealthy"
+    assert pool.lookup(cookie(value), NOW) is None
+    assert pool.lookup(cookie(value), NOW, panic=True) is backends[1]
+
+
+def test_panic_still_rejects_a_drained_backend() -> None:
+    pool, backends = make_pool()
+    value = pool.cookie_value(backends[0], NOW)
+    backends[0].weight = 0
+    assert pool.lookup(cookie(value), NOW, panic=True) is None
+
+
 def test_pairs_are_split_and_trimmed_across_fields() -> None:
     pool, backends = make_pool()
     value = pool.cookie_value(backends[2], NOW).encode()

@@ -149,13 +149,6 @@ def _server_schemes(*schemes: str) -> Finder:
     return find
 
 
-def _panic_threshold(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, service in config.services.items():
-        balancer = service.load_balancer
-        if balancer is not None and balancer.panic_threshold > 0:
-            yield ("services", name, "load_balancer", "panic_threshold"), "panic_threshold > 0"
-
-
 _DEFAULT_BALANCER: Final = LoadBalancer()
 _DEFAULT_PASSIVE: Final = PassiveHealth()
 
@@ -329,13 +322,6 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         _server_schemes("tcp", "tls", "udp"),
         'services "db" {\n  load_balancer {\n'
         '    servers = [{ url = "tcp://127.0.0.1:5432" }]\n  }\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.load_balancer.panic_threshold",
-        "panic mode",
-        _panic_threshold,
-        'services "panicky" {\n  load_balancer {\n    panic_threshold = 50\n'
-        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n',
     ),
     Unavailable(
         "services.<name>.load_balancer.stream_idle_timeout",

@@ -28,6 +28,7 @@ from a3s_gateway.observability.tracing import propagation_forms
 from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
+from a3s_gateway.services.balancer import panic_mode
 from a3s_gateway.services.health import CheckSettings, kind_for_servers
 from a3s_gateway.services.mirror import MirrorSettings, MirrorState
 from a3s_gateway.services.passive import OutlierDetector, PassiveSettings
@@ -136,6 +137,21 @@ class ServiceRuntime:
     mirror: MirrorState | None = None
     #: ``consistent-hash``'s key (``hash_key``) from the request; None: the client IP.
     hash_key: Callable[[RequestState], bytes] | None = None
+    #: ``panic_threshold`` (SPEC §7.1), percent: below this share of available backends the
+    #: selection ignores health (``services.balancer.panic_mode``); 0 = off.
+    panic_threshold: int = 0
+
+    def in_panic(self, *, primary: bool = True) -> bool:
+        """Whether a request's selection over this pool is in panic mode now (SPEC §7.1): one
+        pass over the backends, so ask only when ``panic_threshold`` is set.
+
+        ``primary`` is False when this service serves as another's failover: its own failover
+        is not used then (no chaining, SPEC §7.8), so even a pool with no available backend
+        panics. As the primary with a failover service, such a pool fails over instead.
+        """
+        return panic_mode(
+            self.backends, self.panic_threshold, failover=primary and self.failover is not None
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -322,6 +338,7 @@ def _service(name: str, service: Service) -> ServiceRuntime:
             else None
         ),
         hash_key=_hash_key(balancer_config),
+        panic_threshold=balancer_config.panic_threshold,
         mirror=(
             MirrorState(MirrorSettings.from_config(service.mirror))
             if service.mirror is not None

@@ -8,7 +8,7 @@ in this build, and two ways in:
 - **Events**, called by the data plane, each cheap: ``observe_exchange`` (one finished request:
   the requests counter, the duration histogram, the byte counters), ``observe_attempt`` (one
   upstream attempt: backend requests, upstream response time), ``connection_opened``,
-  ``connection_rejected``, ``connect_error``, ``stale_retry``, ``failover``,
+  ``connection_rejected``, ``connect_error``, ``stale_retry``, ``failover``, ``lb_panic``,
   ``middleware_outcome``, ``health_check``, ``passive_ejection``, ``reload``,
   ``config_applied`` and ``access_log_dropped``. The children an exchange touches are cached
   per (entrypoint, router, service) and per (service, backend), so a repeated label set costs a
@@ -39,8 +39,7 @@ Families of features that do not exist yet arrive with their issues: ``a3s_tls_*
 ``a3s_grpc_responses_total`` (gRPC), ``a3s_websocket_*`` and ``a3s_sse_streams_active``
 (WebSocket, SSE), ``a3s_tcp_*`` (TCP routing), ``a3s_udp_*`` (UDP), ``a3s_autoscaler_*`` and
 ``a3s_scale_buffer_*`` (autoscaling), ``a3s_revision_traffic_percent`` and ``a3s_rollout_*``
-(revisions), ``a3s_acme_*`` (ACME), ``a3s_lb_panic_total`` (panic mode) and
-``a3s_config_pending_references`` (providers).
+(revisions), ``a3s_acme_*`` (ACME) and ``a3s_config_pending_references`` (providers).
 
 Must not: import Ring 1 modules at run time (the data plane is described by the ``Protocol``s
 below), block, or raise from an event method on a well-formed call.
@@ -287,6 +286,11 @@ class GatewayMetrics:
             "Requests sent to a failover service, by reason.",
             ("service", "reason"),
         )
+        self.lb_panics = counter(
+            "a3s_lb_panic_total",
+            "Requests whose backend was chosen in panic mode, ignoring health.",
+            ("service",),
+        )
         self.mirror_requests = counter(
             "a3s_mirror_requests_total",
             "Mirrored request copies, by outcome.",
@@ -381,8 +385,8 @@ class GatewayMetrics:
             kind=GaugeKind.OWN,
         )
 
-        # The families of TLS, gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME,
-        # panic mode and providers arrive with their issues (listed in the module docstring).
+        # The families of TLS, gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME
+        # and providers arrive with their issues (listed in the module docstring).
 
         self._routes: dict[tuple[str, str, str], _Route] = {}
         self._upstreams: dict[tuple[str, str], _Upstream] = {}
@@ -469,6 +473,11 @@ class GatewayMetrics:
         """A request of ``service`` went to its failover service."""
         if self.enabled:
             self.failovers.labels(service, reason).value += 1
+
+    def lb_panic(self, service: str) -> None:
+        """A request of ``service`` had its backend chosen in panic mode (SPEC §7.1)."""
+        if self.enabled:
+            self.lb_panics.labels(service).value += 1
 
     def middleware_outcome(self, name: str, type: str, outcome: str, seconds: float) -> None:
         """A middleware's request side finished with ``outcome`` after ``seconds``."""

@@ -926,17 +926,13 @@ async def _try_service(
     Sticky sessions (SPEC §7.6, §7.9 step 1), for the primary service and the first attempt
     only: a valid cookie naming an available backend picks it first, without ``Set-Cookie``;
     any other backend that serves gets a cookie naming it. Backends earlier retry attempts
-    used (``request.tried``) are avoided while others are available (SPEC §8.12).
+    used (``request.tried``) are avoided while others are available (SPEC §8.12). Panic mode
+    (SPEC §7.1) is decided once, for services with a ``panic_threshold``, and then applies to
+    the cookie and every attempt.
     """
     tried: list[Backend] = []
     failure = _NO_BACKEND_FAILURE
     key = request.client if service.hash_key is None else request.hash_key(service.hash_key)
-    sticky = service.sticky if primary else None
-    pinned = (
-        sticky.lookup(request.head.headers, ctx.dates.unix())
-        if sticky is not None and request.first
-        else None
-    )
     avoid = request.tried
     outliers = service.outliers
     if outliers is not None:
@@ -946,15 +942,24 @@ async def _try_service(
         if due is not None and due <= now:
             for transition in outliers.tick(now):
                 log_transition(service.name, transition, ctx.metrics)
+    panic = service.panic_threshold > 0 and service.in_panic(primary=primary)
+    if panic:
+        ctx.metrics.lb_panic(service.name)
+    sticky = service.sticky if primary else None
+    pinned = (
+        sticky.lookup(request.head.headers, ctx.dates.unix(), panic=panic)
+        if sticky is not None and request.first
+        else None
+    )
     for _ in range(service.connect_attempts):
         if pinned is not None and not tried:
             backend: Backend | None = pinned
         elif avoid:
-            backend = service.balancer.pick(exclude=[*tried, *avoid], key=key)
+            backend = service.balancer.pick(exclude=[*tried, *avoid], key=key, panic=panic)
             if backend is None:
-                backend = service.balancer.pick(exclude=tried, key=key)
+                backend = service.balancer.pick(exclude=tried, key=key, panic=panic)
         else:
-            backend = service.balancer.pick(exclude=tried, key=key)
+            backend = service.balancer.pick(exclude=tried, key=key, panic=panic)
         if backend is None:
             break
         tried.append(backend)

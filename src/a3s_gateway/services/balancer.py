@@ -5,20 +5,25 @@ Ring 0: pure and synchronous. Each strategy is built once per pool from an immut
 flags, in-flight count), so health changes need no rebuild. Randomness comes from an injected
 ``random.Random``; nothing here reads a clock.
 
-Shared contract of ``pick(exclude=..., key=...)``:
+Shared contract of ``pick(exclude=..., key=..., panic=...)``:
 
 - it never returns a backend that is unavailable (SPEC §7.1) or in ``exclude``; ``exclude``
   holds the backends a connect retry already tried (SPEC §7.8);
+- with ``panic=True`` (panic mode, SPEC §7.1) health is ignored: every weight-positive backend
+  not in ``exclude`` qualifies, as if it were available; a weight-0 backend never does;
 - it returns ``None`` when nothing qualifies (the caller then fails over, buffers or answers
   503, SPEC §7.9);
 - it costs at most a few linear passes over the pool and allocates nothing per backend.
 
-"Eligible" below means ``backend.available and backend not in exclude``; the test is written
-out in each loop rather than called, since it runs once per backend per request.
+"Eligible" below means ``backend.available and backend not in exclude`` (``backend.weight > 0``
+in place of ``available`` in panic); the test is written out in each loop rather than called,
+since it runs once per backend per request. ``panic_mode`` decides whether a request's
+selection is in panic, in one pass over the pool; the caller asks it only for services with a
+``panic_threshold``, so the others pay nothing.
 
 Must not: import trio, socket, ssl or time; change a backend's health or in-flight count (the
-lease does that); apply stickiness, revisions, panic mode or concurrency limits — those are the
-selection-order layer's job (SPEC §7.9) around these strategies.
+lease does that); apply stickiness, revisions or concurrency limits, or decide on its own to
+panic — those are the selection-order layer's job (SPEC §7.9) around these strategies.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "SmoothWeightedRoundRobin",
     "WeightedRandom",
     "make_balancer",
+    "panic_mode",
 ]
 
 
@@ -51,10 +57,13 @@ class Balancer(Protocol):
 
     backends: tuple[Backend, ...]
 
-    def pick(self, *, exclude: Collection[Backend] = (), key: str | None = None) -> Backend | None:
+    def pick(
+        self, *, exclude: Collection[Backend] = (), key: str | None = None, panic: bool = False
+    ) -> Backend | None:
         """Choose an available backend not in ``exclude``, or ``None``.
 
-        ``key`` matters to ``ConsistentHash`` only; the other strategies ignore it.
+        ``key`` matters to ``ConsistentHash`` only; the other strategies ignore it. ``panic``
+        makes every weight-positive backend eligible, healthy or not (SPEC §7.1).
         """
         ...
 
@@ -83,14 +92,18 @@ class SmoothWeightedRoundRobin:
         self.backends = tuple(backends)
         self._current = [0] * len(self.backends)
 
-    def pick(self, *, exclude: Collection[Backend] = (), key: str | None = None) -> Backend | None:
+    def pick(
+        self, *, exclude: Collection[Backend] = (), key: str | None = None, panic: bool = False
+    ) -> Backend | None:
         """The next backend of the smooth sequence, or ``None``; ``key`` is ignored."""
         current = self._current
         best = -1
         best_value = 0
         total = 0
         for position, backend in enumerate(self.backends):
-            if not backend.available or (exclude and backend in exclude):
+            if (backend.weight <= 0 if panic else not backend.available) or (
+                exclude and backend in exclude
+            ):
                 continue
             weight = backend.weight
             value = current[position] + weight
@@ -125,7 +138,9 @@ class LeastConnections:
         self.backends = tuple(backends)
         self._cursor = 0
 
-    def pick(self, *, exclude: Collection[Backend] = (), key: str | None = None) -> Backend | None:
+    def pick(
+        self, *, exclude: Collection[Backend] = (), key: str | None = None, panic: bool = False
+    ) -> Backend | None:
         """The least loaded eligible backend, or ``None``; ``key`` is ignored."""
         cursor = self._cursor
         # Best load so far as the fraction flights / weight, and two tied candidates: the first
@@ -133,7 +148,9 @@ class LeastConnections:
         flights, weight = 0, 0
         first = after = -1
         for position, backend in enumerate(self.backends):
-            if not backend.available or (exclude and backend in exclude):
+            if (backend.weight <= 0 if panic else not backend.available) or (
+                exclude and backend in exclude
+            ):
                 continue
             mine = backend.in_flight * weight
             theirs = flights * backend.weight
@@ -156,12 +173,14 @@ def _default_rng() -> Random:
 
 
 def _eligible_weight(
-    backends: tuple[Backend, ...], exclude: Collection[Backend], skip: Backend | None
+    backends: tuple[Backend, ...], exclude: Collection[Backend], panic: bool
 ) -> int:
-    """Sum of the weights of the eligible backends other than ``skip``."""
+    """Sum of the weights of the eligible backends."""
     total = 0
     for backend in backends:
-        if backend is not skip and backend.available and not (exclude and backend in exclude):
+        if (backend.weight > 0 if panic else backend.available) and not (
+            exclude and backend in exclude
+        ):
             total += backend.weight
     return total
 
@@ -171,14 +190,20 @@ def _weighted_draw(
     exclude: Collection[Backend],
     skip: Backend | None,
     ticket: int,
+    panic: bool,
 ) -> Backend:
     """The eligible backend (other than ``skip``) whose weight interval holds ``ticket``.
 
-    ``ticket`` must be below ``_eligible_weight`` of the same arguments, computed with no state
-    change in between (picks are synchronous, so nothing can interleave).
+    ``ticket`` must be below the eligible weight (less ``skip``'s) of the same arguments,
+    computed with no state change in between (picks are synchronous, so nothing can
+    interleave).
     """
     for backend in backends:
-        if backend is not skip and backend.available and not (exclude and backend in exclude):
+        if (
+            backend is not skip
+            and (backend.weight > 0 if panic else backend.available)
+            and not (exclude and backend in exclude)
+        ):
             ticket -= backend.weight
             if ticket < 0:
                 return backend
@@ -199,12 +224,14 @@ class WeightedRandom:
         self.backends = tuple(backends)
         self._rng = rng if rng is not None else _default_rng()
 
-    def pick(self, *, exclude: Collection[Backend] = (), key: str | None = None) -> Backend | None:
+    def pick(
+        self, *, exclude: Collection[Backend] = (), key: str | None = None, panic: bool = False
+    ) -> Backend | None:
         """A weighted random eligible backend, or ``None``; ``key`` is ignored."""
-        total = _eligible_weight(self.backends, exclude, None)
+        total = _eligible_weight(self.backends, exclude, panic)
         if total == 0:
             return None
-        return _weighted_draw(self.backends, exclude, None, self._rng.randrange(total))
+        return _weighted_draw(self.backends, exclude, None, self._rng.randrange(total), panic)
 
 
 class PowerOfTwoChoices:
@@ -223,21 +250,25 @@ class PowerOfTwoChoices:
         self.backends = tuple(backends)
         self._rng = rng if rng is not None else _default_rng()
 
-    def pick(self, *, exclude: Collection[Backend] = (), key: str | None = None) -> Backend | None:
+    def pick(
+        self, *, exclude: Collection[Backend] = (), key: str | None = None, panic: bool = False
+    ) -> Backend | None:
         """The less loaded of two weighted random eligible backends, or ``None``."""
         backends = self.backends
         total = count = 0
         last: Backend | None = None
         for backend in backends:
-            if backend.available and not (exclude and backend in exclude):
+            if (backend.weight > 0 if panic else backend.available) and not (
+                exclude and backend in exclude
+            ):
                 total += backend.weight
                 count += 1
                 last = backend
         if count <= 1:
             return last
-        first = _weighted_draw(backends, exclude, None, self._rng.randrange(total))
+        first = _weighted_draw(backends, exclude, None, self._rng.randrange(total), panic)
         rest = total - first.weight
-        second = _weighted_draw(backends, exclude, first, self._rng.randrange(rest))
+        second = _weighted_draw(backends, exclude, first, self._rng.randrange(rest), panic)
         if second.in_flight * first.weight < first.in_flight * second.weight:
             return second
         return first
@@ -270,13 +301,17 @@ class ConsistentHash:
         # NUL + URL text, encoded once; the per-key hash state is copied and fed this.
         self._suffixes = tuple(b"\0" + b.url.text.encode() for b in self.backends)
 
-    def pick(self, *, exclude: Collection[Backend] = (), key: str | None = None) -> Backend | None:
+    def pick(
+        self, *, exclude: Collection[Backend] = (), key: str | None = None, panic: bool = False
+    ) -> Backend | None:
         """The eligible backend with the highest rendezvous score for ``key``, or ``None``."""
         prefix = blake2b(b"" if key is None else key.encode(), digest_size=8)
         best: Backend | None = None
         best_score = 0.0
         for backend, suffix in zip(self.backends, self._suffixes, strict=True):
-            if not backend.available or (exclude and backend in exclude):
+            if (backend.weight <= 0 if panic else not backend.available) or (
+                exclude and backend in exclude
+            ):
                 continue
             state = prefix.copy()
             state.update(suffix)
@@ -297,6 +332,33 @@ def _unit(digest: bytes) -> float:
     """A 64-bit digest → a double strictly inside (0, 1)."""
     high = int.from_bytes(digest, "big") >> 12
     return (2 * high + 1) / _UNIT_DENOMINATOR
+
+
+def panic_mode(backends: Sequence[Backend], threshold: int, *, failover: bool = False) -> bool:
+    """Whether a selection over ``backends`` is in panic mode (SPEC §7.1, ``panic_threshold``).
+
+    Panic: fewer than ``threshold`` percent of the weight-positive backends are available, so
+    ``pick(panic=True)`` spreads the request over all of them rather than overload the few
+    available ones or answer 503 (Envoy's healthy panic threshold). Shares count backends, not
+    weights, as Envoy's do. Exactly at the threshold is not panic; ``threshold`` 0 never is, and
+    neither is a pool without a weight-positive backend (there is nothing to spread over).
+
+    ``failover`` says the service has a failover service: then a pool with no available
+    backend at all is not in panic either, and the failover service takes the request (SPEC
+    §7.8 (a)), as a healthy lower priority level does in Envoy before a level panics.
+
+    One pass over the pool, reading the flags ``available`` combines.
+    """
+    positive = available = 0
+    for backend in backends:
+        if backend.weight > 0:
+            positive += 1
+            if backend.active_healthy and not backend.passive_ejected:
+                available += 1
+    if failover and available == 0:
+        return False
+    # available / positive < threshold / 100, in integers.
+    return available * 100 < threshold * positive
 
 
 #: Strategy names of ``load_balancer.strategy`` (SPEC §3.10); ``weighted`` is round-robin.

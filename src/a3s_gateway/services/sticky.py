@@ -228,13 +228,18 @@ class StickyPool:
         bid = self._bids.get(backend)
         return backend_id(self._service, backend.url.text) if bid is None else bid
 
-    def lookup(self, headers: Sequence[tuple[bytes, bytes]], now: int) -> Backend | None:
+    def lookup(
+        self, headers: Sequence[tuple[bytes, bytes]], now: int, *, panic: bool = False
+    ) -> Backend | None:
         """The backend the request's sticky cookie validly names, if it is available.
 
         Every ``cookie`` field is read in order and the first cookie with the configured name is
         the only one considered: if it is invalid, expired, names no backend of this pool, or
         its backend is unavailable (weight 0, unhealthy, ejected: SPEC §7.1), the answer is None
-        and the caller runs normal selection and sets a new cookie. Never raises.
+        and the caller runs normal selection and sets a new cookie. In panic mode (``panic``,
+        SPEC §7.1) health is ignored as the balancer ignores it: a weight-positive backend is
+        honoured, so clients keep their affinity instead of being re-pinned on every request.
+        Never raises.
         """
         for name, line in headers:
             if name != _COOKIE:
@@ -246,7 +251,9 @@ class StickyPool:
             if bid is None:
                 return None
             backend = self._by_bid.get(bid)
-            return backend if backend is not None and backend.available else None
+            if backend is None or not (backend.weight > 0 if panic else backend.available):
+                return None
+            return backend
         return None
 
     def cookie_value(self, backend: Backend, now: int) -> str:
