@@ -55,6 +55,7 @@ from a3s_gateway.config.values import Address
 from a3s_gateway.errors import ConfigError, GatewayError, ReloadError, StartError
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.preflight import OTEL_EXTRA_HINT
+from a3s_gateway.protocols.http1_engines import upstream_adapter_factory
 from a3s_gateway.server.accesslog import access_log_for
 from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.generation import carry_over, run_generation
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.problems import Problem
     from a3s_gateway.config.runtime import EntrypointRuntime
     from a3s_gateway.config.schema import Config, Observability
+    from a3s_gateway.protocols.http1_engines import Http1Parser, UpstreamAdapter
     from a3s_gateway.providers import Reloader
     from a3s_gateway.providers.aggregator import ReloadOutcome
     from a3s_gateway.server.otlp import OtlpExporter
@@ -123,6 +125,23 @@ def _warn_restart_only(previous: Config, current: Config) -> None:
             "reload: %s changed; these settings apply after a restart, the running ones stay",
             ", ".join(changed),
         )
+
+
+class _UpstreamEngine:
+    """The upstream pool's adapter factory: a fresh client adapter of the configured
+    ``http1_parser`` engine; a reload that changes the setting applies to new upstream
+    connections (pooled ones keep theirs)."""
+
+    __slots__ = ("_factory",)
+
+    def __init__(self, name: Http1Parser) -> None:
+        self._factory = upstream_adapter_factory(name)
+
+    def use(self, name: Http1Parser) -> None:
+        self._factory = upstream_adapter_factory(name)
+
+    def __call__(self) -> UpstreamAdapter:
+        return self._factory()
 
 
 def _unavailable(config: Config) -> tuple[Problem, ...]:
@@ -235,6 +254,8 @@ class Gateway:
         if unavailable:
             raise ConfigError(unavailable)
         self._config = self._with_override(config)
+        #: The upstream pool's client adapters: the ``http1_parser`` engine, across reloads.
+        self._upstream_engine = _UpstreamEngine(self._config.http1_parser)
         if workers != 1:
             raise StartError(
                 "Gateway runs one worker in-process; multi-worker mode is the CLI's "
@@ -312,7 +333,7 @@ class Gateway:
 
     async def _run(self, runtime: RuntimeConfig, task_status: trio.TaskStatus[None]) -> None:
         """The nursery tree of DESIGN.md §3.3: root ⊃ pool, handlers ⊃ acceptors."""
-        pool = UpstreamPool()
+        pool = UpstreamPool(adapter_factory=self._upstream_engine)
         ctx = self._context = ServerContext(runtime, pool)
         ctx.metrics = self._metrics
         otlp = self._otlp = _otlp_exporter(self._config.observability)
@@ -460,6 +481,7 @@ class Gateway:
             self._state = previous
         _warn_restart_only(self._config, config)
         self._config = config
+        self._upstream_engine.use(config.http1_parser)
         self._generation += 1
         if ctx is not None:
             carry_over(ctx.runtime, runtime)

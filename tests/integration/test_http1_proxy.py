@@ -398,6 +398,24 @@ async def test_server_url_path_prefix(origin: Origin, prefix: str) -> None:
     assert [r.target for r in origin.requests] == [b"/base/x/y?q=1"]
 
 
+@pytest.mark.parametrize("engine", ["llhttp", "h11"])
+async def test_both_parser_engines_proxy_alike(origin: Origin, engine: str) -> None:
+    """``http1_parser`` picks the engine for both directions; llhttp is the default and h11
+    the reference, and a proxied exchange looks the same through either."""
+    config = config_text([server_entry(origin)]) + f'http1_parser = "{engine}"\n'
+    async with running_gateway(config) as gw:
+        assert type(gw.gateway._upstream_engine()).__name__ == (
+            "LlhttpClient" if engine == "llhttp" else "Http1Client"
+        )
+        get = await curl(gw.url("/e?q=1"))
+        post = await curl(
+            "-H", "Transfer-Encoding: chunked", "--data-binary", "x" * 70_000, gw.url("/p")
+        )
+    assert (get.response.status, post.response.status) == (200, 200)
+    assert [r.target for r in origin.requests] == [b"/e?q=1", b"/p"]
+    assert origin.requests[1].body_length == 70_000
+
+
 # -- balancing (SPEC §7.2) --------------------------------------------------------------------
 
 

@@ -148,12 +148,12 @@ async def test_tls_over_a_socket_closes_synchronously() -> None:
     theirs.close()
 
 
-async def test_default_adapter_is_an_http1_client() -> None:
-    from a3s_gateway.protocols.http1 import Http1Client  # construction only
+async def test_default_adapter_is_the_default_engines_client() -> None:
+    from a3s_gateway.protocols.http1_llhttp import LlhttpClient  # construction only
 
     ours, theirs = trio.socket.socketpair()
     conn = UpstreamConnection(trio.SocketStream(ours), Peer("http", "x", 80), created_at=0.0)
-    assert isinstance(conn.adapter, Http1Client)
+    assert isinstance(conn.adapter, LlhttpClient)  # http1_parser's default, llhttp
     await conn.aclose()
     assert ours.fileno() == -1
     theirs.close()

@@ -41,7 +41,14 @@ if TYPE_CHECKING:
 
 MAX_FILE_BYTES: Final = 16 * 1024 * 1024
 MAIN_FILE_ONLY: Final = frozenset(
-    {"providers", "management", "observability", "shutdown_timeout_secs", "public_env"}
+    {
+        "providers",
+        "management",
+        "observability",
+        "shutdown_timeout_secs",
+        "public_env",
+        "http1_parser",
+    }
 )
 #: A variable name that says its value is a secret: listing it in ``public_env`` is warned of.
 _SECRET_NAME: Final = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)

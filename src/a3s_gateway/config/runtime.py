@@ -26,6 +26,7 @@ from a3s_gateway.middleware.phases import compile_chains
 from a3s_gateway.middleware.ratelimit import key_function
 from a3s_gateway.observability.tracing import propagation_forms
 from a3s_gateway.protocols.http1 import Http1Limits
+from a3s_gateway.protocols.http1_engines import request_head_parser
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
 from a3s_gateway.services.balancer import panic_mode
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema_services import Service
     from a3s_gateway.middleware.base import Middleware, RequestState
     from a3s_gateway.middleware.outbound import MiddlewareDeps
+    from a3s_gateway.protocols.http1_heads import RequestHeadParser
     from a3s_gateway.routing.request import PeerAddress
 
 __all__ = [
@@ -77,6 +79,8 @@ class EntrypointRuntime:
     tls: bool
     max_connections: int
     limits: Http1Limits
+    #: The request-head parser engine of its connections (``http1_parser``).
+    heads: RequestHeadParser
     max_concurrent_requests: int
     max_requests_per_connection: int
     handshake_timeout: float
@@ -214,7 +218,7 @@ def compile_runtime(
         deps=deps,
     )
     entrypoints = {
-        name: _entrypoint(name, entrypoint)
+        name: _entrypoint(name, entrypoint, request_head_parser(config.http1_parser))
         for name, entrypoint in config.entrypoints.items()
         if entrypoint.protocol == "http"
     }
@@ -235,7 +239,7 @@ def compile_runtime(
     )
 
 
-def _entrypoint(name: str, entrypoint: Entrypoint) -> EntrypointRuntime:
+def _entrypoint(name: str, entrypoint: Entrypoint, heads: RequestHeadParser) -> EntrypointRuntime:
     limits = entrypoint.limits
     timeouts = entrypoint.timeouts
     seconds = dict(_HTTP_TIMEOUTS)
@@ -256,6 +260,7 @@ def _entrypoint(name: str, entrypoint: Entrypoint) -> EntrypointRuntime:
             max_header_bytes=limits.max_header_bytes if limits else 32768,
             max_headers=limits.max_headers if limits else 100,
         ),
+        heads=heads,
         max_concurrent_requests=limits.max_concurrent_requests if limits else 10000,
         max_requests_per_connection=limits.max_requests_per_connection if limits else 0,
         handshake_timeout=seconds["handshake"],

@@ -184,6 +184,9 @@ class Config(Block, frozen=True, kw_only=True, weakref=True):
     management: Management | None = None
     observability: Observability = Observability()
     shutdown_timeout_secs: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 30
+    #: The HTTP/1.1 parser engine: llhttp (httptools, the default) or h11 (the reference the
+    #: default is differential-tested against). Main file only.
+    http1_parser: Literal["llhttp", "h11"] = "llhttp"
     #: Variables whose values are not secrets: shown in ``/config``, logs and problems (SPEC
     #: §14.4). Main file only; literal names, never interpolated.
     public_env: tuple[EnvName, ...] = ()

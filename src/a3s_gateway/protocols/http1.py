@@ -1,4 +1,4 @@
-"""HTTP/1.x sans-IO adapters over h11: ``Http1Server`` (downstream) and ``Http1Client`` (upstream).
+"""HTTP/1.x sans-IO adapters: ``Http1Server`` (downstream) and ``Http1Client`` (upstream).
 
 Ring 0: synchronous and deterministic; no trio, sockets, TLS, clocks or logging. The trio
 drivers (``server/connection.py``, ``upstream/connection.py``) feed received bytes to
@@ -11,21 +11,22 @@ Theory of operation — server. One request/response cycle at a time (SPEC §5.2
 
 * ``HEAD``: bytes collect in our own buffer. Empty lines before the request line are skipped
   (RFC 9112 §2.2); the request line is measured (414) and the head's total size bounded (431)
-  on the raw bytes before h11 sees them. The complete head goes to a fresh
-  ``h11.Connection(SERVER)`` for this cycle, which parses it (obs-fold joined, bare LF
-  accepted, Host and Content-Length rules); ``http1_request`` adds the SPEC §5.3 rules h11
-  leaves out and maps h11's errors to the right status.
-* ``BODY``: ``http1_request`` decodes Content-Length or (strict) chunked framing; h11 never sees
-  body bytes, so the bytes after the message stay in *our* buffer.
+  on the raw bytes before an engine sees them. The complete head goes to the connection's
+  request-head engine (``http1_heads``: llhttp by default, h11 the reference; both give the
+  same ``ParsedHead`` or both refuse, a differential property test holds them to it: obs-fold
+  joined, bare LF accepted, Host and Content-Length rules); ``http1_request`` adds the SPEC
+  §5.3 rules the engines leave out.
+* ``BODY``: ``http1_request`` decodes Content-Length or (strict) chunked framing; no engine
+  sees body bytes, so the bytes after the message stay in *our* buffer.
 * ``DONE``: the request is complete; further bytes (pipelining) are only buffered, bounded by
   ``max_header_bytes + PIPELINE_SLACK``. ``start_next_cycle`` (after a complete keep-alive
-  response) swaps in a fresh h11 connection and parses what is buffered.
+  response) parses what is buffered.
 * ``CLOSED`` after a clean EOF between requests; ``ERROR`` after a ``ProtocolViolation``.
   ``refused_request`` then says what is known of a request refused once its head was complete
   (for the access log), worked out on that error path only.
 
-A fresh h11 connection per cycle is what lets us own the between-requests buffer without
-reaching into h11's private one. Responses are written by ``http1_response.ResponseWriter``
+Parsing only complete heads is what lets us own the between-requests buffer. Responses are
+written by ``http1_response.ResponseWriter``
 with h11's framing rules (status line, framing headers, ``Connection: close``, chunked
 encoding, no body for HEAD/204/304) but without h11's event objects, which re-validate every
 header per response (DESIGN.md §0 allows our own serialisation of validated heads); it checks
@@ -39,9 +40,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Final, assert_never
-
-import h11
+from typing import TYPE_CHECKING, Final, assert_never
 
 from a3s_gateway.protocols.events import (
     BodyChunk,
@@ -54,18 +53,20 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http1_client import Http1Client
+from a3s_gateway.protocols.http1_engines import request_head_parser
 from a3s_gateway.protocols.http1_request import (
     CHUNKED,
     ChunkedDecoder,
     LengthDecoder,
     RefusedRequest,
-    check_raw_head,
     inspect_request,
     refused_head,
     refused_request,
-    violation_for,
 )
 from a3s_gateway.protocols.http1_response import ResponseWriter, client_keep_alive
+
+if TYPE_CHECKING:
+    from a3s_gateway.protocols.http1_heads import RequestHeadParser
 
 __all__ = ["PIPELINE_SLACK", "Http1Client", "Http1Limits", "Http1Server", "RefusedRequest"]
 
@@ -104,7 +105,7 @@ class Http1Server:
         "_closing",
         "_eof",
         "_failed",
-        "_h11",
+        "_heads",
         "_limits",
         "_line_seen",
         "_phase",
@@ -113,9 +114,12 @@ class Http1Server:
         "_writer",
     )
 
-    def __init__(self, limits: Http1Limits = Http1Limits()) -> None:
+    def __init__(
+        self, limits: Http1Limits = Http1Limits(), heads: RequestHeadParser | None = None
+    ) -> None:
         self._limits = limits
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        #: The engine that parses complete request heads (llhttp by default, h11 the reference).
+        self._heads = heads if heads is not None else request_head_parser()
         self._phase = _Phase.HEAD
         self._buf = bytearray()
         self._scan = 0  # where the next line / head-end search resumes in ``_buf``
@@ -227,8 +231,6 @@ class Http1Server:
         """
         if not self.keep_alive:
             raise ProtocolViolation(500, "connection cannot serve another request")
-        limits = self._limits
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self._phase = _Phase.HEAD
         self._writer = ResponseWriter(b"", b"", keep_alive=False)
         try:
@@ -283,20 +285,12 @@ class Http1Server:
         return found.end()
 
     def _start_request(self, head: bytes, rest: bytes) -> list[Event]:
-        conn = self._h11
         try:
-            check_raw_head(head)
-            conn.receive_data(head)
-            request = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            self._refused = refused_head(head)
-            raise violation_for(exc, head) from exc
+            request = self._heads.parse_request_head(head)
         except ProtocolViolation:
             self._refused = refused_head(head)
             raise
-        if not isinstance(request, h11.Request):  # unreachable: the head is complete
-            raise ProtocolViolation(400, "invalid request head")
-        headers = list(request.headers)
+        headers = request.headers  # a fresh list: inspect_request may set the Host line
         try:
             authority, length = inspect_request(request, headers, self._limits.max_headers)
         except ProtocolViolation:
@@ -313,7 +307,7 @@ class Http1Server:
                 headers=headers,
                 http_version=request.http_version,
                 has_body=length != 0,
-                expect_continue=length != 0 and conn.they_are_waiting_for_100_continue,
+                expect_continue=length != 0 and request.expect_continue,
             )
         ]
         if not length:

@@ -40,11 +40,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, ProtocolViolation
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import h11
 
     from a3s_gateway.protocols.events import Event
@@ -62,6 +64,24 @@ __all__ = [
     "refused_request",
     "violation_for",
 ]
+
+
+class ParsedRequest(Protocol):
+    """A parsed request head as the rules here read it: ``http1_heads.ParsedHead`` (either
+    engine) or an ``h11.Request`` (the differential tests)."""
+
+    @property
+    def method(self) -> bytes: ...
+
+    @property
+    def target(self) -> bytes: ...
+
+    @property
+    def http_version(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
 
 #: ``inspect_request``'s body length for a chunked body.
 CHUNKED: Final = -1
@@ -103,7 +123,7 @@ class RefusedRequest:
     http_version: bytes
 
 
-def refused_request(request: h11.Request) -> RefusedRequest:
+def refused_request(request: ParsedRequest) -> RefusedRequest:
     """A request h11 parsed but the gateway refused (``inspect_request``, a bad body)."""
     host = b""
     for name, value in request.headers:
@@ -129,7 +149,7 @@ def check_raw_head(head: bytes) -> None:
 
 
 def inspect_request(
-    request: h11.Request, headers: list[HeaderLine], max_headers: int
+    request: ParsedRequest, headers: list[HeaderLine], max_headers: int
 ) -> tuple[bytes, int]:
     """Apply the SPEC §5.3 rules h11 leaves out; return ``(authority, body length)``.
 

@@ -302,7 +302,7 @@ async def serve_http1(stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContex
     Never raises for anything a client does; a bug in one exchange ends only this connection.
     """
     entry = ctx.runtime.entrypoints[info.entrypoint]
-    adapter = Http1Server(entry.limits)
+    adapter = Http1Server(entry.limits, entry.heads)
     down = Http1Downstream(stream, adapter, entry.body_idle_timeout, entry.request_body_timeout)
     try:
         await _serve_requests(down, adapter, info, entry, ctx)

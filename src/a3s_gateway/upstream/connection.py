@@ -25,18 +25,19 @@ from a3s_gateway.streams import RawSocketStream
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from a3s_gateway.protocols.http1 import Http1Client
+    from a3s_gateway.protocols.http1_engines import UpstreamAdapter
     from a3s_gateway.upstream.peer import Peer
 
-AdapterFactory: TypeAlias = "Callable[[], Http1Client]"
+AdapterFactory: TypeAlias = "Callable[[], UpstreamAdapter]"
 
 
-def new_http1_client() -> Http1Client:
-    """The default ``AdapterFactory``: a fresh ``Http1Client`` with SPEC §5.7's head limits."""
+def new_http1_client() -> UpstreamAdapter:
+    """The default ``AdapterFactory``: a fresh client adapter of the default engine (llhttp;
+    ``http1_parser`` chooses per gateway) with SPEC §5.7's head limits."""
     # Imported on first use: see the module docstring.
-    from a3s_gateway.protocols.http1 import Http1Client
+    from a3s_gateway.protocols.http1_engines import upstream_adapter_factory
 
-    return Http1Client()
+    return upstream_adapter_factory()()
 
 
 class UpstreamConnection:
@@ -72,10 +73,10 @@ class UpstreamConnection:
         self.reused = False
         self.checked_out = False  # set and cleared by the pool only
         self._adapter_factory = adapter_factory
-        self._adapter: Http1Client | None = None
+        self._adapter: UpstreamAdapter | None = None
 
     @property
-    def adapter(self) -> Http1Client:
+    def adapter(self) -> UpstreamAdapter:
         """The HTTP/1.1 client adapter of this connection, created on first access."""
         adapter = self._adapter
         if adapter is None:
