@@ -12,6 +12,7 @@ from a3s_gateway.middleware import RequestState
 from a3s_gateway.middleware.body_limit import BodyLimitMiddleware, too_large
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody
 from a3s_gateway.server.body_limit import BodyTooLarge, LimitedDownstream
+from a3s_gateway.upstream.stream import Handover, UpgradeUnavailable
 
 
 def state(*headers: tuple[bytes, bytes]) -> RequestState:
@@ -68,6 +69,13 @@ class Scripted:
     async def send_batch(self, events: object) -> None: ...
 
     def close_after_response(self) -> None: ...
+
+    def acknowledge(self, nbytes: int) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def take_over(self) -> Handover:
+        raise UpgradeUnavailable
 
 
 async def test_the_chunk_that_crosses_the_limit_raises() -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from a3s_gateway.middleware.retry import RetryMiddleware
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody
 from a3s_gateway.server.replay import ReplayBuffer
+from a3s_gateway.upstream.stream import Handover, UpgradeUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -101,6 +102,15 @@ class _Client:
 
     def close_after_response(self) -> None:
         raise AssertionError("not used")
+
+    def acknowledge(self, nbytes: int) -> None:
+        raise AssertionError("not used")
+
+    def abort(self) -> None:
+        raise AssertionError("not used")
+
+    def take_over(self) -> Handover:
+        raise UpgradeUnavailable
 
 
 @given(

@@ -9,7 +9,7 @@ import trio.testing
 
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, RequestHead, ResponseHead
 from a3s_gateway.protocols.http1 import Http1Server
-from a3s_gateway.server.connection import Http1Downstream
+from a3s_gateway.server.http1_downstream import Http1Downstream
 
 
 async def downstream(data: bytes) -> tuple[Http1Downstream, RequestHead, trio.abc.Stream]:

@@ -1,7 +1,7 @@
 """OTLP export of the gateway's spans (SPEC §9.4 "Export"): what ``OtlpExporter`` makes of
 finished exchange records, checked with the SDK's ``InMemorySpanExporter`` behind the real
 ``BatchSpanProcessor``; the queue bound and drop count; the shutdown bound; and the ids that
-``server/exchange.py`` puts on the record (through the connection-driver harness).
+the exchange (``server/exchange/``) puts on the record (through the connection-driver harness).
 
 Needs the ``otel`` extra: without it these tests skip, except under ``CI=true`` where the
 import error fails the run.
@@ -327,8 +327,8 @@ def test_the_queue_holds_2048_spans() -> None:
 async def test_the_exchange_records_the_parent_and_the_sampling_decision(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """``server/exchange.py`` puts the caller's span id and the sampled flag on the record,
-    and only the sampled exchanges become spans."""
+    """The exchange (``server/exchange/prepare.py``) puts the caller's span id and the sampled
+    flag on the record, and only the sampled exchanges become spans."""
     h = await start(nursery)
     seen = h.ctx.observer = Capture()
     requests = [

@@ -1,6 +1,6 @@
 """The ``compress`` middleware (SPEC §8.15): response compression with br, gzip and deflate.
 
-Ring 0: pure; no trio, sockets, TLS, clocks or logging. The relay (``server/forward.py``) asks
+Ring 0: pure; no trio, sockets, TLS, clocks or logging. The relay (``server/exchange/``) asks
 ``CompressMiddleware.body_filter`` once per response, after every response side ran on the head
 going to the client, and pushes the body through the ``BodyFilter`` it returns.
 

@@ -12,7 +12,7 @@ middleware cannot be built (a ``jwt`` without the wall clock, a ``forward-auth``
 is refused: serving such a route without its auth or limits would fail open, silently.
 Unreferenced definitions are not built.
 
-Running (``server/exchange.py``): ``request`` sides in chain order; a short-circuit answer goes
+Running (``server/exchange/``): ``request`` sides in chain order; a short-circuit answer goes
 back through the ``response`` sides of the middlewares entered *before* the one that answered
 (``through``), in reverse order; proxied responses and gateway errors go through the response
 side of the whole chain.

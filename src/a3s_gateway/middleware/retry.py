@@ -1,7 +1,7 @@
 """The ``retry`` middleware's policy (SPEC §8.12): when an attempt may be retried, the backoff
 before it, and the retry budget.
 
-Ring 0: decisions only. The attempts themselves are run by ``server/exchange.py`` (which re-runs
+Ring 0: decisions only. The attempts themselves are run by ``server/exchange/`` (which re-runs
 the middlewares listed after ``retry`` and the dispatch, replays the request body from a bounded
 buffer and holds each attempt's response head until this policy has decided); the wait before
 a retry is slept there too, with the delay computed here from a random number it passes in.

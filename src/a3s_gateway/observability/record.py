@@ -135,7 +135,7 @@ class ExchangeRecord:
         #: Upstream attempts (connect attempts and retries included).
         self.attempts = 0
         #: A short cause when the gateway answered or aborted (SPEC §9.2 ``error`` words; set
-        #: in ``server/exchange.py``): ``no_route``, ``no_backend``, ``at_capacity``,
+        #: in ``server/exchange/``): ``no_route``, ``no_backend``, ``at_capacity``,
         #: ``connect_refused``, ``connect_timeout``, ``upstream_timeout``, ``upstream_reset``,
         #: ``bad_response``, ``client_abort`` (the client went away, or the response had to be
         #: cut), ``client_timeout`` (a gap in the request body over ``timeouts.body_idle``),
@@ -144,7 +144,7 @@ class ExchangeRecord:
         #: (the gateway cut the exchange while stopping: the drain's grace ran out, a second
         #: signal, a retired listener's grace), ``internal_error``; for a request refused while
         #: it was read (``refusal_error``, set in ``server/connection.py`` for the head and in
-        #: ``server/exchange.py`` for the body) ``bad_request``, ``head_timeout``,
+        #: ``server/exchange/`` for the body) ``bad_request``, ``head_timeout``,
         #: ``target_too_long``, ``head_too_large``, ``unsupported_transfer_coding``,
         #: ``version_not_supported``; for middleware answers ``unauthorized``, ``forbidden``,
         #: ``rate_limited``, ``body_too_large``, ``breaker_open``, ``auth_unavailable``,

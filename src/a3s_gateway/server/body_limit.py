@@ -3,8 +3,8 @@
 Ring 1. ``LimitedDownstream`` wraps the client side of one exchange: each body chunk read by
 the request pump (or taken whole when it arrived with the head) is counted, and the chunk that
 crosses the limit raises ``BodyTooLarge`` instead of being forwarded. The pump's failure ends
-the upstream attempt (its connection is never pooled), and ``exchange.handle_request`` answers
-413 if no response head went out yet, else cuts the exchange short.
+the upstream attempt (its connection is never pooled), and the exchange's dispatch answers
+413 if no response head went out yet, else aborts the exchange.
 
 Must not: buffer the body or answer anything itself.
 """
@@ -17,7 +17,7 @@ from a3s_gateway.protocols.events import BodyChunk, EndOfBody, ProtocolViolation
 from a3s_gateway.server.tap import RequestBodyTap
 
 if TYPE_CHECKING:
-    from a3s_gateway.server.exchange import Downstream
+    from a3s_gateway.server.downstream import Downstream
 
 __all__ = ["BodyTooLarge", "LimitedDownstream"]
 

@@ -9,6 +9,10 @@ reading is completed from the client. Over the bound the recording is dropped (`
 turns false): later attempts are then impossible, unless no body event had been read at all
 (a connect failure sends nothing).
 
+Acknowledgements (flow control) reach the client once per byte: every attempt sends the same
+body from its start, so an attempt acknowledges only what goes beyond the furthest point an
+earlier attempt acknowledged (``ReplayBuffer.acknowledged``).
+
 Must not: read ahead of the attempt (backpressure is kept), or change events.
 """
 
@@ -22,7 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from a3s_gateway.protocols.events import Informational, ResponseHead
-    from a3s_gateway.server.exchange import Downstream
+    from a3s_gateway.server.downstream import Downstream
+    from a3s_gateway.upstream.stream import Handover
 
 __all__ = ["ReplayBuffer", "ReplayDownstream"]
 
@@ -30,7 +35,7 @@ __all__ = ["ReplayBuffer", "ReplayDownstream"]
 class ReplayBuffer:
     """The recorded request body of one request; ``limit`` bytes at most."""
 
-    __slots__ = ("_down", "_dropped", "_limit", "_size", "events")
+    __slots__ = ("_down", "_dropped", "_limit", "_size", "acknowledged", "events")
 
     def __init__(self, down: Downstream, limit: int) -> None:
         self._down = down
@@ -38,6 +43,8 @@ class ReplayBuffer:
         self._size = 0
         self._dropped = False
         self.events: list[BodyChunk | EndOfBody] = []
+        #: Body bytes acknowledged to the client so far, by whichever attempt got furthest.
+        self.acknowledged = 0
 
     @property
     def replayable(self) -> bool:
@@ -71,12 +78,13 @@ class ReplayBuffer:
 class ReplayDownstream:
     """One attempt's downstream: the recorded body first, then the client's."""
 
-    __slots__ = ("_buffer", "_cursor", "_down")
+    __slots__ = ("_acknowledged", "_buffer", "_cursor", "_down")
 
     def __init__(self, down: Downstream, buffer: ReplayBuffer) -> None:
         self._down = down
         self._buffer = buffer
         self._cursor = 0
+        self._acknowledged = 0  # body bytes this attempt had accepted upstream
 
     @property
     def http_version(self) -> bytes:
@@ -122,5 +130,20 @@ class ReplayDownstream:
     async def send_batch(self, events: Sequence[ResponseHead | BodyChunk | EndOfBody]) -> None:
         await self._down.send_batch(events)
 
+    def acknowledge(self, nbytes: int) -> None:
+        """Pass on only bytes no earlier attempt acknowledged (see the module docstring)."""
+        self._acknowledged += nbytes
+        buffer = self._buffer
+        beyond = self._acknowledged - buffer.acknowledged
+        if beyond > 0:
+            buffer.acknowledged = self._acknowledged
+            self._down.acknowledge(beyond)
+
     def close_after_response(self) -> None:
         self._down.close_after_response()
+
+    def abort(self) -> None:
+        self._down.abort()
+
+    def take_over(self) -> Handover:
+        return self._down.take_over()

@@ -1,8 +1,8 @@
 """``RequestBodyTap``: a ``Downstream`` that lets a subclass see every request-body event the
 exchange reads, and passes everything else through unchanged.
 
-Ring 1. Used by the mirror (copies the body, ``server/mirror.py``) and ``body-limit`` (counts
-it, ``server/body_limit.py``). A subclass overrides ``_see``; it may raise to stop the body.
+Ring 1. Used by the mirror (copies the body, ``server/exchange/mirror.py``) and ``body-limit``
+(counts it, ``server/body_limit.py``). A subclass overrides ``_see``; it may raise to stop the body.
 
 Must not: buffer, change or reorder events.
 """
@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Informational, ResponseHead
-    from a3s_gateway.server.exchange import Downstream
+    from a3s_gateway.server.downstream import Downstream
+    from a3s_gateway.upstream.stream import Handover
 
 __all__ = ["RequestBodyTap"]
 
@@ -55,6 +56,9 @@ class RequestBodyTap:
                 self._see(event)
         return body
 
+    def acknowledge(self, nbytes: int) -> None:
+        self._down.acknowledge(nbytes)
+
     async def send(self, event: Informational | ResponseHead | BodyChunk | EndOfBody) -> None:
         await self._down.send(event)
 
@@ -63,3 +67,9 @@ class RequestBodyTap:
 
     def close_after_response(self) -> None:
         self._down.close_after_response()
+
+    def abort(self) -> None:
+        self._down.abort()
+
+    def take_over(self) -> Handover:
+        return self._down.take_over()

@@ -6,7 +6,7 @@ Ring 0: pure and synchronous. ``MirrorSampler`` spreads ``percentage`` evenly by
 collects a body up to ``max_bytes`` and gives up for good beyond it, freeing what it held.
 ``MirrorSettings`` is the compiled ``mirror {}`` block.
 
-Must not: send anything, wait, or read the time (``server/mirror.py`` does the sending).
+Must not: send anything, wait, or read the time (``server/exchange/mirror.py`` does the sending).
 """
 
 from __future__ import annotations

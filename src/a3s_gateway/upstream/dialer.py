@@ -2,8 +2,9 @@
 
 Ring 1. Owns no nursery of its own (``trio.open_tcp_stream`` runs its happy-eyeballs attempts in
 a nursery local to the call) and sets no deadline: the caller's cancel scope, set from the
-service's ``connect_timeout`` in exactly one place (``server/exchange.py``), bounds the whole dial,
-including name resolution. A cancelled dial leaves no socket open (trio closes losing attempts).
+service's ``connect_timeout`` in exactly one place (``server/exchange/attempt.py``), bounds the
+whole dial, including name resolution. A cancelled dial leaves no socket open (trio closes
+losing attempts).
 
 TCP_NODELAY: ``trio.SocketStream.__init__`` sets it on every TCP stream (and TCP_NOTSENT_LOWAT
 where available), so nothing is set here; ``tests/upstream/test_dialer.py`` checks it. The

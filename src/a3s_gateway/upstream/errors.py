@@ -1,8 +1,8 @@
 """Errors of the upstream connection pool (SPEC §5.5 connect row, §5.7, §7.8).
 
-Ring 0: plain exception classes; no trio, sockets or clocks. ``server/exchange.py`` maps them to
-responses: ``ConnectFailed`` → next backend, then 502 (or 504 for a connect timeout, which is a
-cancel scope of the caller and never an exception from here); ``PoolClosed`` → 503
+Ring 0: plain exception classes; no trio, sockets or clocks. The exchange (``server/exchange/``)
+maps them to responses: ``ConnectFailed`` → next backend, then 502 (or 504 for a connect timeout,
+which is a cancel scope of the caller and never an exception from here); ``PoolClosed`` → 503
 ``shutting down``.
 
 Must not: carry secrets or backend URLs into client-facing text (SPEC §5.6); ``reason`` is a short

@@ -9,6 +9,9 @@ waiting for the copy, abandoning it past ``max_body_bytes``) and starts the copy
 is complete. The copy's response is read and dropped; its failures are counted and logged at
 debug level, never reported to the primary or to passive health.
 
+The copy talks to its backend through the ``Upstream`` seam (``upstream/stream.py``), like the
+primary's attempts. Part of the dispatch stage (``dispatch.py`` starts it).
+
 Must not: block or fail the primary exchange, follow redirects, or retry.
 """
 
@@ -21,24 +24,28 @@ import trio
 
 from a3s_gateway.protocols.events import (
     BodyChunk,
+    ConnectionClosed,
     EndOfBody,
     ProtocolViolation,
     RequestHead,
 )
+from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.tap import RequestBodyTap
 from a3s_gateway.services.mirror import BodyCopy
 from a3s_gateway.upstream import ConnectFailed, PoolClosed
+from a3s_gateway.upstream.http1 import Http1Upstream
+from a3s_gateway.upstream.stream import UpstreamGone
 
 if TYPE_CHECKING:
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.server.context import ServerContext
-    from a3s_gateway.server.exchange import Downstream
+    from a3s_gateway.server.downstream import Downstream
     from a3s_gateway.services.mirror import MirrorState
+    from a3s_gateway.upstream.stream import Upstream
 
 __all__ = ["MirrorCopy", "MirrorTee"]
 
 log: Final = logging.getLogger("a3s_gateway.mirror")
-_READ_SIZE: Final = 65536
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
@@ -93,9 +100,6 @@ class MirrorCopy:
             state.in_flight -= 1
 
     async def _send(self, body: bytes) -> str:
-        # Imported here: forward imports exchange's types, and exchange imports this module.
-        from a3s_gateway.server.forward import upstream_head
-
         ctx = self._ctx
         service = ctx.runtime.services.get(self._state.settings.service)
         if service is None:
@@ -120,28 +124,30 @@ class MirrorCopy:
             except (ConnectFailed, PoolClosed) as error:
                 log.debug("mirror to %s: %s", backend.url.text, error)
                 return "error"
-            reusable = False
+            up = Http1Upstream(conn, ctx.pool)
+            clean = False
             try:
-                adapter = conn.adapter
-                wire = adapter.send(upstream_head(head, self.target, headers, service, backend))
-                if body:
-                    wire += adapter.send(BodyChunk(body)) + adapter.send(EndOfBody())
-                await conn.stream.send_all(wire)
-                while True:  # read and drop the response; bounded by the mirror's timeout
-                    data = bytes(await conn.stream.receive_some(_READ_SIZE))
-                    if not data:
-                        return "error"
-                    if any(isinstance(event, EndOfBody) for event in adapter.receive(data)):
-                        break
-                reusable = adapter.reusable
-                if reusable:
-                    adapter.start_next_cycle()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolViolation) as e:
-                log.debug("mirror to %s failed: %s", backend.url.text, e)
+                request = upstream_head(head, self.target, headers, service, backend)
+                await up.send_batch([request, BodyChunk(body), EndOfBody()] if body else [request])
+                await _read_response(up)
+                clean = True
+            except (UpstreamGone, ProtocolViolation) as error:
+                log.debug("mirror to %s failed: %s", backend.url.text, error)
                 return "error"
             finally:
-                ctx.pool.release(conn, reusable=reusable)
+                up.release(clean=clean)
         return "sent"
+
+
+async def _read_response(up: Upstream) -> None:
+    """Read and drop the response, bounded by the mirror's timeout. Raises ``UpstreamGone``
+    when the connection ends before the response does."""
+    while True:
+        for event in await up.receive():
+            if isinstance(event, EndOfBody):
+                return
+            if isinstance(event, ConnectionClosed):
+                raise UpstreamGone("connection closed")
 
 
 class MirrorTee(RequestBodyTap):

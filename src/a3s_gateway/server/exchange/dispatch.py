@@ -1,0 +1,284 @@
+"""Stage 3, dispatch: the total timeout, body-limit, the mirror copy, the service's attempts
+(balancer, sticky sessions, panic mode, connect attempts) and failover (SPEC §7).
+
+Ring 1. Nurseries: none (``attempt.py`` owns the pump nursery of one attempt). Deadlines set
+here: the total timeout (one scope around the whole dispatch when ``total_timeout`` is set).
+Without a retry middleware (``ex.hold`` unset) every failure is answered here (502/503/504)
+and None returned; with one, a failure is returned unanswered for the policy
+(``retrying.py``) to judge.
+
+Must not: parse bytes, or know the downstream or upstream protocol: it talks to the
+``Downstream`` seam and, through ``attempt.py``, the ``Upstream`` seam.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from a3s_gateway.middleware.body_limit import too_large
+from a3s_gateway.middleware.retry import failure_kind
+from a3s_gateway.protocols.responses import error_response
+from a3s_gateway.server.body_limit import BodyTooLarge, LimitedDownstream
+from a3s_gateway.server.downstream import aborted
+from a3s_gateway.server.exchange.answer import INTERNAL_ERROR, answer
+from a3s_gateway.server.exchange.attempt import forward
+from a3s_gateway.server.exchange.failures import (
+    NO_BACKEND_FAILURE,
+    AbortResponse,
+    ConnectError,
+    Failure,
+    HeldResponse,
+    MiddlewareFailed,
+    UpstreamFailure,
+    failure_error,
+)
+from a3s_gateway.server.exchange.mirror import MirrorCopy, MirrorTee
+from a3s_gateway.server.exchange.record import attempt_started, outcome
+from a3s_gateway.server.generation import log_transition
+
+if TYPE_CHECKING:
+    from a3s_gateway.config.runtime import ServiceRuntime
+    from a3s_gateway.protocols.headers import HeaderLine
+    from a3s_gateway.server.downstream import Downstream
+    from a3s_gateway.server.exchange.context import Exchange
+    from a3s_gateway.services import Backend
+
+__all__ = ["dispatch"]
+
+log: Final = logging.getLogger("a3s_gateway.exchange")
+
+#: The debug-mode response field naming the failover service that served (SPEC §7.8).
+_SERVED_BY: Final = b"x-a3s-failover"
+
+
+async def dispatch(ex: Exchange, down: Downstream) -> Failure | None:
+    """Choose, connect, forward; failover once (see the module docstring)."""
+    service = ex.service
+    assert service is not None  # prepare routed the request
+    total = service.total_timeout
+    if total <= 0:  # no total timeout: no scope (the hot path)
+        if service.mirror is None and service.failover is None and ex.state is None:
+            failure = await _try_service(ex, down, service)  # two coroutine frames fewer
+        else:
+            failure = await _limited(ex, down, service)
+    else:
+        failure = None
+        with trio.move_on_after(total) as scope:
+            failure = await _limited(ex, down, service)
+        if scope.cancelled_caught:  # the total timeout ends the request: never retried
+            ex.record.error = "upstream_timeout"
+            if down.response_started:
+                raise aborted(down)
+            await answer(down, ex.request, ex.answer(error_response(504)))
+            ex.status = 504
+            return None
+    if failure is None or ex.hold is not None:
+        return failure
+    assert failure.response is not None  # only a hold discards a response
+    await answer(down, ex.request, ex.answer(failure.response))
+    ex.status = failure.status
+    return None
+
+
+async def _limited(ex: Exchange, down: Downstream, service: ServiceRuntime) -> Failure | None:
+    """``_mirrored`` with the request body counted against ``body-limit`` (SPEC §8.11)."""
+    state = ex.state
+    if state is None or state.body_limit is None or down.request_complete:
+        return await _mirrored(ex, down, service)
+    try:
+        return await _mirrored(ex, LimitedDownstream(down, state.body_limit), service)
+    except BodyTooLarge as error:
+        ex.record.error = "body_too_large"
+        if down.response_started:
+            raise aborted(down) from None
+        # Answered here, so the 413 passes the middlewares' response sides (SPEC §8.1).
+        await answer(down, ex.request, ex.answer(too_large(error.limit)))
+        ex.status = 413
+        return None
+
+
+async def _mirrored(ex: Exchange, down: Downstream, service: ServiceRuntime) -> Failure | None:
+    """The service's attempts, a mirror copy of the first (SPEC §7.7), failover (§7.8)."""
+    mirror = service.mirror
+    if mirror is not None and ex.first and mirror.sampler.take():
+        copy = MirrorCopy(ex.ctx, mirror, ex.request, ex.target, ex.headers, ex.client)
+        down = MirrorTee(down, copy)
+    failure = await _try_service(ex, down, service)
+    # Failover only when no request byte reached a backend: no available backend, or every
+    # connect attempt failed (SPEC §7.8). A backend that failed after the request was sent
+    # (reset, invalid response, response timeout) or a pool at its connection limit answers
+    # 502/503/504 here: the request body is gone, and a non-idempotent request may have acted.
+    if (
+        failure is None
+        or failure.response is None
+        or failure.kind != "connect-failure"
+        or service.failover is None
+    ):
+        return failure
+    fallback = ex.runtime.services.get(service.failover)
+    if fallback is None:
+        return failure
+    reason = "no_backend" if failure is NO_BACKEND_FAILURE else "connect_failed"
+    ctx = ex.ctx
+    ctx.failover_requests += 1
+    ctx.metrics.failover(service.name, reason)
+    log.info(
+        "service %s failed (%s): request goes to failover service %s",
+        service.name,
+        reason,
+        fallback.name,
+    )
+    # SPEC §7.8: the failover service's own sticky settings do not apply. In debug mode
+    # (--log-level debug) the response says which pool served it.
+    debug = log.isEnabledFor(logging.DEBUG)
+    served_by = ((_SERVED_BY, fallback.name.encode()),) if debug else ()
+    second = await _try_service(ex, down, fallback, primary=False, extra=served_by)
+    # SPEC §7.8: a failover without backends leaves the primary's 502/504 standing.
+    if second is not NO_BACKEND_FAILURE or failure is NO_BACKEND_FAILURE:
+        return second
+    return failure
+
+
+async def _try_service(
+    ex: Exchange,
+    down: Downstream,
+    service: ServiceRuntime,
+    *,
+    primary: bool = True,
+    extra: tuple[HeaderLine, ...] = (),
+) -> Failure | None:
+    """Up to ``connect_attempts`` backends (SPEC §7.8); None once a response was relayed,
+    else the failure that describes the last attempt."""
+    picker = _Picker(ex, service, primary)
+    failure: Failure | None = NO_BACKEND_FAILURE
+    for _ in range(service.connect_attempts):
+        backend = picker.pick()
+        if backend is None:
+            break
+        failure = await _attempt(ex, down, service, backend, picker.fields(backend, extra))
+        if failure is None or failure.kind != "connect-failure":
+            return failure
+    if failure is NO_BACKEND_FAILURE and not picker.tried:
+        ex.record.error = "no_backend"
+    return failure
+
+
+class _Picker:
+    """The backends of one service for one request, in the order they are tried.
+
+    Sticky sessions (SPEC §7.6, §7.9 step 1), for the primary service and the first attempt
+    only: a valid cookie naming an available backend picks it first, without ``Set-Cookie``;
+    any other backend that serves gets a cookie naming it. Backends earlier retry attempts
+    used (``ex.tried``) are avoided while others are available (SPEC §8.12). Panic mode
+    (SPEC §7.1) is decided once, for services with a ``panic_threshold``, and then applies to
+    the cookie and every attempt.
+    """
+
+    __slots__ = ("_ex", "_key", "_panic", "_pinned", "_service", "_sticky", "tried")
+
+    def __init__(self, ex: Exchange, service: ServiceRuntime, primary: bool) -> None:
+        self._ex = ex
+        self._service = service
+        self.tried: list[Backend] = []
+        self._key = ex.client if service.hash_key is None else ex.hash_key(service.hash_key)
+        outliers = service.outliers
+        if outliers is not None:
+            # SPEC §7.5: an ejection that has run out ends when selecting, not only on the ticker.
+            due = outliers.next_readmission
+            if due is not None and due <= (now := trio.current_time()):
+                for transition in outliers.tick(now):
+                    log_transition(service.name, transition, ex.ctx.metrics)
+        panic = self._panic = service.panic_threshold > 0 and service.in_panic(primary=primary)
+        if panic:
+            ex.ctx.metrics.lb_panic(service.name)
+        sticky = self._sticky = service.sticky if primary else None
+        self._pinned = (
+            sticky.lookup(ex.request.headers, ex.ctx.dates.unix(), panic=panic)
+            if sticky is not None and ex.first
+            else None
+        )
+
+    def pick(self) -> Backend | None:
+        """The next backend to try (recorded as tried), or None when none is left."""
+        tried, avoid = self.tried, self._ex.tried
+        balancer, key, panic = self._service.balancer, self._key, self._panic
+        if self._pinned is not None and not tried:
+            backend: Backend | None = self._pinned
+        elif avoid:
+            backend = balancer.pick(exclude=[*tried, *avoid], key=key, panic=panic)
+            if backend is None:
+                backend = balancer.pick(exclude=tried, key=key, panic=panic)
+        else:
+            backend = balancer.pick(exclude=tried, key=key, panic=panic)
+        if backend is not None:
+            tried.append(backend)
+            if self._ex.hold is not None:
+                avoid.append(backend)
+        return backend
+
+    def fields(self, backend: Backend, extra: tuple[HeaderLine, ...]) -> tuple[HeaderLine, ...]:
+        """``extra`` and, when ``backend`` is not the cookie's, a sticky ``Set-Cookie``."""
+        sticky = self._sticky
+        if sticky is None or backend is self._pinned:
+            return extra
+        ex = self._ex
+        return (*extra, sticky.set_cookie(backend, ex.ctx.dates.unix(), tls=ex.tls))
+
+
+async def _attempt(
+    ex: Exchange,
+    down: Downstream,
+    service: ServiceRuntime,
+    backend: Backend,
+    extra: tuple[HeaderLine, ...],
+) -> Failure | None:
+    """One attempt at ``backend``, its outcome fed to the observers and passive health; None
+    once a response was relayed, else the failure (kind ``connect-failure``: try the next)."""
+    record = ex.record
+    attempt_started(record, backend)
+    with backend.lease():
+        try:
+            status = await forward(ex, down, service, backend, extra)
+        except ConnectError as error:
+            log.info("connect to %s failed: %s", backend.url.text, error.detail)
+            timeout = error.status == 504
+            record.error = "connect_timeout" if timeout else "connect_refused"
+            ex.ctx.metrics.connect_error(
+                service.name, backend.url.text, "timeout" if timeout else "refused"
+            )
+            outcome(ex, service, backend, error.status)
+            return Failure(error_response(error.status), error.status, "connect-failure")
+        except UpstreamFailure as error:
+            log.info("upstream %s failed: %s", backend.url.text, error.detail)
+            record.error = failure_error(error)
+            if error.status != 503:  # 503: our own pool limit or shutdown, not the backend
+                outcome(ex, service, backend, error.status)
+            if down.response_started:
+                raise aborted(down) from error
+            kind = failure_kind(error.status, connect=False, before_head=True)
+            return Failure(error_response(error.status, error.text), error.status, kind)
+        except HeldResponse as held:
+            record.error = ""
+            log.info("response %d from %s held for a retry", held.status, backend.url.text)
+            outcome(ex, service, backend, held.status)
+            return Failure(None, held.status, "status")
+        except MiddlewareFailed:
+            # A response side failed on the proxied head, before it was sent (SPEC §8.1).
+            record.error = "internal_error"
+            if down.response_started:
+                raise aborted(down) from None
+            await answer(down, ex.request, INTERNAL_ERROR)
+            ex.status = 500
+            return None
+        except AbortResponse as error:
+            log.info("response from %s aborted: %s", backend.url.text, error)
+            record.error = "upstream_reset"
+            outcome(ex, service, backend, 502)
+            raise aborted(down) from error
+        outcome(ex, service, backend, status)
+        ex.status = status
+        record.error = ""
+        return None

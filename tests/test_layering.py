@@ -1,0 +1,333 @@
+"""The import layering of ``src/a3s_gateway`` (DESIGN.md §3.1, §3.13 rule 1; issue #15 item 6).
+
+An AST walk over every module, no import of the code under test. Rules:
+
+1. **Every module has a ring**, by the table ``RINGS`` below (longest matching prefix wins), so
+   a new package must be placed before it can land.
+2. **Ring 0 stays pure, transitively**: loading a Ring 0 module never loads ``trio``,
+   ``socket``, ``ssl`` or ``time``. Followed: runtime imports (module level and inside
+   functions; ``if TYPE_CHECKING:`` blocks do not run), ``from a3s_gateway.x import y`` as the
+   module ``x.y`` when there is one (else ``x``), and the packages Python loads on the way (each
+   ``__init__`` between the root and the module). Not followed: the root package
+   ``a3s_gateway/__init__.py`` when only passed through (it is the public facade and imports
+   the composition root; naming it in an import still counts), and third-party packages (their
+   own imports are not ours to layer). The few edges that break the rule today are listed in
+   ``ALLOWED_RING0_EDGES``, each with its reason, instead of weakening the rule.
+3. **Ring 0 imports no Ring 1 or Ring 2 module** at runtime (types under ``TYPE_CHECKING`` are
+   fine): a trio-free Ring 1 module is still the shell's, not the core's. The edges in
+   ``ALLOWED_RING0_EDGES`` are the exceptions of rules 2 and 3.
+4. **No import cycle among the modules of ``server/``**, runtime imports only (module level and
+   in functions; a function-level import is still a cycle, only a deferred one). An import of
+   ``a.b.c`` from outside ``a.b`` also depends on ``a/b/__init__``, which Python runs first.
+5. **No cycle in ``server/`` even counting ``TYPE_CHECKING`` imports**, except the edges in
+   ``ALLOWED_TYPE_CYCLE_EDGES``: a type-only knot (like the seven modules that once imported
+   ``exchange.Downstream`` for its type) is where a runtime cycle grows next.
+
+A failure prints the offending chain or cycle, module by module.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = "a3s_gateway"
+SRC: Final = Path(__file__).resolve().parents[1] / "src"
+FORBIDDEN: Final = frozenset({"trio", "socket", "ssl", "time"})
+
+#: Ring by module-name prefix (``.`` ends a package prefix); the longest match wins.
+RINGS: Final[dict[str, int]] = {
+    # Ring 0: pure core.
+    "a3s_gateway.errors": 0,
+    "a3s_gateway.config.": 0,
+    "a3s_gateway.routing": 0,
+    "a3s_gateway.protocols": 0,
+    "a3s_gateway.services": 0,
+    "a3s_gateway.middleware": 0,
+    "a3s_gateway.observability": 0,
+    "a3s_gateway.upstream.peer": 0,
+    "a3s_gateway.upstream.pool_state": 0,
+    "a3s_gateway.upstream.errors": 0,
+    # Ring 1: the trio shell.
+    "a3s_gateway.server.": 1,
+    "a3s_gateway.providers": 1,
+    "a3s_gateway.demo": 1,
+    "a3s_gateway.streams": 1,
+    "a3s_gateway.preflight": 1,
+    "a3s_gateway.services.checker": 1,
+    "a3s_gateway.upstream": 1,  # the package: it re-exports the pool and the dialer
+    "a3s_gateway.upstream.": 1,  # pool, dialer, connection, caller, redis, stream, http1
+    # Ring 2: composition.
+    "a3s_gateway": 2,  # the root: the public facade over app.Gateway and load_config
+    "a3s_gateway.app": 2,
+    "a3s_gateway.cli": 2,
+    "a3s_gateway.__main__": 2,
+    "a3s_gateway.config": 0,  # the package itself (interpolate, values): pure
+    "a3s_gateway.config.runtime": 2,  # compiles the snapshot: imports upstream's Peer and pool
+}
+
+#: Import edges a Ring 0 module may follow although they lead to trio (rule 2), and why.
+ALLOWED_RING0_EDGES: Final[dict[tuple[str, str], str]] = {
+    ("a3s_gateway.upstream.peer", "a3s_gateway.upstream"): (
+        "Python loads the upstream package first, whose __init__ re-exports the Ring 1 pool "
+        "and dialer (the pool's users import them from there); peer.py imports no trio itself"
+    ),
+    ("a3s_gateway.upstream.pool_state", "a3s_gateway.upstream"): (
+        "as for peer.py: pool_state.py is pure, its package's __init__ is not"
+    ),
+    ("a3s_gateway.upstream.errors", "a3s_gateway.upstream"): (
+        "as for peer.py: errors.py is pure, its package's __init__ is not"
+    ),
+    ("a3s_gateway.observability.gateway_metrics", "a3s_gateway"): (
+        "reads __version__ from the package root inside __init__ (a function-level import: "
+        "the root is loaded whenever it runs); DESIGN.md §0.1's version.py would remove it"
+    ),
+}
+
+#: ``TYPE_CHECKING`` edges allowed to close a cycle in ``server/`` (rule 5), and why.
+ALLOWED_TYPE_CYCLE_EDGES: Final[dict[tuple[str, str], str]] = {
+    ("a3s_gateway.server.supervisor_view", "a3s_gateway.server.workers"): (
+        "the supervisor's management view annotates the Supervisor and Fleet it reads; "
+        "workers.py builds that view at runtime"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    """One import statement's target: ``kind`` is ``module`` (top level), ``function`` (inside
+    a function: deferred, still runtime) or ``typing`` (an ``if TYPE_CHECKING:`` block)."""
+
+    target: str
+    kind: str
+    line: int
+
+
+def discover() -> dict[str, Path]:
+    """Every module under ``src/a3s_gateway`` by dotted name (packages by their name)."""
+    found: dict[str, Path] = {}
+    for path in (SRC / ROOT).rglob("*.py"):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+MODULES: Final = discover()
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imports_of(name: str) -> list[Import]:
+    """The import targets of module ``name`` (relative imports resolved)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, kind: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                for statement in child.body:
+                    visit_one(statement, "typing")
+                for statement in child.orelse:
+                    visit_one(statement, kind)
+            else:
+                visit_one(child, kind)
+
+    def visit_one(node: ast.AST, kind: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            visit(node, "typing" if kind == "typing" else "function")
+            return
+        if isinstance(node, ast.Import):
+            found.extend(Import(alias.name, kind, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.append(Import(sub if sub in MODULES else base, kind, node.lineno))
+        visit(node, kind)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), "module")
+    return found
+
+
+IMPORTS: Final = {name: imports_of(name) for name in MODULES}
+
+
+def ring(name: str) -> int | None:
+    """The ring of module ``name`` by the longest matching prefix of ``RINGS``."""
+    best = ""
+    for prefix in RINGS:
+        if prefix.endswith("."):
+            matches = name.startswith(prefix)
+        else:
+            matches = name == prefix or name.startswith(prefix + ".")
+        if matches and len(prefix) > len(best):
+            best = prefix
+    return RINGS[best] if best else None
+
+
+def _ancestors(name: str) -> list[str]:
+    """The packages Python loads before ``name``, outermost first, without the root."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]
+
+
+def runtime_edges(name: str, *, with_types: bool = False) -> dict[str, int]:
+    """Our modules (and forbidden stdlib tops) that loading ``name`` loads directly, each
+    with the line of the import: the import's target and the target's packages that are
+    not ``name``'s own (those are loading already)."""
+    edges: dict[str, int] = {}
+    own = {*_ancestors(name), name}
+    for found in IMPORTS[name]:
+        if found.kind == "typing" and not with_types:
+            continue
+        top = found.target.split(".")[0]
+        if top in FORBIDDEN:
+            edges.setdefault(top, found.line)
+        elif top == ROOT and found.target in MODULES:
+            for package in _ancestors(found.target):
+                if package not in own:
+                    edges.setdefault(package, found.line)
+            if found.target != name:
+                edges.setdefault(found.target, found.line)
+    return edges
+
+
+def test_every_module_has_a_ring() -> None:
+    unplaced = sorted(name for name in MODULES if ring(name) is None)
+    assert not unplaced, f"modules without a ring (add them to RINGS): {unplaced}"
+
+
+def _chain_to_forbidden(start: str) -> list[str] | None:
+    """The shortest chain of runtime loads from ``start`` to a forbidden module, if any."""
+    came_from: dict[str, str | None] = {start: None}
+    queue = deque([start])
+    for package in _ancestors(start):  # Python loads the module's own packages first
+        if (start, package) not in ALLOWED_RING0_EDGES:
+            came_from[package] = start
+            queue.append(package)
+    while queue:
+        current = queue.popleft()
+        if current in FORBIDDEN:
+            chain = [current]
+            while (previous := came_from[chain[-1]]) is not None:
+                chain.append(previous)
+            return chain[::-1]
+        if current not in MODULES:
+            continue
+        for target in runtime_edges(current):
+            if (current, target) in ALLOWED_RING0_EDGES or target in came_from:
+                continue
+            came_from[target] = current
+            queue.append(target)
+    return None
+
+
+def test_ring0_never_loads_trio_socket_ssl_or_time() -> None:
+    failures = []
+    for name in sorted(MODULES):
+        if ring(name) != 0:
+            continue
+        chain = _chain_to_forbidden(name)
+        if chain is not None:
+            failures.append(" -> ".join(chain))
+    assert not failures, "Ring 0 modules that load forbidden modules:\n" + "\n".join(failures)
+
+
+def test_the_allowed_ring0_edges_still_exist() -> None:
+    """An exception that no longer applies is removed, so the list stays the truth."""
+    stale = [
+        edge
+        for edge in ALLOWED_RING0_EDGES
+        if edge[0] not in MODULES or edge[1] not in {*_ancestors(edge[0]), *runtime_edges(edge[0])}
+    ]
+    assert not stale, f"remove these from ALLOWED_RING0_EDGES: {stale}"
+
+
+def test_ring0_imports_no_ring1_or_ring2_module() -> None:
+    failures = []
+    for name in sorted(MODULES):
+        if ring(name) != 0:
+            continue
+        for found in IMPORTS[name]:
+            target = found.target
+            if found.kind == "typing" or (name, target) in ALLOWED_RING0_EDGES:
+                continue
+            if target in MODULES and (ring(target) or 0) > 0:
+                failures.append(f"{name}:{found.line} imports {target} (ring {ring(target)})")
+    assert not failures, "\n".join(failures)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a closed path, or None (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in sorted(graph):
+        if root in state:
+            continue
+        path = [root]
+        stack = [iter(sorted(graph[root]))]
+        state[root] = 1
+        while stack:
+            following = next(stack[-1], None)
+            if following is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(following) == 1:
+                return [*path[path.index(following) :], following]
+            elif following not in state:
+                state[following] = 1
+                path.append(following)
+                stack.append(iter(sorted(graph.get(following, ()))))
+    return None
+
+
+def _server_graph(*, with_types: bool) -> dict[str, set[str]]:
+    prefix = f"{ROOT}.server."
+    graph: dict[str, set[str]] = {}
+    for name in MODULES:
+        if name.startswith(prefix):
+            graph[name] = {
+                target
+                for target in runtime_edges(name, with_types=with_types)
+                if target.startswith(prefix)
+                and (not with_types or (name, target) not in ALLOWED_TYPE_CYCLE_EDGES)
+            }
+    return graph
+
+
+def test_server_has_no_runtime_import_cycle() -> None:
+    cycle = _cycle(_server_graph(with_types=False))
+    assert cycle is None, "import cycle in server/: " + " -> ".join(cycle)
+
+
+def test_server_has_no_import_cycle_even_through_type_imports() -> None:
+    cycle = _cycle(_server_graph(with_types=True))
+    assert cycle is None, "import cycle (with TYPE_CHECKING imports): " + " -> ".join(cycle)
+
+
+def test_the_checks_see_what_they_should() -> None:
+    """The walker itself: it finds a known runtime edge, a known type-only edge, a function-
+    level import, and a cycle in a made-up graph."""
+    connection = runtime_edges(f"{ROOT}.server.connection")
+    assert f"{ROOT}.server.exchange" in connection  # handle_request
+    assert "trio" in connection
+    kinds = {(i.target, i.kind) for i in IMPORTS[f"{ROOT}.server.exchange.dispatch"]}
+    assert (f"{ROOT}.server.exchange.context", "typing") in kinds
+    assert any(i.kind == "function" for name in MODULES for i in IMPORTS[name])
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+    assert ring(f"{ROOT}.config.runtime") == 2
+    assert ring(f"{ROOT}.config.schema") == 0
+    assert ring(f"{ROOT}.services.checker") == 1
