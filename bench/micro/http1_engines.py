@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from typing import TYPE_CHECKING, Final, cast
 
 from a3s_gateway.protocols.events import EndOfBody
@@ -26,6 +25,7 @@ from a3s_gateway.protocols.http1_llhttp import LlhttpClient
 from a3s_gateway.protocols.http1_request import inspect_request
 from a3s_gateway.protocols.http1_response_heads import parse_response_head
 
+from .accesslog_bench import us_per_op
 from .http1_adapter import BROWSER_GET, UPSTREAM_REQUEST, UPSTREAM_RESPONSE, WRK_GET
 
 if TYPE_CHECKING:
@@ -96,18 +96,6 @@ def verify() -> None:
                 raise AssertionError(f"{new.__name__} cannot reuse after {response!r}")
         if got[0] != got[1]:
             raise AssertionError(f"the clients disagree on {response!r}: {got}")
-
-
-def us_per_op(op: Callable[[], None], rounds: int, ops: int) -> list[float]:
-    for _ in range(min(ops, 1000)):  # warm up
-        op()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter_ns()
-        for _ in range(ops):
-            op()
-        samples.append((time.perf_counter_ns() - start) / ops / 1000)
-    return samples
 
 
 def cases() -> dict[str, tuple[Callable[[], None] | None, Callable[[], None]]]:

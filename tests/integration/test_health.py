@@ -23,19 +23,10 @@ from tests.support.gateway import (
     server_entry,
     service_block,
 )
+from tests.support.health import CHECK, probed, probes, served_by
 from tests.support.origin import Echo, Fixed, Origin
 
 pytestmark = pytest.mark.integration
-
-CHECK = """
-    health_check {
-      path                = "/health"
-      interval            = "200ms"
-      timeout             = "150ms"
-      unhealthy_threshold = 1
-      healthy_threshold   = 1
-    }
-"""
 
 
 @pytest.fixture
@@ -50,26 +41,6 @@ async def origin_b(nursery: trio.Nursery) -> Origin:
     server = Origin("b")
     await nursery.start(server.serve)
     return server
-
-
-def probes(origin: Origin) -> int:
-    return sum(1 for request in origin.requests if request.path == b"/health")
-
-
-async def probed(origin: Origin, more: int) -> None:
-    """Wait until ``origin`` has received ``more`` further probes: the gateway has then
-    processed at least ``more - 1`` of them."""
-    target = probes(origin) + more
-    await origin.wait_for(lambda: probes(origin) >= target)
-
-
-async def served_by(gateway: GatewayHandle, count: int) -> list[str]:
-    origins = []
-    for _ in range(count):
-        result = await curl(gateway.url("/work"))
-        assert result.response.status == 200, result.stderr
-        origins.append(str(result.response.json()["origin"]))
-    return origins
 
 
 def two_origins(a: Origin, b: Origin | None) -> str:

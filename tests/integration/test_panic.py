@@ -20,19 +20,11 @@ from tests.support.gateway import (
     server_entry,
     service_block,
 )
+from tests.support.health import CHECK, probed, served_by
 from tests.support.origin import Echo, Fixed, Origin
 
 pytestmark = pytest.mark.integration
 
-CHECK = """
-    health_check {
-      path                = "/health"
-      interval            = "200ms"
-      timeout             = "150ms"
-      unhealthy_threshold = 1
-      healthy_threshold   = 1
-    }
-"""
 
 #: One error ejects, for a minute; every backend may be ejected.
 PASSIVE = """
@@ -53,32 +45,12 @@ async def origins(nursery: trio.Nursery) -> list[Origin]:
     return servers
 
 
-def probes(origin: Origin) -> int:
-    return sum(1 for request in origin.requests if request.path == b"/health")
-
-
-async def probed(origin: Origin, more: int) -> None:
-    """Wait until ``origin`` has received ``more`` further probes: the gateway has then
-    processed at least ``more - 1`` of them."""
-    target = probes(origin) + more
-    await origin.wait_for(lambda: probes(origin) >= target)
-
-
 async def unhealthy(*origins: Origin) -> None:
     """Make ``origins`` fail their probes, and wait until the gateway has seen a failure."""
     for origin in origins:
         origin.on("/health", Fixed(503, b"down"))
     for origin in origins:
         await probed(origin, 2)
-
-
-async def served_by(gateway: GatewayHandle, count: int) -> list[str]:
-    origins = []
-    for _ in range(count):
-        result = await curl(gateway.url("/work"))
-        assert result.response.status == 200, result.stderr
-        origins.append(str(result.response.json()["origin"]))
-    return origins
 
 
 def panics(gateway: GatewayHandle, service: str = "main") -> float:

@@ -143,18 +143,16 @@ def _canonical_length(value: bytes) -> bytes:
 _REFERENCE: Final = H11Heads()
 
 
-class _Collector:
-    """httptools callbacks: the target and the raw field lines of one head.
+class HeadCollector:
+    """httptools callbacks shared by both directions: the raw field lines of one head.
 
     ``extra`` records anything llhttp found after the head (a second message, body, chunks):
     never expected, as only a head is fed, but then the head is not what llhttp parsed.
     """
 
-    __slots__ = ("complete", "extra", "fields", "line", "messages", "target")
+    __slots__ = ("complete", "extra", "fields", "messages")
 
     def __init__(self) -> None:
-        self.target = b""
-        self.line = (b"", b"", b"")  # method, target, version once complete
         self.fields: list[HeaderLine] = []
         self.complete = False
         self.messages = 0
@@ -162,9 +160,6 @@ class _Collector:
 
     def on_message_begin(self) -> None:
         self.messages += 1
-
-    def on_url(self, url: bytes) -> None:
-        self.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields.append((name, value))
@@ -177,6 +172,20 @@ class _Collector:
 
     def on_chunk_header(self) -> None:
         self.extra = True
+
+
+class _Collector(HeadCollector):
+    """A request head's callbacks: the target too."""
+
+    __slots__ = ("line", "target")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target = b""
+        self.line = (b"", b"", b"")  # method, target, version once complete
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
 
 
 class LlhttpHeads:

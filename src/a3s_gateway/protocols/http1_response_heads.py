@@ -27,7 +27,7 @@ import httptools
 import msgspec
 
 from a3s_gateway.protocols.headers import HeaderLine
-from a3s_gateway.protocols.http1_heads import crlf_lines, merge_lengths, unfold
+from a3s_gateway.protocols.http1_heads import HeadCollector, crlf_lines, merge_lengths, unfold
 
 __all__ = ["ParsedResponse", "h11_fields", "parse_response_head"]
 
@@ -54,35 +54,17 @@ class ParsedResponse(msgspec.Struct, frozen=True, gc=False):
     keep_alive: bool
 
 
-class _Collector:
-    """httptools callbacks (see ``http1_heads._Collector``)."""
+class _Collector(HeadCollector):
+    """A response head's callbacks: the reason phrase too."""
 
-    __slots__ = ("complete", "extra", "fields", "messages", "reason")
+    __slots__ = ("reason",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.reason = b""
-        self.fields: list[HeaderLine] = []
-        self.complete = False
-        self.messages = 0
-        self.extra = False
-
-    def on_message_begin(self) -> None:
-        self.messages += 1
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
-
-    def on_body(self, body: bytes) -> None:
-        self.extra = True
-
-    def on_chunk_header(self) -> None:
-        self.extra = True
 
 
 def parse_response_head(head: bytes) -> ParsedResponse | None:
