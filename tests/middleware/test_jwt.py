@@ -427,6 +427,36 @@ async def test_clock_is_read_per_request() -> None:
     await rejects(mw, token, EXPIRED)
 
 
+async def test_a_repeated_token_is_verified_once_and_its_claims_checked_every_time() -> None:
+    times = [float(NOW)]
+    calls: list[bytes] = []
+    block = Jwt(value=SECRET, leeway=DurationOrZero("0s"))
+    mw = JwtMiddleware.from_config("auth", block, clock=lambda: times[0])
+    token = hs_token(claims(sub="carol"))
+    for _ in range(3):
+        state = await passes(mw, token)
+        calls.append(dict(state.headers)[b"x-jwt-subject"])
+    assert calls == [b"carol"] * 3
+    # A token differing in one signature byte is not the cached one.
+    forged = token[:-2] + (b"A" if token[-2:-1] != b"A" else b"B") + token[-1:]
+    await rejects(mw, forged, BAD_SIGNATURE)
+    times[0] = NOW + 300.0
+    await rejects(mw, token, EXPIRED)  # the cached token's exp still counts
+    times[0] = float(NOW)
+    await passes(mw, token)  # verified afresh
+
+
+async def test_the_verified_token_cache_is_bounded() -> None:
+    mw = middleware()
+    for n in range(600):
+        await passes(mw, hs_token(claims(jti=str(n))))
+    first = hs_token(claims(jti="0"))
+    tampered = first.replace(b".", b"x", 1)
+    await rejects(mw, tampered, MALFORMED)
+    assert len(mw._verified) == 512
+    await passes(mw, first)  # evicted, and verified again
+
+
 async def test_issuer() -> None:
     mw = middleware(issuer="https://issuer.example")
     await passes(mw, hs_token(claims(iss="https://issuer.example")))

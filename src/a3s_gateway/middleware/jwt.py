@@ -39,7 +39,6 @@ in place).
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import math
@@ -112,7 +111,10 @@ _MISSING_CHALLENGE: Final = b'Bearer realm="a3s-gateway"'
 _SEGMENT: Final = re.compile(rb"[A-Za-z0-9_-]*")
 # Bytes a forwarded field value cannot hold (RFC 9110 §5.5: CTLs other than HTAB, and DEL).
 _FIELD_CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_HMAC_DIGESTS: Final = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
+_HMAC_DIGESTS: Final = {"256": "sha256", "384": "sha384", "512": "sha512"}
+#: The verified-token cache: at most this many tokens, each at most this long (≤ 2 MiB).
+_CACHED_TOKENS: Final = 512
+_CACHED_TOKEN_BYTES: Final = 4096
 _HASHES: Final[dict[str, type[hashes.HashAlgorithm]]] = {
     "256": hashes.SHA256,
     "384": hashes.SHA384,
@@ -218,6 +220,7 @@ class JwtMiddleware(Middleware):
         "_require_exp",
         "_subject",
         "_targets",
+        "_verified",
         "_verifiers",
     )
 
@@ -256,6 +259,11 @@ class JwtMiddleware(Middleware):
         self._algorithms = frozenset(algorithms)
         self._jwks = jwks
         self._verifiers = _verifiers(tuple(algorithms), secret, public_key, jwks)
+        #: Tokens whose signature a configured key (``secret``, ``public_key``) verified, with
+        #: their claims: a repeated token skips the decoding and the signature check, never
+        #: the claims check against the clock (Envoy's ``jwt_cache_config``). JWKS keys
+        #: rotate, so tokens they verified are not kept.
+        self._verified: dict[bytes, dict[str, object]] = {}
 
     @classmethod
     def from_config(
@@ -335,6 +343,14 @@ class JwtMiddleware(Middleware):
         The signature is checked before the payload is parsed, and the clock is read only for
         a token whose signature is valid.
         """
+        cached = self._verified.get(token)
+        if cached is not None:
+            try:
+                self._check_claims(cached, self._clock())
+            except TokenError:
+                del self._verified[token]
+                raise
+            return cached
         parts = token.split(b".")
         if len(parts) != 3:
             raise TokenError(MALFORMED)
@@ -350,7 +366,8 @@ class JwtMiddleware(Middleware):
             raise TokenError(MALFORMED)
         if algorithm not in self._algorithms:
             raise TokenError(ALGORITHM_NOT_ALLOWED)
-        if algorithm in self._verifiers:
+        static = algorithm in self._verifiers
+        if static:
             verifier = self._verifiers[algorithm]
         else:  # RS/ES with a JWKS: the key the header names
             assert self._jwks is not None  # _verifiers covers every algorithm otherwise
@@ -362,6 +379,11 @@ class JwtMiddleware(Middleware):
             raise TokenError(BAD_SIGNATURE)
         claims = _json_object(payload)
         self._check_claims(claims, self._clock())
+        if static and len(token) <= _CACHED_TOKEN_BYTES:
+            verified = self._verified
+            if len(verified) >= _CACHED_TOKENS:
+                del verified[next(iter(verified))]  # the oldest
+            verified[token] = claims
         return claims
 
     def background(self) -> tuple[Background, ...]:
@@ -471,7 +493,7 @@ def _hmac_verifier(secret: bytes, bits: str) -> Callable[[bytes, bytes], bool]:
     digest = _HMAC_DIGESTS[bits]
 
     def verify(message: bytes, signature: bytes) -> bool:
-        expected = hmac.new(secret, message, digest).digest()
+        expected = hmac.digest(secret, message, digest)
         return hmac.compare_digest(expected, signature)
 
     return verify

@@ -60,7 +60,12 @@ async def dispatch(ex: Exchange, down: Downstream) -> Failure | None:
     assert service is not None  # prepare routed the request
     total = service.total_timeout
     if total <= 0:  # no total timeout: no scope (the hot path)
-        if service.mirror is None and service.failover is None and ex.state is None:
+        state = ex.state
+        if (
+            service.mirror is None
+            and service.failover is None
+            and (state is None or state.body_limit is None or down.request_complete)
+        ):
             failure = await _try_service(ex, down, service)  # two coroutine frames fewer
         else:
             failure = await _limited(ex, down, service)
