@@ -348,6 +348,24 @@ async def test_drain_closes_idle_connections_at_once(
     assert trio.current_time() == started
 
 
+async def test_drain_lets_a_head_that_began_finish_and_connections_unregister(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(nursery)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(h.ctx.drain.connections) == 1  # registered once, for the connection
+    await h.client.send_all(GET[:10])
+    await trio.sleep(1)
+    h.ctx.drain.start()
+    await trio.sleep(1)
+    await h.client.send_all(GET[10:])
+    data = await read_all(h.client)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in data.lower()
+    await h.done.wait()
+    assert h.ctx.drain.connections == set()
+
+
 async def origin_waits(stream: trio.abc.Stream) -> None:
     """Answers after 5 seconds."""
     await stream.receive_some(65536)

@@ -5,9 +5,10 @@ connection's task: no task per request; the exchange owns its pump nursery). Dea
 here (SPEC §5.5, DESIGN.md §3.4): keep-alive idle (end of a response → first byte of the next
 head; silent close) and request head (first byte → head complete; 408 and close); the request
 body's idle gap and deadline are ``Http1Downstream``'s (``http1_downstream.py``), the client
-side each exchange talks to through the ``Downstream`` seam. On drain the idle wait is
-cancelled (idle connections close at once) and the response in progress carries
-``Connection: close``. An exchange that ends by ``ClientGone`` or ``ExchangeAborted`` ends the
+side each exchange talks to through the ``Downstream`` seam. Drain: each connection registers
+one ``Drainable`` (``context.Drain``) for its lifetime; a drain cancels its wait for the next
+request (idle connections close at once), a head that began is still answered, and the
+response in progress carries ``Connection: close``. An exchange that ends by ``ClientGone`` or ``ExchangeAborted`` ends the
 connection: HTTP/1.1 cannot carry on after a response cut short.
 
 A request refused while its head is read (a ``ProtocolViolation``, the head timeout, a bad
@@ -55,13 +56,17 @@ async def serve_http1(stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContex
     entry = ctx.runtime.entrypoints[info.entrypoint]
     adapter = Http1Server(entry.limits, entry.heads)
     down = Http1Downstream(stream, adapter, entry.body_idle_timeout, entry.request_body_timeout)
+    idle = _IdleWait()
+    connections = ctx.drain.connections
+    connections.add(idle)
     try:
-        await _serve_requests(down, adapter, info, entry, ctx)
+        await _serve_requests(down, adapter, info, entry, ctx, idle)
     except (ClientGone, ExchangeAborted, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # HTTP/1.1: a client gone or an exchange aborted ends the connection
     except Exception:
         log.exception("connection from %s failed", info.peer_ip)
     finally:
+        connections.discard(idle)
         if down.response_started and not down.request_complete:
             await _linger(stream)
         with trio.move_on_after(CLOSE_GRACE) as cleanup:
@@ -73,6 +78,23 @@ async def serve_http1(stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContex
 #: all and per read, unread request bytes are drained after a response was sent early.
 LINGER_TIME: Final = 5.0
 LINGER_IDLE: Final = 2.0
+
+
+class _IdleWait:
+    """The connection as the drain sees it (``Drainable``): while it waits for the next
+    request, ``scope`` is that wait's cancel scope, which a drain cancels (the connection then
+    closes at once); during a request there is none, and the driver sees ``draining`` after
+    the response."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self) -> None:
+        self.scope: trio.CancelScope | None = None
+
+    def drain(self) -> None:
+        scope = self.scope
+        if scope is not None:
+            scope.cancel()
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
@@ -101,10 +123,11 @@ async def _serve_requests(
     info: ConnInfo,
     entry: EntrypointRuntime,
     ctx: ServerContext,
+    idle: _IdleWait,
 ) -> None:
     served = 0
     while True:
-        head = await _next_head(down, adapter, info, entry, ctx)
+        head = await _next_head(down, adapter, info, entry, ctx, idle)
         if head is None:
             return
         served += 1
@@ -133,11 +156,12 @@ async def _next_head(
     info: ConnInfo,
     entry: EntrypointRuntime,
     ctx: ServerContext,
+    idle: _IdleWait,
 ) -> RequestHead | None:
     """The next request head, or None when the connection should end (quietly, or after
     refusing the request)."""
     try:
-        return await _read_head(down, adapter, entry, ctx)
+        return await _read_head(down, adapter, entry, ctx, idle)
     except _Refused as refused:
         await _refuse(down, adapter, info, ctx, refused)
     return None
@@ -156,16 +180,18 @@ class _Refused(Exception):  # noqa: N818 -- an event
 
 
 async def _read_head(
-    down: Http1Downstream, adapter: Http1Server, entry: EntrypointRuntime, ctx: ServerContext
+    down: Http1Downstream,
+    adapter: Http1Server,
+    entry: EntrypointRuntime,
+    ctx: ServerContext,
+    wait: _IdleWait,
 ) -> RequestHead | None:
     """The next request head, or None at a clean end (EOF, keep-alive idle, drain). Raises
     ``_Refused`` for a violation or the head timeout, ``ClientGone`` on a reset."""
-    drain = ctx.drain
-    if drain.draining and not down.pending:
+    if ctx.drain.draining and not down.pending:
         return None
-    idle = trio.CancelScope(deadline=trio.current_time() + entry.idle_timeout)
+    idle = wait.scope = trio.CancelScope(deadline=trio.current_time() + entry.idle_timeout)
     began = -1.0
-    drain.idle_scopes.add(idle)
     try:
         with idle:
             while True:
@@ -177,15 +203,15 @@ async def _read_head(
                         return None
                 if began < 0.0 and adapter.head_started:
                     # The first byte of a head arrived (in the last read, or pipelined before):
-                    # the head timer replaces the idle timer.
-                    drain.idle_scopes.discard(idle)
+                    # the head timer replaces the idle timer, and a drain no longer cuts it.
+                    wait.scope = None
                     began = trio.current_time()
                     idle.deadline = began + entry.request_head_timeout
                 await down.fill()
     except ProtocolViolation as violation:
         raise _Refused(violation.status, violation.reason, began) from None
     finally:
-        drain.idle_scopes.discard(idle)
+        wait.scope = None
     if began >= 0.0:
         raise _Refused(408, began=began)
     return None

@@ -12,7 +12,7 @@ import random
 import secrets
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from a3s_gateway.observability.record import ExchangeObserver
     from a3s_gateway.upstream import UpstreamPool
 
-__all__ = ["DateCache", "Drain", "ServerContext"]
+__all__ = ["DateCache", "Drain", "Drainable", "ServerContext"]
 
 
 class DateCache:
@@ -53,27 +53,37 @@ class DateCache:
         return int(time.time())
 
 
-class Drain:
-    """The graceful-drain flag of SPEC §2.4 and the idle waits it interrupts.
+class Drainable(Protocol):
+    """A downstream connection, as the drain sees it: each connection driver registers one
+    for its lifetime (``Drain.connections``), whatever its protocol."""
 
-    Connections waiting for the next request on a keep-alive connection register their wait's
-    cancel scope in ``idle_scopes``; ``start()`` cancels them all (idle connections close at
-    once) and sets ``draining`` so that every response still in progress carries
-    ``Connection: close``.
+    def drain(self) -> None:
+        """Start ending the connection gracefully; never blocks, idempotent. HTTP/1.1 closes
+        at once if it waits for a request and otherwise after the response in progress
+        (``Connection: close``); HTTP/2 will send ``GOAWAY`` and let its open streams finish."""
+        ...
+
+
+class Drain:
+    """The graceful-drain flag of SPEC §2.4 and the connections it tells.
+
+    Every connection driver adds its ``Drainable`` to ``connections`` while it runs (once per
+    connection, not per request); ``start()`` sets ``draining`` and calls each one's
+    ``drain()``. Exchanges still in progress read ``draining`` and end their connection after
+    the response (``Downstream.close_after_response``).
     """
 
-    __slots__ = ("draining", "idle_scopes")
+    __slots__ = ("connections", "draining")
 
     def __init__(self) -> None:
         self.draining = False
-        self.idle_scopes: set[trio.CancelScope] = set()
+        self.connections: set[Drainable] = set()
 
     def start(self) -> None:
         """Begin draining; idempotent."""
         self.draining = True
-        for scope in self.idle_scopes:
-            scope.cancel()
-        self.idle_scopes.clear()
+        for connection in list(self.connections):
+            connection.drain()
 
 
 class ServerContext:
