@@ -302,7 +302,9 @@ class UpstreamPool:
         """Wake the reaper earlier if the state's next expiry moved before its deadline."""
         reaper = self._reaper
         if reaper is not None:
-            reaper.deadline = min(reaper.deadline, self._state.next_expiry())
+            expiry = self._state.next_expiry()
+            if expiry < reaper.deadline:  # setting a deadline costs, even an unchanged one
+                reaper.deadline = expiry
 
     @staticmethod
     def _grant(waiters: Iterable[_Waiter]) -> None:
