@@ -141,7 +141,6 @@ class _Attempt:
         """Send, wait, relay; the response's status. Releases the upstream on every path (one
         coroutine frame: every frame of the chain is resumed at each of the attempt's waits)."""
         down, relay = self._down, self._relay
-        timer = relay.timer
         try:
             body = None if self._pump_done else down.take_buffered_body()
             try:
@@ -158,18 +157,21 @@ class _Attempt:
                 # SPEC §5.4: 100 Continue once routing and the upstream connection succeeded.
                 await down.send(_CONTINUE)
             if self._pump_done:
-                # No request body to pump (the common case): no nursery, one scope.
-                timer.deadline = trio.current_time() + self._service.response_header_timeout
+                # No request body to pump (the common case): no nursery, one scope, made with
+                # its deadline (setting one afterwards costs as much again).
+                deadline = trio.current_time() + self._service.response_header_timeout
+                timer = relay.timer = trio.CancelScope(deadline=deadline)
                 with timer:
                     response = await relay.response_head()
                     await relay.relay(response, request_sent=True)
             else:
                 response = await self._request_phase()
+                timer = relay.timer
                 with timer:
                     await relay.relay(response, request_sent=self._pump_done)
         finally:
             self._up.release(clean=self._pump_done and relay.complete)
-        if timer.cancelled_caught:
+        if relay.timer.cancelled_caught:
             if not relay.in_body:
                 raise UpstreamFailure(504, "response header timeout")
             raise AbortResponse("upstream body idle timeout")

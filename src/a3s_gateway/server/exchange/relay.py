@@ -104,7 +104,7 @@ class ResponseRelay:
         """Send the head and the body. Raises ``HeldResponse`` when the retry policy holds the
         head (nothing sent), ``AbortResponse`` when the body cannot be completed."""
         ex = self._ex
-        ex.record.upstream_head = trio.current_time()
+        ex.record.upstream_head = now = trio.current_time()
         timer = self.timer
         hold = ex.hold
         if hold is not None and hold(response.status):
@@ -112,7 +112,7 @@ class ResponseRelay:
             await self._discard(request_sent)
             raise HeldResponse(response.status)
         self.in_body = True
-        timer.deadline = trio.current_time() + self._service.body_idle_timeout
+        timer.deadline = now + self._service.body_idle_timeout
         headers = self._final_headers(response)
         body_filter = ex.body_filter
         if body_filter is not None:
