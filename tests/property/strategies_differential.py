@@ -302,8 +302,16 @@ def response_bytes() -> st.SearchStrategy[bytes]:
 
 # --- requests written upstream ----------------------------------------------------------
 
-_FIELD_NAMES: Final = [b"x-a", b"x-b", b"content-length", b"transfer-encoding", b"bad name"]
-_FIELD_VALUES: Final = [b"1", b"chunked", b"gzip", b"a b", b" lead", b"", b"v\x01"]
+_FIELD_NAMES: Final = [
+    b"x-a",
+    b"x-b",
+    b"content-length",
+    b"transfer-encoding",
+    b"bad name",
+    b"connection",  # with ``upgrade`` below: a request that asks for a protocol switch
+    b"upgrade",
+]
+_FIELD_VALUES: Final = [b"1", b"chunked", b"gzip", b"a b", b" lead", b"", b"v\x01", b"upgrade"]
 
 
 @st.composite

@@ -316,8 +316,20 @@ def test_bad_responses_are_502(response: bytes, reason: str) -> None:
     assert (violation.status, violation.reason) == (502, reason)
 
 
-def test_101_after_an_upgrade_request_is_502() -> None:
+def test_101_after_an_upgrade_request_ends_http_on_the_connection() -> None:
+    """The 101 is the last event; h11 pauses after its head (see test_http1_upgrade.py)."""
+    client = Http1Client()
     head = get(b"GET", (b"connection", b"upgrade"), (b"upgrade", b"websocket"))
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+    events = exchange(client, head, switching + b"\x81\x00")
+    assert events == [ResponseHead(101, [(b"upgrade", b"websocket")], b"Switching Protocols")]
+    assert client.switched
+    assert not client.reusable
+    assert client.take_leftover() == b"\x81\x00"
+
+
+def test_101_after_an_upgrade_field_without_connection_upgrade_is_502() -> None:
+    head = get(b"GET", (b"upgrade", b"websocket"))  # RFC 9110 §7.8: no Connection: upgrade
     violation = failure(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", head)
     assert (violation.status, violation.reason) == (502, "unexpected 101")
 

@@ -5,8 +5,9 @@
 - ``Downstream`` (``server/downstream.py``): request-body bytes are acknowledged only once the
   upstream accepted them (also across retry attempts, each byte once); an abort goes through
   the seam (HTTP/1.1 then ends the connection, the only thing its framing allows);
-- the upgrade hand-over of both seams, which HTTP/1.1's adapters cannot reach yet (they refuse
-  ``101``): ``take_over`` says so rather than hand over a stream mid-protocol.
+- the upgrade hand-over of both seams: without a protocol switch ``take_over`` raises rather
+  than hand over a stream mid-protocol (the switch itself, with both parser engines, is tested
+  in ``test_upgrade_handover.py`` and ``tests/upstream/test_http1_handover.py``).
 """
 
 from __future__ import annotations
@@ -120,17 +121,31 @@ async def test_eof_and_a_failed_read_reach_the_exchange(nursery: trio.Nursery) -
     assert pool.stats(PEER).idle == 0
 
 
-async def test_neither_http1_seam_can_hand_over_a_stream_yet(nursery: trio.Nursery) -> None:
-    ours, _ = trio.testing.memory_stream_pair()
+async def test_neither_http1_seam_hands_over_a_stream_without_a_switch(
+    nursery: trio.Nursery,
+) -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
     pool = await pool_of(nursery, [ours])
     up = Http1Upstream(await pool.acquire(PEER, SETTINGS), pool)
     with pytest.raises(UpgradeUnavailable):
-        up.take_over()
-    up.release(clean=False)
-    _, server = trio.testing.memory_stream_pair()
+        up.take_over()  # nothing sent
+    await up.send(HEAD)
+    await theirs.send_all(OK)
+    await up.receive()
+    with pytest.raises(UpgradeUnavailable):
+        up.take_over()  # a final response, no switch
+    up.release(clean=True)
+    assert pool.stats(PEER).idle == 1  # take_over left the connection alone
+    client, server = trio.testing.memory_stream_pair()
     down = Http1Downstream(server, Http1Server(), body_idle=5.0)
     with pytest.raises(UpgradeUnavailable):
-        down.take_over()
+        down.take_over()  # nothing read
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    await down.fill()
+    await down.send(ResponseHead(200, [(b"content-length", b"0")]))
+    with pytest.raises(UpgradeUnavailable):
+        down.take_over()  # answered, no switch
+    assert not down.handed_over
 
 
 async def test_an_http1_abort_ends_the_connection_after_the_exchange() -> None:

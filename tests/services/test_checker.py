@@ -217,6 +217,30 @@ async def test_head_probe(nursery: trio.Nursery) -> None:
     assert backend.requests[0].method == b"HEAD"
 
 
+async def test_a_101_fails_a_probe_at_once(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+    )
+
+    async def quiet_after_101(stream: trio.abc.Stream) -> None:
+        await stream.receive_some()
+        await stream.send_all(switch)
+        await trio.sleep_forever()  # a tunnel that says nothing more
+
+    async def dial(peer: Peer) -> trio.abc.Stream:
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(quiet_after_101, theirs)
+        return ours
+
+    upgrade = ((b"connection", b"upgrade"), (b"upgrade", b"websocket"))
+    settings = CheckSettings(kind="http", path="/ws", headers=upgrade)
+    began = trio.current_time()
+    assert await probe(URL, settings, dialer=dial) == ProbeResult(False, "invalid response")
+    assert trio.current_time() == began  # not the probe's timeout
+
+
 async def test_configured_user_agent_replaces_ours(nursery: trio.Nursery) -> None:
     backend = ScriptedBackend(nursery, always(Reply(200)))
     settings = CheckSettings(kind="http", path="/h", headers=((b"user-agent", b"kube-probe"),))

@@ -21,16 +21,19 @@ Theory of operation — server. One request/response cycle at a time (SPEC §5.2
 * ``DONE``: the request is complete; further bytes (pipelining) are only buffered, bounded by
   ``max_header_bytes + PIPELINE_SLACK``. ``start_next_cycle`` (after a complete keep-alive
   response) parses what is buffered.
+* ``SWITCHED`` after a ``101`` answered a request that asked for a protocol switch
+  (``http1_upgrade``). Nothing more is parsed or written: the bytes buffered after the request
+  head are the new protocol's, handed out once by ``take_leftover`` (h11 pauses there and keeps
+  them as ``trailing_data``; engines only see heads, so the bytes are ours with either engine).
+  A ``101`` to any other request is ``ProtocolViolation(500)``; another answer declines it.
 * ``CLOSED`` after a clean EOF between requests; ``ERROR`` after a ``ProtocolViolation``.
   ``refused_request`` then says what is known of a request refused once its head was complete
   (for the access log), worked out on that error path only.
 
 Parsing only complete heads is what lets us own the between-requests buffer. Responses are
-written by ``http1_response.ResponseWriter``
-with h11's framing rules (status line, framing headers, ``Connection: close``, chunked
-encoding, no body for HEAD/204/304) but without h11's event objects, which re-validate every
-header per response (DESIGN.md §0 allows our own serialisation of validated heads); it checks
-the header block against RFC 9110's grammar, so an upstream can never make us split a response.
+written by ``http1_response.ResponseWriter`` with h11's framing rules but without h11's event
+objects, which re-validate every header per response (DESIGN.md §0); it checks the header block
+against RFC 9110's grammar, so an upstream can never make us split a response.
 
 ``Http1Client`` lives in ``http1_client.py`` and is re-exported here.
 """
@@ -64,6 +67,7 @@ from a3s_gateway.protocols.http1_request import (
     refused_request,
 )
 from a3s_gateway.protocols.http1_response import ResponseWriter, client_keep_alive
+from a3s_gateway.protocols.http1_upgrade import SWITCHING, asks_for_upgrade
 
 if TYPE_CHECKING:
     from a3s_gateway.protocols.http1_heads import RequestHeadParser
@@ -92,6 +96,7 @@ class _Phase(Enum):
     HEAD = auto()
     BODY = auto()
     DONE = auto()
+    SWITCHED = auto()  # a 101 was written: the bytes are another protocol's
     CLOSED = auto()
     ERROR = auto()
 
@@ -155,10 +160,12 @@ class Http1Server:
                 return []
             if phase is _Phase.CLOSED:
                 return []
-            raise ProtocolViolation(400, "connection already failed")
         except ProtocolViolation:
             self._phase = _Phase.ERROR
             raise
+        if phase is _Phase.SWITCHED:  # a caller bug: the bytes belong to the new protocol
+            raise ProtocolViolation(500, "connection switched protocols")
+        raise ProtocolViolation(400, "connection already failed")
 
     @property
     def head_started(self) -> bool:
@@ -170,6 +177,20 @@ class Http1Server:
         """After a ``ProtocolViolation``: the request line (and ``Host`` once h11 parsed the
         head) of a request refused with a complete head, else None."""
         return self._refused if self._phase is _Phase.ERROR else None
+
+    @property
+    def switched(self) -> bool:
+        """A ``101`` was written (and its write did not fail): the connection is not HTTP's."""
+        return self._phase is _Phase.SWITCHED
+
+    def take_leftover(self) -> bytes:
+        """After a ``101``: the bytes received after the request head, once (then ``b""``).
+        Raises ``ProtocolViolation(500)`` if no switch happened."""
+        if self._phase is not _Phase.SWITCHED:
+            raise ProtocolViolation(500, "no protocol switch happened")
+        leftover = bytes(self._buf)
+        self._buf.clear()
+        return leftover
 
     @property
     def keep_alive(self) -> bool:
@@ -198,8 +219,10 @@ class Http1Server:
         (HTTP/1.0). Chunks of a bodiless response (HEAD, 204, 304) and trailers without chunked
         framing are dropped. A body that ends short of its Content-Length is the caller's to
         handle: it closes the connection instead of sending ``EndOfBody`` (which would raise).
-        Raises ``ProtocolViolation(500)`` when h11 refuses the event (an invalid header, a
-        101, too much or too little body): a bug upstream of this adapter.
+        A ``ResponseHead(101)`` to a request that asked for an upgrade switches the connection
+        (``SWITCHED``). Raises ``ProtocolViolation(500)`` when the writer refuses the event (an
+        invalid header, a 101 to any other request or anything after one, too much or too
+        little body): a bug upstream of this adapter.
         """
         writer = self._writer
         try:
@@ -207,6 +230,8 @@ class Http1Server:
                 case BodyChunk(data=data):
                     return writer.data(data)
                 case ResponseHead(status=status, headers=headers, reason=reason):
+                    if status == SWITCHING:
+                        return self._switch(headers, reason)
                     close = self._closing or self._phase is _Phase.ERROR
                     return writer.head(status, headers, reason, close=close)
                 case EndOfBody(trailers=trailers):
@@ -219,9 +244,19 @@ class Http1Server:
             self._failed = True
             raise
 
+    def _switch(self, headers: list[tuple[bytes, bytes]], reason: bytes) -> bytes:
+        if self._phase is not _Phase.DONE:  # an upgrade request is complete with its head
+            raise ProtocolViolation(500, "101 without an upgrade request")
+        wire = self._writer.head(SWITCHING, headers, reason, close=False)
+        self._phase = _Phase.SWITCHED
+        return wire
+
     def send_failed(self) -> None:
-        """The write of bytes from ``send`` failed: the connection must not be reused."""
+        """The write of bytes from ``send`` failed: the connection must not be reused (nor,
+        after a ``101``, handed over)."""
         self._failed = True
+        if self._phase is _Phase.SWITCHED:
+            self._phase = _Phase.ERROR
 
     def start_next_cycle(self) -> list[Event]:
         """Begin the next request after a complete keep-alive response; return buffered events.
@@ -296,9 +331,10 @@ class Http1Server:
         except ProtocolViolation:
             self._refused = refused_request(request)
             raise
-        self._writer = ResponseWriter(
-            request.method, request.http_version, client_keep_alive(request.http_version, headers)
-        )
+        method, version = request.method, request.http_version
+        upgrade = asks_for_upgrade(method, version, headers, length != 0)
+        keep_alive = client_keep_alive(version, headers)
+        self._writer = ResponseWriter(method, version, keep_alive, upgrade=upgrade)
         events: list[Event] = [
             RequestHead(
                 method=request.method,

@@ -10,11 +10,17 @@ framing from the request method, so HEAD/204/304 responses have no body) and wri
 we write the request head ourselves (always HTTP/1.1, ``host`` first, every field checked
 against RFC 9110's grammar), as DESIGN.md §0 allows for heads the gateway already validated.
 On top of it this adapter enforces SPEC §5.7's response
-limits (head size and field count → 502), refuses 101 (WebSocket relaying comes later), and
-tracks what makes the connection unfit for the pool: a failed write, a violation, bytes after
-the response, or EOF. While the final head is awaited, the received bytes are mirrored (bounded
-by h11's head limit plus one read; reset after a 1xx once over it) so that an error can be told
-apart — an unsolicited 101 makes h11 raise a state error rather than return the event.
+limits (head size and field count → 502) and tracks what makes the connection unfit for the
+pool: a failed write, a violation, bytes after the response, or EOF. While the final head is
+awaited, the received bytes are mirrored (bounded by h11's head limit plus one read; reset after
+a 1xx once over it) so that an error can be told apart — an unsolicited 101 makes h11 raise a
+state error rather than return the event.
+
+Protocol switches (``http1_upgrade``): h11 is told of a request that asks for one (its ``Upgrade``
+field), so it takes a ``101`` and pauses right after its head. The ``101`` is returned as a
+``ResponseHead`` and ends HTTP on the connection (``switched``): nothing more is parsed,
+``receive`` refuses to go on (500), and ``take_leftover`` hands out, once, the bytes after the
+head (h11's ``trailing_data``). A ``101`` to any other request stays ``unexpected 101`` (502).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http1_response import field_block
+from a3s_gateway.protocols.http1_upgrade import asks_for_upgrade
 
 __all__ = ["Http1Client"]
 
@@ -42,6 +49,9 @@ _TE_CHUNKED: Final = (b"transfer-encoding", b"chunked")
 _TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _TARGET: Final = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _STATUS_101: Final = re.compile(rb"(?:\A|\n)HTTP/[0-9]\.[0-9] 101(?![0-9])")
+#: What h11 needs to see of an upgrade request to take a 101: some ``Upgrade`` value (the
+#: request itself is written by us, with the client's fields).
+_UPGRADE: Final = (b"upgrade", b"protocol")
 
 
 #: h11 state events for bodiless requests of the common methods: h11 only reads the method and
@@ -53,9 +63,11 @@ _BODILESS: Final = {
 
 
 def _state_event(
-    method: bytes, host: tuple[bytes, bytes], framing: tuple[bytes, bytes] | None
+    method: bytes, host: tuple[bytes, bytes], framing: tuple[bytes, bytes] | None, upgrade: bool
 ) -> h11.Request:
     """The event that tells h11 about a request we serialised ourselves."""
+    if upgrade:  # asks_for_upgrade: a GET without a body
+        return h11.Request(method=method, target=b"/", headers=[host, _UPGRADE])
     if framing is None:
         cached = _BODILESS.get(method)
         if cached is not None:
@@ -73,10 +85,13 @@ class Http1Client:
         "_h11",
         "_head_bytes",
         "_in_head",
+        "_leftover_taken",
         "_max_head_bytes",
         "_max_headers",
         "_received",
+        "_switched",
         "_unusable",
+        "_upgrade",
     )
 
     def __init__(self, *, max_head_bytes: int = 65536, max_headers: int = 200) -> None:
@@ -89,6 +104,9 @@ class Http1Client:
         self._received = False  # any byte of this cycle's response arrived
         self._done = False  # the response's EndOfBody was returned
         self._unusable = False  # failed write, violation, stray bytes or EOF
+        self._upgrade = False  # the request asked for a protocol switch
+        self._switched = False  # ... and a 101 came: the connection is not HTTP's any more
+        self._leftover_taken = False
 
     def send(self, event: RequestHead | BodyChunk | EndOfBody) -> bytes:
         """Return the bytes to write for ``event`` (always HTTP/1.1, origin-form target).
@@ -141,6 +159,7 @@ class Http1Client:
                     framing = line
                 rest.append(line)
         self._chunked = head.has_body and framing is None
+        upgrade = asks_for_upgrade(head.method, b"1.1", head.headers, head.has_body)
         if self._chunked:
             framing = _TE_CHUNKED
             rest.append(_TE_CHUNKED)
@@ -153,18 +172,22 @@ class Http1Client:
             or _TARGET.fullmatch(head.target) is None
         ):
             raise ProtocolViolation(500, "request could not be serialised")
-        self._h11.send(_state_event(head.method, host, framing))
+        self._h11.send(_state_event(head.method, host, framing, upgrade))
+        self._upgrade = upgrade
         return b"%b %b HTTP/1.1\r\n%b\r\n" % (head.method, head.target, block)
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed received bytes (``b""`` = EOF); return the response's new events.
 
         After the response is complete, EOF gives ``ConnectionClosed`` and stray bytes are
-        swallowed (both make the connection unusable). Raises ``ProtocolViolation(502)``.
+        swallowed (both make the connection unusable). Raises ``ProtocolViolation(502)``, or
+        ``ProtocolViolation(500)`` once a ``101`` switched protocols (a caller bug).
         """
         if self._done:
             self._unusable = True
             return [] if data else [ConnectionClosed()]
+        if self._switched:
+            raise ProtocolViolation(500, "connection switched protocols")
         if self._in_head:
             self._head_bytes += data
         self._received = self._received or bool(data)
@@ -191,8 +214,10 @@ class Http1Client:
         elif isinstance(event, h11.Response):
             events.append(self._response_head(event))
         elif isinstance(event, h11.InformationalResponse):
-            if event.status_code == 101:  # WebSocket relaying comes later
-                raise ProtocolViolation(502, "unexpected 101")
+            if event.status_code == 101:  # h11 takes it only after an upgrade request
+                events.append(self._response_head(event))
+                self._switched = self._unusable = True
+                return True
             if len(self._head_bytes) > self._max_head_bytes:  # bounded across many 1xx
                 self._head_bytes.clear()
             events.append(Informational(event.status_code, list(event.headers), event.reason))
@@ -207,7 +232,7 @@ class Http1Client:
             return True
         return False
 
-    def _response_head(self, event: h11.Response) -> ResponseHead:
+    def _response_head(self, event: h11.Response | h11.InformationalResponse) -> ResponseHead:
         headers = list(event.headers)
         if len(headers) > self._max_headers:
             raise ProtocolViolation(502, "too many response header fields")
@@ -228,8 +253,8 @@ class Http1Client:
             return ProtocolViolation(502, "incomplete response body" if eof else "invalid body")
         if not self._received:
             return ProtocolViolation(502, "connection closed before response")
-        if _STATUS_101.search(self._head_bytes) is not None:
-            return ProtocolViolation(502, "unexpected 101")
+        if not self._upgrade and _STATUS_101.search(self._head_bytes) is not None:
+            return ProtocolViolation(502, "unexpected 101")  # after an upgrade request: invalid
         return ProtocolViolation(502, "incomplete response head" if eof else "invalid head")
 
     def _check_after_response(self) -> None:
@@ -247,6 +272,21 @@ class Http1Client:
         self._h11.send_failed()
 
     @property
+    def switched(self) -> bool:
+        """A ``101`` answered an upgrade request: the connection speaks another protocol."""
+        return self._switched
+
+    def take_leftover(self) -> bytes:
+        """After a ``101``: the bytes received after its head, once (then ``b""``). Raises
+        ``ProtocolViolation(500)`` if no switch happened."""
+        if not self._switched:
+            raise ProtocolViolation(500, "no protocol switch happened")
+        if self._leftover_taken:
+            return b""
+        self._leftover_taken = True
+        return self._h11.trailing_data[0]
+
+    @property
     def received_any(self) -> bool:
         """Whether any byte of this cycle's response arrived (a stale connection sends none)."""
         return self._received
@@ -262,6 +302,6 @@ class Http1Client:
         if not self.reusable:
             raise ProtocolViolation(500, "connection is not reusable")
         self._h11.start_next_cycle()
-        self._chunked = self._done = self._received = False
+        self._chunked = self._done = self._received = self._upgrade = False
         self._in_head = True
         self._head_bytes = bytearray()

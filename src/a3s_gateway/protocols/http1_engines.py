@@ -52,6 +52,11 @@ class UpstreamAdapter(Protocol):
 
     def start_next_cycle(self) -> None: ...
 
+    @property
+    def switched(self) -> bool: ...
+
+    def take_leftover(self) -> bytes: ...
+
 
 class UpstreamAdapterFactory(Protocol):
     """Makes a fresh ``UpstreamAdapter`` (``Http1Client``'s constructor signature)."""

@@ -14,7 +14,10 @@ or a 2xx to CONNECT (a tunnel: nothing more is read), else chunked, else ``Conte
 else until EOF — and decoded by ``http1_request``'s ``LengthDecoder`` and strict
 ``ChunkedDecoder``, as on the server side. llhttp never sees a body: httptools 0.9 cannot tell it
 that a response answers HEAD, nor pass EOF on (no ``llhttp_finish``), and our decoders pass
-payload through without a copy.
+payload through without a copy. A ``101`` after a request that asked for a protocol switch
+(``http1_upgrade``) is ``Http1Client``'s: returned as a ``ResponseHead``, the end of HTTP on the
+connection (``switched``; llhttp stops there with ``HttpParserUpgrade``), the bytes after its head
+kept for ``take_leftover``; a ``101`` to any other request is ``unexpected 101`` (502).
 
 Compared with ``Http1Client`` (``tests/property/test_http1_differential.py``): the same events
 and reuse decisions for every response both accept, and 502 for every response h11 refuses. Where
@@ -49,6 +52,7 @@ from a3s_gateway.protocols.http1_response_heads import (
     h11_fields,
     parse_response_head,
 )
+from a3s_gateway.protocols.http1_upgrade import SWITCHING, asks_for_upgrade
 
 __all__ = ["LlhttpClient"]
 
@@ -62,6 +66,7 @@ class _Phase(Enum):
     BODY = auto()
     DONE = auto()  # EndOfBody returned
     TUNNEL = auto()  # a 2xx to CONNECT: h11 reads nothing more
+    SWITCHED = auto()  # a 101 to an upgrade request: ``_buf`` holds the new protocol's bytes
 
 
 class _Close:
@@ -93,6 +98,7 @@ class LlhttpClient:
         "_received",
         "_scan",
         "_unusable",
+        "_upgrade",
         "_writer",
     )
 
@@ -108,6 +114,7 @@ class LlhttpClient:
         self._keep_alive = True
         self._received = False
         self._unusable = False
+        self._upgrade = False  # the request asked for a protocol switch
 
     # --- sending (Http1Client.send's contract) ---------------------------------------------
 
@@ -127,7 +134,11 @@ class LlhttpClient:
                         # An unsolicited response came first (h11 fails with AttributeError).
                         writer.failed()
                         raise ProtocolViolation(500, "request could not be serialised")
-                    return writer.head(event)
+                    wire = writer.head(event)
+                    self._upgrade = asks_for_upgrade(
+                        event.method, b"1.1", event.headers, event.has_body
+                    )
+                    return wire
                 case EndOfBody(trailers=trailers):
                     return writer.end(trailers)
                 case _:
@@ -148,12 +159,15 @@ class LlhttpClient:
         """Feed received bytes (``b""`` = EOF); return the response's new events.
 
         After the response is complete, EOF gives ``ConnectionClosed`` and stray bytes are
-        swallowed (both make the connection unusable). Raises ``ProtocolViolation(502)``.
+        swallowed (both make the connection unusable). Raises ``ProtocolViolation(502)``, or
+        ``ProtocolViolation(500)`` once a ``101`` switched protocols (a caller bug).
         """
         phase = self._phase
         if phase is _Phase.DONE:
             self._unusable = True
             return [] if data else [ConnectionClosed()]
+        if phase is _Phase.SWITCHED:
+            raise ProtocolViolation(500, "connection switched protocols")
         self._received = self._received or bool(data)
         if phase is _Phase.TUNNEL:
             return []
@@ -195,6 +209,9 @@ class LlhttpClient:
                 return
             self._head(data, pos, found.end(), events)
             pos = found.end()
+        if self._phase is _Phase.SWITCHED:  # the rest is the new protocol's, for the hand-over
+            buf += memoryview(data)[pos:]
+            return
         self._decode(data, pos, eof, events)
 
     def _partial_head(self, eof: bool) -> None:
@@ -216,8 +233,13 @@ class LlhttpClient:
     def _head(self, data: bytes, start: int, end: int, events: list[Event]) -> None:
         """Parse the head ``data[start:end]`` and emit its event; set up the body after it."""
         parsed = parse_response_head(data[start:end])
-        if parsed is None or parsed.status == 101:
+        if parsed is None or (parsed.status == SWITCHING and not self._upgrade):
             raise self._head_violation(data[start:], eof=False)
+        if parsed.status == SWITCHING:  # the end of HTTP on this connection
+            events.append(self._checked_head(parsed))
+            self._phase = _Phase.SWITCHED
+            self._unusable = True
+            return
         if parsed.status < 200:
             if not self._writer.sent:  # h11 takes an unsolicited final response only
                 raise self._head_violation(data[start:], eof=False)
@@ -227,7 +249,8 @@ class LlhttpClient:
             return
         events.append(self._final_head(parsed))
 
-    def _final_head(self, parsed: ParsedResponse) -> ResponseHead:
+    def _checked_head(self, parsed: ParsedResponse) -> ResponseHead:
+        """The event of a final (or switching) head within the limits, as Http1Client's."""
         headers = parsed.headers
         if len(headers) > self._max_headers:
             raise ProtocolViolation(502, "too many response header fields")
@@ -236,6 +259,10 @@ class LlhttpClient:
             if size > self._max_head_bytes:
                 raise ProtocolViolation(502, "response head too large")
         self._head_len = 0
+        return ResponseHead(parsed.status, headers, parsed.reason, parsed.version)
+
+    def _final_head(self, parsed: ParsedResponse) -> ResponseHead:
+        head = self._checked_head(parsed)
         status = parsed.status
         self._keep_alive = parsed.keep_alive
         writer = self._writer
@@ -255,7 +282,7 @@ class LlhttpClient:
             self._body = _Close()
         if self._body is not None:
             self._phase = _Phase.BODY
-        return ResponseHead(status, headers, parsed.reason, parsed.version)
+        return head
 
     def _head_violation(self, rest: bytes, *, eof: bool) -> ProtocolViolation:
         """Http1Client's reason for a refused head (all 502); ``rest`` starts at the head.
@@ -265,8 +292,8 @@ class LlhttpClient:
         """
         if not self._received:
             return ProtocolViolation(502, "connection closed before response")
-        if _STATUS_101.search(rest) is not None:
-            return ProtocolViolation(502, "unexpected 101")
+        if not self._upgrade and _STATUS_101.search(rest) is not None:
+            return ProtocolViolation(502, "unexpected 101")  # after an upgrade request: invalid
         return ProtocolViolation(502, "incomplete response head" if eof else "invalid head")
 
     def _receive_body(self, data: bytes, events: list[Event]) -> None:
@@ -323,6 +350,20 @@ class LlhttpClient:
     # --- reuse -----------------------------------------------------------------------------
 
     @property
+    def switched(self) -> bool:
+        """A ``101`` answered an upgrade request: the connection speaks another protocol."""
+        return self._phase is _Phase.SWITCHED
+
+    def take_leftover(self) -> bytes:
+        """After a ``101``: the bytes received after its head, once (then ``b""``). Raises
+        ``ProtocolViolation(500)`` if no switch happened."""
+        if self._phase is not _Phase.SWITCHED:
+            raise ProtocolViolation(500, "no protocol switch happened")
+        leftover = bytes(self._buf)
+        self._buf.clear()
+        return leftover
+
+    @property
     def received_any(self) -> bool:
         """Whether any byte of this cycle's response arrived (a stale connection sends none)."""
         return self._received
@@ -349,3 +390,4 @@ class LlhttpClient:
         self._head_len = 0
         self._keep_alive = True
         self._received = False
+        self._upgrade = False

@@ -14,7 +14,11 @@ by the same rules) and keeps h11's refusals:
 * a body longer or shorter than its ``Content-Length``, a second head, or a body before the
   head is ``ProtocolViolation(500)``: a bug upstream of the adapter, never sent;
 * every header line and the reason phrase are checked against RFC 9110's grammar (one regular
-  expression over the whole block), so no value can carry CR, LF or NUL into the response.
+  expression over the whole block), so no value can carry CR, LF or NUL into the response;
+* a ``101`` only answers a request that asked for a protocol switch (``upgrade``, see
+  ``http1_upgrade``) and must name the protocol in ``Upgrade``: its head is written with the
+  fields as given but for the framing ones, with no framing and no ``Connection: close`` added,
+  and it is the last thing written (``switched``); otherwise it is ``ProtocolViolation(500)``.
 
 Must not: do IO, read the time, or decide whether the connection stays open beyond reporting
 ``keep_alive``.
@@ -28,6 +32,7 @@ from http import HTTPStatus
 from typing import Final
 
 from a3s_gateway.protocols.events import ProtocolViolation
+from a3s_gateway.protocols.http1_upgrade import SWITCHING, switch_fields
 
 __all__ = ["ResponseWriter", "client_keep_alive", "field_block"]
 
@@ -54,6 +59,7 @@ class _State(Enum):
     HEAD = auto()  # nothing but 1xx sent yet
     BODY = auto()
     DONE = auto()
+    SWITCHED = auto()  # a 101 was written: nothing more is HTTP
 
 
 def client_keep_alive(version: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -86,22 +92,39 @@ def _fail(reason: str) -> ProtocolViolation:
 
 class ResponseWriter:
     """The bytes of one response to a request with ``method`` from an HTTP ``version`` client
-    (``b""`` when the request could not be parsed: the most cautious framing is used)."""
+    (``b""`` when the request could not be parsed: the most cautious framing is used);
+    ``upgrade`` when the request asked for a protocol switch (a ``101`` may answer it)."""
 
-    __slots__ = ("_framing", "_keep_alive", "_method", "_remaining", "_state", "_version")
+    __slots__ = (
+        "_framing",
+        "_keep_alive",
+        "_method",
+        "_remaining",
+        "_state",
+        "_upgrade",
+        "_version",
+    )
 
-    def __init__(self, method: bytes, version: bytes, keep_alive: bool) -> None:
+    def __init__(
+        self, method: bytes, version: bytes, keep_alive: bool, *, upgrade: bool = False
+    ) -> None:
         self._method = method
         self._version = version
         self._keep_alive = keep_alive
         self._framing = _Framing.NONE
         self._remaining = 0
         self._state = _State.HEAD
+        self._upgrade = upgrade
 
     @property
     def done(self) -> bool:
         """The whole response was serialised."""
         return self._state is _State.DONE
+
+    @property
+    def switched(self) -> bool:
+        """A ``101`` was serialised: the connection speaks another protocol after it."""
+        return self._state is _State.SWITCHED
 
     @property
     def keep_alive(self) -> bool:
@@ -121,7 +144,10 @@ class ResponseWriter:
     def head(
         self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes, *, close: bool
     ) -> bytes:
-        """The status line and header block; ``close`` adds ``Connection: close``."""
+        """The status line and header block; ``close`` adds ``Connection: close`` (not to a
+        ``101``, after which the connection is no longer HTTP's to close)."""
+        if status == SWITCHING:
+            return self._switch(headers, reason)
         if self._state is not _State.HEAD or not 200 <= status <= 999:
             raise _fail("response head out of place")
         lines = [line for line in headers if line[0] not in _OWN_FIELDS]
@@ -147,6 +173,18 @@ class ResponseWriter:
             lines.append((b"connection", b"close"))
         self._state = _State.BODY
         return self._head_bytes(status, reason, lines)
+
+    def _switch(self, headers: list[tuple[bytes, bytes]], reason: bytes) -> bytes:
+        """A ``101``: the fields as given (no framing ones), nothing added, nothing after it."""
+        if self._state is not _State.HEAD or not self._upgrade:
+            raise _fail("101 without an upgrade request")
+        lines = switch_fields(headers)
+        if lines is None:
+            raise _fail("101 without an upgrade field")
+        head = self._head_bytes(SWITCHING, reason, lines)
+        self._state = _State.SWITCHED
+        self._keep_alive = False
+        return head
 
     def _add_unknown_length_framing(self, lines: list[tuple[bytes, bytes]]) -> None:
         """Chunked for HTTP/1.1; for HTTP/1.0 the connection end delimits the body."""

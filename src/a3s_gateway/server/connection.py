@@ -8,8 +8,10 @@ body's idle gap and deadline are ``Http1Downstream``'s (``http1_downstream.py``)
 side each exchange talks to through the ``Downstream`` seam. Drain: each connection registers
 one ``Drainable`` (``context.Drain``) for its lifetime; a drain cancels its wait for the next
 request (idle connections close at once), a head that began is still answered, and the
-response in progress carries ``Connection: close``. An exchange that ends by ``ClientGone`` or ``ExchangeAborted`` ends the
-connection: HTTP/1.1 cannot carry on after a response cut short.
+response in progress carries ``Connection: close``. An exchange that ends by ``ClientGone`` or
+``ExchangeAborted`` ends the connection: HTTP/1.1 cannot carry on after a response cut short.
+After a protocol switch (``Http1Downstream.handed_over``) the driver stops and leaves the
+stream to its new owner: no read, no write, no linger, no close.
 
 A request refused while its head is read (a ``ProtocolViolation``, the head timeout, a bad
 request pipelined behind a good one) is answered here with ``Connection: close`` and, like any
@@ -67,11 +69,12 @@ async def serve_http1(stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContex
         log.exception("connection from %s failed", info.peer_ip)
     finally:
         connections.discard(idle)
-        if down.response_started and not down.request_complete:
-            await _linger(stream)
-        with trio.move_on_after(CLOSE_GRACE) as cleanup:
-            cleanup.shield = True
-            await stream.aclose()
+        if not down.handed_over:  # after a protocol switch the stream is its new owner's
+            if down.response_started and not down.request_complete:
+                await _linger(stream)
+            with trio.move_on_after(CLOSE_GRACE) as cleanup:
+                cleanup.shield = True
+                await stream.aclose()
 
 
 #: Lingering close (RFC 9112 §9.6; NGINX's lingering_time/lingering_timeout): how long, in
@@ -136,7 +139,7 @@ async def _serve_requests(
         if ctx.drain.draining or (limit and served >= limit):
             down.close_after_response()
         await handle_request(head, down, info, ctx)
-        if down.closing:
+        if down.handed_over or down.closing:  # a protocol switch ends HTTP/1.1 here too
             return
         if not down.request_complete:
             await _discard_body(down, adapter)

@@ -8,8 +8,15 @@ heads into ``pending``, calls ``start_exchange`` per request and ends the connec
 object says ``closing``.
 
 HTTP/1.1 serves one exchange at a time, so aborting the exchange ends the connection (a
-response cut short cannot be delimited), acknowledging request-body bytes is a no-op (TCP is
-the flow control), and a protocol switch is not possible yet: the adapter refuses ``101``.
+response cut short cannot be delimited) and acknowledging request-body bytes is a no-op (TCP is
+the flow control).
+
+A protocol switch: once a ``101`` answering an upgrade request was written (the adapter writes
+one only then), ``take_over`` hands the stream and every byte the client sent after its request
+head to the new protocol's owner, once, and sets ``handed_over``. From then on the stream is not
+this connection's: the driver must neither read, write nor close it (nor linger on it), and
+``fill`` refuses to read it. A ``101`` does not end the connection by itself: until
+``take_over``, the driver still owns (and closes) the stream.
 
 Must not: route or proxy (``exchange/``), or parse bytes itself (``protocols/http1.py``).
 """
@@ -31,13 +38,12 @@ from a3s_gateway.protocols.events import (
     RequestHead,
     ResponseHead,
 )
-from a3s_gateway.server.downstream import ClientGone, ClientTimeout, UpgradeUnavailable
+from a3s_gateway.server.downstream import ClientGone, ClientTimeout, Handover, UpgradeUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from a3s_gateway.protocols.http1 import Http1Server
-    from a3s_gateway.upstream.stream import Handover
 
 __all__ = ["END_WITHOUT_TRAILERS", "READ_SIZE", "Http1Downstream"]
 
@@ -58,7 +64,7 @@ class Http1Downstream:
     request's ``EndOfBody`` was read.
     ``status``, ``received_bytes`` and ``sent_bytes`` describe the exchange in progress for
     the access log and metrics: the status of the response head sent, and the body bytes read
-    and written (all reset per request).
+    and written (all reset per request). ``handed_over`` turns true with ``take_over``.
     """
 
     __slots__ = (
@@ -68,6 +74,7 @@ class Http1Downstream:
         "_request_body",
         "_stream",
         "closing",
+        "handed_over",
         "head_sent",
         "http_version",
         "pending",
@@ -99,6 +106,8 @@ class Http1Downstream:
         self.response_started = False
         #: The connection ends after the response in progress.
         self.closing = False
+        #: ``take_over`` gave the stream to a new owner: the driver must leave it alone.
+        self.handed_over = False
         self.status = 0
         self.received_bytes = 0
         self.sent_bytes = 0
@@ -149,8 +158,12 @@ class Http1Downstream:
     async def fill(self) -> None:
         """Read once from the client and queue the resulting events.
 
-        Raises ``ClientGone`` on a reset, ``ProtocolViolation`` on bad bytes.
+        Raises ``ClientGone`` on a reset, ``ProtocolViolation`` on bad bytes, and
+        ``ProtocolViolation(500)`` without reading once a ``101`` was sent (a caller bug: the
+        stream's bytes are the new protocol's).
         """
+        if self._adapter.switched:
+            raise ProtocolViolation(500, "connection switched protocols")
         try:
             data = await self._stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
@@ -236,15 +249,19 @@ class Http1Downstream:
         parts: list[bytes] = []
         status = 0
         sent = 0
-        for event in events:
-            if isinstance(event, BodyChunk):
-                sent += len(event.data)
-            elif isinstance(event, ResponseHead):
-                self.response_started = True
-                status = event.status
-                if self.response_fields:
-                    event = self._with_fields(event)
-            parts.append(adapter.send(event))
+        try:
+            for event in events:
+                if isinstance(event, BodyChunk):
+                    sent += len(event.data)
+                elif isinstance(event, ResponseHead):
+                    self.response_started = True
+                    status = event.status
+                    if self.response_fields:
+                        event = self._with_fields(event)
+                parts.append(adapter.send(event))
+        except ProtocolViolation:
+            adapter.send_failed()  # nothing of the batch is written: a 101 in it switched nothing
+            raise
         data = b"".join(parts)
         if not data:
             return
@@ -277,6 +294,17 @@ class Http1Downstream:
         self._adapter.close_after_response()
 
     def take_over(self) -> Handover:
-        """No protocol switch is possible yet: ``Http1Server`` refuses to write a ``101`` (its
-        hand-over of the bytes after the request head comes with WebSocket relaying)."""
-        raise UpgradeUnavailable("the HTTP/1.1 adapter does not switch protocols")
+        """After a ``101`` was written: the stream and the bytes the client sent after its
+        request head, once; ``handed_over`` is then true (see the module docstring).
+
+        Raises ``UpgradeUnavailable`` when no ``101`` was sent (or its write failed), or the
+        stream was already taken over.
+        """
+        if self.handed_over:
+            raise UpgradeUnavailable("the stream was already taken over")
+        adapter = self._adapter
+        if not adapter.switched:
+            raise UpgradeUnavailable("no protocol switch happened")
+        self.handed_over = True
+        self.pending.clear()  # at most the upgrade request's EndOfBody
+        return Handover(self._stream, adapter.take_leftover())

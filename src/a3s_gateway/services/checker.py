@@ -156,6 +156,8 @@ async def _exchange(
             return ProbeResult(False, "no response" if closed else "invalid response")
         for event in events:
             if isinstance(event, ResponseHead):
+                if event.status == 101:  # a probe never switches protocols
+                    return ProbeResult(False, "invalid response")
                 status = event.status
             elif isinstance(event, BodyChunk):
                 discarded += len(event.data)

@@ -10,6 +10,10 @@ The adapter is created on first use through an injectable factory, so the pool a
 never depend on ``Http1Client``'s behaviour, and importing this package does not import the
 HTTP/1.1 adapter module (``config/runtime.py`` imports ``upstream`` for ``Peer``).
 
+After a protocol switch ``Http1Upstream.take_over`` gives the stream to a new owner with
+``detach``: the connection object stays behind for the pool's bookkeeping, but closing it
+closes nothing, and it is never reused (``looks_dead``).
+
 Must not: read or write the stream on behalf of the pool (the pool only checks readability),
 decide reusability, or shield an unbounded close.
 """
@@ -53,6 +57,7 @@ class UpstreamConnection:
         "_adapter_factory",
         "checked_out",
         "created_at",
+        "detached",
         "idle_since",
         "peer",
         "reused",
@@ -73,6 +78,8 @@ class UpstreamConnection:
         self.idle_since = created_at
         self.reused = False
         self.checked_out = False  # set and cleared by the pool only
+        #: The stream was handed to a new owner (``detach``): not this object's to close.
+        self.detached = False
         self._adapter_factory = adapter_factory
         self._adapter: UpstreamAdapter | None = None
 
@@ -84,6 +91,13 @@ class UpstreamConnection:
             adapter = self._adapter = self._adapter_factory()
         return adapter
 
+    def detach(self) -> trio.abc.Stream:
+        """Give up the stream to a new owner after a protocol switch: from now on this
+        connection never closes it (``close_nowait`` and ``aclose`` do nothing) and never
+        serves again (``looks_dead``). Never blocks."""
+        self.detached = True
+        return self.stream
+
     def looks_dead(self) -> bool:
         """True if this idle connection must not be reused: readable (EOF, a reset or stray
         bytes — an idle HTTP/1.1 server has nothing to say) or already closed. Never blocks.
@@ -94,6 +108,8 @@ class UpstreamConnection:
         public zero-timeout poll on the socket, equivalent to a ``recv(MSG_PEEK|MSG_DONTWAIT)``
         that does not block, without wrapping the file descriptor in a second socket object.
         """
+        if self.detached:
+            return True
         stream = self.stream
         if isinstance(stream, RawSocketStream):
             return stream.is_readable()
@@ -109,7 +125,10 @@ class UpstreamConnection:
         A ``RawSocketStream`` or a ``trio.SocketStream`` closes its socket (what ``aclose``
         does); a ``trio.SSLStream`` over one is closed the way ``aclose_forcefully`` would, without
         close_notify, by closing the socket underneath. Those are all production streams.
+        A detached connection has nothing to close: True at once.
         """
+        if self.detached:
+            return True
         stream: trio.abc.Stream = self.stream
         while isinstance(stream, trio.SSLStream):
             stream = stream.transport_stream
@@ -126,7 +145,11 @@ class UpstreamConnection:
 
         Never raises for a broken stream: trio streams are closed even when ``aclose`` fails,
         and the pool runs this in its own nursery, which must not die of one bad connection.
+        A detached connection's stream is left alone (a checkpoint only).
         """
+        if self.detached:
+            await trio.lowlevel.checkpoint()
+            return
         with contextlib.suppress(trio.BrokenResourceError, OSError):
             await trio.aclose_forcefully(self.stream)
 

@@ -6,7 +6,15 @@ adapter, poisons the adapter when a write fails (DESIGN.md §3.4: interrupted wr
 connections) and, on ``release``, returns the connection to its pool, reusable only when the
 exchange was clean and the adapter agrees (both messages complete, keep-alive, no error).
 
-Must not: decide reusability beyond that rule, map errors to statuses, or retry.
+A ``101`` to a request that asked for a protocol switch ends HTTP on the connection (the adapter
+returns it as a ``ResponseHead`` and parses nothing more). ``take_over`` then hands the stream
+and the bytes read past the ``101``'s head to a new owner and takes the connection out of the
+pool for good: it detaches the stream (``UpstreamConnection.detach``: the pool can no longer
+close it) and releases the emptied connection at once, not reusable, which frees its slot under
+``max_conns_per_backend``; the exchange's ``release`` afterwards does nothing.
+
+Must not: decide reusability beyond that rule, map errors to statuses, or retry; touch the
+stream after a protocol switch.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
-from a3s_gateway.upstream.stream import UpgradeUnavailable, UpstreamGone
+from a3s_gateway.protocols.events import ProtocolViolation
+from a3s_gateway.upstream.stream import Handover, UpgradeUnavailable, UpstreamGone
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,7 +32,6 @@ if TYPE_CHECKING:
     from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Event, RequestHead
     from a3s_gateway.upstream.connection import UpstreamConnection
     from a3s_gateway.upstream.pool import UpstreamPool
-    from a3s_gateway.upstream.stream import Handover
 
 __all__ = ["READ_SIZE", "ClientAdapter", "Http1Upstream"]
 
@@ -49,17 +57,23 @@ class ClientAdapter(Protocol):
 
     def start_next_cycle(self) -> None: ...
 
+    @property
+    def switched(self) -> bool: ...
+
+    def take_leftover(self) -> bytes: ...
+
 
 class Http1Upstream:
     """One request/response cycle on ``conn``; ``release`` hands ``conn`` back to ``pool``."""
 
-    __slots__ = ("_adapter", "_conn", "_pool", "_stream")
+    __slots__ = ("_adapter", "_conn", "_handed_over", "_pool", "_stream")
 
     def __init__(self, conn: UpstreamConnection, pool: UpstreamPool) -> None:
         self._conn = conn
         self._pool = pool
         self._stream = conn.stream
         self._adapter: ClientAdapter = conn.adapter
+        self._handed_over = False
 
     @property
     def reused(self) -> bool:
@@ -88,6 +102,10 @@ class Http1Upstream:
             raise
 
     async def receive(self) -> list[Event]:
+        """See ``Upstream.receive``; after a ``101`` it raises ``ProtocolViolation(500)``
+        without reading (a caller bug: the stream's bytes are the new protocol's)."""
+        if self._adapter.switched:
+            raise ProtocolViolation(500, "connection switched protocols")
         try:
             data = await self._stream.receive_some(READ_SIZE)
         except _GONE as error:
@@ -100,11 +118,27 @@ class Http1Upstream:
         return events
 
     def take_over(self) -> Handover:
-        """The HTTP/1.1 client adapter refuses ``101`` until WebSocket relaying lands (it then
-        hands over its stream and the bytes after the head): no switch can have happened."""
-        raise UpgradeUnavailable("the HTTP/1.1 upstream adapter does not switch protocols")
+        """After a ``101`` was received: the stream and the bytes read past its head, once; the
+        connection leaves the pool for good (see the module docstring). Never blocks.
+
+        Raises ``UpgradeUnavailable`` when no ``101`` was received or the stream was already
+        taken over.
+        """
+        if self._handed_over:
+            raise UpgradeUnavailable("the stream was already taken over")
+        adapter = self._adapter
+        if not adapter.switched:
+            raise UpgradeUnavailable("no protocol switch happened")
+        self._handed_over = True
+        conn = self._conn
+        handover = Handover(conn.detach(), adapter.take_leftover())
+        self._pool.release(conn, reusable=False)  # closes nothing: the stream is detached
+        return handover
 
     def release(self, *, clean: bool) -> None:
+        """See ``Upstream.release``; a no-op after ``take_over``, which released already."""
+        if self._handed_over:
+            return
         adapter = self._adapter
         reusable = clean and adapter.reusable
         if reusable:

@@ -41,7 +41,8 @@ class UpstreamGone(Exception):  # noqa: N818 -- an event
 
 class UpgradeUnavailable(Exception):  # noqa: N818 -- an event
     """``take_over`` was called where the protocol cannot hand over its stream: no protocol
-    switch happened, or the adapter does not switch protocols (yet). Both seams raise it."""
+    switch happened, the stream was already taken over, or the protocol does not switch (yet).
+    Both seams raise it."""
 
 
 @dataclass(frozen=True, slots=True)
