@@ -51,6 +51,18 @@ MIDDLEWARE_CASES = [
         severity="warning",
     ),
     Case(
+        "jwt-pem-as-hs-secret",
+        middleware(
+            "jwt",
+            '  type = "jwt"\n'
+            '  value = "-----BEGIN PUBLIC KEY-----\\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\\n'
+            '-----END PUBLIC KEY-----"\n',
+        ),
+        'middlewares["jwt"].value',
+        'field "value" holds a key (a PEM block, an SSH key or a JWK), not a shared secret',
+        "value =",
+    ),
+    Case(
         "retry-intervals",
         middleware(
             "retry",

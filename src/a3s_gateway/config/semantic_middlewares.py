@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Final
 
+from jwt import PyJWTError, get_algorithm_by_name
+
 from a3s_gateway.config.schema_middlewares import (
     Compress,
     Cors,
@@ -29,7 +31,7 @@ from a3s_gateway.config.schema_middlewares import (
 from a3s_gateway.config.values import HEADER_NAME_PATTERN, quote_value
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from a3s_gateway.config.problems import Path
     from a3s_gateway.config.semantic_report import Report
@@ -99,6 +101,17 @@ def _check_middleware(report: Report, base: Path, middleware: Middleware) -> Non
             pass
 
 
+def _usable_hmac_secret(value: str, algorithms: Sequence[str]) -> bool:
+    """Whether PyJWT, which verifies the tokens, takes ``value`` as the HMAC secret of each
+    HS algorithm (it refuses keys, its guard against algorithm confusion)."""
+    for algorithm in algorithms:
+        try:
+            get_algorithm_by_name(algorithm).prepare_key(value.encode())
+        except PyJWTError:
+            return False
+    return True
+
+
 def _check_jwt(report: Report, base: Path, jwt: Jwt) -> None:
     hs = [algorithm for algorithm in jwt.algorithms if algorithm.startswith("HS")]
     asymmetric = [algorithm for algorithm in jwt.algorithms if not algorithm.startswith("HS")]
@@ -109,6 +122,14 @@ def _check_jwt(report: Report, base: Path, jwt: Jwt) -> None:
     elif not hs and jwt.value is not None:
         report.error((*base, "value"), 'field "value" applies only when an HS algorithm is allowed')
     elif hs and jwt.value is not None:
+        if not _usable_hmac_secret(jwt.value, hs):
+            report.error(
+                (*base, "value"),
+                'field "value" holds a key (a PEM block, an SSH key or a JWK), not a shared '
+                "secret; HS tokens are verified with random bytes, RS and ES tokens with "
+                '"public_key_file" or "jwks_url"',
+            )
+            return
         needed = max(HS_SECRET_BYTES[algorithm] for algorithm in hs)
         if len(jwt.value.encode()) < needed:
             strongest = max(hs, key=lambda algorithm: HS_SECRET_BYTES[algorithm])

@@ -8,11 +8,14 @@ trio's clock (``RequestState.now`` and the runner's ``now``), never the wall clo
 
 Parsing (RFC 7517, RFC 7518 §6): the document must be a UTF-8 JSON object with a ``keys`` array
 (no duplicate member names, finite numbers); otherwise it is invalid and the previous set is
-kept. Each member of ``keys`` is judged on its own, so one bad key never poisons the set:
+kept. Each member of ``keys`` is judged on its own, so one bad key never poisons the set (as
+PyJWT's ``PyJWKSet`` skips a key it cannot use; the loop is ours because it also says why, and
+an empty or all-foreign set is a valid answer here, where ``PyJWKSet`` raises). The checks of
+the member come first; PyJWT's ``PyJWK`` then builds the key from the public members:
 
 * ``kty`` ``RSA`` (``n``, ``e``; a modulus of 2048 to 16384 bits, RFC 7518 §3.3) and ``EC``
   (``crv`` P-256/P-384/P-521, ``x`` and ``y`` of the curve's full coordinate size and on the
-  curve) are kept;
+  curve) are kept, their base64url members strictly in the alphabet (padding tolerated);
 * other key types are ignored, ``oct`` included: a shared secret never comes from a JWKS, so an
   HS token cannot be verified with a published key (no algorithm confusion);
 * a ``use`` other than ``sig``, or a ``key_ops`` without ``verify``, is ignored (an encryption
@@ -46,16 +49,14 @@ Must not: accept an ``oct`` (or any non-RSA/EC) key, keep per-request state, or 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt import PyJWK, PyJWTError
 
 from a3s_gateway.middleware.outbound import OutboundFailed, OutboundTimeout, ReplyTooLarge
 
@@ -95,11 +96,7 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 _RSA_MIN_BITS: Final = 2048
 _RSA_MAX_BITS: Final = 16384
 # RFC 7518 §6.2.1.1 curve names; the ES algorithm of each curve (RFC 7518 §3.4).
-_JWK_CURVES: Final[dict[str, ec.EllipticCurve]] = {
-    "P-256": ec.SECP256R1(),
-    "P-384": ec.SECP384R1(),
-    "P-521": ec.SECP521R1(),
-}
+_CURVE_ALGORITHMS: Final = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _ALGORITHM_CURVES: Final = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 # How many skipped keys one warning describes.
 _SHOWN_SKIPPED: Final = 3
@@ -202,41 +199,41 @@ def _jwk(member: object) -> Jwk | None:
             raise ValueError('"key_ops" is not an array')
         if "verify" not in operations:
             return None
-    key = _rsa_key(member) if kty == "RSA" else _ec_key(member)
-    return Jwk(kid, alg, key)
+    return Jwk(kid, alg, _public_key(member, kty))
 
 
-def _rsa_key(member: dict[str, object]) -> rsa.RSAPublicKey:
-    modulus = _uint(member, "n")
-    exponent = _uint(member, "e")
-    bits = modulus.bit_length()
-    if not _RSA_MIN_BITS <= bits <= _RSA_MAX_BITS:
-        raise ValueError(
-            f"an RSA modulus of {bits} bits (allowed: {_RSA_MIN_BITS} to {_RSA_MAX_BITS})"
-        )
+def _public_key(member: dict[str, object], kty: str) -> PublicKey:
+    """The public key of an RSA or EC member, built by PyJWT's ``PyJWK`` from the public
+    members only (a private ``d`` in a published set is never loaded)."""
+    names = ("n", "e") if kty == "RSA" else ("x", "y")
+    for name in names:
+        value = member.get(name)
+        # PyJWT's base64url decoding drops bytes outside the alphabet; ours does not.
+        if not isinstance(value, str) or not value or _BASE64URL.fullmatch(value) is None:
+            raise ValueError(f'"{name}" is not a base64url string')
+    public: dict[str, object] = {"kty": kty}
+    public.update((name, str(member[name]).rstrip("=")) for name in names)
+    # The algorithm only picks PyJWT's parser; the tokens a key may verify are ``Jwk.suits``'s.
+    algorithm: str | None = "RS256"
+    if kty == "EC":
+        crv = member.get("crv")
+        algorithm = _CURVE_ALGORITHMS.get(crv) if isinstance(crv, str) else None
+        if algorithm is None:
+            raise ValueError('"crv" is not one of P-256, P-384, P-521')
+        public["crv"] = crv
     try:
-        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise ValueError("not a valid RSA public key") from None
-
-
-def _ec_key(member: dict[str, object]) -> ec.EllipticCurvePublicKey:
-    name = member.get("crv")
-    curve = _JWK_CURVES.get(name) if isinstance(name, str) else None
-    if curve is None:
-        raise ValueError('"crv" is not one of P-256, P-384, P-521')
-    size = (curve.key_size + 7) // 8
-    x = _octets(member, "x")
-    y = _octets(member, "y")
-    if len(x) != size or len(y) != size:
-        raise ValueError(f'"x" and "y" must be {size} bytes for {name}')
-    numbers = ec.EllipticCurvePublicNumbers(
-        int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve
-    )
-    try:
-        return numbers.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"not a point on {name}") from None
+        key: object = PyJWK(public, algorithm).key
+    except (PyJWTError, ValueError) as error:  # ValueError: cryptography refused the numbers
+        raise ValueError(f"not a valid {kty} public key: {error}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if not _RSA_MIN_BITS <= key.key_size <= _RSA_MAX_BITS:
+            raise ValueError(
+                f"an RSA modulus of {key.key_size} bits (allowed: {_RSA_MIN_BITS} to "
+                f"{_RSA_MAX_BITS})"
+            )
+        return key
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # PyJWK's EC parser, given "crv"
+    return key
 
 
 def _optional_string(member: dict[str, object], name: str) -> str | None:
@@ -247,25 +244,6 @@ def _optional_string(member: dict[str, object], name: str) -> str | None:
     if not isinstance(value, str):
         raise ValueError(f'"{name}" is not a string')
     return value
-
-
-def _octets(member: dict[str, object], name: str) -> bytes:
-    value = member.get(name)
-    if not isinstance(value, str) or not value or _BASE64URL.fullmatch(value) is None:
-        raise ValueError(f'"{name}" is not a base64url string')
-    text = value.rstrip("=")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError(f'"{name}" is not a base64url string') from None
-
-
-def _uint(member: dict[str, object], name: str) -> int:
-    """A Base64urlUInt (RFC 7518 §2): a positive big-endian integer."""
-    number = int.from_bytes(_octets(member, name), "big")
-    if number == 0:
-        raise ValueError(f'"{name}" is zero')
-    return number
 
 
 def _object(pairs: list[tuple[str, object]]) -> dict[str, object] | _Duplicate:
