@@ -42,6 +42,7 @@ FORBIDDEN: Final = frozenset({"trio", "socket", "ssl", "time"})
 RINGS: Final[dict[str, int]] = {
     # Ring 0: pure core.
     "a3s_gateway.errors": 0,
+    "a3s_gateway.version": 0,
     "a3s_gateway.config.": 0,
     "a3s_gateway.routing": 0,
     "a3s_gateway.protocols": 0,

@@ -20,8 +20,7 @@ from a3s_gateway.config.problems import Problem
 from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import ConfigError, GatewayError, ReloadError, StartError
 from a3s_gateway.preflight import validate_config
-
-__version__ = "0.1.0"
+from a3s_gateway.version import __version__
 
 __all__ = [
     "Config",

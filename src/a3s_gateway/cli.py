@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Final, NoReturn, Protocol, TextIO, TypeVar
 import msgspec
 import trio
 
-from a3s_gateway import __version__
 from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import LoadOptions, load
 from a3s_gateway.config.overrides import apply_listen_override
@@ -46,6 +45,7 @@ from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
 from a3s_gateway.providers import Reloader
 from a3s_gateway.server.workers import run_supervisor
+from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence

@@ -54,6 +54,7 @@ from a3s_gateway.observability.management_api import (
     request_path,
 )
 from a3s_gateway.routing.request import parse_peer
+from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -468,9 +469,6 @@ class GatewayAdapter:
 
     @property
     def version(self) -> str:
-        # Imported here: the package's __init__ imports app, which will import this module.
-        from a3s_gateway import __version__
-
         return __version__
 
     @property

@@ -37,6 +37,7 @@ from a3s_gateway.protocols.http1_client import Http1Client
 from a3s_gateway.upstream.dialer import dial
 from a3s_gateway.upstream.errors import ConnectFailed
 from a3s_gateway.upstream.peer import Peer
+from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,9 +66,6 @@ class ProbeResult:
 @functools.cache
 def user_agent() -> bytes:
     """``a3s-gateway-health/<version>`` (SPEC §7.4)."""
-    # Imported on first use: ``a3s_gateway/__init__`` imports the app, which imports this module.
-    from a3s_gateway import __version__
-
     return f"a3s-gateway-health/{__version__}".encode()
 
 
