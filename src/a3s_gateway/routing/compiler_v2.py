@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.routing import matchers as m
-from a3s_gateway.routing.compiler import (
+from a3s_gateway.routing.leaves import (
     TCP_ARITY,
     alpn_matcher,
     ascii_argument,
@@ -31,7 +31,7 @@ from a3s_gateway.routing.rules import Call, Node, RuleSyntaxError, check_calls
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from a3s_gateway.routing.compiler import (
+    from a3s_gateway.routing.leaves import (
         HttpLeafBuilder,
         HttpMatcher,
         TcpLeafBuilder,
