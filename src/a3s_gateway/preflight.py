@@ -66,6 +66,25 @@ def check_environment(config: Config, sources: SourceMap, *, default_file: str) 
 
 
 def _findings(config: Config) -> Iterator[tuple[Path, str]]:
+    yield from _entrypoint_files(config)
+    yield from _upstream_files(config)
+    management = config.management
+    if management is not None and management.tls is not None:
+        base: Path = ("management", "tls")
+        yield from _pair(base, management.tls.cert_file, management.tls.key_file)
+        if management.tls.client_ca_file is not None:
+            yield from _ca((*base, "client_ca_file"), management.tls.client_ca_file)
+    for name, middleware in config.middlewares.items():
+        if isinstance(middleware, Jwt) and middleware.public_key_file is not None:
+            path: Path = ("middlewares", name, "public_key_file")
+            yield from _public_key(path, middleware.public_key_file)
+    observability = config.observability
+    if observability.otlp_endpoint:
+        yield from _otlp(observability.otlp_endpoint, tracing=observability.tracing_enabled)
+
+
+def _entrypoint_files(config: Config) -> Iterator[tuple[Path, str]]:
+    """The certificates, keys and CA bundles of the entrypoints' ``tls`` blocks."""
     for name, entrypoint in config.entrypoints.items():
         tls = entrypoint.tls
         if tls is None:
@@ -79,28 +98,19 @@ def _findings(config: Config) -> Iterator[tuple[Path, str]]:
             yield from _ca((*base, "client_ca_file"), tls.client_ca_file)
         if tls.acme_ca_file is not None:
             yield from _ca((*base, "acme_ca_file"), tls.acme_ca_file)
+
+
+def _upstream_files(config: Config) -> Iterator[tuple[Path, str]]:
+    """The CA bundles and client certificates of the services' ``upstream_tls`` blocks."""
     for name, service in config.services.items():
         upstream = service.load_balancer.upstream_tls if service.load_balancer else None
         if upstream is None:
             continue
-        base = ("services", name, "load_balancer", "upstream_tls")
+        base: Path = ("services", name, "load_balancer", "upstream_tls")
         if upstream.ca_file is not None:
             yield from _ca((*base, "ca_file"), upstream.ca_file)
         if upstream.cert_file is not None and upstream.key_file is not None:
             yield from _pair(base, upstream.cert_file, upstream.key_file)
-    management = config.management
-    if management is not None and management.tls is not None:
-        base = ("management", "tls")
-        yield from _pair(base, management.tls.cert_file, management.tls.key_file)
-        if management.tls.client_ca_file is not None:
-            yield from _ca((*base, "client_ca_file"), management.tls.client_ca_file)
-    for name, middleware in config.middlewares.items():
-        if isinstance(middleware, Jwt) and middleware.public_key_file is not None:
-            path: Path = ("middlewares", name, "public_key_file")
-            yield from _public_key(path, middleware.public_key_file)
-    observability = config.observability
-    if observability.otlp_endpoint:
-        yield from _otlp(observability.otlp_endpoint, tracing=observability.tracing_enabled)
 
 
 def otel_missing() -> str | None:

@@ -23,8 +23,9 @@ the time (``jwt`` gets the wall clock from the caller), or know the downstream p
 
 from __future__ import annotations
 
+import importlib
 from functools import partial
-from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, cast
 
 from a3s_gateway.errors import StartError
 from a3s_gateway.middleware.outbound import MiddlewareDeps
@@ -45,60 +46,36 @@ Chains: TypeAlias = "Mapping[str, tuple[Middleware, ...]]"
 _Block = TypeVar("_Block")
 
 
+#: The types whose factory needs nothing but their block: the module (under
+#: ``a3s_gateway.middleware``) and the class, imported only once a config names the type.
+_PLAIN_TYPES: Final[Mapping[str, tuple[str, str]]] = {
+    "api-key": ("auth", "ApiKeyMiddleware"),
+    "basic-auth": ("auth", "BasicAuthMiddleware"),
+    "body-limit": ("body_limit", "BodyLimitMiddleware"),
+    "circuit-breaker": ("breaker", "CircuitBreakerMiddleware"),
+    "cors": ("cors", "CorsMiddleware"),
+    "headers": ("headers", "HeadersMiddleware"),
+    "ip-allow": ("ip_allow", "IpAllowMiddleware"),
+    "rate-limit": ("ratelimit", "RateLimitMiddleware"),
+    "strip-prefix": ("rewrite", "StripPrefixMiddleware"),
+    "compress": ("compress", "CompressMiddleware"),
+    "retry": ("retry", "RetryMiddleware"),
+}
+
+
 def _factory(kind: str, deps: MiddlewareDeps) -> Factory | None:
     """The factory of a middleware type by its config ``type``; None for a type without an HTTP
     form (``tcp-filter``) or whose dependency is missing. Each module is imported only once a
     config uses its type. Types that need a dependency (a clock, an outbound client) get
     ``deps``."""
+    plain = _PLAIN_TYPES.get(kind)
+    if plain is not None:
+        return _plain(_from_config(*plain))
     match kind:
-        case "api-key":
-            from a3s_gateway.middleware.auth import ApiKeyMiddleware
-
-            return _plain(ApiKeyMiddleware.from_config)
-        case "basic-auth":
-            from a3s_gateway.middleware.auth import BasicAuthMiddleware
-
-            return _plain(BasicAuthMiddleware.from_config)
-        case "body-limit":
-            from a3s_gateway.middleware.body_limit import BodyLimitMiddleware
-
-            return _plain(BodyLimitMiddleware.from_config)
-        case "circuit-breaker":
-            from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
-
-            return _plain(CircuitBreakerMiddleware.from_config)
-        case "cors":
-            from a3s_gateway.middleware.cors import CorsMiddleware
-
-            return _plain(CorsMiddleware.from_config)
-        case "headers":
-            from a3s_gateway.middleware.headers import HeadersMiddleware
-
-            return _plain(HeadersMiddleware.from_config)
-        case "ip-allow":
-            from a3s_gateway.middleware.ip_allow import IpAllowMiddleware
-
-            return _plain(IpAllowMiddleware.from_config)
-        case "rate-limit":
-            from a3s_gateway.middleware.ratelimit import RateLimitMiddleware
-
-            return _plain(RateLimitMiddleware.from_config)
-        case "strip-prefix":
-            from a3s_gateway.middleware.rewrite import StripPrefixMiddleware
-
-            return _plain(StripPrefixMiddleware.from_config)
-        case "compress":
-            from a3s_gateway.middleware.compress import CompressMiddleware
-
-            return _plain(CompressMiddleware.from_config)
         case "forward-auth":
             from a3s_gateway.middleware.forward_auth import ForwardAuthMiddleware
 
             return cast("Factory", ForwardAuthMiddleware.from_config)
-        case "retry":
-            from a3s_gateway.middleware.retry import RetryMiddleware
-
-            return _plain(RetryMiddleware.from_config)
         case "rate-limit-redis":
             from a3s_gateway.middleware.redis_ratelimit import RedisRateLimitMiddleware
 
@@ -113,6 +90,14 @@ def _factory(kind: str, deps: MiddlewareDeps) -> Factory | None:
             # The outbound HTTP client fetches ``jwks_url`` (refused without one if set).
             return _plain(partial(JwtMiddleware.from_config, clock=clock, http=deps.http))
     return None
+
+
+def _from_config(module: str, name: str) -> Callable[[str, MiddlewareBlock], Middleware]:
+    """``name.from_config`` of ``a3s_gateway.middleware.<module>``, imported now; its block
+    type is the one its config ``type`` names (the schema's tagged union guarantees it)."""
+    loaded = importlib.import_module(f"a3s_gateway.middleware.{module}")
+    factory = getattr(getattr(loaded, name), "from_config")  # noqa: B009 -- a name held as data
+    return cast("Callable[[str, MiddlewareBlock], Middleware]", factory)
 
 
 def _plain(factory: Callable[[str, _Block], Middleware]) -> Factory:

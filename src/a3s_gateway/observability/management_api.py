@@ -412,44 +412,52 @@ async def _answer(endpoint: _Endpoint, view: GatewayView, clock: Clock) -> ApiRe
 def _document(endpoint: _Endpoint, view: GatewayView, clock: Clock) -> tuple[int, object]:
     runtime = view.runtime() if endpoint.name in _RUNTIME_ENDPOINTS else None
     match endpoint.name, endpoint.params:
-        case "health", _:
-            return health_document(view, clock)
-        case "live", _:
-            return HTTPStatus.OK, {"alive": True}
-        case "ready", _:
-            return ready_document(view)
-        case "config", _:
-            return HTTPStatus.OK, config_document(view.config())
-        case "routes", _:
-            return HTTPStatus.OK, route_documents(runtime)
         case "route", (name,):
             found = [route for route in route_documents(runtime) if route["name"] == name]
             if not found:
                 return HTTPStatus.NOT_FOUND, {"error": "route not found"}
             return HTTPStatus.OK, found[0]
-        case "services", _:
-            return HTTPStatus.OK, service_documents(runtime, clock)
         case "service", (name,):
             service = runtime.services.get(name) if runtime is not None else None
             if runtime is None or service is None:
                 return HTTPStatus.NOT_FOUND, {"error": "service not found"}
             return HTTPStatus.OK, service_document(runtime, service, clock)
-        case "backends", _:
-            return HTTPStatus.OK, backend_documents(runtime, clock)
-        case "middlewares", _:
-            return HTTPStatus.OK, middleware_documents(runtime)
-        case "entrypoints", _:
-            return HTTPStatus.OK, [listener_document(info) for info in view.listeners()]
-        case "providers", _:
-            return HTTPStatus.OK, provider_documents(view, clock)
-        case "scaling" | "rollouts", _:
-            return HTTPStatus.OK, []  # no autoscaler or rollout controller runs yet (§11)
         case "rollout-action", _:
             return HTTPStatus.NOT_FOUND, {"error": "rollout not found"}
-        case "version", _:
+    return _listing(endpoint.name, view, runtime, clock)
+
+
+def _listing(
+    name: str, view: GatewayView, runtime: RuntimeConfig | None, clock: Clock
+) -> tuple[int, object]:
+    """The documents of the endpoints without a path parameter."""
+    match name:
+        case "health":
+            return health_document(view, clock)
+        case "live":
+            return HTTPStatus.OK, {"alive": True}
+        case "ready":
+            return ready_document(view)
+        case "config":
+            return HTTPStatus.OK, config_document(view.config())
+        case "routes":
+            return HTTPStatus.OK, route_documents(runtime)
+        case "services":
+            return HTTPStatus.OK, service_documents(runtime, clock)
+        case "backends":
+            return HTTPStatus.OK, backend_documents(runtime, clock)
+        case "middlewares":
+            return HTTPStatus.OK, middleware_documents(runtime)
+        case "entrypoints":
+            return HTTPStatus.OK, [listener_document(info) for info in view.listeners()]
+        case "providers":
+            return HTTPStatus.OK, provider_documents(view, clock)
+        case "scaling" | "rollouts":
+            return HTTPStatus.OK, []  # no autoscaler or rollout controller runs yet (§11)
+        case "version":
             return HTTPStatus.OK, {"name": "a3s-gateway", "version": view.version}
         case _:  # pragma: no cover - _match returns only the names above
-            raise AssertionError(endpoint.name)
+            raise AssertionError(name)
 
 
 def _reload_response(outcome: ReloadReport | None, redactor: Redactor) -> ApiResponse:

@@ -63,7 +63,23 @@ class ExchangeObserver(Protocol):
 
 
 class ExchangeRecord:
-    """One HTTP exchange as observed; mutable while the exchange runs."""
+    """One HTTP exchange as observed; mutable while the exchange runs.
+
+    ``error`` is a short cause when the gateway answered or aborted (SPEC §9.2 ``error`` words;
+    set in ``server/exchange/``): ``no_route``, ``no_backend``, ``at_capacity``,
+    ``connect_refused``, ``connect_timeout``, ``upstream_timeout``, ``upstream_reset``,
+    ``bad_response``, ``client_abort`` (the client went away, or the response had to be cut),
+    ``client_timeout`` (a gap in the request body over ``timeouts.body_idle``),
+    ``body_timeout`` (the body not complete within ``timeouts.request_body``), ``overloaded``,
+    ``shutting_down`` (a 503: the upstream pool is closing), ``shutdown`` (the gateway cut the
+    exchange while stopping: the drain's grace ran out, a second signal, a retired listener's
+    grace), ``internal_error``; for a request refused while it was read (``refusal_error``,
+    set in ``server/connection.py`` for the head and in ``server/exchange/`` for the body)
+    ``bad_request``, ``head_timeout``, ``target_too_long``, ``head_too_large``,
+    ``unsupported_transfer_coding``, ``version_not_supported``; for middleware answers
+    ``unauthorized``, ``forbidden``, ``rate_limited``, ``body_too_large``, ``breaker_open``,
+    ``auth_unavailable``, ``auth_timeout``, ``unavailable``, ``denied``.
+    """
 
     __slots__ = (
         "attempts",
@@ -134,21 +150,7 @@ class ExchangeRecord:
         self.upstream_head = -1.0
         #: Upstream attempts (connect attempts and retries included).
         self.attempts = 0
-        #: A short cause when the gateway answered or aborted (SPEC §9.2 ``error`` words; set
-        #: in ``server/exchange/``): ``no_route``, ``no_backend``, ``at_capacity``,
-        #: ``connect_refused``, ``connect_timeout``, ``upstream_timeout``, ``upstream_reset``,
-        #: ``bad_response``, ``client_abort`` (the client went away, or the response had to be
-        #: cut), ``client_timeout`` (a gap in the request body over ``timeouts.body_idle``),
-        #: ``body_timeout`` (the body not complete within ``timeouts.request_body``),
-        #: ``overloaded``, ``shutting_down`` (a 503: the upstream pool is closing), ``shutdown``
-        #: (the gateway cut the exchange while stopping: the drain's grace ran out, a second
-        #: signal, a retired listener's grace), ``internal_error``; for a request refused while
-        #: it was read (``refusal_error``, set in ``server/connection.py`` for the head and in
-        #: ``server/exchange/`` for the body) ``bad_request``, ``head_timeout``,
-        #: ``target_too_long``, ``head_too_large``, ``unsupported_transfer_coding``,
-        #: ``version_not_supported``; for middleware answers ``unauthorized``, ``forbidden``,
-        #: ``rate_limited``, ``body_too_large``, ``breaker_open``, ``auth_unavailable``,
-        #: ``auth_timeout``, ``unavailable``, ``denied``.
+        #: A short cause when the gateway answered or aborted (see the class docstring).
         self.error = ""
         #: The middleware that answered, if one did.
         self.middleware = ""
