@@ -321,7 +321,7 @@ def test_server_has_no_import_cycle_even_through_type_imports() -> None:
 def test_the_checks_see_what_they_should() -> None:
     """The walker itself: it finds a known runtime edge, a known type-only edge, a function-
     level import, and a cycle in a made-up graph."""
-    connection = runtime_edges(f"{ROOT}.server.connection")
+    connection = runtime_edges(f"{ROOT}.server.http1_driver")
     assert f"{ROOT}.server.exchange" in connection  # handle_request
     assert "trio" in connection
     kinds = {(i.target, i.kind) for i in IMPORTS[f"{ROOT}.server.exchange.dispatch"]}

@@ -2,7 +2,7 @@
 
 *Server side* (``Http1Server``, the downstream connection): the bytes of a keep-alive GET go in
 (``receive``), the response comes out (``send`` of the head, a 42-byte body chunk and the end),
-then ``start_next_cycle``, the calls ``server/connection.py`` makes per request. Two requests:
+then ``start_next_cycle``, the calls ``server/http1_driver.py`` makes per request. Two requests:
 ``wrk``'s (a request line and ``Host``: what the HTTP benchmark sends) and a browser-like GET
 with eight header fields. The response head is what the gateway relays from NGINX (``server``,
 ``date``, ``content-type``, ``content-length``) plus ``via``.

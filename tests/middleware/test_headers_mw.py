@@ -7,7 +7,7 @@ import pytest
 
 from a3s_gateway.config.schema_middlewares import Headers as HeadersBlock
 from a3s_gateway.middleware.base import RequestState
-from a3s_gateway.middleware.headers import FieldChanges, HeadersMiddleware
+from a3s_gateway.middleware.header_edits import FieldChanges, HeadersMiddleware
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import error_response
 

@@ -28,10 +28,10 @@ from a3s_gateway.protocols.events import (
 )
 from a3s_gateway.protocols.http1 import Http1Server
 from a3s_gateway.protocols.http1_engines import Http1Parser, request_head_parser
-from a3s_gateway.server.connection import serve_http1
 from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.downstream import ClientGone, ConnInfo, UpgradeUnavailable
 from a3s_gateway.server.http1_downstream import Http1Downstream
+from a3s_gateway.server.http1_driver import serve_http1
 from a3s_gateway.upstream import Peer, UpstreamPool
 
 pytestmark = pytest.mark.parametrize("engine", ["llhttp", "h11"])
@@ -282,7 +282,7 @@ async def test_the_driver_leaves_a_handed_over_stream_to_its_new_owner(
         handover = down.take_over()
         owned.append((handover.stream, handover.leftover))
 
-    monkeypatch.setattr("a3s_gateway.server.connection.handle_request", switching_exchange)
+    monkeypatch.setattr("a3s_gateway.server.http1_driver.handle_request", switching_exchange)
     pool = UpstreamPool()  # never dials: the exchange is replaced
     ctx = ServerContext(compile_runtime(load_config_text(CONFIG.format(engine=engine)), 1), pool)
     client, server = trio.testing.memory_stream_pair()

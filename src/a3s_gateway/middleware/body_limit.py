@@ -3,9 +3,10 @@ backend whole.
 
 Ring 0. The request side answers 413 at once when ``Content-Length`` is over the limit (before
 any body byte is read and before ``100 Continue``); otherwise it records the limit on the
-request state, and the exchange counts the body as it streams (``server/body_limit.py``): the
-byte that crosses the limit aborts the upstream request and the client gets the same 413,
-unless the response had already started (then the exchange is cut short).
+request state, and the exchange counts the body as it streams
+(``server/limited_downstream.py``): the byte that crosses the limit aborts the upstream request
+and the client gets the same 413, unless the response had already started (then the exchange
+is cut short).
 
 Must not: buffer the body or read the time.
 """

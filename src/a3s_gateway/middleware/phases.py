@@ -54,7 +54,7 @@ _PLAIN_TYPES: Final[Mapping[str, tuple[str, str]]] = {
     "body-limit": ("body_limit", "BodyLimitMiddleware"),
     "circuit-breaker": ("breaker", "CircuitBreakerMiddleware"),
     "cors": ("cors", "CorsMiddleware"),
-    "headers": ("headers", "HeadersMiddleware"),
+    "headers": ("header_edits", "HeadersMiddleware"),
     "ip-allow": ("ip_allow", "IpAllowMiddleware"),
     "rate-limit": ("ratelimit", "RateLimitMiddleware"),
     "strip-prefix": ("rewrite", "StripPrefixMiddleware"),

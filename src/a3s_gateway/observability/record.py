@@ -74,7 +74,7 @@ class ExchangeRecord:
     ``shutting_down`` (a 503: the upstream pool is closing), ``shutdown`` (the gateway cut the
     exchange while stopping: the drain's grace ran out, a second signal, a retired listener's
     grace), ``internal_error``; for a request refused while it was read (``refusal_error``,
-    set in ``server/connection.py`` for the head and in ``server/exchange/`` for the body)
+    set in ``server/http1_driver.py`` for the head and in ``server/exchange/`` for the body)
     ``bad_request``, ``head_timeout``, ``target_too_long``, ``head_too_large``,
     ``unsupported_transfer_coding``, ``version_not_supported``; for middleware answers
     ``unauthorized``, ``forbidden``, ``rate_limited``, ``body_too_large``, ``breaker_open``,

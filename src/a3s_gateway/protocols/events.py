@@ -3,7 +3,7 @@
 Ring 0: frozen, slotted value objects only; no trio, sockets, TLS, clocks or logging.
 
 Every adapter (``http1.py`` now; ``http2.py`` and ``websocket.py`` later) turns received bytes
-into these events and these events into bytes to send, so ``server/connection.py`` and
+into these events and these events into bytes to send, so ``server/http1_driver.py`` and
 ``server/exchange/`` speak one vocabulary whatever the wire protocol (DESIGN.md §3.2). Events
 carry a ``stream_id``: HTTP/1.1 uses ``0`` for the one exchange in progress; HTTP/2 uses the
 stream's id.

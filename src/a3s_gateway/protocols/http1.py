@@ -1,7 +1,7 @@
 """HTTP/1.x sans-IO adapters: ``Http1Server`` (downstream) and ``Http1Client`` (upstream).
 
 Ring 0: synchronous and deterministic; no trio, sockets, TLS, clocks or logging. The trio
-drivers (``server/connection.py``, ``upstream/connection.py``) feed received bytes to
+drivers (``server/http1_driver.py``, ``upstream/pooled_connection.py``) feed received bytes to
 ``receive`` (``b""`` means EOF), write whatever ``send`` returns, call ``send_failed`` when that
 write fails, and own every timeout. Must not: do IO, read the time, forward raw peer bytes,
 decode header values, or raise anything but ``ProtocolViolation`` (whose reason is a fixed,

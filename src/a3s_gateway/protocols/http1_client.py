@@ -1,7 +1,7 @@
 """``Http1Client``: the client side of one upstream HTTP/1.1 connection, over h11 (SPEC §5.7).
 
 Ring 0: synchronous and deterministic; no trio, sockets, TLS, clocks or logging. Re-exported by
-``http1.py``; ``upstream/connection.py`` drives it. Must not: do IO, read the time, or raise
+``http1.py``; ``upstream/pooled_connection.py`` drives it. Must not: do IO, read the time, or raise
 anything but ``ProtocolViolation`` (502 for the upstream's faults, 500 for a caller bug).
 
 Theory of operation: one ``h11.Connection(CLIENT)`` for the life of the upstream connection,

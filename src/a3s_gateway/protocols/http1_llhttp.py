@@ -1,7 +1,7 @@
 """``LlhttpClient``: the client side of one upstream HTTP/1.1 connection, heads parsed by llhttp.
 
 Ring 0: synchronous and deterministic; no trio, sockets, TLS, clocks or logging. A drop-in for
-``Http1Client`` (same constructor, methods, properties and events; ``upstream/connection.py``
+``Http1Client`` (same constructor, methods, properties and events; ``upstream/pooled_connection.py``
 drives either). Must not: do IO, read the time, or raise anything but ``ProtocolViolation``
 (502 for the upstream's faults, 500 for a caller bug).
 

@@ -3,7 +3,7 @@
 Ring 1. Owns no nursery. Deadlines set here (SPEC §5.5): in the one scope of each request-body
 read, the client body idle gap and the request-body deadline (``timeouts.request_body``,
 request head → end of its body); both raise ``ClientTimeout``, which the exchange maps to 408 or
-an abort. ``server/connection.py`` (the HTTP/1.1 driver) owns the connection: it reads request
+an abort. ``server/http1_driver.py`` (the HTTP/1.1 driver) owns the connection: it reads request
 heads into ``pending``, calls ``start_exchange`` per request and ends the connection when this
 object says ``closing``.
 

@@ -33,8 +33,8 @@ import trio
 
 from a3s_gateway.errors import StartError
 from a3s_gateway.routing.request import parse_peer
-from a3s_gateway.server.connection import serve_http1
 from a3s_gateway.server.downstream import ConnInfo
+from a3s_gateway.server.http1_driver import serve_http1
 from a3s_gateway.streams import RawSocketStream, from_trio
 
 if TYPE_CHECKING:

@@ -2,7 +2,8 @@
 exchange reads, and passes everything else through unchanged.
 
 Ring 1. Used by the mirror (copies the body, ``server/exchange/mirror.py``) and ``body-limit``
-(counts it, ``server/body_limit.py``). A subclass overrides ``_see``; it may raise to stop the body.
+(counts it, ``server/limited_downstream.py``). A subclass overrides ``_see``; it may raise to
+stop the body.
 
 Must not: buffer, change or reorder events.
 """

@@ -60,7 +60,7 @@ from a3s_gateway.upstream.pool import UpstreamPool
 if TYPE_CHECKING:
     from a3s_gateway.config.urls import HttpUrl
     from a3s_gateway.protocols.headers import Headers
-    from a3s_gateway.upstream.connection import UpstreamConnection
+    from a3s_gateway.upstream.pooled_connection import UpstreamConnection
 
 __all__ = ["CALLER_POOL", "PooledHttpCaller"]
 

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Event, RequestHead
-    from a3s_gateway.upstream.connection import UpstreamConnection
     from a3s_gateway.upstream.pool import UpstreamPool
+    from a3s_gateway.upstream.pooled_connection import UpstreamConnection
 
 __all__ = ["READ_SIZE", "ClientAdapter", "Http1Upstream"]
 

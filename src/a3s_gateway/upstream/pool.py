@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from a3s_gateway.upstream.connection import AdapterFactory, UpstreamConnection, new_http1_client
 from a3s_gateway.upstream.dialer import Dialer, dial
 from a3s_gateway.upstream.errors import PoolClosed
 from a3s_gateway.upstream.pool_state import (
@@ -53,6 +52,11 @@ from a3s_gateway.upstream.pool_state import (
     ReleaseDecision,
     Reuse,
     Wait,
+)
+from a3s_gateway.upstream.pooled_connection import (
+    AdapterFactory,
+    UpstreamConnection,
+    new_http1_client,
 )
 
 if TYPE_CHECKING:

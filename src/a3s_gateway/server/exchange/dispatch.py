@@ -21,7 +21,6 @@ import trio
 from a3s_gateway.middleware.body_limit import too_large
 from a3s_gateway.middleware.retry import failure_kind
 from a3s_gateway.protocols.responses import error_response
-from a3s_gateway.server.body_limit import BodyTooLarge, LimitedDownstream
 from a3s_gateway.server.downstream import aborted
 from a3s_gateway.server.exchange.answer import INTERNAL_ERROR, answer
 from a3s_gateway.server.exchange.attempt import forward
@@ -38,6 +37,7 @@ from a3s_gateway.server.exchange.failures import (
 from a3s_gateway.server.exchange.mirror import MirrorCopy, MirrorTee
 from a3s_gateway.server.exchange.record import attempt_started, outcome
 from a3s_gateway.server.generation import log_transition
+from a3s_gateway.server.limited_downstream import BodyTooLarge, LimitedDownstream
 
 if TYPE_CHECKING:
     from a3s_gateway.config.runtime import ServiceRuntime
