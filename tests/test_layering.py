@@ -23,6 +23,9 @@ An AST walk over every module, no import of the code under test. Rules:
    ``ALLOWED_TYPE_CYCLE_EDGES``: a type-only knot (like the seven modules that once imported
    ``exchange.Downstream`` for its type) is where a runtime cycle grows next.
 
+6. **No runtime import cycle anywhere in ``src/``** (issue #16), the facade included where a
+   module names it.
+
 A failure prints the offending chain or cycle, module by module.
 """
 
@@ -81,10 +84,6 @@ ALLOWED_RING0_EDGES: Final[dict[tuple[str, str], str]] = {
     ),
     ("a3s_gateway.upstream.errors", "a3s_gateway.upstream"): (
         "as for peer.py: errors.py is pure, its package's __init__ is not"
-    ),
-    ("a3s_gateway.observability.gateway_metrics", "a3s_gateway"): (
-        "reads __version__ from the package root inside __init__ (a function-level import: "
-        "the root is loaded whenever it runs); DESIGN.md §0.1's version.py would remove it"
     ),
 }
 
@@ -316,6 +315,15 @@ def test_server_has_no_runtime_import_cycle() -> None:
 def test_server_has_no_import_cycle_even_through_type_imports() -> None:
     cycle = _cycle(_server_graph(with_types=True))
     assert cycle is None, "import cycle (with TYPE_CHECKING imports): " + " -> ".join(cycle)
+
+
+def test_no_runtime_import_cycle_anywhere_in_src() -> None:
+    """Rule 6 (issue #16): what holds for ``server/`` holds for the whole tree, runtime imports
+    only (module level and in functions). The facade ``a3s_gateway/__init__`` counts where a
+    module names it: importing ``__version__`` from it closed a knot of sixteen modules."""
+    graph = {name: {t for t in runtime_edges(name) if t in MODULES} for name in MODULES}
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_the_checks_see_what_they_should() -> None:

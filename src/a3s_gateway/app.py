@@ -69,6 +69,7 @@ from a3s_gateway.server.observe import Observer
 from a3s_gateway.server.outbound import Outbound
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.upstream import UpstreamPool
+from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -151,9 +152,6 @@ def _unavailable(config: Config) -> tuple[Problem, ...]:
 
 
 def _version() -> str:
-    # Imported here: the package's __init__ imports this module.
-    from a3s_gateway import __version__
-
     return __version__
 
 

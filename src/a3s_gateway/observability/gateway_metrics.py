@@ -52,6 +52,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from a3s_gateway.observability.metrics import GaugeKind, Registry
+from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -176,13 +177,29 @@ class GatewayMetrics:
 
     def __init__(self, enabled: bool, *, version: str | None = None) -> None:
         if version is None:
-            from a3s_gateway import __version__  # at call time: an import cycle
-
             version = __version__
         self.enabled = enabled
         self.registry = registry = Registry()
-        counter, gauge, histogram = registry.counter, registry.gauge, registry.histogram
+        self._declare_http(registry)
+        self._declare_backends(registry)
+        self._declare_middlewares(registry)
+        self._declare_config(registry, version)
+        self._declare_process(registry)
 
+        # The families of TLS, gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME
+        # and providers arrive with their issues (listed in the module docstring).
+
+        self._routes: dict[tuple[str, str, str], _Route] = {}
+        self._upstreams: dict[tuple[str, str], _Upstream] = {}
+        #: Totals of instances retired and folded (see the module docstring).
+        self._carried: _Totals = {}
+        #: Instances retired at the last reload, still read until the next one.
+        self._retiring: tuple[Middleware, ...] = ()
+        self._retiring_mirrors: tuple[tuple[str, MirrorState], ...] = ()
+
+    def _declare_http(self, registry: Registry) -> None:
+        """The HTTP exchange and downstream connection families."""
+        counter, gauge, histogram = registry.counter, registry.gauge, registry.histogram
         # --- HTTP exchanges and connections
         self.requests = counter(
             "a3s_http_requests_total",
@@ -217,6 +234,9 @@ class GatewayMetrics:
             ("entrypoint", "reason"),
         )
 
+    def _declare_backends(self, registry: Registry) -> None:
+        """The backend, pool, health and service families."""
+        counter, gauge, histogram = registry.counter, registry.gauge, registry.histogram
         # --- backends and services
         self.backend_requests = counter(
             "a3s_backend_requests_total",
@@ -270,6 +290,11 @@ class GatewayMetrics:
             ("service",),
             kind=GaugeKind.MAX,
         )
+        self._declare_health(registry)
+
+    def _declare_health(self, registry: Registry) -> None:
+        """The health, failover, panic and mirror families."""
+        counter = registry.counter
         self.health_checks = counter(
             "a3s_health_checks_total", "Active health probes, by result.", (*_BACKEND, "result")
         )
@@ -297,6 +322,9 @@ class GatewayMetrics:
             ("service", "outcome"),
         )
 
+    def _declare_middlewares(self, registry: Registry) -> None:
+        """The middleware families."""
+        counter, gauge, histogram = registry.counter, registry.gauge, registry.histogram
         # --- middlewares
         self.middleware_requests = counter(
             "a3s_middleware_requests_total",
@@ -337,6 +365,9 @@ class GatewayMetrics:
         )
         self.jwks_errors = counter("a3s_jwks_errors_total", "Failed JWKS fetches.", ("middleware",))
 
+    def _declare_config(self, registry: Registry, version: str) -> None:
+        """The config, access-log and build families."""
+        counter, gauge = registry.counter, registry.gauge
         # --- config, log, build
         self.config_generation = gauge(
             "a3s_config_generation", "The config generation serving now.", kind=GaugeKind.OWN
@@ -363,6 +394,9 @@ class GatewayMetrics:
         )
         self.build_info.labels(version, platform.python_version()).set(1)
 
+    def _declare_process(self, registry: Registry) -> None:
+        """The process families."""
+        counter, gauge = registry.counter, registry.gauge
         # --- process (the standard names of the Prometheus client libraries). With workers
         # the supervisor's merge adds up CPU, memory and descriptors (every process's share)
         # and reports its own limit and start time.
@@ -384,17 +418,6 @@ class GatewayMetrics:
             "Start time of the process since unix epoch in seconds.",
             kind=GaugeKind.OWN,
         )
-
-        # The families of TLS, gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME
-        # and providers arrive with their issues (listed in the module docstring).
-
-        self._routes: dict[tuple[str, str, str], _Route] = {}
-        self._upstreams: dict[tuple[str, str], _Upstream] = {}
-        #: Totals of instances retired and folded (see the module docstring).
-        self._carried: _Totals = {}
-        #: Instances retired at the last reload, still read until the next one.
-        self._retiring: tuple[Middleware, ...] = ()
-        self._retiring_mirrors: tuple[tuple[str, MirrorState], ...] = ()
 
     # ---------------------------------------------------------------------- data-plane events
 

@@ -94,6 +94,7 @@ from a3s_gateway.observability.metrics import GaugeKind, Registry, merge, monoto
 from a3s_gateway.server.management import ManagementServer, ServerLimits
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.server.worker_main import DocumentsReply, MetricsReply, StateReply
+from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -427,9 +428,6 @@ class FleetView:
 
 
 def _version() -> str:
-    # Imported here: the package's __init__ imports app, which the server package follows.
-    from a3s_gateway import __version__
-
     return __version__
 
 
