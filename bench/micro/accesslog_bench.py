@@ -5,12 +5,12 @@ upstream time, request id, trace ids), a minimal 404 and a line with its query, 
 ``format_ts`` with the per-second prefix cached (requests in the same second) and missed
 (a new second each call).
 
-*Queueing* (``server/accesslog.py``): what the request's task pays in ``AccessLog.submit``
+*Queueing* (``server/accesslog_writer.py``): what the request's task pays in ``AccessLog.submit``
 (encode, then ``send_nowait`` into the bounded channel), against the alternative of queueing
 the record and leaving the encoding to the writer (``send_nowait`` alone), and what that
 alternative would cost the writer in one step for a full default backlog of 10 000 records,
 time during which the event loop runs nothing else. This is the measurement behind the choice
-made in ``server/accesslog.py`` (encode in ``submit``).
+made in ``server/accesslog_writer.py`` (encode in ``submit``).
 
 *End to end*: lines submitted in bursts of 1 000 through a running ``AccessLog`` into a file
 in a temporary directory, until written (one thread hop and one write per batch), per line.
@@ -34,7 +34,7 @@ import trio
 
 from a3s_gateway.observability.accesslog import encode_line, format_ts
 from a3s_gateway.observability.record import ExchangeRecord
-from a3s_gateway.server.accesslog import AccessLog
+from a3s_gateway.server.accesslog_writer import AccessLog
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -56,7 +56,7 @@ from a3s_gateway.errors import ConfigError, GatewayError, ReloadError, StartErro
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.preflight import OTEL_EXTRA_HINT
 from a3s_gateway.protocols.http1_engines import upstream_adapter_factory
-from a3s_gateway.server.accesslog import access_log_for
+from a3s_gateway.server.accesslog_writer import access_log_for
 from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.generation import carry_over, run_generation
 from a3s_gateway.server.listeners import ListenerGroup, bound_address, open_http_listeners
@@ -66,7 +66,7 @@ from a3s_gateway.server.management import (
     open_management_listener,
 )
 from a3s_gateway.server.observe import Observer
-from a3s_gateway.server.outbound import Outbound
+from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.upstream import UpstreamPool
 from a3s_gateway.version import __version__

@@ -9,7 +9,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from a3s_gateway.services.mirror import BodyCopy, MirrorSampler
+from a3s_gateway.services.mirror_sampling import BodyCopy, MirrorSampler
 
 
 @given(

@@ -22,7 +22,7 @@ import trio
 
 from a3s_gateway.config.schema import Observability
 from a3s_gateway.observability.record import ExchangeRecord
-from a3s_gateway.server.accesslog import (
+from a3s_gateway.server.accesslog_writer import (
     CLOSE_GRACE,
     AccessLog,
     DisabledAccessLog,

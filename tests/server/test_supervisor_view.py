@@ -41,7 +41,7 @@ from a3s_gateway.errors import StartError
 from a3s_gateway.observability.management_api import ApiRequest, ApiResponse
 from a3s_gateway.providers import Reloader
 from a3s_gateway.routing.request import PeerAddress
-from a3s_gateway.server.outbound import Outbound
+from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.server.supervisor_view import (
     FleetApi,
     FleetManagementServer,

@@ -31,7 +31,7 @@ from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
 from a3s_gateway.services.balancer import panic_mode
 from a3s_gateway.services.health import CheckSettings, kind_for_servers
-from a3s_gateway.services.mirror import MirrorSettings, MirrorState
+from a3s_gateway.services.mirror_sampling import MirrorSettings, MirrorState
 from a3s_gateway.services.passive import OutlierDetector, PassiveSettings
 from a3s_gateway.services.sticky import StickyPool, StickySettings
 from a3s_gateway.upstream import Peer, PoolSettings

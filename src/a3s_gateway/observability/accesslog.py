@@ -2,7 +2,7 @@
 
 Ring 0: pure formatting. ``encode_line`` turns a finished ``ExchangeRecord`` into the bytes of
 one line (UTF-8 JSON ending with ``\\n``) through ONE module-level ``msgspec.json.Encoder``;
-``server/accesslog.py`` (Ring 1) queues those lines and writes them off the event loop.
+``server/accesslog_writer.py`` (Ring 1) queues those lines and writes them off the event loop.
 
 Shape of a line. The fields come in SPEC §9.2 order, declared once in ``AccessLine``. The fields
 every HTTP exchange has are always present, with ``""`` (or ``null`` for ``upstream_ms``) when

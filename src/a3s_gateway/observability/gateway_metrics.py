@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from a3s_gateway.observability.metrics import Counter, CounterChild, HistogramChild
     from a3s_gateway.observability.process import ProcessSample
     from a3s_gateway.observability.record import ExchangeRecord
-    from a3s_gateway.services.mirror import MirrorState
+    from a3s_gateway.services.mirror_sampling import MirrorState
     from a3s_gateway.upstream.peer import Peer
     from a3s_gateway.upstream.pool_state import PeerStats
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from a3s_gateway.observability.gateway_metrics import GatewayMetrics
     from a3s_gateway.observability.record import ExchangeRecord
-    from a3s_gateway.server.accesslog import AccessLog, DisabledAccessLog
+    from a3s_gateway.server.accesslog_writer import AccessLog, DisabledAccessLog
     from a3s_gateway.server.otlp import OtlpExporter
 
 __all__ = ["Observer"]

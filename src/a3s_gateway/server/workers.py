@@ -105,7 +105,7 @@ from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
 from a3s_gateway.providers import Reloader
 from a3s_gateway.server.management import open_management_listener
-from a3s_gateway.server.outbound import Outbound
+from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.server.supervisor_view import FleetApi, FleetManagementServer
 from a3s_gateway.server.worker_main import (
     Apply,

@@ -16,9 +16,9 @@ connection that fails before any response byte is replaced by a fresh one and th
 once more (SPEC §5.7 "Stale reuse"; a GET without a body is idempotent).
 
 Nursery and deadlines: ``run`` is the pool's ``run`` (its idle reaper), started with
-``nursery.start`` by ``server/outbound.py`` in the gateway's root nursery; ``get`` sets the only
-deadline (``within``) around everything: waiting for pool capacity, DNS, connect, TLS, the
-request and the whole reply. ``aclose`` closes idle connections (bounded by the pool).
+``nursery.start`` by ``server/outbound_clients.py`` in the gateway's root nursery; ``get`` sets
+the only deadline (``within``) around everything: waiting for pool capacity, DNS, connect, TLS,
+the request and the whole reply. ``aclose`` closes idle connections (bounded by the pool).
 
 Errors: ``OutboundTimeout`` when ``within`` expired; ``ReplyTooLarge`` for a body over
 ``max_body``; ``OutboundFailed`` for everything else (refused, unreachable, reset, TLS failure,

@@ -1,8 +1,9 @@
 """Redis clients for middlewares (SPEC §8.7 "Client"): RESP2 over TCP or TLS, pooled per URL.
 
-Ring 1. ``RedisClients`` is the ``RedisConnector`` of one gateway process (``server/outbound.py``
-owns it): one ``RedisPool`` per ``RedisUrl``, created on first use. Replies are parsed by
-``hiredis.Reader``; commands are encoded here (a RESP array of bulk strings).
+Ring 1. ``RedisClients`` is the ``RedisConnector`` of one gateway process
+(``server/outbound_clients.py`` owns it): one ``RedisPool`` per ``RedisUrl``, created on first
+use. Replies are parsed by ``hiredis.Reader``; commands are encoded here (a RESP array of bulk
+strings).
 
 A pool keeps at most ``max_idle`` idle connections and has at most ``max_open`` calls in
 flight, each on one connection, so at most ``max_open`` connections are open. Connections are

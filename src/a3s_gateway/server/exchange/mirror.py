@@ -31,7 +31,7 @@ from a3s_gateway.protocols.events import (
 )
 from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.tap import RequestBodyTap
-from a3s_gateway.services.mirror import BodyCopy
+from a3s_gateway.services.mirror_sampling import BodyCopy
 from a3s_gateway.upstream import ConnectFailed, PoolClosed
 from a3s_gateway.upstream.http1 import Http1Upstream
 from a3s_gateway.upstream.stream import UpstreamGone
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.downstream import Downstream
-    from a3s_gateway.services.mirror import MirrorState
+    from a3s_gateway.services.mirror_sampling import MirrorState
     from a3s_gateway.upstream.stream import Upstream
 
 __all__ = ["MirrorCopy", "MirrorTee"]
