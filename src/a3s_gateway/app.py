@@ -57,7 +57,6 @@ from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.preflight import OTEL_EXTRA_HINT
 from a3s_gateway.protocols.http1_engines import upstream_adapter_factory
 from a3s_gateway.server.accesslog_writer import access_log_for
-from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.generation import carry_over, run_generation
 from a3s_gateway.server.listeners import ListenerGroup, bound_address, open_http_listeners
 from a3s_gateway.server.management import (
@@ -68,6 +67,7 @@ from a3s_gateway.server.management import (
 from a3s_gateway.server.observe import Observer
 from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.server.process_metrics import read_process
+from a3s_gateway.server.server_context import ServerContext
 from a3s_gateway.upstream import UpstreamPool
 from a3s_gateway.version import __version__
 

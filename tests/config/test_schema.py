@@ -14,7 +14,7 @@ from a3s_gateway.config import (
     schema_routers,
     schema_services,
 )
-from a3s_gateway.config.base import Block
+from a3s_gateway.config.block import Block
 from a3s_gateway.config.schema import Config
 from a3s_gateway.config.schema_services import LoadBalancer, Mirror
 from a3s_gateway.config.values import Duration, DurationOrZero

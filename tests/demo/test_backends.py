@@ -11,7 +11,7 @@ import trio_websocket
 
 from a3s_gateway.demo import BackendPorts, start_backends
 from a3s_gateway.demo.echo import MAX_BYTES
-from a3s_gateway.demo.stream import accept_token
+from a3s_gateway.demo.streaming_backend import accept_token
 from tests.demo.client import H11Client, curl
 
 pytestmark = pytest.mark.integration

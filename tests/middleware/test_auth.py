@@ -14,7 +14,7 @@ from a3s_gateway.middleware.auth import (
     BasicAuthMiddleware,
     decode_basic_token,
 )
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import GeneratedResponse
 

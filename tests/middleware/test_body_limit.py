@@ -12,7 +12,7 @@ from a3s_gateway.middleware import RequestState
 from a3s_gateway.middleware.body_limit import BodyLimitMiddleware, too_large
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody
 from a3s_gateway.server.limited_downstream import BodyTooLarge, LimitedDownstream
-from a3s_gateway.upstream.stream import Handover, UpgradeUnavailable
+from a3s_gateway.upstream.seam import Handover, UpgradeUnavailable
 
 
 def state(*headers: tuple[bytes, bytes]) -> RequestState:

@@ -8,7 +8,6 @@ import msgspec
 import pytest
 
 from a3s_gateway.config.schema_middlewares import CircuitBreaker
-from a3s_gateway.middleware.base import RequestState
 from a3s_gateway.middleware.breaker import (
     BREAKER_OPEN,
     Admission,
@@ -17,6 +16,7 @@ from a3s_gateway.middleware.breaker import (
     CircuitBreakerMiddleware,
     Outcome,
 )
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.protocols.headers import Headers
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN

@@ -17,7 +17,6 @@ import pytest
 import trio
 
 from a3s_gateway.config.schema_middlewares import Compress
-from a3s_gateway.middleware.base import RequestState
 from a3s_gateway.middleware.compress import (
     DEFAULT_CONTENT_TYPES,
     BodyFilter,
@@ -26,6 +25,7 @@ from a3s_gateway.middleware.compress import (
     accept_encoding_weights,
     negotiate,
 )
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.protocols.headers import Headers
 from tests.support.origin import Fixed, Origin
 

@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from a3s_gateway.config.schema_middlewares import Cors
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.cors import PREFLIGHT_REJECTED, PREFLIGHT_VARY, CorsMiddleware
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import GeneratedResponse, error_response

@@ -20,7 +20,7 @@ from a3s_gateway.config.schema_middlewares import ForwardAuth
 from a3s_gateway.config.urls import HttpUrl
 from a3s_gateway.config.values import Duration
 from a3s_gateway.errors import StartError
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.forward_auth import ForwardAuthMiddleware
 from a3s_gateway.middleware.outbound import (
     HttpReply,

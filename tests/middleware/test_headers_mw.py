@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from a3s_gateway.config.schema_middlewares import Headers as HeadersBlock
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.header_edits import FieldChanges, HeadersMiddleware
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import error_response

@@ -10,7 +10,7 @@ import pytest
 
 from a3s_gateway.config.schema_middlewares import IpAllow
 from a3s_gateway.config.values import IpNetwork
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.ip_allow import IpAllowMiddleware
 
 ALLOWED = ("10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1", "::ffff:198.51.100.0/120")

@@ -18,7 +18,7 @@ from a3s_gateway.config.schema_middlewares import Jwt
 from a3s_gateway.config.urls import HttpUrl
 from a3s_gateway.config.values import DurationOrZero
 from a3s_gateway.errors import StartError
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.jwt import (
     ALGORITHM_NOT_ALLOWED,
     AUDIENCE_MISMATCH,

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from a3s_gateway.config.schema_middlewares import RateLimit
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.ratelimit import (
     MAX_DEFAULT_BURST,
     MAX_SECONDS,

@@ -18,7 +18,7 @@ from a3s_gateway.config.urls import RedisUrl
 from a3s_gateway.config.values import dec_hook
 from a3s_gateway.errors import StartError
 from a3s_gateway.middleware import compile_chains
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.outbound import (
     MiddlewareDeps,
     OutboundFailed,

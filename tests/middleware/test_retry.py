@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from a3s_gateway.config.schema_middlewares import Retry
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.retry import RetryMiddleware, failure_kind
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from a3s_gateway.config.schema_middlewares import StripPrefix
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.rewrite import StripPrefixMiddleware
 
 

@@ -17,8 +17,8 @@ import pytest
 from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.urls import HttpUrl, RedisUrl
-from a3s_gateway.middleware.base import RequestState
 from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.jwt import JwtMiddleware
 from a3s_gateway.middleware.outbound import (
     HttpReply,
@@ -44,8 +44,8 @@ from a3s_gateway.observability.process import (
 )
 from a3s_gateway.observability.record import ExchangeRecord
 from a3s_gateway.protocols.headers import Headers
-from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.process_metrics import read_process
+from a3s_gateway.server.server_context import ServerContext
 from a3s_gateway.upstream import UpstreamPool
 from a3s_gateway.upstream.peer import Peer
 from a3s_gateway.upstream.pool_state import PeerStats

@@ -25,8 +25,8 @@ from a3s_gateway.config.problems import Problem
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.schema import Config, Management
 from a3s_gateway.config.values import IpNetwork
-from a3s_gateway.middleware.base import RequestState
 from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.ratelimit import RateLimitMiddleware
 from a3s_gateway.middleware.retry import RetryMiddleware
 from a3s_gateway.observability.management_api import (

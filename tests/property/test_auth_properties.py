@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from a3s_gateway.config.schema_middlewares import ApiKey, BasicAuth
 from a3s_gateway.middleware.auth import ApiKeyMiddleware, BasicAuthMiddleware
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import GeneratedResponse
 

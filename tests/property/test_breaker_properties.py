@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from hypothesis import given
 from hypothesis import strategies as st
 
-from a3s_gateway.middleware.base import RequestState
 from a3s_gateway.middleware.breaker import (
     Admission,
     Breaker,
@@ -27,6 +26,7 @@ from a3s_gateway.middleware.breaker import (
     CircuitBreakerMiddleware,
     Outcome,
 )
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.protocols.responses import GeneratedResponse
 
 T = TypeVar("T")

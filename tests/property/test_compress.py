@@ -23,8 +23,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from a3s_gateway.config.schema_middlewares import Compress
-from a3s_gateway.middleware.base import RequestState
 from a3s_gateway.middleware.compress import CompressMiddleware, negotiate
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.protocols.headers import Headers
 
 Coding: TypeAlias = Literal["br", "gzip", "deflate"]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from a3s_gateway.middleware.retry import RetryMiddleware
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody
 from a3s_gateway.server.replay import ReplayBuffer
-from a3s_gateway.upstream.stream import Handover, UpgradeUnavailable
+from a3s_gateway.upstream.seam import Handover, UpgradeUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -7,7 +7,7 @@ import re
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.rewrite import StripPrefixMiddleware
 from tests.property.strategies import raw_paths
 

@@ -23,9 +23,9 @@ from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.middleware import Middleware, RequestState
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import GeneratedResponse, error_response
-from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.downstream import ConnInfo
 from a3s_gateway.server.http1_driver import LINGER_IDLE, LINGER_TIME, serve_http1
+from a3s_gateway.server.server_context import ServerContext
 from a3s_gateway.upstream import ConnectFailed, Peer, UpstreamPool
 
 Origin = Callable[[trio.abc.Stream], Awaitable[None]]

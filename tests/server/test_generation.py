@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.urls import HttpUrl
-from a3s_gateway.middleware.base import RequestState
+from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.jwt import JwtMiddleware
 from a3s_gateway.middleware.outbound import HttpReply, MiddlewareDeps, OutboundFailed
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics

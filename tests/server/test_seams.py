@@ -1,6 +1,6 @@
 """The exchange's two seams over trio memory streams (DESIGN.md §3.6), issue #15:
 
-- ``Upstream`` (``upstream/stream.py``), HTTP/1.1's ``Http1Upstream``: one exchange sent and
+- ``Upstream`` (``upstream/seam.py``), HTTP/1.1's ``Http1Upstream``: one exchange sent and
   read, the connection back to the pool only when clean, a failed write poisoning it;
 - ``Downstream`` (``server/downstream.py``): request-body bytes are acknowledged only once the
   upstream accepted them (also across retry attempts, each byte once); an abort goes through
@@ -31,16 +31,16 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http1 import Http1Server
-from a3s_gateway.server.context import ServerContext
 from a3s_gateway.server.downstream import ConnInfo, ExchangeAborted, aborted
 from a3s_gateway.server.exchange.attempt import forward
 from a3s_gateway.server.exchange.context import Exchange
 from a3s_gateway.server.exchange.plan import plan_direct
 from a3s_gateway.server.http1_downstream import Http1Downstream
 from a3s_gateway.server.replay import ReplayBuffer
+from a3s_gateway.server.server_context import ServerContext
 from a3s_gateway.upstream import Peer, PoolSettings, UpstreamPool
-from a3s_gateway.upstream.http1 import Http1Upstream
-from a3s_gateway.upstream.stream import Handover, UpgradeUnavailable, UpstreamGone
+from a3s_gateway.upstream.http1_upstream import Http1Upstream
+from a3s_gateway.upstream.seam import Handover, UpgradeUnavailable, UpstreamGone
 
 PEER = Peer("http", "10.9.0.1", 80)
 SETTINGS = PoolSettings()

@@ -30,7 +30,7 @@ from a3s_gateway.services.checker import (
     user_agent,
 )
 from a3s_gateway.services.health import ActiveHealth, CheckSettings, parse_expected_status
-from a3s_gateway.upstream.errors import ConnectFailed
+from a3s_gateway.upstream.connect_errors import ConnectFailed
 from a3s_gateway.upstream.peer import Peer
 from tests.support.origin import Fixed, Origin
 

@@ -25,8 +25,8 @@ from a3s_gateway.protocols.events import (
 )
 from a3s_gateway.protocols.http1_engines import Http1Parser, upstream_adapter_factory
 from a3s_gateway.upstream import Peer, PeerStats, PoolSettings, UpstreamPool
-from a3s_gateway.upstream.http1 import Http1Upstream
-from a3s_gateway.upstream.stream import UpgradeUnavailable
+from a3s_gateway.upstream.http1_upstream import Http1Upstream
+from a3s_gateway.upstream.seam import UpgradeUnavailable
 
 pytestmark = pytest.mark.parametrize("engine", ["llhttp", "h11"])
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
     from a3s_gateway.config.schema_services import Service
-    from a3s_gateway.middleware.base import Middleware, RequestState
+    from a3s_gateway.middleware.contract import Middleware, RequestState
     from a3s_gateway.middleware.outbound import MiddlewareDeps
     from a3s_gateway.protocols.http1_heads import RequestHeadParser
     from a3s_gateway.routing.request import PeerAddress

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal, TypeAlias
 
 import msgspec
 
-from a3s_gateway.config.base import Block, Names, Port, PositiveInt
+from a3s_gateway.config.block import Block, Names, Port, PositiveInt
 from a3s_gateway.config.redaction import REDACTED, Redactor
 from a3s_gateway.config.schema_entrypoints import Entrypoint, Tls
 from a3s_gateway.config.schema_middlewares import MIDDLEWARE_TYPES, Middleware

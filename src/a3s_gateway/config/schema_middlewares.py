@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal, TypeAlias
 
 import msgspec
 
-from a3s_gateway.config.base import (
+from a3s_gateway.config.block import (
     Block,
     HeaderName,
     NonEmptyStr,

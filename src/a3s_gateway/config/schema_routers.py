@@ -9,7 +9,7 @@ from typing import Annotated, Literal, TypeAlias
 
 import msgspec
 
-from a3s_gateway.config.base import Block, Names
+from a3s_gateway.config.block import Block, Names
 
 #: SPEC §3.9: priority range −2³¹ … 2³¹−1001 (room above for internal routers).
 Priority: TypeAlias = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1001)]

@@ -10,7 +10,7 @@ from typing import Annotated, Literal, TypeAlias
 
 import msgspec
 
-from a3s_gateway.config.base import (
+from a3s_gateway.config.block import (
     Block,
     HeaderName,
     NonNegativeInt,

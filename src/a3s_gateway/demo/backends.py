@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from a3s_gateway.demo.echo import handle_echo
 from a3s_gateway.demo.exchange import serve_backend
-from a3s_gateway.demo.stream import handle_stream
+from a3s_gateway.demo.streaming_backend import handle_stream
 
 if TYPE_CHECKING:
     import trio

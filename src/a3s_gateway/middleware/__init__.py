@@ -4,7 +4,7 @@ middleware owns, time only through a ``now`` argument."""
 
 from __future__ import annotations
 
-from a3s_gateway.middleware.base import Middleware, RequestState
+from a3s_gateway.middleware.contract import Middleware, RequestState
 from a3s_gateway.middleware.phases import compile_chains, through
 
 __all__ = ["Middleware", "RequestState", "compile_chains", "through"]

@@ -22,14 +22,14 @@ import binascii
 import hmac
 from typing import TYPE_CHECKING, Final, Self
 
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.protocols.responses import error_response
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from a3s_gateway.config.schema_middlewares import ApiKey, BasicAuth
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.protocols.responses import GeneratedResponse
 
 __all__ = [

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self
 
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.protocols.events import ResponseHead
 from a3s_gateway.protocols.responses import GeneratedResponse
 
 if TYPE_CHECKING:
     from a3s_gateway.config.schema_middlewares import BodyLimit
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
 
 __all__ = ["BodyLimitMiddleware", "too_large"]
 

@@ -57,14 +57,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.protocols.responses import error_response
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from a3s_gateway.config.schema_middlewares import CircuitBreaker
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.protocols.responses import GeneratedResponse
 

@@ -42,13 +42,13 @@ from typing import TYPE_CHECKING, Final, Protocol, Self
 
 import brotli
 
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from a3s_gateway.config.schema_middlewares import Compress
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.protocols.headers import Headers
 
 __all__ = [

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Final, Self
 
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.protocols.events import ResponseHead
 from a3s_gateway.protocols.responses import GeneratedResponse, error_response
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from a3s_gateway.config.schema_middlewares import Cors
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.protocols.headers import HeaderLine, Headers
 
 __all__ = ["PREFLIGHT_REJECTED", "PREFLIGHT_VARY", "CorsMiddleware"]

@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, Self
 
 from a3s_gateway.errors import StartError
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.middleware.outbound import OutboundFailed, OutboundTimeout, ReplyTooLarge
 from a3s_gateway.protocols.events import ResponseHead
 from a3s_gateway.protocols.headers import strip_hop_by_hop
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.schema_middlewares import ForwardAuth
     from a3s_gateway.config.urls import HttpUrl
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.middleware.outbound import HttpCaller, HttpReply, MiddlewareDeps
     from a3s_gateway.protocols.headers import Headers
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Final, Literal, Self
 
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.protocols.responses import error_response
 from a3s_gateway.routing.request import parse_peer
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from a3s_gateway.config.schema_middlewares import IpAllow
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.protocols.responses import GeneratedResponse
 
 __all__ = ["FORBIDDEN", "IpAllowMiddleware"]

@@ -3,7 +3,7 @@
 Ring 0: no trio, sockets, TLS, clock or logging. The one piece of IO, the ``GET`` of the set, goes
 through the ``HttpCaller`` seam (``middleware/outbound.py``) in ``JwksKeys.run``; the task that
 decides *when* to call it, sleeps in between and logs the warnings ``run`` returns is Ring 1
-(``server/generation.py``, through the ``Background`` hook of ``middleware/base.py``). Times are
+(``server/generation.py``, through the ``Background`` hook of ``middleware/contract.py``). Times are
 trio's clock (``RequestState.now`` and the runner's ``now``), never the wall clock.
 
 Parsing (RFC 7517, RFC 7518 §6): the document must be a UTF-8 JSON object with a ``keys`` array

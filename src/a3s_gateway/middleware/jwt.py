@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Final, Self
 from jwt import PyJWTError
 
 from a3s_gateway.errors import StartError
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.middleware.jwks import JwksKeys, PublicKey
 from a3s_gateway.middleware.jwt_keys import (
     MAX_KEY_FILE_BYTES,
@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from a3s_gateway.config.schema_middlewares import Jwt
-    from a3s_gateway.middleware.base import Background, RequestState
+    from a3s_gateway.middleware.contract import Background, RequestState
     from a3s_gateway.middleware.outbound import HttpCaller
 
 __all__ = [

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_middlewares import Middleware as MiddlewareBlock
-    from a3s_gateway.middleware.base import Middleware, RequestState
+    from a3s_gateway.middleware.contract import Middleware, RequestState
 
 __all__ = ["Chains", "compile_chains", "through"]
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
 from a3s_gateway.config.values import KEY_EXPRESSION_PATTERN
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.protocols.responses import error_response
 from a3s_gateway.routing.request import canonical_host, parse_query
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from a3s_gateway.config.schema_middlewares import RateLimit
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.protocols.headers import HeaderLine, Headers
     from a3s_gateway.protocols.responses import GeneratedResponse
 

@@ -46,7 +46,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Final, Self
 
 from a3s_gateway.errors import StartError
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 from a3s_gateway.middleware.outbound import OutboundFailed, OutboundTimeout, RedisReplyError
 from a3s_gateway.middleware.ratelimit import (
     MAX_DEFAULT_BURST,
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from a3s_gateway.config.schema_middlewares import RateLimitRedis
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.middleware.outbound import MiddlewareDeps, RedisClient
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.protocols.responses import GeneratedResponse

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Self
 
-from a3s_gateway.middleware.base import Middleware
+from a3s_gateway.middleware.contract import Middleware
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from a3s_gateway.config.schema_middlewares import StripPrefix
-    from a3s_gateway.middleware.base import RequestState
+    from a3s_gateway.middleware.contract import RequestState
     from a3s_gateway.protocols.responses import GeneratedResponse
 
 __all__ = ["StripPrefixMiddleware"]

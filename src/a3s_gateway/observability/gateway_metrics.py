@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from a3s_gateway.config.runtime import RuntimeConfig
-    from a3s_gateway.middleware.base import Middleware
+    from a3s_gateway.middleware.contract import Middleware
     from a3s_gateway.observability.metrics import Counter, CounterChild, HistogramChild
     from a3s_gateway.observability.process import ProcessSample
     from a3s_gateway.observability.record import ExchangeRecord
@@ -94,7 +94,7 @@ class PoolView(Protocol):
 
 
 class MetricsContext(Protocol):
-    """What ``collect`` reads of the data plane (``server/context.py``'s ``ServerContext``)."""
+    """What ``collect`` reads of the data plane (``server_context.ServerContext``)."""
 
     @property
     def active_requests(self) -> Mapping[str, int]: ...

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.redaction import Redactor
     from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
     from a3s_gateway.config.schema import Config, Management
-    from a3s_gateway.middleware.base import Middleware
+    from a3s_gateway.middleware.contract import Middleware
     from a3s_gateway.routing.request import PeerAddress
     from a3s_gateway.routing.table import Route
     from a3s_gateway.services.backend import Backend

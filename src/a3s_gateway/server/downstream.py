@@ -12,7 +12,7 @@ The exceptions here are the seam's, not one driver's: ``ClientGone`` (the client
 ``ClientTimeout`` (the request body was too slow), ``ExchangeAborted`` (the exchange gave up
 its response: raised by the exchange itself, through ``aborted``). A driver decides what they
 mean for its connection: HTTP/1.1 closes it, HTTP/2 will reset one stream. ``Handover`` and
-``UpgradeUnavailable`` are shared with the ``Upstream`` seam (``upstream/stream.py``).
+``UpgradeUnavailable`` are shared with the ``Upstream`` seam (``upstream/seam.py``).
 
 Must not: import the exchange (it depends on this module, never the reverse), or hold
 behaviour beyond the contract.
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from a3s_gateway.upstream.stream import Handover, UpgradeUnavailable
+from a3s_gateway.upstream.seam import Handover, UpgradeUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

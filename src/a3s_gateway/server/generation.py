@@ -1,7 +1,7 @@
 """The background tasks one config generation owns: active health probers (SPEC §7.4) and the
 passive-health tickers (SPEC §7.5), and the glue between the two (an active success re-admits
 a passively ejected backend) and the logs of their transitions; and the runners of the
-middlewares' ``Background`` work (``middleware/base.py``; today ``jwt``'s JWKS refresh, SPEC
+middlewares' ``Background`` work (``middleware/contract.py``; today ``jwt``'s JWKS refresh, SPEC
 §8.4), which sleep on trio's clock until the work is due or a request asks for it early, and
 log the warnings it returns.
 
@@ -41,7 +41,7 @@ from a3s_gateway.upstream.dialer import dial
 
 if TYPE_CHECKING:
     from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
-    from a3s_gateway.middleware.base import Background, Middleware
+    from a3s_gateway.middleware.contract import Background, Middleware
     from a3s_gateway.services import Backend
     from a3s_gateway.services.checker import ProbeResult
     from a3s_gateway.services.passive import OutlierDetector, Transition

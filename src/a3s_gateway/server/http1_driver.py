@@ -39,8 +39,8 @@ from a3s_gateway.server.http1_downstream import READ_SIZE, Http1Downstream
 
 if TYPE_CHECKING:
     from a3s_gateway.config.runtime import EntrypointRuntime
-    from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.downstream import ConnInfo
+    from a3s_gateway.server.server_context import ServerContext
 
 __all__ = ["CLOSE_GRACE", "LINGER_IDLE", "LINGER_TIME", "serve_http1"]
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from a3s_gateway.config.runtime import EntrypointRuntime
-    from a3s_gateway.server.context import ServerContext
+    from a3s_gateway.server.server_context import ServerContext
 
 __all__ = ["Connections", "ListenerGroup", "open_http_listeners", "serve_listener"]
 

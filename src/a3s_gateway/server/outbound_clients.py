@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from a3s_gateway.middleware.outbound import MiddlewareDeps
-from a3s_gateway.server.context import DateCache
+from a3s_gateway.server.server_context import DateCache
 from a3s_gateway.upstream.caller import PooledHttpCaller
 from a3s_gateway.upstream.redis import RedisClients
 

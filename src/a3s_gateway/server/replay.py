@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.protocols.events import Informational, ResponseHead
     from a3s_gateway.server.downstream import Downstream
-    from a3s_gateway.upstream.stream import Handover
+    from a3s_gateway.upstream.seam import Handover
 
 __all__ = ["ReplayBuffer", "ReplayDownstream"]
 

@@ -34,8 +34,8 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http1_client import Http1Client
+from a3s_gateway.upstream.connect_errors import ConnectFailed
 from a3s_gateway.upstream.dialer import dial
-from a3s_gateway.upstream.errors import ConnectFailed
 from a3s_gateway.upstream.peer import Peer
 from a3s_gateway.version import __version__
 

@@ -7,8 +7,8 @@ connect is bounded by the caller's ``connect_timeout`` scope.
 
 from __future__ import annotations
 
+from a3s_gateway.upstream.connect_errors import CONNECT_REASONS, ConnectFailed, PoolClosed
 from a3s_gateway.upstream.dialer import Dialer, connect_reason, dial
-from a3s_gateway.upstream.errors import CONNECT_REASONS, ConnectFailed, PoolClosed
 from a3s_gateway.upstream.peer import Peer, PoolSettings
 from a3s_gateway.upstream.pool import AcquireProgress, AcquireStage, UpstreamPool
 from a3s_gateway.upstream.pool_state import PeerStats, PoolState

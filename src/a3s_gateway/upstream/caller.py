@@ -9,7 +9,7 @@ Connections: its own ``UpstreamPool`` (the data plane's pool is for backends), k
 ``Peer`` (``https`` peers carry ``tls=True`` and the URL host as ``server_name``), over a dialer
 that wraps the TCP stream in ``trio.SSLStream`` for ``https`` and completes the handshake
 inside the caller's deadline. Requests are written and responses read by the project's
-``Http1Client`` adapter, as ``upstream/http1.py`` does for proxied requests. A
+``Http1Client`` adapter, as ``upstream/http1_upstream.py`` does for proxied requests. A
 connection goes back to the pool only after a complete, clean response (the adapter's
 ``reusable``); a reply over ``max_body``, a timeout or any error closes it. A *reused*
 connection that fails before any response byte is replaced by a fresh one and the request sent
@@ -52,8 +52,8 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.headers import strip_hop_by_hop
+from a3s_gateway.upstream.connect_errors import ConnectFailed, PoolClosed
 from a3s_gateway.upstream.dialer import dial
-from a3s_gateway.upstream.errors import ConnectFailed, PoolClosed
 from a3s_gateway.upstream.peer import Peer, PoolSettings
 from a3s_gateway.upstream.pool import UpstreamPool
 

@@ -24,7 +24,7 @@ from typing import Final, TypeAlias
 import trio
 
 from a3s_gateway.streams import from_trio
-from a3s_gateway.upstream.errors import ConnectFailed
+from a3s_gateway.upstream.connect_errors import ConnectFailed
 from a3s_gateway.upstream.peer import Peer
 
 #: What the pool calls to open a stream; tests inject memory streams through it.

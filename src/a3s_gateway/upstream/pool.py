@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from a3s_gateway.upstream.connect_errors import PoolClosed
 from a3s_gateway.upstream.dialer import Dialer, dial
-from a3s_gateway.upstream.errors import PoolClosed
 from a3s_gateway.upstream.pool_state import (
     Close,
     Dial,

@@ -2,9 +2,9 @@
 
 Ring 1. Owns no nursery and sets no deadline; ``aclose`` is bounded by itself
 (``trio.aclose_forcefully``), ``close_nowait`` never blocks. ``Http1Upstream``
-(``upstream/http1.py``, the exchange's ``Upstream`` seam) drives ``adapter`` over ``stream``
-under the exchange's deadlines and tells the pool whether the connection may be reused (SPEC
-§5.7 "Reuse safety").
+(``upstream/http1_upstream.py``, the exchange's ``Upstream`` seam) drives ``adapter`` over
+``stream`` under the exchange's deadlines and tells the pool whether the connection may be
+reused (SPEC §5.7 "Reuse safety").
 
 The adapter is created on first use through an injectable factory, so the pool and its tests
 never depend on ``Http1Client``'s behaviour, and importing this package does not import the

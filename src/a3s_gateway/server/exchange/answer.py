@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 from a3s_gateway.middleware import through
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, ResponseHead
 from a3s_gateway.protocols.responses import error_response
-from a3s_gateway.server.context import DateCache
+from a3s_gateway.server.server_context import DateCache
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -27,8 +27,8 @@ from a3s_gateway.server.exchange.failures import AbortResponse, ConnectError, Up
 from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.exchange.relay import ResponseRelay
 from a3s_gateway.upstream import AcquireProgress, AcquireStage, ConnectFailed, PoolClosed
-from a3s_gateway.upstream.http1 import Http1Upstream
-from a3s_gateway.upstream.stream import UpstreamGone
+from a3s_gateway.upstream.http1_upstream import Http1Upstream
+from a3s_gateway.upstream.seam import UpstreamGone
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -36,12 +36,12 @@ if TYPE_CHECKING:
     from a3s_gateway.config.runtime import ServiceRuntime
     from a3s_gateway.protocols.events import RequestHead, ResponseHead
     from a3s_gateway.protocols.headers import HeaderLine
-    from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.downstream import Downstream
     from a3s_gateway.server.exchange.context import Exchange
+    from a3s_gateway.server.server_context import ServerContext
     from a3s_gateway.services import Backend
     from a3s_gateway.upstream import Peer
-    from a3s_gateway.upstream.stream import Upstream
+    from a3s_gateway.upstream.seam import Upstream
 
 __all__ = ["forward"]
 

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from a3s_gateway.protocols.events import RequestHead
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.protocols.responses import GeneratedResponse
-    from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.downstream import ConnInfo, ObservedDownstream
     from a3s_gateway.server.exchange.trace import Trace
+    from a3s_gateway.server.server_context import ServerContext
     from a3s_gateway.services import Backend
 
 __all__ = ["Exchange"]

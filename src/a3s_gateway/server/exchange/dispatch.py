@@ -35,7 +35,7 @@ from a3s_gateway.server.exchange.failures import (
     failure_error,
 )
 from a3s_gateway.server.exchange.mirror import MirrorCopy, MirrorTee
-from a3s_gateway.server.exchange.record import attempt_started, outcome
+from a3s_gateway.server.exchange.recording import attempt_started, outcome
 from a3s_gateway.server.generation import log_transition
 from a3s_gateway.server.limited_downstream import BodyTooLarge, LimitedDownstream
 

@@ -39,14 +39,14 @@ from a3s_gateway.server.exchange.middlewares import (
 )
 from a3s_gateway.server.exchange.plan import plan_chained
 from a3s_gateway.server.exchange.prepare import prepare
-from a3s_gateway.server.exchange.record import end_cause, finish, start
+from a3s_gateway.server.exchange.recording import end_cause, finish, start
 from a3s_gateway.server.exchange.retrying import retrying
 
 if TYPE_CHECKING:
     from a3s_gateway.observability.record import ExchangeRecord
     from a3s_gateway.protocols.events import RequestHead
-    from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.downstream import ConnInfo, ObservedDownstream
+    from a3s_gateway.server.server_context import ServerContext
 
 __all__ = ["handle_request"]
 

@@ -9,7 +9,7 @@ waiting for the copy, abandoning it past ``max_body_bytes``) and starts the copy
 is complete. The copy's response is read and dropped; its failures are counted and logged at
 debug level, never reported to the primary or to passive health.
 
-The copy talks to its backend through the ``Upstream`` seam (``upstream/stream.py``), like the
+The copy talks to its backend through the ``Upstream`` seam (``upstream/seam.py``), like the
 primary's attempts. Part of the dispatch stage (``dispatch.py`` starts it).
 
 Must not: block or fail the primary exchange, follow redirects, or retry.
@@ -33,15 +33,15 @@ from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.tap import RequestBodyTap
 from a3s_gateway.services.mirror_sampling import BodyCopy
 from a3s_gateway.upstream import ConnectFailed, PoolClosed
-from a3s_gateway.upstream.http1 import Http1Upstream
-from a3s_gateway.upstream.stream import UpstreamGone
+from a3s_gateway.upstream.http1_upstream import Http1Upstream
+from a3s_gateway.upstream.seam import UpstreamGone
 
 if TYPE_CHECKING:
     from a3s_gateway.protocols.headers import Headers
-    from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.downstream import Downstream
+    from a3s_gateway.server.server_context import ServerContext
     from a3s_gateway.services.mirror_sampling import MirrorState
-    from a3s_gateway.upstream.stream import Upstream
+    from a3s_gateway.upstream.seam import Upstream
 
 __all__ = ["MirrorCopy", "MirrorTee"]
 

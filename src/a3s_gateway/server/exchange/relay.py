@@ -34,7 +34,7 @@ from a3s_gateway.protocols.events import (
 )
 from a3s_gateway.protocols.headers import strip_response_hop_by_hop
 from a3s_gateway.server.exchange.failures import AbortResponse, HeldResponse, UpstreamFailure
-from a3s_gateway.upstream.stream import UpstreamGone
+from a3s_gateway.upstream.seam import UpstreamGone
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from a3s_gateway.protocols.headers import HeaderLine, Headers
     from a3s_gateway.server.downstream import Downstream
     from a3s_gateway.server.exchange.context import Exchange
-    from a3s_gateway.upstream.stream import Upstream
+    from a3s_gateway.upstream.seam import Upstream
 
 __all__ = ["ResponseRelay"]
 

@@ -22,9 +22,9 @@ from a3s_gateway.server.generation import log_transition
 if TYPE_CHECKING:
     from a3s_gateway.config.runtime import ServiceRuntime
     from a3s_gateway.protocols.events import RequestHead
-    from a3s_gateway.server.context import ServerContext
     from a3s_gateway.server.downstream import ConnInfo, ObservedDownstream
     from a3s_gateway.server.exchange.context import Exchange
+    from a3s_gateway.server.server_context import ServerContext
     from a3s_gateway.services import Backend
 
 __all__ = ["attempt_started", "end_cause", "finish", "outcome", "start"]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import trio
 
 from a3s_gateway.protocols.events import ProtocolViolation
-from a3s_gateway.upstream.stream import Handover, UpgradeUnavailable, UpstreamGone
+from a3s_gateway.upstream.seam import Handover, UpgradeUnavailable, UpstreamGone
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

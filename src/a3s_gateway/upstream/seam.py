@@ -4,8 +4,8 @@ Ring 1 (its implementations own trio streams). It mirrors ``server/downstream.py
 exchange sends the request's head and body (``EndOfBody.trailers`` for trailers), receives the
 response's events (informational heads, the head, body chunks, the end with its trailers), may
 take over the raw stream after a protocol switch, and finally releases the exchange, saying
-whether it completed cleanly. ``Http1Upstream`` (``upstream/http1.py``) implements it over one
-pooled connection; an HTTP/2 stream implements it next without touching the exchange.
+whether it completed cleanly. ``Http1Upstream`` (``upstream/http1_upstream.py``) implements it
+over one pooled connection; an HTTP/2 stream implements it next without touching the exchange.
 
 Errors: ``UpstreamGone`` when the transport fails or closes with nothing to say,
 ``ProtocolViolation`` (from ``protocols``) for an invalid response. Every call runs under the
