@@ -19,7 +19,7 @@ stream after a protocol switch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -30,37 +30,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Event, RequestHead
+    from a3s_gateway.protocols.http1_engines import UpstreamAdapter
     from a3s_gateway.upstream.pool import UpstreamPool
     from a3s_gateway.upstream.pooled_connection import UpstreamConnection
 
-__all__ = ["READ_SIZE", "ClientAdapter", "Http1Upstream"]
+__all__ = ["READ_SIZE", "Http1Upstream"]
 
 #: One read (DESIGN.md §3.5).
 READ_SIZE: Final = 65536
 _GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-
-
-class ClientAdapter(Protocol):
-    """What this seam needs of an HTTP/1.1 client adapter (any parser engine)."""
-
-    def send(self, event: RequestHead | BodyChunk | EndOfBody) -> bytes: ...
-
-    def receive(self, data: bytes) -> list[Event]: ...
-
-    def send_failed(self) -> None: ...
-
-    @property
-    def received_any(self) -> bool: ...
-
-    @property
-    def reusable(self) -> bool: ...
-
-    def start_next_cycle(self) -> None: ...
-
-    @property
-    def switched(self) -> bool: ...
-
-    def take_leftover(self) -> bytes: ...
 
 
 class Http1Upstream:
@@ -72,7 +50,7 @@ class Http1Upstream:
         self._conn = conn
         self._pool = pool
         self._stream = conn.stream
-        self._adapter: ClientAdapter = conn.adapter
+        self._adapter: UpstreamAdapter = conn.adapter
         self._handed_over = False
 
     @property

@@ -166,7 +166,7 @@ class _Attempt:
                     await relay.relay(response, request_sent=True)
             else:
                 response = await self._request_phase()
-                timer = relay.timer
+                timer = relay.timer = trio.CancelScope()
                 with timer:
                     await relay.relay(response, request_sent=self._pump_done)
         finally:

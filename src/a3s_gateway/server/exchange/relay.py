@@ -69,6 +69,10 @@ class ResponseRelay:
         "timer",
     )
 
+    #: The attempt's one cancel scope, made by ``attempt.py`` before the first upstream read
+    #: (with the response-header deadline when it can be set at once).
+    timer: trio.CancelScope
+
     def __init__(
         self,
         ex: Exchange,
@@ -83,7 +87,6 @@ class ResponseRelay:
         self._service = service
         self._extra = extra
         self._pending: deque[Event] = deque()
-        self.timer = trio.CancelScope()
         self.in_body = False
         self.complete = False
 
