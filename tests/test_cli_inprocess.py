@@ -106,7 +106,7 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
 def test_a_bad_workers_count_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], value: str, message: str
 ) -> None:
-    # A valid count starts the supervisor (tests/server/test_workers.py runs it for real).
+    # A valid count starts the supervisor (tests/supervisor/test_workers.py runs it for real).
     assert cli.main(["run", str(FIXTURES / "quickstart.hcl"), "--workers", value]) == 2
     err = capsys.readouterr().err
     assert "--workers" in err

@@ -12,7 +12,8 @@ An AST walk over every module, no import of the code under test. Rules:
    ``a3s_gateway/__init__.py`` when only passed through (it is the public facade and imports
    the composition root; naming it in an import still counts), and third-party packages (their
    own imports are not ours to layer). The few edges that break the rule today are listed in
-   ``ALLOWED_RING0_EDGES``, each with its reason, instead of weakening the rule.
+   ``ALLOWED_RING0_EDGES``, each with its reason, instead of weakening the rule (none today:
+   the ``upstream`` package's ``__init__`` imports nothing, so its pure modules load alone).
 3. **Ring 0 imports no Ring 1 or Ring 2 module** at runtime (types under ``TYPE_CHECKING`` are
    fine): a trio-free Ring 1 module is still the shell's, not the core's. The edges in
    ``ALLOWED_RING0_EDGES`` are the exceptions of rules 2 and 3.
@@ -25,6 +26,8 @@ An AST walk over every module, no import of the code under test. Rules:
 
 6. **No runtime import cycle anywhere in ``src/``** (issue #16), the facade included where a
    module names it.
+7. **``config/`` is the floor**: it imports only itself, ``errors``, ``version`` and
+   ``routing`` (even for types), never the runtime compiler that reads it (issue #16).
 
 A failure prints the offending chain or cycle, module by module.
 """
@@ -46,54 +49,46 @@ RINGS: Final[dict[str, int]] = {
     # Ring 0: pure core.
     "a3s_gateway.errors": 0,
     "a3s_gateway.version": 0,
-    "a3s_gateway.config.": 0,
+    "a3s_gateway.state": 0,
+    "a3s_gateway.config": 0,
     "a3s_gateway.routing": 0,
     "a3s_gateway.protocols": 0,
     "a3s_gateway.services": 0,
     "a3s_gateway.middleware": 0,
     "a3s_gateway.observability": 0,
+    "a3s_gateway.runtime": 0,
+    "a3s_gateway.management": 0,  # the package and api.py: the pure request -> answer
+    "a3s_gateway.upstream": 0,  # the package's __init__ imports nothing
     "a3s_gateway.upstream.peer": 0,
     "a3s_gateway.upstream.pool_state": 0,
     "a3s_gateway.upstream.connect_errors": 0,
     # Ring 1: the trio shell.
-    "a3s_gateway.server.": 1,
+    "a3s_gateway.server": 1,
     "a3s_gateway.providers": 1,
+    "a3s_gateway.probes": 1,
+    "a3s_gateway.supervisor": 1,
+    "a3s_gateway.management.server": 1,
+    "a3s_gateway.management.fleet": 1,
     "a3s_gateway.demo": 1,
     "a3s_gateway.streams": 1,
     "a3s_gateway.preflight": 1,
-    "a3s_gateway.services.checker": 1,
-    "a3s_gateway.upstream": 1,  # the package: it re-exports the pool and the dialer
     "a3s_gateway.upstream.": 1,  # pool, dialer, pooled_connection, caller, redis, seam, and more
     # Ring 2: composition.
     "a3s_gateway": 2,  # the root: the public facade over app.Gateway and load_config
     "a3s_gateway.app": 2,
     "a3s_gateway.cli": 2,
     "a3s_gateway.__main__": 2,
-    "a3s_gateway.config": 0,  # the package itself (interpolate, values): pure
-    "a3s_gateway.config.runtime": 2,  # compiles the snapshot: imports upstream's Peer and pool
 }
 
 #: Import edges a Ring 0 module may follow although they lead to trio (rule 2), and why.
-ALLOWED_RING0_EDGES: Final[dict[tuple[str, str], str]] = {
-    ("a3s_gateway.upstream.peer", "a3s_gateway.upstream"): (
-        "Python loads the upstream package first, whose __init__ re-exports the Ring 1 pool "
-        "and dialer (the pool's users import them from there); peer.py imports no trio itself"
-    ),
-    ("a3s_gateway.upstream.pool_state", "a3s_gateway.upstream"): (
-        "as for peer.py: pool_state.py is pure, its package's __init__ is not"
-    ),
-    ("a3s_gateway.upstream.connect_errors", "a3s_gateway.upstream"): (
-        "as for peer.py: errors.py is pure, its package's __init__ is not"
-    ),
-}
+ALLOWED_RING0_EDGES: Final[dict[tuple[str, str], str]] = {}
 
 #: ``TYPE_CHECKING`` edges allowed to close a cycle in ``server/`` (rule 5), and why.
-ALLOWED_TYPE_CYCLE_EDGES: Final[dict[tuple[str, str], str]] = {
-    ("a3s_gateway.server.supervisor_view", "a3s_gateway.server.workers"): (
-        "the supervisor's management view annotates the Supervisor and Fleet it reads; "
-        "workers.py builds that view at runtime"
-    ),
-}
+ALLOWED_TYPE_CYCLE_EDGES: Final[dict[tuple[str, str], str]] = {}
+
+#: What ``config/`` may import besides itself (rule 7): the floor of the tree. ``routing`` is
+#: there because validation compiles every rule to report a syntax error with its column.
+CONFIG_MAY_IMPORT: Final = frozenset({f"{ROOT}.errors", f"{ROOT}.version", f"{ROOT}.routing"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +321,24 @@ def test_no_runtime_import_cycle_anywhere_in_src() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_config_is_the_floor() -> None:
+    """Rule 7: the validated config is built from nothing above it."""
+    prefix = f"{ROOT}.config"
+    wrong = sorted(
+        (name, found.target)
+        for name in MODULES
+        if name == prefix or name.startswith(prefix + ".")
+        for found in IMPORTS[name]
+        if found.target.startswith(ROOT + ".")
+        and not found.target.startswith(prefix)
+        and not any(
+            found.target == allowed or found.target.startswith(allowed + ".")
+            for allowed in CONFIG_MAY_IMPORT
+        )
+    )
+    assert wrong == [], f"config/ reaches above itself: {wrong}"
+
+
 def test_the_checks_see_what_they_should() -> None:
     """The walker itself: it finds a known runtime edge, a known type-only edge, a function-
     level import, and a cycle in a made-up graph."""
@@ -337,6 +350,10 @@ def test_the_checks_see_what_they_should() -> None:
     assert any(i.kind == "function" for name in MODULES for i in IMPORTS[name])
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
-    assert ring(f"{ROOT}.config.runtime") == 2
+    assert ring(f"{ROOT}.runtime.compile") == 0
     assert ring(f"{ROOT}.config.schema") == 0
-    assert ring(f"{ROOT}.services.checker") == 1
+    assert ring(f"{ROOT}.probes.checker") == 1
+    assert ring(f"{ROOT}.management.api") == 0
+    assert ring(f"{ROOT}.management.fleet") == 1
+    assert ring(f"{ROOT}.upstream") == 0
+    assert ring(f"{ROOT}.upstream.pool") == 1

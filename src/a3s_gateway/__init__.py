@@ -14,12 +14,13 @@ Everything here is typed (``py.typed``); nothing installs signal handlers or log
 
 from __future__ import annotations
 
-from a3s_gateway.app import Gateway, GatewayState, HealthSnapshot, ReloadStatus
+from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import load_config, load_config_text
 from a3s_gateway.config.problems import Problem
 from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import ConfigError, GatewayError, ReloadError, StartError
 from a3s_gateway.preflight import validate_config
+from a3s_gateway.state import GatewayState, HealthSnapshot, ReloadStatus
 from a3s_gateway.version import __version__
 
 __all__ = [

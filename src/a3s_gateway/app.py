@@ -32,13 +32,12 @@ the CLI attaches with ``attach_reloader``; ``reloader`` is how the management AP
 Management listener: the gateway serves its own (``management {}``) unless built with
 ``management=False``, which is how a worker of ``run --workers N`` runs: there the supervisor
 owns the listener and asks each worker for ``metrics_snapshot()`` and state (SPEC §13.4,
-``server/workers.py``).
+``supervisor/workers.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import time
 from dataclasses import dataclass
@@ -50,25 +49,26 @@ import trio
 from a3s_gateway.config.availability import check_availability
 from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.problems import SourceMap
-from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import ConfigError, GatewayError, ReloadError, StartError
-from a3s_gateway.observability.gateway_metrics import GatewayMetrics
-from a3s_gateway.preflight import OTEL_EXTRA_HINT
-from a3s_gateway.protocols.http1_engines import upstream_adapter_factory
-from a3s_gateway.server.accesslog_writer import access_log_for
-from a3s_gateway.server.generation import carry_over, run_generation
-from a3s_gateway.server.listeners import ListenerGroup, bound_address, open_http_listeners
-from a3s_gateway.server.management import (
+from a3s_gateway.management.server import (
     GatewayAdapter,
     ManagementServer,
     open_management_listener,
 )
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics
+from a3s_gateway.preflight import OTEL_EXTRA_HINT
+from a3s_gateway.protocols.http1_engines import upstream_adapter_factory
+from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
+from a3s_gateway.server.accesslog_writer import access_log_for
+from a3s_gateway.server.generation import carry_over, run_generation
+from a3s_gateway.server.listeners import ListenerGroup, bound_address, open_http_listeners
 from a3s_gateway.server.observe import Observer
 from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.server.server_context import ServerContext
-from a3s_gateway.upstream import UpstreamPool
+from a3s_gateway.state import GatewayState, HealthSnapshot, ReloadStatus
+from a3s_gateway.upstream.pool import UpstreamPool
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
@@ -76,11 +76,11 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from a3s_gateway.config.problems import Problem
-    from a3s_gateway.config.runtime import EntrypointRuntime
     from a3s_gateway.config.schema import Config, Observability
     from a3s_gateway.protocols.http1_engines import Http1Parser, UpstreamAdapter
     from a3s_gateway.providers import Reloader
     from a3s_gateway.providers.aggregator import ReloadOutcome
+    from a3s_gateway.runtime.compile import EntrypointRuntime
     from a3s_gateway.server.otlp import OtlpExporter
 
 log: Final = logging.getLogger("a3s_gateway.app")
@@ -196,39 +196,6 @@ def _plan_listeners(
             kept[name] = moved
             del unclaimed[moved.name]
     return _ListenerPlan(kept, to_bind, list(unclaimed.values()))
-
-
-class GatewayState(enum.Enum):
-    """Run lifecycle (SPEC §2.2)."""
-
-    CREATED = "created"
-    STARTING = "starting"
-    RUNNING = "running"
-    RELOADING = "reloading"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadStatus:
-    """The outcome of the last reload attempt."""
-
-    time: float
-    ok: bool
-    problem_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class HealthSnapshot:
-    """``gateway.health()`` (SPEC §2.7)."""
-
-    state: GatewayState
-    uptime_secs: float
-    active_connections: int
-    total_requests: int
-    config_generation: int
-    last_reload: ReloadStatus | None
 
 
 class Gateway:

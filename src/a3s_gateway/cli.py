@@ -44,7 +44,7 @@ from a3s_gateway.errors import ConfigError, GatewayError
 from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
 from a3s_gateway.providers import Reloader
-from a3s_gateway.server.workers import run_supervisor
+from a3s_gateway.supervisor.workers import run_supervisor
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:

@@ -139,7 +139,7 @@ class Families:
     samples: frozenset[str]
 
 
-#: The supervisor's own families (``server/supervisor_view.py``, ``--workers N`` only).
+#: The supervisor's own families (``management/fleet.py``, ``--workers N`` only).
 SUPERVISOR_FAMILIES: Final = frozenset(
     {"a3s_workers_ready", "a3s_worker_restarts_total", "a3s_worker_query_failures_total"}
 )

@@ -25,8 +25,8 @@ from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.schema import Management
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import ConfigError, GatewayError
-from a3s_gateway.observability.management_api import ReloadOutcome
-from a3s_gateway.server.management import (
+from a3s_gateway.management.api import ReloadOutcome
+from a3s_gateway.management.server import (
     GatewayAdapter,
     ManagementServer,
     open_management_listener,

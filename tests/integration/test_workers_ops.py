@@ -29,7 +29,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.test_workers import exited, worker_pids
+from tests.supervisor.test_workers import exited, worker_pids
 from tests.support.cli import cli_env, start_gateway
 from tests.support.gateway import CurlResult, config_text, curl, free_port, server_entry
 from tests.support.origin import Origin

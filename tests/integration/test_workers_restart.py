@@ -35,7 +35,7 @@ from typing import Final
 import pytest
 import trio
 
-from tests.server.test_workers import exited, worker_pids
+from tests.supervisor.test_workers import exited, worker_pids
 from tests.support.cli import RunningGateway, cli_env, start_gateway
 from tests.support.gateway import (
     LOCAL,

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.urls import HttpUrl, RedisUrl
 from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
 from a3s_gateway.middleware.contract import RequestState
@@ -44,10 +43,11 @@ from a3s_gateway.observability.process import (
 )
 from a3s_gateway.observability.record import ExchangeRecord
 from a3s_gateway.protocols.headers import Headers
+from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.server.server_context import ServerContext
-from a3s_gateway.upstream import UpstreamPool
 from a3s_gateway.upstream.peer import Peer
+from a3s_gateway.upstream.pool import UpstreamPool
 from a3s_gateway.upstream.pool_state import PeerStats
 from tests.observability.test_metrics import families, values
 

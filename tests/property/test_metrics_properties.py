@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.middleware.breaker import BreakerState, CircuitBreakerMiddleware
 from a3s_gateway.middleware.retry import RetryMiddleware
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.observability.metrics import Counter, GaugeKind, Histogram, Registry, merge
 from a3s_gateway.observability.record import ExchangeRecord
+from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.upstream.peer import Peer
 from a3s_gateway.upstream.pool_state import PeerStats
 

@@ -19,14 +19,16 @@ import trio
 import trio.testing
 
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.middleware import Middleware, RequestState
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import GeneratedResponse, error_response
+from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.server.downstream import ConnInfo
 from a3s_gateway.server.http1_driver import LINGER_IDLE, LINGER_TIME, serve_http1
 from a3s_gateway.server.server_context import ServerContext
-from a3s_gateway.upstream import ConnectFailed, Peer, UpstreamPool
+from a3s_gateway.upstream.connect_errors import ConnectFailed
+from a3s_gateway.upstream.peer import Peer
+from a3s_gateway.upstream.pool import UpstreamPool
 
 Origin = Callable[[trio.abc.Stream], Awaitable[None]]
 

@@ -12,7 +12,8 @@ import trio.testing
 
 from a3s_gateway.middleware import Middleware
 from a3s_gateway.observability.record import ExchangeRecord
-from a3s_gateway.upstream import ConnectFailed, Peer
+from a3s_gateway.upstream.connect_errors import ConnectFailed
+from a3s_gateway.upstream.peer import Peer
 from tests.server.test_connection_driver import (
     GET,
     Recorder,

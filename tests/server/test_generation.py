@@ -25,16 +25,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.urls import HttpUrl
 from a3s_gateway.middleware.contract import RequestState
 from a3s_gateway.middleware.jwt import JwtMiddleware
 from a3s_gateway.middleware.outbound import HttpReply, MiddlewareDeps, OutboundFailed
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.protocols.headers import Headers
+from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.server.generation import carry_over, run_generation
 from a3s_gateway.services import PassiveState
-from a3s_gateway.upstream import Peer
+from a3s_gateway.upstream.peer import Peer
 from tests.middleware.test_jwks import document, ec_jwk
 
 CONFIG = """

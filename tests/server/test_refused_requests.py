@@ -20,14 +20,15 @@ import trio
 import trio.testing
 
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, RequestHead
 from a3s_gateway.protocols.http1 import Http1Server
+from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.server.downstream import ClientTimeout, ConnInfo
 from a3s_gateway.server.http1_downstream import Http1Downstream
 from a3s_gateway.server.http1_driver import serve_http1
 from a3s_gateway.server.server_context import ServerContext
-from a3s_gateway.upstream import Peer, UpstreamPool
+from a3s_gateway.upstream.peer import Peer
+from a3s_gateway.upstream.pool import UpstreamPool
 from tests.server.test_connection_driver import origin_ok, read_all, read_response
 from tests.server.test_exchange_record import Capture
 

@@ -20,7 +20,6 @@ import trio
 import trio.testing
 
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.observability.record import ExchangeRecord
 from a3s_gateway.protocols.events import (
     BodyChunk,
@@ -31,6 +30,7 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http1 import Http1Server
+from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.server.downstream import ConnInfo, ExchangeAborted, aborted
 from a3s_gateway.server.exchange.attempt import forward
 from a3s_gateway.server.exchange.context import Exchange
@@ -38,8 +38,9 @@ from a3s_gateway.server.exchange.plan import plan_direct
 from a3s_gateway.server.http1_downstream import Http1Downstream
 from a3s_gateway.server.replay import ReplayBuffer
 from a3s_gateway.server.server_context import ServerContext
-from a3s_gateway.upstream import Peer, PoolSettings, UpstreamPool
 from a3s_gateway.upstream.http1_upstream import Http1Upstream
+from a3s_gateway.upstream.peer import Peer, PoolSettings
+from a3s_gateway.upstream.pool import UpstreamPool
 from a3s_gateway.upstream.seam import Handover, UpgradeUnavailable, UpstreamGone
 
 PEER = Peer("http", "10.9.0.1", 80)

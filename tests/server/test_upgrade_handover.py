@@ -18,7 +18,6 @@ import trio
 import trio.testing
 
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.protocols.events import (
     BodyChunk,
     EndOfBody,
@@ -28,11 +27,13 @@ from a3s_gateway.protocols.events import (
 )
 from a3s_gateway.protocols.http1 import Http1Server
 from a3s_gateway.protocols.http1_engines import Http1Parser, request_head_parser
+from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.server.downstream import ClientGone, ConnInfo, UpgradeUnavailable
 from a3s_gateway.server.http1_downstream import Http1Downstream
 from a3s_gateway.server.http1_driver import serve_http1
 from a3s_gateway.server.server_context import ServerContext
-from a3s_gateway.upstream import Peer, UpstreamPool
+from a3s_gateway.upstream.peer import Peer
+from a3s_gateway.upstream.pool import UpstreamPool
 
 pytestmark = pytest.mark.parametrize("engine", ["llhttp", "h11"])
 

@@ -10,8 +10,8 @@ from random import Random
 import pytest
 
 from a3s_gateway import load_config_text
-from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.config.values import ServerUrl
+from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.services import STRATEGIES, Backend, SmoothWeightedRoundRobin, make_balancer
 from a3s_gateway.services.balancer import panic_mode
 

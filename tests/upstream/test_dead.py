@@ -13,8 +13,10 @@ import trio
 import trio.testing
 
 from a3s_gateway.streams import RawSocketStream
-from a3s_gateway.upstream import Peer, PoolSettings, UpstreamConnection, UpstreamPool
+from a3s_gateway.upstream.peer import Peer, PoolSettings
+from a3s_gateway.upstream.pool import UpstreamPool
 from a3s_gateway.upstream.pool_state import PeerStats
+from a3s_gateway.upstream.pooled_connection import UpstreamConnection
 
 ONE = PoolSettings(max_conns_per_backend=1)
 DEFAULT = PoolSettings()

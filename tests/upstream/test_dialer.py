@@ -9,7 +9,9 @@ import pytest
 import trio
 
 from a3s_gateway.streams import RawSocketStream
-from a3s_gateway.upstream import CONNECT_REASONS, ConnectFailed, Peer, connect_reason, dial
+from a3s_gateway.upstream.connect_errors import CONNECT_REASONS, ConnectFailed
+from a3s_gateway.upstream.dialer import connect_reason, dial
+from a3s_gateway.upstream.peer import Peer
 
 
 async def test_dial_connects_with_nodelay() -> None:

@@ -24,8 +24,10 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http1_engines import Http1Parser, upstream_adapter_factory
-from a3s_gateway.upstream import Peer, PeerStats, PoolSettings, UpstreamPool
 from a3s_gateway.upstream.http1_upstream import Http1Upstream
+from a3s_gateway.upstream.peer import Peer, PoolSettings
+from a3s_gateway.upstream.pool import UpstreamPool
+from a3s_gateway.upstream.pool_state import PeerStats
 from a3s_gateway.upstream.seam import UpgradeUnavailable
 
 pytestmark = pytest.mark.parametrize("engine", ["llhttp", "h11"])

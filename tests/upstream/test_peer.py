@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from a3s_gateway.config.urls import ServerUrl
-from a3s_gateway.upstream import Peer, PoolSettings
+from a3s_gateway.upstream.peer import Peer, PoolSettings
 
 
 @pytest.mark.parametrize(

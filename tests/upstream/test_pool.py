@@ -12,17 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from a3s_gateway.upstream import (
-    AcquireProgress,
-    AcquireStage,
-    ConnectFailed,
-    Peer,
-    PoolClosed,
-    PoolSettings,
-    UpstreamConnection,
-    UpstreamPool,
-)
+from a3s_gateway.upstream.connect_errors import ConnectFailed, PoolClosed
+from a3s_gateway.upstream.peer import Peer, PoolSettings
+from a3s_gateway.upstream.pool import AcquireProgress, AcquireStage, UpstreamPool
 from a3s_gateway.upstream.pool_state import PeerStats
+from a3s_gateway.upstream.pooled_connection import UpstreamConnection
 
 if TYPE_CHECKING:
     from a3s_gateway.protocols.http1 import Http1Client

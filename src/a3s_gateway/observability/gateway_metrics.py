@@ -57,11 +57,11 @@ from a3s_gateway.version import __version__
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from a3s_gateway.config.runtime import RuntimeConfig
     from a3s_gateway.middleware.contract import Middleware
     from a3s_gateway.observability.metrics import Counter, CounterChild, HistogramChild
     from a3s_gateway.observability.process import ProcessSample
     from a3s_gateway.observability.record import ExchangeRecord
+    from a3s_gateway.runtime.compile import RuntimeConfig
     from a3s_gateway.services.mirror_sampling import MirrorState
     from a3s_gateway.upstream.peer import Peer
     from a3s_gateway.upstream.pool_state import PeerStats

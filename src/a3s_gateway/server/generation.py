@@ -8,7 +8,7 @@ log the warnings it returns.
 Ring 1. Nursery: ``run_generation`` opens one per generation; ``app.Gateway`` starts it in its
 root nursery and cancels it when a reload has started the next generation's, so probers and
 refreshers never leak across reloads. Deadlines: none here (each probe is bounded by its own
-timeout in ``services/checker.py``, each ``Background.run`` by its own, e.g. 5 s per JWKS
+timeout in ``probes/checker.py``, each ``Background.run`` by its own, e.g. 5 s per JWKS
 fetch). The runners start with ``start_soon``, so no fetch delays the generation's start nor
 traffic. A middleware instance kept by a reload is briefly run by both generations' runners;
 its schedule lives on the instance, so the new runner picks it up where the old one was.
@@ -34,16 +34,16 @@ import trio
 
 from a3s_gateway.middleware.jwt import JwtMiddleware
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
-from a3s_gateway.services.checker import run_prober
+from a3s_gateway.probes.checker import run_prober
 from a3s_gateway.services.health import ActiveHealth
 from a3s_gateway.services.passive import PassiveState
 from a3s_gateway.upstream.dialer import dial
 
 if TYPE_CHECKING:
-    from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
     from a3s_gateway.middleware.contract import Background, Middleware
+    from a3s_gateway.probes.checker import ProbeResult
+    from a3s_gateway.runtime.compile import RuntimeConfig, ServiceRuntime
     from a3s_gateway.services import Backend
-    from a3s_gateway.services.checker import ProbeResult
     from a3s_gateway.services.passive import OutlierDetector, Transition
     from a3s_gateway.upstream.dialer import Dialer
 

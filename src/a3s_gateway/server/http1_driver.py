@@ -38,7 +38,7 @@ from a3s_gateway.server.exchange import handle_request, send_generated
 from a3s_gateway.server.http1_downstream import READ_SIZE, Http1Downstream
 
 if TYPE_CHECKING:
-    from a3s_gateway.config.runtime import EntrypointRuntime
+    from a3s_gateway.runtime.compile import EntrypointRuntime
     from a3s_gateway.server.downstream import ConnInfo
     from a3s_gateway.server.server_context import ServerContext
 

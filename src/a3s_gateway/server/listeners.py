@@ -40,7 +40,7 @@ from a3s_gateway.streams import RawSocketStream, from_trio
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from a3s_gateway.config.runtime import EntrypointRuntime
+    from a3s_gateway.runtime.compile import EntrypointRuntime
     from a3s_gateway.server.server_context import ServerContext
 
 __all__ = ["Connections", "ListenerGroup", "open_http_listeners", "serve_listener"]

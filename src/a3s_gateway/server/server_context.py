@@ -19,9 +19,9 @@ from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 if TYPE_CHECKING:
     import trio
 
-    from a3s_gateway.config.runtime import RuntimeConfig
     from a3s_gateway.observability.record import ExchangeObserver
-    from a3s_gateway.upstream import UpstreamPool
+    from a3s_gateway.runtime.compile import RuntimeConfig
+    from a3s_gateway.upstream.pool import UpstreamPool
 
 __all__ = ["DateCache", "Drain", "Drainable", "ServerContext"]
 

@@ -12,7 +12,7 @@ Ring 0: no trio, sockets, TLS or clocks. Three things live here:
   backend turns unhealthy after ``unhealthy_threshold`` consecutive failures, an unhealthy one
   healthy after ``healthy_threshold`` consecutive successes; the opposite result resets a streak.
 
-The Ring 1 prober that feeds ``ActiveHealth`` is ``services/checker.py``.
+The Ring 1 prober that feeds ``ActiveHealth`` is ``probes/checker.py``.
 
 Must not: import trio, socket, ssl or time; log (the caller logs transitions); touch
 ``Backend.passive_ejected`` (SPEC §7.4's re-admission is the passive machine's decision).

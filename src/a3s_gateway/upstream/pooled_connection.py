@@ -8,7 +8,7 @@ reused (SPEC §5.7 "Reuse safety").
 
 The adapter is created on first use through an injectable factory, so the pool and its tests
 never depend on ``Http1Client``'s behaviour, and importing this package does not import the
-HTTP/1.1 adapter module (``config/runtime.py`` imports ``upstream`` for ``Peer``).
+HTTP/1.1 adapter module (``runtime/compile.py`` imports ``upstream`` for ``Peer``).
 
 After a protocol switch ``Http1Upstream.take_over`` gives the stream to a new owner with
 ``detach``: the connection object stays behind for the pool's bookkeeping, but closing it

@@ -26,21 +26,22 @@ from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Informational
 from a3s_gateway.server.exchange.failures import AbortResponse, ConnectError, UpstreamFailure
 from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.exchange.relay import ResponseRelay
-from a3s_gateway.upstream import AcquireProgress, AcquireStage, ConnectFailed, PoolClosed
+from a3s_gateway.upstream.connect_errors import ConnectFailed, PoolClosed
 from a3s_gateway.upstream.http1_upstream import Http1Upstream
+from a3s_gateway.upstream.pool import AcquireProgress, AcquireStage
 from a3s_gateway.upstream.seam import UpstreamGone
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from a3s_gateway.config.runtime import ServiceRuntime
     from a3s_gateway.protocols.events import RequestHead, ResponseHead
     from a3s_gateway.protocols.headers import HeaderLine
+    from a3s_gateway.runtime.compile import ServiceRuntime
     from a3s_gateway.server.downstream import Downstream
     from a3s_gateway.server.exchange.context import Exchange
     from a3s_gateway.server.server_context import ServerContext
     from a3s_gateway.services import Backend
-    from a3s_gateway.upstream import Peer
+    from a3s_gateway.upstream.peer import Peer
     from a3s_gateway.upstream.seam import Upstream
 
 __all__ = ["forward"]

@@ -22,13 +22,13 @@ from a3s_gateway.server.exchange.failures import MiddlewareFailed
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from a3s_gateway.config.runtime import EntrypointRuntime, RuntimeConfig, ServiceRuntime
     from a3s_gateway.middleware import Middleware
     from a3s_gateway.middleware.compress import BodyFilter
     from a3s_gateway.observability.record import ExchangeRecord
     from a3s_gateway.protocols.events import RequestHead
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.protocols.responses import GeneratedResponse
+    from a3s_gateway.runtime.compile import EntrypointRuntime, RuntimeConfig, ServiceRuntime
     from a3s_gateway.server.downstream import ConnInfo, ObservedDownstream
     from a3s_gateway.server.exchange.trace import Trace
     from a3s_gateway.server.server_context import ServerContext

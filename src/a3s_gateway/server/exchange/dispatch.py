@@ -40,8 +40,8 @@ from a3s_gateway.server.generation import log_transition
 from a3s_gateway.server.limited_downstream import BodyTooLarge, LimitedDownstream
 
 if TYPE_CHECKING:
-    from a3s_gateway.config.runtime import ServiceRuntime
     from a3s_gateway.protocols.headers import HeaderLine
+    from a3s_gateway.runtime.compile import ServiceRuntime
     from a3s_gateway.server.downstream import Downstream
     from a3s_gateway.server.exchange.context import Exchange
     from a3s_gateway.services import Backend

@@ -32,7 +32,7 @@ from a3s_gateway.protocols.events import (
 from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.tap import RequestBodyTap
 from a3s_gateway.services.mirror_sampling import BodyCopy
-from a3s_gateway.upstream import ConnectFailed, PoolClosed
+from a3s_gateway.upstream.connect_errors import ConnectFailed, PoolClosed
 from a3s_gateway.upstream.http1_upstream import Http1Upstream
 from a3s_gateway.upstream.seam import UpstreamGone
 

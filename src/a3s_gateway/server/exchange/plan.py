@@ -27,9 +27,9 @@ from a3s_gateway.protocols.target import decrement_max_forwards
 from a3s_gateway.routing.request import parse_peer
 
 if TYPE_CHECKING:
-    from a3s_gateway.config.runtime import EntrypointRuntime, ServiceRuntime
     from a3s_gateway.middleware import RequestState
     from a3s_gateway.protocols.headers import Headers
+    from a3s_gateway.runtime.compile import EntrypointRuntime, ServiceRuntime
     from a3s_gateway.server.downstream import ConnInfo
     from a3s_gateway.server.exchange.context import Exchange
     from a3s_gateway.services import Backend

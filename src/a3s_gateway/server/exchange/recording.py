@@ -20,8 +20,8 @@ from a3s_gateway.observability.record import ExchangeRecord
 from a3s_gateway.server.generation import log_transition
 
 if TYPE_CHECKING:
-    from a3s_gateway.config.runtime import ServiceRuntime
     from a3s_gateway.protocols.events import RequestHead
+    from a3s_gateway.runtime.compile import ServiceRuntime
     from a3s_gateway.server.downstream import ConnInfo, ObservedDownstream
     from a3s_gateway.server.exchange.context import Exchange
     from a3s_gateway.server.server_context import ServerContext

@@ -39,9 +39,9 @@ from a3s_gateway.upstream.seam import UpstreamGone
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from a3s_gateway.config.runtime import ServiceRuntime
     from a3s_gateway.middleware.compress import BodyFilter
     from a3s_gateway.protocols.headers import HeaderLine, Headers
+    from a3s_gateway.runtime.compile import ServiceRuntime
     from a3s_gateway.server.downstream import Downstream
     from a3s_gateway.server.exchange.context import Exchange
     from a3s_gateway.upstream.seam import Upstream

@@ -23,7 +23,7 @@ import trio
 from a3s_gateway.config.load import load_text
 from a3s_gateway.config.schema import Config
 from a3s_gateway.config.schema_middlewares import ApiKey
-from a3s_gateway.server.worker_main import (
+from a3s_gateway.supervisor.worker_main import (
     Apply,
     DocumentsReply,
     Query,

@@ -20,8 +20,7 @@ import trio
 import trio.testing
 
 from a3s_gateway.config.values import ServerUrl
-from a3s_gateway.services.backend import Backend
-from a3s_gateway.services.checker import (
+from a3s_gateway.probes.checker import (
     BODY_LIMIT,
     ProbeResult,
     probe,
@@ -29,6 +28,7 @@ from a3s_gateway.services.checker import (
     run_prober,
     user_agent,
 )
+from a3s_gateway.services.backend import Backend
 from a3s_gateway.services.health import ActiveHealth, CheckSettings, parse_expected_status
 from a3s_gateway.upstream.connect_errors import ConnectFailed
 from a3s_gateway.upstream.peer import Peer

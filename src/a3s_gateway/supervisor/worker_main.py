@@ -28,12 +28,12 @@ on each reload; ``Query`` (``id``, ``kind``), answered with the same ``id`` by `
 (``metrics``: ``Gateway.metrics_snapshot()``), ``StateReply`` (``state``: lifecycle,
 connections per entrypoint, requests, bound addresses) or ``DocumentsReply`` (``services``,
 ``middlewares``: the management API's documents of this worker's running generation, built by
-``observability/management_api.py``). End-of-file means the supervisor is gone and the worker
+``management/api.py``). End-of-file means the supervisor is gone and the worker
 drains. The worker reads the channel from one task, each message in a thread once readable (an
 ``Apply`` can be large), and answers queries one at a time, in order; each reply is written
 from a thread too, so a large snapshot never blocks the event loop (one writer at a time: the
 replies are sequential and ``Ready`` was written before the first query could arrive). The
-supervisor sends queries only to workers that reported ``Ready`` (``server/workers.py``), so
+supervisor sends queries only to workers that reported ``Ready`` (``supervisor/workers.py``), so
 replies always follow it; its ``ProcessWorker.send`` serialises its writes and writes a large
 message from a thread.
 
@@ -76,12 +76,12 @@ from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.schema import remember_secrets, secrets_of
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import GatewayError
-from a3s_gateway.observability import applog
-from a3s_gateway.observability.management_api import (
+from a3s_gateway.management.api import (
     Clock,
     middleware_documents,
     service_documents,
 )
+from a3s_gateway.observability import applog
 from a3s_gateway.providers.candidate import decode_config, encode_config
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from a3s_gateway.services.health import CheckSettings, kind_for_servers
 from a3s_gateway.services.mirror_sampling import MirrorSettings, MirrorState
 from a3s_gateway.services.passive import OutlierDetector, PassiveSettings
 from a3s_gateway.services.sticky import StickyPool, StickySettings
-from a3s_gateway.upstream import Peer, PoolSettings
+from a3s_gateway.upstream.peer import Peer, PoolSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -23,9 +23,9 @@ import pytest
 import trio
 import trio.testing
 
-from a3s_gateway.app import GatewayState
 from a3s_gateway.config.load import load_text
-from a3s_gateway.server.worker_main import (
+from a3s_gateway.state import GatewayState
+from a3s_gateway.supervisor.worker_main import (
     Apply,
     Command,
     MetricsReply,
@@ -36,7 +36,7 @@ from a3s_gateway.server.worker_main import (
     WorkerMessage,
     with_ports,
 )
-from a3s_gateway.server.workers import (
+from a3s_gateway.supervisor.workers import (
     BACKOFF_MAX,
     STABLE_AFTER,
     Supervisor,

@@ -33,16 +33,12 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from a3s_gateway.app import Gateway, GatewayState
+from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import LoadOptions, load_text
-from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import StartError
-from a3s_gateway.observability.management_api import ApiRequest, ApiResponse
-from a3s_gateway.providers import Reloader
-from a3s_gateway.routing.request import PeerAddress
-from a3s_gateway.server.outbound_clients import Outbound
-from a3s_gateway.server.supervisor_view import (
+from a3s_gateway.management.api import ApiRequest, ApiResponse
+from a3s_gateway.management.fleet import (
     FleetApi,
     FleetManagementServer,
     fleet_listeners,
@@ -50,7 +46,12 @@ from a3s_gateway.server.supervisor_view import (
     merge_documents,
     merge_services,
 )
-from a3s_gateway.server.worker_main import (
+from a3s_gateway.providers import Reloader
+from a3s_gateway.routing.request import PeerAddress
+from a3s_gateway.runtime.compile import compile_runtime
+from a3s_gateway.server.outbound_clients import Outbound
+from a3s_gateway.state import GatewayState
+from a3s_gateway.supervisor.worker_main import (
     DocumentsReply,
     MetricsReply,
     Query,
@@ -62,8 +63,8 @@ from a3s_gateway.server.worker_main import (
     decode_query,
     encode_message,
 )
-from a3s_gateway.server.workers import Fleet, Supervisor
-from tests.server.test_workers import Answer, FakeSpawner, state_of, supervise
+from a3s_gateway.supervisor.workers import Fleet, Supervisor
+from tests.supervisor.test_workers import Answer, FakeSpawner, state_of, supervise
 from tests.support.gateway import free_port, load
 
 LOCAL = ipaddress.ip_address("127.0.0.1")

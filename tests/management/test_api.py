@@ -19,17 +19,11 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from a3s_gateway.app import GatewayState, HealthSnapshot, ReloadStatus
 from a3s_gateway.config.load import LoadOptions, load_text
 from a3s_gateway.config.problems import Problem
-from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.schema import Config, Management
 from a3s_gateway.config.values import IpNetwork
-from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
-from a3s_gateway.middleware.contract import RequestState
-from a3s_gateway.middleware.ratelimit import RateLimitMiddleware
-from a3s_gateway.middleware.retry import RetryMiddleware
-from a3s_gateway.observability.management_api import (
+from a3s_gateway.management.api import (
     METRICS_CONTENT_TYPE,
     AccessPolicy,
     ApiRequest,
@@ -40,6 +34,12 @@ from a3s_gateway.observability.management_api import (
     ReloadReport,
     handle,
 )
+from a3s_gateway.middleware.breaker import CircuitBreakerMiddleware
+from a3s_gateway.middleware.contract import RequestState
+from a3s_gateway.middleware.ratelimit import RateLimitMiddleware
+from a3s_gateway.middleware.retry import RetryMiddleware
+from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
+from a3s_gateway.state import GatewayState, HealthSnapshot, ReloadStatus
 
 PREFIX = "/api/gateway"
 LOCAL = ipaddress.ip_address("127.0.0.1")

@@ -2,7 +2,7 @@
 
 Ring 1 (trio, sockets, processes) with a Ring-0 core: ``restart_delay`` and ``after_crash`` are
 plain functions of ``now``. One supervisor process serves no traffic; it starts N worker
-processes with the ``spawn`` start method (``server/worker_main.py``), each of which serves the
+processes with the ``spawn`` start method (``supervisor/worker_main.py``), each of which serves the
 config the supervisor hands it and binds every entrypoint with ``SO_REUSEPORT``, so the kernel
 spreads new connections over the workers.
 
@@ -40,13 +40,13 @@ start-up (config or bind error), the others are stopped and the supervisor exits
 
 Management API and metrics (SPEC §13.4, §9.6): the supervisor binds the ``management``
 listener (workers run ``Gateway(management=False)``) and serves it with
-``server/supervisor_view.py``, which asks the ready workers over the control channel for
+``management/fleet.py``, which asks the ready workers over the control channel for
 metrics snapshots, state reports and documents (``Supervisor.query``) and merges them. The
 Fleet compiles each validated config once (``compile_runtime``, with outbound clients that are
 never started): a config the workers could not compile is rejected before any SIGHUP, and the
 API reads routes from it.
 
-Control channel (``server/worker_main.py`` has the messages): one task per worker slot reads
+Control channel (``supervisor/worker_main.py`` has the messages): one task per worker slot reads
 its channel — ``Ready`` and replies alike — so nothing else ever calls ``receive``; the slot's
 feeder (``Apply``) and the queries write to it, one at a time (``ProcessWorker.send``). Each query
 carries an id, unique per channel; ``_Link`` keeps the queries awaiting a reply by id and the
@@ -95,19 +95,19 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 import msgspec
 import trio
 
-from a3s_gateway.app import GatewayState, ReloadStatus
 from a3s_gateway.config.load import LoadOptions, load
 from a3s_gateway.config.overrides import apply_listen_override
-from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import ReloadError, StartError
+from a3s_gateway.management.fleet import FleetApi, FleetManagementServer
+from a3s_gateway.management.server import open_management_listener
 from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
 from a3s_gateway.providers import Reloader
-from a3s_gateway.server.management import open_management_listener
+from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.server.outbound_clients import Outbound
-from a3s_gateway.server.supervisor_view import FleetApi, FleetManagementServer
-from a3s_gateway.server.worker_main import (
+from a3s_gateway.state import GatewayState, ReloadStatus
+from a3s_gateway.supervisor.worker_main import (
     Apply,
     DocumentsReply,
     MetricsReply,
@@ -126,11 +126,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from multiprocessing.context import SpawnContext
 
-    from a3s_gateway.config.runtime import RuntimeConfig
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
     from a3s_gateway.middleware.outbound import MiddlewareDeps
-    from a3s_gateway.server.worker_main import QueryKind
+    from a3s_gateway.runtime.compile import RuntimeConfig
+    from a3s_gateway.supervisor.worker_main import QueryKind
 
 __all__ = [
     "Answers",
@@ -322,7 +322,7 @@ class Supervisor:
     def state(self) -> GatewayState:
         """``starting`` until every worker has been ready once, ``running``, then ``stopping``
         from the first stop signal (a worker missing later does not change it: ``/ready``
-        and ``/health`` report that, ``server/supervisor_view.py``)."""
+        and ``/health`` report that, ``management/fleet.py``)."""
         if self._stopping.is_set():
             return GatewayState.STOPPING
         if not self._all_ready.is_set():

@@ -23,18 +23,18 @@ import trio
 import trio.testing
 import trustme
 
-from a3s_gateway.app import GatewayState, HealthSnapshot
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.config.runtime import RuntimeConfig, compile_runtime
 from a3s_gateway.config.schema import Config, Management, ManagementTls
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import ReloadError, StartError
-from a3s_gateway.observability.management_api import ListenerInfo, ReloadOutcome
-from a3s_gateway.server.management import (
+from a3s_gateway.management.api import ListenerInfo, ReloadOutcome
+from a3s_gateway.management.server import (
     ManagementServer,
     ServerLimits,
     open_management_listener,
 )
+from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
+from a3s_gateway.state import GatewayState, HealthSnapshot
 from tests.support.gateway import LOCAL, RawClient, curl, curl_lines
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@
 Ring 0: pure functions over a read-only view of the running gateway (``GatewayView``); no trio,
 sockets, TLS or clocks (the caller passes ``Clock``: trio's clock and the Unix time read at the
 same moment, to turn the gateway's trio-clock instants into timestamps). The Ring 1 shell
-(``server/management.py``) owns the listener, speaks HTTP/1.1, reads the token variable and
+(``management/server.py``) owns the listener, speaks HTTP/1.1, reads the token variable and
 hands each request head here as an ``ApiRequest``; ``handle`` returns an ``ApiResponse`` whose
 headers and body are final (a HEAD answer carries the GET answer's ``Content-Length`` and no
 body).
@@ -44,14 +44,14 @@ if TYPE_CHECKING:
     import ipaddress
     from collections.abc import Sequence
 
-    from a3s_gateway.app import GatewayState, HealthSnapshot
     from a3s_gateway.config.redaction import Redactor
-    from a3s_gateway.config.runtime import RuntimeConfig, ServiceRuntime
     from a3s_gateway.config.schema import Config, Management
     from a3s_gateway.middleware.contract import Middleware
     from a3s_gateway.routing.request import PeerAddress
     from a3s_gateway.routing.table import Route
+    from a3s_gateway.runtime.compile import RuntimeConfig, ServiceRuntime
     from a3s_gateway.services.backend import Backend
+    from a3s_gateway.state import GatewayState, HealthSnapshot
 
 __all__ = [
     "METRICS_CONTENT_TYPE",
@@ -169,7 +169,7 @@ class ReloadOutcome:
 
 class GatewayView(Protocol):
     """What the management API reads from a running gateway (``GatewayAdapter`` in
-    ``server/management.py`` implements it over ``a3s_gateway.app.Gateway``)."""
+    ``management/server.py`` implements it over ``a3s_gateway.app.Gateway``)."""
 
     @property
     def version(self) -> str:

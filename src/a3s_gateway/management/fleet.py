@@ -1,9 +1,9 @@
 """The multi-worker supervisor's management API (SPEC §13.4, §9.6): one listener for N workers.
 
 Ring 1 (trio). ``run --workers N`` binds the ``management`` listener in the supervisor
-(``server/workers.py``; each worker runs ``Gateway(management=False)``) and serves it with
+(``supervisor/workers.py``; each worker runs ``Gateway(management=False)``) and serves it with
 ``FleetManagementServer``: the HTTP/1.1 shell, limits, TLS and endpoint logic are those of the
-single-process gateway (``server/management.py``, ``observability/management_api.py``); what
+single-process gateway (``management/server.py``, ``management/api.py``); what
 differs is where the answers come from. For every request the server builds a fresh
 ``FleetView`` (the ``GatewayView`` of the fleet), asking the workers over the control channel
 only for what the endpoint shows (``Supervisor.query``, each worker bounded by
@@ -29,7 +29,7 @@ only for what the endpoint shows (``Supervisor.query``, each worker bounded by
   and start time are the supervisor's), and three families of the fleet: ``a3s_workers_ready``,
   ``a3s_worker_restarts_total`` and ``a3s_worker_query_failures_total{query}``.
 - ``/config``: the supervisor's validated config, redacted: the current generation, which is
-  what the supervisor hands every worker (``server/workers.py``).
+  what the supervisor hands every worker (``supervisor/workers.py``).
 - ``/routes`` (and ``/routes/{name}``): the supervisor's own compiled ``RuntimeConfig``
   (``Fleet.runtime``): routes are a function of the config alone, identical in every worker of
   the generation, so no worker is asked. The same runtime decides 404 for an unknown route or
@@ -60,7 +60,7 @@ per request, bounded by the server's 64 connections).
 
 Nurseries: none of its own (``Supervisor.query`` opens one per query; the server's are the
 base class's). Deadlines: ``QUERY_TIMEOUT`` per worker per request. Must not: serve traffic,
-bind sockets (``server/workers.py`` binds the listener), or block on a worker.
+bind sockets (``supervisor/workers.py`` binds the listener), or block on a worker.
 """
 
 from __future__ import annotations
@@ -74,10 +74,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from a3s_gateway.app import GatewayState, HealthSnapshot
 from a3s_gateway.errors import ReloadError
-from a3s_gateway.observability.gateway_metrics import GatewayMetrics
-from a3s_gateway.observability.management_api import (
+from a3s_gateway.management.api import (
     OPEN_ENDPOINTS,
     AccessPolicy,
     ApiRequest,
@@ -90,22 +88,24 @@ from a3s_gateway.observability.management_api import (
     json_response,
     request_path,
 )
+from a3s_gateway.management.server import ManagementServer, ServerLimits
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.observability.metrics import GaugeKind, Registry, merge, monotonic_part
-from a3s_gateway.server.management import ManagementServer, ServerLimits
 from a3s_gateway.server.process_metrics import read_process
-from a3s_gateway.server.worker_main import DocumentsReply, MetricsReply, StateReply
+from a3s_gateway.state import GatewayState, HealthSnapshot
+from a3s_gateway.supervisor.worker_main import DocumentsReply, MetricsReply, StateReply
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from a3s_gateway.config.runtime import RuntimeConfig
     from a3s_gateway.config.schema import Config, Management
-    from a3s_gateway.observability.management_api import ReloadReport
+    from a3s_gateway.management.api import ReloadReport
     from a3s_gateway.observability.process import ProcessSample
     from a3s_gateway.providers import Reloader
-    from a3s_gateway.server.worker_main import QueryKind
-    from a3s_gateway.server.workers import Fleet, Supervisor
+    from a3s_gateway.runtime.compile import RuntimeConfig
+    from a3s_gateway.supervisor.worker_main import QueryKind
+    from a3s_gateway.supervisor.workers import Fleet, Supervisor
 
 __all__ = [
     "QUERY_TIMEOUT",

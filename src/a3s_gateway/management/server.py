@@ -1,6 +1,6 @@
 """The management API listener (SPEC §9.6, §3.13): a small, bounded HTTP/1.1 server (trio + h11).
 
-Ring 1. The endpoint logic is ``observability/management_api.py`` (Ring 0); this module owns the
+Ring 1. The endpoint logic is ``management/api.py`` (Ring 0); this module owns the
 socket, TLS, the HTTP/1.1 exchange and the token variable, and adapts ``a3s_gateway.app.Gateway``
 to the API's ``GatewayView`` (``GatewayAdapter``).
 
@@ -43,7 +43,7 @@ import h11
 import trio
 
 from a3s_gateway.errors import ReloadError, StartError
-from a3s_gateway.observability.management_api import (
+from a3s_gateway.management.api import (
     AccessPolicy,
     ApiRequest,
     ApiResponse,
@@ -59,12 +59,13 @@ from a3s_gateway.version import __version__
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from a3s_gateway.app import Gateway, GatewayState, HealthSnapshot
-    from a3s_gateway.config.runtime import RuntimeConfig
+    from a3s_gateway.app import Gateway
     from a3s_gateway.config.schema import Config, Management, ManagementTls
     from a3s_gateway.config.schema_entrypoints import Entrypoint
-    from a3s_gateway.observability.management_api import GatewayView, ReloadReport
+    from a3s_gateway.management.api import GatewayView, ReloadReport
     from a3s_gateway.routing.request import PeerAddress
+    from a3s_gateway.runtime.compile import RuntimeConfig
+    from a3s_gateway.state import GatewayState, HealthSnapshot
 
 __all__ = [
     "GatewayAdapter",
