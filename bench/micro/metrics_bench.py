@@ -23,9 +23,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway import load_config_text
-from a3s_gateway.config.runtime import compile_runtime
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.observability.record import ExchangeRecord
+from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.upstream.pool_state import PeerStats
 
 from .config_parse import config_text
