@@ -1,6 +1,11 @@
-"""Configuration: HCL loading, interpolation, the schema, semantic checks (SPEC §3).
+"""Configuration: HCL text to a validated ``Config`` (SPEC §3): the HCL reader and its
+positions (``hcl*.py``), interpolation, the msgspec schema (``schema*.py``), value types,
+conversion with every problem reported, the semantic checks (``semantic*.py``) and the loader
+pipeline (``load.py``).
 
-Ring 0. The pure helpers of SPEC §2.8 are re-exported here.
+Ring 0, and the floor of the tree: it imports only itself, ``errors``, ``version`` and
+``routing`` (the semantic checks compile each rule to report its column), never the runtime
+compiler that reads it (``runtime/``). The pure helpers of SPEC §2.8 are re-exported here.
 """
 
 from __future__ import annotations

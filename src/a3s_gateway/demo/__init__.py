@@ -2,12 +2,13 @@
 on the packaged ``demo.hcl``, in one process.
 
 - ``demo.exchange``: the h11 server side shared by the backends (Ring 1);
-- ``demo.echo``, ``demo.stream``: the HTTP echo service and the SSE/WebSocket service (Ring 1);
+- ``demo.echo``, ``demo.streaming_backend``: the HTTP echo service and the SSE/WebSocket
+  service (Ring 1);
 - ``demo.backends``: starts ``echo-a``, ``echo-b`` and ``stream`` on free loopback ports;
 - ``demo.run``: ``run_demo`` / ``Demo``, which load ``demo.hcl`` with those ports and run
   ``Gateway`` (Ring 2, like ``app.py``; no signal handlers, no logging setup).
 
-Nothing here is used by the gateway itself.
+Nothing here is used by the gateway itself; nothing outside ``cli.py`` imports it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,13 @@
-"""Middlewares (SPEC §8): the per-request pipeline (``phases.py``), the contract
-(``base.py``) and one module per family of types. Ring 0: no IO outside the clients a
-middleware owns, time only through a ``now`` argument."""
+"""Middlewares (SPEC §8): the per-request pipeline (``phases.py`` compiles the chains), the
+contract a middleware implements (``contract.py``), the seams to the outside world
+(``outbound.py``: HTTP and Redis callers, handed in as ``MiddlewareDeps``) and one module per
+family of types.
+
+Ring 0: no I/O except through the ``outbound.py`` seams, time only through a ``now`` argument
+or the injected clock. May import ``config`` (the blocks it is built from), ``protocols``
+(header rules), ``routing`` (request views) and ``observability`` formatters; never ``server``,
+``upstream`` or trio.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """Backend selection (SPEC §7): backends, in-flight leases and the load-balancing strategies.
 
-Ring 0 for everything exported here: pure decisions over injected state, randomness and time
-(balancers, active-health thresholds, passive outlier ejection, sticky cookies).
-Must not: import trio, socket, ssl or time (the Ring 1 health prober lives in ``checker.py``).
+Ring 0 for everything here: pure decisions over injected state, randomness and time
+(balancers, active-health thresholds, passive outlier ejection, sticky cookies, mirror
+sampling). The Ring 1 prober that drives the active-health thresholds lives in ``probes/``.
+Must not: import trio, socket, ssl, time or logging; may import ``config`` values and
+``upstream.peer``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Ring 1. ``handle_request`` (``handle.py``) is the entry point every connection d
 per request with its ``Downstream`` (``server/downstream.py``); the stages are ``prepare.py``,
 ``middlewares.py``, ``dispatch.py`` (with ``retrying.py`` and ``mirror.py``), ``attempt.py``
 and ``relay.py`` (one attempt, over the ``Upstream`` seam of ``upstream/seam.py``) and
-``record.py``. ``send_generated`` (``answer.py``) is how a driver answers a request it refuses
+``recording.py``. ``send_generated`` (``answer.py``) is how a driver answers a request it refuses
 itself.
 
 Modules outside this package import only what is re-exported here; modules inside import
