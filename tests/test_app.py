@@ -14,6 +14,7 @@ from a3s_gateway import (
     Gateway,
     GatewayError,
     GatewayState,
+    ReloadError,
     StartError,
     load_config_text,
 )
@@ -155,3 +156,29 @@ async def test_a_reload_names_the_settings_it_cannot_apply() -> None:
     assert "observability.metrics_enabled" in message
     assert "observability.access_log_enabled" in message
     assert "restart" in message
+
+
+async def test_a_reload_starts_accept_loops_for_a_new_entrypoint_and_a_stopped_one_refuses() -> (
+    None
+):
+    """The reload reaches the acceptor and handler nurseries through the serving handle: the new
+    entrypoint's socket accepts; once the gateway has stopped, there is no handle and a reload
+    is refused."""
+    gateway = Gateway(base_config())
+    wider = load_config_text(
+        BASE + 'entrypoints "extra" {\n  address = "127.0.0.1:0"\n}\n', filename="new.hcl"
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        assert await gateway.reload(wider) == 2
+        [(host, port)] = gateway.addresses()["extra"]
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(host, port)
+            await stream.send_all(b"GET /api HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            reply = await stream.receive_some()
+            await stream.aclose()
+        assert reply.startswith(b"HTTP/1.1 ")  # served (502: no backend listens on 8001)
+        await gateway.shutdown()
+    with pytest.raises(ReloadError, match="stopped"):
+        await gateway.reload(base_config())
+    assert gateway.health().config_generation == 2

@@ -28,6 +28,15 @@ An AST walk over every module, no import of the code under test. Rules:
    module names it.
 7. **``config/`` is the floor**: it imports only itself, ``errors``, ``version`` and
    ``routing`` (even for types), never the runtime compiler that reads it (issue #16).
+8. **Ring 0 has no side effects of its own** (issue #16 item 2): no Ring 0 module imports
+   ``logging``, ``os`` (the environment), ``shutil``, ``subprocess`` or ``tempfile`` at runtime,
+   nor calls ``open``, ``print`` or a file method (``.open``, ``.read_text``, ``.read_bytes``,
+   ``.write_text``, ``.write_bytes``). Files are read, the environment is read and log lines
+   are written by the shell, which hands the core what it read (``MiddlewareDeps.read_file``,
+   ``config/load.py`` → ``config/assemble.py``) or takes the core's events
+   (``MiddlewareDeps.warn``). What must stay is listed in ``ALLOWED_RING0_EFFECTS`` with its
+   reason. The check is direct (rule 3 already keeps Ring 0 from importing the shell); it reads
+   method calls by name, so a pure method named ``open`` would need an entry.
 
 A failure prints the offending chain or cycle, module by module.
 """
@@ -43,6 +52,11 @@ from typing import Final
 ROOT: Final = "a3s_gateway"
 SRC: Final = Path(__file__).resolve().parents[1] / "src"
 FORBIDDEN: Final = frozenset({"trio", "socket", "ssl", "time"})
+#: Standard modules whose use is a side effect the shell owns (rule 8).
+EFFECT_MODULES: Final = frozenset({"logging", "os", "shutil", "subprocess", "tempfile"})
+#: Builtins and method names that read or write files or the terminal (rule 8).
+EFFECT_CALLS: Final = frozenset({"open", "print"})
+EFFECT_METHODS: Final = frozenset({"open", "read_text", "read_bytes", "write_text", "write_bytes"})
 
 #: Ring by module-name prefix (``.`` ends a package prefix); the longest match wins.
 RINGS: Final[dict[str, int]] = {
@@ -51,6 +65,9 @@ RINGS: Final[dict[str, int]] = {
     "a3s_gateway.version": 0,
     "a3s_gateway.state": 0,
     "a3s_gateway.config": 0,
+    # The config loader reads the files and os.environ and hands them to config/assemble.py;
+    # only the facade, cli, preflight, providers, supervisor and demo import it (rule 3).
+    "a3s_gateway.config.load": 1,
     "a3s_gateway.routing": 0,
     "a3s_gateway.protocols": 0,
     "a3s_gateway.services": 0,
@@ -82,6 +99,16 @@ RINGS: Final[dict[str, int]] = {
 
 #: Import edges a Ring 0 module may follow although they lead to trio (rule 2), and why.
 ALLOWED_RING0_EDGES: Final[dict[tuple[str, str], str]] = {}
+
+#: Side effects a Ring 0 module may keep (rule 8): (module, what) → why.
+ALLOWED_RING0_EFFECTS: Final[dict[tuple[str, str], str]] = {
+    ("a3s_gateway.observability.applog", "logging"): (
+        "the application log's formatters (a logging.Formatter subclass and the text format) "
+        "and install(), which the CLI and each worker call once at start to put them on "
+        "stderr; it formats records and emits none. install() belongs to the shell: moving "
+        "it out of observability/ would retire this entry"
+    ),
+}
 
 #: ``TYPE_CHECKING`` edges allowed to close a cycle in ``server/`` (rule 5), and why.
 ALLOWED_TYPE_CYCLE_EDGES: Final[dict[tuple[str, str], str]] = {}
@@ -125,6 +152,11 @@ def imports_of(name: str) -> list[Import]:
     """The import targets of module ``name`` (relative imports resolved)."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return imports_in(ast.parse(path.read_text(encoding="utf-8")), package)
+
+
+def imports_in(tree: ast.Module, package: str) -> list[Import]:
+    """The import targets of the module ``tree`` inside ``package``."""
     found: list[Import] = []
 
     def visit(node: ast.AST, kind: str) -> None:
@@ -153,7 +185,7 @@ def imports_of(name: str) -> list[Import]:
                 found.append(Import(sub if sub in MODULES else base, kind, node.lineno))
         visit(node, kind)
 
-    visit(ast.parse(path.read_text(encoding="utf-8")), "module")
+    visit(tree, "module")
     return found
 
 
@@ -337,6 +369,92 @@ def test_config_is_the_floor() -> None:
         )
     )
     assert wrong == [], f"config/ reaches above itself: {wrong}"
+
+
+def effects_in(tree: ast.Module, imports: list[Import]) -> list[tuple[str, int]]:
+    """Rule 8's findings in one module: (what, line) for each runtime import of an effect
+    module (``what`` is the module) and each call of an effect builtin or file method."""
+    found = [
+        (top, imported.line)
+        for imported in imports
+        if imported.kind != "typing" and (top := imported.target.split(".")[0]) in EFFECT_MODULES
+    ]
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        called = node.func
+        if isinstance(called, ast.Name) and called.id in EFFECT_CALLS:
+            found.append((called.id, node.lineno))
+        elif isinstance(called, ast.Attribute) and called.attr in EFFECT_METHODS:
+            found.append((f".{called.attr}", node.lineno))
+    return found
+
+
+def effects_of(name: str) -> list[tuple[str, int]]:
+    """Rule 8's findings in module ``name``."""
+    return effects_in(ast.parse(MODULES[name].read_text(encoding="utf-8")), IMPORTS[name])
+
+
+def test_ring0_reads_no_file_or_environment_and_writes_no_log() -> None:
+    failures = [
+        f"{name}:{line} uses {what}"
+        for name in sorted(MODULES)
+        if ring(name) == 0
+        for what, line in effects_of(name)
+        if (name, what) not in ALLOWED_RING0_EFFECTS
+    ]
+    assert not failures, "Ring 0 side effects (hand them to the shell):\n" + "\n".join(failures)
+
+
+def test_the_allowed_ring0_effects_still_exist() -> None:
+    """An allowed effect that is gone, or whose module left Ring 0, is removed from the list."""
+    stale = [
+        (name, what)
+        for name, what in ALLOWED_RING0_EFFECTS
+        if name not in MODULES
+        or ring(name) != 0
+        or what not in {found for found, _ in effects_of(name)}
+    ]
+    assert not stale, f"remove these from ALLOWED_RING0_EFFECTS: {stale}"
+
+
+#: A made-up Ring 0 module with one of each effect of rule 8, and an import for types only.
+PLANTED: Final = """
+import logging
+from os import environ
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import shutil
+
+def settings(path):
+    import subprocess
+    print("reading", path)
+    with open(path) as handle:
+        handle.read()
+    return Path(path).read_text(), key.read_bytes(), environ
+"""
+
+
+def test_the_effect_check_sees_a_planted_violation() -> None:
+    tree = ast.parse(PLANTED)
+    found = effects_in(tree, imports_in(tree, f"{ROOT}.config"))
+    assert sorted(found) == sorted(
+        [
+            ("logging", 2),
+            ("os", 3),
+            ("subprocess", 10),
+            ("print", 11),
+            ("open", 12),
+            (".read_text", 14),
+            (".read_bytes", 14),
+        ]
+    )
+    # The real tree: the loader and the shell's reader are seen (they are Ring 1, so allowed).
+    assert {"os", "open"} <= {what for what, _ in effects_of(f"{ROOT}.config.load")}
+    assert ring(f"{ROOT}.config.load") == 1
+    assert ring(f"{ROOT}.config.assemble") == 0
+    assert "open" in {what for what, _ in effects_of(f"{ROOT}.server.outbound_clients")}
 
 
 def test_the_checks_see_what_they_should() -> None:

@@ -26,6 +26,7 @@ from a3s_gateway.middleware.jwt import (
     EXPIRED,
     ISSUER_MISMATCH,
     MALFORMED,
+    MAX_KEY_FILE_BYTES,
     MISSING_EXP,
     NOT_YET_VALID,
     UNKNOWN_KEY,
@@ -36,6 +37,7 @@ from a3s_gateway.middleware.outbound import HttpReply, MiddlewareDeps, OutboundF
 from a3s_gateway.middleware.phases import compile_chains
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import GeneratedResponse
+from a3s_gateway.server.outbound_clients import read_file
 from tests.middleware.test_jwks import FakeCaller, document, ec_jwk, rsa_jwk
 
 if TYPE_CHECKING:
@@ -128,7 +130,7 @@ def bearer(token: bytes) -> tuple[bytes, bytes]:
 def middleware(now: float = NOW, **fields: object) -> JwtMiddleware:
     fields.setdefault("value", SECRET)
     block = Jwt(**fields)  # type: ignore[arg-type]  # each test passes a few valid Jwt fields
-    return JwtMiddleware.from_config("auth", block, clock=lambda: now)
+    return JwtMiddleware.from_config("auth", block, clock=lambda: now, read_file=read_file)
 
 
 def assert_missing(response: GeneratedResponse | None) -> None:
@@ -700,6 +702,40 @@ def test_jwks_url_without_an_http_client_is_a_start_error() -> None:
     block = Jwt(algorithms=("RS256",), jwks_url=JWKS_URL)
     with pytest.raises(StartError, match='jwt "auth": jwks_url needs an outbound HTTP client'):
         JwtMiddleware.from_config("auth", block, clock=lambda: NOW)
+
+
+def test_public_key_file_without_a_file_reader_is_a_start_error() -> None:
+    """The key file is read by the shell's reader (Ring 0 opens no file): none, no key."""
+    block = Jwt(algorithms=("RS256",), value=None, public_key_file="/keys/rs.pem")
+    with pytest.raises(StartError, match='jwt "auth": public_key_file needs a file reader'):
+        JwtMiddleware.from_config("auth", block, clock=lambda: NOW)
+
+
+def test_the_key_file_is_read_through_the_given_reader_with_a_bound(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    pem = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    asked: list[tuple[str, int]] = []
+
+    def reader(path: str, limit: int) -> bytes:
+        asked.append((path, limit))
+        return pem
+
+    block = Jwt(algorithms=("RS256",), value=None, public_key_file="/keys/rs.pem")
+    mw = JwtMiddleware.from_config("auth", block, clock=lambda: NOW, read_file=reader)
+    assert asked == [("/keys/rs.pem", MAX_KEY_FILE_BYTES + 1)]
+    assert mw.verify(asymmetric_token(claims(), rsa_key, "RS256"))["sub"] == "alice"
+
+
+def test_a_key_file_over_the_bound_is_a_start_error() -> None:
+    def reader(path: str, limit: int) -> bytes:
+        return b"x" * limit
+
+    block = Jwt(algorithms=("RS256",), value=None, public_key_file="/keys/big.pem")
+    with pytest.raises(StartError, match=r'public key file "/keys/big.pem" is larger than'):
+        JwtMiddleware.from_config("auth", block, clock=lambda: NOW, read_file=reader)
 
 
 def test_missing_secret_is_a_start_error() -> None:

@@ -3,6 +3,7 @@ unit tests over a fake ``RedisClient``, then the real script on a real redis-ser
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,11 +30,13 @@ from a3s_gateway.middleware.redis_ratelimit import (
     MIRROR_KEYS,
     SCRIPT,
     SCRIPT_SHA1,
+    WARNING_TOPIC,
     RedisRateLimitMiddleware,
     bucket_key,
 )
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.protocols.responses import GeneratedResponse
+from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.upstream.redis import RedisClients
 from tests.support.redis_server import RedisServer, running_redis
 
@@ -279,9 +282,9 @@ class Collected(logging.Handler):
 
 
 @pytest.fixture
-def warnings() -> Iterator[Collected]:
-    """The middleware's warnings, whatever the process' logging setup (no propagation
-    needed)."""
+def logged() -> Iterator[Collected]:
+    """What reaches the ``a3s_gateway.ratelimit`` logger, whatever the process' logging setup
+    (no propagation needed)."""
     logger = logging.getLogger("a3s_gateway.ratelimit")
     handler = Collected()
     logger.addHandler(handler)
@@ -291,19 +294,47 @@ def warnings() -> Iterator[Collected]:
         logger.removeHandler(handler)
 
 
-async def test_failures_are_logged_at_most_every_10_seconds(warnings: Collected) -> None:
+async def test_failures_are_reported_at_most_every_10_seconds() -> None:
+    reported: list[tuple[str, str]] = []
     failure = OutboundFailed("redis 127.0.0.1:6379: connect failed (refused)")
-    middleware = limiter(FakeRedis(*[failure] * 5), rate=1)
+    deps = MiddlewareDeps(
+        redis=FakeConnector(FakeRedis(*[failure] * 5)),
+        warn=lambda topic, message: reported.append((topic, message)),
+    )
+    middleware = RedisRateLimitMiddleware.from_config("limit", block(rate=1), deps)
     for now in (100.0, 105.0, 109.9, 110.0, 125.0):
         await middleware.request(make_state(now))
     assert middleware.errors == 5
-    messages = warnings.messages
-    assert len(messages) == 3  # at 100, 110 and 125
-    assert messages[0] == (
+    assert len(reported) == 3  # at 100, 110 and 125
+    assert {topic for topic, _ in reported} == {WARNING_TOPIC}
+    assert reported[0][1] == (
         'rate-limit-redis "limit": Redis failed (OutboundFailed: redis 127.0.0.1:6379: connect'
         " failed (refused)); letting requests through (1 failures so far)"
     )
-    assert messages[2].endswith("(5 failures so far)")
+    assert reported[2][1].endswith("(5 failures so far)")
+
+
+async def test_the_gateways_deps_log_the_warning_on_the_ratelimit_logger(
+    logged: Collected,
+) -> None:
+    """The shell's sink (``Outbound.deps().warn``) writes the line users see, as it is (a ``%``
+    in an error text is not a format directive)."""
+    failure = OutboundFailed("redis 127.0.0.1:6379: 100% refused")
+    deps = dataclasses.replace(Outbound().deps(), redis=FakeConnector(FakeRedis(failure)))
+    middleware = RedisRateLimitMiddleware.from_config("limit", block(rate=1), deps)
+    await middleware.request(make_state(100.0))
+    assert logged.messages == [
+        'rate-limit-redis "limit": Redis failed (OutboundFailed: redis 127.0.0.1:6379: 100%'
+        " refused); letting requests through (1 failures so far)"
+    ]
+
+
+async def test_without_a_sink_the_warnings_go_nowhere(logged: Collected) -> None:
+    middleware = limiter(FakeRedis(OutboundFailed("down")), rate=1, fail_open=False)
+    response = await middleware.request(make_state(100.0))
+    assert response is not None
+    assert response.head.status == 503
+    assert logged.messages == []
 
 
 # --------------------------------------------------------------------------- response side

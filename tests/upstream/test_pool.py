@@ -439,3 +439,42 @@ async def test_cancelling_run_shuts_the_pool_down() -> None:
     await assert_closed(dialer.remote[0])
     with pytest.raises(PoolClosed):
         await pool.acquire(PEER, DEFAULT)
+
+
+# --- closes that need an await (no nursery attribute: a queue served in run's nursery) ---
+
+
+async def test_a_stream_without_a_synchronous_close_is_closed_by_run(
+    nursery: trio.Nursery,
+) -> None:
+    dialer = FakeDialer()
+    pool = await started(nursery, dialer)
+    conn = await pool.acquire(PEER, DEFAULT)
+    assert conn.close_nowait() is False  # a memory stream: closing it needs an await
+    pool.release(conn, reusable=False)
+    await assert_closed(dialer.remote[0])
+    assert pool.stats(PEER).total == 0
+
+
+async def test_a_close_queued_before_run_starts_waits_for_it() -> None:
+    dialer = FakeDialer()
+    pool = UpstreamPool(dialer=dialer)
+    conn = await pool.acquire(PEER, DEFAULT)
+    pool.release(conn, reusable=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        await assert_closed(dialer.remote[0])
+        await pool.aclose()
+
+
+async def test_after_run_ended_a_slow_stream_is_dropped_without_error() -> None:
+    dialer = FakeDialer()
+    pool = UpstreamPool(dialer=dialer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        conn = await pool.acquire(PEER, DEFAULT)
+        await pool.aclose()
+    pool.release(conn, reusable=True)  # run is over: the queue is closed, nothing raises
+    assert pool.stats(PEER).total == 0
+    async with trio.open_nursery() as nursery:  # run may start again and ends at once
+        await nursery.start(pool.run)

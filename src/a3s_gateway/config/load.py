@@ -1,109 +1,72 @@
-"""The config loading pipeline (SPEC §3.1, §3.5): files → HCL → merge → interpolate → schema →
-semantic checks → settings not available yet, collecting every problem.
+"""Loading a config from its files and the environment (SPEC §3.1, §3.5): read the main file,
+find and read the conf.d files, take ``os.environ`` unless an environment is given, and hand
+all of it to the pure pipeline (``config/assemble.py``).
 
-Ring 0 apart from reading the config files themselves: no trio, sockets, TLS or clock. The
-environment checks of SPEC §3.1 step 6 (certificate files and keys) live in
-``a3s_gateway.preflight`` because they need ``ssl``. Must not: raise for a bad config (it returns
-problems; ``load_config`` turns them into one ``ConfigError``), log secrets, or return a
-problem that quotes an interpolated value (they all pass through ``LoadResult.redactor``).
+Ring 1 (the shell's reading; no trio, sockets, TLS or clock): the one module under
+``config/`` that opens files and reads the environment, so the rest of the package stays
+Ring 0. No Ring 0 module imports it; the facade (``load_config``), the CLI, ``preflight``, the
+reload candidate, the supervisor and the demo do. ``load_text`` and ``load_config_text`` are
+here too, because they default the environment to ``os.environ``. The environment checks of
+SPEC §3.1 step 6 (certificate files and keys) live in ``a3s_gateway.preflight`` because they
+need ``ssl``. Must not: raise for a bad config (it returns problems; ``load_config`` turns them
+into one ``ConfigError``), or log.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import TYPE_CHECKING, Final
 
-from a3s_gateway.config.availability import check_availability
-from a3s_gateway.config.convert import convert_config
+from a3s_gateway.config.assemble import LoadOptions, LoadResult, assemble, conf_d_directory
 from a3s_gateway.config.hcl import ParsedFile, parse_hcl
-from a3s_gateway.config.interpolate import interpolate_tree
-from a3s_gateway.config.problems import (
-    Path,
-    Problem,
-    SourceMap,
-    format_path,
-    make_problem,
-    sort_problems,
-)
-from a3s_gateway.config.redaction import Redactor, Spot
-from a3s_gateway.config.schema import LABELLED_SECTIONS, remember_secrets
-from a3s_gateway.config.semantic import SemanticContext, check_semantics
+from a3s_gateway.config.problems import Problem, SourceMap
 from a3s_gateway.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from a3s_gateway.config.interpolate import InterpolationResult
     from a3s_gateway.config.schema import Config
 
+__all__ = [
+    "MAX_FILE_BYTES",
+    "LoadOptions",
+    "LoadResult",
+    "conf_d_files",
+    "load",
+    "load_config",
+    "load_config_text",
+    "load_text",
+]
+
 MAX_FILE_BYTES: Final = 16 * 1024 * 1024
-MAIN_FILE_ONLY: Final = frozenset(
-    {
-        "providers",
-        "management",
-        "observability",
-        "shutdown_timeout_secs",
-        "public_env",
-        "http1_parser",
-    }
-)
-#: A variable name that says its value is a secret: listing it in ``public_env`` is warned of.
-_SECRET_NAME: Final = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadResult:
-    """What loading produced: the config if there was no error, and every problem found."""
-
-    config: Config | None
-    problems: tuple[Problem, ...]
-    sources: SourceMap
-    main_file: str
-    files: tuple[str, ...]
-    #: The converted config even when errors were found (offending parts removed), so that
-    #: environment checks can still run and report alongside; ``None`` if nothing converted.
-    partial: Config | None = None
-    #: Hides the interpolated values (SPEC §14.4); ``problems`` went through it already, later
-    #: problems about this config (``preflight``) must too.
-    redactor: Redactor = field(default_factory=Redactor)
-
-    @property
-    def errors(self) -> tuple[Problem, ...]:
-        """The problems of severity ``error``."""
-        return tuple(p for p in self.problems if p.severity == "error")
-
-    @property
-    def warnings(self) -> tuple[Problem, ...]:
-        """The problems of severity ``warning``."""
-        return tuple(p for p in self.problems if p.severity == "warning")
-
-
-@dataclass(frozen=True, slots=True)
-class LoadOptions:
-    """Knobs that change which checks apply (SPEC §2.1, §3.15)."""
-
-    workers: int = 1
-    #: Refuse settings whose feature has not landed yet (``config/availability.py``). Only the
-    #: tests of the schema and semantic rules of those features turn this off.
-    refuse_unavailable: bool = True
+_DEFAULT_OPTIONS: Final = LoadOptions()
 
 
 def load(
     path: str | os.PathLike[str],
     *,
     env: Mapping[str, str] | None = None,
-    options: LoadOptions = LoadOptions(),
+    options: LoadOptions = _DEFAULT_OPTIONS,
 ) -> LoadResult:
-    """Load a config file and its conf.d directory. Never raises for a bad config."""
+    """Load a config file and its conf.d directory (``env``: ``os.environ`` if not given).
+    Never raises for a bad config."""
     main_file = os.fspath(path)
     text, problem = _read(main_file)
     if text is None:
         assert problem is not None
         return LoadResult(None, (problem,), SourceMap(), main_file, (main_file,))
-    return _load_parsed(main_file, parse_hcl(text, filename=main_file), env, options, base=True)
+    environment = os.environ if env is None else env
+    main = parse_hcl(text, filename=main_file)
+    conf_d, conf_d_problems = _conf_d(main_file, conf_d_directory(main.data, environment))
+    return assemble(
+        main_file,
+        main,
+        environment,
+        options,
+        conf_d=conf_d,
+        conf_d_problems=conf_d_problems,
+    )
 
 
 def load_text(
@@ -111,10 +74,12 @@ def load_text(
     *,
     filename: str = "<string>",
     env: Mapping[str, str] | None = None,
-    options: LoadOptions = LoadOptions(),
+    options: LoadOptions = _DEFAULT_OPTIONS,
 ) -> LoadResult:
-    """Load a config from a string (no conf.d). Never raises for a bad config."""
-    return _load_parsed(filename, parse_hcl(text, filename=filename), env, options, base=False)
+    """Load a config from a string (no conf.d; ``env``: ``os.environ`` if not given). Never
+    raises for a bad config."""
+    environment = os.environ if env is None else env
+    return assemble(filename, parse_hcl(text, filename=filename), environment, options)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
@@ -162,128 +127,27 @@ def _read(file: str) -> tuple[str | None, Problem | None]:
         return fail(f"config file is not valid UTF-8 (byte {error.start})")
 
 
-def _load_parsed(
-    main_file: str,
-    main: ParsedFile,
-    env: Mapping[str, str] | None,
-    options: LoadOptions,
-    *,
-    base: bool,
-) -> LoadResult:
-    environment = os.environ if env is None else env
-    sources = SourceMap()
-    sources.update(main.sources)
-    problems = list(main.problems)
-    files = [main_file]
-    data = dict(main.data)
-    if base:
-        for extra in _conf_d(main_file, data, environment, problems):
-            files.append(extra[0])
-            _merge(data, extra[0], extra[1], sources, problems)
-    # Names, never interpolated: "${X}" there is refused by the schema, not expanded.
-    public_env = data.pop("public_env", None)
-    public = _public_names(public_env, sources, main_file, problems)
-    interpolated = interpolate_tree(data, environment, public=public)
-    for error_path, message in interpolated.errors:
-        problems.append(make_problem("error", error_path, message, sources, default_file=main_file))
-    tree = _without_nulls(interpolated.data)
-    assert isinstance(tree, dict)
-    if public_env is not None:
-        tree["public_env"] = public_env
-    converted = convert_config(
-        tree,
-        sources,
-        default_file=main_file,
-        whole=interpolated.whole,
-        reported=frozenset(path for path, _ in interpolated.errors),
-    )
-    problems.extend(converted.problems)
-    if converted.config is not None and main.ok:
-        context = SemanticContext(
-            sources=sources,
-            default_file=main_file,
-            broken=frozenset(converted.broken),
-            workers=options.workers,
-            admin_token_set=_admin_token_set(converted.config, environment),
-        )
-        # A field an earlier stage rejected was removed; what semantic checks then say about
-        # it (e.g. "required") is an echo of that problem, not a new one.
-        rejected = {p.path for p in problems if p.severity == "error"}
-        semantic = check_semantics(converted.config, context)
-        if options.refuse_unavailable:
-            semantic += check_availability(converted.config, sources, default_file=main_file)
-        problems.extend(p for p in semantic if p.path not in rejected)
-    redactor = _redactor(interpolated, frozenset(converted.coerced))
-    # Redacted first: two problems that differ only in a secret are then reported once.
-    ordered = sort_problems(list(redactor.problems(problems)))
-    failed = not main.ok or any(p.severity == "error" for p in ordered)
-    config = None if failed else converted.config
-    if converted.config is not None:
-        remember_secrets(converted.config, redactor.secrets)
-    return LoadResult(config, ordered, sources, main_file, tuple(files), converted.config, redactor)
-
-
-def _redactor(interpolated: InterpolationResult, coerced: frozenset[Path]) -> Redactor:
-    """What hides the interpolated values (SPEC §14.4): every secret ``interpolate_tree``
-    noted, except whole ``${VAR}`` strings that became a number or bool."""
-    return Redactor(
-        interpolated.secrets(besides=coerced),
-        (
-            Spot(format_path(item.path), item.shown)
-            for item in interpolated.substituted
-            if item.path not in coerced
-        ),
-    )
-
-
-def _public_names(
-    listed: object, sources: SourceMap, main_file: str, problems: list[Problem]
-) -> frozenset[str]:
-    """The names in ``public_env`` (the schema checks its shape), warning of any that looks
-    like a secret's."""
-    if not isinstance(listed, list | tuple):
-        return frozenset()
-    names = [name if isinstance(name, str) else "" for name in listed]
-    for index, name in enumerate(names):
-        if _SECRET_NAME.search(name):
-            problems.append(
-                make_problem(
-                    "warning",
-                    ("public_env", index),
-                    f"{name} looks like the name of a secret; as it is listed here, its "
-                    "value is shown in /config, logs and problems",
-                    sources,
-                    default_file=main_file,
-                )
-            )
-    return frozenset(name for name in names if name)
-
-
 def _conf_d(
-    main_file: str,
-    data: dict[str, object],
-    env: Mapping[str, str],
-    problems: list[Problem],
-) -> list[tuple[str, ParsedFile]]:
-    """Parse every ``*.hcl`` file under ``providers.file.directory`` (SPEC §3.5)."""
-    directory = _conf_d_directory(data, env)
+    main_file: str, directory: str | None
+) -> tuple[list[tuple[str, ParsedFile]], list[Problem]]:
+    """Every ``*.hcl`` file under ``providers.file.directory`` (SPEC §3.5), parsed, and the
+    problems met reading and parsing them, in file order."""
     if directory is None:
-        return []
+        return [], []
     root = FsPath(main_file).parent / directory
     if not root.is_dir():
-        problems.append(
-            Problem(
-                severity="warning",
-                file=main_file,
-                line=None,
-                column=None,
-                path="providers.file.directory",
-                message=f'conf.d directory "{directory}" does not exist; '
-                "the file provider watches for it to appear",
-            )
+        missing = Problem(
+            severity="warning",
+            file=main_file,
+            line=None,
+            column=None,
+            path="providers.file.directory",
+            message=f'conf.d directory "{directory}" does not exist; '
+            "the file provider watches for it to appear",
         )
-        return []
+        return [], [missing]
     parsed: list[tuple[str, ParsedFile]] = []
+    problems: list[Problem] = []
     for file in conf_d_files(root):
         text, problem = _read(os.fspath(file))
         if text is None:
@@ -293,7 +157,7 @@ def _conf_d(
         result = parse_hcl(text, filename=os.fspath(file))
         problems.extend(result.problems)
         parsed.append((os.fspath(file), result))
-    return parsed
+    return parsed, problems
 
 
 def conf_d_files(root: FsPath) -> list[FsPath]:
@@ -308,71 +172,3 @@ def conf_d_files(root: FsPath) -> list[FsPath]:
                 continue
             found.append((os.fsencode(file.relative_to(root)), file))
     return [file for _, file in sorted(found)]
-
-
-def _conf_d_directory(data: dict[str, object], env: Mapping[str, str]) -> str | None:
-    providers = data.get("providers")
-    file_block = providers.get("file") if isinstance(providers, dict) else None
-    directory = file_block.get("directory") if isinstance(file_block, dict) else None
-    if not isinstance(directory, str) or not directory:
-        return None
-    resolved = interpolate_tree(directory, env)
-    return resolved.data if isinstance(resolved.data, str) and not resolved.errors else None
-
-
-def _merge(
-    data: dict[str, object],
-    file: str,
-    parsed: ParsedFile,
-    sources: SourceMap,
-    problems: list[Problem],
-) -> None:
-    """Merge one conf.d file into the main data (SPEC §3.5)."""
-    for key, value in parsed.data.items():
-        if key in MAIN_FILE_ONLY:
-            problems.append(
-                make_problem(
-                    "error",
-                    (key,),
-                    f'"{key}" is allowed only in the main config file',
-                    parsed.sources,
-                    default_file=file,
-                )
-            )
-            continue
-        if key not in LABELLED_SECTIONS or not isinstance(value, dict):
-            data.setdefault(key, value)
-            continue
-        section = data.setdefault(key, {})
-        assert isinstance(section, dict)
-        for label, body in value.items():
-            where: Path = (key, label)
-            if label in section:
-                first = sources.get(where)
-                also = f" (also at {first.file}:{first.line})" if first is not None else ""
-                problems.append(
-                    make_problem(
-                        "error",
-                        where,
-                        f'{key} "{label}" is defined twice{also}',
-                        parsed.sources,
-                        default_file=file,
-                    )
-                )
-                continue
-            section[label] = body
-    sources.update(parsed.sources)
-
-
-def _without_nulls(node: object) -> object:
-    """``null`` means "use the default" (SPEC §3.2): drop null-valued keys, keep null items."""
-    if isinstance(node, dict):
-        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
-    if isinstance(node, list):
-        return [_without_nulls(item) for item in node]
-    return node
-
-
-def _admin_token_set(config: Config, env: Mapping[str, str]) -> bool:
-    management = config.management
-    return management is not None and bool(env.get(management.auth_token_env))

@@ -3,9 +3,10 @@
 Ring 0 on the request path: pure; no trio, sockets, TLS, logging, and no clock of its own. The
 wall-clock time that ``exp`` and ``nbf`` are compared with comes from the ``clock`` callable
 the caller passes (``RequestState.now`` is trio's monotonic clock, not Unix time; it is only
-used to pace JWKS refreshes), so PyJWT's own time checks are off. IO: ``from_config`` reads
-``public_key_file`` once, so a missing or unparseable key refuses the config with ``StartError``
-instead of failing every request; with ``jwks_url`` the keys come from a JWK Set
+used to pace JWKS refreshes), so PyJWT's own time checks are off. IO: ``from_config`` has
+``public_key_file`` read once, by the reader the caller passes (the shell's, through
+``MiddlewareDeps.read_file``), so a missing or unparseable key refuses the config with
+``StartError`` instead of failing every request; with ``jwks_url`` the keys come from a JWK Set
 (``middleware/jwks.py``) that a Ring 1 task fetches at start and every 10 minutes through the
 ``background()`` hook, never on the request path.
 
@@ -82,7 +83,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.schema_middlewares import Jwt
     from a3s_gateway.middleware.contract import Background, RequestState
-    from a3s_gateway.middleware.outbound import HttpCaller
+    from a3s_gateway.middleware.outbound import FileReader, HttpCaller
 
 __all__ = [
     "ALGORITHM_NOT_ALLOWED",
@@ -228,14 +229,16 @@ class JwtMiddleware(Middleware):
         *,
         clock: Callable[[], float],
         http: HttpCaller | None = None,
+        read_file: FileReader | None = None,
     ) -> Self:
         """The middleware of the validated ``jwt`` definition ``name``.
 
-        Reads ``public_key_file`` now; a ``jwks_url`` gets an empty key set that ``http``
-        fills once ``background()`` runs. Raises ``StartError`` when the key file cannot be
-        read, holds no usable key or fits none of the allowed algorithms, when ``value`` is
-        a PEM or SSH key (PyJWT refuses one as an HMAC secret), and when ``jwks_url`` is set
-        but no ``http`` caller was given.
+        Has ``public_key_file`` read now, with ``read_file``; a ``jwks_url`` gets an empty key
+        set that ``http`` fills once ``background()`` runs. Raises ``StartError`` when the key
+        file cannot be read, holds no usable key or fits none of the allowed algorithms, when
+        ``value`` is a PEM or SSH key (PyJWT refuses one as an HMAC secret), and when
+        ``jwks_url`` (``public_key_file``) is set but no ``http`` caller (``read_file``) was
+        given.
         """
         jwks = None
         if block.jwks_url is not None:
@@ -244,10 +247,17 @@ class JwtMiddleware(Middleware):
                     f'jwt "{name}": jwks_url needs an outbound HTTP client, and none was given'
                 )
             jwks = JwksKeys(block.jwks_url, http)
+        key_file = block.public_key_file
+        if key_file is not None and read_file is None:
+            raise StartError(
+                f'jwt "{name}": public_key_file needs a file reader, and none was given'
+            )
         audience = (block.audience,) if isinstance(block.audience, str) else block.audience
         try:
             public_key = (
-                None if block.public_key_file is None else load_public_key(block.public_key_file)
+                None
+                if key_file is None or read_file is None
+                else load_public_key(key_file, read_file)
             )
             return cls(
                 name,

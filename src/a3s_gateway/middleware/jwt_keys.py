@@ -1,11 +1,12 @@
 """The keys a ``jwt`` definition verifies with, and the PyJWT ``decode`` call that uses them.
 
-Ring 0: ``load_public_key`` reads the ``public_key_file`` once, when the definition is built
-(``JwtMiddleware.from_config``); nothing here reads a file, the clock or logs on the request
-path. Each key is handed to PyJWT with an explicit algorithm list made from the configuration
-and the key's type, never from the token (RFC 8725 §2.1): the secret serves the configured HS*
-algorithms, an RSA key the configured RS*, an EC key the configured ES* of its curve. So an HS
-token is never checked with a public key, nor an RS/ES token with the secret.
+Ring 0: ``load_public_key`` has the ``public_key_file`` read once, when the definition is built
+(``JwtMiddleware.from_config``), by the reader the shell hands in (``MiddlewareDeps.read_file``);
+nothing here opens a file, reads the clock or logs. Each key is handed to PyJWT with an explicit
+algorithm list made from the configuration and the key's type, never from the token (RFC 8725
+§2.1): the secret serves the configured HS* algorithms, an RSA key the configured RS*, an EC key
+the configured ES* of its curve. So an HS token is never checked with a public key, nor an RS/ES
+token with the secret.
 
 PyJWT checks the signature and, through ``Decoder``'s options, the presence of ``exp`` and the
 ``iss`` and ``aud`` claims. It does not check ``exp``, ``nbf`` or ``iat`` (its own clock is not
@@ -31,6 +32,8 @@ from a3s_gateway.middleware.jwks import PublicKey, key_fits
 
 if TYPE_CHECKING:
     from jwt.types import Options
+
+    from a3s_gateway.middleware.outbound import FileReader
 
 __all__ = [
     "MAX_KEY_FILE_BYTES",
@@ -60,11 +63,11 @@ class Key:
     short: bool = False
 
 
-def load_public_key(file: str) -> PublicKey:
-    """The RSA or EC public key in the PEM file ``file``; ``ValueError`` says what is wrong."""
+def load_public_key(file: str, read: FileReader) -> PublicKey:
+    """The RSA or EC public key in the PEM file ``file``, read with ``read``; ``ValueError``
+    says what is wrong."""
     try:
-        with open(file, "rb") as handle:
-            data = handle.read(MAX_KEY_FILE_BYTES + 1)
+        data = read(file, MAX_KEY_FILE_BYTES + 1)
     except OSError as error:
         raise ValueError(
             f'cannot read public key file "{file}": {error.strerror or type(error).__name__}'

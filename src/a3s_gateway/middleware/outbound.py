@@ -1,8 +1,10 @@
-"""What a middleware may call outside the gateway: the seams for forward-auth, JWKS and Redis.
+"""What a middleware may call outside the gateway: the seams for forward-auth, JWKS and Redis,
+and the shell's file reading and logging.
 
 Ring 0: protocols, value types and exceptions only. The implementations are Ring 1
-(``upstream/caller.py`` for HTTP, ``upstream/redis.py`` for Redis) and are handed to the
-middleware factories by the composition root through ``MiddlewareDeps``; tests hand in fakes.
+(``upstream/caller.py`` for HTTP, ``upstream/redis.py`` for Redis, ``server/outbound_clients.py``
+for reading a key file and writing a warning to the log) and are handed to the middleware
+factories by the composition root through ``MiddlewareDeps``; tests hand in fakes.
 
 Every call is bounded by the timeout the caller passes and raises only the exceptions named
 here (``OutboundTimeout``, ``OutboundFailed`` and its subclasses), so a middleware maps
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from a3s_gateway.protocols.headers import Headers
 
 __all__ = [
+    "FileReader",
     "HttpCaller",
     "HttpReply",
     "MiddlewareDeps",
@@ -32,6 +35,7 @@ __all__ = [
     "RedisConnector",
     "RedisReplyError",
     "ReplyTooLarge",
+    "WarningSink",
 ]
 
 
@@ -99,15 +103,37 @@ class RedisConnector(Protocol):
         ...
 
 
+class FileReader(Protocol):
+    """Reads a file a definition names (``jwt``'s ``public_key_file``) when it is built."""
+
+    def __call__(self, path: str, limit: int) -> bytes:
+        """At most the first ``limit`` bytes of the file ``path``; ``OSError`` when it cannot be
+        read (its ``strerror`` says why)."""
+        ...
+
+
+class WarningSink(Protocol):
+    """Where a middleware hands a warning for the operator (the shell logs it)."""
+
+    def __call__(self, topic: str, message: str) -> None:
+        """Report ``message`` (already formatted, secrets left out) under ``topic``: the shell
+        writes it to the ``a3s_gateway.<topic>`` logger at warning level. Never raises."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class MiddlewareDeps:
     """What middleware factories may be given by the composition root.
 
     ``clock`` is the wall clock in Unix seconds (``jwt``'s ``exp``/``nbf``); ``http`` and
-    ``redis`` are the outbound clients. A middleware whose dependency is missing cannot be
-    built (``StartError`` naming it).
+    ``redis`` are the outbound clients; ``read_file`` reads a key file a definition names;
+    ``warn`` takes the warnings a middleware has for the operator (none given: they are
+    dropped). A middleware whose dependency is missing cannot be built (``StartError`` naming
+    it).
     """
 
     clock: Callable[[], float] | None = None
     http: HttpCaller | None = None
     redis: RedisConnector | None = None
+    read_file: FileReader | None = None
+    warn: WarningSink | None = None

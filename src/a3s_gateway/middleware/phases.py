@@ -17,8 +17,9 @@ back through the ``response`` sides of the middlewares entered *before* the one 
 (``through``), in reverse order; proxied responses and gateway errors go through the response
 side of the whole chain.
 
-Must not: do IO (but for the key files a definition names, read once when it is built), read
-the time (``jwt`` gets the wall clock from the caller), or know the downstream protocol.
+Must not: do IO (the key files a definition names are read once, when it is built, by the
+shell's ``MiddlewareDeps.read_file``), read the time (``jwt`` gets the wall clock from the
+caller), or know the downstream protocol.
 """
 
 from __future__ import annotations
@@ -87,8 +88,13 @@ def _factory(kind: str, deps: MiddlewareDeps) -> Factory | None:
             clock = deps.clock
             if clock is None:
                 return None
-            # The outbound HTTP client fetches ``jwks_url`` (refused without one if set).
-            return _plain(partial(JwtMiddleware.from_config, clock=clock, http=deps.http))
+            # The outbound HTTP client fetches ``jwks_url``, the shell's reader reads
+            # ``public_key_file`` (each refused without its dependency if set).
+            return _plain(
+                partial(
+                    JwtMiddleware.from_config, clock=clock, http=deps.http, read_file=deps.read_file
+                )
+            )
     return None
 
 

@@ -2,8 +2,10 @@
 
 Ring 0: no trio, sockets, TLS or clocks. Redis is reached through the ``RedisClient`` seam
 (``middleware/outbound.py``; Ring 1 ``upstream/redis.py`` in the gateway, fakes in tests) and
-time is ``RequestState.now``. The one side effect besides the client is a warning through
-``logging`` when Redis fails, at most every ``WARN_EVERY`` seconds (SPEC §8.7).
+time is ``RequestState.now``. The one side effect besides the client is a warning when Redis
+fails, at most every ``WARN_EVERY`` seconds (SPEC §8.7), handed to the shell's sink
+(``MiddlewareDeps.warn``, topic ``ratelimit``: the ``a3s_gateway.ratelimit`` logger); this
+module formats it and decides when, the shell writes it.
 
 The bucket semantics are §8.6's (``ratelimit.py``: capacity ``burst``, refill at ``rate``/s,
 a new bucket starts full, a request costs one token), computed by one Lua script per request
@@ -32,14 +34,13 @@ Failures (``OutboundTimeout``, ``OutboundFailed``, a reply that is not the scrip
 otherwise 503 ``rate limiter unavailable`` with ``Retry-After: 1``. Every call is bounded by
 ``redis_timeout`` (a ``NOSCRIPT`` fallback makes it two calls, so at most twice that).
 
-Must not: read a clock, keep per-request state on the instance, log more than once per
-``WARN_EVERY`` seconds, or raise on any request value or Redis failure.
+Must not: read a clock, log (the shell does), keep per-request state on the instance, warn
+more than once per ``WARN_EVERY`` seconds, or raise on any request value or Redis failure.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import re
 from collections import OrderedDict
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.schema_middlewares import RateLimitRedis
     from a3s_gateway.middleware.contract import RequestState
-    from a3s_gateway.middleware.outbound import MiddlewareDeps, RedisClient
+    from a3s_gateway.middleware.outbound import MiddlewareDeps, RedisClient, WarningSink
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.protocols.responses import GeneratedResponse
 
@@ -75,12 +76,14 @@ __all__ = [
     "SCRIPT",
     "SCRIPT_SHA1",
     "UNAVAILABLE",
+    "WARNING_TOPIC",
     "WARN_EVERY",
     "RedisRateLimitMiddleware",
     "bucket_key",
 ]
 
-log: Final = logging.getLogger("a3s_gateway.ratelimit")
+#: The topic of this middleware's warnings (the shell logs them on ``a3s_gateway.ratelimit``).
+WARNING_TOPIC: Final = "ratelimit"
 
 #: The 503 ``error`` text when Redis cannot decide and ``fail_open`` is off (SPEC §8.7).
 UNAVAILABLE: Final = "rate limiter unavailable"
@@ -185,6 +188,7 @@ class RedisRateLimitMiddleware(Middleware):
         "_rate",
         "_script_args",
         "_timeout",
+        "_warn",
         "_warned_at",
         "errors",
     )
@@ -201,6 +205,7 @@ class RedisRateLimitMiddleware(Middleware):
         timeout: float = 0.1,
         prefix: str = "a3s:ratelimit:",
         fail_open: bool = True,
+        warn: WarningSink | None = None,
     ) -> None:
         super().__init__(name)
         if not rate > 0:
@@ -218,6 +223,7 @@ class RedisRateLimitMiddleware(Middleware):
         self._fail_open = fail_open
         self._script_args = (repr(min(rate, MAX_RATE)), min(burst, MAX_DEFAULT_BURST))
         self._mirror: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        self._warn = _drop if warn is None else warn
         self._warned_at: float | None = None
         #: Requests Redis could not decide (``a3s_rate_limit_redis_errors_total``).
         self.errors = 0
@@ -238,6 +244,7 @@ class RedisRateLimitMiddleware(Middleware):
             timeout=block.redis_timeout.seconds,
             prefix=block.redis_key_prefix,
             fail_open=block.fail_open,
+            warn=deps.warn,
         )
 
     @property
@@ -293,13 +300,11 @@ class RedisRateLimitMiddleware(Middleware):
         self.errors += 1
         if self._warned_at is None or state.now - self._warned_at >= WARN_EVERY:
             self._warned_at = state.now
-            log.warning(
-                'rate-limit-redis "%s": Redis failed (%s: %s); %s (%d failures so far)',
-                self.name,
-                type(error).__name__,
-                error,
-                "letting requests through" if self._fail_open else "answering 503",
-                self.errors,
+            outcome = "letting requests through" if self._fail_open else "answering 503"
+            self._warn(
+                WARNING_TOPIC,
+                f'rate-limit-redis "{self.name}": Redis failed ({type(error).__name__}: '
+                f"{error}); {outcome} ({self.errors} failures so far)",
             )
         if self._fail_open:
             return None
@@ -328,6 +333,11 @@ class RedisRateLimitMiddleware(Middleware):
             reset=_seconds((self._burst - tokens) / self._rate),
             retry_after=0 if allowed else max(1, _seconds(wait)),
         )
+
+
+def _drop(topic: str, message: str) -> None:
+    """The warning sink of a middleware built without one (a test's): nobody is told."""
+    del topic, message
 
 
 def _seconds(value: float) -> int:

@@ -3,6 +3,9 @@
 Ring 1. ``file`` watches the config file and its conf.d directory; ``candidate`` builds reload
 candidates in a child process; ``aggregator`` debounces changes and runs the one reload path
 (``Reloader.reload_now``) that the watcher, SIGHUP and the management API share.
+
+May import ``config`` (its loader reads the files), ``errors``, ``version``, ``preflight`` and
+``runtime``; never ``server``, ``app``, ``management``, ``supervisor`` or ``cli``, which call it.
 """
 
 from __future__ import annotations

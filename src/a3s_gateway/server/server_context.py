@@ -2,8 +2,12 @@
 upstream pool, the drain state, the cached ``Date`` and the request counters.
 
 Ring 1. Owns no nursery and sets no deadline; ``app.py`` builds one ``ServerContext`` per
-gateway and swaps ``runtime`` on reload (one attribute assignment, so a request that read it
-keeps a consistent snapshot, SPEC §10.1). Must not: hold per-request state.
+gateway inside its root nursery, which it hands in as ``background`` (fire-and-forget work:
+mirror copies) for the context's whole life, and swaps ``runtime`` on reload (one attribute
+assignment, so a request that read it keeps a consistent snapshot, SPEC §10.1). A context built
+without a nursery (a test's) gets ``NOT_SERVING``, which refuses work the way a closed nursery
+does (``RuntimeError``). Must not: hold per-request state, or have ``background`` replaced
+(DESIGN.md §3.3: no nursery in an attribute that is set later and poked at).
 """
 
 from __future__ import annotations
@@ -12,18 +16,54 @@ import random
 import secrets
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVarTuple
 
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 
 if TYPE_CHECKING:
-    import trio
+    from collections.abc import Awaitable, Callable
 
     from a3s_gateway.observability.record import ExchangeObserver
     from a3s_gateway.runtime.compile import RuntimeConfig
     from a3s_gateway.upstream.pool import UpstreamPool
 
-__all__ = ["DateCache", "Drain", "Drainable", "ServerContext"]
+__all__ = ["NOT_SERVING", "Background", "DateCache", "Drain", "Drainable", "ServerContext"]
+
+_Args = TypeVarTuple("_Args")
+
+
+class Background(Protocol):
+    """Where fire-and-forget work starts: ``trio.Nursery.start_soon``'s shape, so the gateway's
+    root nursery is one."""
+
+    def start_soon(
+        self,
+        async_fn: Callable[[*_Args], Awaitable[object]],
+        *args: *_Args,
+        name: object = None,
+    ) -> None:
+        """Start ``async_fn(*args)`` as a task; ``RuntimeError`` when no more work is taken."""
+        ...
+
+
+class _NotServing:
+    """The ``Background`` of a context no gateway serves: it takes no work."""
+
+    __slots__ = ()
+
+    def start_soon(
+        self,
+        async_fn: Callable[[*_Args], Awaitable[object]],
+        *args: *_Args,
+        name: object = None,
+    ) -> None:
+        """Refuse, as a closed nursery does."""
+        del async_fn, args, name
+        raise RuntimeError("no gateway serves this context: background work is refused")
+
+
+#: The ``background`` of a ``ServerContext`` built without one (a test's bare context).
+NOT_SERVING: Final[Background] = _NotServing()
 
 
 class DateCache:
@@ -107,7 +147,9 @@ class ServerContext:
         "total_requests",
     )
 
-    def __init__(self, runtime: RuntimeConfig, pool: UpstreamPool) -> None:
+    def __init__(
+        self, runtime: RuntimeConfig, pool: UpstreamPool, background: Background = NOT_SERVING
+    ) -> None:
         self.runtime = runtime
         self.pool = pool
         self.drain = Drain()
@@ -124,8 +166,9 @@ class ServerContext:
         self.stale_retries = 0
         #: Requests sent to a failover service (SPEC §7.8; a metric once metrics land).
         self.failover_requests = 0
-        #: Where fire-and-forget work runs (mirror copies); set by ``app.Gateway`` while serving.
-        self.background: trio.Nursery | None = None
+        #: Where fire-and-forget work runs (mirror copies): the gateway's root nursery, given
+        #: at construction and never replaced; a plain attribute read on the request path.
+        self.background: Final = background
         #: The Prometheus families (a disabled instance records nothing: the null object).
         self.metrics = GatewayMetrics(enabled=False)
         #: Receives each finished exchange's record (metrics, access log); None: nobody.

@@ -5,7 +5,11 @@ Ring 1.
 Nursery: ``run`` owns the *pool nursery* (DESIGN.md §3.3, "upstream pool" row). ``app.py`` starts
 it with ``await nursery.start(pool.run)`` and it lives until ``aclose``. It runs the idle reaper
 in ``run``'s own task and the occasional background close of a stream that cannot be closed
-synchronously. The nursery reference is private and set only while ``run`` is active.
+synchronously. The nursery stays a local of ``run`` (DESIGN.md §3.3: no nursery in an attribute
+others poke at): ``release`` and the reaper queue such a stream on a memory channel, and a task
+in the nursery starts one ``aclose`` per stream; what is still queued when ``run`` ends (even
+cancelled) is started before the nursery closes. A stream queued before ``run`` starts waits for
+it; after ``run`` has ended, nothing closes it (production streams close synchronously).
 
 Deadlines: none of its own. ``acquire`` runs entirely in the caller's cancel scope, which carries
 ``connect_timeout`` (SPEC §5.5) and covers both waiting for capacity and dialling. The reaper
@@ -33,7 +37,9 @@ arguments, block in ``release``, or let an exception from closing a connection e
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -109,7 +115,9 @@ class UpstreamPool:
         self._adapter_factory = adapter_factory
         self._state: PoolState[UpstreamConnection, _Waiter] = PoolState()
         self._closed = False
-        self._nursery: trio.Nursery | None = None
+        self._running = False
+        #: Streams that need an await to close, for ``run``'s nursery (module docstring).
+        self._slow_closes, self._slow_queue = trio.open_memory_channel[UpstreamConnection](math.inf)
         self._reaper: trio.CancelScope | None = None
 
     # --- lifecycle ---
@@ -120,19 +128,22 @@ class UpstreamPool:
         Cancelling ``run`` also shuts the pool down (idle connections closed, waiters woken).
         Raises ``RuntimeError`` if the pool is already running.
         """
-        if self._nursery is not None:
+        if self._running:
             raise RuntimeError("UpstreamPool.run is already running")
+        self._running = True
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                nursery.start_soon(self._close_slowly, nursery)
                 task_status.started()
                 try:
                     await self._reap_until_closed()
                 finally:
                     for conn in self._shutdown():
                         self._close(conn)
+                    self._slow_closes.close()  # ends _close_slowly once the queue is empty
+                    self._start_queued_closes(nursery)  # now: it may have been cancelled
         finally:
-            self._nursery = None
+            self._running = False
 
     async def aclose(self) -> None:
         """Close every idle connection, wake waiters with ``PoolClosed``, stop the reaper.
@@ -317,15 +328,29 @@ class UpstreamPool:
             waiter.event.set()
 
     def _close(self, conn: UpstreamConnection) -> None:
-        """Close without blocking: synchronously if possible, else in the pool nursery."""
+        """Close without blocking: synchronously if possible, else queued for ``run``'s nursery."""
         if conn.close_nowait():
             return
-        nursery = self._nursery
-        if nursery is not None:
+        # Once ``run`` has ended the queue is closed and such a stream is dropped unclosed.
+        # Production streams (sockets, TLS over sockets) always close synchronously; only
+        # exotic test streams can get here.
+        with contextlib.suppress(trio.ClosedResourceError):
+            self._slow_closes.send_nowait(conn)
+
+    async def _close_slowly(self, nursery: trio.Nursery) -> None:
+        """``run``'s closer: one ``aclose`` task in ``nursery`` per queued stream, until the
+        queue is closed."""
+        async for conn in self._slow_queue:
             nursery.start_soon(conn.aclose)
-        # else: the pool is not running (never started, or after shutdown) and the stream has no
-        # synchronous close, so it is dropped unclosed. Production streams (sockets, TLS over
-        # sockets) always close synchronously; only exotic test streams can get here.
+
+    def _start_queued_closes(self, nursery: trio.Nursery) -> None:
+        """Start the closes still queued, without a checkpoint (``run`` is ending)."""
+        while True:
+            try:
+                conn = self._slow_queue.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            nursery.start_soon(conn.aclose)
 
     def _shutdown(self) -> list[UpstreamConnection]:
         """Mark closed; return idle connections to close; wake waiters; stop the reaper."""

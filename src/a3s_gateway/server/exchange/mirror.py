@@ -82,12 +82,12 @@ class MirrorCopy:
         if state.in_flight >= state.settings.max_concurrency:
             state.count("saturated")
             return
-        background = self._ctx.background
-        if background is None:  # the gateway is not serving (a test's bare context)
-            state.count("error")
-            return
         state.in_flight += 1
-        background.start_soon(self._run, body.value() if body is not None else b"")
+        try:
+            self._ctx.background.start_soon(self._run, body.value() if body is not None else b"")
+        except RuntimeError:  # no gateway serves the context (a test's bare one: NOT_SERVING)
+            state.in_flight -= 1
+            state.count("error")
 
     async def _run(self, body: bytes) -> None:
         state = self._state
