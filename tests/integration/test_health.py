@@ -1,7 +1,9 @@
 """Health and affinity in the running gateway (issue #6, SPEC §7.4–7.6): an in-process ``Gateway``
 in front of two real test origins whose ``/health`` answer the tests change. Real sockets, so
 the real clock: every wait is for a condition (probes the origin has received), bounded by the
-test's time limit, never a sleep.
+test's time limit, never a sleep. Also a gateway built as a worker of ``--workers N`` builds it
+(``probes=False``, SPEC §13.4): it probes nothing and routes by the health it is pushed, from
+the start and across a reload; one that probes itself refuses pushes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import pytest
 import trio
 
+from a3s_gateway import Gateway
+from a3s_gateway.errors import GatewayError
 from a3s_gateway.services import PassiveState
 from tests.support.gateway import (
     CurlResult,
@@ -63,6 +67,27 @@ async def test_a_failing_backend_gets_no_traffic_until_it_recovers(
     assert probe.method == b"GET"
     assert probe.values(b"connection") == [b"close"]
     assert probe.values(b"user-agent")[0].startswith(b"a3s-gateway-health/")
+
+
+async def test_a_gateway_told_its_health_probes_nothing_and_routes_by_what_it_is_told(
+    origin_a: Origin, origin_b: Origin
+) -> None:
+    url_b = f"http://127.0.0.1:{origin_b.port}"
+    gateway = Gateway(load(two_origins(origin_a, origin_b)), probes=False)
+    gateway.push_health([("main", url_b, False)], full=True)  # before it serves: from the start
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        handle = GatewayHandle(gateway, gateway.addresses()["web"][0][1])
+        assert await served_by(handle, 4) == ["a"] * 4
+        gateway.push_health([("main", url_b, True)])
+        assert sorted(await served_by(handle, 4)) == ["a", "a", "b", "b"]
+        gateway.push_health([("main", url_b, False)])
+        await gateway.reload(load(two_origins(origin_a, origin_b)))  # the verdict carries on
+        assert await served_by(handle, 4) == ["a"] * 4
+        await gateway.shutdown(1.0)
+    assert probes(origin_a) == probes(origin_b) == 0
+    with pytest.raises(GatewayError, match="probes=False"):
+        Gateway(load(two_origins(origin_a, origin_b))).push_health([("main", url_b, True)])
 
 
 async def test_a_reload_keeps_the_health_state_and_stops_old_probers(

@@ -32,8 +32,9 @@ from a3s_gateway.middleware.outbound import HttpReply, MiddlewareDeps, OutboundF
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
-from a3s_gateway.server.generation import carry_over, run_generation
+from a3s_gateway.server.generation import apply_board, carry_over, receive_health, run_generation
 from a3s_gateway.services import PassiveState
+from a3s_gateway.services.health import HealthBoard
 from a3s_gateway.upstream.peer import Peer
 from tests.middleware.test_jwks import document, ec_jwk
 
@@ -145,6 +146,60 @@ def test_carry_over_keeps_health_by_url() -> None:
     a, b = new.services["svc"].backends
     assert not b.active_healthy
     assert a.passive_ejected
+
+
+async def test_a_generation_without_probes_runs_no_prober_but_its_tickers(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    origins = Origins(nursery, {"10.9.0.1": 503, "10.9.0.2": 503})
+    current = runtime(
+        CHECK + '\n passive_health {\n error_threshold = 1\n recovery_time = "3s"\n }'
+    )
+    service = current.services["svc"]
+    assert service.outliers is not None
+    service.outliers.record(service.backends[0], error=True, now=trio.current_time())
+    generation = trio.CancelScope()
+
+    async def run() -> None:
+        with generation:
+            await run_generation(current, dialer=origins, probes=False)
+
+    nursery.start_soon(run)
+    await trio.sleep(5)
+    assert origins.probes == []  # a worker told its health by the supervisor probes nothing
+    assert all(backend.active_healthy for backend in service.backends)
+    assert service.outliers.state(service.backends[0]) is PassiveState.PROBATION  # ticked
+    generation.cancel()
+
+
+async def test_pushed_health_is_applied_and_a_probe_success_readmits_an_ejection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    current = runtime(CHECK + "\n passive_health {\n error_threshold = 1\n }")
+    service = current.services["svc"]
+    a, b = service.backends
+    outliers = service.outliers
+    assert outliers is not None
+    outliers.record(b, error=True, now=trio.current_time())
+    assert outliers.state(b) is PassiveState.EJECTED
+    board = HealthBoard()
+    board.update([("svc", a.url.text, False), ("other", b.url.text, False)], full=True)
+    metrics = GatewayMetrics(enabled=True)
+    receive_health(current, board, metrics=metrics)
+    assert (a.active_healthy, b.active_healthy) == (False, True)
+    assert outliers.state(b) is PassiveState.EJECTED  # no success pushed yet
+    board.update([("svc", a.url.text, True)])
+    receive_health(current, board, passed=[("svc", b.url.text), ("gone", "x")], metrics=metrics)
+    assert a.active_healthy
+    assert b.available
+    assert outliers.state(b) is PassiveState.PROBATION
+    # A new generation takes the board's verdicts (as app.Gateway does at the swap).
+    board.update([("svc", a.url.text, False)], full=True)
+    following = runtime(CHECK, generation=2)
+    assert [(name, backend.url.text) for name, backend in apply_board(board, following)] == [
+        ("svc", a.url.text)
+    ]
+    assert not following.services["svc"].backends[0].active_healthy
 
 
 # --------------------------------------------------------------------------- JWKS refresh

@@ -7,7 +7,9 @@ the config; the worker side run in this process over a real socketpair (``_start
 ``worker_main`` runs it, minus the process): it starts from the first ``Apply`` (there is no
 path to read), reports ``Ready``, applies a newer generation (seen in its ``/services``
 documents), ignores an older one, and drains when the supervisor's end closes; a worker whose
-supervisor goes away before sending a config exits 3.
+supervisor goes away before sending a config exits 3. Active health (SPEC §13.4): the worker's
+second message, the supervisor's whole table, is in force before it reports ready; later
+``Health`` messages flip its backends both ways; one that comes before any config is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from a3s_gateway.config.schema_middlewares import ApiKey
 from a3s_gateway.supervisor.worker_main import (
     Apply,
     DocumentsReply,
+    Health,
     Query,
     Ready,
     WorkerSpec,
@@ -98,6 +101,7 @@ async def test_a_worker_starts_from_the_first_generation_and_applies_newer_ones(
         exit_codes.append(await _start(SPEC, theirs))
 
     ours.send_bytes(encode_message(apply_message(config("alpha"), 4)))
+    ours.send_bytes(encode_message(Health([], full=True)))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker)
         ready = await receive(ours)
@@ -125,4 +129,66 @@ async def test_a_worker_whose_supervisor_goes_before_any_config_exits_3() -> Non
     ours.close()
     with trio.fail_after(STEP):
         assert await _start(SPEC, theirs) == 3
+    theirs.close()
+
+
+BACKEND: Final = "http://127.0.0.1:9"
+
+
+async def backends(channel: Connection[object, object], query_id: int) -> list[object]:
+    """``(service, url, healthy)`` of every backend in the worker's ``/services`` documents."""
+    channel.send_bytes(encode_message(Query(query_id, "services")))
+    reply = await receive(channel)
+    assert isinstance(reply, DocumentsReply)
+    found: list[object] = []
+    for document in reply.documents:
+        listed = document["backends"]
+        assert isinstance(listed, list)
+        found.extend((b["service"], b["url"], b["healthy"]) for b in listed)
+    return found
+
+
+async def test_a_worker_serves_with_the_pushed_health_from_the_start_and_follows_it() -> None:
+    ours, theirs = multiprocessing.Pipe(duplex=True)
+    exit_codes: list[int] = []
+
+    async def worker() -> None:
+        exit_codes.append(await _start(SPEC, theirs))
+
+    ours.send_bytes(encode_message(apply_message(config("alpha"), 1)))
+    # The whole table, with a verdict on a backend this generation does not have yet.
+    opening = Health([("alpha", BACKEND, False), ("beta", BACKEND, False)], full=True)
+    ours.send_bytes(encode_message(opening))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        assert isinstance(await receive(ours), Ready)
+        # Queries are answered in order after every earlier message: no waiting needed.
+        assert await backends(ours, 1) == [("alpha", BACKEND, False)]
+        ours.send_bytes(encode_message(Health([("alpha", BACKEND, True)])))
+        assert await backends(ours, 2) == [("alpha", BACKEND, True)]
+        ours.send_bytes(encode_message(Health([("alpha", BACKEND, False)], passed=[])))
+        assert await backends(ours, 3) == [("alpha", BACKEND, False)]
+
+        # A new generation's backend starts from the pushed verdict, not from "healthy".
+        ours.send_bytes(encode_message(apply_message(config("beta"), 2)))
+        with trio.fail_after(STEP):
+            query_id = 4
+            while await services(ours, query_id) != ["beta"]:
+                query_id += 1
+                await trio.sleep(0.02)  # the reload compiles in a thread; nothing to wait on
+        assert await backends(ours, 100) == [("beta", BACKEND, False)]
+        ours.close()
+    assert exit_codes == [0]
+    theirs.close()
+
+
+async def test_a_worker_sent_health_before_any_config_exits_3(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours, theirs = multiprocessing.Pipe(duplex=True)
+    ours.send_bytes(encode_message(Health([], full=True)))
+    with trio.fail_after(STEP):
+        assert await _start(SPEC, theirs) == 3
+    assert "a health message came first" in caplog.text
+    ours.close()
     theirs.close()

@@ -3,8 +3,10 @@ reservation, the supervisor loop with fake workers under the autojump clock (res
 signals, the config generations each worker is sent — the current one first, then each new
 one; a restarted worker the newest only; several published during a slow send coalesced — and
 the control channel's queries: replies matched by id, a silent or dying worker left out
-within the timeout, late replies dropped), and the real thing end to end — a
-supervisor subprocess, two spawned workers and a trio backend."""
+within the timeout, late replies dropped; the active health each worker is told — the whole
+table right after its generation, then each change, coalesced during a slow send; SIGHUP with a
+reloader starting a reload), and the real thing end to end — a supervisor subprocess, two
+spawned workers and a trio backend."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Final, cast
 
 import pytest
 import trio
@@ -28,6 +31,7 @@ from a3s_gateway.state import GatewayState
 from a3s_gateway.supervisor.worker_main import (
     Apply,
     Command,
+    Health,
     MetricsReply,
     Query,
     Ready,
@@ -45,6 +49,9 @@ from a3s_gateway.supervisor.workers import (
     restart_delay,
 )
 from tests.support.cli import ROOT, RunningGateway, cli_env
+
+if TYPE_CHECKING:
+    from a3s_gateway.providers import Reloader
 
 # ----------------------------------------------------------------------------- pure policy
 
@@ -117,9 +124,10 @@ def state_of(pid: int) -> Answer:
 
 class FakeWorker:
     """A worker that reports ready (unless told not to), answers queries with ``answer``,
-    records the generations it is sent (``generations``) and exits when told to. Messages
-    queued before the exit are still received (as from a real pipe), then ``receive`` returns
-    None. While ``hold`` is set, an ``Apply`` being sent waits for ``release``."""
+    records the generations and health messages it is sent (``generations``, ``health``, both
+    in ``sent`` in order) and exits when told to. Messages queued before the exit are still
+    received (as from a real pipe), then ``receive`` returns None. While ``hold`` is set, an
+    ``Apply`` being sent waits for ``release``; while ``hold_health`` is, a ``Health``."""
 
     def __init__(
         self,
@@ -134,7 +142,10 @@ class FakeWorker:
         self.signals: list[int] = []
         self.queries: list[Query] = []
         self.generations: list[int] = []
+        self.health: list[Health] = []
+        self.sent: list[Apply | Health] = []
         self.hold = False
+        self.hold_health = False
         self.release = trio.Event()
         self.answer = answer
         self._obeys_sigterm = obeys_sigterm
@@ -177,6 +188,13 @@ class FakeWorker:
             if self.hold:
                 await self.release.wait()
             self.generations.append(message.generation)
+            self.sent.append(message)
+            return
+        if isinstance(message, Health):
+            if self.hold_health:
+                await self.release.wait()
+            self.health.append(message)
+            self.sent.append(message)
             return
         self.queries.append(message)
         reply = self.answer(message)
@@ -411,6 +429,139 @@ async def test_generations_published_while_one_is_sent_are_coalesced_into_the_ne
         await trio.testing.wait_all_tasks_blocked()
         assert worker.generations == [1, 2, 5]
         await signals.send(signal.SIGTERM)
+
+
+A: Final = "http://10.0.0.1:80"
+B: Final = "http://10.0.0.2:80"
+
+
+def kinds(worker: FakeWorker) -> list[str]:
+    """What ``worker`` was sent, in order: ``apply N``, ``health full`` or ``health``."""
+    return [
+        f"apply {message.generation}"
+        if isinstance(message, Apply)
+        else ("health full" if message.full else "health")
+        for message in worker.sent
+    ]
+
+
+async def test_every_worker_hears_the_whole_health_table_after_its_generation_then_changes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    supervisor.health.replace({("svc", A): True, ("svc", B): False})
+    supervisor.publish(generation(1))
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        for _, _, worker in spawn.started:
+            assert kinds(worker) == ["apply 1", "health full"]
+            assert worker.health[0].states == [("svc", A, True), ("svc", B, False)]
+        supervisor.health.record("svc", B, True)
+        await trio.testing.wait_all_tasks_blocked()
+        for _, _, worker in spawn.started:
+            assert kinds(worker) == ["apply 1", "health full", "health"]
+            assert worker.health[-1].states == [("svc", B, True)]
+        supervisor.health.passed("svc", A)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [w.health[-1].passed for _, _, w in spawn.started] == [[("svc", A)]] * 2
+
+        # A restarted worker: its generation, then the table as it is now.
+        spawn.latest(0).exit(-signal.SIGKILL)
+        await trio.testing.wait_all_tasks_blocked()
+        supervisor.health.record("svc", A, False)  # while slot 0 waits for its restart
+        await trio.sleep(1.5)
+        restarted = spawn.latest(0)
+        assert kinds(restarted) == ["apply 1", "health full"]
+        assert restarted.health[0].states == [("svc", A, False), ("svc", B, True)]
+        assert restarted.health[0].passed == [("svc", A)]
+        assert spawn.latest(1).health[-1].states == [("svc", A, False)]
+
+        # A reload: the new generation first, then its whole table.
+        supervisor.health.replace({("svc", A): False})
+        supervisor.publish(generation(2))
+        await trio.testing.wait_all_tasks_blocked()
+        assert kinds(restarted)[2:] == ["apply 2", "health full"]
+        assert restarted.health[-1].states == [("svc", A, False)]
+        await signals.send(signal.SIGTERM)
+
+
+async def test_health_changes_during_a_slow_send_are_coalesced_into_the_newest_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(1, spawn, drain_bound=40.0)
+    supervisor.health.replace({("svc", A): True, ("svc", B): True})
+    supervisor.publish(generation(1))
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        worker = spawn.latest(0)
+        worker.hold_health = True  # a worker slow to read
+        supervisor.health.record("svc", A, False)
+        await trio.testing.wait_all_tasks_blocked()
+        for healthy in (True, False, True):
+            supervisor.health.record("svc", B, healthy)  # flaps while the send waits
+        worker.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert kinds(worker) == ["apply 1", "health full", "health", "health"]
+        assert [message.states for message in worker.health[1:]] == [
+            [("svc", A, False)],
+            [("svc", B, True)],
+        ]
+        await signals.send(signal.SIGTERM)
+
+
+async def test_without_a_generation_no_worker_is_told_any_health(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(1, spawn, drain_bound=40.0)
+    supervisor.health.replace({("svc", A): False})
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        assert spawn.latest(0).sent == []  # worker_main expects its config first
+        await signals.send(signal.SIGTERM)
+
+
+class FakeReloader:
+    """What ``Supervisor.run`` uses of a ``Reloader``: ``run`` and ``reload_now``."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.reloads: list[bool] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.running = True
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def reload_now(self, *, force: bool = True) -> None:
+        self.reloads.append(force)
+        await trio.sleep(1)  # a reload takes a while: the signal handler does not wait
+
+
+async def test_sighup_with_a_reloader_starts_a_forced_reload_and_signals_no_worker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    spawn = FakeSpawner()
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    reloader = FakeReloader()
+    send, receive = trio.open_memory_channel[int](10)
+    async with trio.open_nursery() as nursery:
+        run = partial(supervisor.run, receive, reloader=cast("Reloader", reloader))
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert reloader.running
+        await send.send(signal.SIGHUP)
+        await send.send(signal.SIGHUP)
+        await trio.testing.wait_all_tasks_blocked()
+        assert reloader.reloads == [True, True]  # both under way at once
+        assert [w.signals for _, _, w in spawn.started] == [[], []]
+        await send.send(signal.SIGTERM)
+    assert supervisor.exit_code == 0
 
 
 @pytest.mark.parametrize(("code", "expected"), [(1, 1), (3, 3), (-9, 3)])

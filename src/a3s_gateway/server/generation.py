@@ -15,7 +15,14 @@ its schedule lives on the instance, so the new runner picks it up where the old 
 
 State across reloads (``carry_over``): the new generation's backends start with the active
 health and passive state of the previous generation's backend with the same service and URL, so
-a reload neither re-admits an unhealthy backend nor forgets an ejection. Every prober of the new
+a reload neither re-admits an unhealthy backend nor forgets an ejection.
+
+Health pushed by a supervisor (SPEC §7.4 "Multi-worker", §13.4): a worker of ``run --workers N``
+runs its generations with ``probes=False`` (tickers and background work, no prober: the
+supervisor probes once for all workers, ``probes/broadcast.py``) and hands what the supervisor
+pushes to ``receive_health``, which applies the worker's ``HealthBoard`` to the running
+generation and lets a probe success re-admit a passively ejected backend, as ``_probed`` does
+here; ``app.Gateway`` applies the board to each new generation at its swap. Every prober of the new
 generation starts afresh (SPEC §7.4 keeps unchanged probers running; restarting them costs one
 early probe per backend and keeps the generation's tasks in one nursery). A ``jwt`` definition
 rebuilt by a reload starts with the keys of the previous instance of that name when its
@@ -35,19 +42,29 @@ import trio
 from a3s_gateway.middleware.jwt import JwtMiddleware
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.probes.checker import run_prober
-from a3s_gateway.services.health import ActiveHealth
+from a3s_gateway.services.health import ActiveHealth, carry_active_health
 from a3s_gateway.services.passive import PassiveState
 from a3s_gateway.upstream.dialer import dial
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from a3s_gateway.middleware.contract import Background, Middleware
     from a3s_gateway.probes.checker import ProbeResult
     from a3s_gateway.runtime.compile import RuntimeConfig, ServiceRuntime
     from a3s_gateway.services import Backend
+    from a3s_gateway.services.health import HealthBoard
     from a3s_gateway.services.passive import OutlierDetector, Transition
     from a3s_gateway.upstream.dialer import Dialer
 
-__all__ = ["carry_over", "log_transition", "run_background", "run_generation"]
+__all__ = [
+    "apply_board",
+    "carry_over",
+    "log_transition",
+    "receive_health",
+    "run_background",
+    "run_generation",
+]
 
 log: Final = logging.getLogger("a3s_gateway.health")
 middleware_log: Final = logging.getLogger("a3s_gateway.middleware")
@@ -58,17 +75,19 @@ async def run_generation(
     *,
     dialer: Dialer = dial,
     metrics: GatewayMetrics | None = None,
+    probes: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the generation's probers, tickers and middleware background work until cancelled;
     ``started()`` once all of them are running (the first probes and fetches are under way, not
-    finished). Probe results and passive ejections are counted in ``metrics``. Tests inject
-    ``dialer``.
+    finished). Probe results and passive ejections are counted in ``metrics``. ``probes=False``:
+    no active prober (a worker told its health by the supervisor, module docstring). Tests
+    inject ``dialer``.
     """
     metrics = GatewayMetrics(enabled=False) if metrics is None else metrics
     async with trio.open_nursery() as nursery:
         for service in runtime.services.values():
-            _start_tasks(nursery, service, dialer, metrics)
+            _start_tasks(nursery, service, dialer, metrics, probes=probes)
         for name, middleware in runtime.middlewares.items():
             for work in middleware.background():
                 nursery.start_soon(run_background, name, work)
@@ -110,13 +129,18 @@ async def run_background(name: str, work: Background) -> None:
 
 
 def _start_tasks(
-    nursery: trio.Nursery, service: ServiceRuntime, dialer: Dialer, metrics: GatewayMetrics
+    nursery: trio.Nursery,
+    service: ServiceRuntime,
+    dialer: Dialer,
+    metrics: GatewayMetrics,
+    *,
+    probes: bool,
 ) -> None:
     outliers = service.outliers
     if outliers is not None:
         nursery.start_soon(_tick, service.name, outliers, metrics)
     settings = service.health_check
-    if settings is None:
+    if settings is None or not probes:
         return
     on_change = partial(_health_changed, service.name)
     on_result = partial(_probed, service.name, outliers, metrics)
@@ -194,15 +218,52 @@ def carry_over(previous: RuntimeConfig, current: RuntimeConfig) -> None:
         old = previous.services.get(name)
         if old is None:
             continue
-        by_url = {backend.url.text: backend for backend in old.backends}
-        for backend in service.backends:
-            before = by_url.get(backend.url.text)
-            if before is not None and service.health_check is not None:
-                backend.active_healthy = before.active_healthy
+        if service.health_check is not None:
+            carry_active_health(old.backends, service.backends)
         if service.outliers is not None and old.outliers is not None:
             service.outliers.adopt(old.outliers)  # only when the settings are unchanged
     for name, middleware in current.middlewares.items():
         _adopt_keys(middleware, previous.middlewares.get(name))
+
+
+def apply_board(board: HealthBoard, runtime: RuntimeConfig) -> list[tuple[str, Backend]]:
+    """Set ``runtime``'s active health flags from ``board`` (a worker: what the supervisor
+    pushed); the ``(service, backend)`` pairs whose flag changed."""
+    return [
+        (name, backend)
+        for name, service in runtime.services.items()
+        for backend in board.apply(name, service.backends)
+    ]
+
+
+def receive_health(
+    runtime: RuntimeConfig,
+    board: HealthBoard,
+    *,
+    passed: Iterable[tuple[str, str]] = (),
+    metrics: GatewayMetrics,
+) -> None:
+    """A push from the supervisor (module docstring), already recorded on ``board``: apply the
+    board to the running ``runtime`` and re-admit the passively ejected backends among
+    ``passed`` (``(service, url)`` of backends whose probe just succeeded, SPEC §7.4 "With
+    passive health"). The supervisor logged the transitions; a worker notes them at debug."""
+    for name, backend in apply_board(board, runtime):
+        log.debug(
+            "backend %s of service %s is now %s (the supervisor's health check)",
+            backend.url.text,
+            name,
+            "healthy" if backend.active_healthy else "unhealthy",
+        )
+    now = trio.current_time()
+    for name, url in passed:
+        service = runtime.services.get(name)
+        if service is None or service.outliers is None:
+            continue
+        for backend in service.backends:
+            if backend.url.text == url:
+                transition = service.outliers.readmit(backend, now)
+                if transition is not None:
+                    log_transition(name, transition, metrics)
 
 
 def _adopt_keys(middleware: Middleware, before: Middleware | None) -> None:

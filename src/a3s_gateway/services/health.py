@@ -12,7 +12,15 @@ Ring 0: no trio, sockets, TLS or clocks. Three things live here:
   backend turns unhealthy after ``unhealthy_threshold`` consecutive failures, an unhealthy one
   healthy after ``healthy_threshold`` consecutive successes; the opposite result resets a streak.
 
-The Ring 1 prober that feeds ``ActiveHealth`` is ``probes/checker.py``.
+And two helpers of the places where the flag moves without a machine: ``carry_active_health``
+(a reload: the new generation's backends take the flags of the old ones with the same URL) and
+``HealthBoard``, the flags a worker of ``run --workers N`` is told (SPEC §7.4 "Multi-worker",
+§13.4): there the supervisor probes every backend once and pushes the verdicts; the worker,
+which runs no prober, keeps the latest one per (service, server URL) on its board and applies
+the board to every generation it serves.
+
+The Ring 1 prober that feeds ``ActiveHealth`` is ``probes/checker.py``; the supervisor's, which
+fills the workers' boards, is ``probes/broadcast.py``.
 
 Must not: import trio, socket, ssl or time; log (the caller logs transitions); touch
 ``Backend.passive_ejected`` (SPEC §7.4's re-admission is the passive machine's decision).
@@ -27,7 +35,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 from a3s_gateway.config.values import quote_value
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from a3s_gateway.config.schema_services import HealthCheck
     from a3s_gateway.config.values import ServerUrl
@@ -36,14 +44,19 @@ if TYPE_CHECKING:
 __all__ = [
     "ActiveHealth",
     "ActiveHealthState",
+    "BackendKey",
     "CheckKind",
     "CheckSettings",
+    "HealthBoard",
     "StatusSet",
+    "carry_active_health",
     "kind_for_servers",
     "parse_expected_status",
 ]
 
 CheckKind: TypeAlias = Literal["http", "tcp"]
+#: A probed backend across generations and processes: ``(service name, server URL text)``.
+BackendKey: TypeAlias = tuple[str, str]
 
 #: One item of ``expected_status``: the same pattern as the config validator's.
 _STATUS_ITEM: Final = re.compile(r"\s*([0-9]{3})(?:\s*-\s*([0-9]{3}))?\s*")
@@ -259,3 +272,59 @@ class ActiveHealth:
 
 #: The name SPEC §2.8 lists among the pure services APIs.
 ActiveHealthState: TypeAlias = ActiveHealth
+
+
+# -- health decided elsewhere -----------------------------------------------------------------
+
+
+def carry_active_health(before: Iterable[Backend], after: Iterable[Backend]) -> None:
+    """Give each backend of ``after`` the active health of the backend of ``before`` with the
+    same server URL (a reload keeps the verdicts, SPEC §7.4 "Reload"); others keep theirs."""
+    by_url = {backend.url.text: backend.active_healthy for backend in before}
+    for backend in after:
+        healthy = by_url.get(backend.url.text)
+        if healthy is not None:
+            backend.active_healthy = healthy
+
+
+class HealthBoard:
+    """The active health a worker is told (module docstring): the latest flag per
+    ``BackendKey``. ``update`` records what arrived; ``apply`` sets the flags of a generation's
+    backends from it (a backend the board does not name keeps its flag)."""
+
+    __slots__ = ("_states",)
+
+    def __init__(self) -> None:
+        self._states: dict[BackendKey, bool] = {}
+
+    def update(self, states: Iterable[tuple[str, str, bool]], *, full: bool = False) -> None:
+        """Record ``(service, url, healthy)`` verdicts; ``full``: they are every verdict there
+        is, so the ones not among them are forgotten (their backends left the probed config)."""
+        if full:
+            self._states = {}
+        for service, url, healthy in states:
+            self._states[service, url] = healthy
+
+    def healthy(self, service: str, url: str) -> bool | None:
+        """The recorded verdict on that backend; None: none recorded."""
+        return self._states.get((service, url))
+
+    @property
+    def states(self) -> Mapping[BackendKey, bool]:
+        """Every recorded verdict."""
+        return self._states
+
+    def apply(self, service: str, backends: Iterable[Backend]) -> list[Backend]:
+        """Set the flag of each of ``service``'s ``backends`` the board names; the backends
+        whose flag changed."""
+        changed: list[Backend] = []
+        for backend in backends:
+            healthy = self._states.get((service, backend.url.text))
+            if healthy is not None and healthy != backend.active_healthy:
+                backend.active_healthy = healthy
+                changed.append(backend)
+        return changed
+
+    def __repr__(self) -> str:
+        down = sum(1 for healthy in self._states.values() if not healthy)
+        return f"<HealthBoard {len(self._states)} backend(s), {down} unhealthy>"

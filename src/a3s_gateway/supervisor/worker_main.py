@@ -19,23 +19,32 @@ and each later one is a reload. Nothing of it touches the disk or the log: the c
 socketpair between the two processes. ``_prepare`` applies the ``--listen`` override and the
 reserved ports to every generation.
 
+Active health (SPEC §7.4 "Multi-worker", §13.4): the supervisor probes every backend once for
+all workers (``probes/broadcast.py``), so a worker runs ``Gateway(probes=False)``: no prober of
+its own. The second message is the supervisor's whole table of verdicts (``Health``, ``full``),
+which the gateway holds before it serves, so a started or restarted worker never routes to a
+backend the supervisor knows is down; each later ``Health`` brings what changed (or the whole
+table again after a reload) and the probe successes that re-admit a passively ejected backend,
+and goes straight to ``Gateway.push_health``. Passive health stays the worker's own.
+
 Control channel: one end of a ``multiprocessing`` duplex ``Pipe`` (a socketpair).
 ``Connection.send_bytes`` already frames each message with a 4-byte length prefix, and the
 payload is a msgpack-encoded, tagged msgspec ``Struct`` (the SPEC's "length-prefixed msgspec
 messages"). Worker → supervisor: ``Ready`` once every listener is bound, then one reply per
 query. Supervisor → worker: ``Apply`` (``generation``, ``config``, ``secrets``) first, and again
-on each reload; ``Query`` (``id``, ``kind``), answered with the same ``id`` by ``MetricsReply``
-(``metrics``: ``Gateway.metrics_snapshot()``), ``StateReply`` (``state``: lifecycle,
-connections per entrypoint, requests, bound addresses) or ``DocumentsReply`` (``services``,
-``middlewares``: the management API's documents of this worker's running generation, built by
-``management/api.py``). End-of-file means the supervisor is gone and the worker
-drains. The worker reads the channel from one task, each message in a thread once readable (an
-``Apply`` can be large), and answers queries one at a time, in order; each reply is written
-from a thread too, so a large snapshot never blocks the event loop (one writer at a time: the
-replies are sequential and ``Ready`` was written before the first query could arrive). The
-supervisor sends queries only to workers that reported ``Ready`` (``supervisor/workers.py``), so
-replies always follow it; its ``ProcessWorker.send`` serialises its writes and writes a large
-message from a thread.
+on each reload; ``Health`` (``states``, ``passed``, ``full``) second, and again whenever the
+supervisor's verdicts change; ``Query`` (``id``, ``kind``), answered with the same ``id`` by
+``MetricsReply`` (``metrics``: ``Gateway.metrics_snapshot()``), ``StateReply`` (``state``:
+lifecycle, connections per entrypoint, requests, bound addresses) or ``DocumentsReply``
+(``services``, ``middlewares``: the management API's documents of this worker's running
+generation, built by ``management/api.py``). End-of-file means the supervisor is gone and the
+worker drains. The worker reads the channel from one task, each message in a thread once
+readable (an ``Apply`` can be large), and answers queries one at a time, in order; each reply
+is written from a thread too, so a large snapshot never blocks the event loop (one writer at a
+time: the replies are sequential and ``Ready`` was written before the first query could
+arrive). The supervisor sends queries only to workers that reported ``Ready``
+(``supervisor/workers.py``), so replies always follow it; its ``ProcessWorker.send`` serialises
+its writes and writes a large message from a thread.
 
 Reload: ``_Generations`` applies the generations handed to a serving worker one at a time
 (``Gateway.reload``: compile, bind, swap), a newer one replacing an older one still waiting,
@@ -53,9 +62,10 @@ group and by the supervisor does not skip the drain. SIGHUP only reopens the acc
 Nurseries: ``ProcessWorker`` owns none (its awaits run in the supervisor's slot task). In the
 worker, ``_serve`` owns one nursery holding ``Gateway.serve``, the supervisor's channel reader,
 the generations task and the drain task; it ends when ``Gateway.serve`` returns. Deadlines:
-``FIRST_CONFIG_WAIT`` for the first ``Apply``; the drain grace is the gateway's. Must not: read
-the config file, bind sockets itself (nor the management listener, which the supervisor owns:
-``Gateway(management=False)``), parse arguments, write to stdout, or log a config's contents.
+``FIRST_CONFIG_WAIT`` for the first ``Apply`` and ``Health``; the drain grace is the gateway's.
+Must not: read the config file, bind sockets itself (nor the management listener, which the
+supervisor owns: ``Gateway(management=False)``), probe backends (``Gateway(probes=False)``),
+parse arguments, write to stdout, or log a config's contents.
 """
 
 from __future__ import annotations
@@ -95,6 +105,7 @@ __all__ = [
     "Apply",
     "Command",
     "DocumentsReply",
+    "Health",
     "MetricsReply",
     "ProcessWorker",
     "Query",
@@ -123,7 +134,7 @@ EXIT_CONFIG: Final = 1
 EXIT_START: Final = 3
 #: A bug, not a config or start problem (sysexits ``EX_SOFTWARE``); the traceback is logged.
 EXIT_CRASH: Final = 70
-#: How long a started worker waits for its first ``Apply`` (the supervisor sends it at once).
+#: How long a started worker waits for its first ``Apply`` and ``Health`` (sent at once).
 FIRST_CONFIG_WAIT: Final = 60.0
 #: Messages up to this size are written on the supervisor's event loop (a writable socket has
 #: far more room than this); longer ones (an ``Apply``) from a thread.
@@ -175,6 +186,17 @@ class Apply(msgspec.Struct, frozen=True, tag="apply"):
         return f"Apply(generation={self.generation}, config=<{len(self.config)} bytes>)"
 
 
+class Health(msgspec.Struct, frozen=True, tag="health"):
+    """Supervisor → worker: the supervisor's active health verdicts (module docstring)."""
+
+    #: ``(service, server URL, healthy)``: the changed verdicts, or every one when ``full``.
+    states: list[tuple[str, str, bool]]
+    #: ``(service, server URL)`` of backends whose probe succeeded since the last ``Health``.
+    passed: list[tuple[str, str]] = []
+    #: ``states`` is the whole table: a verdict not in it is forgotten.
+    full: bool = False
+
+
 class MetricsReply(msgspec.Struct, frozen=True, tag="metrics"):
     """Worker → supervisor: ``GatewayMetrics.snapshot()`` (None: metrics are disabled)."""
 
@@ -207,7 +229,7 @@ class DocumentsReply(msgspec.Struct, frozen=True, tag="documents"):
 Reply: TypeAlias = MetricsReply | StateReply | DocumentsReply
 WorkerMessage: TypeAlias = Ready | MetricsReply | StateReply | DocumentsReply
 #: Supervisor → worker.
-Command: TypeAlias = Query | Apply
+Command: TypeAlias = Query | Apply | Health
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(WorkerMessage)
@@ -412,30 +434,48 @@ def _gateway_error(error: BaseException) -> GatewayError | None:
 
 
 async def _start(spec: WorkerSpec, channel: Connection[object, object]) -> int:
-    """Wait for the first generation, then serve it (``_serve``)."""
-    first = await _first_generation(channel)
-    if first is None:
+    """Wait for the first generation and the health table, then serve (``_serve``)."""
+    opening = await _opening(channel)
+    if opening is None:
         return EXIT_START
+    first, health = opening
     try:
         config = _prepare(config_of(first), spec)
     except msgspec.DecodeError as error:
         log.error("config generation %d from the supervisor: %s", first.generation, error)
         return EXIT_CONFIG
-    gateway = Gateway(config, reuse_port=True, management=False)
+    gateway = Gateway(config, reuse_port=True, management=False, probes=False)
+    _push(gateway, health)
     return await _serve(gateway, spec, channel, first.generation)
 
 
-async def _first_generation(channel: Connection[object, object]) -> Apply | None:
-    """The supervisor's first message, an ``Apply``; None (logged) if none comes in time."""
+async def _opening(channel: Connection[object, object]) -> tuple[Apply, Health] | None:
+    """The supervisor's first messages: an ``Apply`` (a newer one before the ``Health``
+    replaces it), then the whole health table; None (logged) if they do not come in time."""
+    first: Apply | None = None
     with trio.move_on_after(FIRST_CONFIG_WAIT):
-        command = await _receive(channel)
-        if isinstance(command, Apply):
-            return command
-        what = "the supervisor is gone" if command is None else "a query came first"
-        log.error("no config from the supervisor: %s", what)
-        return None
+        while True:
+            command = await _receive(channel)
+            if isinstance(command, Apply):
+                if first is None or command.generation > first.generation:
+                    first = command
+                continue
+            if isinstance(command, Health) and first is not None:
+                return first, command
+            what = (
+                "the supervisor is gone"
+                if command is None
+                else f"a {type(command).__name__.lower()} message came first"
+            )
+            log.error("no config from the supervisor: %s", what)
+            return None
     log.error("no config from the supervisor within %gs", FIRST_CONFIG_WAIT)
     return None
+
+
+def _push(gateway: Gateway, message: Health) -> None:
+    """Hand the supervisor's verdicts to the gateway (module docstring)."""
+    gateway.push_health(message.states, passed=message.passed, full=message.full)
 
 
 async def _receive(channel: Connection[object, object]) -> Command | None:
@@ -548,6 +588,9 @@ async def _serve_supervisor(
         if isinstance(command, Apply):
             generations.offer(command)
             continue
+        if isinstance(command, Health):
+            _push(gateway, command)
+            continue
         reply = encode_message(answer_query(command, gateway))
         try:
             await trio.to_thread.run_sync(channel.send_bytes, reply)
@@ -571,6 +614,7 @@ def answer_query(query: Query, gateway: Gateway) -> Reply:
             )
         case "services":
             clock = Clock(trio.current_time(), time.time())
-            return DocumentsReply(query.id, service_documents(gateway.runtime, clock))
+            documents = service_documents(gateway.runtime, clock, gateway.backend_requests())
+            return DocumentsReply(query.id, documents)
         case "middlewares":
             return DocumentsReply(query.id, middleware_documents(gateway.runtime))

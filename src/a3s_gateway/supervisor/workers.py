@@ -46,34 +46,48 @@ Fleet compiles each validated config once (``compile_runtime``, with outbound cl
 never started): a config the workers could not compile is rejected before any SIGHUP, and the
 API reads routes from it.
 
+Active health (SPEC §7.4 "Multi-worker", §13.4, ``probes/broadcast.py``): the supervisor runs
+the probers, once for all workers, on the backends of its own compiled generation
+(``FleetProbes``, restarted by each reload with the verdicts carried over by service and URL),
+and keeps the verdicts in ``Supervisor.health`` (a ``HealthTable``). The feeders push them: a
+worker's second message is the whole table (``Health``), before it serves, and each later one
+what changed since the last it was sent (the whole table again after a reload; the newest state
+only, if several changes came during a send), plus the probe successes that re-admit a
+backend its passive health ejected. Workers run ``Gateway(probes=False)`` and apply what they
+are told; the transitions are logged and the probes counted (``a3s_health_checks_total``) here,
+once.
+
 Control channel (``supervisor/worker_main.py`` has the messages): one task per worker slot reads
 its channel — ``Ready`` and replies alike — so nothing else ever calls ``receive``; the slot's
-feeder (``Apply``) and the queries write to it, one at a time (``ProcessWorker.send``). Each query
-carries an id, unique per channel; ``_Link`` keeps the queries awaiting a reply by id and the
-slot task hands each reply to its waiter. A query is sent only to a worker that has reported
-``Ready``, and waits at most its timeout (the send included); a reply that comes later finds
-no waiter and is dropped, and a worker that exits wakes its waiters at once with no answer.
-Unanswered queries are logged and counted (``query_failures``), and the caller leaves that
-worker out.
+feeder (``Apply``, ``Health``) and the queries write to it, one at a time
+(``ProcessWorker.send``). Each query carries an id, unique per channel; ``_Link`` keeps the
+queries awaiting a reply by id and the slot task hands each reply to its waiter. A query is sent
+only to a worker that has reported ``Ready``, and waits at most its timeout (the send included);
+a reply that comes later finds no waiter and is dropped, and a worker that exits wakes its
+waiters at once with no answer. Unanswered queries are logged and counted (``query_failures``),
+and the caller leaves that worker out.
 
-Nurseries: ``Supervisor.run`` owns the *supervisor* nursery (signal handling, the start-up
-deadline, the drain bound) and inside it the *slots* nursery (one task per worker slot: spawn,
-read the control channel, reap, restart); the supervisor nursery is cancelled once every slot
-task has returned. Each slot task owns a *channel* nursery per worker it spawned, holding that
-worker's feeder, from the spawn until the worker's channel ends. ``_supervise`` wraps it all
-in one more nursery for the management server, which answers until the last worker has
-exited. ``Supervisor.query`` opens a nursery per call (one task per ready worker). Deadlines:
-``START_DEADLINE`` for the first readiness of all workers, the drain bound
-(``shutdown_timeout_secs`` + ``DRAIN_MARGIN``) after which survivors get SIGKILL, and each
-query's timeout.
+Nurseries: ``Supervisor.run`` owns the *supervisor* nursery (the reloader, one reload per
+SIGHUP, signal handling, the start-up deadline, the drain bound, and ``FleetProbes.run``, which
+owns the nursery of the current generation's probers) and inside it the *slots* nursery (one
+task per worker slot: spawn, read the control channel, reap, restart); the supervisor nursery is
+cancelled once every slot task has returned. No nursery is kept in an attribute: the SIGHUP
+handler gets a function that starts the reload in the supervisor nursery. Each slot task owns a
+*channel* nursery per worker it spawned, holding that worker's feeder, from the spawn until the
+worker's channel ends. ``_supervise`` wraps it all in one more nursery for the management
+server, which answers until the last worker has exited. ``Supervisor.query`` opens a nursery per
+call (one task per ready worker). Deadlines: ``START_DEADLINE`` for the first readiness of all
+workers, the drain bound (``shutdown_timeout_secs`` + ``DRAIN_MARGIN``) after which survivors
+get SIGKILL, and each query's timeout.
 
 State per worker (SPEC §13.4) — every worker has its own: downstream connections and upstream
 pools; balancer positions (round-robin, least-connections counts); in-memory ``rate-limit``
 buckets (effective limit = N × configured); circuit breakers, retry budgets, passive health;
 mirror sampling and concurrency; ws-mux hubs; UDP sessions; ``max_connections`` and tcp-filter
 counts; request counters and metrics. Global state: the config generation (the supervisor's,
-handed to each worker), Redis (``rate-limit-redis``), the stateless sticky cookie, ACME storage
-on the filesystem, and the reserved port-0 sockets above (held here).
+handed to each worker), active health (the supervisor's verdicts, pushed), Redis
+(``rate-limit-redis``), the stateless sticky cookie, ACME storage on the filesystem, and the
+reserved port-0 sockets above (held here).
 
 Must not: serve traffic, parse arguments, signal a process it has already reaped (its pid
 may have been reused), let a worker read the config file, or log a generation's contents.
@@ -102,7 +116,9 @@ from a3s_gateway.errors import ReloadError, StartError
 from a3s_gateway.management.fleet import FleetApi, FleetManagementServer
 from a3s_gateway.management.server import open_management_listener
 from a3s_gateway.observability import applog
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.preflight import check
+from a3s_gateway.probes.broadcast import FleetProbes, HealthTable
 from a3s_gateway.providers import Reloader
 from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.server.outbound_clients import Outbound
@@ -110,6 +126,7 @@ from a3s_gateway.state import GatewayState, ReloadStatus
 from a3s_gateway.supervisor.worker_main import (
     Apply,
     DocumentsReply,
+    Health,
     MetricsReply,
     ProcessWorker,
     Query,
@@ -121,6 +138,7 @@ from a3s_gateway.supervisor.worker_main import (
     WorkerSpec,
     apply_message,
 )
+from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -268,14 +286,15 @@ class Supervisor:
         #: Slot index → the link to its current (spawned, not yet reaped) worker.
         self._links: dict[int, _Link] = {}
         self._ready: set[int] = set()
-        self._reloader: Reloader | None = None
-        self._nursery: trio.Nursery | None = None
         self._all_ready = trio.Event()
         self._stopping = trio.Event()
         #: The generation every worker is to serve (``publish``); None: none yet.
         self._current: Apply | None = None
-        #: Set (and replaced) by each ``publish``: wakes the feeders.
-        self._published = trio.Event()
+        #: Set (and replaced) by each ``publish`` and each change of ``health``: wakes the
+        #: feeders.
+        self._news = trio.Event()
+        #: The active health verdicts every worker is told (``probes/broadcast.py``).
+        self.health = HealthTable(on_change=self._wake_feeders)
         self.exit_code = EXIT_OK
         #: Restarts done so far (for logs, metrics and tests).
         self.restarts = 0
@@ -316,8 +335,11 @@ class Supervisor:
         (by its feeder, after any it is still being sent), and every worker started from now
         on starts from it."""
         self._current = message
-        published, self._published = self._published, trio.Event()
-        published.set()
+        self._wake_feeders()
+
+    def _wake_feeders(self) -> None:
+        news, self._news = self._news, trio.Event()
+        news.set()
 
     def state(self) -> GatewayState:
         """``starting`` until every worker has been ready once, ``running``, then ``stopping``
@@ -361,19 +383,28 @@ class Supervisor:
                 nursery.start_soon(ask, index, link)
         return Answers({index: replies[index] for index in sorted(replies)}, tuple(sorted(missing)))
 
-    async def run(self, signals: AsyncIterator[int], *, reloader: Reloader | None = None) -> int:
+    async def run(
+        self,
+        signals: AsyncIterator[int],
+        *,
+        reloader: Reloader | None = None,
+        probes: FleetProbes | None = None,
+    ) -> int:
         """Start the workers, supervise them until stopped; the process exit code.
 
         With ``reloader`` (whose target is a ``Fleet`` of this supervisor), the file is watched
         and SIGHUP goes through ``reloader.reload_now``; without, SIGHUP is forwarded as is.
+        ``probes`` (writing to ``health``) run for as long as the workers are supervised.
         """
         self.started_at = trio.current_time()
         async with trio.open_nursery() as supervisor:
-            self._nursery = supervisor
+            on_sighup: Callable[[], None] = self._forward_sighup
             if reloader is not None:
-                self._reloader = reloader
                 await supervisor.start(reloader.run)
-            supervisor.start_soon(self._handle_signals, signals)
+                on_sighup = partial(_start_reload, supervisor, reloader)
+            if probes is not None:
+                await supervisor.start(probes.run)
+            supervisor.start_soon(self._handle_signals, signals, on_sighup)
             supervisor.start_soon(self._watch_start_up)
             supervisor.start_soon(self._bound_drain)
             async with trio.open_nursery() as slots:
@@ -407,16 +438,18 @@ class Supervisor:
         for link in self._links.values():
             link.worker.signal(signum)
 
-    async def _handle_signals(self, signals: AsyncIterator[int]) -> None:
+    def _forward_sighup(self) -> None:
+        log.info("signal SIGHUP: forwarded to %d worker(s)", len(self._ready))
+        self.forward_sighup()
+
+    async def _handle_signals(
+        self, signals: AsyncIterator[int], on_sighup: Callable[[], None]
+    ) -> None:
+        """Act on each signal (module docstring); SIGHUP calls ``on_sighup``."""
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                if self._reloader is not None and self._nursery is not None:
-                    log.info("signal %s: validating the config file", name)
-                    self._nursery.start_soon(partial(self._reloader.reload_now, force=True))
-                else:
-                    log.info("signal %s: forwarded to %d worker(s)", name, len(self._ready))
-                    self.forward_sighup()
+                on_sighup()
             elif not self._stopping.is_set():
                 log.info("signal %s: draining workers", name)
                 self.stop(EXIT_OK)
@@ -481,21 +514,41 @@ class Supervisor:
             self._ready.discard(index)
 
     async def _feed(self, index: int, link: _Link) -> None:
-        """Send slot ``index``'s worker the current generation, first thing, then each newer
-        one ``publish`` makes current (the newest only, if several came meanwhile), until
-        cancelled or the channel breaks."""
+        """Send slot ``index``'s worker the current generation and then the whole health
+        table, first thing; then each newer generation ``publish`` makes current and what
+        changed in ``health`` (the newest only, if several came meanwhile), until cancelled or
+        the channel breaks."""
         while True:
-            published = self._published
-            current = self._current
-            if current is None or current.generation <= link.sent:
-                await published.wait()
+            news = self._news
+            outgoing = self._next_for(link)
+            if outgoing is None:
+                await news.wait()
                 continue
+            message, mark = outgoing
             try:
-                await link.worker.send(current)
+                await link.worker.send(message)
             except OSError as error:  # it exited: the slot task sees the end of the channel
-                log.debug("worker %d: generation %d not sent: %s", index, current.generation, error)
+                what = type(message).__name__
+                log.debug("worker %d: %s message not sent: %s", index, what, error)
                 return
-            link.sent = current.generation
+            if isinstance(message, Apply):
+                link.sent = mark
+            else:
+                link.health_seen = mark
+
+    def _next_for(self, link: _Link) -> tuple[Apply | Health, int] | None:
+        """What ``link``'s worker is to be sent next, with the generation or health version
+        it brings the worker to; None: nothing. A newer generation comes before the health
+        news, and the health only once the worker has a generation (``worker_main``)."""
+        current = self._current
+        if current is not None and current.generation > link.sent:
+            return current, current.generation
+        if not link.sent:
+            return None
+        news = self.health.since(link.health_seen)
+        if news is None:
+            return None
+        return Health(list(news.states), list(news.passed), news.full), news.version
 
     def _on_message(self, index: int, link: _Link, message: WorkerMessage) -> None:
         if not isinstance(message, Ready):
@@ -536,12 +589,14 @@ class _Link:
     and the queries awaiting a reply by id. ``deliver`` is called by the slot task, the only
     reader; ``close`` when the worker has exited."""
 
-    __slots__ = ("_closed", "_last_id", "_waiting", "sent", "worker")
+    __slots__ = ("_closed", "_last_id", "_waiting", "health_seen", "sent", "worker")
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         #: The last generation sent to this worker (0: none yet).
         self.sent = 0
+        #: The ``HealthTable`` version this worker has been told (-1: nothing yet).
+        self.health_seen = -1
         self._last_id = 0
         self._waiting: dict[int, _Waiter] = {}
         self._closed = False
@@ -587,8 +642,9 @@ class Fleet:
     """The supervisor as a reload target (``providers.ReloadTarget``) and the owner of the
     config generations: the start's config is generation 1; a valid candidate is compiled once
     (``compile_runtime``; a failure rejects it, no worker sees it), recorded as the running
-    config and published to the workers (``Supervisor.publish``: module docstring).
-    ``listeners`` are told of every applied config (the management API's settings)."""
+    config, published to the workers (``Supervisor.publish``: module docstring) and handed to
+    ``probes`` (the supervisor's probers, which probe that runtime's backends). ``listeners``
+    are told of every applied config (the management API's settings)."""
 
     def __init__(
         self,
@@ -597,11 +653,13 @@ class Fleet:
         runtime: RuntimeConfig,
         *,
         deps: MiddlewareDeps | None = None,
+        probes: FleetProbes | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._config = config
         self._runtime = runtime
         self._deps = deps
+        self._probes = probes
         self._generation = runtime.generation
         supervisor.publish(apply_message(config, self._generation))
         #: Candidates rejected before reaching the workers.
@@ -649,6 +707,8 @@ class Fleet:
             self._generation,
             len(self._supervisor.pids()),
         )
+        if self._probes is not None:
+            self._probes.offer(runtime)  # its health news follows the generation's Apply
         self._supervisor.publish(message)
         return self._generation
 
@@ -664,6 +724,13 @@ def _compile(
 ) -> tuple[RuntimeConfig, Apply]:
     """``config`` compiled (``StartError`` if it cannot be) and encoded for the workers."""
     return compile_runtime(config, generation, deps=deps), apply_message(config, generation)
+
+
+def _start_reload(nursery: trio.Nursery, reloader: Reloader) -> None:
+    """SIGHUP with a reloader: a reload of the file, as a task of ``nursery`` (the
+    supervisor's, handed over by ``Supervisor.run``; the reloader serialises reloads)."""
+    log.info("signal SIGHUP: validating the config file")
+    nursery.start_soon(partial(reloader.reload_now, force=True))
 
 
 def _how(code: int) -> str:
@@ -717,10 +784,13 @@ def run_supervisor(
         spawn = partial(_spawn, multiprocessing.get_context("spawn"), template)
         drain_bound = config.shutdown_timeout_secs + DRAIN_MARGIN
         supervisor = Supervisor(workers, spawn, drain_bound=drain_bound)
-        fleet = Fleet(supervisor, config, runtime, deps=deps)
+        # Probes run here, once for all workers (SPEC §13.4); counted in the API's metrics.
+        metrics = GatewayMetrics(True, version=__version__)
+        probes = FleetProbes(supervisor.health, runtime, metrics=metrics)
+        fleet = Fleet(supervisor, config, runtime, deps=deps, probes=probes)
         reloader = Reloader(fleet, path, workers=workers, prepare=prepare)
-        server = _management_server(config, supervisor, fleet, reloader)
-        return trio.run(_supervise, supervisor, reloader, server)
+        server = _management_server(config, supervisor, fleet, reloader, metrics)
+        return trio.run(_supervise, supervisor, reloader, server, probes)
     except StartError as error:
         log.error("%s", error)
         return EXIT_START
@@ -734,20 +804,29 @@ def _spawn(context: SpawnContext, template: WorkerSpec, index: int) -> Worker:
 
 
 def _management_server(
-    config: Config, supervisor: Supervisor, fleet: Fleet, reloader: Reloader
+    config: Config,
+    supervisor: Supervisor,
+    fleet: Fleet,
+    reloader: Reloader,
+    metrics: GatewayMetrics,
 ) -> FleetManagementServer | None:
     """The supervisor's management API when ``management {}`` enables it (``StartError`` when
-    its TLS files are unusable); reloads update its settings."""
+    its TLS files are unusable), its own families in ``metrics``; reloads update its
+    settings."""
     settings = config.management
     if settings is None or not settings.enabled:
         return None
-    server = FleetManagementServer(settings, FleetApi(supervisor, fleet, reloader))
+    api = FleetApi(supervisor, fleet, reloader, metrics=metrics)
+    server = FleetManagementServer(settings, api)
     fleet.listeners.append(server.apply)
     return server
 
 
 async def _supervise(
-    supervisor: Supervisor, reloader: Reloader, server: FleetManagementServer | None
+    supervisor: Supervisor,
+    reloader: Reloader,
+    server: FleetManagementServer | None,
+    probes: FleetProbes,
 ) -> int:
     """Bind the management listener (exit 3 if it cannot be bound), then supervise; the API
     answers until every worker has exited."""
@@ -762,7 +841,7 @@ async def _supervise(
         async with trio.open_nursery() as nursery:
             if server is not None:
                 await nursery.start(server.serve, listeners)
-            code = await supervisor.run(signals, reloader=reloader)
+            code = await supervisor.run(signals, reloader=reloader, probes=probes)
             nursery.cancel_scope.cancel()
     return code
 
