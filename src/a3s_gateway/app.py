@@ -5,7 +5,11 @@ Nurseries (DESIGN.md §3.3): ``serve`` opens the *root* nursery (until shutdown 
 which holds the upstream pool's task, the running config generation's background tasks
 (health probers and tickers, ``server/generation.py``; a reload starts the next generation's
 before cancelling the old one's) and the *connection handlers* nursery, which in turn holds
-the *listener group* (one accept loop per bound socket). Drain (SPEC §2.4): cancel the listener
+the *listener group* (one accept loop per bound socket). The nurseries are locals of ``_run``:
+the root one is handed to the ``ServerContext`` it builds (``background``, for mirror copies),
+and while the gateway accepts, all three are published as one ``_Serving`` handle, through which
+``reload`` starts the next generation and new accept loops (no nursery sits in an attribute that
+may be None, DESIGN.md §3.3). Drain (SPEC §2.4): cancel the listener
 group, close the sockets, flag the drain (idle keep-alive connections close, responses in
 progress carry ``Connection: close``), move the handlers' deadline to now + grace, then close
 the pool with a bounded shield. This module installs no signal handlers (the CLI does) and
@@ -33,16 +37,22 @@ Management listener: the gateway serves its own (``management {}``) unless built
 ``management=False``, which is how a worker of ``run --workers N`` runs: there the supervisor
 owns the listener and asks each worker for ``metrics_snapshot()`` and state (SPEC §13.4,
 ``supervisor/workers.py``).
+
+Active health: the gateway probes its backends itself unless built with ``probes=False``,
+which is the other mark of such a worker: the supervisor probes once for all workers and
+pushes its verdicts (``push_health``); they are kept on a ``HealthBoard`` that is applied to the
+running generation at once and to each new one at its swap (``server/generation.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -56,27 +66,30 @@ from a3s_gateway.management.server import (
     ManagementServer,
     open_management_listener,
 )
-from a3s_gateway.observability.gateway_metrics import GatewayMetrics
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics, semantic_warnings
+from a3s_gateway.observability.metrics import render as render_metrics
 from a3s_gateway.preflight import OTEL_EXTRA_HINT
 from a3s_gateway.protocols.http1_engines import upstream_adapter_factory
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.server.accesslog_writer import access_log_for
-from a3s_gateway.server.generation import carry_over, run_generation
+from a3s_gateway.server.generation import apply_board, carry_over, receive_health, run_generation
 from a3s_gateway.server.listeners import ListenerGroup, bound_address, open_http_listeners
 from a3s_gateway.server.observe import Observer
 from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.server.server_context import ServerContext
+from a3s_gateway.services.health import HealthBoard
 from a3s_gateway.state import GatewayState, HealthSnapshot, ReloadStatus
 from a3s_gateway.upstream.pool import UpstreamPool
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from types import TracebackType
 
     from a3s_gateway.config.problems import Problem
     from a3s_gateway.config.schema import Config, Observability
+    from a3s_gateway.observability.metrics import Snapshot as MetricsSnapshot
     from a3s_gateway.protocols.http1_engines import Http1Parser, UpstreamAdapter
     from a3s_gateway.providers import Reloader
     from a3s_gateway.providers.aggregator import ReloadOutcome
@@ -198,6 +211,54 @@ def _plan_listeners(
     return _ListenerPlan(kept, to_bind, list(unclaimed.values()))
 
 
+class _GenerationTask(Protocol):
+    """``Gateway._generation_task``'s shape: run ``runtime``'s generation, handing back its
+    cancel scope through ``task_status``."""
+
+    async def __call__(
+        self, runtime: RuntimeConfig, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None: ...
+
+
+class _Serving:
+    """The nurseries of a gateway that accepts connections (DESIGN.md §3.3), made inside
+    ``_run``'s ``async with`` blocks, so each is a plain, never-None field.
+
+    ``_run`` publishes it as ``Gateway._serving`` while it accepts and withdraws it (in a
+    ``finally``) before the acceptors are cancelled, so ``reload`` either finds it or knows the
+    gateway no longer takes new work; nothing else holds a nursery of the gateway. Through it a
+    reload starts the next generation (before cancelling the running one) and new accept loops.
+    """
+
+    __slots__ = ("_acceptors", "_ctx", "_generation_scope", "_handlers", "_root")
+
+    def __init__(
+        self,
+        root: trio.Nursery,
+        handlers: trio.Nursery,
+        acceptors: trio.Nursery,
+        ctx: ServerContext,
+        generation: trio.CancelScope,
+    ) -> None:
+        self._root = root
+        self._handlers = handlers
+        self._acceptors = acceptors
+        self._ctx = ctx
+        #: The cancel scope of the running generation's probers and tickers.
+        self._generation_scope = generation
+
+    def listen(self, group: ListenerGroup, entry: EntrypointRuntime) -> None:
+        """Start ``group``'s accept loops (its connections go to the handlers nursery)."""
+        group.start(self._acceptors, self._handlers, self._ctx, entry)
+
+    async def next_generation(self, task: _GenerationTask, runtime: RuntimeConfig) -> None:
+        """Start ``task(runtime)`` in the root nursery (it hands back its cancel scope), then
+        cancel the running generation's: the new probers start before the old ones stop."""
+        previous = self._generation_scope
+        self._generation_scope = await self._root.start(task, runtime)
+        previous.cancel()
+
+
 class Gateway:
     """One gateway instance, started inside the caller's trio nursery.
 
@@ -213,6 +274,7 @@ class Gateway:
         workers: int = 1,
         reuse_port: bool = False,
         management: bool = True,
+        probes: bool = True,
     ) -> None:
         self._override = Address(listen_override) if listen_override is not None else None
         unavailable = _unavailable(config)
@@ -229,17 +291,15 @@ class Gateway:
         self._reuse_port = reuse_port
         #: Whether this gateway binds its ``management {}`` listener (module docstring).
         self._serve_management = management
+        #: ``probes=False``: the active health pushed to this gateway (module docstring).
+        self._board = None if probes else HealthBoard()
         #: Each http entrypoint's listener group, by entrypoint name.
         self._groups: dict[str, ListenerGroup] = {}
         self._context: ServerContext | None = None
-        self._root: trio.Nursery | None = None
-        #: The listener group and connection handlers nurseries while accepting.
-        self._acceptors: trio.Nursery | None = None
-        self._handlers: trio.Nursery | None = None
+        #: The nurseries while accepting (``_Serving``); ``_run`` alone sets and withdraws it.
+        self._serving: _Serving | None = None
         self._reload_lock = trio.Lock()
         self._reloader: Reloader | None = None
-        #: The cancel scope of the running generation's probers and tickers.
-        self._generation_scope: trio.CancelScope | None = None
         self._state = GatewayState.CREATED
         self._generation = 1
         self._started_at: float | None = None
@@ -299,39 +359,29 @@ class Gateway:
     async def _run(self, runtime: RuntimeConfig, task_status: trio.TaskStatus[None]) -> None:
         """The nursery tree of DESIGN.md §3.3: root ⊃ pool, handlers ⊃ acceptors."""
         pool = UpstreamPool(adapter_factory=self._upstream_engine)
-        ctx = self._context = ServerContext(runtime, pool)
-        ctx.metrics = self._metrics
+        if self._board is not None:
+            apply_board(self._board, runtime)
         otlp = self._otlp = _otlp_exporter(self._config.observability)
+        observer = None
         if self._metrics.enabled or self._access_log.enabled or otlp is not None:
-            ctx.observer = Observer(self._metrics, self._access_log, otlp)
-        self._metrics.config_applied(wall=time.time(), warnings=0)
+            observer = Observer(self._metrics, self._access_log, otlp)
+        self._metrics.config_applied(wall=time.time(), warnings=self._warnings(), runtime=runtime)
         async with trio.open_nursery() as root:
+            # Made here so that its background (mirror copies) is the root nursery from the
+            # start: a field that is never None and never replaced.
+            ctx = self._context = ServerContext(runtime, pool, background=root)
+            ctx.metrics = self._metrics
+            ctx.observer = observer
             await root.start(pool.run)
             await root.start(self._outbound.run)
             await root.start(self._access_log.run)
             if self._management is not None:
                 await root.start(self._management.serve, self._management_listeners)
-            self._root = root
-            ctx.background = root
-            self._generation_scope = await root.start(self._generation_task, runtime)
+            generation = await root.start(self._generation_task, runtime)
             async with trio.open_nursery() as handlers:
                 async with trio.open_nursery() as acceptors:
-                    self._acceptors, self._handlers = acceptors, handlers
-                    for name, group in self._groups.items():
-                        entry = runtime.entrypoints[name]
-                        group.start(acceptors, handlers, ctx, entry)
-                        self._log_listening(name, group, entry.tls)
-                    self._state = GatewayState.RUNNING
-                    log.info(
-                        "gateway running: %d entrypoint(s), %d router(s), %d service(s)",
-                        len(self._config.entrypoints),
-                        len(self._config.routers),
-                        len(self._config.services),
-                    )
-                    task_status.started()
-                    await self._shutdown_requested.wait()
-                    self._state = GatewayState.STOPPING
-                    self._acceptors = None
+                    serving = _Serving(root, handlers, acceptors, ctx, generation)
+                    await self._accept_until_shutdown(serving, runtime, task_status)
                     ctx.drain.start()
                     acceptors.cancel_scope.cancel()
                 self._close_entrypoints()  # the management API answers until the end
@@ -347,13 +397,38 @@ class Gateway:
                     await otlp.aclose()
             root.cancel_scope.cancel()
 
+    async def _accept_until_shutdown(
+        self, serving: _Serving, runtime: RuntimeConfig, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Start every listener group's accept loops and wait for ``shutdown``; meanwhile
+        ``serving`` is published as ``_serving`` (the reload's way to the nurseries), and it
+        is withdrawn however this ends, before the caller cancels the acceptors."""
+        self._serving = serving
+        try:
+            for name, group in self._groups.items():
+                entry = runtime.entrypoints[name]
+                serving.listen(group, entry)
+                self._log_listening(name, group, entry.tls)
+            self._state = GatewayState.RUNNING
+            log.info(
+                "gateway running: %d entrypoint(s), %d router(s), %d service(s)",
+                len(self._config.entrypoints),
+                len(self._config.routers),
+                len(self._config.services),
+            )
+            task_status.started()
+            await self._shutdown_requested.wait()
+        finally:
+            self._serving = None
+        self._state = GatewayState.STOPPING
+
     async def _generation_task(
         self, runtime: RuntimeConfig, *, task_status: trio.TaskStatus[trio.CancelScope]
     ) -> None:
         """One generation's probers and tickers, in the root nursery until cancelled."""
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            await run_generation(runtime, metrics=self._metrics)
+            await run_generation(runtime, metrics=self._metrics, probes=self._board is None)
 
     def _grace_secs(self) -> float:
         grace = self._grace
@@ -433,12 +508,13 @@ class Gateway:
                 )
             except StartError as error:
                 raise ReloadError(str(error)) from error
-            plan = added = None
+            plan = added = serving = None
             if ctx is not None:
                 plan = _plan_listeners(self._groups, runtime.entrypoints)
                 runtime = self._with_draining_entrypoints(runtime, ctx)
                 added = await self._bind(plan.to_bind)
-                if self._acceptors is None:  # a drain started while binding
+                serving = self._serving
+                if serving is None:  # a drain started while binding
                     for group in added.values():
                         group.close()
                     raise ReloadError("the gateway is stopping: reload refused")
@@ -450,21 +526,20 @@ class Gateway:
         self._generation += 1
         if ctx is not None:
             carry_over(ctx.runtime, runtime)
-            if self._root is not None:
-                # The new generation's probers start before the old ones stop: no gap.
-                previous_scope = self._generation_scope
-                self._generation_scope = await self._root.start(self._generation_task, runtime)
-                if previous_scope is not None:
-                    previous_scope.cancel()
+            assert serving is not None  # checked after binding, no checkpoint since
+            # The new generation's probers start before the old ones stop: no gap.
+            await serving.next_generation(self._generation_task, runtime)
             previous_runtime = ctx.runtime
+            if self._board is not None:  # what was pushed meanwhile, up to the swap
+                apply_board(self._board, runtime)
             ctx.runtime = runtime
             assert plan is not None
             assert added is not None
-            self._swap_listeners(ctx, runtime, plan, added)
+            self._swap_listeners(runtime, plan, added)
             self._metrics.retire_generation(previous_runtime, runtime)
         self._apply_observability(config)
         self._reload_counts["ok"] += 1
-        self._metrics.config_applied(wall=time.time(), warnings=0)
+        self._metrics.config_applied(wall=time.time(), warnings=self._warnings(), runtime=runtime)
         self._last_reload = ReloadStatus(time=trio.current_time(), ok=True, problem_count=0)
         log.info("config reloaded: generation %d", self._generation)
         return self._generation
@@ -494,16 +569,12 @@ class Gateway:
         }
 
     def _swap_listeners(
-        self,
-        ctx: ServerContext,
-        runtime: RuntimeConfig,
-        plan: _ListenerPlan,
-        added: dict[str, ListenerGroup],
+        self, runtime: RuntimeConfig, plan: _ListenerPlan, added: dict[str, ListenerGroup]
     ) -> None:
         """After the swap: start the new groups, restart renamed ones, retire removed ones."""
-        acceptors, handlers = self._acceptors, self._handlers
+        serving = self._serving  # read again: a drain may have started since the bind
         groups = {**plan.kept, **added}
-        if acceptors is None or handlers is None:  # draining: nothing accepts any more
+        if serving is None:  # draining: nothing accepts any more
             for group in added.values():
                 group.close()
             groups = plan.kept
@@ -511,7 +582,7 @@ class Gateway:
             for name, group in groups.items():
                 entry = runtime.entrypoints[name]
                 if name in added or group.name != name or not group.accepting:
-                    group.start(acceptors, handlers, ctx, entry)
+                    serving.listen(group, entry)
                 if name in added:
                     self._log_listening(name, group, entry.tls)
         deadline = trio.current_time() + self._grace_secs()
@@ -519,6 +590,26 @@ class Gateway:
             group.retire(deadline)
             log.info("stopped listening entrypoint=%s", group.name)
         self._groups = groups
+
+    def push_health(
+        self,
+        states: Iterable[tuple[str, str, bool]],
+        *,
+        passed: Iterable[tuple[str, str]] = (),
+        full: bool = False,
+    ) -> None:
+        """Active health decided elsewhere, for a gateway built with ``probes=False`` (module
+        docstring): ``(service, server URL, healthy)`` verdicts (``full``: all there are),
+        applied now and to every later generation; ``passed``: backends whose probe just
+        succeeded, re-admitted if passive health ejected them. Raises ``GatewayError`` for a
+        gateway that probes itself."""
+        board = self._board
+        if board is None:
+            raise GatewayError("push_health needs a gateway built with probes=False")
+        board.update(states, full=full)
+        ctx = self._context
+        if ctx is not None:
+            receive_health(ctx.runtime, board, passed=passed, metrics=self._metrics)
 
     def attach_reloader(self, reloader: Reloader) -> None:
         """Make ``reloader`` the gateway's reload path (the management API's ``POST /reload``
@@ -558,7 +649,12 @@ class Gateway:
             return
         self._management = ManagementServer(
             settings,
-            GatewayAdapter(self, reload=self._management_reload, metrics=self.metrics_text),
+            GatewayAdapter(
+                self,
+                reload=self._management_reload,
+                metrics=self.metrics_exposition,
+                backend_requests=self.backend_requests,
+            ),
         )
         self._management_listeners = await open_management_listener(settings)
 
@@ -579,8 +675,21 @@ class Gateway:
         return None if reloader is None else await reloader.reload_now()
 
     def metrics_text(self) -> bytes | None:
-        """The Prometheus exposition of this gateway (SPEC §9.1); None with
-        ``metrics_enabled = false``."""
+        """The Prometheus exposition of this gateway (SPEC §9.1), rendered on the calling
+        thread; None with ``metrics_enabled = false``. ``metrics_exposition`` renders off the
+        event loop."""
+        snapshot = self._metrics_freeze()
+        return None if snapshot is None else render_metrics(snapshot)
+
+    async def metrics_exposition(self) -> bytes | None:
+        """``metrics_text``, with the gauges read and the cells copied on the event loop and
+        the exposition rendered in a worker thread (tens of ms for thousands of samples)."""
+        snapshot = self._metrics_freeze()
+        if snapshot is None:
+            return None
+        return await trio.to_thread.run_sync(render_metrics, snapshot)
+
+    def _metrics_freeze(self) -> MetricsSnapshot | None:
         metrics = self._metrics
         ctx = self._context
         if not metrics.enabled or ctx is None:
@@ -591,7 +700,19 @@ class Gateway:
         for result, total in counts.items():
             metrics.config_reloads.labels(result).advance_to(total)
         metrics.collect(ctx.runtime, ctx, process=read_process())
-        return metrics.render()
+        return metrics.freeze()
+
+    def backend_requests(self) -> Mapping[tuple[str, str], int] | None:
+        """Upstream attempts per (service, backend URL) since the start (``/backends``'s
+        ``requests_total``); None with ``metrics_enabled = false``."""
+        metrics = self._metrics
+        return metrics.requests_by_backend() if metrics.enabled else None
+
+    def _warnings(self) -> int:
+        """``a3s_config_warnings`` of the config now serving."""
+        if not self._metrics.enabled:
+            return 0
+        return semantic_warnings(self._config, environ=os.environ)
 
     def metrics_snapshot(self) -> bytes | None:
         """This gateway's families, fresh (``collect`` runs first), as ``Registry.snapshot()``

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from a3s_gateway import cli
 from a3s_gateway.demo import BackendPorts, RunningDemo, run_demo
@@ -126,13 +127,15 @@ async def test_demo_end_to_end(nursery: trio.Nursery) -> None:
         await check_management(out.getvalue())
         assert running.management is not None
         metrics = await curl(f"{running.management}/metrics")
-        served = re.findall(
-            r'^a3s_http_requests_total\{entrypoint="web",router="api",service="api",'
-            r'method="GET",code="200"\} (\d+)$',
-            metrics,
-            re.MULTILINE,
-        )
-        assert served == ["5"]  # the four /api/hello and the /api/bytes above
+        route = {"entrypoint": "web", "router": "api", "service": "api"}
+        served = [
+            sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "a3s_http_requests_total"
+            and sample.labels == {**route, "method": "GET", "code": "200"}
+        ]
+        assert served == [5]  # the four /api/hello and the /api/bytes above
     finally:
         await running.gateway.shutdown()
 

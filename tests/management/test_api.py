@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -146,6 +147,8 @@ class FakeView:
     outcome: ReloadReport | None = None
     last_reload: ReloadStatus | None = None
     reloads: int = 0
+    #: ``backend_requests``: None, as with metrics disabled, unless a test sets counts.
+    requests: Mapping[tuple[str, str], int] | None = None
     version: str = "9.8.7"
     workers: int = 1
 
@@ -171,8 +174,11 @@ class FakeView:
     def listeners(self) -> list[ListenerInfo]:
         return self.bound
 
-    def metrics_text(self) -> bytes | None:
+    async def metrics_text(self) -> bytes | None:
         return self.metrics
+
+    def backend_requests(self) -> Mapping[tuple[str, str], int] | None:
+        return self.requests
 
     async def reload(self) -> ReloadReport | None:
         self.reloads += 1
@@ -375,6 +381,25 @@ async def test_services_and_backends() -> None:
     assert [backend["revision"] for backend in as_list(canary["backends"])] == ["v1", "v2"]
     missing = await call(view, f"{PREFIX}/services/nope")
     assert (missing.status, document(missing)) == (404, {"error": "service not found"})
+
+
+async def test_requests_total_is_the_views_count_per_backend() -> None:
+    view = make_view()
+    view.requests = {("app", "http://10.0.0.2:80"): 7, ("gone", "http://10.0.0.1:80"): 3}
+    backends = as_list(document(await call(view, f"{PREFIX}/backends")))
+    counts = {(b["service"], b["url"]): b["requests_total"] for b in backends}
+    assert counts == {
+        ("app", "http://10.0.0.1:80"): 0,
+        ("app", "http://10.0.0.2:80"): 7,
+        ("canary", "http://10.0.1.1:80"): 0,
+        ("canary", "http://10.0.1.2:80"): 0,
+    }
+    services = as_list(document(await call(view, f"{PREFIX}/services")))
+    app = services[0]
+    assert isinstance(app["backends"], list)
+    assert [b["requests_total"] for b in as_list(app["backends"])] == [0, 7]
+    service = as_dict(document(await call(view, f"{PREFIX}/services/app")))
+    assert [b["requests_total"] for b in as_list(service["backends"])] == [0, 7]
 
 
 async def test_a_passively_ejected_backend_is_shown_ejected() -> None:

@@ -93,8 +93,11 @@ class View:
     def listeners(self) -> list[ListenerInfo]:
         return [ListenerInfo(name="web", protocol="http", address=":0", bound=("1:1",))]
 
-    def metrics_text(self) -> bytes | None:
+    async def metrics_text(self) -> bytes | None:
         return b"a3s_up 1\n"
+
+    def backend_requests(self) -> None:
+        return None
 
     async def reload(self) -> ReloadOutcome | None:
         return None

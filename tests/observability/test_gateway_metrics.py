@@ -32,8 +32,9 @@ from a3s_gateway.observability.gateway_metrics import (
     GatewayMetrics,
     MetricsContext,
     normalise_method,
+    semantic_warnings,
 )
-from a3s_gateway.observability.metrics import DEFAULT_BUCKETS, merge
+from a3s_gateway.observability.metrics import DEFAULT_BUCKETS, merge, render
 from a3s_gateway.observability.process import (
     ProcessSample,
     parse_boot_time,
@@ -44,6 +45,7 @@ from a3s_gateway.observability.process import (
 from a3s_gateway.observability.record import ExchangeRecord
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
+from a3s_gateway.server.exchange.recording import outcome
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.server.server_context import ServerContext
 from a3s_gateway.upstream.peer import Peer
@@ -718,7 +720,7 @@ def test_supervisor_merges_worker_snapshots() -> None:
         worker.config_applied(wall=1_700_000_000.0, warnings=5)
         worker.collect(current, FakeContext(active_requests={"web": in_flight}))
         workers.append(worker.snapshot())
-    merged = values(merge(workers, own=supervisor.registry))
+    merged = values(render(merge(workers, own=supervisor.freeze())))
     route = labels(entrypoint="web", router="r", service="svc", method="GET", code="200")
     assert merged["a3s_http_requests_total", route] == 2
     assert merged["a3s_http_requests_in_flight", labels(entrypoint="web")] == 5
@@ -834,3 +836,155 @@ def test_default_buckets_on_gateway_histograms() -> None:
     metrics = GatewayMetrics(True)
     for family in (metrics.duration, metrics.upstream_response, metrics.middleware_duration):
         assert family.buckets == DEFAULT_BUCKETS
+
+
+# ------------------------------------------------------- prepared cells, issue #16 item 4 and 6
+
+
+def test_prepare_creates_the_cells_of_every_configured_route_and_backend() -> None:
+    metrics = GatewayMetrics(True)
+    current = runtime()
+    metrics.config_applied(wall=1.0, warnings=0, runtime=current)
+    scraped = scrape(metrics)
+    for entrypoint in ("web", "admin"):  # the router has no entrypoints: it is on every one
+        route = labels(entrypoint=entrypoint, router="r", service="svc")
+        assert scraped["a3s_http_request_bytes_total", route] == 0
+        assert scraped["a3s_http_response_bytes_total", route] == 0
+    for url in ("http://10.9.0.1:80", "http://10.9.0.4:80", "http://10.9.0.9:80"):
+        service = "shadow" if url.endswith(".9:80") else "svc"
+        backend = labels(service=service, backend=url)
+        assert scraped["a3s_upstream_response_seconds_count", backend] == 0
+    # the hot path finds the prepared cells: nothing new is declared by traffic
+    before = {name: len(f.children) for name, f in metrics.registry.families.items()}
+    metrics.observe_exchange(record(entrypoint="admin", response_bytes=7))
+    metrics.observe_attempt("svc", "http://10.9.0.1:80", 200, 0.01)
+    after = {name: len(f.children) for name, f in metrics.registry.families.items()}
+    grown = {name for name in after if after[name] != before[name]}
+    assert grown == {
+        "a3s_http_requests_total",  # a (method, code) label set: not known ahead
+        "a3s_http_request_duration_seconds",  # its status class
+        "a3s_backend_requests_total",  # its code
+    }
+    route = labels(entrypoint="admin", router="r", service="svc")
+    assert scrape(metrics)["a3s_http_response_bytes_total", route] == 7
+
+
+def test_a_router_whose_service_changes_gets_new_cells_and_the_old_ones_stay() -> None:
+    metrics = GatewayMetrics(True)
+    metrics.observe_exchange(record(service="svc"))
+    metrics.observe_exchange(record(service="shadow"))
+    metrics.observe_exchange(record(service="svc", response_bytes=3))
+    scraped = scrape(metrics)
+    for service, sent, count in (("svc", 3, 2), ("shadow", 0, 1)):
+        route = labels(entrypoint="web", router="r", service=service)
+        assert scraped["a3s_http_response_bytes_total", route] == sent
+        requests = labels(entrypoint="web", router="r", service=service, method="GET", code="200")
+        assert scraped["a3s_http_requests_total", requests] == count
+
+
+def test_requests_by_backend_sums_the_codes_and_lists_prepared_backends() -> None:
+    metrics = GatewayMetrics(True)
+    metrics.prepare(runtime())
+    for status in (200, 200, 502, 404):
+        metrics.observe_attempt("svc", "http://10.9.0.2:80", status, None)
+    metrics.observe_attempt("elsewhere", "http://10.0.0.1:1", 200, 0.1)
+    counts = metrics.requests_by_backend()
+    assert counts["svc", "http://10.9.0.2:80"] == 4
+    assert counts["svc", "http://10.9.0.1:80"] == 0
+    assert counts["shadow", "http://10.9.0.9:80"] == 0
+    assert counts["elsewhere", "http://10.0.0.1:1"] == 1
+    assert GatewayMetrics(False).requests_by_backend() == {}
+
+
+WARNED = """
+entrypoints "web" {
+  address = "127.0.0.1:0"
+}
+routers "main" {
+  rule    = "PathPrefix(`/`)"
+  service = "main"
+}
+middlewares "open-cors" {
+  type              = "cors"
+  allowed_origins   = ["*"]
+  allow_credentials = true
+}
+middlewares "limit" {
+  type = "rate-limit"
+  rate = 100
+}
+services "main" {
+  load_balancer {
+    servers = [{ url = "http://127.0.0.1:1" }]
+  }
+}
+"""
+
+
+def test_semantic_warnings_counts_the_warnings_of_the_config() -> None:
+    config = load_config_text(WARNED)
+    assert semantic_warnings(config) == 1  # allow_credentials with origin "*"
+    assert semantic_warnings(config, workers=2) == 2  # and the rate limit is per worker
+    public = load_config_text(
+        WARNED + 'management {\n  address = "0.0.0.0:9900"\n  auth_token_env = "T_TOKEN"\n}\n'
+    )
+    assert semantic_warnings(public) == 2  # no token set: anyone on the network may call it
+    assert semantic_warnings(public, environ={"T_TOKEN": "secret"}) == 1
+    assert semantic_warnings(load_config_text(CONFIG.format(retries=1, extra=""))) == 0
+
+
+def test_config_applied_sets_the_warnings_gauge() -> None:
+    metrics = GatewayMetrics(True)
+    metrics.config_applied(wall=5.0, warnings=semantic_warnings(load_config_text(WARNED)))
+    scraped = scrape(metrics)
+    assert scraped["a3s_config_warnings", ()] == 1
+    assert scraped["a3s_config_last_reload_timestamp_seconds", ()] == 5
+
+
+PASSIVE = """
+entrypoints "web" {
+  address = "127.0.0.1:0"
+}
+routers "main" {
+  rule    = "PathPrefix(`/`)"
+  service = "pair"
+}
+services "pair" {
+  load_balancer {
+    servers = [{ url = "http://10.8.0.1:80" }, { url = "http://10.8.0.2:80" }]
+    passive_health {
+      error_threshold      = 1
+      max_ejection_percent = 50
+    }
+  }
+}
+"""
+
+
+@dataclass
+class _Exchange:
+    """What ``recording.outcome`` reads of an exchange."""
+
+    ctx: ServerContext
+    record: ExchangeRecord
+
+
+async def test_an_ejection_refused_by_max_ejection_percent_is_counted_skipped() -> None:
+    current = compile_runtime(load_config_text(PASSIVE), 1)
+    ctx = ServerContext(current, UpstreamPool())
+    ctx.metrics = metrics = GatewayMetrics(True)
+    service = current.services["pair"]
+    first, second = service.backends
+    exchange = _Exchange(ctx, ExchangeRecord("web", 0.0))
+    # an error each: the first backend is ejected, the second may not be (50 % of 2 are out)
+    outcome(exchange, service, first, 502)  # type: ignore[arg-type]  # the fields it reads
+    outcome(exchange, service, second, 502)  # type: ignore[arg-type]  # the fields it reads
+    outcome(exchange, service, second, 503)  # type: ignore[arg-type]  # the fields it reads
+    assert first.passive_ejected
+    assert not second.passive_ejected
+    scraped = scrape(metrics)
+    one, two = (labels(service="pair", backend=b.url.text) for b in (first, second))
+    assert scraped["a3s_passive_ejections_total", one] == 1
+    assert scraped["a3s_passive_ejections_skipped_total", two] == 2
+    assert ("a3s_passive_ejections_skipped_total", one) not in scraped
+    assert ("a3s_passive_ejections_total", two) not in scraped

@@ -1,14 +1,17 @@
 """The metrics registry (observability/metrics.py, SPEC §9.1): family declaration and
-validation, the text exposition (HELP/TYPE, escaping, values, histogram buckets) checked with
-prometheus_client's parser, counters that cannot go down, gauge removal, and the workers'
-snapshots merged by the supervisor (SPEC §13.4)."""
+validation, the cells (counters that cannot go down, gauge removal, histogram buckets), the
+exposition rendered by prometheus_client (HELP/TYPE, escaping, values, ``le`` labels, no
+``_created``) checked with its parser, the frozen snapshot rendered from another thread, and the
+workers' snapshots merged by the supervisor (SPEC §13.4)."""
 
 from __future__ import annotations
 
 import math
+import threading
 
 import msgspec
 import pytest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -19,11 +22,12 @@ from a3s_gateway.observability.metrics import (
     GaugeKind,
     Histogram,
     Registry,
-    escape_help,
-    escape_label_value,
-    format_value,
+    Snapshot,
+    SnapshotCollector,
+    decode,
     merge,
     monotonic_part,
+    render,
 )
 
 
@@ -56,11 +60,12 @@ def test_counter_exposition_has_help_type_and_samples() -> None:
     requests.labels("home", "200").inc(2)
     requests.labels("api", "500").inc()
     text = registry.render().decode()
+    # the library's text: labels sorted by name, values as Go floats, no _created sample
     assert text == (
         "# HELP app_requests_total Requests served.\n"
         "# TYPE app_requests_total counter\n"
-        'app_requests_total{route="home",code="200"} 3\n'
-        'app_requests_total{route="api",code="500"} 1\n'
+        'app_requests_total{code="200",route="home"} 3.0\n'
+        'app_requests_total{code="500",route="api"} 1.0\n'
     )
     parsed = families(registry.render())
     kind, help_text, samples = parsed["app_requests"]
@@ -78,8 +83,8 @@ def test_unlabelled_families_show_their_zero_and_labelled_ones_only_help_and_typ
     registry.gauge("keys", "Keys.", ("middleware",))
     registry.histogram("wait_seconds", "Wait.", ("queue",))
     text = registry.render().decode()
-    assert "dropped_total 0\n" in text
-    assert "generation 0\n" in text
+    assert "dropped_total 0.0\n" in text
+    assert "generation 0.0\n" in text
     parsed = families(registry.render())
     assert parsed["keys"] == ("gauge", "Keys.", [])
     assert parsed["wait_seconds"] == ("histogram", "Wait.", [])
@@ -95,19 +100,13 @@ def test_label_values_are_escaped_and_round_trip() -> None:
     for index, value in enumerate(awkward):
         gauge.labels(value).set(index)
     text = registry.render().decode()
-    assert 'odd{value="back\\\\slash"} 0\n' in text
-    assert 'odd{value="quote\\"d"} 1\n' in text
-    assert 'odd{value="new\\nline"} 2\n' in text
+    assert 'odd{value="back\\\\slash"} 0.0\n' in text
+    assert 'odd{value="quote\\"d"} 1.0\n' in text
+    assert 'odd{value="new\\nline"} 2.0\n' in text
     assert "\nnew" not in text  # no raw newline inside a sample line
     _, _, samples = families(registry.render())["odd"]
     assert [sample.labels["value"] for sample in samples] == awkward
     assert [sample.value for sample in samples] == list(range(len(awkward)))
-
-
-def test_escape_functions() -> None:
-    assert escape_label_value('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-    assert escape_label_value("plain") == "plain"
-    assert escape_help('say "hi"\\\n') == 'say "hi"\\\\\\n'
 
 
 def test_help_text_is_escaped_and_round_trips() -> None:
@@ -128,20 +127,20 @@ def test_lone_surrogates_render_as_replacement_not_a_crash() -> None:
 @pytest.mark.parametrize(
     ("value", "text"),
     [
-        (0, "0"),
-        (7, "7"),
-        (-3, "-3"),
-        (2**70, str(2**70)),
+        (0, "0.0"),
+        (7, "7.0"),
+        (-3, "-3.0"),
         (0.5, "0.5"),
-        (1.0, "1.0"),
         (1e-05, "1e-05"),
         (math.inf, "+Inf"),
         (-math.inf, "-Inf"),
         (math.nan, "NaN"),
     ],
 )
-def test_format_value(value: float, text: str) -> None:
-    assert format_value(value) == text
+def test_values_are_written_by_the_library(value: float, text: str) -> None:
+    registry = Registry()
+    registry.gauge("g", "G.").labels().set(value)
+    assert registry.render().decode().splitlines()[-1] == f"g {text}"
 
 
 def test_special_values_parse() -> None:
@@ -196,15 +195,18 @@ def test_histogram_buckets_are_cumulative_with_inclusive_bounds() -> None:
     assert child.counts == [2, 2, 2, 2]
     assert child.cumulative() == [2, 4, 6, 8]
     assert child.count == 8
-    text = registry.render().decode()
-    assert text.splitlines()[2:] == [
-        'wait_seconds_bucket{queue="q",le="0.1"} 2',
-        'wait_seconds_bucket{queue="q",le="1"} 4',
-        'wait_seconds_bucket{queue="q",le="10"} 6',
-        'wait_seconds_bucket{queue="q",le="+Inf"} 8',
-        f'wait_seconds_sum{{queue="q"}} {format_value(total)}',
-        'wait_seconds_count{queue="q"} 8',
+    lines = registry.render().decode().splitlines()
+    assert lines[2:-1] == [
+        'wait_seconds_bucket{le="0.1",queue="q"} 2.0',
+        'wait_seconds_bucket{le="1",queue="q"} 4.0',
+        'wait_seconds_bucket{le="10",queue="q"} 6.0',
+        'wait_seconds_bucket{le="+Inf",queue="q"} 8.0',
+        'wait_seconds_count{queue="q"} 8.0',
     ]
+    name, written = lines[-1].split(" ")
+    assert name == 'wait_seconds_sum{queue="q"}'
+    assert written == "1.0000000272500001e+09"  # Go's exponent form, as the library writes it
+    assert float(written) == total
     samples = families(registry.render())["wait_seconds"][2]
     buckets = {s.labels["le"]: s.value for s in samples if s.name == "wait_seconds_bucket"}
     assert buckets == {"0.1": 2, "1": 4, "10": 6, "+Inf": 8}
@@ -214,10 +216,10 @@ def test_unlabelled_histogram_lines() -> None:
     registry = Registry()
     registry.histogram("h", "H.", buckets=(1,)).labels().observe(0.5)
     assert registry.render().decode().splitlines()[2:] == [
-        'h_bucket{le="1"} 1',
-        'h_bucket{le="+Inf"} 1',
+        'h_bucket{le="1"} 1.0',
+        'h_bucket{le="+Inf"} 1.0',
+        "h_count 1.0",
         "h_sum 0.5",
-        "h_count 1",
     ]
 
 
@@ -383,6 +385,9 @@ def test_families_render_in_declaration_order() -> None:
 # --------------------------------------------------------------------- snapshots and merge
 
 
+EMPTY = Registry().freeze()
+
+
 def _worker(requests: int, in_flight: int, ejected: int, generation: int) -> Registry:
     registry = Registry()
     registry.counter("req_total", "Requests.", ("route",)).labels("a").inc(requests)
@@ -398,7 +403,7 @@ def _worker(requests: int, in_flight: int, ejected: int, generation: int) -> Reg
 def test_merge_sums_counters_histograms_and_sum_gauges() -> None:
     supervisor = _worker(0, 0, 0, generation=7)
     workers = [_worker(3, 1, 0, generation=6), _worker(4, 2, 1, generation=5)]
-    merged = values(merge([w.snapshot() for w in workers], own=supervisor))
+    merged = values(render(merge([w.snapshot() for w in workers], own=supervisor.freeze())))
     assert merged["req_total", (("route", "a"),)] == 7
     assert merged["in_flight", (("route", "a"),)] == 3
     assert merged["ejected", (("backend", "b"),)] == 1
@@ -416,7 +421,7 @@ def test_merge_includes_the_supervisors_own_counts() -> None:
     worker = Registry()
     worker.counter("reloads_total", "Reloads.", ("result",)).labels("ok").inc(1)
     worker.counter("only_worker_total", "Worker.").labels().inc(4)
-    merged = values(merge([worker.snapshot()], own=supervisor))
+    merged = values(render(merge([worker.snapshot()], own=supervisor.freeze())))
     assert merged["reloads_total", (("result", "ok"),)] == 3
     assert merged["only_worker_total", ()] == 4
 
@@ -427,7 +432,7 @@ def test_merge_max_gauges_take_the_largest_even_when_negative() -> None:
         registry = Registry()
         registry.gauge("m", "M.", ("k",), kind=GaugeKind.MAX).labels("x").set(value)
         snaps.append(registry.snapshot())
-    assert values(merge(snaps, own=Registry()))["m", (("k", "x"),)] == -2
+    assert values(render(merge(snaps, own=EMPTY)))["m", (("k", "x"),)] == -2
 
 
 def test_merge_own_gauge_missing_from_own_comes_from_the_first_snapshot() -> None:
@@ -436,7 +441,7 @@ def test_merge_own_gauge_missing_from_own_comes_from_the_first_snapshot() -> Non
         registry = Registry()
         registry.gauge("cfg", "Cfg.", kind=GaugeKind.OWN).labels().set(value)
         snaps.append(registry.snapshot())
-    assert values(merge(snaps, own=Registry()))["cfg", ()] == 11
+    assert values(render(merge(snaps, own=EMPTY)))["cfg", ()] == 11
 
 
 def test_merge_ignores_an_incompatible_family() -> None:
@@ -448,7 +453,8 @@ def test_merge_ignores_an_incompatible_family() -> None:
     third.histogram("x", "X.", ("a",)).labels("1").observe(1)
     fourth = Registry()
     fourth.gauge("x", "X.", ("a",), kind=GaugeKind.OWN).labels("1").set(4)
-    merged = values(merge([s.snapshot() for s in (first, second, third, fourth)], own=Registry()))
+    snaps = [s.snapshot() for s in (first, second, third, fourth)]
+    merged = values(render(merge(snaps, own=EMPTY)))
     assert merged == {("x", (("a", "1"),)): 1}
 
 
@@ -457,27 +463,30 @@ def test_merge_ignores_histograms_with_other_buckets() -> None:
     first.histogram("h", "H.", buckets=(1,)).labels().observe(0.5)
     second = Registry()
     second.histogram("h", "H.", buckets=(1, 2)).labels().observe(0.5)
-    merged = values(merge([first.snapshot(), second.snapshot()], own=Registry()))
+    merged = values(render(merge([first.snapshot(), second.snapshot()], own=EMPTY)))
     assert merged["h_count", ()] == 1
 
 
 def test_merge_keeps_escaping_and_help() -> None:
     worker = Registry()
     worker.counter("e_total", 'Help "q" \\ \n.', ("v",)).labels('a"b\\c\nd').inc()
-    parsed = families(merge([worker.snapshot(), worker.snapshot()], own=Registry()))
+    parsed = families(render(merge([worker.snapshot(), worker.snapshot()], own=EMPTY)))
     kind, help_text, samples = parsed["e"]
     assert (kind, help_text) == ("counter", 'Help "q" \\ \n.')
     assert [(s.labels, s.value) for s in samples] == [({"v": 'a"b\\c\nd'}, 2)]
 
 
-def test_merge_of_nothing_renders_own() -> None:
+def test_merge_of_nothing_is_own() -> None:
     own = _worker(2, 1, 1, generation=3)
-    assert merge([], own=own) == own.render()
+    assert merge([], own=own.freeze()) == own.freeze()
+    assert render(merge([], own=own.freeze())) == own.render()
 
 
 def test_merge_refuses_garbage() -> None:
     with pytest.raises(msgspec.DecodeError):
-        merge([b"not a snapshot"], own=Registry())
+        merge([b"not a snapshot"], own=EMPTY)
+    with pytest.raises(msgspec.DecodeError):
+        decode(b"\x93garbage")
 
 
 def test_the_monotonic_part_of_a_snapshot_keeps_counters_and_histograms_only() -> None:
@@ -486,8 +495,85 @@ def test_the_monotonic_part_of_a_snapshot_keeps_counters_and_histograms_only() -
     worker.gauge("b", "A gauge.").labels().set(7)
     worker.histogram("c_seconds", "A histogram.").labels().observe(0.2)
     kept = monotonic_part(worker.snapshot())
-    text = merge([kept], own=Registry()).decode()
-    assert "a_total 3" in text
-    assert "c_seconds_count 1" in text
+    text = render(merge([kept], own=EMPTY)).decode()
+    assert "a_total 3.0" in text
+    assert "c_seconds_count 1.0" in text
     assert "\nb " not in text
     assert not text.startswith("b ")
+
+
+# ---------------------------------------------------------------- the library's exposition
+
+
+def test_no_created_samples_and_counters_keep_their_total_suffix() -> None:
+    registry = Registry()
+    registry.counter("c_total", "C.", ("k",)).labels("a").inc(2)
+    registry.histogram("h_seconds", "H.").labels().observe(0.2)
+    text = registry.render().decode()
+    assert "_created" not in text
+    assert "# TYPE c_total counter" in text
+    assert 'c_total{k="a"} 2.0' in text
+
+
+def test_the_collector_registry_is_the_librarys_over_the_live_cells() -> None:
+    registry = Registry()
+    child = registry.counter("c_total", "C.").labels()
+    collectors = registry.collector_registry
+    assert registry.collector_registry is collectors
+    child.inc(3)
+    assert collectors.get_sample_value("c_total") == 3
+    child.inc()
+    assert collectors.get_sample_value("c_total") == 4
+    assert generate_latest(collectors) == registry.render()
+
+
+def test_a_frozen_snapshot_does_not_change_with_the_cells() -> None:
+    registry = Registry()
+    counter = registry.counter("c_total", "C.", ("k",))
+    histogram = registry.histogram("h", "H.", buckets=(1,))
+    counter.labels("a").inc()
+    histogram.labels().observe(0.5)
+    frozen = registry.freeze()
+    before = render(frozen)
+    counter.labels("a").inc(5)
+    counter.labels("b").inc()
+    histogram.labels().observe(3)
+    assert render(frozen) == before
+    assert render(registry.freeze()) != before
+
+
+def test_a_snapshot_renders_on_another_thread() -> None:
+    registry = Registry()
+    registry.gauge("g", "G.", ("k",)).labels("x").set(2)
+    frozen = registry.freeze()
+    out: list[bytes] = []
+    thread = threading.Thread(target=lambda: out.append(render(frozen)))
+    thread.start()
+    thread.join(timeout=10)
+    assert out == [registry.render()]
+
+
+def test_the_snapshot_collector_yields_the_library_families() -> None:
+    registry = Registry()
+    registry.counter("c_total", "C.").labels().inc(2)
+    registry.gauge("g", "G.", kind=GaugeKind.MAX).labels().set(1)
+    registry.histogram("h", "H.", buckets=(1,)).labels().observe(2)
+    metrics = list(SnapshotCollector(registry.freeze()).collect())
+    assert [(m.name, m.type) for m in metrics] == [
+        ("c", "counter"),
+        ("g", "gauge"),
+        ("h", "histogram"),
+    ]
+    assert [(s.name, s.value) for s in metrics[2].samples] == [
+        ("h_bucket", 0),
+        ("h_bucket", 1),
+        ("h_count", 1),
+        ("h_sum", 2.0),
+    ]
+
+
+def test_snapshots_encode_and_decode() -> None:
+    worker = _worker(3, 1, 1, generation=2)
+    decoded = decode(worker.snapshot())
+    assert isinstance(decoded, Snapshot)
+    assert decoded == worker.freeze()

@@ -7,7 +7,10 @@
 - counters never decrease under random sequences of exchanges, middleware activity, reloads
   that rebuild or keep instances, late counts on retired generations, and scrapes; and the
   instance-kept counters equal the model's totals;
-- merging workers' snapshots sums their counters and histograms.
+- merging workers' snapshots sums their counters and histograms, is the same whatever the
+  order of the workers, and a merge of one snapshot renders what the worker renders;
+- a frozen snapshot survives the msgpack round trip, and its rendering parses back to the
+  cells' values (render → parse).
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from a3s_gateway.config.load import load_config_text
 from a3s_gateway.middleware.breaker import BreakerState, CircuitBreakerMiddleware
 from a3s_gateway.middleware.retry import RetryMiddleware
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
-from a3s_gateway.observability.metrics import Counter, GaugeKind, Histogram, Registry, merge
+from a3s_gateway.observability.metrics import (
+    Counter,
+    GaugeKind,
+    Histogram,
+    Registry,
+    decode,
+    merge,
+    render,
+)
 from a3s_gateway.observability.record import ExchangeRecord
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.upstream.peer import Peer
@@ -98,10 +109,14 @@ def test_any_label_values_render_parseable_text_that_round_trips(
 # ---------------------------------------------------------------------------- histograms
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+#: Bucket bounds: prometheus_client writes no ``_sum``/``_count`` for a histogram whose first
+#: bound is negative (observations may be negative: the sum is then no counter), and every
+#: histogram of the gateway measures durations, so the bounds here are ≥ 0.
+bounds_at_or_above_zero = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 
 
 @given(
-    bounds=st.lists(finite, min_size=1, max_size=8, unique=True).map(sorted),
+    bounds=st.lists(bounds_at_or_above_zero, min_size=1, max_size=8, unique=True).map(sorted),
     observations=st.lists(finite, max_size=60),
 )
 def test_histogram_buckets_hold_the_observations_at_or_below_each_bound(
@@ -326,8 +341,51 @@ def test_merge_sums_every_workers_counters_and_histograms(
         snapshots.append(registry.snapshot())
     own = Registry()
     own.gauge("w_cfg", "W.", kind=GaugeKind.OWN).labels().set(-1)
-    merged = parse(merge(snapshots, own=own))
+    merged = parse(render(merge(snapshots, own=own.freeze())))
+    reversed_order = parse(render(merge(snapshots[::-1], own=own.freeze())))
+    assert reversed_order.keys() == merged.keys()
+    assert all(math.isclose(reversed_order[key], merged[key]) for key in merged)
     assert {k[1][0][1]: v for k, v in merged.items() if k[0] == "w_total"} == totals
     counts = {k[1][0][1]: v for k, v in merged.items() if k[0] == "w_seconds_count"}
     assert counts == observations
     assert merged["w_cfg", ()] == -1
+
+
+rows_of_cells = st.lists(
+    st.tuples(
+        st.sampled_from(["counter", "gauge", "histogram"]),
+        label_values,
+        st.integers(0, 10**6),
+    ),
+    max_size=12,
+)
+
+
+@given(rows=rows_of_cells)
+def test_a_snapshot_round_trips_and_renders_what_the_cells_hold(
+    rows: list[tuple[str, str, int]],
+) -> None:
+    registry = Registry()
+    counter = registry.counter("r_total", "R.", ("k",))
+    gauge = registry.gauge("r_max", "R.", ("k",), kind=GaugeKind.MAX)
+    histogram = registry.histogram("r_seconds", "R.", ("k",), buckets=(0.5, 2))
+    for kind, key, value in rows:
+        match kind:
+            case "counter":
+                counter.labels(key).inc(value)
+            case "gauge":
+                gauge.labels(key).set(value)
+            case _:
+                histogram.labels(key).observe(value / 10)
+    frozen = registry.freeze()
+    assert decode(registry.snapshot()) == frozen
+    parsed = parse(render(frozen))
+    for values, child in counter.children.items():
+        assert parsed["r_total", (("k", values[0]),)] == child.value
+    for values, cell in gauge.children.items():
+        assert parsed["r_max", (("k", values[0]),)] == cell.value
+    for values, buckets in histogram.children.items():
+        assert parsed["r_seconds_count", (("k", values[0]),)] == buckets.count
+        assert parsed["r_seconds_bucket", (("k", values[0]), ("le", "0.5"))] == buckets.counts[0]
+    # one worker merged with an empty supervisor renders as the worker itself
+    assert parse(render(merge([registry.snapshot()], own=Registry().freeze()))) == parsed

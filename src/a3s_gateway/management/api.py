@@ -42,7 +42,7 @@ from a3s_gateway.middleware.retry import RetryMiddleware
 
 if TYPE_CHECKING:
     import ipaddress
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from a3s_gateway.config.redaction import Redactor
     from a3s_gateway.config.schema import Config, Management
@@ -201,8 +201,15 @@ class GatewayView(Protocol):
         """The entrypoints the gateway serves, with their bound addresses."""
         ...
 
-    def metrics_text(self) -> bytes | None:
-        """The Prometheus exposition; None when metrics are disabled."""
+    async def metrics_text(self) -> bytes | None:
+        """The Prometheus exposition; None when metrics are disabled. Async: the gateway
+        renders it off the event loop."""
+        ...
+
+    def backend_requests(self) -> Mapping[tuple[str, str], int] | None:
+        """Requests sent to each backend since the start, by (service, backend URL): the
+        ``requests_total`` of ``/backends`` and ``/services`` (0 for a backend not in it);
+        None when not counted (metrics disabled, or the documents come from elsewhere)."""
         ...
 
     async def reload(self) -> ReloadReport | None:
@@ -394,7 +401,7 @@ async def handle(
 async def _answer(endpoint: _Endpoint, view: GatewayView, clock: Clock) -> ApiResponse:
     name = endpoint.name
     if name == "metrics":
-        text = view.metrics_text()
+        text = await view.metrics_text()
         if text is None:
             return json_response(HTTPStatus.NOT_FOUND, {"error": "metrics are disabled"})
         return _response(HTTPStatus.OK, METRICS_CONTENT_TYPE, text)
@@ -421,7 +428,7 @@ def _document(endpoint: _Endpoint, view: GatewayView, clock: Clock) -> tuple[int
             service = runtime.services.get(name) if runtime is not None else None
             if runtime is None or service is None:
                 return HTTPStatus.NOT_FOUND, {"error": "service not found"}
-            return HTTPStatus.OK, service_document(runtime, service, clock)
+            return HTTPStatus.OK, service_document(runtime, service, clock, view.backend_requests())
         case "rollout-action", _:
             return HTTPStatus.NOT_FOUND, {"error": "rollout not found"}
     return _listing(endpoint.name, view, runtime, clock)
@@ -443,9 +450,9 @@ def _listing(
         case "routes":
             return HTTPStatus.OK, route_documents(runtime)
         case "services":
-            return HTTPStatus.OK, service_documents(runtime, clock)
+            return HTTPStatus.OK, service_documents(runtime, clock, view.backend_requests())
         case "backends":
-            return HTTPStatus.OK, backend_documents(runtime, clock)
+            return HTTPStatus.OK, backend_documents(runtime, clock, view.backend_requests())
         case "middlewares":
             return HTTPStatus.OK, middleware_documents(runtime)
         case "entrypoints":
@@ -568,18 +575,29 @@ def _route(route: Route, every_entrypoint: list[str]) -> JsonObject:
     }
 
 
-def service_documents(runtime: RuntimeConfig | None, clock: Clock) -> list[JsonObject]:
-    """``/services``: every service with its backends."""
+#: Requests sent per (service, backend URL) (``GatewayView.backend_requests``).
+Requests: TypeAlias = "Mapping[tuple[str, str], int] | None"
+
+
+def service_documents(
+    runtime: RuntimeConfig | None, clock: Clock, requests: Requests = None
+) -> list[JsonObject]:
+    """``/services``: every service with its backends (``requests``: their
+    ``requests_total``; None leaves it null)."""
     if runtime is None:
         return []
-    return [service_document(runtime, service, clock) for service in runtime.services.values()]
+    return [
+        service_document(runtime, service, clock, requests) for service in runtime.services.values()
+    ]
 
 
-def service_document(runtime: RuntimeConfig, service: ServiceRuntime, clock: Clock) -> JsonObject:
+def service_document(
+    runtime: RuntimeConfig, service: ServiceRuntime, clock: Clock, requests: Requests = None
+) -> JsonObject:
     block = runtime.config.services.get(service.name)
     balancer = block.load_balancer if block is not None else None
     strategy = (balancer if balancer is not None else LoadBalancer()).strategy
-    backends = _backends(runtime, service, clock)
+    backends = _backends(runtime, service, clock, requests)
     return {
         "name": service.name,
         "strategy": strategy,
@@ -590,23 +608,32 @@ def service_document(runtime: RuntimeConfig, service: ServiceRuntime, clock: Clo
     }
 
 
-def backend_documents(runtime: RuntimeConfig | None, clock: Clock) -> list[JsonObject]:
-    """``/backends``: every backend of every service."""
+def backend_documents(
+    runtime: RuntimeConfig | None, clock: Clock, requests: Requests = None
+) -> list[JsonObject]:
+    """``/backends``: every backend of every service (``requests``: their
+    ``requests_total``; None leaves it null)."""
     if runtime is None:
         return []
     return [
         backend
         for service in runtime.services.values()
-        for backend in _backends(runtime, service, clock)
+        for backend in _backends(runtime, service, clock, requests)
     ]
 
 
-def _backends(runtime: RuntimeConfig, service: ServiceRuntime, clock: Clock) -> list[JsonObject]:
+def _backends(
+    runtime: RuntimeConfig, service: ServiceRuntime, clock: Clock, requests: Requests
+) -> list[JsonObject]:
     revisions = _revision_names(runtime, service)
     return [
-        _backend(service, backend, revisions[backend.index], clock)
-        if backend.index < len(revisions)
-        else _backend(service, backend, None, clock)
+        _backend(
+            service,
+            backend,
+            revisions[backend.index] if backend.index < len(revisions) else None,
+            clock,
+            None if requests is None else requests.get((service.name, backend.url.text), 0),
+        )
         for backend in service.backends
     ]
 
@@ -624,7 +651,11 @@ def _revision_names(runtime: RuntimeConfig, service: ServiceRuntime) -> list[str
 
 
 def _backend(
-    service: ServiceRuntime, backend: Backend, revision: str | None, clock: Clock
+    service: ServiceRuntime,
+    backend: Backend,
+    revision: str | None,
+    clock: Clock,
+    requests: int | None,
 ) -> JsonObject:
     outliers = service.outliers
     until = outliers.ejected_until(backend) if outliers is not None else None
@@ -641,8 +672,8 @@ def _backend(
         "passive_state": outliers.state(backend).value if outliers is not None else None,
         "available": backend.available,
         "in_flight": backend.in_flight,
-        # Per-backend counters arrive with the metrics registry (a3s_backend_requests_total).
-        "requests_total": None,
+        # a3s_backend_requests_total summed over its codes (None: metrics are disabled)
+        "requests_total": requests,
         "errors_total": None,
     }
 

@@ -20,14 +20,21 @@ only for what the endpoint shows (``Supervisor.query``, each worker bounded by
 - ``/live``: the supervisor's event loop answers. ``/ready``: 503 with a reason while the
   workers start, a worker is missing (down or restarting: "1 of 2 workers ready (worker 0
   starting)"; "0 of 2 …" when none serves) or the supervisor drains; no worker is asked.
-- ``/metrics``: ``metrics.merge`` of every ready worker's ``Gateway.metrics_snapshot()`` with
-  the supervisor's own registry, a ``GatewayMetrics`` in which only the supervisor's values are
-  set: the config gauges (generation, apply time, warnings: ``OWN`` gauges, so the
-  supervisor's values are the ones shown), ``a3s_config_reloads_total`` from the supervisor's
+- ``/metrics``: ``metrics.merge`` of every ready worker's ``Gateway.metrics_snapshot()`` (the
+  compact msgpack snapshot of its cells) with the supervisor's own registry, rendered by
+  ``prometheus_client`` (``metrics.render``) in a worker thread, so the event loop only
+  freezes the supervisor's cells; the decoding, merge and rendering run off it. The
+  supervisor's registry is a ``GatewayMetrics`` in which only the supervisor's values are
+  set: the config gauges (generation, apply time, warnings — ``semantic_warnings`` of the
+  running config for ``--workers N``: ``OWN`` gauges, so the supervisor's values are the ones
+  shown), ``a3s_config_reloads_total`` from the supervisor's
   ``Reloader`` (workers leave it empty: every candidate is validated once, here), build info,
   its own ``process_*`` sample (CPU and memory add up over the processes; the descriptor limit
-  and start time are the supervisor's), and three families of the fleet: ``a3s_workers_ready``,
-  ``a3s_worker_restarts_total`` and ``a3s_worker_query_failures_total{query}``.
+  and start time are the supervisor's), ``a3s_health_checks_total`` (the active probes run in
+  the supervisor, once for all workers: ``probes/broadcast.py``), and three families of the
+  fleet: ``a3s_workers_ready``, ``a3s_worker_restarts_total`` and
+  ``a3s_worker_query_failures_total{query}``. The workers' ``a3s_backend_healthy`` is the
+  health the supervisor pushed to them, so every worker reports the same.
 - ``/config``: the supervisor's validated config, redacted: the current generation, which is
   what the supervisor hands every worker (``supervisor/workers.py``).
 - ``/routes`` (and ``/routes/{name}``): the supervisor's own compiled ``RuntimeConfig``
@@ -36,7 +43,8 @@ only for what the endpoint shows (``Supervisor.query``, each worker bounded by
   service name.
 - ``/services``, ``/services/{name}``, ``/backends``, ``/middlewares``: the workers' reports,
   merged. These documents show live per-worker state (health flags, passive ejections,
-  requests in flight, breaker states, rate-limit keys, retry budgets) that the supervisor's
+  requests in flight, breaker states, rate-limit keys, retry budgets, ``requests_total``
+  per backend) that the supervisor's
   runtime, which never serves, does not have; each worker builds them with the API's own
   document functions and ``merge_documents`` combines them: counts are added up (in flight,
   keys, breaker failures, retries...), a flag is true when it is true in any worker (the
@@ -89,8 +97,15 @@ from a3s_gateway.management.api import (
     request_path,
 )
 from a3s_gateway.management.server import ManagementServer, ServerLimits
-from a3s_gateway.observability.gateway_metrics import GatewayMetrics
-from a3s_gateway.observability.metrics import GaugeKind, Registry, merge, monotonic_part
+from a3s_gateway.observability.gateway_metrics import GatewayMetrics, semantic_warnings
+from a3s_gateway.observability.metrics import (
+    GaugeKind,
+    Snapshot,
+    decode,
+    merge,
+    monotonic_part,
+    render,
+)
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.state import GatewayState, HealthSnapshot
 from a3s_gateway.supervisor.worker_main import DocumentsReply, MetricsReply, StateReply
@@ -112,6 +127,7 @@ __all__ = [
     "FleetApi",
     "FleetManagementServer",
     "FleetView",
+    "fleet_exposition",
     "fleet_listeners",
     "fleet_state",
     "merge_documents",
@@ -250,7 +266,7 @@ def _merge_list(lists: Sequence[list[object]]) -> list[object]:
     return [_merge_object(group) for group in groups.values()]
 
 
-def merge_snapshots(snapshots: Sequence[bytes], own: Registry) -> bytes:
+def merge_snapshots(snapshots: Sequence[bytes], own: Snapshot) -> Snapshot:
     """``metrics.merge`` of ``snapshots`` with ``own``; a snapshot that does not decode is left
     out (and logged) instead of failing the scrape."""
     try:
@@ -261,9 +277,15 @@ def merge_snapshots(snapshots: Sequence[bytes], own: Registry) -> bytes:
         return merge(good, own=own)
 
 
+def fleet_exposition(snapshots: Sequence[bytes], own: Snapshot) -> bytes:
+    """The fleet's ``/metrics`` text: ``merge_snapshots`` rendered by ``prometheus_client``.
+    Pure and thread-safe (``FleetApi`` runs it with ``trio.to_thread.run_sync``)."""
+    return render(merge_snapshots(snapshots, own))
+
+
 def _decodes(snapshot: bytes) -> bool:
     try:
-        merge([snapshot], own=Registry())
+        decode(snapshot)
     except ValueError:
         return False
     return True
@@ -367,8 +389,11 @@ class FleetView:
     def listeners(self) -> Sequence[ListenerInfo]:
         return self.entrypoints
 
-    def metrics_text(self) -> bytes | None:
+    async def metrics_text(self) -> bytes | None:
         return self.metrics
+
+    def backend_requests(self) -> Mapping[tuple[str, str], int] | None:
+        return None  # the workers' documents carry their counts; ``merge_documents`` adds them
 
     async def reload(self) -> ReloadReport:
         return await self.reload_path()
@@ -443,18 +468,22 @@ class FleetApi:
         *,
         timeout: float = QUERY_TIMEOUT,
         version: str | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._fleet = fleet
         self._reloader = reloader
         self._timeout = timeout
         self._version = version if version is not None else _version()
-        #: The supervisor's own families (module docstring): only its values are ever set.
-        self.metrics = GatewayMetrics(True, version=self._version)
+        #: The supervisor's own families (module docstring): only its values are ever set
+        #: (``metrics``: shared with the supervisor's health probers, which count their probes).
+        self.metrics = GatewayMetrics(True, version=self._version) if metrics is None else metrics
         #: Each slot's worker (pid) and its last metrics snapshot.
         self._last: dict[int, tuple[int, bytes]] = {}
         #: The counters and histograms of workers that have gone (``_retire_gone``).
         self._retired: list[bytes] = []
+        #: ``a3s_config_warnings`` of a generation: (generation, count).
+        self._warning_count: tuple[int, int] | None = None
         registry = self.metrics.registry
         self._workers_ready = registry.gauge(
             "a3s_workers_ready", "Worker processes ready now.", kind=GaugeKind.OWN
@@ -545,7 +574,8 @@ class FleetApi:
                 self._last[index] = (pid, reply.snapshot)
         self._retire_gone(pids)
         self._collect()
-        return merge_snapshots([*snapshots, *self._retired], self.metrics.registry)
+        own = self.metrics.freeze()
+        return await trio.to_thread.run_sync(fleet_exposition, [*snapshots, *self._retired], own)
 
     def _retire_gone(self, pids: Mapping[int, int]) -> None:
         """Keep what a worker that has gone (exited or replaced) counted up to its last
@@ -571,9 +601,7 @@ class FleetApi:
         """Set the supervisor's own values (module docstring) before a merge."""
         metrics, fleet, supervisor = self.metrics, self._fleet, self._supervisor
         metrics.config_generation.labels().set(fleet.config_generation)
-        last = self._reloader.last
-        warnings = len(last.warnings) if last is not None and last.ok else 0
-        metrics.config_applied(wall=fleet.applied_at, warnings=warnings)
+        metrics.config_applied(wall=fleet.applied_at, warnings=self._warnings())
         for result, total in self._reloader.counts.items():
             metrics.config_reloads.labels(result).advance_to(total)
         self._workers_ready.labels().set(len(supervisor.ready()))
@@ -583,6 +611,17 @@ class FleetApi:
         process = read_process()
         if process is not None:
             _set_process(metrics, process)
+
+    def _warnings(self) -> int:
+        """``semantic_warnings`` of the running config with N workers, once per generation."""
+        generation = self._fleet.config_generation
+        cached = self._warning_count
+        if cached is None or cached[0] != generation:
+            count = semantic_warnings(
+                self._fleet.config(), workers=self._supervisor.count, environ=os.environ
+            )
+            cached = self._warning_count = (generation, count)
+        return cached[1]
 
     async def reload(self) -> ReloadReport:
         """``POST /reload``: the supervisor's reload path (validated once, then SIGHUP)."""

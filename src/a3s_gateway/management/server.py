@@ -30,6 +30,7 @@ started. The bearer token is read from the environment when the server is built 
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 import os
 import ssl
@@ -452,8 +453,10 @@ class GatewayAdapter:
 
     ``reload`` performs a reload from the config file and reports it; absent, or answering
     None, the gateway runs without a file and ``POST /reload`` answers 409. Calls are
-    serialised. ``metrics`` renders
-    the Prometheus text (absent, or ``metrics_enabled = false``: ``/metrics`` answers 404).
+    serialised. ``metrics`` renders the Prometheus text, awaited when it is a coroutine
+    function (``Gateway.metrics_exposition`` renders off the event loop); absent, or
+    ``metrics_enabled = false``: ``/metrics`` answers 404. ``backend_requests`` gives
+    ``/backends``' ``requests_total`` (absent: null).
     """
 
     def __init__(
@@ -461,11 +464,13 @@ class GatewayAdapter:
         gateway: Gateway,
         *,
         reload: Callable[[], Awaitable[ReloadReport | None]] | None = None,
-        metrics: Callable[[], bytes | None] | None = None,
+        metrics: Callable[[], Awaitable[bytes | None]] | Callable[[], bytes | None] | None = None,
+        backend_requests: Callable[[], Mapping[tuple[str, str], int] | None] | None = None,
     ) -> None:
         self._gateway = gateway
         self._reload = reload
         self._metrics = metrics
+        self._backend_requests = backend_requests
         self._reloading = trio.Lock()
 
     @property
@@ -501,10 +506,14 @@ class GatewayAdapter:
             if name in runtime.entrypoints
         ]
 
-    def metrics_text(self) -> bytes | None:
+    async def metrics_text(self) -> bytes | None:
         if self._metrics is None or not self._gateway.config().observability.metrics_enabled:
             return None
-        return self._metrics()
+        text = self._metrics()
+        return await text if inspect.isawaitable(text) else text
+
+    def backend_requests(self) -> Mapping[tuple[str, str], int] | None:
+        return None if self._backend_requests is None else self._backend_requests()
 
     async def reload(self) -> ReloadReport | None:
         if self._reload is None:

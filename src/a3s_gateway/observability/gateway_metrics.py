@@ -2,27 +2,38 @@
 
 Ring 0: pure; no trio, sockets, TLS or clocks (times and the wall clock arrive as arguments).
 
-``GatewayMetrics`` owns a ``Registry`` (``metrics.py``) with the SPEC §9.1 families that exist
-in this build, and two ways in:
+``GatewayMetrics`` owns a ``Registry`` (``metrics.py``: plain cells, exposed through
+``prometheus_client`` at scrape time) with the SPEC §9.1 families that exist in this build,
+and three ways in:
 
-- **Events**, called by the data plane, each cheap: ``observe_exchange`` (one finished request:
-  the requests counter, the duration histogram, the byte counters), ``observe_attempt`` (one
-  upstream attempt: backend requests, upstream response time), ``connection_opened``,
-  ``connection_rejected``, ``connect_error``, ``stale_retry``, ``failover``, ``lb_panic``,
-  ``middleware_outcome``, ``health_check``, ``passive_ejection``, ``reload``,
-  ``config_applied`` and ``access_log_dropped``. The children an exchange touches are cached
-  per (entrypoint, router, service) and per (service, backend), so a repeated label set costs a
-  dict lookup and an attribute add per family. ``observe_exchange`` leaves the backend
-  families alone: the data plane reports every attempt (retries and failover included) through
+- **``prepare(runtime)``**, called when a config generation starts serving (``config_applied``
+  does it): the cells of every configured (entrypoint, router, service) and (service, backend)
+  are created ahead of traffic, so the request path finds them and their byte counters and
+  upstream histograms are exposed from the start (at zero). Cells are never dropped: counters
+  survive reloads (SPEC §9.1), and a router or backend that comes back finds its totals.
+- **Events**, called by the data plane, each cheap (DESIGN.md §3.5: well under 1 µs for an
+  exchange and its attempt together, measured by ``bench/micro/metrics_bench.py``):
+  ``observe_exchange`` (one finished request: the requests counter, the duration histogram,
+  the byte counters), ``observe_attempt`` (one upstream attempt: backend requests, upstream
+  response time), ``connection_opened``, ``connection_rejected``, ``connect_error``,
+  ``stale_retry``, ``failover``, ``lb_panic``, ``middleware_outcome``, ``health_check``,
+  ``passive_ejection`` (``skipped=True``: max_ejection_percent refused one), ``reload``,
+  ``config_applied`` and ``access_log_dropped``. The cells an exchange touches are found by
+  one dict lookup per (entrypoint, router, service) and per (service, backend), then per status
+  and method; an update is an attribute add, the histogram's a ``bisect`` and two adds, written
+  out in the method rather than called. ``observe_exchange`` leaves the backend families
+  alone: the data plane reports every attempt (retries and failover included) through
   ``ExchangeObserver.attempt`` to ``observe_attempt``, and counting the record's last backend
   as well would count twice.
-- **``collect(runtime, ctx)``**, called at scrape time just before ``render()``: gauges are set
-  from live state (requests in flight and open connections per entrypoint, the pool's idle and
-  active connections, each backend's in-flight count and health flags, rate-limit keys, breaker
-  states, the config generation, the ``process_*`` sample when one is passed), and counters kept
-  by the middleware instances and mirror states (retries, breaker transitions, Redis and JWKS
-  errors, mirror outcomes) are read into their families. Gauges of objects that left the config
-  are removed; counters stay (SPEC §9.1: counters survive reloads).
+- **``collect(runtime, ctx)``**, called at scrape time on the event loop just before
+  ``freeze()`` (or ``render()``/``snapshot()``): gauges are set from live state (requests in
+  flight and open connections per entrypoint, the pool's idle and active connections, each
+  backend's in-flight count and health flags, rate-limit keys, breaker states, the config
+  generation, the ``process_*`` sample when one is passed), and counters kept by the middleware
+  instances and mirror states (retries, breaker transitions, Redis and JWKS errors, mirror
+  outcomes) are read into their families. Gauges of objects that left the config are removed;
+  counters stay (SPEC §9.1: counters survive reloads). ``freeze()`` is the immutable snapshot
+  that the caller renders off the event loop (``metrics.render`` in a thread).
 
 Counters kept by instances are per generation: a reload may rebuild or drop a middleware (a
 changed definition) and rebuilds every mirror state. ``retire`` (or ``retire_generation``, which
@@ -31,6 +42,10 @@ carried, and the families report carried + live, so they never go down. A retire
 still read until the next reload (requests in flight finish on their snapshot and may still
 count), then folded into the carried totals. Counter children only ever ``advance_to`` a
 larger total.
+
+``requests_by_backend()`` sums ``a3s_backend_requests_total`` per (service, backend) for the
+management API's ``/backends`` ``requests_total``; ``semantic_warnings(config)`` counts the
+semantic warnings of a config for ``a3s_config_warnings``.
 
 With ``enabled=False`` (``metrics_enabled = false``) every method returns at once and nothing
 is recorded; the management API answers 404 instead of calling ``render``.
@@ -57,8 +72,14 @@ from a3s_gateway.version import __version__
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from a3s_gateway.config.schema import Config
     from a3s_gateway.middleware.contract import Middleware
-    from a3s_gateway.observability.metrics import Counter, CounterChild, HistogramChild
+    from a3s_gateway.observability.metrics import (
+        Counter,
+        CounterChild,
+        HistogramChild,
+        Snapshot,
+    )
     from a3s_gateway.observability.process import ProcessSample
     from a3s_gateway.observability.record import ExchangeRecord
     from a3s_gateway.runtime.compile import RuntimeConfig
@@ -66,7 +87,13 @@ if TYPE_CHECKING:
     from a3s_gateway.upstream.peer import Peer
     from a3s_gateway.upstream.pool_state import PeerStats
 
-__all__ = ["GatewayMetrics", "MetricsContext", "PoolView", "normalise_method"]
+__all__ = [
+    "GatewayMetrics",
+    "MetricsContext",
+    "PoolView",
+    "normalise_method",
+    "semantic_warnings",
+]
 
 #: The nine standard methods (RFC 9110 §9, RFC 5789); any other is ``OTHER`` (SPEC §9.1).
 #: Methods are case-sensitive, so ``get`` is ``OTHER`` too.
@@ -78,6 +105,11 @@ _METHODS: Final[dict[bytes, str]] = {
 _ROUTE: Final = ("entrypoint", "router", "service")
 _BACKEND: Final = ("service", "backend")
 
+#: What the hot path's first lookups find for a router or service without cells (never
+#: written to).
+_NO_ROUTES: Final[Mapping[str, _Route]] = {}
+_NO_UPSTREAMS: Final[Mapping[str, _Upstream]] = {}
+
 #: The ``to`` label of ``a3s_circuit_breaker_transitions_total`` by ``BreakerState`` value.
 _BREAKER_STATES: Final = {0: "closed", 1: "open", 2: "half_open"}
 
@@ -85,6 +117,33 @@ _BREAKER_STATES: Final = {0: "closed", 1: "open", 2: "half_open"}
 def normalise_method(method: bytes) -> str:
     """The ``method`` label: one of the nine standard methods, else ``OTHER``."""
     return _METHODS.get(method, "OTHER")
+
+
+def semantic_warnings(
+    config: Config, *, workers: int = 1, environ: Mapping[str, str] | None = None
+) -> int:
+    """How many warnings the semantic checks (SPEC §3.15, ``config.semantic``) find in
+    ``config`` run by ``workers`` processes: ``a3s_config_warnings``. ``environ`` tells whether
+    the management token variable is set (None: it is not). File and certificate checks
+    (``validate``'s preflight) are not counted: they describe the disk, not the config."""
+    from a3s_gateway.config.problems import SourceMap
+    from a3s_gateway.config.semantic import SemanticContext, check_semantics
+
+    management = config.management
+    token_set = (
+        environ is not None
+        and management is not None
+        and bool(environ.get(management.auth_token_env))
+    )
+    context = SemanticContext(
+        sources=SourceMap(),
+        default_file="",
+        broken=frozenset(),
+        workers=workers,
+        admin_token_set=token_set,
+    )
+    problems = check_semantics(config, context)
+    return sum(1 for problem in problems if problem.severity == "warning")
 
 
 class PoolView(Protocol):
@@ -110,12 +169,14 @@ class MetricsContext(Protocol):
 
 
 class _Route:
-    """The children one (entrypoint, router, service) touches, created as first needed."""
+    """The cells of one (entrypoint, router, service): the byte counters, and per status the
+    requests counters and the duration histogram of its class."""
 
-    __slots__ = ("durations", "key", "request_bytes", "response_bytes", "statuses")
+    __slots__ = ("durations", "key", "request_bytes", "response_bytes", "service", "statuses")
 
     def __init__(self, metrics: GatewayMetrics, key: tuple[str, str, str]) -> None:
         self.key = key
+        self.service = key[2]
         self.request_bytes = metrics.request_bytes.labels(*key)
         self.response_bytes = metrics.response_bytes.labels(*key)
         self.statuses: dict[int, _Status] = {}
@@ -123,7 +184,7 @@ class _Route:
         self.durations: dict[int, HistogramChild] = {}
 
     def status(self, metrics: GatewayMetrics, status: int) -> _Status:
-        """The children of ``status`` on this route (created on first use)."""
+        """The cells of ``status`` on this route (created on first use)."""
         klass = status // 100
         duration = self.durations.get(klass)
         if duration is None:
@@ -133,7 +194,7 @@ class _Route:
 
 
 class _Status:
-    """The children of one status on one route: the duration histogram of its class and the
+    """The cells of one status on one route: the duration histogram of its class and the
     requests counter per method. ``methods`` is keyed by the request's method bytes, and only
     the nine standard methods are ever keys (any other goes to ``other``), so the cache stays
     bounded whatever methods clients send."""
@@ -159,14 +220,20 @@ class _Status:
 
 
 class _Upstream:
-    """The children of one (service, backend)."""
+    """The cells of one (service, backend): the upstream response histogram and
+    ``a3s_backend_requests_total`` by status."""
 
-    __slots__ = ("codes", "response_seconds")
+    __slots__ = ("codes", "key", "response_seconds")
 
     def __init__(self, metrics: GatewayMetrics, service: str, backend: str) -> None:
+        self.key = (service, backend)
         self.response_seconds = metrics.upstream_response.labels(service, backend)
-        #: ``a3s_backend_requests_total`` by status.
         self.codes: dict[int, CounterChild] = {}
+
+    def code(self, metrics: GatewayMetrics, status: int) -> CounterChild:
+        """The requests counter of ``status`` (created on first use)."""
+        child = self.codes[status] = metrics.backend_requests.labels(*self.key, str(status))
+        return child
 
 
 _Totals: TypeAlias = "dict[tuple[Counter, tuple[str, ...]], float]"
@@ -189,8 +256,12 @@ class GatewayMetrics:
         # The families of TLS, gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME
         # and providers arrive with their issues (listed in the module docstring).
 
-        self._routes: dict[tuple[str, str, str], _Route] = {}
-        self._upstreams: dict[tuple[str, str], _Upstream] = {}
+        #: The cells of the exchanges, by router then entrypoint (two lookups of interned
+        #: names cost less than hashing a tuple); ``_all_routes`` has every route ever seen.
+        self._routes: dict[str, dict[str, _Route]] = {}
+        self._all_routes: dict[tuple[str, str, str], _Route] = {}
+        #: The cells of the attempts, by service then backend URL.
+        self._upstreams: dict[str, dict[str, _Upstream]] = {}
         #: Totals of instances retired and folded (see the module docstring).
         self._carried: _Totals = {}
         #: Instances retired at the last reload, still read until the next one.
@@ -426,10 +497,9 @@ class GatewayMetrics:
         was sent; its class is ``0xx``), the duration histogram and the byte counters."""
         if not self.enabled:
             return
-        key = (record.entrypoint, record.router, record.service)
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = _Route(self, key)
+        route = self._routes.get(record.router, _NO_ROUTES).get(record.entrypoint)
+        if route is None or route.service != record.service:
+            route = self._route((record.entrypoint, record.router, record.service))
         status = record.status
         slot = route.statuses.get(status)
         if slot is None:
@@ -438,10 +508,19 @@ class GatewayMetrics:
         if requests is None:
             requests = slot.counter(self, route, record.method, status)
         requests.value += 1
-        route.request_bytes.value += record.request_bytes
+        received = record.request_bytes
+        if received:  # most requests have no body
+            route.request_bytes.value += received
         route.response_bytes.value += record.response_bytes
-        seconds = record.head_seconds  # request head received → response head sent (§9.1)
-        duration = slot.duration  # HistogramChild.observe, inlined
+        # request head received → response head sent (§9.1): ExchangeRecord.head_seconds,
+        # written out (a property call and max() cost more than the rest of the update)
+        end = record.head_sent
+        if end < 0.0:
+            end = record.ended
+        seconds = end - record.started
+        if seconds < 0.0:
+            seconds = 0.0
+        duration = slot.duration  # HistogramChild.observe, written out
         duration.counts[bisect_left(duration.bounds, seconds)] += 1
         duration.sum += seconds
 
@@ -453,20 +532,48 @@ class GatewayMetrics:
         the seconds to it in ``a3s_upstream_response_seconds``."""
         if not self.enabled:
             return
-        key = (service, backend)
-        upstream = self._upstreams.get(key)
+        upstream = self._upstreams.get(service, _NO_UPSTREAMS).get(backend)
         if upstream is None:
-            upstream = self._upstreams[key] = _Upstream(self, service, backend)
+            upstream = self._upstream(service, backend)
         codes = upstream.codes.get(status)
         if codes is None:
-            codes = upstream.codes[status] = self.backend_requests.labels(
-                service, backend, str(status)
-            )
+            codes = upstream.code(self, status)
         codes.value += 1
         if seconds is not None:
-            histogram = upstream.response_seconds  # HistogramChild.observe, inlined
+            histogram = upstream.response_seconds  # HistogramChild.observe, written out
             histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
             histogram.sum += seconds
+
+    def prepare(self, runtime: RuntimeConfig) -> None:
+        """Create the cells of every route (entrypoint, router, service) and backend of
+        ``runtime`` (module docstring); those that exist already are kept."""
+        if not self.enabled:
+            return
+        for route in runtime.routes.routes:
+            entrypoints = runtime.entrypoints if route.entrypoints is None else route.entrypoints
+            for entrypoint in entrypoints:
+                self._route((entrypoint, route.name, route.service))
+        for name, service in runtime.services.items():
+            for backend in service.backends:
+                self._upstream(name, backend.url.text)
+
+    def _route(self, key: tuple[str, str, str]) -> _Route:
+        """The cells of ``key`` (created once), now the ones its (router, entrypoint) finds:
+        a router whose service changed in a reload gets new cells, its old ones stay."""
+        route = self._all_routes.get(key)
+        if route is None:
+            route = self._all_routes[key] = _Route(self, key)
+        entrypoint, router, _ = key
+        self._routes.setdefault(router, {})[entrypoint] = route
+        return route
+
+    def _upstream(self, service: str, backend: str) -> _Upstream:
+        """The cells of (``service``, ``backend``), created once."""
+        by_backend = self._upstreams.setdefault(service, {})
+        upstream = by_backend.get(backend)
+        if upstream is None:
+            upstream = by_backend[backend] = _Upstream(self, service, backend)
+        return upstream
 
     def connection_opened(self, entrypoint: str) -> None:
         """A downstream connection was accepted."""
@@ -526,13 +633,18 @@ class GatewayMetrics:
         if self.enabled:
             self.config_reloads.labels(result).value += 1
 
-    def config_applied(self, *, wall: float, warnings: int) -> None:
+    def config_applied(
+        self, *, wall: float, warnings: int, runtime: RuntimeConfig | None = None
+    ) -> None:
         """A config generation started serving (at start and after each applied reload): the
-        Unix time and its number of warnings."""
+        Unix time, its number of warnings (``semantic_warnings``) and, to ``prepare`` its
+        cells, its compiled ``runtime``."""
         if not self.enabled:
             return
         self.config_reload_time.labels().set(wall)
         self.config_warnings.labels().set(warnings)
+        if runtime is not None:
+            self.prepare(runtime)
 
     def access_log_dropped(self, n: int = 1) -> None:
         """``n`` access-log entries were dropped (queue full)."""
@@ -594,13 +706,31 @@ class GatewayMetrics:
         if process is not None:
             self._collect_process(process)
 
+    def freeze(self) -> Snapshot:
+        """Every family now, immutable (``collect`` first for fresh gauges): what
+        ``metrics.render`` turns into the exposition, on any thread."""
+        return self.registry.freeze()
+
     def render(self) -> bytes:
-        """The exposition of every family (``collect`` first for fresh gauges)."""
+        """The exposition of every family, on the calling thread (``collect`` first)."""
         return self.registry.render()
 
     def snapshot(self) -> bytes:
         """This worker's families for the supervisor's ``merge`` (SPEC §13.4)."""
         return self.registry.snapshot()
+
+    def requests_by_backend(self) -> dict[tuple[str, str], int]:
+        """``a3s_backend_requests_total`` summed over its codes, per (service, backend URL);
+        every prepared backend is there (0 before its first attempt)."""
+        totals = {
+            (service, backend): 0
+            for service, backends in self._upstreams.items()
+            for backend in backends
+        }
+        for (service, backend, _code), child in self.backend_requests.children.items():
+            key = (service, backend)
+            totals[key] = totals.get(key, 0) + int(child.value)
+        return totals
 
     def _collect_entrypoints(self, runtime: RuntimeConfig, ctx: MetricsContext) -> None:
         names = runtime.entrypoints

@@ -1,36 +1,49 @@
-"""A small Prometheus registry of our own (SPEC §9.1): counters, gauges and histograms with
-fixed label names, rendered in the text exposition format 0.0.4, plus the snapshots and the
-merge the multi-worker supervisor needs (SPEC §13.4).
+"""The gateway's metric cells, their snapshots and merge, and the exposition through
+``prometheus_client`` (SPEC §9.1, §13.4).
 
 Ring 0: pure; no trio, sockets, TLS or clocks. The registry is an object passed explicitly
-(DESIGN.md §3.6: no module-level singletons).
+(DESIGN.md §3.6: no module-level singletons; the library's global ``REGISTRY`` is never used).
 
-The hot path stays lean (DESIGN.md §3.5): ``family.labels(*values)`` returns a cached child, and
-the child's update is one attribute add (``child.value += n`` is what ``inc`` does after its
-sign check; a histogram's ``observe`` is one ``bisect`` and two adds). Everything that costs is
-paid once per label set, when its child is created: the label values are validated, escaped
-(backslash, double quote, newline) and the sample line's prefix is formatted and kept, so
-``render`` only joins cached prefixes with the current numbers.
+Two halves, split so that the request path never pays for the library (DESIGN.md §3.5):
+
+- **Cells** (hot path). ``Registry`` declares families (``Counter``, ``Gauge``, ``Histogram``:
+  name, help, label names) whose children are plain slotted objects, one per label set:
+  ``CounterChild.value``, ``GaugeChild.value``, ``HistogramChild.counts`` (one count per bucket,
+  not cumulative, ``+Inf`` last) and ``.sum``. An update is an attribute add (a histogram's is
+  one ``bisect`` and two adds): no lock, no call into the library. ``family.labels(*values)``
+  returns the cached child; callers create the children of configured objects ahead of
+  traffic and keep them (``gateway_metrics.py``).
+- **Exposition** (scrape time). ``Registry.freeze()`` copies every family's values into an
+  immutable ``Snapshot`` (msgspec structs: cheap, and safe to hand to another thread).
+  ``families(snapshot)`` builds the library's ``CounterMetricFamily``,
+  ``GaugeMetricFamily`` and ``HistogramMetricFamily`` from it, ``SnapshotCollector`` is the
+  ``prometheus_client.registry.Collector`` that yields them, and ``render(snapshot)`` registers
+  one in a ``CollectorRegistry`` of its own and returns ``generate_latest``'s text (format
+  0.0.4): the format, escaping and ``_total`` suffixes are the library's. ``render`` is pure
+  and takes tens of milliseconds for thousands of samples, so the async callers run it with
+  ``trio.to_thread.run_sync`` after freezing on the trio thread. ``Registry.collector_registry``
+  is a ``CollectorRegistry`` over the live cells for code on the owning thread.
 
 Families:
 
-- ``Counter``: monotonic; its name ends in ``_total``; ``inc(n)`` refuses a negative ``n`` and
-  ``advance_to(total)`` (for totals kept elsewhere and read at scrape time) never moves it back.
-  Counters have no ``remove``: SPEC §9.1's counters survive reloads.
+- ``Counter``: monotonic; its name ends in ``_total`` (the library strips it from the family
+  name and adds it back to the sample); ``inc(n)`` refuses a negative ``n`` and
+  ``advance_to(total)`` never moves it back. No ``_created`` samples are exposed. Counters have
+  no ``remove``: SPEC §9.1's counters survive reloads.
 - ``Gauge``: ``set``/``inc``/``dec``; ``remove`` and ``retain`` drop the label sets of objects
   that left the config. Each gauge declares its ``GaugeKind``, which says how the supervisor
   combines the workers' values.
-- ``Histogram``: cumulative ``_bucket{le=...}`` lines (``+Inf`` last), ``_sum`` and ``_count``;
-  the default buckets are SPEC §9.1's, in seconds. Values are expected to be finite.
+- ``Histogram``: the default buckets are SPEC §9.1's, in seconds; ``le`` is written as Go
+  writes it (``1``, ``2.5``, ``+Inf``). Values are expected to be finite.
 
-Multi-worker (SPEC §13.4): ``Registry.snapshot()`` encodes every family (metadata and values)
-with msgspec; ``merge(snapshots, own=registry)`` renders their combination: counters,
+Multi-worker (SPEC §13.4): ``Registry.snapshot()`` is the frozen snapshot msgpack-encoded for
+the pipe; ``merge(snapshots, own=snapshot)`` combines them into one ``Snapshot``: counters,
 histograms and ``SUM`` gauges are added up (the supervisor's own values included), ``MAX``
 gauges take the largest value, ``OWN`` gauges (config and build information) are the
 supervisor's own.
 
 Must not: know any metric of the gateway (``gateway_metrics.py`` declares them), read the
-time, or do IO.
+time, do IO, or touch the library's private attributes.
 """
 
 from __future__ import annotations
@@ -43,30 +56,42 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, ClassVar, Final, Generic, TypeAlias, TypeVar
 
 import msgspec
+import msgspec.structs
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping
+    from collections.abc import Collection, Iterable, Iterator, Mapping
 
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_BUCKETS",
     "Counter",
     "CounterChild",
+    "FamilySnapshot",
     "Gauge",
     "GaugeChild",
     "GaugeKind",
     "Histogram",
     "HistogramChild",
     "Registry",
-    "escape_help",
-    "escape_label_value",
-    "format_value",
+    "Snapshot",
+    "SnapshotCollector",
+    "decode",
+    "families",
     "merge",
     "monotonic_part",
+    "render",
 ]
 
-#: The ``Content-Type`` of ``render``'s output.
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+#: The ``Content-Type`` of ``render``'s output (the library's text format 0.0.4).
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
 #: SPEC §9.1's histogram buckets in seconds; ``+Inf`` is implied.
 DEFAULT_BUCKETS: Final[tuple[float, ...]] = (
@@ -89,7 +114,7 @@ DEFAULT_BUCKETS: Final[tuple[float, ...]] = (
 
 _METRIC_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-_SNAPSHOT_VERSION: Final = 1
+_SNAPSHOT_VERSION: Final = 2
 
 Labels: TypeAlias = "tuple[str, ...]"
 
@@ -106,39 +131,6 @@ class GaugeKind(enum.Enum):
     OWN = "own"
 
 
-# ------------------------------------------------------------------------------- formatting
-
-
-def escape_label_value(value: str) -> str:
-    """A label value as it goes between double quotes: ``\\``, ``"`` and newline escaped."""
-    if "\\" in value:
-        value = value.replace("\\", "\\\\")
-    if '"' in value:
-        value = value.replace('"', '\\"')
-    if "\n" in value:
-        value = value.replace("\n", "\\n")
-    return value
-
-
-def escape_help(text: str) -> str:
-    """``# HELP`` text: ``\\`` and newline escaped (quotes stay as they are)."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    """A sample value: integers as integers, ``+Inf``/``-Inf``/``NaN``, other floats by
-    ``repr`` (shortest round-trip form, which Prometheus parses)."""
-    if type(value) is int:
-        return str(value)
-    if value != value:
-        return "NaN"
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    return repr(float(value))
-
-
 def _format_bound(bound: float) -> str:
     """An ``le`` value: ``1`` rather than ``1.0`` for whole numbers (as Go's client writes)."""
     if bound == math.inf:
@@ -146,23 +138,16 @@ def _format_bound(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
 
 
-def _label_body(names: tuple[str, ...], values: Labels) -> str:
-    return ",".join(
-        f'{name}="{escape_label_value(value)}"' for name, value in zip(names, values, strict=True)
-    )
-
-
 # --------------------------------------------------------------------------------- children
 
 
 class CounterChild:
-    """One label set of a counter. ``value`` may be read; use ``inc`` or ``advance_to``."""
+    """One label set of a counter. ``value`` may be read (and added to by the hot path, which
+    knows its amounts are ≥ 0); otherwise use ``inc`` or ``advance_to``."""
 
-    __slots__ = ("line", "value")
+    __slots__ = ("value",)
 
-    def __init__(self, line: str) -> None:
-        #: The sample line up to the value (``name{labels} ``), formatted once.
-        self.line = line
+    def __init__(self) -> None:
         self.value: float = 0
 
     def inc(self, amount: float = 1) -> None:
@@ -178,16 +163,15 @@ class CounterChild:
             self.value = total
 
     def __repr__(self) -> str:
-        return f"<CounterChild {self.line}{format_value(self.value)}>"
+        return f"<CounterChild {self.value!r}>"
 
 
 class GaugeChild:
     """One label set of a gauge."""
 
-    __slots__ = ("line", "value")
+    __slots__ = ("value",)
 
-    def __init__(self, line: str) -> None:
-        self.line = line
+    def __init__(self) -> None:
         self.value: float = 0
 
     def set(self, value: float) -> None:
@@ -200,19 +184,17 @@ class GaugeChild:
         self.value -= amount
 
     def __repr__(self) -> str:
-        return f"<GaugeChild {self.line}{format_value(self.value)}>"
+        return f"<GaugeChild {self.value!r}>"
 
 
 class HistogramChild:
     """One label set of a histogram: a count per bucket (not cumulative; ``+Inf`` last) and the
     sum of the observations."""
 
-    __slots__ = ("bounds", "counts", "lines", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self, bounds: tuple[float, ...], lines: tuple[str, ...]) -> None:
+    def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        #: Prefixes of the bucket lines (one per bound, then ``+Inf``), ``_sum`` and ``_count``.
-        self.lines = lines
         self.counts = [0] * (len(bounds) + 1)
         self.sum: float = 0.0
 
@@ -242,7 +224,7 @@ Child = TypeVar("Child", CounterChild, GaugeChild, HistogramChild)
 class _Family(Generic[Child]):
     """A metric family: name, help, label names and the children by label values."""
 
-    __slots__ = ("_children", "_head", "help", "labelnames", "name")
+    __slots__ = ("_children", "help", "labelnames", "name")
 
     type_name: ClassVar[str]
 
@@ -258,14 +240,13 @@ class _Family(Generic[Child]):
         self.name = name
         self.help = help
         self.labelnames = names
-        self._head = f"# HELP {name} {escape_help(help)}\n# TYPE {name} {self.type_name}\n"
         self._children: dict[Labels, Child] = {}
         if not names:  # an unlabelled family always shows its one sample
             self.labels()
 
     def labels(self, *values: str) -> Child:
         """The child of this label set, created on first use (values: one ``str`` per label
-        name, any text; escaping is done here, once)."""
+        name, any text; the library escapes them at render time)."""
         child = self._children.get(values)
         if child is None:
             child = self._add(values)
@@ -276,11 +257,6 @@ class _Family(Generic[Child]):
         """Every child by its label values, in creation order (do not modify)."""
         return self._children
 
-    def render_into(self, out: list[str]) -> None:
-        """Append this family's lines (``# HELP``, ``# TYPE``, samples) to ``out``."""
-        out.append(self._head)
-        self._render_samples(out)
-
     def _add(self, values: Labels) -> Child:
         if len(values) != len(self.labelnames):
             raise ValueError(
@@ -289,19 +265,11 @@ class _Family(Generic[Child]):
         for value in values:
             if not isinstance(value, str):
                 raise TypeError(f"label values of {self.name} must be str, got {value!r}")
-        child = self._children[values] = self._new_child(values)
+        child = self._children[values] = self._new_child()
         return child
 
-    def _new_child(self, values: Labels) -> Child:
+    def _new_child(self) -> Child:
         raise NotImplementedError
-
-    def _render_samples(self, out: list[str]) -> None:
-        raise NotImplementedError
-
-    def _prefix(self, values: Labels) -> str:
-        if not values:
-            return f"{self.name} "
-        return f"{self.name}{{{_label_body(self.labelnames, values)}}} "
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.labelnames} ({len(self._children)})>"
@@ -318,13 +286,8 @@ class Counter(_Family[CounterChild]):
             raise ValueError(f"counter names end in _total: {name!r}")
         super().__init__(name, help, labelnames)
 
-    def _new_child(self, values: Labels) -> CounterChild:
-        return CounterChild(self._prefix(values))
-
-    def _render_samples(self, out: list[str]) -> None:
-        out.extend(
-            f"{child.line}{format_value(child.value)}\n" for child in self._children.values()
-        )
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
 
 class Gauge(_Family[GaugeChild]):
@@ -356,13 +319,8 @@ class Gauge(_Family[GaugeChild]):
         for key in [key for key in self._children if key not in keep]:
             del self._children[key]
 
-    def _new_child(self, values: Labels) -> GaugeChild:
-        return GaugeChild(self._prefix(values))
-
-    def _render_samples(self, out: list[str]) -> None:
-        out.extend(
-            f"{child.line}{format_value(child.value)}\n" for child in self._children.values()
-        )
+    def _new_child(self) -> GaugeChild:
+        return GaugeChild()
 
 
 class Histogram(_Family[HistogramChild]):
@@ -393,33 +351,89 @@ class Histogram(_Family[HistogramChild]):
         self.buckets = bounds
         super().__init__(name, help, labelnames)
 
-    def _new_child(self, values: Labels) -> HistogramChild:
-        body = _label_body(self.labelnames, values)
-        sep = "," if body else ""
-        bucket = f"{self.name}_bucket{{{body}{sep}le="
-        labels = f"{{{body}}}" if body else ""
-        lines = (
-            *(f'{bucket}"{_format_bound(bound)}"}} ' for bound in self.buckets),
-            f'{bucket}"+Inf"}} ',
-            f"{self.name}_sum{labels} ",
-            f"{self.name}_count{labels} ",
-        )
-        return HistogramChild(self.buckets, lines)
-
-    def _render_samples(self, out: list[str]) -> None:
-        for child in self._children.values():
-            lines = child.lines
-            running = 0
-            index = 0
-            for index, count in enumerate(child.counts):
-                running += count
-                out.append(f"{lines[index]}{running}\n")
-            out.append(f"{lines[index + 1]}{format_value(child.sum)}\n")
-            out.append(f"{lines[index + 2]}{running}\n")
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self.buckets)
 
 
 Family: TypeAlias = "Counter | Gauge | Histogram"
 _F = TypeVar("_F", Counter, Gauge, Histogram)
+
+
+# -------------------------------------------------------------------------------- snapshots
+
+
+class SampleSnapshot(msgspec.Struct, array_like=True, frozen=True):
+    """One counter or gauge label set and its value."""
+
+    labels: tuple[str, ...]
+    value: int | float
+
+
+class HistogramSnapshot(msgspec.Struct, array_like=True, frozen=True):
+    """One histogram label set: its per-bucket counts (not cumulative, ``+Inf`` last) and sum."""
+
+    labels: tuple[str, ...]
+    counts: tuple[int, ...]
+    total: float
+
+
+class FamilySnapshot(msgspec.Struct, array_like=True, frozen=True):
+    """One family's metadata and values. ``kind``: the ``GaugeKind`` value of a gauge, else
+    empty; ``buckets``: a histogram's finite bounds."""
+
+    name: str
+    help: str
+    type: str
+    kind: str
+    labelnames: tuple[str, ...]
+    buckets: tuple[float, ...]
+    samples: tuple[SampleSnapshot, ...]
+    histograms: tuple[HistogramSnapshot, ...]
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """Every family of a registry at one moment (immutable: another thread may render it)."""
+
+    version: int
+    families: tuple[FamilySnapshot, ...]
+
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(Snapshot)
+
+
+def decode(data: bytes) -> Snapshot:
+    """A snapshot from ``Registry.snapshot()``'s bytes; raises ``msgspec.DecodeError`` (a
+    ``ValueError``) for anything else."""
+    return _DECODER.decode(data)
+
+
+def _family_snapshot(family: Family) -> FamilySnapshot:
+    match family:
+        case Histogram():
+            return FamilySnapshot(
+                family.name,
+                family.help,
+                family.type_name,
+                "",
+                family.labelnames,
+                family.buckets,
+                (),
+                tuple(
+                    HistogramSnapshot(labels, tuple(child.counts), child.sum)
+                    for labels, child in family.children.items()
+                ),
+            )
+        case Gauge():
+            kind = family.kind.value
+        case _:
+            kind = ""
+    samples = tuple(
+        SampleSnapshot(labels, child.value) for labels, child in family.children.items()
+    )
+    return FamilySnapshot(
+        family.name, family.help, family.type_name, kind, family.labelnames, (), samples, ()
+    )
 
 
 # --------------------------------------------------------------------------------- registry
@@ -428,13 +442,14 @@ _F = TypeVar("_F", Counter, Gauge, Histogram)
 class Registry:
     """The families of one process, in declaration order; names are unique."""
 
-    __slots__ = ("_families", "_taken")
+    __slots__ = ("_collector_registry", "_families", "_taken")
 
     def __init__(self) -> None:
         self._families: dict[str, Family] = {}
         #: Every sample and family name in use (a histogram takes four, a counter two, since
-        #: parsers strip ``_total`` from a counter's family name).
+        #: the library strips ``_total`` from a counter's family name).
         self._taken: set[str] = set()
+        self._collector_registry: CollectorRegistry | None = None
 
     def counter(self, name: str, help: str, labelnames: Iterable[str] = ()) -> Counter:
         """Declare a counter family."""
@@ -467,17 +482,30 @@ class Registry:
         """The families by name, in declaration order (do not modify)."""
         return self._families
 
-    def render(self) -> bytes:
-        """The text exposition (format 0.0.4) of every family, UTF-8 (a lone surrogate in a
-        label value, which UTF-8 cannot carry, becomes ``?``)."""
-        out: list[str] = []
-        for family in self._families.values():
-            family.render_into(out)
-        return "".join(out).encode("utf-8", "replace")
+    @property
+    def collector_registry(self) -> CollectorRegistry:
+        """A ``CollectorRegistry`` of this registry's families (a ``SnapshotCollector`` of a
+        fresh ``freeze()`` per collection): for the thread that updates the cells."""
+        registry = self._collector_registry
+        if registry is None:
+            registry = self._collector_registry = CollectorRegistry(auto_describe=False)
+            registry.register(_LiveCollector(self))
+        return registry
+
+    def freeze(self) -> Snapshot:
+        """Every family's metadata and values now, immutable."""
+        return Snapshot(
+            version=_SNAPSHOT_VERSION,
+            families=tuple(_family_snapshot(family) for family in self._families.values()),
+        )
 
     def snapshot(self) -> bytes:
-        """Every family's metadata and values, msgspec-encoded, for ``merge``."""
-        return _ENCODER.encode(self._snapshot())
+        """``freeze()`` msgpack-encoded, for a supervisor's ``merge``."""
+        return _ENCODER.encode(self.freeze())
+
+    def render(self) -> bytes:
+        """``render(self.freeze())``: the text exposition, on the calling thread."""
+        return render(self.freeze())
 
     def _register(self, family: _F) -> _F:
         names = {family.name}
@@ -492,77 +520,111 @@ class Registry:
         self._families[family.name] = family
         return family
 
-    def _snapshot(self) -> _Snapshot:
-        return _Snapshot(
-            version=_SNAPSHOT_VERSION,
-            families=tuple(_family_snapshot(family) for family in self._families.values()),
-        )
-
     def __repr__(self) -> str:
         return f"<Registry of {len(self._families)} families>"
 
 
-# ------------------------------------------------------------------------ snapshots, merge
+# ------------------------------------------------------------------------------- exposition
 
 
-class _SampleSnap(msgspec.Struct, array_like=True, frozen=True):
-    labels: tuple[str, ...]
-    value: int | float
+def _library_family(snap: FamilySnapshot) -> Metric:
+    """The library's family of ``snap`` (a counter's ``_created`` is never added)."""
+    labelnames = snap.labelnames
+    match snap.type:
+        case "counter":
+            counter = CounterMetricFamily(snap.name, snap.help, labels=labelnames)
+            for sample in snap.samples:
+                counter.add_metric(sample.labels, sample.value)
+            return counter
+        case "histogram":
+            histogram = HistogramMetricFamily(snap.name, snap.help, labels=labelnames)
+            bounds = [*(_format_bound(bound) for bound in snap.buckets), "+Inf"]
+            for child in snap.histograms:
+                if len(child.counts) == len(bounds):
+                    cumulative = itertools.accumulate(child.counts)
+                    buckets = list(zip(bounds, cumulative, strict=True))
+                    histogram.add_metric(child.labels, buckets, child.total)
+            return histogram
+        case _:
+            gauge = GaugeMetricFamily(snap.name, snap.help, labels=labelnames)
+            for sample in snap.samples:
+                gauge.add_metric(sample.labels, sample.value)
+            return gauge
 
 
-class _HistogramSnap(msgspec.Struct, array_like=True, frozen=True):
-    labels: tuple[str, ...]
-    counts: tuple[int, ...]
-    total: float
+def families(snapshot: Snapshot) -> Iterator[Metric]:
+    """The library's metric families of ``snapshot``, in its order."""
+    for snap in snapshot.families:
+        yield _library_family(snap)
 
 
-class _FamilySnap(msgspec.Struct, array_like=True, frozen=True):
-    name: str
-    help: str
-    type: str
-    kind: str
-    labelnames: tuple[str, ...]
-    buckets: tuple[float, ...]
-    samples: tuple[_SampleSnap, ...]
-    histograms: tuple[_HistogramSnap, ...]
+class SnapshotCollector(Collector):
+    """A ``prometheus_client`` collector of one frozen ``Snapshot``."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self.snapshot)
 
 
-class _Snapshot(msgspec.Struct, frozen=True):
-    version: int
-    families: tuple[_FamilySnap, ...]
+class _LiveCollector(Collector):
+    """``Registry.collector_registry``'s collector: the registry frozen at each collection."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self._registry.freeze())
 
 
-_ENCODER: Final = msgspec.msgpack.Encoder()
-_DECODER: Final = msgspec.msgpack.Decoder(_Snapshot)
+def render(snapshot: Snapshot) -> bytes:
+    """The text exposition (format 0.0.4) of ``snapshot``: a ``SnapshotCollector`` in a
+    ``CollectorRegistry`` of its own through ``generate_latest``. Pure, and safe to call from
+    any thread (the snapshot is immutable). A lone surrogate in a label value or help text,
+    which UTF-8 cannot carry, becomes ``?``."""
+    try:
+        return generate_latest(_collector_registry(snapshot))
+    except UnicodeEncodeError:
+        return generate_latest(_collector_registry(_encodable(snapshot)))
 
 
-def _family_snapshot(family: Family) -> _FamilySnap:
-    match family:
-        case Histogram():
-            return _FamilySnap(
-                family.name,
-                family.help,
-                family.type_name,
-                "",
-                family.labelnames,
-                family.buckets,
-                (),
-                tuple(
-                    _HistogramSnap(labels, tuple(child.counts), child.sum)
-                    for labels, child in family.children.items()
+def _collector_registry(snapshot: Snapshot) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return registry
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _encodable(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with every help text and label value made encodable as UTF-8."""
+    return msgspec.structs.replace(
+        snapshot,
+        families=tuple(
+            msgspec.structs.replace(
+                family,
+                help=_utf8(family.help),
+                samples=tuple(
+                    msgspec.structs.replace(sample, labels=tuple(map(_utf8, sample.labels)))
+                    for sample in family.samples
+                ),
+                histograms=tuple(
+                    msgspec.structs.replace(child, labels=tuple(map(_utf8, child.labels)))
+                    for child in family.histograms
                 ),
             )
-        case Gauge():
-            kind = family.kind.value
-        case _:
-            kind = ""
-    samples = tuple(_SampleSnap(labels, child.value) for labels, child in family.children.items())
-    return _FamilySnap(
-        family.name, family.help, family.type_name, kind, family.labelnames, (), samples, ()
+            for family in snapshot.families
+        ),
     )
 
 
-def _declare(registry: Registry, snap: _FamilySnap) -> Family | None:
+# ------------------------------------------------------------------------------------ merge
+
+
+def _declare(registry: Registry, snap: FamilySnapshot) -> Family | None:
     """Declare ``snap``'s family in ``registry``; None if its metadata is unusable."""
     try:
         match snap.type:
@@ -581,7 +643,7 @@ def _declare(registry: Registry, snap: _FamilySnap) -> Family | None:
     return None
 
 
-def _compatible(family: Family, snap: _FamilySnap) -> bool:
+def _compatible(family: Family, snap: FamilySnapshot) -> bool:
     if family.type_name != snap.type or family.labelnames != snap.labelnames:
         return False
     if isinstance(family, Gauge):
@@ -594,14 +656,14 @@ def _compatible(family: Family, snap: _FamilySnap) -> bool:
 def monotonic_part(snapshot: bytes) -> bytes:
     """``snapshot`` with only its counters and histograms: what a worker that has gone had
     counted, to be kept in a supervisor's merge so that the totals never go down (gauges
-    describe a live process and go with it). Raises ``msgspec.DecodeError`` like ``merge``."""
+    describe a live process and go with it). Raises ``msgspec.DecodeError`` like ``decode``."""
     decoded = _DECODER.decode(snapshot)
     kept = tuple(family for family in decoded.families if family.type in ("counter", "histogram"))
-    return _ENCODER.encode(_Snapshot(version=decoded.version, families=kept))
+    return _ENCODER.encode(Snapshot(version=decoded.version, families=kept))
 
 
-def merge(snapshots: Iterable[bytes], *, own: Registry) -> bytes:
-    """The exposition of ``own`` combined with the workers' ``snapshots`` (SPEC §13.4).
+def merge(snapshots: Iterable[bytes], *, own: Snapshot) -> Snapshot:
+    """``own`` combined with the workers' encoded ``snapshots`` (SPEC §13.4).
 
     Counters, histograms and ``SUM`` gauges are summed over ``own`` and every snapshot;
     ``MAX`` gauges take the largest value seen; ``OWN`` gauges come from ``own`` (from the
@@ -611,7 +673,7 @@ def merge(snapshots: Iterable[bytes], *, own: Registry) -> bytes:
     ignored. Raises ``msgspec.DecodeError`` (a ``ValueError``) for bytes that are not a
     snapshot.
     """
-    sources = [own._snapshot()]
+    sources = [own]
     sources.extend(_DECODER.decode(data) for data in snapshots)
     combined = Registry()
     owner: dict[str, int] = {}  # OWN gauges: the index of the source whose values count
@@ -634,10 +696,10 @@ def merge(snapshots: Iterable[bytes], *, own: Registry) -> bytes:
                     _add_histograms(family, snap.histograms)
                 case Gauge():
                     _add_gauges(family, snap, owns=owner[snap.name] == index, seen=seen)
-    return combined.render()
+    return combined.freeze()
 
 
-def _add_histograms(family: Histogram, histograms: Iterable[_HistogramSnap]) -> None:
+def _add_histograms(family: Histogram, histograms: Iterable[HistogramSnapshot]) -> None:
     size = len(family.buckets) + 1
     for snap in histograms:
         if len(snap.counts) != size:
@@ -649,7 +711,7 @@ def _add_histograms(family: Histogram, histograms: Iterable[_HistogramSnap]) -> 
 
 
 def _add_gauges(
-    family: Gauge, snap: _FamilySnap, *, owns: bool, seen: set[tuple[str, Labels]]
+    family: Gauge, snap: FamilySnapshot, *, owns: bool, seen: set[tuple[str, Labels]]
 ) -> None:
     match family.kind:
         case GaugeKind.SUM:

@@ -92,6 +92,9 @@ def outcome(ex: Exchange, service: ServiceRuntime, backend: Backend, status: int
     outliers = service.outliers
     if outliers is None:
         return
+    skipped = outliers.skipped_ejections
     transition = outliers.record(backend, error=outliers.is_error(status), now=trio.current_time())
+    if outliers.skipped_ejections != skipped:  # max_ejection_percent refused an ejection
+        ctx.metrics.passive_ejection(service.name, backend.url.text, skipped=True)
     if transition is not None:
         log_transition(service.name, transition, ctx.metrics)
