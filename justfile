@@ -29,14 +29,25 @@ type:
 test *args:
     {{py}} -m pytest -q {{args}}
 
-# Property tests only (profile: dev, ci, nightly)
-prop profile="dev":
-    A3S_HYPOTHESIS_PROFILE={{profile}} {{py}} -m pytest -q tests/property
+# Property tests only, in a Hypothesis profile: dev (fast), ci, nightly (many examples)
+prop profile="dev" *args:
+    A3S_HYPOTHESIS_PROFILE={{quote(profile)}} {{py}} -m pytest -q tests/property {{ if profile == "nightly" { "-o faulthandler_timeout=0" } else { "" } }} {{args}}
 
-# Tests under coverage, with the report
-cov:
-    {{py}} -m coverage run -m pytest -q
-    {{py}} -m coverage report
+# The suite under coverage (CLI, worker and child subprocesses too); fails under fail_under
+cov *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # The data files (one per measured process) live in a temporary directory, never the tree.
+    data=$(mktemp -d "${TMPDIR:-/tmp}/a3s-coverage.XXXXXX")
+    trap 'rm -rf "$data"' EXIT
+    export COVERAGE_FILE="$data/.coverage"
+    # The report comes even when a test fails; the exit status is pytest's, else the report's.
+    tests=0
+    {{py}} -m coverage run -m pytest -q {{args}} || tests=$?
+    {{py}} -m coverage combine --quiet || true
+    report=0
+    {{py}} -m coverage report || report=$?
+    exit $((tests ? tests : report))
 
 # Start the local demo: echo and SSE/WebSocket backends behind the gateway (--port P)
 demo *args:
@@ -46,14 +57,14 @@ demo *args:
 bench *args:
     bash bench/harness/install-debian-packages.sh
     {{py}} -m bench.micro --json bench/results/micro-latest.json {{ if args =~ '--quick|--ab' { "--quick" } else { "" } }}
-    {{py}} bench/run_bench.py {{args}}
+    {{py}} -m bench.run_bench {{args}}
 
 # Regenerate the schema-derived field reference in docs/configuration.md
 docs:
     @{{py}} -c 'import pathlib; from a3s_gateway.config.reference import update_document as u; p = pathlib.Path("docs/configuration.md"); p.write_text(u(p.read_text()))'
 
-# Everything CI runs: lint, format check, types, the whole suite
-check: lint type test
+# Everything CI runs: lint, format check, types, the whole suite under coverage (fail_under)
+check: lint type cov
 
 # Run the gateway on a config file
 run config="examples/gateway.hcl" *args:

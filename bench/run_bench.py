@@ -2,9 +2,9 @@
 
 ``python bench/run_bench.py [--quick] [--profile NAME[,NAME]]... [--product NAME[,NAME]]...``;
 ``python bench/run_bench.py --ab`` is the one-minute A/B of the request path (1-worker GET:
-NGINX, a3s-1w, the aiohttp-uvloop peer); ``--help`` lists the options. The work is done by the
-``harness`` package beside this file; the Python peers come from ``peers`` (also beside it)
-when present.
+NGINX, a3s-1w, the aiohttp-uvloop peer); ``--help`` lists the options. The work is done by
+``bench.harness``; the Python peers come from ``bench.peers`` when present. Also runs as
+``python -m bench.run_bench`` from the repository root.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-if str(BENCH) not in sys.path:  # run as a script this is already sys.path[0]
-    sys.path.insert(0, str(BENCH))
+if not __package__:  # run as a file: the root of the `bench` package is the repository's
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.cli import main  # noqa: E402 - needs the path above
+from bench.harness.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -122,15 +122,12 @@ def test_log_level_from_the_environment(
 
 
 def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
-    applog.install("debug", "json")
+    applog.install("debug", "json")  # undone after the test (tests/conftest.py)
+    logging.getLogger("a3s_gateway.test").warning("hello %s", "world")
     try:
-        logging.getLogger("a3s_gateway.test").warning("hello %s", "world")
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            logging.getLogger("a3s_gateway.test").exception("failed")
-    finally:
-        logging.getLogger("a3s_gateway").handlers.clear()
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("a3s_gateway.test").exception("failed")
     first, second = capsys.readouterr().err.splitlines()
     entry = json.loads(first)
     assert entry["level"] == "warning"
@@ -159,10 +156,7 @@ def test_validate_and_a_start_error_hide_interpolated_values(
         assert cli.main(["validate", str(config)]) == 0
         shown = capsys.readouterr()
         assert "  web  127.0.0.1:<redacted>  http  no tls" in shown.out
-        try:
-            assert cli.main(["run", str(config)]) == cli.EXIT_START
-        finally:
-            logging.getLogger("a3s_gateway").handlers.clear()
+        assert cli.main(["run", str(config)]) == cli.EXIT_START
     err = capsys.readouterr().err
     assert "cannot listen on 127.0.0.1:<redacted>" in err
     assert port not in err

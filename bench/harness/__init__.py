@@ -5,7 +5,7 @@ a3s_gateway with one and with N workers, the Python peers of ``bench/peers``), d
 ``wrk`` and writes ``bench/results/``: the raw run as JSON, ``latest.md`` (the table the README
 embeds) and ``latest.png`` (throughput ratios to NGINX). Entry point: ``bench/run_bench.py``.
 
-Modules: ``procs`` (free ports, child processes stopped by PID), ``nginx`` and ``gateway``
+Modules (child processes and free ports come from ``bench/procs.py``): ``nginx`` and ``gateway``
 (config generation and commands), ``wrk`` (the Lua reporter and its parser), ``environment``
 (what machine and versions the numbers come from), ``plan`` (profiles and products),
 ``peerlink`` (the lazy link to ``bench/peers``), ``cputime`` (a product's CPU time from

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from harness import environment, peerlink, plan, report
-from harness.environment import load_average
-from harness.procs import StartError
-from harness.runner import Runner, Settings, say
+from bench.harness import environment, peerlink, plan, report
+from bench.harness.environment import load_average
+from bench.harness.runner import Runner, Settings, say
+from bench.procs import ChildError
 
 RESULTS: Final = Path(__file__).resolve().parents[1] / "results"
 QUICK_RESULTS: Final = RESULTS / "quick"
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted: every started process was stopped; no results written")
         return EXIT_FAILED
-    except (RuntimeError, OSError, StartError) as error:
+    except (RuntimeError, OSError, ChildError) as error:
         say(f"benchmark failed: {error}")
         return EXIT_FAILED
     env["load_average_end"] = load_average()

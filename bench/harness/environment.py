@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from harness import cputime, gateway
+from bench.harness import cputime, gateway
+from bench.procs import cpu_model
 
 TOOLS: Final = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
 
@@ -33,16 +34,6 @@ def _output(argv: list[str]) -> str:
         return f"(unavailable: {error})"
     text = (result.stdout + result.stderr).strip()
     return text.splitlines()[0].strip() if text else "(no output)"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "(unknown)"
 
 
 def load_average() -> list[float]:

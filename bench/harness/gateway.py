@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from harness.procs import HOST
+from bench.procs import HOST
 
 SRC_ENV: Final = "A3S_BENCH_GATEWAY_SRC"
 REPO: Final = Path(__file__).resolve().parents[2]

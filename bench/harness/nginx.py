@@ -17,7 +17,7 @@ from __future__ import annotations
 import subprocess
 from typing import TYPE_CHECKING, Final
 
-from harness.procs import HOST
+from bench.procs import HOST
 
 if TYPE_CHECKING:
     from pathlib import Path

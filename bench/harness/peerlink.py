@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, cast
 
 DEFAULT_PEERS: Final = ("mitmproxy", "proxy.py", "hypercorn-httpx", "aiohttp-uvloop")
-MODULE: Final = "peers"
+MODULE: Final = "bench.peers"
 
 
 class PeersModule(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from harness.nginx import BODY_42, DOWNLOAD_BYTES, POST_BYTES
+from bench.harness.nginx import BODY_42, DOWNLOAD_BYTES, POST_BYTES
 
 DIRECT: Final = "direct"
 NGINX: Final = "nginx"

@@ -26,12 +26,12 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from harness import plan
+from bench.harness import plan
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from harness.runner import ProductRun, ProfileRun
+    from bench.harness.runner import ProductRun, ProfileRun
 
 LATENCIES: Final = ("p50_ms", "p90_ms", "p99_ms")
 #: The peer issue #15 compares the 1-worker gateway with (``bench/peers``).

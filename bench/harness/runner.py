@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from harness import cputime, gateway, nginx, plan, wrk
-from harness.environment import load_average
-from harness.procs import HOST, Child, Children, StartError, free_port
+from bench.harness import cputime, gateway, nginx, plan, wrk
+from bench.harness.environment import load_average
+from bench.procs import HOST, Child, ChildError, Children, free_port
 
 if TYPE_CHECKING:
-    from harness.peerlink import Peers
+    from bench.harness.peerlink import Peers
 
 START_TIMEOUT: Final = 60.0
 PREFLIGHT_TIMEOUT: Final = 10.0
@@ -300,7 +300,7 @@ class Runner:
                     what=f"log line {marker!r}",
                 )
             child.wait_for_port(port, timeout=START_TIMEOUT)
-        except StartError as error:
+        except ChildError as error:
             return self._fail(entry, str(error))
         say(f"   {run.name} on {HOST}:{port} (pid {child.pid})")
         return entry
@@ -382,7 +382,7 @@ class Runner:
         if entry.child is not None and not entry.child.alive():
             self._fail(
                 entry,
-                f"exited with {entry.child.popen.returncode} during trial {trial + 1}:\n"
+                f"exited with {entry.child.returncode} during trial {trial + 1}:\n"
                 + entry.child.log_tail(),
             )
 

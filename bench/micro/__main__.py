@@ -1,7 +1,7 @@
 """``python -m bench.micro [--quick] [--json PATH] [--only NAME...]``: every micro-benchmark.
 
-Runs, in order: route matching (``bench/bench_routing.py``'s measurement, loaded from its file
-and left unmodified; skipped with the reason if it doesn't import), config loading
+Runs, in order: route matching (``bench/bench_routing.py``'s measurement, imported as
+``bench.bench_routing`` when it runs; skipped with the reason if it doesn't import), config loading
 (``config_parse``), the HTTP/1.1 adapters (``http1_adapter``) and the gateway's memory
 (``memory``; needs NGINX and curl), and the per-request cost of observability (``metrics``,
 ``accesslog``, ``tracing``). Prints one table per benchmark; with ``--json`` also writes
@@ -14,7 +14,7 @@ loads (for a smoke test, not for numbers to publish). A benchmark that fails is 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import platform
@@ -26,7 +26,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Final, Protocol
 
-from . import accesslog_bench, config_parse, http1_adapter, memory, metrics_bench, tracing_bench
+from bench.micro import (
+    accesslog_bench,
+    config_parse,
+    http1_adapter,
+    memory,
+    metrics_bench,
+    tracing_bench,
+)
+from bench.procs import cpu_model
 
 BENCH: Final = Path(__file__).resolve().parents[1]
 REPO: Final = BENCH.parent
@@ -47,16 +55,6 @@ def _git(*args: str) -> str:
     return result.stdout.strip()
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _version(distribution: str) -> str:
     try:
         return metadata.version(distribution)
@@ -71,7 +69,7 @@ def environment() -> dict[str, object]:
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "load_average": [round(value, 2) for value in os.getloadavg()],
@@ -86,12 +84,7 @@ def environment() -> dict[str, object]:
 
 def routing(*, quick: bool) -> list[dict[str, object]]:
     """``bench/bench_routing.py``'s ns per ``select`` for both mixes and every table size."""
-    path = BENCH / "bench_routing.py"
-    spec = importlib.util.spec_from_file_location("a3s_bench_routing", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("bench.bench_routing")
     if quick:  # read at call time by its builders and its timing loop
         module.__dict__.update(REQUESTS=500, ROUNDS=3)
     mixes = {"host-indexed": module.host_indexed, "prefix-only": module.prefix_only}

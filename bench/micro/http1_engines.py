@@ -24,9 +24,8 @@ from a3s_gateway.protocols.http1_heads import H11Heads, LlhttpHeads, RequestHead
 from a3s_gateway.protocols.http1_llhttp import LlhttpClient
 from a3s_gateway.protocols.http1_request import inspect_request
 from a3s_gateway.protocols.http1_response_heads import parse_response_head
-
-from .accesslog_bench import us_per_op
-from .http1_adapter import BROWSER_GET, UPSTREAM_REQUEST, UPSTREAM_RESPONSE, WRK_GET
+from bench.micro.accesslog_bench import us_per_op
+from bench.micro.http1_adapter import BROWSER_GET, UPSTREAM_REQUEST, UPSTREAM_RESPONSE, WRK_GET
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from .procs import HOST, Child, ChildError, accepted_connections, free_port, rss_kib
+from bench.procs import HOST, Child, ChildError, accepted_connections, free_port, rss_kib
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
-from . import PEERS, PeerUnavailable, ensure_peer, peer_command, peer_version
-from .local import BODY_42, Child, ChildError, free_port, nginx_argv, write_nginx_upstream
+from bench.harness import nginx
+from bench.peers import PEERS, PeerUnavailable, ensure_peer, peer_command, peer_version
+from bench.procs import Child, ChildError, free_port, tcp_connections
 
 START_TIMEOUT_SECONDS: Final = 60.0
 CURL_TIMEOUT_SECONDS: Final = 10
 POST_BYTES: Final = 64 * 1024
-_TCP_STATES_COUNTED: Final = frozenset({"01", "04", "05", "06", "07", "08", "09", "0B"})
 _UNIT_MS: Final = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -50,24 +50,6 @@ class PeerResult:
     non_2xx: int | None = None
     requests: int | None = None
     upstream_connections: int | None = None
-
-
-def _connections(port: int) -> set[tuple[str, str]]:
-    """Open or recently closed TCP connections (both ends) with ``port`` at one end."""
-    suffix = f":{port:04X}"
-    found: set[tuple[str, str]] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, remote, state = fields[1], fields[2], fields[3]
-            if state in _TCP_STATES_COUNTED and (local.endswith(suffix) or remote.endswith(suffix)):
-                low, high = sorted((local, remote))
-                found.add((low, high))
-    return found
 
 
 def _curl(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -105,7 +87,7 @@ def curl_problems(port: int, workdir: Path) -> list[str]:
     problems.extend(
         f"GET body {path.read_bytes()[:60]!r} is not the upstream's"
         for path in (first, second)
-        if path.read_bytes() != BODY_42.encode()
+        if path.read_bytes() != nginx.BODY_42.encode()
     )
     if lines[3] != "0":
         problems.append("the second GET opened a new connection: no downstream keep-alive")
@@ -116,7 +98,7 @@ def curl_problems(port: int, workdir: Path) -> list[str]:
     )
     if result.returncode != 0 or result.stdout != "200":
         problems.append(f"POST failed (curl exit {result.returncode}, status {result.stdout!r})")
-    elif posted.read_bytes() != BODY_42.encode():
+    elif posted.read_bytes() != nginx.BODY_42.encode():
         problems.append("POST answer is not the upstream's body")
     return problems
 
@@ -173,10 +155,10 @@ def check_peer(
     try:
         child.wait_for_port(port, timeout=START_TIMEOUT_SECONDS)
         result.problems += curl_problems(port, workdir)
-        before = _connections(upstream_port)
+        before = tcp_connections(upstream_port)
         run_wrk(port, seconds=seconds, connections=connections, result=result)
-        result.upstream_connections = len(_connections(upstream_port) - before)
-        if child.process.poll() is not None:
+        result.upstream_connections = len(tcp_connections(upstream_port) - before)
+        if not child.alive():
             result.problems.append(f"exited during the load run:\n{child.log_tail()}")
         else:
             result.problems += [f"after load: {p}" for p in curl_problems(port, workdir)]
@@ -196,10 +178,10 @@ def check(names: list[str], *, seconds: int, connections: int) -> list[PeerResul
         workdir = Path(temp)
         prefix = workdir / "nginx"
         upstream_port = free_port()
-        conf = write_nginx_upstream(prefix, upstream_port)
-        nginx = Child("nginx", nginx_argv(conf, prefix), log_path=workdir / "nginx.out")
+        conf = nginx.write_upstream(prefix, upstream_port)
+        upstream = Child("nginx", nginx.command(conf, prefix), log_path=workdir / "nginx.out")
         try:
-            nginx.wait_for_port(upstream_port, timeout=10)
+            upstream.wait_for_port(upstream_port, timeout=10)
             for name in names:
                 print(f"checking {name} ...", file=sys.stderr, flush=True)
                 results.append(
@@ -208,7 +190,7 @@ def check(names: list[str], *, seconds: int, connections: int) -> list[PeerResul
                     )
                 )
         finally:
-            nginx.stop()
+            upstream.stop()
     return results
 
 

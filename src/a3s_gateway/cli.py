@@ -1,6 +1,7 @@
 """Command line: argument parsing, problem output and exit codes only (SPEC §2.1–2.5).
 
-Ring 2 (with ``app.py``): the only place that installs signal handlers and logging. Commands
+Ring 2 (with ``app.py``): the only place that installs signal handlers and logging (the
+logging ``run`` and ``demo`` install is undone when they return, for an in-process caller). Commands
 delegate to ``config.load``, ``preflight`` and ``app.Gateway``. Errors on the command line are
 one line on stderr (exit 2), never a traceback. A reader that stops early (``validate … | head
 -1``, ``version | true``) is no error either: the rest of the output is dropped and the exit
@@ -261,7 +262,14 @@ def _log_level(option: str | None) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     path = _config_path(args)
-    applog.install(_log_level(args.log_level), args.log_format)
+    replaced = applog.install(_log_level(args.log_level), args.log_format)
+    try:
+        return _run_logged(args, path)
+    finally:
+        replaced.restore()  # an in-process caller gets its logging back
+
+
+def _run_logged(args: argparse.Namespace, path: str) -> int:
     result = load(path, options=LoadOptions(workers=args.workers or os.cpu_count() or 1))
     problems = check(result, offline=False)
     if any(p.severity == "error" for p in problems) or result.config is None:
@@ -378,9 +386,9 @@ async def _signal_loop(
 
 def _demo(port: int) -> int:
     """``demo``: the backends and the gateway on the packaged demo.hcl, until a signal."""
-    applog.install(_log_level(None), "text")
-    demo = Demo(port)
+    replaced = applog.install(_log_level(None), "text")
     try:
+        demo = Demo(port)
         return trio.run(_until_signalled, demo.serve, demo.shutdown, demo.reload)
     except (GatewayError, BaseExceptionGroup) as error:
         # Start errors come out of the demo's nurseries wrapped in exception groups.
@@ -393,6 +401,8 @@ def _demo(port: int) -> int:
             raise
         print(f"{PROG}: error: {start_error}", file=sys.stderr)
         return EXIT_START
+    finally:
+        replaced.restore()  # an in-process caller gets its logging back
 
 
 def _find(error: BaseException, kind: type[_E]) -> _E | None:

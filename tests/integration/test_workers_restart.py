@@ -47,11 +47,14 @@ from tests.support.gateway import (
 )
 from tests.support.origin import Origin
 
-pytestmark = pytest.mark.integration
-
 STARTUP_WAIT: Final = 40.0
 #: A reload, a restart (1 s backoff plus a worker's start), a failed restart: well within this.
 STEP_WAIT: Final = 30.0
+
+# Each step is bounded above; a test is a start and at most five steps, which on a loaded
+# 2-core machine can take longer together than the suite's per-test limit.
+pytestmark = [pytest.mark.integration, pytest.mark.time_limit(STARTUP_WAIT + 5 * STEP_WAIT)]
+
 #: Requests on new connections per check: both workers get some (see the module docstring).
 SPREAD: Final = 20
 

@@ -1,26 +1,15 @@
 """The application log's formats (SPEC §9.3): a worker process's lines name the worker, in text
-(a last field ``worker=<n>``) and in JSON (a ``worker`` field); other lines do not."""
+(a last field ``worker=<n>``) and in JSON (a ``worker`` field); other lines do not. (What
+``install`` changes on the ``a3s_gateway`` logger is undone after each test: tests/conftest.py.)"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from a3s_gateway.observability import applog
-
-
-@pytest.fixture
-def restored() -> Iterator[None]:
-    """Put the ``a3s_gateway`` logger back as it was (``install`` replaces its handlers)."""
-    root = logging.getLogger("a3s_gateway")
-    saved = (list(root.handlers), root.level, root.propagate)
-    try:
-        yield
-    finally:
-        root.handlers[:], root.level, root.propagate = saved
 
 
 def logged(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -28,14 +17,12 @@ def logged(capsys: pytest.CaptureFixture[str]) -> list[str]:
     return capsys.readouterr().err.splitlines()
 
 
-@pytest.mark.usefixtures("restored")
 def test_a_workers_text_lines_name_it_in_a_last_field(capsys: pytest.CaptureFixture[str]) -> None:
     applog.install("info", "text", worker=1)
     (line,) = logged(capsys)
     assert line.endswith(" INFO    a3s_gateway.app: listening entrypoint=web worker=1")
 
 
-@pytest.mark.usefixtures("restored")
 def test_a_traceback_follows_the_workers_line(capsys: pytest.CaptureFixture[str]) -> None:
     applog.install("info", "text", worker=0)
     try:
@@ -47,7 +34,6 @@ def test_a_traceback_follows_the_workers_line(capsys: pytest.CaptureFixture[str]
     assert rest[-1] == "ValueError: boom"
 
 
-@pytest.mark.usefixtures("restored")
 def test_other_text_lines_keep_the_plain_format(capsys: pytest.CaptureFixture[str]) -> None:
     applog.install("info", "text")
     (line,) = logged(capsys)
@@ -55,7 +41,6 @@ def test_other_text_lines_keep_the_plain_format(capsys: pytest.CaptureFixture[st
     assert "worker" not in line
 
 
-@pytest.mark.usefixtures("restored")
 @pytest.mark.parametrize("worker", [0, 3, None])
 def test_a_workers_json_lines_carry_its_index(
     capsys: pytest.CaptureFixture[str], worker: int | None

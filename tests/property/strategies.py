@@ -291,7 +291,8 @@ def percent_encoded_paths(draw: st.DrawFn) -> tuple[bytes, str]:
     """
     from a3s_gateway.routing.paths import ROUTING_KEPT_BYTES
 
-    text = draw(st.text(alphabet=st.characters(exclude_characters="%"), max_size=20))
+    # codec="utf-8": characters() alone also draws lone surrogates, which have no UTF-8 form.
+    text = draw(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="%"), max_size=20))
     data = text.encode()
     out: list[str] = []
     for byte in data:

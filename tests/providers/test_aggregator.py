@@ -479,10 +479,17 @@ async def test_the_child_reports_problems_and_a_dead_child_is_replaced(tmp_path:
 async def test_a_reload_of_300_routers_does_not_stall_the_event_loop(tmp_path: Path) -> None:
     """SPEC §3.1: the parse (about half a second here) runs in the child; what is left on the
     loop is the decode, the swap and the bookkeeping, while the rule compilation runs in a
-    thread. Measured here: a stall of about 20 ms, against about 1 s for an in-loop parse."""
+    thread. Measured here: a stall of about 20 ms, against about 1 s for an in-loop parse.
+
+    The bounds are relative, so that a loaded machine (or coverage) slows both sides alike:
+    the longest stall is under half the reload, and under half of what the same load takes
+    when it runs here, on this thread, as an in-loop parse would."""
     path = tmp_path / "gateway.hcl"
     write(path, config_text(*(f"r{i}" for i in range(300))))
-    gateway = Gateway(load_config(path))
+    parse_started = time.perf_counter()
+    config = load_config(path)
+    in_loop_parse = time.perf_counter() - parse_started
+    gateway = Gateway(config)
     reloader = Reloader(gateway, str(path), watch=False)
     gaps: list[float] = []
     async with trio.open_nursery() as nursery:
@@ -510,10 +517,11 @@ async def test_a_reload_of_300_routers_does_not_stall_the_event_loop(tmp_path: P
         nursery.cancel_scope.cancel()
     stall = max(gaps)
     print(
-        f"300-router reload: {took * 1000:.0f} ms, longest event-loop stall {stall * 1000:.1f} ms"
+        f"300-router reload: {took * 1000:.0f} ms, longest event-loop stall {stall * 1000:.1f} ms,"
+        f" the same load in-process {in_loop_parse * 1000:.0f} ms"
     )
-    assert stall < 0.25
     assert stall < took / 2
+    assert stall < in_loop_parse / 2
 
 
 # ----------------------------------------------------------------------------- secrets

@@ -205,8 +205,10 @@ async def test_submit_takes_bounded_time_while_the_writer_is_stuck() -> None:
             access_log.submit(entry)
             slowest = max(slowest, time.perf_counter() - start)
         total = time.perf_counter() - begin
-        # Generous bounds for a loaded 2-core machine: a blocked submit would take forever.
-        assert slowest < 0.25
+        # Generous bounds for a loaded 2-core machine (a preempted submit can look slow): a
+        # submit that waited for the stuck writer would never return. The drops say each one
+        # gave up at once.
+        assert slowest < 1.0
         assert total < 10.0
         assert access_log.dropped == 20_000 - 100
         sink.release.set()

@@ -7,18 +7,24 @@ process of ``run --workers N`` installs it with its slot index, so that each of 
 it: a last field ``worker=<n>`` in text, a ``"worker": n`` field in JSON; the supervisor's
 lines (and a single process's) have neither. Must not: log secrets — callers pass redacted
 values only.
+
+``install`` returns the logger settings it replaced (``LoggerState``), so that an in-process
+caller (``cli.main`` from a test or a program) leaves the logger as it found it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
 import msgspec
 
 LogFormat = Literal["text", "json"]
+#: The logger ``install`` configures: every module logs under it.
+LOGGER: Final = "a3s_gateway"
 LEVELS: Final = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -57,15 +63,40 @@ def text_format(worker: int | None = None) -> str:
     return f"%(asctime)s %(levelname)-7s %(name)s: %(message)s{who}"
 
 
-def install(level: str, log_format: LogFormat, *, worker: int | None = None) -> None:
+@dataclass(frozen=True, slots=True)
+class LoggerState:
+    """The settings of the ``a3s_gateway`` logger that ``install`` changes, as they were when
+    taken: ``LoggerState.now()``; ``restore()`` puts them back (an in-process caller of the CLI,
+    a test)."""
+
+    handlers: tuple[logging.Handler, ...]
+    level: int
+    propagate: bool
+
+    @classmethod
+    def now(cls) -> LoggerState:
+        logger = logging.getLogger(LOGGER)
+        return cls(tuple(logger.handlers), logger.level, logger.propagate)
+
+    def restore(self) -> None:
+        logger = logging.getLogger(LOGGER)
+        logger.handlers[:] = self.handlers
+        logger.setLevel(self.level)
+        logger.propagate = self.propagate
+
+
+def install(level: str, log_format: LogFormat, *, worker: int | None = None) -> LoggerState:
     """Send the ``a3s_gateway`` loggers to stderr at ``level`` in ``log_format``; ``worker``:
-    the index of the worker process this is (every line then names it)."""
+    the index of the worker process this is (every line then names it). Returns the settings
+    it replaced: their ``restore()`` undoes the install."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(worker=worker))
     else:
         handler.setFormatter(logging.Formatter(text_format(worker)))
-    root = logging.getLogger("a3s_gateway")
+    previous = LoggerState.now()
+    root = logging.getLogger(LOGGER)
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     root.propagate = False
+    return previous
