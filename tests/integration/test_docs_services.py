@@ -157,6 +157,7 @@ TABLES: Final[dict[str, type[msgspec.Struct]]] = {
     "Connect attempts and failover": schema_services.Failover,
     "Timeouts": schema_services.LoadBalancer,
     "The connection pool": schema_services.LoadBalancer,
+    "HTTPS backends": schema_services.UpstreamTls,
     "Active health checks": schema_services.HealthCheck,
     "Passive health": schema_services.PassiveHealth,
     "Sticky sessions": schema_services.Sticky,
@@ -268,9 +269,10 @@ def refused_service_terms() -> list[str]:
 
 def test_not_available_lists_every_refused_service_setting() -> None:
     terms = refused_service_terms()
-    assert "upstream_tls" in terms
+    assert "upstream_tls" not in terms  # HTTPS backends work: documented, no longer refused
     assert "panic_threshold" not in terms  # panic mode works: documented, no longer refused
-    assert "https://" in terms
+    assert "https://" not in terms
+    assert "wss://" in terms  # waits for WebSocket proxying
     waiting = not_available()
     missing = [term for term in terms if not in_backticks(term, waiting)]
     assert missing == []

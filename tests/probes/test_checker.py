@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from random import Random
 from typing import TypeAlias
 
@@ -18,6 +19,7 @@ import h11
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from a3s_gateway.config.values import ServerUrl
 from a3s_gateway.probes.checker import (
@@ -31,8 +33,9 @@ from a3s_gateway.probes.checker import (
 from a3s_gateway.services.backend import Backend
 from a3s_gateway.services.health import ActiveHealth, CheckSettings, parse_expected_status
 from a3s_gateway.upstream.connect_errors import ConnectFailed
-from a3s_gateway.upstream.peer import Peer
+from a3s_gateway.upstream.peer import Peer, TlsIdentity, UpstreamTlsSettings
 from tests.support.origin import Fixed, Origin
+from tests.support.tls_origin import TlsOrigin, write_ca, write_leaf
 
 URL = ServerUrl("http://10.0.0.1:8080/base/")
 HTTP = CheckSettings(kind="http", path="/health?deep=1", interval=10.0, timeout=5.0)
@@ -324,12 +327,6 @@ async def test_connect_failure_is_a_failure(nursery: trio.Nursery) -> None:
     backend = ScriptedBackend(nursery, always(Refuse("refused")))
     assert await probe(URL, HTTP, dialer=backend) == ProbeResult(False, "refused")
     assert await probe(URL, TCP, dialer=backend) == ProbeResult(False, "refused")
-
-
-async def test_tls_backends_fail_with_the_real_dialer() -> None:
-    """Upstream TLS is not there yet: the dialer refuses before opening a socket."""
-    result = await probe(ServerUrl("https://127.0.0.1:9"), HTTP)
-    assert result == ProbeResult(False, "tls not supported yet")
 
 
 async def test_udp_backends_cannot_be_probed() -> None:
@@ -654,3 +651,51 @@ async def test_real_tcp_probe_and_refusal(nursery: trio.Nursery) -> None:
     listener.close()
     refused = await probe(ServerUrl(f"tcp://127.0.0.1:{port}"), settings)
     assert refused == ProbeResult(False, "refused")
+
+
+@pytest.mark.integration
+async def test_real_tls_probe_uses_the_services_upstream_tls(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """SPEC §7.4: an https backend is probed over TLS with ``upstream_tls`` (CA, server name,
+    client certificate); a certificate the proxy would refuse fails the probe."""
+    ca, other = trustme.CA(), trustme.CA()
+    ca_file = write_ca(ca, tmp_path / "ca.pem")
+    client = write_leaf(ca.issue_cert("probe.test", common_name="prober"), tmp_path, "client")
+    origin = TlsOrigin(write_leaf(ca.issue_cert("svc.test"), tmp_path, "server"), client_ca=ca_file)
+    await nursery.start(origin.serve)
+    url = ServerUrl(origin.url("/base"))
+    identity = TlsIdentity(
+        ca_file=str(ca_file), cert_file=str(client.cert), key_file=str(client.key)
+    )
+    tls = UpstreamTlsSettings(server_name="svc.test", identity=identity)
+    settings = CheckSettings(kind="http", path="/health", timeout=10.0, tls=tls)
+    assert probe_target(url, settings)[0] == Peer(
+        "https", "127.0.0.1", origin.port, tls=True, server_name="svc.test", identity=identity
+    )
+    assert await probe(url, settings) == ProbeResult(True, "status 200")
+    [conn] = origin.connections
+    assert (conn.sni, conn.client, conn.targets) == ("svc.test", "prober", ["/base/health"])
+
+    origin.status = 503
+    assert await probe(url, settings) == ProbeResult(False, "status 503")
+
+    untrusting = CheckSettings(
+        kind="http",
+        path="/health",
+        timeout=10.0,
+        tls=UpstreamTlsSettings(
+            server_name="svc.test",
+            identity=TlsIdentity(ca_file=str(write_ca(other, tmp_path / "o.pem"))),
+        ),
+    )
+    failed = await probe(url, untrusting)
+    assert not failed.success
+    # (The origin sends its CA along, trusting it for client certificates: OpenSSL's words
+    # are then "self-signed certificate in certificate chain".)
+    assert failed.reason.startswith("TLS handshake failed: certificate verify failed: ")
+    # Without upstream_tls the URL host is the name checked: the certificate is for svc.test.
+    plain = await probe(url, CheckSettings(kind="http", path="/health", timeout=10.0))
+    assert not plain.success
+    assert plain.reason.startswith("TLS handshake failed: certificate verify failed")
+    assert len(origin.connections) == 2

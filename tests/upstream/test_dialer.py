@@ -1,4 +1,5 @@
-"""Dialling backends on 127.0.0.1 and classifying connect failures (SPEC §5.5, §7.8)."""
+"""Dialling backends on 127.0.0.1 and classifying connect failures (SPEC §5.5, §7.8); TLS
+backends and their shared contexts: tests/upstream/test_dialer_tls.py."""
 
 from __future__ import annotations
 
@@ -38,11 +39,6 @@ async def test_closed_port_is_refused() -> None:
     assert caught.value.reason == "refused"
     assert isinstance(caught.value.__cause__, OSError)
     assert str(caught.value) == "connect failed: refused"
-
-
-async def test_tls_is_not_supported_yet() -> None:
-    with pytest.raises(ConnectFailed, match="tls not supported yet"):
-        await dial(Peer("https", "127.0.0.1", 443, tls=True, server_name="localhost"))
 
 
 def all_attempts_failed(*errors: OSError) -> OSError:

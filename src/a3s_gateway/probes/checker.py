@@ -2,13 +2,18 @@
 
 Ring 1. ``probe`` runs one check: for ``http``, a request over a fresh connection (never the
 pool), read through ``Http1Client`` and judged by ``expected_status``; for ``tcp``, a connect.
+A backend's transport is the proxy's: ``https``/``wss``/``tls`` backends are probed over TLS with
+the service's ``upstream_tls`` (``CheckSettings.tls``: CA, server name, client certificate,
+verification), through the same dialer and shared TLS contexts as proxied requests, so a
+certificate the proxy would refuse fails the probe (reason ``TLS handshake failed: <why>``).
 ``run_prober`` probes one backend forever on its schedule and feeds the results to the backend's
 ``ActiveHealth`` (``services/health.py``, Ring 0), which flips ``Backend.active_healthy``.
 
 Nurseries: none. The caller runs ``run_prober`` tasks in a nursery of its own, one per config
 generation or per prober, and cancels it to stop them; a cancelled prober closes its connection
 (``trio.aclose_forcefully``) and returns at once. Deadlines: exactly one, ``health_check.timeout``,
-as a ``move_on_after`` around the whole probe (dial, write, response and the bounded body read).
+as a ``move_on_after`` around the whole probe (dial and TLS handshake, write, response and the
+bounded body read).
 Time is read only through trio (``current_time``, ``sleep_until``), so tests run the schedule on
 ``autojump_clock``.
 
@@ -56,8 +61,9 @@ _READ_SIZE: Final = 65536
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """One probe's outcome; ``reason`` is a short fixed text for logs ("status 503", "timeout",
-    "refused", "invalid response", "connected"...)."""
+    """One probe's outcome; ``reason`` is a short text for logs ("status 503", "timeout",
+    "refused", "invalid response", "connected", "TLS handshake failed: certificate verify
+    failed: …")."""
 
     success: bool
     reason: str
@@ -74,9 +80,10 @@ def probe_target(url: ServerUrl, settings: CheckSettings) -> tuple[Peer, bytes, 
 
     The target is the URL's path prefix (without a trailing ``/``) followed by the check's
     ``path``, as the proxy joins them. ``Host`` is ``hostname`` if set, else the probed
-    host:port (the ``port`` override included). Raises ``ValueError`` for a ``udp`` URL.
+    host:port (the ``port`` override included). TLS backends get the service's ``upstream_tls``
+    (``settings.tls``). Raises ``ValueError`` for a ``udp`` URL.
     """
-    peer = Peer.from_url(url)
+    peer = Peer.from_url(url, settings.tls)
     if settings.port is not None:
         peer = dataclasses.replace(peer, port=settings.port)
     target = (url.path.rstrip("/") + settings.path).encode()
@@ -110,7 +117,7 @@ async def _attempt(
     try:
         stream = await dialer(peer)
     except ConnectFailed as error:
-        return ProbeResult(False, error.reason)
+        return ProbeResult(False, error.detail or error.reason)
     except OSError:
         return ProbeResult(False, "error")
     try:

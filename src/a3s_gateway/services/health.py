@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema_services import HealthCheck
     from a3s_gateway.config.values import ServerUrl
     from a3s_gateway.services.backend import Backend
+    from a3s_gateway.upstream.peer import UpstreamTlsSettings
 
 __all__ = [
     "ActiveHealth",
@@ -150,7 +151,9 @@ class CheckSettings:
     ``path`` is ``""`` for tcp probes. ``headers`` are the extra probe headers with lower-case
     names, in config order, without ``host``, ``connection`` and framing fields (the prober
     writes those). ``hostname`` is the probe's ``Host`` (None: the probed host:port); ``port``
-    overrides the server URL's port for the probe (None: the URL's).
+    overrides the server URL's port for the probe (None: the URL's). ``tls`` is the service's
+    ``upstream_tls`` (None: the defaults), used by probes of ``https``/``wss``/``tls`` backends
+    (SPEC §7.4: "TLS with ``upstream_tls``"); set by ``runtime/compile.py``.
     """
 
     kind: CheckKind
@@ -164,6 +167,7 @@ class CheckSettings:
     headers: tuple[tuple[bytes, bytes], ...] = ()
     hostname: str | None = None
     port: int | None = None
+    tls: UpstreamTlsSettings | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "http" and not self.path.startswith("/"):

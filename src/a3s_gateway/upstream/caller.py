@@ -6,14 +6,16 @@ Ring 1. Implements ``middleware.outbound.HttpCaller`` for forward-auth (and JWKS
 is a reply like any other.
 
 Connections: its own ``UpstreamPool`` (the data plane's pool is for backends), keyed by
-``Peer`` (``https`` peers carry ``tls=True`` and the URL host as ``server_name``), over a dialer
-that wraps the TCP stream in ``trio.SSLStream`` for ``https`` and completes the handshake
-inside the caller's deadline. Requests are written and responses read by the project's
-``Http1Client`` adapter, as ``upstream/http1_upstream.py`` does for proxied requests. A
-connection goes back to the pool only after a complete, clean response (the adapter's
-``reusable``); a reply over ``max_body``, a timeout or any error closes it. A *reused*
-connection that fails before any response byte is replaced by a fresh one and the request sent
-once more (SPEC §5.7 "Stale reuse"; a GET without a body is idempotent).
+``Peer`` (``https`` peers carry ``tls=True`` and the URL host as ``server_name``), over the
+data plane's dialer (``upstream/dialer.py``), which wraps the TCP stream in ``trio.SSLStream``
+for ``https`` and completes the handshake inside the caller's deadline, with the system trust
+store's context shared with every other TLS client of the gateway (``dialer.CONTEXTS``).
+Requests are written and responses read by the project's ``Http1Client`` adapter, as
+``upstream/http1_upstream.py`` does for proxied requests. A connection goes back to the pool
+only after a complete, clean response (the adapter's ``reusable``); a reply over ``max_body``,
+a timeout or any error closes it. A *reused* connection that fails before any response byte is
+replaced by a fresh one and the request sent once more (SPEC §5.7 "Stale reuse"; a GET without
+a body is idempotent).
 
 Nursery and deadlines: ``run`` is the pool's ``run`` (its idle reaper), started with
 ``nursery.start`` by ``server/outbound_clients.py`` in the gateway's root nursery; ``get`` sets
@@ -30,8 +32,6 @@ share its pool with the data plane.
 
 from __future__ import annotations
 
-import contextlib
-import ssl
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -58,6 +58,8 @@ from a3s_gateway.upstream.peer import Peer, PoolSettings
 from a3s_gateway.upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:
+    import ssl
+
     from a3s_gateway.config.urls import HttpUrl
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.upstream.pooled_connection import UpstreamConnection
@@ -82,8 +84,8 @@ class _Stale(Exception):  # noqa: N818 -- a verdict about the connection, not an
 class PooledHttpCaller:
     """``GET`` over pooled HTTP/1.1 connections, plain or TLS (see the module docstring).
 
-    ``ssl_context`` verifies ``https`` servers (default: the system trust store, created on
-    first use, offering ALPN ``http/1.1``).
+    ``ssl_context`` verifies ``https`` servers (default: the shared context of the system trust
+    store, ``dialer.CONTEXTS``, offering ALPN ``http/1.1``).
     """
 
     __slots__ = ("_pool", "_settings", "_ssl_context")
@@ -217,30 +219,9 @@ class PooledHttpCaller:
     # --- dialling ---
 
     async def _dial(self, peer: Peer) -> trio.abc.Stream:
-        """The pool's dialer: TCP (``dial``), then TLS for ``https`` peers, handshake included,
-        all in the caller's deadline. Raises ``ConnectFailed``."""
-        if not peer.tls:
-            return await dial(peer)
-        plain = await dial(Peer("http", peer.host, peer.port))
-        stream = trio.SSLStream(
-            plain, self._context(), server_hostname=peer.server_name, https_compatible=True
-        )
-        try:
-            await stream.do_handshake()
-        except BaseException as error:
-            with contextlib.suppress(trio.BrokenResourceError, OSError):
-                await trio.aclose_forcefully(plain)
-            if isinstance(error, (trio.BrokenResourceError, OSError)):
-                raise ConnectFailed("error") from error
-            raise
-        return stream
-
-    def _context(self) -> ssl.SSLContext:
-        context = self._ssl_context
-        if context is None:
-            context = self._ssl_context = ssl.create_default_context()
-            context.set_alpn_protocols(["http/1.1"])
-        return context
+        """The pool's dialer: TCP, then TLS for ``https`` peers, handshake included, all in the
+        caller's deadline. Raises ``ConnectFailed``."""
+        return await dial(peer, context=self._ssl_context)
 
 
 def peer_of(url: HttpUrl) -> Peer:

@@ -1,14 +1,27 @@
-"""Opening connections to backends (SPEC §5.5 "Upstream connect" row, §5.7, §7.8).
+"""Opening connections to backends, TLS included (SPEC §5.5 "Upstream connect" row, §5.7, §7.8).
 
 Ring 1. Owns no nursery of its own (``trio.open_tcp_stream`` runs its happy-eyeballs attempts in
-a nursery local to the call) and sets no deadline: the caller's cancel scope, set from the
-service's ``connect_timeout`` in exactly one place (``server/exchange/attempt.py``), bounds the
-whole dial, including name resolution. A cancelled dial leaves no socket open (trio closes
-losing attempts).
+a nursery local to the call) and sets no deadline: the caller's cancel scope — the service's
+``connect_timeout`` around the pool's ``acquire`` (``server/exchange/attempt.py``), a probe's
+``timeout`` (``probes/checker.py``) or an outbound call's ``within`` (``upstream/caller.py``) —
+bounds the whole dial: name resolution, the TCP connect, building a TLS context the first time
+and the TLS handshake. A handshake that outlives that deadline is a connect timeout (504), like a
+slow connect. A cancelled dial leaves no socket open (trio closes losing attempts; a handshake
+interrupted here closes its socket).
 
 TCP_NODELAY: ``trio.SocketStream.__init__`` sets it on every TCP stream (and TCP_NOTSENT_LOWAT
 where available), so nothing is set here; ``tests/upstream/test_dialer.py`` checks it. The
 connected socket is then taken over by ``streams.RawSocketStream``, the hot path's lean stream.
+
+TLS (``Peer.tls``): the stream is wrapped in ``trio.SSLStream`` with the peer's ``server_name``
+as SNI and verified name, over the ``ssl.SSLContext`` of the peer's ``TlsIdentity`` from
+``TlsContexts``: one context per distinct identity, built in a worker thread on first use (file
+reads and the system store stay off the event loop), offering ALPN ``http/1.1``, then shared by
+every connection, probe and outbound call with that identity. A context is rebuilt only when one
+of its files changed (size, mtime or inode; checked with one ``stat`` per file per new
+connection); if the changed files do not load, the previous context stays in use. Failures are
+``ConnectFailed("tls", detail)`` whose ``detail`` says why in OpenSSL's words, e.g.
+``TLS handshake failed: certificate verify failed: unable to get local issuer certificate``.
 
 Must not: take a timeout argument, retry (retries across backends belong to §7.8 in the exchange),
 log, or read the wall clock.
@@ -17,7 +30,9 @@ log, or read the wall clock.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeAlias
 
@@ -25,31 +40,76 @@ import trio
 
 from a3s_gateway.streams import from_trio
 from a3s_gateway.upstream.connect_errors import ConnectFailed
-from a3s_gateway.upstream.peer import Peer
+from a3s_gateway.upstream.peer import Peer, TlsIdentity
+
+__all__ = ["CONTEXTS", "Dialer", "TlsContexts", "build_context", "connect_reason", "dial"]
 
 #: What the pool calls to open a stream; tests inject memory streams through it.
 Dialer: TypeAlias = Callable[[Peer], Awaitable[trio.abc.Stream]]
 
+#: Per file of an identity: (inode, size, mtime in ns), or None when it cannot be read.
+_Stamp: TypeAlias = tuple[tuple[int, int, int] | None, ...]
+
 _UNREACHABLE: Final = frozenset(
     {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.EADDRNOTAVAIL}
 )
+#: ALPN offered to TLS backends: only what the upstream client speaks (SPEC §5.7).
+ALPN: Final = ("http/1.1",)
 
 
-async def dial(peer: Peer) -> trio.abc.Stream:
-    """Open a TCP connection to ``peer``; a checkpoint; the caller closes the stream.
+async def dial(peer: Peer, *, context: ssl.SSLContext | None = None) -> trio.abc.Stream:
+    """Open a connection to ``peer``: TCP, then for TLS peers the handshake; a checkpoint; the
+    caller closes the stream.
 
-    Raises ``ConnectFailed`` (``reason`` from ``connect_reason``) for any ``OSError``, and for
-    TLS peers with reason ``"tls not supported yet"``: upstream TLS (``https``, ``tls``) arrives
-    with a later issue and will wrap the stream in ``trio.SSLStream`` here, inside the same
-    caller-owned deadline.
+    ``context`` replaces the identity's shared context (tests, callers with their own trust).
+    Raises ``ConnectFailed``: ``reason`` from ``connect_reason`` for any ``OSError`` of the
+    connect, ``"tls"`` (with ``detail``) when the TLS context cannot be built or the handshake
+    fails.
     """
-    if peer.tls:
-        await trio.lowlevel.checkpoint()
-        raise ConnectFailed("tls not supported yet")
     try:
-        return from_trio(await trio.open_tcp_stream(peer.host, peer.port))
+        stream = from_trio(await trio.open_tcp_stream(peer.host, peer.port))
     except OSError as error:
         raise ConnectFailed(connect_reason(error)) from error
+    if not peer.tls:
+        return stream
+    try:
+        if context is None:
+            context = await CONTEXTS.get(peer.identity)
+        return await handshake(stream, context, peer.server_name)
+    except BaseException:
+        stream.close_nowait()  # a socket: closes at once, even when cancelled
+        raise
+
+
+async def handshake(
+    stream: trio.abc.Stream, context: ssl.SSLContext, server_name: str
+) -> trio.SSLStream[trio.abc.Stream]:
+    """TLS over ``stream`` as a client of ``server_name`` (SNI and the name verified); the
+    caller closes ``stream`` on any exception. Raises ``ConnectFailed("tls", detail)``."""
+    tls = trio.SSLStream(
+        stream, context, server_hostname=server_name or None, https_compatible=True
+    )
+    try:
+        await tls.do_handshake()
+    except (trio.BrokenResourceError, ssl.SSLError, OSError) as error:
+        raise ConnectFailed("tls", f"TLS handshake failed: {handshake_failure(error)}") from error
+    return tls
+
+
+def handshake_failure(error: BaseException) -> str:
+    """Why a handshake failed, in OpenSSL's words (``certificate verify failed: …``)."""
+    cause = error.__cause__ if isinstance(error, trio.BrokenResourceError) else error
+    match cause:
+        case ssl.SSLCertVerificationError():
+            return f"certificate verify failed: {cause.verify_message}"
+        case ssl.SSLEOFError() | ssl.SSLZeroReturnError() | None:
+            return "connection closed during the handshake"
+        case ssl.SSLError(reason=str(reason)):
+            return reason.lower().replace("_", " ")
+        case OSError():
+            return f"connection {connect_reason(cause)} during the handshake"
+        case _:
+            return str(cause) or type(cause).__name__
 
 
 def connect_reason(error: OSError) -> str:
@@ -84,3 +144,74 @@ def _classify(error: BaseException) -> str:
             return "unreachable"
         case _:
             return "error"
+
+
+# -- TLS contexts ---------------------------------------------------------------------------
+
+
+def build_context(identity: TlsIdentity) -> ssl.SSLContext:
+    """A client context for ``identity`` (blocking: reads files). Raises ``OSError`` or
+    ``ssl.SSLError`` when a file cannot be read or does not hold what it should.
+
+    Verifying: the system store, or only ``ca_file`` when set; host names checked; TLS ≥ 1.2
+    (``create_default_context``). Not verifying: no certificate or name checks at all.
+    """
+    if identity.verify:
+        context = ssl.create_default_context(cafile=identity.ca_file or None)
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if identity.cert_file:
+        context.load_cert_chain(identity.cert_file, identity.key_file or None)
+    context.set_alpn_protocols(list(ALPN))
+    return context
+
+
+def _stamp(identity: TlsIdentity) -> _Stamp:
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in (identity.ca_file, identity.cert_file, identity.key_file):
+        if not path:
+            continue
+        try:
+            info = os.stat(path)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(stamps)
+
+
+class TlsContexts:
+    """``ssl.SSLContext`` per ``TlsIdentity``: built on first use, shared, rebuilt when a file
+    of the identity changed (see the module docstring)."""
+
+    __slots__ = ("_built",)
+
+    def __init__(self) -> None:
+        self._built: dict[TlsIdentity, tuple[_Stamp, ssl.SSLContext]] = {}
+
+    async def get(self, identity: TlsIdentity) -> ssl.SSLContext:
+        """The context of ``identity``; a checkpoint only when it must be (re)built, in a worker
+        thread. Raises ``ConnectFailed("tls", detail)`` when it cannot be built and there is no
+        previous one."""
+        stamp = _stamp(identity)
+        known = self._built.get(identity)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        try:
+            context = await trio.to_thread.run_sync(build_context, identity, abandon_on_cancel=True)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            if known is not None:  # a file being replaced: keep what worked
+                return known[1]
+            raise ConnectFailed("tls", f"TLS settings unusable: {error}") from error
+        self._built[identity] = (stamp, context)
+        return context
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+
+#: The gateway's contexts, shared by the data plane's pool, the probes and the outbound caller.
+CONTEXTS: Final = TlsContexts()

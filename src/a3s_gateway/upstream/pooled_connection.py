@@ -102,15 +102,18 @@ class UpstreamConnection:
         """True if this idle connection must not be reused: readable (EOF, a reset or stray
         bytes — an idle HTTP/1.1 server has nothing to say) or already closed. Never blocks.
 
-        Only a ``RawSocketStream`` or a plain ``trio.SocketStream`` can be checked; any other
-        stream is assumed alive
-        (the stale-reuse rule of SPEC §5.7 covers what slips through). ``is_readable`` is trio's
-        public zero-timeout poll on the socket, equivalent to a ``recv(MSG_PEEK|MSG_DONTWAIT)``
-        that does not block, without wrapping the file descriptor in a second socket object.
+        Only a ``RawSocketStream`` or a plain ``trio.SocketStream`` can be checked, also under
+        a ``trio.SSLStream`` (a TLS backend's close_notify or reset makes its socket readable);
+        any other stream is assumed alive (the stale-reuse rule of SPEC §5.7 covers what slips
+        through). ``is_readable`` is trio's public zero-timeout poll on the socket, equivalent
+        to a ``recv(MSG_PEEK|MSG_DONTWAIT)`` that does not block, without wrapping the file
+        descriptor in a second socket object.
         """
         if self.detached:
             return True
-        stream = self.stream
+        stream: trio.abc.Stream = self.stream
+        while isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
         if isinstance(stream, RawSocketStream):
             return stream.is_readable()
         if not isinstance(stream, trio.SocketStream):

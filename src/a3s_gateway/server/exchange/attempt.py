@@ -5,7 +5,9 @@ Ring 1. Nurseries: one per attempt whose request body did not arrive whole with 
 holding the request-body pump (client → upstream) while the attempt's own task waits for the
 response head; the pump never lets an exception out (it records it and cancels the wait), so
 no exception group escapes. Deadlines set here (SPEC §5.5): upstream connect (around the pool's
-acquire), response header (one scope per attempt, moved to now + timeout once the request is
+acquire: dialling, and for an ``https`` backend its TLS handshake, so a stalled handshake is a
+504 like a slow connect and a failed one a 502 ``ConnectError`` naming the reason), response
+header (one scope per attempt, moved to now + timeout once the request is
 fully sent; ``relay.py`` then moves it per body read). The upstream is reached only through
 the ``Upstream`` seam; it goes back to its pool clean only when both halves completed (SPEC
 §5.7), and interrupted writes poison it.
