@@ -91,8 +91,9 @@ def test_validate_refuses_what_is_not_available_yet(
     monkeypatch.setenv("JWT_SECRET", "x" * 40)
     assert cli.main(["validate", "--offline", str(FIXTURES / "readme-example.hcl")]) == 1
     out = capsys.readouterr().err
-    assert 'entrypoints["websecure"].tls: block "tls" is not available yet' in out
-    assert "(TLS termination)" in out
+    assert 'entrypoints["tcp-db"].protocol: protocol "tcp" is not available yet' in out
+    assert "(TCP proxying)" in out
+    assert 'entrypoints["websecure"].tls' not in out  # TLS termination has landed
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

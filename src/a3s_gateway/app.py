@@ -78,6 +78,7 @@ from a3s_gateway.server.observe import Observer
 from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.server.server_context import ServerContext
+from a3s_gateway.server.tls import TlsStore
 from a3s_gateway.services.health import HealthBoard
 from a3s_gateway.state import GatewayState, HealthSnapshot, ReloadStatus
 from a3s_gateway.upstream.pool import UpstreamPool
@@ -312,6 +313,9 @@ class Gateway:
         observability = self._config.observability
         #: Prometheus families (SPEC §9.1); counters live as long as the gateway, across reloads.
         self._metrics = GatewayMetrics(observability.metrics_enabled, version=_version())
+        #: TLS entrypoints' certificates across generations; its poller runs in the root
+        #: nursery (``server/tls.py``).
+        self._tls = TlsStore(self._metrics)
         #: The access log (SPEC §9.2): its writer runs in the root nursery.
         self._access_log = access_log_for(observability, on_drop=self._metrics.access_log_dropped)
         #: The management API (SPEC §9.6): its listeners, bound in ``serve`` with the others.
@@ -340,9 +344,10 @@ class Gateway:
         self._started_at = trio.current_time()
         try:
             runtime = compile_runtime(self._config, self._generation, deps=self._outbound.deps())
+            self._tls.install(await self._tls.prepare(runtime.entrypoints))
             opened = await open_http_listeners(runtime.entrypoints, reuse_port=self._reuse_port)
             self._groups = {
-                name: ListenerGroup(name, (entry.host, entry.port), opened[name])
+                name: ListenerGroup(name, (entry.host, entry.port), opened[name], self._tls)
                 for name, entry in runtime.entrypoints.items()
             }
             await self._open_observability()
@@ -375,6 +380,7 @@ class Gateway:
             await root.start(pool.run)
             await root.start(self._outbound.run)
             await root.start(self._access_log.run)
+            await root.start(self._tls.run)
             if self._management is not None:
                 await root.start(self._management.serve, self._management_listeners)
             generation = await root.start(self._generation_task, runtime)
@@ -506,6 +512,7 @@ class Gateway:
                         deps=self._outbound.deps(),
                     )
                 )
+                certificates = await self._tls.prepare(runtime.entrypoints)
             except StartError as error:
                 raise ReloadError(str(error)) from error
             plan = added = serving = None
@@ -532,6 +539,7 @@ class Gateway:
             previous_runtime = ctx.runtime
             if self._board is not None:  # what was pushed meanwhile, up to the swap
                 apply_board(self._board, runtime)
+            self._tls.install(certificates)
             ctx.runtime = runtime
             assert plan is not None
             assert added is not None
@@ -564,7 +572,7 @@ class Gateway:
         except StartError as error:
             raise ReloadError(str(error)) from error
         return {
-            name: ListenerGroup(name, (entry.host, entry.port), opened[name])
+            name: ListenerGroup(name, (entry.host, entry.port), opened[name], self._tls)
             for name, entry in entrypoints.items()
         }
 
@@ -757,6 +765,10 @@ class Gateway:
             config_generation=self._generation,
             last_reload=self._last_reload,
         )
+
+    def tls_certificates(self, name: str) -> tuple[tuple[tuple[str, ...], float], ...]:
+        """The certificates TLS entrypoint ``name`` serves now: (DNS names, notAfter)."""
+        return tuple((c.names, c.not_after) for c in self._tls.certificates(name))
 
     def addresses(self) -> Mapping[str, tuple[tuple[str, int], ...]]:
         """Bound addresses per entrypoint (port 0 resolved); empty before ``serve`` binds."""

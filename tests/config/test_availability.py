@@ -19,7 +19,20 @@ from a3s_gateway.config.availability import UNAVAILABLE, Unavailable
 from a3s_gateway.config.load import LoadOptions, load_text
 from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import ReloadError
-from tests.support.semantic import BASE, TLS_ENTRYPOINT
+from tests.support.semantic import BASE
+
+#: An entrypoint that asks for HTTP/2 by ALPN: refused until HTTP/2 lands (one error).
+H2_ENTRYPOINT = """
+entrypoints "secure" {
+  address = "127.0.0.1:8443"
+  tls {
+    cert_file = "/c.pem"
+    key_file  = "/k.pem"
+    alpn      = ["h2", "http/1.1"]
+  }
+}
+"""
+H2_PATH = 'entrypoints["secure"].tls.alpn[0]'
 
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
 ROWS = pytest.mark.parametrize("row", UNAVAILABLE, ids=[row.where for row in UNAVAILABLE])
@@ -57,13 +70,38 @@ def test_the_docs_list_every_row(row: Unavailable) -> None:
     assert f"`{row.where}`" in DOCS.read_text(encoding="utf-8")
 
 
-def test_the_message_names_the_block_and_the_feature() -> None:
-    result = load_text(BASE + TLS_ENTRYPOINT, filename="t.hcl", env={})
+def test_the_message_names_the_setting_and_the_feature() -> None:
+    result = load_text(BASE + H2_ENTRYPOINT, filename="t.hcl", env={})
     [problem] = result.errors
-    assert problem.path == 'entrypoints["secure"].tls'
-    assert problem.message.startswith('block "tls" is not available yet')
-    assert "(TLS termination)" in problem.message
-    assert problem.line == BASE.count("\n") + 4
+    assert problem.path == H2_PATH
+    assert problem.message.startswith('alpn protocol "h2" is not available yet')
+    assert "(HTTP/2;" in problem.message
+    assert problem.line == BASE.count("\n") + 7
+
+
+def test_entrypoint_tls_is_available() -> None:
+    snippet = H2_ENTRYPOINT.replace('alpn      = ["h2", "http/1.1"]', 'alpn = ["http/1.1"]')
+    assert load_text(BASE + snippet, filename="t.hcl", env={}).errors == ()
+    timeout = (
+        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
+        '  timeouts {\n    handshake = "5s"\n  }\n}\n'
+    )
+    assert load_text(BASE + timeout, filename="t.hcl", env={}).errors == ()
+
+
+def test_every_acme_field_is_refused_by_name() -> None:
+    snippet = (
+        'entrypoints "secure" {\n  address = "127.0.0.1:8443"\n  tls {\n'
+        '    acme = true\n    acme_email = "ops@example.com"\n    acme_renewal_days = 20\n'
+        "  }\n}\n"
+    )
+    errors = load_text(BASE + snippet, filename="t.hcl", env={}).errors
+    assert [p.path for p in errors] == [
+        'entrypoints["secure"].tls.acme',
+        'entrypoints["secure"].tls.acme_email',
+        'entrypoints["secure"].tls.acme_renewal_days',
+    ]
+    assert all("(ACME certificates)" in p.message for p in errors)
 
 
 def test_h2c_false_asks_for_nothing_new() -> None:
@@ -97,7 +135,7 @@ def _config_in_code(snippet: str) -> Config:
 
 def test_a_gateway_built_in_code_refuses_it() -> None:
     config = load_text(
-        BASE + TLS_ENTRYPOINT,
+        BASE + H2_ENTRYPOINT,
         filename="t.hcl",
         env={},
         options=LoadOptions(refuse_unavailable=False),
@@ -106,7 +144,7 @@ def test_a_gateway_built_in_code_refuses_it() -> None:
     with pytest.raises(ConfigError) as caught:
         Gateway(config)
     [problem] = caught.value.problems
-    assert problem.path == 'entrypoints["secure"].tls'
+    assert problem.path == H2_PATH
     assert problem.file == "<config>"
 
 
@@ -114,14 +152,14 @@ async def test_a_reload_built_in_code_refuses_it() -> None:
     plain = load_text(BASE, filename="t.hcl", env={}).config
     assert plain is not None
     with_tls = load_text(
-        BASE + TLS_ENTRYPOINT,
+        BASE + H2_ENTRYPOINT,
         filename="t.hcl",
         env={},
         options=LoadOptions(refuse_unavailable=False),
     ).config
     assert with_tls is not None
     gateway = Gateway(plain)
-    with pytest.raises(ReloadError, match="TLS termination"):
+    with pytest.raises(ReloadError, match="HTTP/2"):
         await gateway.reload(with_tls)
     assert gateway.health().last_reload is not None
 
@@ -129,7 +167,7 @@ async def test_a_reload_built_in_code_refuses_it() -> None:
 @pytest.mark.integration
 def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
     config = tmp_path / "gateway.hcl"
-    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + TLS_ENTRYPOINT)
+    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + H2_ENTRYPOINT)
     done = subprocess.run(
         [sys.executable, "-m", "a3s_gateway", "run", str(config)],
         capture_output=True,
@@ -138,5 +176,32 @@ def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1, done.stderr
-    assert 'entrypoints["secure"].tls: block "tls" is not available yet' in done.stderr
+    assert f'{H2_PATH}: alpn protocol "h2" is not available yet' in done.stderr
     assert "listening" not in done.stderr
+
+
+def test_redirect_to_is_available() -> None:
+    """``redirect_to`` to a TLS entrypoint loads without an availability error (issue #17)."""
+    snippet = (
+        'entrypoints "secure" {\n  address = "127.0.0.1:8443"\n  tls {\n'
+        '    cert_file = "/etc/gateway/cert.pem"\n    key_file  = "/etc/gateway/key.pem"\n'
+        '  }\n}\nentrypoints "alt" {\n  address = "127.0.0.1:8081"\n  redirect_to = "secure"\n}\n'
+    )
+    assert load_text(BASE + snippet, filename="t.hcl", env={}).errors == ()
+
+
+def test_https_backends_and_upstream_tls_are_available() -> None:
+    """``https://`` servers and ``upstream_tls`` load (issue #17 item 3); ``wss://`` still waits
+    for WebSocket proxying."""
+    snippet = (
+        'services "tls-app" {\n  load_balancer {\n'
+        '    servers = [{ url = "https://127.0.0.1:9443" }]\n'
+        '    upstream_tls {\n      ca_file = "/etc/gateway/ca.pem"\n'
+        '      server_name = "app.internal"\n      insecure_skip_verify = false\n    }\n'
+        "  }\n}\n"
+    )
+    assert load_text(BASE + snippet, filename="t.hcl", env={}).errors == ()
+    wss = snippet.replace("https://", "wss://")
+    [problem] = load_text(BASE + wss, filename="t.hcl", env={}).errors
+    assert problem.message.startswith('a "wss://" server is not available yet')
+    assert "(WebSocket proxying)" in problem.message

@@ -196,6 +196,10 @@ def make_view(text: str = CONFIG) -> FakeView:
             bound=("127.0.0.1:8081",),
             tls=True,
             connections=2,
+            certificates=(
+                (("admin.test", "*.admin.test"), 1_700_000_000.0),
+                (("other.test", "admin.test"), 1_600_000_000.0),
+            ),
         ),
     ]
     return FakeView(config, compile_runtime(config, 1), bound=listeners)
@@ -498,7 +502,14 @@ async def test_entrypoints() -> None:
         "protocol": "http",
         "address": "127.0.0.1:8081",
         "bound": ["127.0.0.1:8081"],
-        "tls": {"names": [], "not_after": None},
+        "tls": {
+            "names": ["admin.test", "*.admin.test", "other.test"],
+            "not_after": "2020-09-13T12:26:40Z",
+            "certificates": [
+                {"names": ["admin.test", "*.admin.test"], "not_after": "2023-11-14T22:13:20Z"},
+                {"names": ["other.test", "admin.test"], "not_after": "2020-09-13T12:26:40Z"},
+            ],
+        },
         "connections": 2,
     }
     assert listed[0]["tls"] is None

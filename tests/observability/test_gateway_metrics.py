@@ -229,6 +229,9 @@ FAMILIES = {
     "a3s_open_connections": ("gauge", {"entrypoint", "protocol"}),
     "a3s_connections": ("counter", {"entrypoint"}),
     "a3s_connections_rejected": ("counter", {"entrypoint", "reason"}),
+    "a3s_tls_handshake_errors": ("counter", {"entrypoint", "reason"}),
+    "a3s_tls_reload_errors": ("counter", {"entrypoint"}),
+    "a3s_tls_certificate_not_after_seconds": ("gauge", {"entrypoint", "name"}),
     "a3s_backend_requests": ("counter", {"service", "backend", "code"}),
     "a3s_upstream_response_seconds": ("histogram", {"service", "backend"}),
     "a3s_upstream_connect_errors": ("counter", {"service", "backend", "reason"}),
@@ -286,6 +289,9 @@ def _exercise(metrics: GatewayMetrics) -> None:
     metrics.reload("ok")
     metrics.config_applied(wall=1_700_000_000.5, warnings=2)
     metrics.access_log_dropped(3)
+    metrics.tls_handshake_error("web", "timeout")
+    metrics.tls_reload_error("web")
+    metrics.tls_certificates([("web", "site.test", 1_800_000_000.0)])
 
 
 def test_every_spec_family_has_its_type_labels_help_and_type_lines() -> None:

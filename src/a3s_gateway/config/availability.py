@@ -73,10 +73,41 @@ def _written(sources: SourceMap, path: Path, *, differs: bool) -> bool:
     return sources.get(path) is not None or differs
 
 
-def _entrypoint_tls(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+#: The ``tls`` fields of ACME (SPEC §3.8, §12), refused by name until ACME lands.
+_ACME_FIELDS: Final = (
+    "acme",
+    "acme_email",
+    "acme_domains",
+    "acme_staging",
+    "acme_directory_url",
+    "acme_ca_file",
+    "acme_storage_path",
+    "acme_challenge",
+    "acme_renewal_days",
+    "acme_key_type",
+    "acme_dns",
+)
+
+
+def _acme(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
     for name, entry in config.entrypoints.items():
-        if entry.tls is not None:
-            yield ("entrypoints", name, "tls"), 'block "tls"'
+        tls = entry.tls
+        if tls is None:
+            continue
+        defaults = type(tls)()
+        for field in _ACME_FIELDS:
+            path: Path = ("entrypoints", name, "tls", field)
+            value = getattr(tls, field)
+            if _written(sources, path, differs=value != getattr(defaults, field)):
+                yield path, "acme = true" if field == "acme" else f'field "{field}"'
+
+
+def _alpn_h2(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
+    for name, entry in config.entrypoints.items():
+        tls = entry.tls
+        if tls is not None and tls.alpn is not None and "h2" in tls.alpn:
+            index = tls.alpn.index("h2")
+            yield ("entrypoints", name, "tls", "alpn", index), 'alpn protocol "h2"'
 
 
 def _entrypoint_protocol(
@@ -107,12 +138,6 @@ def _h2c(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
             yield ("entrypoints", name, "h2c"), "h2c = true"
 
 
-def _handshake_timeout(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, entry in config.entrypoints.items():
-        if entry.timeouts is not None and entry.timeouts.handshake is not None:
-            yield ("entrypoints", name, "timeouts", "handshake"), 'timeout "handshake"'
-
-
 def _router_section(section: str) -> Finder:
     noun = section.replace("_", " ")
 
@@ -128,12 +153,6 @@ def _tcp_filter(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
     for name, middleware in config.middlewares.items():
         if isinstance(middleware, TcpFilter):
             yield ("middlewares", name, "type"), 'middleware type "tcp-filter"'
-
-
-def _upstream_tls(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, service in config.services.items():
-        if service.load_balancer is not None and service.load_balancer.upstream_tls is not None:
-            yield ("services", name, "load_balancer", "upstream_tls"), 'block "upstream_tls"'
 
 
 def _server_schemes(*schemes: str) -> Finder:
@@ -202,12 +221,23 @@ def _provider(kind: str) -> Finder:
     return find
 
 
-_TLS_BLOCK: Final = """
+_ACME_BLOCK: Final = """
+entrypoints "secure" {
+  address = "127.0.0.1:8443"
+  tls {
+    acme       = true
+    acme_email = "ops@example.com"
+  }
+}
+"""
+
+_H2_BLOCK: Final = """
 entrypoints "secure" {
   address = "127.0.0.1:8443"
   tls {
     cert_file = "/etc/gateway/cert.pem"
     key_file  = "/etc/gateway/key.pem"
+    alpn      = ["h2", "http/1.1"]
   }
 }
 """
@@ -216,20 +246,12 @@ _TCP_ENTRYPOINT: Final = 'entrypoints "db" {\n  address = "127.0.0.1:5433"\n  pr
 
 #: Every setting refused until its feature lands, in the order the docs list them.
 UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
-    Unavailable("entrypoints.<name>.tls", "TLS termination", _entrypoint_tls, _TLS_BLOCK),
+    Unavailable("entrypoints.<name>.tls.acme, acme_*", "ACME certificates", _acme, _ACME_BLOCK),
     Unavailable(
-        "entrypoints.<name>.timeouts.handshake",
-        "TLS termination",
-        _handshake_timeout,
-        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
-        '  timeouts {\n    handshake = "5s"\n  }\n}\n',
-    ),
-    Unavailable(
-        "entrypoints.<name>.redirect_to",
-        "redirects to a TLS entrypoint",
-        _entrypoint_field("redirect_to"),
-        _TLS_BLOCK + 'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
-        '  redirect_to = "secure"\n}\n',
+        'entrypoints.<name>.tls.alpn: "h2"',
+        "HTTP/2; an entrypoint offers only what it serves, http/1.1 today",
+        _alpn_h2,
+        _H2_BLOCK,
     ),
     Unavailable(
         "entrypoints.<name>.h2c",
@@ -288,21 +310,6 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         'middlewares "conn" {\n  type = "tcp-filter"\n  allowed_ips = ["10.0.0.0/8"]\n}\n',
     ),
     Unavailable(
-        "services.<name>.load_balancer.upstream_tls",
-        "TLS to backends",
-        _upstream_tls,
-        'services "tls-app" {\n  load_balancer {\n'
-        '    servers = [{ url = "http://127.0.0.1:9001" }]\n'
-        "    upstream_tls {\n      insecure_skip_verify = true\n    }\n  }\n}\n",
-    ),
-    Unavailable(
-        "services.<name>.load_balancer.servers: https:// and wss:// URLs",
-        "TLS to backends",
-        _server_schemes("https", "wss"),
-        'services "tls-app" {\n  load_balancer {\n'
-        '    servers = [{ url = "https://127.0.0.1:9443" }]\n  }\n}\n',
-    ),
-    Unavailable(
         "services.<name>.load_balancer.servers: h2c:// URLs",
         "HTTP/2 to backends",
         _server_schemes("h2c"),
@@ -310,11 +317,12 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         '    servers = [{ url = "h2c://127.0.0.1:50051" }]\n  }\n}\n',
     ),
     Unavailable(
-        "services.<name>.load_balancer.servers: ws:// URLs",
+        "services.<name>.load_balancer.servers: ws:// and wss:// URLs",
         "WebSocket proxying",
-        _server_schemes("ws"),
+        _server_schemes("ws", "wss"),
         'services "chat" {\n  load_balancer {\n'
-        '    servers = [{ url = "ws://127.0.0.1:9002" }]\n  }\n}\n',
+        '    servers = [{ url = "ws://127.0.0.1:9002" }, { url = "wss://127.0.0.1:9443" }]\n'
+        "  }\n}\n",
     ),
     Unavailable(
         "services.<name>.load_balancer.servers: tcp://, tls:// and udp:// URLs",

@@ -129,6 +129,9 @@ class ListenerInfo:
     bound: tuple[str, ...]
     tls: bool = False
     connections: int | None = None
+    #: On a TLS entrypoint: each certificate it serves, in configuration order, as its DNS
+    #: names and its notAfter (Unix time).
+    certificates: tuple[tuple[tuple[str, ...], float], ...] = ()
 
 
 class ReloadReport(Protocol):
@@ -751,9 +754,29 @@ def listener_document(info: ListenerInfo) -> JsonObject:
         "protocol": info.protocol,
         "address": info.address,
         "bound": list(info.bound),
-        # Certificate names and expiry arrive with entrypoint TLS (SPEC §5.9).
-        "tls": {"names": [], "not_after": None} if info.tls else None,
+        "tls": _tls_document(info) if info.tls else None,
         "connections": info.connections,
+    }
+
+
+def _unix_text(unix: float) -> str:
+    """RFC 3339 UTC (seconds) for a Unix time."""
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _tls_document(info: ListenerInfo) -> JsonObject:
+    """A TLS entrypoint's certificates (SPEC §5.9): every name it answers for, the earliest
+    expiry, and each certificate with its names and expiry."""
+    certificates = info.certificates
+    names = list(dict.fromkeys(name for listed, _ in certificates for name in listed))
+    earliest = min((not_after for _, not_after in certificates), default=None)
+    return {
+        "names": names,
+        "not_after": None if earliest is None else _unix_text(earliest),
+        "certificates": [
+            {"names": list(listed), "not_after": _unix_text(not_after)}
+            for listed, not_after in certificates
+        ],
     }
 
 

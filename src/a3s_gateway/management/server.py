@@ -501,7 +501,7 @@ class GatewayAdapter:
         bound = gateway.addresses()
         connections = gateway.connections()
         return [
-            _listener(name, entry, bound.get(name, ()), connections.get(name, 0))
+            _listener(name, entry, bound.get(name, ()), connections.get(name, 0), gateway)
             for name, entry in gateway.config().entrypoints.items()
             if name in runtime.entrypoints
         ]
@@ -523,7 +523,11 @@ class GatewayAdapter:
 
 
 def _listener(
-    name: str, entry: Entrypoint, bound: Sequence[tuple[str, int]], connections: int
+    name: str,
+    entry: Entrypoint,
+    bound: Sequence[tuple[str, int]],
+    connections: int,
+    gateway: Gateway,
 ) -> ListenerInfo:
     return ListenerInfo(
         name=name,
@@ -532,4 +536,5 @@ def _listener(
         bound=tuple(_shown(host, port) for host, port in bound),
         tls=entry.tls is not None,
         connections=connections,
+        certificates=gateway.tls_certificates(name),
     )

@@ -9,9 +9,10 @@ every HTTP exchange has are always present, with ``""`` (or ``null`` for ``upstr
 there is nothing to say, so that a line has a stable schema and ``jq .router`` never needs a
 default. The fields SPEC §9.2 qualifies ("only with ``access_log_include_query``", "when
 present") are *omitted* when absent: ``query`` (only with ``include_query``), ``user_agent``
-(only when the request had a non-empty one), and the fields reserved for later protocols
-(``grpc_status``, ``tls_version``, ``sni``, ``ws_close_client``, ``ws_close_upstream``), which
-would otherwise add five meaningless keys to every plain-HTTP line. Omission uses
+(only when the request had a non-empty one), ``tls_version`` and ``sni`` (only on a TLS
+connection, ``sni`` only when the client sent a name), and the fields reserved for later
+protocols (``grpc_status``, ``ws_close_client``, ``ws_close_upstream``), which would otherwise
+add meaningless keys to every plain-HTTP line. Omission uses
 ``msgspec.UNSET``, which costs nothing when encoding.
 
 Values. ``method``, ``host``, ``path``, ``query``, ``user_agent`` and the ids (``request_id``,
@@ -182,8 +183,8 @@ def encode_line(record: ExchangeRecord, *, include_query: bool) -> bytes:
         _text(record.trace_id),
         _text(record.span_id),
         _text(user_agent) if user_agent else UNSET,  # user_agent
-        UNSET,  # tls_version
-        UNSET,  # sni
+        record.tls_version or UNSET,  # tls_version
+        record.sni or UNSET,  # sni
         UNSET,  # ws_close_client
         UNSET,  # ws_close_upstream
     )

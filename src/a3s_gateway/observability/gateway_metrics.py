@@ -50,7 +50,12 @@ semantic warnings of a config for ``a3s_config_warnings``.
 With ``enabled=False`` (``metrics_enabled = false``) every method returns at once and nothing
 is recorded; the management API answers 404 instead of calling ``render``.
 
-Families of features that do not exist yet arrive with their issues: ``a3s_tls_*`` (TLS),
+TLS termination (``server/tls.py``) feeds ``a3s_tls_handshake_errors_total`` and
+``a3s_tls_reload_errors_total`` through ``tls_handshake_error`` and ``tls_reload_error``, and
+hands the whole set of loaded certificates to ``tls_certificates`` whenever it changes
+(``a3s_tls_certificate_not_after_seconds``; a ``MAX`` gauge: every worker loads the same files).
+
+Families of features that do not exist yet arrive with their issues:
 ``a3s_grpc_responses_total`` (gRPC), ``a3s_websocket_*`` and ``a3s_sse_streams_active``
 (WebSocket, SSE), ``a3s_tcp_*`` (TCP routing), ``a3s_udp_*`` (UDP), ``a3s_autoscaler_*`` and
 ``a3s_scale_buffer_*`` (autoscaling), ``a3s_revision_traffic_percent`` and ``a3s_rollout_*``
@@ -248,12 +253,13 @@ class GatewayMetrics:
         self.enabled = enabled
         self.registry = registry = Registry()
         self._declare_http(registry)
+        self._declare_tls(registry)
         self._declare_backends(registry)
         self._declare_middlewares(registry)
         self._declare_config(registry, version)
         self._declare_process(registry)
 
-        # The families of TLS, gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME
+        # The families of gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME
         # and providers arrive with their issues (listed in the module docstring).
 
         #: The cells of the exchanges, by router then entrypoint (two lookups of interned
@@ -303,6 +309,25 @@ class GatewayMetrics:
             "a3s_connections_rejected_total",
             "Downstream connections closed at accept, by reason.",
             ("entrypoint", "reason"),
+        )
+
+    def _declare_tls(self, registry: Registry) -> None:
+        """The TLS termination families (SPEC §5.9)."""
+        self.tls_handshake_errors = registry.counter(
+            "a3s_tls_handshake_errors_total",
+            "TLS handshakes that failed on an entrypoint, by reason.",
+            ("entrypoint", "reason"),
+        )
+        self.tls_reload_errors = registry.counter(
+            "a3s_tls_reload_errors_total",
+            "Changed certificate files that could not be loaded (the old certificate stays).",
+            ("entrypoint",),
+        )
+        self.tls_not_after = registry.gauge(
+            "a3s_tls_certificate_not_after_seconds",
+            "Expiry (notAfter, Unix time) of every certificate an entrypoint serves.",
+            ("entrypoint", "name"),
+            kind=GaugeKind.MAX,
         )
 
     def _declare_backends(self, registry: Registry) -> None:
@@ -588,6 +613,27 @@ class GatewayMetrics:
         """
         if self.enabled:
             self.connections_rejected.labels(entrypoint, reason).value += 1
+
+    def tls_handshake_error(self, entrypoint: str, reason: str) -> None:
+        """A TLS handshake on ``entrypoint`` failed (``server/tls.py``'s reasons)."""
+        if self.enabled:
+            self.tls_handshake_errors.labels(entrypoint, reason).value += 1
+
+    def tls_reload_error(self, entrypoint: str) -> None:
+        """A changed certificate pair of ``entrypoint`` could not be loaded."""
+        if self.enabled:
+            self.tls_reload_errors.labels(entrypoint).value += 1
+
+    def tls_certificates(self, certificates: Iterable[tuple[str, str, float]]) -> None:
+        """Every loaded certificate now, as (entrypoint, name, notAfter); others are removed."""
+        if not self.enabled:
+            return
+        family = self.tls_not_after
+        keep: set[tuple[str, ...]] = set()
+        for entrypoint, name, not_after in certificates:
+            family.labels(entrypoint, name).set(not_after)
+            keep.add((entrypoint, name))
+        family.retain(keep)
 
     def connect_error(self, service: str, backend: str, reason: str) -> None:
         """An upstream connection attempt failed (``refused``, ``timeout``, ...)."""

@@ -104,9 +104,11 @@ class ExchangeRecord:
         "sampled",
         "scheme",
         "service",
+        "sni",
         "span_id",
         "started",
         "status",
+        "tls_version",
         "trace_id",
         "upstream_head",
         "upstream_started",
@@ -163,6 +165,10 @@ class ExchangeRecord:
         self.parent_span_id = b""
         self.sampled = False
         self.user_agent = b""
+        #: On a TLS connection: the protocol version (``1.2``, ``1.3``) and the server name
+        #: the client sent (lower case); ``""`` otherwise.
+        self.tls_version = ""
+        self.sni = ""
 
     @property
     def duration(self) -> float:

@@ -17,6 +17,7 @@ Must not: validate (``semantic.py`` did), open sockets, or read the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -34,7 +35,7 @@ from a3s_gateway.services.health import CheckSettings, kind_for_servers
 from a3s_gateway.services.mirror_sampling import MirrorSettings, MirrorState
 from a3s_gateway.services.passive import OutlierDetector, PassiveSettings
 from a3s_gateway.services.sticky import StickyPool, StickySettings
-from a3s_gateway.upstream.peer import Peer, PoolSettings
+from a3s_gateway.upstream.peer import Peer, PoolSettings, TlsIdentity, UpstreamTlsSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -43,14 +44,16 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema_entrypoints import Entrypoint
     from a3s_gateway.config.schema_services import Service
     from a3s_gateway.middleware.contract import Middleware, RequestState
-    from a3s_gateway.middleware.outbound import MiddlewareDeps
+    from a3s_gateway.middleware.outbound import MiddlewareDeps, WarningSink
     from a3s_gateway.protocols.http1_heads import RequestHeadParser
     from a3s_gateway.routing.request import PeerAddress
 
 __all__ = [
+    "SERVED_ALPN",
     "EntrypointRuntime",
     "RuntimeConfig",
     "ServiceRuntime",
+    "TlsSettings",
     "compile_runtime",
 ]
 
@@ -67,6 +70,47 @@ _HTTP_TIMEOUTS: Final = {
     "request_body": 300.0,
 }
 _DEFAULT_MAX_CONNECTIONS: Final = 10000
+
+#: The ALPN protocols an http entrypoint can serve today, in the default preference order
+#: (SPEC §3.8 says ``["h2", "http/1.1"]``; ``h2`` joins when HTTP/2 lands, and until then the
+#: ``availability`` table refuses an ``alpn`` list that names it).
+SERVED_ALPN: Final = ("http/1.1",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    """An entrypoint's effective ``tls`` block (SPEC §3.8, §5.9): what ``server/tls.py``
+    builds its SSL contexts from. Equal settings mean the same contexts (a reload keeps them
+    and only re-checks the files)."""
+
+    #: (cert_file, key_file) pairs in configuration order: ``cert_file``/``key_file`` first
+    #: (the default certificate), then ``certificates``.
+    pairs: tuple[tuple[str, str], ...]
+    min_version: str
+    #: ALPN protocols offered, in server preference order, restricted to ``SERVED_ALPN``.
+    alpn: tuple[str, ...]
+    client_auth: str
+    client_ca_file: str | None
+    sni_strict: bool
+
+
+def _tls_settings(entrypoint: Entrypoint) -> TlsSettings | None:
+    tls = entrypoint.tls
+    if tls is None:
+        return None
+    pairs: list[tuple[str, str]] = []
+    if tls.cert_file is not None and tls.key_file is not None:
+        pairs.append((tls.cert_file, tls.key_file))
+    pairs.extend((pair.cert_file, pair.key_file) for pair in tls.certificates)
+    alpn = SERVED_ALPN if tls.alpn is None else tls.alpn
+    return TlsSettings(
+        pairs=tuple(pairs),
+        min_version=tls.min_version,
+        alpn=tuple(protocol for protocol in alpn if protocol in SERVED_ALPN),
+        client_auth=tls.client_auth,
+        client_ca_file=tls.client_ca_file,
+        sni_strict=tls.sni_strict,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +140,11 @@ class EntrypointRuntime:
     #: ``tcp_allowed_ips`` (SPEC §3.7): the peers whose connections are accepted; None means
     #: everyone.
     allowed: tuple[_Network, ...] | None = None
+    #: The ``tls`` block's effective settings; None for plain HTTP (``tls`` is False).
+    tls_settings: TlsSettings | None = None
+    #: ``redirect_to`` (SPEC §3.7): the port of the TLS entrypoint every request (ACME HTTP-01
+    #: excepted) is redirected to with 308; None when this entrypoint does not redirect.
+    redirect_port: int | None = None
 
     def is_allowed(self, address: PeerAddress | None) -> bool:
         """Whether a connection from ``address`` passes ``tcp_allowed_ips`` (an address that
@@ -208,7 +257,8 @@ def compile_runtime(
     """Build the snapshot of a validated config (rules were already compiled once at load).
 
     ``previous`` (on reload) lends its middleware instances to unchanged definitions; ``deps``
-    are what some middleware types need (the wall clock, outbound clients). Raises
+    are what some middleware types need (the wall clock, outbound clients); its ``warn`` also
+    gets one warning per service with ``upstream_tls.insecure_skip_verify = true``. Raises
     ``StartError`` if a router lists a middleware type that cannot run yet.
     """
     instances, chains = compile_chains(
@@ -218,7 +268,12 @@ def compile_runtime(
         deps=deps,
     )
     entrypoints = {
-        name: _entrypoint(name, entrypoint, request_head_parser(config.http1_parser))
+        name: _entrypoint(
+            name,
+            entrypoint,
+            request_head_parser(config.http1_parser),
+            redirect_port=_redirect_port(config, entrypoint),
+        )
         for name, entrypoint in config.entrypoints.items()
         if entrypoint.protocol == "http"
     }
@@ -227,6 +282,8 @@ def compile_runtime(
         for name, service in config.services.items()
         if service.websocket_mux is None
     }
+    if deps is not None and deps.warn is not None:
+        _warn_insecure(config, deps.warn)
     return RuntimeConfig(
         generation=generation,
         config=config,
@@ -239,7 +296,22 @@ def compile_runtime(
     )
 
 
-def _entrypoint(name: str, entrypoint: Entrypoint, heads: RequestHeadParser) -> EntrypointRuntime:
+def _redirect_port(config: Config, entrypoint: Entrypoint) -> int | None:
+    """The port of ``entrypoint``'s ``redirect_to`` target (validated: an http entrypoint with
+    tls on a fixed port), or None."""
+    target = entrypoint.redirect_to
+    if target is None or target not in config.entrypoints:
+        return None
+    return config.entrypoints[target].address.port
+
+
+def _entrypoint(
+    name: str,
+    entrypoint: Entrypoint,
+    heads: RequestHeadParser,
+    *,
+    redirect_port: int | None = None,
+) -> EntrypointRuntime:
     limits = entrypoint.limits
     timeouts = entrypoint.timeouts
     seconds = dict(_HTTP_TIMEOUTS)
@@ -277,6 +349,8 @@ def _entrypoint(name: str, entrypoint: Entrypoint, heads: RequestHeadParser) -> 
             if entrypoint.tcp_allowed_ips
             else None
         ),
+        tls_settings=_tls_settings(entrypoint),
+        redirect_port=redirect_port,
     )
 
 
@@ -310,6 +384,7 @@ def _service(name: str, service: Service) -> ServiceRuntime:
     if balancer_config is None:
         balancer_config = LoadBalancer()
     servers = balancer_config.servers
+    tls = _upstream_tls(balancer_config)
     if not servers and service.revisions:
         # Revisions and traffic split are issue #10; until then their servers form one pool.
         servers = tuple(server for revision in service.revisions for server in revision.servers)
@@ -320,7 +395,7 @@ def _service(name: str, service: Service) -> ServiceRuntime:
     return ServiceRuntime(
         name=name,
         backends=backends,
-        peers=tuple(Peer.from_url(backend.url) for backend in backends),
+        peers=tuple(Peer.from_url(backend.url, tls) for backend in backends),
         prefixes=tuple(backend.url.path.encode() for backend in backends),
         balancer=make_balancer(balancer_config.strategy, backends),
         pool=_pool_settings(balancer_config),
@@ -331,7 +406,7 @@ def _service(name: str, service: Service) -> ServiceRuntime:
         connect_attempts=balancer_config.connect_attempts,
         pass_host_header=balancer_config.pass_host_header,
         failover=service.failover.service if service.failover else None,
-        health_check=_health_check(service, balancer_config),
+        health_check=_health_check(service, balancer_config, tls),
         outliers=(
             OutlierDetector(backends, PassiveSettings.from_config(balancer_config.passive_health))
             if balancer_config.passive_health.enabled
@@ -352,13 +427,44 @@ def _service(name: str, service: Service) -> ServiceRuntime:
     )
 
 
-def _health_check(service: Service, balancer: LoadBalancer) -> CheckSettings | None:
+def _health_check(
+    service: Service, balancer: LoadBalancer, tls: UpstreamTlsSettings | None
+) -> CheckSettings | None:
     block = balancer.health_check
     if block is None:
         return None
     urls = [server.url for server in balancer.servers]
     urls += [server.url for revision in service.revisions for server in revision.servers]
-    return CheckSettings.from_config(block, default_kind=kind_for_servers(urls))
+    settings = CheckSettings.from_config(block, default_kind=kind_for_servers(urls))
+    return settings if tls is None else dataclasses.replace(settings, tls=tls)
+
+
+def _upstream_tls(balancer: LoadBalancer) -> UpstreamTlsSettings | None:
+    """``upstream_tls`` (SPEC §3.10) as the values ``Peer`` keys connections by; None without
+    the block (every TLS backend then uses the system store and its URL host)."""
+    block = balancer.upstream_tls
+    if block is None:
+        return None
+    identity = TlsIdentity(
+        ca_file=block.ca_file or "",
+        cert_file=block.cert_file or "",
+        key_file=block.key_file or "",
+        verify=not block.insecure_skip_verify,
+    )
+    return UpstreamTlsSettings(server_name=block.server_name or "", identity=identity)
+
+
+def _warn_insecure(config: Config, warn: WarningSink) -> None:
+    """One warning per service whose ``upstream_tls`` turns verification off, when a config is
+    applied (the shell logs it on ``a3s_gateway.upstream``)."""
+    for name, service in config.services.items():
+        block = service.load_balancer.upstream_tls if service.load_balancer else None
+        if block is not None and block.insecure_skip_verify:
+            warn(
+                "upstream",
+                f'service "{name}": upstream_tls.insecure_skip_verify = true: backend '
+                "certificates and names are not verified",
+            )
 
 
 def _pool_settings(balancer: LoadBalancer) -> PoolSettings:

@@ -64,12 +64,22 @@ class ExchangeAborted(Exception):  # noqa: N818 -- an event
 
 @dataclass(frozen=True, slots=True)
 class ConnInfo:
-    """Who is on the other end of a downstream connection, and where it arrived."""
+    """Who is on the other end of a downstream connection, and where it arrived.
+
+    On a TLS entrypoint (``tls``) the handshake's facts (SPEC §5.9, §9.2): the protocol version
+    (``"1.2"``, ``"1.3"``), the server name the client sent, the ALPN protocol agreed, and the
+    subject of the client certificate that was verified (RFC 4514 text); ``""`` when absent.
+    Plain connections leave them at their defaults (no cost on the plain path).
+    """
 
     entrypoint: str
     peer_ip: str
     peer_port: int
     tls: bool = False
+    tls_version: str = ""
+    sni: str = ""
+    alpn: str = ""
+    client_subject: str = ""
 
 
 class Downstream(Protocol):

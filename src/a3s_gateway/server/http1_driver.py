@@ -236,6 +236,8 @@ async def _refuse(
     record.peer_ip = record.client_ip = info.peer_ip
     if info.tls:
         record.scheme = "https"
+        record.tls_version = info.tls_version
+        record.sni = info.sni
     record.error = refusal_error(refused.status)
     line = adapter.refused_request
     if line is not None:

@@ -4,7 +4,11 @@ Ring 1. Nurseries: none of its own. ``serve_listener`` runs inside the *listener
 nursery (owned by ``app.py``, cancelled first when draining) and starts one task per accepted
 connection in the *connection handlers* nursery it is given (also owned by ``app.py``; its
 deadline becomes now + grace at drain), the shape of ``trio.serve_listeners`` (DESIGN.md §3.3).
-Deadlines: a retired ``ListenerGroup``'s connections get now + grace (SPEC §10.2).
+Deadlines: a retired ``ListenerGroup``'s connections get now + grace (SPEC §10.2). On a TLS
+entrypoint the connection's task runs the handshake first (``server/tls.py``, bounded by
+``timeouts.handshake`` there) and serves HTTP/1.1 over the TLS stream; a plain entrypoint's
+connection goes straight to the HTTP/1.1 driver over the raw socket stream (one ``None``
+check more on its path).
 
 ``ListenerGroup`` is one entrypoint's bound sockets with their accept loops (one per socket,
 each in its own cancel scope, so a reload can start and stop one entrypoint's loops without
@@ -35,6 +39,7 @@ from a3s_gateway.errors import StartError
 from a3s_gateway.routing.request import parse_peer
 from a3s_gateway.server.downstream import ConnInfo
 from a3s_gateway.server.http1_driver import serve_http1
+from a3s_gateway.server.tls import handshake
 from a3s_gateway.streams import RawSocketStream, from_trio
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.runtime.compile import EntrypointRuntime
     from a3s_gateway.server.server_context import ServerContext
+    from a3s_gateway.server.tls import Terminator, TlsStore
 
 __all__ = ["Connections", "ListenerGroup", "open_http_listeners", "serve_listener"]
 
@@ -152,13 +158,19 @@ class ListenerGroup:
     """One entrypoint's sockets, accept loops and connections (module docstring)."""
 
     def __init__(
-        self, name: str, address: tuple[str, int], listeners: list[trio.SocketListener]
+        self,
+        name: str,
+        address: tuple[str, int],
+        listeners: list[trio.SocketListener],
+        tls: TlsStore | None = None,
     ) -> None:
         #: The entrypoint whose connections the loops accept (a reload may rename it).
         self.name = name
         #: The configured (host, port): what a reload compares (port 0 stays 0 here).
         self.address = address
         self.listeners = listeners
+        #: Where a TLS entrypoint's accept loop finds its current terminator.
+        self.tls = tls
         self.connections = Connections()
         self._loops: list[trio.CancelScope] = []
         self.closed = False
@@ -194,7 +206,7 @@ class ListenerGroup:
     ) -> None:
         with scope:
             try:
-                await serve_listener(listener, entry, handlers, ctx, self.connections)
+                await serve_listener(listener, entry, handlers, ctx, self.connections, self.tls)
             except trio.ClosedResourceError:
                 if not self.closed:
                     raise
@@ -230,9 +242,12 @@ async def serve_listener(
     handlers: trio.Nursery,
     ctx: ServerContext,
     connections: Connections | None = None,
+    tls: TlsStore | None = None,
 ) -> None:
     """Accept connections forever, each served in ``handlers``; cancel to stop. With
-    ``connections``, each connection runs in a cancel scope registered there.
+    ``connections``, each connection runs in a cancel scope registered there. A TLS
+    entrypoint's connections take the terminator ``tls`` holds for it at their accept (a
+    TLS entrypoint without one, or without ``tls``, has its connections closed at once).
 
     The entrypoint's current settings are read from ``ctx.runtime`` at each accept, so a
     reload's limits apply to the next connection. Over ``max_connections``, or from a peer
@@ -257,10 +272,16 @@ async def serve_listener(
         if entry.allowed is not None and not _allowed(accepted, entry):
             _reject(accepted, ctx, name, "ip_not_allowed")
             continue
+        terminator = None
+        if entry.tls:
+            terminator = tls.get(name) if tls is not None else None
+            if terminator is None:
+                _reject(accepted, ctx, name, "tls_unavailable")
+                continue
         stream = from_trio(accepted)
         ctx.active_connections[name] = active + 1
         ctx.metrics.connection_opened(name)
-        handlers.start_soon(_handle, stream, entry, ctx, connections)
+        handlers.start_soon(_handle, stream, entry, ctx, connections, terminator)
 
 
 def _allowed(accepted: trio.SocketStream, entry: EntrypointRuntime) -> bool:
@@ -296,6 +317,7 @@ async def _handle(
     entry: EntrypointRuntime,
     ctx: ServerContext,
     connections: Connections | None,
+    terminator: Terminator | None = None,
 ) -> None:
     try:
         peer = stream.socket.getpeername()
@@ -306,7 +328,10 @@ async def _handle(
         return
     if connections is None:
         try:
-            await serve_http1(stream, info, ctx)
+            if terminator is None:
+                await serve_http1(stream, info, ctx)
+            else:
+                await _serve_tls(stream, terminator, info, entry, ctx)
         finally:
             ctx.active_connections[entry.name] -= 1
         return
@@ -314,7 +339,24 @@ async def _handle(
     connections.scopes.add(scope)
     try:
         with scope:
-            await serve_http1(stream, info, ctx)
+            if terminator is None:
+                await serve_http1(stream, info, ctx)
+            else:
+                await _serve_tls(stream, terminator, info, entry, ctx)
     finally:
         connections.scopes.discard(scope)
         ctx.active_connections[entry.name] -= 1
+
+
+async def _serve_tls(
+    stream: RawSocketStream,
+    terminator: Terminator,
+    info: ConnInfo,
+    entry: EntrypointRuntime,
+    ctx: ServerContext,
+) -> None:
+    """The handshake (bounded by ``timeouts.handshake``), then HTTP/1.1 over TLS."""
+    done = await handshake(stream, terminator, info, entry, ctx.metrics)
+    if done is not None:
+        tls_stream, tls_info = done
+        await serve_http1(tls_stream, tls_info, ctx)

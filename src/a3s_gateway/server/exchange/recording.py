@@ -42,6 +42,8 @@ def start(head: RequestHead, info: ConnInfo) -> ExchangeRecord:
     record.protocol = _PROTOCOLS.get(head.http_version, "HTTP/1.1")
     if info.tls:
         record.scheme = "https"
+        record.tls_version = info.tls_version
+        record.sni = info.sni
     return record
 
 
