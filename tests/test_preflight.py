@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from a3s_gateway import cli
 from a3s_gateway.config.load import LoadOptions, load_text
 from a3s_gateway.preflight import OTEL_MODULES, check, otel_missing, validate_config
+from tests.support.certs import encrypted_key, issue, issue_ca, write_pair
 
 ROUTES = """
 routers "api" {
@@ -174,10 +176,11 @@ def test_validate_config_refuses_what_is_not_available_yet(
     tmp_path: Path, pem_files: dict[str, Path]
 ) -> None:
     config = tmp_path / "gateway.hcl"
-    config.write_text(tls_config(pem_files["cert"], pem_files["key"]))
+    # Entrypoint TLS is available; offering HTTP/2 by ALPN is not yet (issue #17).
+    config.write_text(tls_config(pem_files["cert"], pem_files["key"], 'alpn = ["h2"]'))
     errors = [p for p in validate_config(config) if p.severity == "error"]
-    assert [p.path for p in errors] == ['entrypoints["web"].tls']
-    assert "TLS termination" in errors[0].message
+    assert [p.path for p in errors] == ['entrypoints["web"].tls.alpn[0]']
+    assert "HTTP/2" in errors[0].message
 
 
 def otlp_config(endpoint: str, *, tracing: bool = True) -> str:
@@ -291,3 +294,162 @@ def test_environment_problems_redact_interpolated_values_but_not_file_paths(
     )
     assert "s3cr3t" not in shown["observability.otlp_endpoint"]
     assert '"collector.<redacted>:4318"' in shown["observability.otlp_endpoint"]
+
+
+# -- certificate validity, purpose and passphrases (issue #17 item 6) ---------------------------
+
+YEAR = datetime.timedelta(days=365)
+
+
+def _leaf_files(
+    tmp_path: Path,
+    ca: trustme.CA,
+    stem: str,
+    *,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> Path:
+    leaf = ca.issue_cert(f"{stem}.test", not_before=not_before, not_after=not_after)
+    cert = tmp_path / f"{stem}.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(tmp_path / f"{stem}-key.pem"))
+    return cert
+
+
+def test_an_expired_certificate_is_an_error(ca: trustme.CA, tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    cert = _leaf_files(tmp_path, ca, "old", not_before=now - 2 * YEAR, not_after=now - YEAR)
+    [(path, message)] = problems_of(tls_config(cert, tmp_path / "old-key.pem"))
+    assert path == 'entrypoints["web"].tls.cert_file'
+    assert message.startswith(f'certificate "{cert}" has expired: not valid after ')
+
+
+def test_a_certificate_not_valid_yet_is_an_error(ca: trustme.CA, tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    cert = _leaf_files(tmp_path, ca, "new", not_before=now + YEAR, not_after=now + 2 * YEAR)
+    [(path, message)] = problems_of(tls_config(cert, tmp_path / "new-key.pem"))
+    assert path == 'entrypoints["web"].tls.cert_file'
+    assert f'certificate "{cert}" is not valid yet: not valid before ' in message
+
+
+def test_validity_is_judged_at_the_given_time(ca: trustme.CA, tmp_path: Path) -> None:
+    """``check(now=...)``: the same pair is fine today and expired two years from now."""
+    today = datetime.datetime.now(datetime.UTC)
+    cert = _leaf_files(tmp_path, ca, "today", not_before=today - YEAR, not_after=today + YEAR)
+    options = LoadOptions(refuse_unavailable=False)
+    result = load_text(tls_config(cert, tmp_path / "today-key.pem"), env={}, options=options)
+    assert check(result, offline=False, now=today) == result.problems
+    [later] = check(result, offline=False, now=today + 2 * YEAR)
+    assert "has expired" in later.message
+    [earlier] = check(result, offline=False, now=today - 2 * YEAR)
+    assert "is not valid yet" in earlier.message
+
+
+def test_a_client_only_certificate_cannot_serve(ca: trustme.CA, tmp_path: Path) -> None:
+    cert, key = write_pair(tmp_path, "client", issue(ca, "client.test", usages=("clientAuth",)))
+    [(path, message)] = problems_of(tls_config(cert, key))
+    assert path == 'entrypoints["web"].tls.cert_file'
+    assert message == (
+        f'certificate "{cert}" is not for TLS servers: its extended key usage (clientAuth) '
+        "lacks serverAuth"
+    )
+    # Without an extended key usage a certificate may serve either side.
+    cert, key = write_pair(tmp_path, "any", issue(ca, "any.test", usages=None))
+    assert problems_of(tls_config(cert, key)) == []
+
+
+def test_an_encrypted_key_is_a_clear_error_and_never_a_prompt(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    leaf = ca.issue_cert("locked.test")
+    cert, key = tmp_path / "locked.pem", tmp_path / "locked-key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    key.write_bytes(encrypted_key(leaf))
+    [(path, message)] = problems_of(tls_config(cert, key))
+    assert path == 'entrypoints["web"].tls.key_file'
+    assert message.startswith(
+        f'the key in "{key}" is encrypted; a passphrase-protected key is not supported'
+    )
+
+
+def test_a_client_ca_file_must_hold_cas(
+    ca: trustme.CA, tmp_path: Path, pem_files: dict[str, Path]
+) -> None:
+    extra = f'client_auth = "require"\n    client_ca_file = "{pem_files["cert"]}"'
+    [(path, message)] = problems_of(tls_config(pem_files["cert"], pem_files["key"], extra))
+    assert path == 'entrypoints["web"].tls.client_ca_file'
+    assert message.startswith(f'CA file "{pem_files["cert"]}" holds a certificate that is not a CA')
+
+
+def test_an_expired_ca_bundle_is_an_error(ca: trustme.CA, tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    old = tmp_path / "old-ca.pem"
+    old.write_bytes(issue_ca(now - 2 * YEAR, now - YEAR))
+    text = upstream_config(f'ca_file = "{old}"')
+    [(path, message)] = problems_of(text)
+    assert path == 'services["backend"].load_balancer.upstream_tls.ca_file'
+    assert message.startswith(f'every certificate in CA file "{old}" has expired')
+
+
+def upstream_config(lines: str) -> str:
+    return (
+        'entrypoints "web" {\n  address = "127.0.0.1:8080"\n}\n'
+        'routers "api" {\n  rule    = "PathPrefix(`/`)"\n  service = "backend"\n}\n'
+        'services "backend" {\n  load_balancer {\n'
+        '    servers = [{ url = "https://127.0.0.1:8001" }]\n'
+        f"    upstream_tls {{\n      {lines}\n    }}\n  }}\n}}\n"
+    )
+
+
+def test_upstream_client_certificates_need_client_auth(ca: trustme.CA, tmp_path: Path) -> None:
+    cert, key = write_pair(tmp_path, "server", issue(ca, "server.test", usages=("serverAuth",)))
+    text = upstream_config(f'cert_file = "{cert}"\n      key_file = "{key}"')
+    [(path, message)] = problems_of(text)
+    assert path == 'services["backend"].load_balancer.upstream_tls.cert_file'
+    assert message == (
+        f'certificate "{cert}" is not for TLS clients: its extended key usage (serverAuth) '
+        "lacks clientAuth"
+    )
+    good, good_key = write_pair(tmp_path, "client", issue(ca, "c.test", usages=("clientAuth",)))
+    assert (
+        problems_of(upstream_config(f'cert_file = "{good}"\n      key_file = "{good_key}"')) == []
+    )
+
+
+def test_upstream_files_unreadable_and_mismatched(
+    tmp_path: Path, pem_files: dict[str, Path]
+) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    text = upstream_config(
+        f'ca_file = "{missing}"\n      cert_file = "{pem_files["cert"]}"\n'
+        f'      key_file = "{pem_files["other_key"]}"'
+    )
+    assert problems_of(text) == [
+        ('services["backend"].load_balancer.upstream_tls.ca_file', f'file "{missing}" not found'),
+        (
+            'services["backend"].load_balancer.upstream_tls.cert_file',
+            f'key "{pem_files["other_key"]}" does not match certificate "{pem_files["cert"]}"',
+        ),
+    ]
+
+
+def test_validate_config_reports_an_expired_management_certificate(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    cert = _leaf_files(tmp_path, ca, "mgmt", not_before=now - 2 * YEAR, not_after=now - YEAR)
+    config = tmp_path / "gateway.hcl"
+    config.write_text(
+        'entrypoints "web" {\n  address = "127.0.0.1:8080"\n}\n'
+        + ROUTES
+        + f'management {{\n  address = "127.0.0.1:0"\n  tls {{\n    cert_file = "{cert}"\n'
+        f'    key_file  = "{tmp_path / "mgmt-key.pem"}"\n  }}\n}}\n'
+    )
+    [problem] = [p for p in validate_config(config) if p.severity == "error"]
+    assert (problem.path, problem.file, problem.line) == (
+        "management.tls.cert_file",
+        str(config),
+        17,
+    )
+    assert "has expired" in problem.message
+    assert all(p.severity != "error" for p in validate_config(config, offline=True))

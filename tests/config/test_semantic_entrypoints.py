@@ -70,6 +70,43 @@ ENTRYPOINT_CASES = [
         "redirect_to",
     ),
     Case(
+        "redirect-to-self",
+        '\nentrypoints "plain" {\n  address = "127.0.0.1:8081"\n  redirect_to = "plain"\n}\n',
+        'entrypoints["plain"].redirect_to',
+        "redirect_to must name another entrypoint, not this one",
+        "redirect_to",
+    ),
+    Case(
+        "redirect-to-tcp-with-tls",
+        TLS_ENTRYPOINT.replace(
+            'address = "127.0.0.1:8443"', 'address = "127.0.0.1:8443"\n  protocol = "tcp"'
+        )
+        + TCP_SERVICE
+        + '\ntcp_routers "db" {\n  rule = "HostSNI(`*`)"\n  service = "db"\n'
+        + '  entrypoints = ["secure"]\n}\n'
+        + '\nentrypoints "plain" {\n  address = "127.0.0.1:8081"\n  redirect_to = "secure"\n}\n',
+        'entrypoints["plain"].redirect_to',
+        'redirect_to target "secure" must be an http entrypoint with tls',
+        "redirect_to",
+    ),
+    Case(
+        "redirect-to-port-zero",
+        TLS_ENTRYPOINT.replace("127.0.0.1:8443", "127.0.0.1:0")
+        + '\nentrypoints "plain" {\n  address = "127.0.0.1:8081"\n  redirect_to = "secure"\n}\n',
+        'entrypoints["plain"].redirect_to',
+        'redirect_to target "secure" listens on port 0 (any free port): a redirect needs the port '
+        "clients should use; give it a fixed port",
+        "redirect_to",
+    ),
+    Case(
+        "redirect-from-tls",
+        TLS_ENTRYPOINT.replace("  tls {", '  redirect_to = "web"\n  tls {'),
+        'entrypoints["secure"].redirect_to',
+        'field "redirect_to" does not apply to an http entrypoint with tls (applies to: http '
+        "without tls)",
+        "redirect_to",
+    ),
+    Case(
         "redirect-to-undefined",
         '\nentrypoints "plain" {\n  address = "127.0.0.1:8081"\n  redirect_to = "websecure"\n}\n',
         'entrypoints["plain"].redirect_to',

@@ -3,17 +3,23 @@ send each path where the demo's banner says."""
 
 from __future__ import annotations
 
+import datetime
 from importlib.resources import as_file, files
+from typing import TYPE_CHECKING
 
 import pytest
 
 from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.schema import Config
 from a3s_gateway.demo import BackendPorts
+from a3s_gateway.demo.certs import write_demo_certificates
 from a3s_gateway.demo.run import demo_config_text, demo_env, load_demo_config
 from a3s_gateway.errors import ConfigError
 from a3s_gateway.routing import HttpRequestInfo, Route, RouteTable, compile_rule
 from tests.support.cli import cli_env, run_cli
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 PORTS = BackendPorts(echo_a=9101, echo_b=9102, stream=9103)
 
@@ -96,11 +102,25 @@ def test_a_gateway_port_equal_to_the_management_port_is_a_config_error() -> None
         demo_config(port=9901, admin_port=9901)
 
 
-def test_validate_accepts_the_packaged_file_with_the_ports_set() -> None:
-    env = cli_env({"A3S_DEMO_ECHO_A": "9101", "A3S_DEMO_ECHO_B": "9102", "A3S_DEMO_STREAM": "9103"})
+def test_validate_accepts_the_packaged_file_with_the_ports_set(tmp_path: Path) -> None:
+    """Online: the certificate the demo makes passes every certificate check."""
+    write_demo_certificates(tmp_path, datetime.datetime.now(datetime.UTC))
+    env = cli_env(
+        {
+            "A3S_DEMO_ECHO_A": "9101",
+            "A3S_DEMO_ECHO_B": "9102",
+            "A3S_DEMO_STREAM": "9103",
+            "A3S_DEMO_CERT_DIR": str(tmp_path),
+        }
+    )
     with as_file(files("a3s_gateway.demo").joinpath("demo.hcl")) as path:
         done = run_cli("validate", str(path), env=env)
-    assert done.code == 0, done.stderr
-    assert "configuration is valid (0 warning(s))" in done.stdout
-    assert "web  127.0.0.1:8080  http" in done.stdout
+        assert done.code == 0, done.stderr
+        assert "configuration is valid (0 warning(s))" in done.stdout
+        assert "web  127.0.0.1:8080  http" in done.stdout
+        assert "websecure  127.0.0.1:8443" in done.stdout
+        # Without the files only --offline passes (as demo.hcl's header says).
+        env["A3S_DEMO_CERT_DIR"] = str(tmp_path / "nowhere")
+        assert run_cli("validate", str(path), env=env).code == 1
+        assert run_cli("validate", "--offline", str(path), env=env).code == 0
     assert "api  2 backend(s)  round-robin" in done.stdout

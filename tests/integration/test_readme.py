@@ -24,6 +24,9 @@ from a3s_gateway.demo import RunningDemo, run_demo
 README = Path(__file__).parents[2] / "README.md"
 GATEWAY = "http://127.0.0.1:8080"
 MANAGEMENT = "http://127.0.0.1:9901/api/gateway"
+#: The demo's HTTPS URL and the CA path as the README writes them (the banner prints the real one).
+TLS_GATEWAY = "https://localhost:8443"
+CA_FILE = "/tmp/a3s-gateway-demo-XXXX/ca.pem"
 
 pytestmark = pytest.mark.integration
 
@@ -100,12 +103,21 @@ def _requests_total(outputs: list[str]) -> None:
         assert any('router="api"' in line for line in lines)
 
 
+def _https_hello(outputs: list[str]) -> None:
+    for output in outputs:
+        document = json.loads(output)
+        assert document["service"] in {"echo-a", "echo-b"}
+        headers = {name.lower(): value for name, value in document["headers"].items()}
+        assert headers["x-forwarded-proto"] == "https"
+
+
 #: What each README curl line must show, by a part of the line; runs is how often it runs.
 EXPECTED: dict[str, tuple[int, Callable[[list[str]], None]]] = {
     f"{GATEWAY}/api/hello": (2, _hello),
     f"--data 'name=demo' {GATEWAY}/api/orders": (1, _orders),
     f"{GATEWAY}/api/status/503": (1, _status_503),
     f"-N {GATEWAY}/events": (1, _events),
+    f"--cacert {CA_FILE} {TLS_GATEWAY}/api/hello": (1, _https_hello),
     f"{MANAGEMENT}/health": (1, _health),
     f"{MANAGEMENT}/metrics | grep ^a3s_http_requests_total": (1, _requests_total),
 }
@@ -121,7 +133,11 @@ async def _run(line: str, running: RunningDemo) -> str:
     assert running.management is not None
     command = line.split("  #", 1)[0].strip()
     command = command.replace(MANAGEMENT, running.management).replace(GATEWAY, running.url)
+    if running.tls_url is not None and running.ca_file is not None:
+        command = command.replace(CA_FILE, str(running.ca_file))
+        command = command.replace(TLS_GATEWAY, running.tls_url)
     assert "127.0.0.1:8080" not in command, command
+    assert ":8443" not in command, command
     assert "9901" not in command, command
     done = await trio.run_process(
         ["bash", "-c", f"set -o pipefail; {command}"],

@@ -1,10 +1,11 @@
 """Semantic checks of ``entrypoints`` and ``management`` (SPEC §3.6, §3.7, §3.13, §3.15 check 10).
 
 Ring 0: pure. Checks that each entrypoint field applies to its protocol, the HTTP/2 windows,
-``redirect_to``, address collisions between listeners (TCP-based entrypoints may not share
-ip:port; a UDP one may share a port number with them; ``:port`` collides with every host on that
-port) and the management listener, and warns about TCP/UDP entrypoints without a router and a
-management API on a non-loopback address. TLS blocks are checked by ``semantic_tls``.
+``redirect_to`` (another http entrypoint with tls, on a fixed port), address collisions between
+listeners (TCP-based entrypoints may not share ip:port; a UDP one may share a port number with
+them; ``:port`` collides with every host on that port) and the management listener, and warns
+about TCP/UDP entrypoints without a router and a management API on a non-loopback address.
+TLS blocks are checked by ``semantic_tls``.
 
 The management warning is issued when the address is not loopback and no admin token is set
 (the loader tells, through ``SemanticContext.admin_token_set``; this module reads no environment).
@@ -121,6 +122,13 @@ def _check_redirect(report: Report, base: Path, name: str, target: str) -> None:
         report.error(
             path,
             f'redirect_to target "{target}" must be an http entrypoint with tls',
+        )
+    elif found.address.port == 0:
+        # The Location names the target's port, which an ephemeral port does not have yet.
+        report.error(
+            path,
+            f'redirect_to target "{target}" listens on port 0 (any free port): a redirect '
+            "needs the port clients should use; give it a fixed port",
         )
 
 

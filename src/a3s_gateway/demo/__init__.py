@@ -5,6 +5,7 @@ on the packaged ``demo.hcl``, in one process.
 - ``demo.echo``, ``demo.streaming_backend``: the HTTP echo service and the SSE/WebSocket
   service (Ring 1);
 - ``demo.backends``: starts ``echo-a``, ``echo-b`` and ``stream`` on free loopback ports;
+- ``demo.certs``: the throwaway CA and ``localhost`` certificate of the HTTPS entrypoint (Ring 1);
 - ``demo.run``: ``run_demo`` / ``Demo``, which load ``demo.hcl`` with those ports and run
   ``Gateway`` (Ring 2, like ``app.py``; no signal handlers, no logging setup).
 

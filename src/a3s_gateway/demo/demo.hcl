@@ -1,20 +1,35 @@
 # a3s_gateway/demo/demo.hcl: the config of `a3s-gateway demo`, shipped in the package.
 #
-# The demo starts its backends on free loopback ports and passes them in through the
-# environment mapping given to load_config_text; to check this file by hand:
+# The demo starts its backends on free loopback ports, makes a throwaway CA and a localhost
+# certificate in a temporary directory (removed when the demo stops), and passes all of them in
+# through the environment mapping given to load_config_text; to check this file by hand
+# (--offline: without the demo's certificate files):
 #
-#   A3S_DEMO_ECHO_A=9001 A3S_DEMO_ECHO_B=9002 A3S_DEMO_STREAM=9003 \
-#     a3s-gateway validate src/a3s_gateway/demo/demo.hcl
+#   A3S_DEMO_ECHO_A=9001 A3S_DEMO_ECHO_B=9002 A3S_DEMO_STREAM=9003 A3S_DEMO_CERT_DIR=/tmp \
+#     a3s-gateway validate --offline src/a3s_gateway/demo/demo.hcl
 
 # The demo's ports are no secret: shown as they are in /config and the validate summary
 # (every other interpolated value would be shown as "<redacted>").
 public_env = [
   "A3S_DEMO_PORT", "A3S_DEMO_ADMIN_PORT", "A3S_DEMO_ECHO_A", "A3S_DEMO_ECHO_B", "A3S_DEMO_STREAM",
+  "A3S_DEMO_TLS_PORT", "A3S_DEMO_CERT_DIR",
 ]
 
 entrypoints "web" {
   address = "127.0.0.1:${A3S_DEMO_PORT:-8080}"
 }
+
+# The same routes over HTTPS, with the certificate the demo made for localhost at start
+# (clients trust it with the printed CA file: curl --cacert <dir>/ca.pem https://localhost:8443/).
+entrypoints "websecure" {
+  address = "127.0.0.1:${A3S_DEMO_TLS_PORT:-8443}"
+  tls {
+    cert_file = "${A3S_DEMO_CERT_DIR}/localhost.pem"
+    key_file  = "${A3S_DEMO_CERT_DIR}/localhost-key.pem"
+  }
+}
+
+# Routers without an entrypoints list serve on both entrypoints.
 
 # /api/... goes to the two echo backends in turn.
 routers "api" {

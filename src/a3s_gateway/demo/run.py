@@ -7,6 +7,12 @@ the three backend listeners and ``Gateway.serve``; when the gateway has stopped 
 ``shutdown``) the backends are cancelled and ``serve`` returns. Deadlines: only the gateway's
 own drain grace (``shutdown_timeout_secs`` in ``demo.hcl``).
 
+HTTPS: before anything starts, ``serve`` makes a throwaway CA and a ``localhost`` certificate
+(``demo.certs``, in a worker thread) in a temporary directory that it removes when it returns,
+however it ends; entrypoint ``websecure`` serves the same routes with them on port 8443 (with
+``--port 0``: a free port, read back from the gateway), and the banner prints the CA file with a
+``curl --cacert`` example.
+
 The banner names the management API (``demo.hcl``'s loopback ``management`` block) with its
 health and metrics URLs. With ``--port 0`` the management port is chosen here, as a port free
 on loopback just before the gateway binds it, because the banner must print it and the gateway
@@ -18,11 +24,14 @@ not serve yet (WebSocket proxying): the banner lists the direct backend URL for 
 
 from __future__ import annotations
 
+import datetime
 import logging
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
 import trio
@@ -30,6 +39,7 @@ import trio
 from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import load_config_text
 from a3s_gateway.demo.backends import BackendPorts, start_backends
+from a3s_gateway.demo.certs import DemoCertificates, write_demo_certificates
 from a3s_gateway.demo.exchange import HOST
 
 if TYPE_CHECKING:
@@ -39,6 +49,9 @@ log: Final = logging.getLogger("a3s_gateway.demo")
 
 DEFAULT_PORT: Final = 8080
 DEFAULT_ADMIN_PORT: Final = 9901
+DEFAULT_TLS_PORT: Final = 8443
+#: The HTTPS entrypoint of ``demo.hcl``.
+TLS_ENTRYPOINT: Final = "websecure"
 CONFIG_NAME: Final = "demo.hcl"
 #: How ``load_config_text`` names the file in problems.
 CONFIG_FILENAME: Final = "a3s_gateway/demo/demo.hcl"
@@ -49,14 +62,23 @@ def demo_config_text() -> str:
     return files("a3s_gateway.demo").joinpath(CONFIG_NAME).read_text(encoding="utf-8")
 
 
-def demo_env(port: int, admin_port: int, backends: BackendPorts) -> dict[str, str]:
-    """The variables ``demo.hcl`` interpolates."""
+def demo_env(
+    port: int,
+    admin_port: int,
+    backends: BackendPorts,
+    *,
+    tls_port: int = DEFAULT_TLS_PORT,
+    cert_dir: str = ".",
+) -> dict[str, str]:
+    """The variables ``demo.hcl`` interpolates (``cert_dir`` holds the demo's certificate)."""
     return {
         "A3S_DEMO_PORT": str(port),
         "A3S_DEMO_ADMIN_PORT": str(admin_port),
         "A3S_DEMO_ECHO_A": str(backends.echo_a),
         "A3S_DEMO_ECHO_B": str(backends.echo_b),
         "A3S_DEMO_STREAM": str(backends.stream),
+        "A3S_DEMO_TLS_PORT": str(tls_port),
+        "A3S_DEMO_CERT_DIR": cert_dir,
     }
 
 
@@ -96,6 +118,10 @@ class RunningDemo:
     listening: bool
     #: The management API's base URL, e.g. ``http://127.0.0.1:9901/api/gateway``.
     management: str | None = None
+    #: The HTTPS base URL, e.g. ``https://localhost:8443``; None when not listening.
+    tls_url: str | None = None
+    #: The CA file that HTTPS clients trust (removed when the demo stops).
+    ca_file: Path | None = None
 
 
 def gateway_url(gateway: Gateway, configured_port: int) -> tuple[str, bool]:
@@ -108,20 +134,33 @@ def gateway_url(gateway: Gateway, configured_port: int) -> tuple[str, bool]:
     return f"http://{HOST}:{configured_port}", False
 
 
+def tls_url(gateway: Gateway) -> str | None:
+    """``https://localhost:<port>`` of entrypoint ``websecure`` as bound (the certificate names
+    ``localhost``), or None when it is not listening."""
+    bound = gateway.addresses().get(TLS_ENTRYPOINT, ())
+    return f"https://localhost:{bound[0][1]}" if bound else None
+
+
 class Demo:
     """One demo run. ``await nursery.start(demo.serve)`` brings it up; ``await
     demo.shutdown()`` drains the gateway, after which the backends stop and ``serve`` returns.
     """
 
     def __init__(
-        self, port: int = DEFAULT_PORT, *, admin_port: int | None = None, out: TextIO | None = None
+        self,
+        port: int = DEFAULT_PORT,
+        *,
+        admin_port: int | None = None,
+        tls_port: int | None = None,
+        out: TextIO | None = None,
     ) -> None:
         self.port = port
         # "--port 0" asks for free ports; the management listener follows suit (0: a free port,
-        # chosen in ``serve``).
+        # chosen in ``serve``), and so does the HTTPS one (0: bound by the gateway, read back).
         if admin_port is None:
             admin_port = 0 if port == 0 else DEFAULT_ADMIN_PORT
         self.admin_port = admin_port
+        self.tls_port = (0 if port == 0 else DEFAULT_TLS_PORT) if tls_port is None else tls_port
         self._out = out
         self._gateway: Gateway | None = None
         self._env: dict[str, str] = {}
@@ -132,22 +171,45 @@ class Demo:
     ) -> None:
         """Run until ``shutdown`` (or cancellation). Raises ``ConfigError`` or ``StartError``
         before ``started()`` if the demo cannot start (e.g. the port is taken)."""
-        with self._cancel:
+        with (
+            self._cancel,
+            tempfile.TemporaryDirectory(prefix="a3s-gateway-demo-") as scratch,
+        ):
+            now = datetime.datetime.now(datetime.UTC)
+            made = await trio.to_thread.run_sync(write_demo_certificates, Path(scratch), now)
             async with trio.open_nursery() as nursery:
                 backends = await start_backends(nursery)
                 if self.admin_port == 0:
                     self.admin_port = free_loopback_port()
-                self._env = demo_env(self.port, self.admin_port, backends)
+                self._env = demo_env(
+                    self.port,
+                    self.admin_port,
+                    backends,
+                    tls_port=self.tls_port,
+                    cert_dir=scratch,
+                )
                 config = load_demo_config(self._env)
                 gateway = Gateway(config)
                 await nursery.start(self._serve_gateway, gateway, nursery.cancel_scope)
                 self._gateway = gateway
-                url, listening = gateway_url(gateway, self.port)
-                admin = management_url(config, self.admin_port)
-                out = self._out if self._out is not None else sys.stdout
-                out.write(banner(url, backends, listening=listening, management=admin))
-                out.flush()
-                task_status.started(RunningDemo(gateway, backends, url, listening, admin))
+                task_status.started(self._announce(gateway, config, backends, made))
+
+    def _announce(
+        self, gateway: Gateway, config: Config, backends: BackendPorts, made: DemoCertificates
+    ) -> RunningDemo:
+        """Print the banner for the running gateway; what ``serve`` reports."""
+        url, listening = gateway_url(gateway, self.port)
+        admin = management_url(config, self.admin_port)
+        secure = tls_url(gateway)
+        ca_file = made.ca_file if secure is not None else None
+        out = self._out if self._out is not None else sys.stdout
+        out.write(
+            banner(
+                url, backends, listening=listening, management=admin, tls=secure, ca_file=ca_file
+            )
+        )
+        out.flush()
+        return RunningDemo(gateway, backends, url, listening, admin, secure, ca_file)
 
     @staticmethod
     async def _serve_gateway(
@@ -180,25 +242,36 @@ async def run_demo(
     port: int = DEFAULT_PORT,
     *,
     admin_port: int | None = None,
+    tls_port: int | None = None,
     out: TextIO | None = None,
     task_status: trio.TaskStatus[RunningDemo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Start the demo backends and the gateway on ``port`` (0 = a free port), print the URLs
+    """Start the demo backends and the gateway on ``port`` (0 = a free port, and free ports for
+    the management API and HTTPS too unless given), print the URLs
     and ``curl`` commands to ``out`` (default stdout), report a ``RunningDemo`` through
     ``task_status`` and run until cancelled or until ``RunningDemo.gateway.shutdown()``."""
-    await Demo(port, admin_port=admin_port, out=out).serve(task_status=task_status)
+    demo = Demo(port, admin_port=admin_port, tls_port=tls_port, out=out)
+    await demo.serve(task_status=task_status)
 
 
 def banner(
-    url: str, backends: BackendPorts, *, listening: bool, management: str | None = None
+    url: str,
+    backends: BackendPorts,
+    *,
+    listening: bool,
+    management: str | None = None,
+    tls: str | None = None,
+    ca_file: Path | None = None,
 ) -> str:
     """What the demo prints once it is up: where everything is and what to paste.
-    ``management`` is the management API's base URL (None: not served)."""
+    ``management`` is the management API's base URL (None: not served); ``tls`` the HTTPS base
+    URL and ``ca_file`` the CA its clients trust (None: no HTTPS)."""
     lines = [
         "",
         "a3s-gateway demo is running. Press Ctrl-C to stop.",
         "",
         f"  gateway   {url}   (entrypoint web)",
+        *([f"  gateway   {tls}   (entrypoint websecure, HTTPS)"] if tls else []),
         f"  echo-a    http://{HOST}:{backends.echo_a}   (HTTP echo)",
         f"  echo-b    http://{HOST}:{backends.echo_b}   (HTTP echo)",
         f"  stream    http://{HOST}:{backends.stream}   (SSE at /events, WebSocket echo at /ws)",
@@ -215,6 +288,7 @@ def banner(
         f"  curl -N {url}/events",
         f"  curl -N '{url}/events?count=3&interval_ms=200'",
         "",
+        *_tls_lines(tls, ca_file),
         *_management_lines(management),
         "WebSocket echo, directly on the backend (proxying WebSockets comes in a later release):",
         f"  ws://{HOST}:{backends.stream}/ws",
@@ -227,6 +301,16 @@ def banner(
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _tls_lines(tls: str | None, ca_file: Path | None) -> list[str]:
+    if tls is None or ca_file is None:
+        return []
+    return [
+        "HTTPS, with a CA made for this run (its files are removed when the demo stops):",
+        f"  curl --cacert {ca_file} {tls}/api/hello",
+        "",
+    ]
 
 
 def _management_lines(management: str | None) -> list[str]:

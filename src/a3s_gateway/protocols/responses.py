@@ -23,7 +23,13 @@ from a3s_gateway.protocols.events import ResponseHead
 if TYPE_CHECKING:
     from a3s_gateway.protocols.headers import Headers
 
-__all__ = ["ERROR_TEXTS", "GeneratedResponse", "error_response", "options_response"]
+__all__ = [
+    "ERROR_TEXTS",
+    "GeneratedResponse",
+    "error_response",
+    "options_response",
+    "redirect_response",
+]
 
 #: The default ``error`` text per status (SPEC §5.6).
 ERROR_TEXTS: Final[dict[int, str]] = {
@@ -58,6 +64,11 @@ ALLOW: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 class _ErrorBody(msgspec.Struct, frozen=True):
     error: str
+    status: int
+
+
+class _RedirectBody(msgspec.Struct, frozen=True):
+    location: str
     status: int
 
 
@@ -108,3 +119,17 @@ def options_response() -> GeneratedResponse:
     """``OPTIONS *`` and ``OPTIONS`` with ``Max-Forwards: 0``: 200, ``Allow``, no body."""
     headers = [(b"allow", ALLOW), (b"server", b"a3s-gateway"), (b"content-length", b"0")]
     return GeneratedResponse(ResponseHead(status=200, headers=headers), b"", close=False)
+
+
+def redirect_response(location: bytes) -> GeneratedResponse:
+    """``308 Permanent Redirect`` to ``location`` (an entrypoint's ``redirect_to``, SPEC §3.7):
+    the method and body are to be repeated there. The small JSON body names the location too;
+    no ``Cache-Control``, so clients may remember a permanent redirect."""
+    body = _ENCODER.encode(_RedirectBody(location=location.decode("latin-1"), status=308))
+    headers = [
+        (b"location", location),
+        (b"content-type", b"application/json"),
+        (b"server", b"a3s-gateway"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return GeneratedResponse(ResponseHead(status=308, headers=headers), body, close=False)

@@ -6,13 +6,17 @@ Ring 0: pure functions over a ``RequestHead``; no trio, sockets, clocks or loggi
 upstream use (the absolute form's authority was already taken by the adapter for routing,
 SPEC §5.4). ``precheck`` implements steps 4 of SPEC §5.14 that need no config: ``TRACE`` and
 ``CONNECT`` (405), ``OPTIONS *`` and ``Max-Forwards: 0`` (200 with ``Allow``), an expectation
-other than ``100-continue`` (417) and a forwarding loop (508).
+other than ``100-continue`` (417) and a forwarding loop (508). ``redirect_location`` builds the
+``Location`` of an entrypoint's ``redirect_to`` answer (SPEC §3.7, §5.14 step 3) and
+``is_acme_challenge`` recognises the ACME HTTP-01 paths that answer is never given for (§12.2).
 
 Must not: decode header values beyond the few it compares, or touch the body.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.protocols.headers import VIA_LOOP_LIMIT, via_loop_count
@@ -23,10 +27,25 @@ if TYPE_CHECKING:
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.protocols.responses import GeneratedResponse
 
-__all__ = ["decrement_max_forwards", "precheck", "split_target"]
+__all__ = [
+    "ACME_CHALLENGE_PREFIX",
+    "decrement_max_forwards",
+    "is_acme_challenge",
+    "precheck",
+    "redirect_location",
+    "split_target",
+]
 
 _REFUSED_METHODS: Final = frozenset({b"TRACE", b"CONNECT"})
 _OWS: Final = b" \t"
+#: Where ACME HTTP-01 challenges are fetched (RFC 8555 §8.3).
+ACME_CHALLENGE_PREFIX: Final = b"/.well-known/acme-challenge/"
+#: An ACME token: base64url characters only (RFC 8555 §8.1), so no ``/``, ``.`` or escape.
+_ACME_TOKEN: Final = re.compile(rb"[A-Za-z0-9_-]+")
+#: A registered name or IPv4 address as a ``Location`` may carry it unescaped (RFC 3986 §3.2.2
+#: unreserved characters; an internationalised name arrives in its ``xn--`` form).
+_REG_NAME: Final = re.compile(rb"[A-Za-z0-9._~-]+")
+_HTTPS_PORT: Final = 443
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -69,6 +88,46 @@ def precheck(head: RequestHead) -> GeneratedResponse | None:
     if via_loop_count(head.headers) >= VIA_LOOP_LIMIT:
         return error_response(508)
     return None
+
+
+def is_acme_challenge(raw_path: bytes) -> bool:
+    """Whether ``raw_path`` (escapes kept) is an ACME HTTP-01 challenge path: the prefix, then
+    one token (SPEC §12.2; such requests are routed normally, never redirected)."""
+    return raw_path.startswith(ACME_CHALLENGE_PREFIX) and (
+        _ACME_TOKEN.fullmatch(raw_path, len(ACME_CHALLENGE_PREFIX)) is not None
+    )
+
+
+def _redirect_host(authority: bytes) -> bytes | None:
+    """The host of a ``Host``/authority value without its port, IPv6 literals in brackets;
+    None when there is no host a ``Location`` can carry."""
+    if authority[:1] == b"[":
+        end = authority.find(b"]")
+        rest = authority[end + 1 :] if end > 0 else b"!"
+        if rest and not (rest[:1] == b":" and (rest[1:].isdigit() or rest == b":")):
+            return None
+        inside = authority[1:end]
+        try:
+            ipaddress.IPv6Address(inside.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return None if b"%" in inside else authority[: end + 1]
+    host, colon, port = authority.partition(b":")
+    if colon and port and not port.isdigit():
+        return None
+    return host if _REG_NAME.fullmatch(host) is not None else None
+
+
+def redirect_location(authority: bytes, port: int, target: bytes) -> bytes | None:
+    """``https://<host>[:port]<target>`` for a request to ``authority`` (its ``Host``, port
+    dropped) redirected to a TLS entrypoint on ``port`` (omitted when 443); ``target`` is the
+    path and query, kept as they came. None when the authority has no usable host."""
+    host = _redirect_host(authority.strip(_OWS))
+    if host is None:
+        return None
+    if port != _HTTPS_PORT:
+        host += b":%d" % port
+    return b"https://" + host + target
 
 
 def decrement_max_forwards(headers: Headers) -> Headers:

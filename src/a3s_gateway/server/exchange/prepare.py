@@ -1,5 +1,7 @@
 """Stage 1, prepare: the prechecks, routing and, for a router without middlewares, the upstream
-plan. Pure and synchronous: it decides, and ``handle.py`` sends whatever it decided to answer.
+plan. On an entrypoint with ``redirect_to`` every request but an ACME HTTP-01 challenge is
+answered ``308`` to the TLS entrypoint here, before the prechecks and routing (SPEC §5.14
+step 3). Pure and synchronous: it decides, and ``handle.py`` sends whatever it decided to answer.
 
 Ring 1 by placement; no IO, no clock (routing reads the request only). The trace context and
 the request id start here (``Trace``, SPEC §9.4, §9.5), so every answer carries the request id.
@@ -12,8 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.observability.tracing import extract, request_id, start_span
-from a3s_gateway.protocols.responses import error_response
-from a3s_gateway.protocols.target import precheck, split_target
+from a3s_gateway.protocols.responses import error_response, redirect_response
+from a3s_gateway.protocols.target import (
+    is_acme_challenge,
+    precheck,
+    redirect_location,
+    split_target,
+)
 from a3s_gateway.routing.paths import InvalidPathEscape, routing_path, sanitize_path
 from a3s_gateway.routing.request import RequestView, canonical_host
 from a3s_gateway.server.exchange.plan import peer_trusted, plan_direct
@@ -31,6 +38,7 @@ __all__ = ["prepare"]
 _INVALID_ESCAPE: Final = error_response(400, "bad request: invalid escape", close=True)
 _NO_ROUTE: Final = error_response(404)
 _NO_SERVICE: Final = error_response(503)
+_NO_REDIRECT_HOST: Final = error_response(400, "bad request: no host to redirect to")
 
 
 def prepare(ex: Exchange) -> GeneratedResponse | None:
@@ -47,6 +55,9 @@ def prepare(ex: Exchange) -> GeneratedResponse | None:
     ex.received = raw_path + (b"?" + query if query else b"")
     record.path = raw_path
     record.query = query
+    port = ex.entry.redirect_port
+    if port is not None and raw_path[:1] == b"/" and not is_acme_challenge(raw_path):
+        return _redirect(ex, port)
     early = precheck(head)
     if early is not None:
         record.error = "bad_request" if early.head.status >= 400 else ""
@@ -85,6 +96,16 @@ def prepare(ex: Exchange) -> GeneratedResponse | None:
     else:
         plan_direct(ex)
     return None
+
+
+def _redirect(ex: Exchange, port: int) -> GeneratedResponse:
+    """308 to the same host and target on the TLS entrypoint's ``port`` (``redirect_to``); 400
+    when the request names no host a ``Location`` can carry."""
+    location = redirect_location(ex.head.authority, port, ex.received)
+    if location is None:
+        ex.record.error = "bad_request"
+        return _NO_REDIRECT_HOST
+    return redirect_response(location)
 
 
 def _start_trace(ex: Exchange) -> Trace | None:
