@@ -90,8 +90,22 @@ http {{
     return conf
 
 
-def write_proxy(prefix: Path, port: int, upstream_port: int, workers: str) -> Path:
-    """Write the reverse proxy's config into ``prefix``; ``workers`` is a count or ``auto``."""
+def write_proxy(
+    prefix: Path,
+    port: int,
+    upstream_port: int,
+    workers: str,
+    tls: tuple[Path, Path] | None = None,
+) -> Path:
+    """Write the reverse proxy's config into ``prefix``; ``workers`` is a count or ``auto``;
+    ``tls``: the certificate chain and key files of an HTTPS listener."""
+    listen = f"{HOST}:{port}" + (" ssl" if tls else "")
+    certificate = (
+        f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
+        "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        if tls
+        else ""
+    )
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(
@@ -108,8 +122,8 @@ http {{
         keepalive_requests {KEEPALIVE_REQUESTS};
     }}
     server {{
-        listen {HOST}:{port} backlog=4096;
-        client_max_body_size 1m;
+        listen {listen} backlog=4096;
+{certificate}        client_max_body_size 1m;
         client_body_buffer_size 64k;
         location / {{
             proxy_pass http://bench_upstream;

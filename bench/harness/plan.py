@@ -41,6 +41,9 @@ class Profile:
     middlewares: tuple[str, ...] = ()
     #: The gateway's ``observability`` setting (``gateway.OBSERVABILITY``).
     observability: str = "default"
+    #: Clients speak HTTPS to the proxy (NGINX ``ssl``, the gateway's ``tls`` block, one
+    #: certificate made for the run); the upstream stays plain HTTP.
+    tls: bool = False
 
 
 GET_1W: Final = Profile(
@@ -54,6 +57,18 @@ GET_1W: Final = Profile(
     1,
     (DIRECT, NGINX, A3S_1W),
     with_peers=True,
+)
+HTTPS_1W: Final = Profile(
+    "https-get-42b-1w",
+    "HTTPS/1.1 GET (TLS 1.3, keep-alive), 42-byte response, one worker (NGINX ssl, 1 worker)",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (NGINX, A3S_1W),
+    tls=True,
 )
 GET_NW: Final = Profile(
     "get-42b-Nw",
@@ -177,6 +192,7 @@ OBSERVABILITY_ON: Final = Profile(
 )
 PROFILES: Final = (
     GET_1W,
+    HTTPS_1W,
     GET_NW,
     POST_16K,
     DOWNLOAD_1M,

@@ -6,6 +6,7 @@ NGINX of the same profile (higher is better), the p99 ratio is product p99 ÷ NG
 better). Target rows covered here:
 
 - GET 42 B, 1 worker: a3s-1w ≥ 0.15 × NGINX, p99 ≤ 6 × NGINX;
+- HTTPS GET 42 B, 1 worker: a3s-1w ≥ 0.12 × NGINX with ``ssl``, p99 ≤ 6 × NGINX;
 - GET 42 B, one worker per CPU: a3s-Nw ≥ 0.25 × NGINX (same worker count), p99 ≤ 4 ×;
 - best Python peer ÷ a3s_gateway (1 worker, same run) ≤ 0.5;
 - 1000 routers ÷ 10 routers (a3s-1w): throughput ≥ 0.83, p99 ≤ 1.2;
@@ -38,7 +39,11 @@ LATENCIES: Final = ("p50_ms", "p90_ms", "p99_ms")
 AIOHTTP_PEER: Final = "aiohttp-uvloop"
 #: Issue #15: CPU per proxied GET (1 worker, default config), µs.
 CPU_TARGET_US: Final = 150.0
-TARGET_LINES: Final = {plan.GET_1W.name: 0.15, plan.GET_NW.name: 0.25}
+TARGET_LINES: Final = {
+    plan.GET_1W.name: 0.15,
+    plan.HTTPS_1W.name: 0.12,
+    plan.GET_NW.name: 0.25,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +198,14 @@ def verdicts(summaries: list[Summary], peers: tuple[str, ...]) -> list[Verdict]:
             "HTTP/1.1 GET 42 B, 1 worker (a3s-1w ÷ nginx)",
             (_find(summaries, get1, plan.A3S_1W), _find(summaries, get1, plan.NGINX)),
             (0.15, 6.0),
+        ),
+        _judge(
+            "HTTPS/1.1 GET 42 B, 1 worker (a3s-1w ÷ nginx ssl)",
+            (
+                _find(summaries, plan.HTTPS_1W.name, plan.A3S_1W),
+                _find(summaries, plan.HTTPS_1W.name, plan.NGINX),
+            ),
+            (0.12, 6.0),
         ),
         _judge(
             "HTTP/1.1 GET 42 B, one worker per CPU (a3s-Nw ÷ nginx auto)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import ssl
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -109,9 +110,31 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def tls_pair(directory: Path) -> tuple[Path, Path]:
+    """A certificate chain and key for ``HOST`` from a CA made for this run (trustme, a test
+    dependency the bench level installs), written into ``directory``."""
+    import trustme  # only the HTTPS profile needs it
+
+    authority = trustme.CA()
+    issued = authority.issue_cert(HOST, "localhost")
+    chain, key = directory / "tls-chain.pem", directory / "tls-key.pem"
+    issued.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    return chain, key
+
+
+def _connection(port: int, profile: plan.Profile) -> http.client.HTTPConnection:
+    if not profile.tls:
+        return http.client.HTTPConnection(HOST, port, timeout=PREFLIGHT_TIMEOUT)
+    context = ssl.create_default_context()
+    context.check_hostname = False  # the run's own certificate; only the proxy is measured
+    context.verify_mode = ssl.CERT_NONE
+    return http.client.HTTPSConnection(HOST, port, timeout=PREFLIGHT_TIMEOUT, context=context)
+
+
 def preflight(port: int, profile: plan.Profile, host: str | None, path: str) -> str | None:
     """One real request; None when it answers 200 with the expected body size, else why not."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=PREFLIGHT_TIMEOUT)
+    connection = _connection(port, profile)
     headers = {"Host": host} if host else {}
     headers.update(_request_headers(profile))
     body = b"p" * profile.body_bytes if profile.body_bytes else None
@@ -200,10 +223,12 @@ class Runner:
             host=table.host,
             headers=_request_headers(profile),
         )
+        work.mkdir(parents=True, exist_ok=True)
+        pair = tls_pair(work) if profile.tls else None
         with Children() as scope:
             live: list[_Live] = []
             for name in products:
-                entry = self._start(name, profile, table, work / name, scope)
+                entry = self._start(name, profile, table, work / name, scope, pair)
                 result.products.append(entry.run)
                 if entry.run.status == "ok":
                     reason = preflight(entry.port, profile, table.host, table.path)
@@ -215,7 +240,9 @@ class Runner:
                 order = live if trial % 2 == 0 else list(reversed(live))
                 for position, entry in enumerate(order):
                     if entry.run.status == "ok":
-                        self._measure(entry, script, table.path, trial, position)
+                        scheme = "https" if profile.tls and entry.child is not None else "http"
+                        url = f"{scheme}://{HOST}:{entry.port}{table.path}"
+                        self._measure(entry, script, url, trial, position)
         return result
 
     def _start(
@@ -225,6 +252,7 @@ class Runner:
         table: gateway.Routing,
         work: Path,
         scope: Children,
+        tls: tuple[Path, Path] | None = None,
     ) -> _Live:
         work.mkdir(parents=True)
         if name == plan.DIRECT:
@@ -232,7 +260,7 @@ class Runner:
             return _Live(run, self.upstream_port, None)
         port = free_port()
         if name == plan.NGINX:
-            conf = nginx.write_proxy(work, port, self.upstream_port, profile.nginx_workers)
+            conf = nginx.write_proxy(work, port, self.upstream_port, profile.nginx_workers, tls)
             argv = nginx.command(conf, work)
             run = ProductRun(name, "nginx", argv, _nginx_workers(profile.nginx_workers))
             run.config = conf.read_text()
@@ -251,6 +279,7 @@ class Runner:
                 profile.middlewares,
                 observability=profile.observability,
                 log=str(work / "access.log"),
+                tls=tls,
             )
             config.write_text(text)
             argv = gateway.command(config, workers)
@@ -317,11 +346,10 @@ class Runner:
         self,
         entry: _Live,
         script: Path,
-        path: str,
+        url: str,
         trial: int,
         position: int,
     ) -> None:
-        url = f"http://{HOST}:{entry.port}{path}"
         settings = self.settings
         try:
             warm = wrk.run(
