@@ -416,3 +416,41 @@ async def test_https_through_the_cli(origin: Origin, authority: Authority, tmp_p
             gateway.process.kill()
         with trio.CancelScope(shield=True):
             await gateway.process.wait()
+
+
+async def test_entrypoints_show_the_certificates_with_two_workers(
+    origin: Origin, authority: Authority, tmp_path: Path
+) -> None:
+    """With ``--workers 2`` the supervisor's ``/entrypoints`` shows the names and expiry of the
+    certificates the workers serve (they report them with their state)."""
+    first = authority.server_pair("first", "one.example.test")
+    second = authority.server_pair("second", "*.two.example.test")
+    port, admin = free_port(), free_port()
+    management = f'management {{\n  address = "127.0.0.1:{admin}"\n}}\n'
+    config = tmp_path / "gateway.hcl"
+    config.write_text(
+        config_text([server_entry(origin)], entrypoint=tls_block([first, second]), port=port)
+        + management
+    )
+    gateway = await start_gateway(str(config), "--workers", "2")
+    try:
+        with trio.fail_after(CLIENT_WAIT * 3):
+            await gateway.wait_for_line("workers ready: 2")
+        with trio.fail_after(CLIENT_WAIT):
+            listed = await curl(f"http://127.0.0.1:{admin}/api/gateway/entrypoints")
+        assert listed.response.status == 200, listed.response.body
+        (web,) = [e for e in json.loads(listed.response.body) if e["name"] == "web"]
+        tls = web["tls"]
+        served = [c["names"] for c in tls["certificates"]]
+        assert served == [["one.example.test"], ["*.two.example.test"]]
+        assert tls["names"] == ["one.example.test", "*.two.example.test"]
+        assert tls["not_after"]
+        assert all(c["not_after"] for c in tls["certificates"])
+        gateway.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(CLIENT_WAIT * 3):
+            assert await gateway.process.wait() == 0
+    finally:
+        if gateway.process.returncode is None:
+            gateway.process.kill()
+        with trio.CancelScope(shield=True):
+            await gateway.process.wait()

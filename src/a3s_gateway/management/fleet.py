@@ -295,7 +295,8 @@ def fleet_listeners(
     config: Config, runtime: RuntimeConfig, states: Sequence[StateReply]
 ) -> list[ListenerInfo]:
     """``/entrypoints``: the running config's HTTP entrypoints with the addresses bound in any
-    worker (the union) and their connections summed (None when no worker reported)."""
+    worker (the union), their connections summed (None when no worker reported) and the
+    certificates a TLS entrypoint serves (as the first worker that reports it serves them)."""
     infos = []
     for name, entry in config.entrypoints.items():
         if name not in runtime.entrypoints:
@@ -304,6 +305,11 @@ def fleet_listeners(
             _shown(host, port) for state in states for host, port in state.addresses.get(name, ())
         )
         connections = sum(state.connections.get(name, 0) for state in states) if states else None
+        # The workers load the same files; the first that reports the entrypoint speaks for all
+        # (a rotation in progress shows the certificate that worker serves).
+        served = next(
+            (state.certificates[name] for state in states if name in state.certificates), []
+        )
         infos.append(
             ListenerInfo(
                 name=name,
@@ -312,6 +318,7 @@ def fleet_listeners(
                 bound=tuple(bound),
                 tls=entry.tls is not None,
                 connections=connections,
+                certificates=tuple((tuple(names), expiry) for names, expiry in served),
             )
         )
     return infos

@@ -216,6 +216,8 @@ class StateReply(msgspec.Struct, frozen=True, tag="state"):
     total_requests: int
     #: Bound addresses per entrypoint (port 0 resolved).
     addresses: dict[str, list[tuple[str, int]]]
+    #: Per TLS entrypoint: each certificate it serves now, as (DNS names, notAfter).
+    certificates: dict[str, list[tuple[list[str], float]]] = {}
 
 
 class DocumentsReply(msgspec.Struct, frozen=True, tag="documents"):
@@ -611,6 +613,7 @@ def answer_query(query: Query, gateway: Gateway) -> Reply:
                 connections=dict(gateway.connections()),
                 total_requests=health.total_requests,
                 addresses={name: list(bound) for name, bound in gateway.addresses().items()},
+                certificates=_certificates(gateway),
             )
         case "services":
             clock = Clock(trio.current_time(), time.time())
@@ -618,3 +621,17 @@ def answer_query(query: Query, gateway: Gateway) -> Reply:
             return DocumentsReply(query.id, documents)
         case "middlewares":
             return DocumentsReply(query.id, middleware_documents(gateway.runtime))
+
+
+def _certificates(gateway: Gateway) -> dict[str, list[tuple[list[str], float]]]:
+    """The certificates each TLS entrypoint of ``gateway`` serves now (for ``/entrypoints``)."""
+    found: dict[str, list[tuple[list[str], float]]] = {}
+    runtime = gateway.runtime
+    if runtime is None:
+        return found
+    for name, entry in runtime.entrypoints.items():
+        if entry.tls:
+            found[name] = [
+                (list(names), expiry) for names, expiry in gateway.tls_certificates(name)
+            ]
+    return found
