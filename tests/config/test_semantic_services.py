@@ -238,6 +238,14 @@ BALANCER_CASES = [
         "sticky {",
         severity="warning",
     ),
+    Case(
+        "upstream-tls-skips-verification",
+        balanced("    upstream_tls {\n      insecure_skip_verify = true\n    }\n"),
+        'services["api"].load_balancer.upstream_tls.insecure_skip_verify',
+        "insecure_skip_verify = true: the backends' certificates and names are not checked",
+        "insecure_skip_verify",
+        severity="warning",
+    ),
 ]
 
 

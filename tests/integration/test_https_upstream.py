@@ -141,8 +141,17 @@ async def test_an_untrusted_certificate_is_a_502_with_a_clear_log_line(
     async with running_gateway(https_config(origin, balancer)) as gateway:
         result = await curl(gateway.url("/x"))
         ejected = backend_of(gateway).passive_ejected
+        scrape = gateway.gateway.metrics_text()
     assert result.response.status == 502
     assert result.response.json()["error"] == "bad gateway"
+    assert scrape is not None
+    counted = [
+        line
+        for line in scrape.decode().splitlines()
+        if line.startswith("a3s_upstream_connect_errors_total{") and 'reason="tls"' in line
+    ]
+    assert len(counted) == 1
+    assert counted[0].endswith(" 1.0")  # counted as a TLS failure, not a refused connect
     line = (
         f"connect to {origin.url()} failed: TLS handshake failed: certificate verify failed: "
         "unable to get local issuer certificate"

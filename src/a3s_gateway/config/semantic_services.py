@@ -127,6 +127,12 @@ def _check_load_balancer(
             (*base, "upstream_tls", missing),
             "upstream_tls cert_file and key_file must be set together (both or neither)",
         )
+    if upstream is not None and upstream.insecure_skip_verify:
+        report.warning(
+            (*base, "upstream_tls", "insecure_skip_verify"),
+            "insecure_skip_verify = true: the backends' certificates and names are not checked, "
+            "so anyone on the path can pose as them; set ca_file instead where possible",
+        )
 
 
 def _check_hash_key(report: Report, path: Path, service: Service, balancer: LoadBalancer) -> None:

@@ -67,8 +67,9 @@ class ExchangeRecord:
 
     ``error`` is a short cause when the gateway answered or aborted (SPEC §9.2 ``error`` words;
     set in ``server/exchange/``): ``no_route``, ``no_backend``, ``at_capacity``,
-    ``connect_refused``, ``connect_timeout``, ``upstream_timeout``, ``upstream_reset``,
-    ``bad_response``, ``client_abort`` (the client went away, or the response had to be cut),
+    ``connect_refused``, ``connect_tls``, ``connect_timeout``, ``upstream_timeout``,
+    ``upstream_reset``, ``bad_response``, ``client_abort`` (the client went away, or the
+    response had to be cut),
     ``client_timeout`` (a gap in the request body over ``timeouts.body_idle``),
     ``body_timeout`` (the body not complete within ``timeouts.request_body``), ``overloaded``,
     ``shutting_down`` (a 503: the upstream pool is closing), ``shutdown`` (the gateway cut the

@@ -110,7 +110,7 @@ async def _connect(
         try:
             conn = await ctx.pool.acquire(peer, service.pool, progress, fresh=fresh)
         except ConnectFailed as error:
-            raise ConnectError(502, str(error)) from error
+            raise ConnectError(502, str(error), error.reason) from error
         except PoolClosed as error:
             raise UpstreamFailure(503, "pool closed", text="shutting down") from error
         return Http1Upstream(conn, ctx.pool)

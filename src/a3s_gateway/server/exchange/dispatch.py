@@ -249,11 +249,11 @@ async def _attempt(
             status = await forward(ex, down, service, backend, extra)
         except ConnectError as error:
             log.info("connect to %s failed: %s", backend.url.text, error.detail)
-            timeout = error.status == 504
-            record.error = "connect_timeout" if timeout else "connect_refused"
-            ex.ctx.metrics.connect_error(
-                service.name, backend.url.text, "timeout" if timeout else "refused"
+            kind = (
+                "timeout" if error.status == 504 else "tls" if error.reason == "tls" else "refused"
             )
+            record.error = f"connect_{kind}"
+            ex.ctx.metrics.connect_error(service.name, backend.url.text, kind)
             outcome(ex, service, backend, error.status)
             return Failure(error_response(error.status), error.status, "connect-failure")
         except UpstreamFailure as error:

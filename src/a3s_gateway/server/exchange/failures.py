@@ -30,15 +30,18 @@ __all__ = [
 
 
 class ConnectError(Exception):
-    """No connection to the backend: refused or unreachable (502) or too slow (504).
+    """No connection to the backend: refused, unreachable or a failed TLS handshake (502) or
+    too slow (504).
 
     No request byte was sent, so another backend may be tried (SPEC §7.8).
     """
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, reason: str = "") -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        #: The dialer's ``ConnectFailed.reason`` (``refused``, ``tls``, ...); "" for a timeout.
+        self.reason = reason
 
 
 class UpstreamFailure(Exception):  # noqa: N818 -- the backend's failure, not ours
