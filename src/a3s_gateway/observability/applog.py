@@ -1,12 +1,12 @@
 """The application log on stderr, as text or JSON lines (SPEC §9.3).
 
-Ring 0 formatting on top of the standard ``logging`` module; the CLI installs it, the library
-never does (a library user keeps their own logging setup). Text lines are ``<time> <LEVEL>
-<logger>: <message>``, the message carrying its own ``key=value`` fields (SPEC §9.3). A worker
-process of ``run --workers N`` installs it with its slot index, so that each of its lines names
-it: a last field ``worker=<n>`` in text, a ``"worker": n`` field in JSON; the supervisor's
-lines (and a single process's) have neither. Must not: log secrets — callers pass redacted
-values only.
+Ring 1 (it puts a handler on the ``a3s_gateway`` logger): formatting on top of the standard
+``logging`` module; the CLI and each worker install it, the library never does (a library
+user keeps their own logging setup). Text lines are ``<time> <LEVEL> <logger>: <message>``,
+the message carrying its own ``key=value`` fields (SPEC §9.3). A worker process of ``run
+--workers N`` installs it with its slot index, so that each of its lines names it: a last
+field ``worker=<n>`` in text, a ``"worker": n`` field in JSON; the supervisor's lines (and a
+single process's) have neither. Must not: log secrets — callers pass redacted values only.
 
 ``install`` returns the logger settings it replaced (``LoggerState``), so that an in-process
 caller (``cli.main`` from a test or a program) leaves the logger as it found it.
