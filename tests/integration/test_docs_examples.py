@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from a3s_gateway.config.load import load_text
 from a3s_gateway.config.schema_middlewares import MIDDLEWARE_TYPES
 from a3s_gateway.middleware.outbound import MiddlewareDeps
 from a3s_gateway.middleware.phases import block_type, compile_chains
-from tests.support.gateway import curl, running_gateway
+from tests.support.gateway import curl, need_tool, running_gateway
 from tests.support.origin import Fixed, Origin
 
 pytestmark = pytest.mark.integration
@@ -226,11 +224,7 @@ def test_the_example_api_chain_follows_the_recommended_order() -> None:
 
 @pytest.fixture
 def need_curl() -> None:
-    if shutil.which("curl") is None:
-        message = "curl is needed to drive the gateway"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_tool("curl", "to drive the gateway")
 
 
 ITEMS: Final = json.dumps({"items": [{"id": n, "name": f"item {n}"} for n in range(100)]})

@@ -9,8 +9,6 @@ followed), and denies everything else with a 401 challenge and a plain-text body
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Final
@@ -25,6 +23,7 @@ from tests.support.gateway import (
     config_text,
     curl,
     free_port,
+    need_tool,
     router_block,
     running_gateway,
     server_entry,
@@ -45,11 +44,7 @@ DENIED_BODY: Final = b"denied by the auth service\n"
 
 @pytest.fixture(autouse=True)
 def need_curl() -> None:
-    if shutil.which("curl") is None:
-        message = "curl is needed to drive the gateway"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_tool("curl", "to drive the gateway")
 
 
 class AuthService:

@@ -12,8 +12,6 @@ in a new generation whose routes are listed; a bad one is 422 and the old one ke
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -34,6 +32,7 @@ from a3s_gateway.management.server import (
 from tests.support.gateway import (
     config_text,
     curl,
+    need_tool,
     router_block,
     running_gateway,
     server_entry,
@@ -55,11 +54,7 @@ PASSIVE = """
 
 @pytest.fixture(autouse=True)
 def need_curl() -> None:
-    if shutil.which("curl") is None:
-        message = "curl is needed to query the management API"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_tool("curl", "to query the management API")
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ sent to the backend as ``requests_total``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Final
@@ -26,7 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cli import RunningGateway, cli_env, start_gateway
-from tests.support.gateway import CurlResult, config_text, curl, free_port, server_entry
+from tests.support.gateway import CurlResult, config_text, curl, free_port, need_tool, server_entry
 from tests.support.origin import Origin
 
 pytestmark = pytest.mark.integration
@@ -51,11 +49,7 @@ middlewares "unused-limit" {
 
 @pytest.fixture(autouse=True)
 def need_curl() -> None:
-    if shutil.which("curl") is None:
-        message = "curl is needed to drive the gateway and its management API"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_tool("curl", "to drive the gateway and its management API")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ where they fail.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from tests.support.gateway import (
     GatewayHandle,
     config_text,
     curl,
+    need_tool,
     running_gateway,
     server_entry,
 )
@@ -53,11 +53,7 @@ CALLER = "00f067aa0ba902b7"
 
 @pytest.fixture(autouse=True)
 def need_curl() -> None:
-    if shutil.which("curl") is None:
-        message = "curl is needed to send requests through the gateway"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_tool("curl", "to send requests through the gateway")
 
 
 # -- the collector --------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Final
@@ -34,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.supervisor.test_workers import exited, worker_pids
 from tests.support.cli import RunningGateway, cli_env, start_gateway
-from tests.support.gateway import config_text, curl, free_port, server_entry
+from tests.support.gateway import config_text, curl, free_port, need_tool, server_entry
 from tests.support.health import probes
 from tests.support.origin import Fixed, Origin
 
@@ -61,11 +60,7 @@ REQUESTS: Final = 24
 
 @pytest.fixture(autouse=True)
 def need_curl() -> None:
-    if shutil.which("curl") is None:
-        message = "curl is needed to drive the gateway and its management API"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_tool("curl", "to drive the gateway and its management API")
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import time
@@ -31,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.supervisor.test_workers import exited, worker_pids
 from tests.support.cli import cli_env, start_gateway
-from tests.support.gateway import CurlResult, config_text, curl, free_port, server_entry
+from tests.support.gateway import CurlResult, config_text, curl, free_port, need_tool, server_entry
 from tests.support.origin import Origin
 
 pytestmark = pytest.mark.integration
@@ -43,11 +42,7 @@ REQUESTS: Final = 24
 
 @pytest.fixture(autouse=True)
 def need_curl() -> None:
-    if shutil.which("curl") is None:
-        message = "curl is needed to drive the gateway and its management API"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_tool("curl", "to drive the gateway and its management API")
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ in-process; curl runs on the real clock.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from a3s_gateway.management.server import (
 )
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.state import GatewayState, HealthSnapshot
-from tests.support.gateway import LOCAL, RawClient, curl, curl_lines
+from tests.support.gateway import LOCAL, RawClient, curl, curl_lines, need_tool
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +57,7 @@ services "main" {
 
 @pytest.fixture(autouse=True)
 def need_curl() -> None:
-    if shutil.which("curl") is None:
-        message = "curl is needed to drive the management server"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_tool("curl", "to drive the management server")
 
 
 @dataclass

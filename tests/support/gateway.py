@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import h11
+import pytest
 import trio
 
 from a3s_gateway.app import Gateway
@@ -438,3 +441,13 @@ async def exchange(
     finally:
         await client.aclose()
     return response, closed
+
+
+def need_tool(name: str, why: str) -> None:
+    """Skip the test when the program ``name`` is missing, or fail it under CI (``CI=true``):
+    there a missing peer is a broken run, never a silent skip."""
+    if shutil.which(name) is None:
+        message = f"{name} is needed {why}" if why else f"{name} is needed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)

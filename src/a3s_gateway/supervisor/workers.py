@@ -124,6 +124,9 @@ from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.state import GatewayState, ReloadStatus
 from a3s_gateway.supervisor.worker_main import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_START,
     Apply,
     DocumentsReply,
     Health,
@@ -161,10 +164,6 @@ __all__ = [
 ]
 
 log: Final = logging.getLogger("a3s_gateway.workers")
-
-EXIT_OK: Final = 0
-EXIT_CONFIG: Final = 1
-EXIT_START: Final = 3
 
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_MAX: Final = 30.0
