@@ -176,11 +176,12 @@ def test_validate_config_refuses_what_is_not_available_yet(
     tmp_path: Path, pem_files: dict[str, Path]
 ) -> None:
     config = tmp_path / "gateway.hcl"
-    # Entrypoint TLS is available; offering HTTP/2 by ALPN is not yet (issue #17).
-    config.write_text(tls_config(pem_files["cert"], pem_files["key"], 'alpn = ["h2"]'))
+    # Entrypoint TLS and HTTP/2 are available; ACME is not yet.
+    extra = 'alpn = ["h2", "http/1.1"]\n    acme_email = "ops@example.com"'
+    config.write_text(tls_config(pem_files["cert"], pem_files["key"], extra))
     errors = [p for p in validate_config(config) if p.severity == "error"]
-    assert [p.path for p in errors] == ['entrypoints["web"].tls.alpn[0]']
-    assert "HTTP/2" in errors[0].message
+    assert {p.path for p in errors} == {'entrypoints["web"].tls.acme_email'}
+    assert any("(ACME certificates)" in p.message for p in errors)
 
 
 def otlp_config(endpoint: str, *, tracing: bool = True) -> str:

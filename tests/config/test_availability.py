@@ -21,7 +21,16 @@ from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import ReloadError
 from tests.support.semantic import BASE
 
-#: An entrypoint that asks for HTTP/2 by ALPN: refused until HTTP/2 lands (one error).
+#: A TCP entrypoint: refused until TCP proxying lands (one error).
+TCP_ENTRYPOINT = """
+entrypoints "db" {
+  address  = "127.0.0.1:5433"
+  protocol = "tcp"
+}
+"""
+TCP_PATH = 'entrypoints["db"].protocol'
+
+#: An entrypoint offering HTTP/2 by ALPN: available since HTTP/2 landed (issue #18).
 H2_ENTRYPOINT = """
 entrypoints "secure" {
   address = "127.0.0.1:8443"
@@ -32,7 +41,6 @@ entrypoints "secure" {
   }
 }
 """
-H2_PATH = 'entrypoints["secure"].tls.alpn[0]'
 
 DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
 ROWS = pytest.mark.parametrize("row", UNAVAILABLE, ids=[row.where for row in UNAVAILABLE])
@@ -71,17 +79,25 @@ def test_the_docs_list_every_row(row: Unavailable) -> None:
 
 
 def test_the_message_names_the_setting_and_the_feature() -> None:
-    result = load_text(BASE + H2_ENTRYPOINT, filename="t.hcl", env={})
+    result = load_text(BASE + TCP_ENTRYPOINT, filename="t.hcl", env={})
     [problem] = result.errors
-    assert problem.path == H2_PATH
-    assert problem.message.startswith('alpn protocol "h2" is not available yet')
-    assert "(HTTP/2;" in problem.message
-    assert problem.line == BASE.count("\n") + 7
+    assert problem.path == TCP_PATH
+    assert problem.message.startswith('protocol "tcp" is not available yet')
+    assert "(TCP proxying)" in problem.message
+    assert problem.line == BASE.count("\n") + 4
 
 
-def test_entrypoint_tls_is_available() -> None:
+def test_entrypoint_tls_and_http2_are_available() -> None:
+    assert load_text(BASE + H2_ENTRYPOINT, filename="t.hcl", env={}).errors == ()
     snippet = H2_ENTRYPOINT.replace('alpn      = ["h2", "http/1.1"]', 'alpn = ["http/1.1"]')
     assert load_text(BASE + snippet, filename="t.hcl", env={}).errors == ()
+    h2c = (
+        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n  h2c = true\n'
+        "  http2 {\n    max_concurrent_streams = 50\n  }\n}\n"
+        'services "grpc" {\n  load_balancer {\n'
+        '    servers = [{ url = "h2c://127.0.0.1:50051" }]\n  }\n}\n'
+    )
+    assert load_text(BASE + h2c, filename="t.hcl", env={}).errors == ()
     timeout = (
         'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
         '  timeouts {\n    handshake = "5s"\n  }\n}\n'
@@ -102,11 +118,6 @@ def test_every_acme_field_is_refused_by_name() -> None:
         'entrypoints["secure"].tls.acme_renewal_days',
     ]
     assert all("(ACME certificates)" in p.message for p in errors)
-
-
-def test_h2c_false_asks_for_nothing_new() -> None:
-    snippet = 'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n  h2c = false\n}\n'
-    assert load_text(BASE + snippet, filename="t.hcl", env={}).errors == ()
 
 
 def test_a_written_default_still_counts() -> None:
@@ -135,7 +146,7 @@ def _config_in_code(snippet: str) -> Config:
 
 def test_a_gateway_built_in_code_refuses_it() -> None:
     config = load_text(
-        BASE + H2_ENTRYPOINT,
+        BASE + TCP_ENTRYPOINT,
         filename="t.hcl",
         env={},
         options=LoadOptions(refuse_unavailable=False),
@@ -144,30 +155,30 @@ def test_a_gateway_built_in_code_refuses_it() -> None:
     with pytest.raises(ConfigError) as caught:
         Gateway(config)
     [problem] = caught.value.problems
-    assert problem.path == H2_PATH
+    assert problem.path == TCP_PATH
     assert problem.file == "<config>"
 
 
 async def test_a_reload_built_in_code_refuses_it() -> None:
     plain = load_text(BASE, filename="t.hcl", env={}).config
     assert plain is not None
-    with_tls = load_text(
-        BASE + H2_ENTRYPOINT,
+    with_tcp = load_text(
+        BASE + TCP_ENTRYPOINT,
         filename="t.hcl",
         env={},
         options=LoadOptions(refuse_unavailable=False),
     ).config
-    assert with_tls is not None
+    assert with_tcp is not None
     gateway = Gateway(plain)
-    with pytest.raises(ReloadError, match="HTTP/2"):
-        await gateway.reload(with_tls)
+    with pytest.raises(ReloadError, match="TCP proxying"):
+        await gateway.reload(with_tcp)
     assert gateway.health().last_reload is not None
 
 
 @pytest.mark.integration
 def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
     config = tmp_path / "gateway.hcl"
-    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + H2_ENTRYPOINT)
+    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + TCP_ENTRYPOINT)
     done = subprocess.run(
         [sys.executable, "-m", "a3s_gateway", "run", str(config)],
         capture_output=True,
@@ -176,7 +187,7 @@ def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1, done.stderr
-    assert f'{H2_PATH}: alpn protocol "h2" is not available yet' in done.stderr
+    assert f'{TCP_PATH}: protocol "tcp" is not available yet' in done.stderr
     assert "listening" not in done.stderr
 
 

@@ -231,6 +231,8 @@ FAMILIES = {
     "a3s_connections_rejected": ("counter", {"entrypoint", "reason"}),
     "a3s_tls_handshake_errors": ("counter", {"entrypoint", "reason"}),
     "a3s_tls_reload_errors": ("counter", {"entrypoint"}),
+    "a3s_http2_connection_errors": ("counter", {"entrypoint", "reason"}),
+    "a3s_grpc_responses": ("counter", {"router", "service", "grpc_status"}),
     "a3s_tls_certificate_not_after_seconds": ("gauge", {"entrypoint", "name"}),
     "a3s_backend_requests": ("counter", {"service", "backend", "code"}),
     "a3s_upstream_response_seconds": ("histogram", {"service", "backend"}),
@@ -275,6 +277,10 @@ FAMILIES = {
 def _exercise(metrics: GatewayMetrics) -> None:
     """One call of every event, so that every labelled family has a sample."""
     metrics.observe_exchange(record())
+    grpc_call = record()
+    grpc_call.grpc_status = 14
+    metrics.observe_exchange(grpc_call)
+    metrics.http2_connection_error("web", "rapid_reset")
     metrics.observe_attempt("svc", A, 200, 0.01)
     metrics.connection_opened("web")
     metrics.connection_rejected("web", "max_connections")
@@ -973,6 +979,7 @@ class _Exchange:
 
     ctx: ServerContext
     record: ExchangeRecord
+    grpc: bool = False
 
 
 async def test_an_ejection_refused_by_max_ejection_percent_is_counted_skipped() -> None:

@@ -169,6 +169,7 @@ class ScriptedClient:
     received_bytes = 0
     sent_bytes = 0
     head_sent = -1.0
+    grpc_status = -1
 
     def __init__(self, chunks: list[bytes], upstream_got: list[bytes]) -> None:
         self._events: deque[BodyChunk | EndOfBody] = deque(BodyChunk(c) for c in chunks)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 from a3s_gateway.config.problems import Path, Problem, SourceMap, make_problem
 from a3s_gateway.config.schema_middlewares import TcpFilter
-from a3s_gateway.config.schema_services import LoadBalancer, PassiveHealth
+from a3s_gateway.config.schema_services import LoadBalancer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -102,14 +102,6 @@ def _acme(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
                 yield path, "acme = true" if field == "acme" else f'field "{field}"'
 
 
-def _alpn_h2(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, entry in config.entrypoints.items():
-        tls = entry.tls
-        if tls is not None and tls.alpn is not None and "h2" in tls.alpn:
-            index = tls.alpn.index("h2")
-            yield ("entrypoints", name, "tls", "alpn", index), 'alpn protocol "h2"'
-
-
 def _entrypoint_protocol(
     protocol: str,
 ) -> Finder:
@@ -130,12 +122,6 @@ def _entrypoint_field(field: str) -> Finder:
                 yield ("entrypoints", name, field), f'field "{field}"'
 
     return find
-
-
-def _h2c(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, entry in config.entrypoints.items():
-        if entry.h2c:  # h2c = false asks for what the gateway does anyway
-            yield ("entrypoints", name, "h2c"), "h2c = true"
 
 
 def _router_section(section: str) -> Finder:
@@ -169,7 +155,6 @@ def _server_schemes(*schemes: str) -> Finder:
 
 
 _DEFAULT_BALANCER: Final = LoadBalancer()
-_DEFAULT_PASSIVE: Final = PassiveHealth()
 
 
 def _stream_idle_timeout(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
@@ -181,23 +166,6 @@ def _stream_idle_timeout(config: Config, sources: SourceMap) -> Iterator[tuple[P
         differs = balancer.stream_idle_timeout != _DEFAULT_BALANCER.stream_idle_timeout
         if _written(sources, path, differs=differs):
             yield path, 'field "stream_idle_timeout"'
-
-
-def _grpc_status_codes(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, service in config.services.items():
-        balancer = service.load_balancer
-        if balancer is None:
-            continue
-        codes = balancer.passive_health.error_grpc_status_codes
-        path: Path = (
-            "services",
-            name,
-            "load_balancer",
-            "passive_health",
-            "error_grpc_status_codes",
-        )
-        if _written(sources, path, differs=codes != _DEFAULT_PASSIVE.error_grpc_status_codes):
-            yield path, 'field "error_grpc_status_codes"'
 
 
 def _service_field(*fields: str) -> Finder:
@@ -231,41 +199,11 @@ entrypoints "secure" {
 }
 """
 
-_H2_BLOCK: Final = """
-entrypoints "secure" {
-  address = "127.0.0.1:8443"
-  tls {
-    cert_file = "/etc/gateway/cert.pem"
-    key_file  = "/etc/gateway/key.pem"
-    alpn      = ["h2", "http/1.1"]
-  }
-}
-"""
-
 _TCP_ENTRYPOINT: Final = 'entrypoints "db" {\n  address = "127.0.0.1:5433"\n  protocol = "tcp"\n}\n'
 
 #: Every setting refused until its feature lands, in the order the docs list them.
 UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
     Unavailable("entrypoints.<name>.tls.acme, acme_*", "ACME certificates", _acme, _ACME_BLOCK),
-    Unavailable(
-        'entrypoints.<name>.tls.alpn: "h2"',
-        "HTTP/2; an entrypoint offers only what it serves, http/1.1 today",
-        _alpn_h2,
-        _H2_BLOCK,
-    ),
-    Unavailable(
-        "entrypoints.<name>.h2c",
-        "HTTP/2",
-        _h2c,
-        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n  h2c = true\n}\n',
-    ),
-    Unavailable(
-        "entrypoints.<name>.http2",
-        "HTTP/2",
-        _entrypoint_field("http2"),
-        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
-        "  http2 {\n    max_concurrent_streams = 50\n  }\n}\n",
-    ),
     Unavailable(
         'entrypoints.<name>.protocol = "tcp"',
         "TCP proxying",
@@ -310,13 +248,6 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         'middlewares "conn" {\n  type = "tcp-filter"\n  allowed_ips = ["10.0.0.0/8"]\n}\n',
     ),
     Unavailable(
-        "services.<name>.load_balancer.servers: h2c:// URLs",
-        "HTTP/2 to backends",
-        _server_schemes("h2c"),
-        'services "grpc" {\n  load_balancer {\n'
-        '    servers = [{ url = "h2c://127.0.0.1:50051" }]\n  }\n}\n',
-    ),
-    Unavailable(
         "services.<name>.load_balancer.servers: ws:// and wss:// URLs",
         "WebSocket proxying",
         _server_schemes("ws", "wss"),
@@ -337,14 +268,6 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         _stream_idle_timeout,
         'services "streams" {\n  load_balancer {\n    stream_idle_timeout = "10m"\n'
         '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.load_balancer.passive_health.error_grpc_status_codes",
-        "gRPC",
-        _grpc_status_codes,
-        'services "grpc" {\n  load_balancer {\n'
-        '    servers = [{ url = "http://127.0.0.1:9001" }]\n'
-        "    passive_health {\n      error_grpc_status_codes = [14, 13]\n    }\n  }\n}\n",
     ),
     Unavailable(
         "services.<name>.scaling",

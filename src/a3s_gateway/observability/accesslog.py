@@ -10,8 +10,9 @@ there is nothing to say, so that a line has a stable schema and ``jq .router`` n
 default. The fields SPEC §9.2 qualifies ("only with ``access_log_include_query``", "when
 present") are *omitted* when absent: ``query`` (only with ``include_query``), ``user_agent``
 (only when the request had a non-empty one), ``tls_version`` and ``sni`` (only on a TLS
-connection, ``sni`` only when the client sent a name), and the fields reserved for later
-protocols (``grpc_status``, ``ws_close_client``, ``ws_close_upstream``), which would otherwise
+connection, ``sni`` only when the client sent a name), ``grpc_status`` (only for a gRPC call,
+whose ``type`` is then ``grpc``), and the fields reserved for later protocols
+(``ws_close_client``, ``ws_close_upstream``), which would otherwise
 add meaningless keys to every plain-HTTP line. Omission uses
 ``msgspec.UNSET``, which costs nothing when encoding.
 
@@ -157,7 +158,7 @@ def encode_line(record: ExchangeRecord, *, include_query: bool) -> bytes:
     user_agent = record.user_agent
     line = AccessLine(
         format_ts(record.wall),  # ts
-        "http",  # type (grpc, websocket, tcp, udp: later records)
+        "grpc" if record.grpc_status >= 0 else "http",  # type (websocket, tcp, udp: later)
         record.entrypoint,
         record.router,
         record.service,
@@ -171,7 +172,7 @@ def encode_line(record: ExchangeRecord, *, include_query: bool) -> bytes:
         record.protocol,
         _text(record.query) if include_query else UNSET,  # query
         record.status,
-        UNSET,  # grpc_status
+        record.grpc_status if record.grpc_status >= 0 else UNSET,  # grpc_status
         record.request_bytes,
         record.response_bytes,
         round(record.duration * 1000.0, 3),  # duration_ms

@@ -318,6 +318,17 @@ class GatewayMetrics:
             "TLS handshakes that failed on an entrypoint, by reason.",
             ("entrypoint", "reason"),
         )
+        self.grpc_responses = registry.counter(
+            "a3s_grpc_responses_total",
+            "gRPC calls answered, by router, service and grpc-status.",
+            ("router", "service", "grpc_status"),
+        )
+        self.http2_connection_errors = registry.counter(
+            "a3s_http2_connection_errors_total",
+            "HTTP/2 connections ended by a connection error, by entrypoint and reason "
+            "(protocol_error, rapid_reset, control_flood).",
+            ("entrypoint", "reason"),
+        )
         self.tls_reload_errors = registry.counter(
             "a3s_tls_reload_errors_total",
             "Changed certificate files that could not be loaded (the old certificate stays).",
@@ -548,6 +559,10 @@ class GatewayMetrics:
         duration = slot.duration  # HistogramChild.observe, written out
         duration.counts[bisect_left(duration.bounds, seconds)] += 1
         duration.sum += seconds
+        if record.grpc_status >= 0:
+            self.grpc_responses.labels(
+                record.router, record.service, str(record.grpc_status)
+            ).value += 1
 
     def observe_attempt(
         self, service: str, backend: str, status: int, seconds: float | None
@@ -618,6 +633,11 @@ class GatewayMetrics:
         """A TLS handshake on ``entrypoint`` failed (``server/tls.py``'s reasons)."""
         if self.enabled:
             self.tls_handshake_errors.labels(entrypoint, reason).value += 1
+
+    def http2_connection_error(self, entrypoint: str, reason: str) -> None:
+        """An HTTP/2 connection on ``entrypoint`` ended with GOAWAY for ``reason``."""
+        if self.enabled:
+            self.http2_connection_errors.labels(entrypoint, reason).value += 1
 
     def tls_reload_error(self, entrypoint: str) -> None:
         """A changed certificate pair of ``entrypoint`` could not be loaded."""

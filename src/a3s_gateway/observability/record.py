@@ -89,6 +89,7 @@ class ExchangeRecord:
         "ended",
         "entrypoint",
         "error",
+        "grpc_status",
         "head_sent",
         "host",
         "method",
@@ -124,6 +125,8 @@ class ExchangeRecord:
         self.ended = 0.0
         #: When the response head went out (trio's clock); -1: it did not.
         self.head_sent = -1.0
+        #: The ``grpc-status`` the client got (a gRPC call's trailers); -1: not a gRPC call.
+        self.grpc_status = -1
         #: Unix time at the end (the access log's ``ts``).
         self.wall = 0.0
         self.router = ""

@@ -28,6 +28,7 @@ from a3s_gateway.middleware.ratelimit import key_function
 from a3s_gateway.observability.tracing import propagation_forms
 from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.protocols.http1_engines import request_head_parser
+from a3s_gateway.protocols.http2 import Http2Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.services import Backend, Balancer, make_balancer
 from a3s_gateway.services.balancer import panic_mode
@@ -71,10 +72,11 @@ _HTTP_TIMEOUTS: Final = {
 }
 _DEFAULT_MAX_CONNECTIONS: Final = 10000
 
-#: The ALPN protocols an http entrypoint can serve today, in the default preference order
-#: (SPEC §3.8 says ``["h2", "http/1.1"]``; ``h2`` joins when HTTP/2 lands, and until then the
-#: ``availability`` table refuses an ``alpn`` list that names it).
-SERVED_ALPN: Final = ("http/1.1",)
+#: The HTTP/2 settings of an entrypoint without an ``http2 {}`` block.
+DEFAULT_HTTP2: Final = Http2Limits()
+
+#: The ALPN protocols an http entrypoint serves, in the default preference order (SPEC §3.8).
+SERVED_ALPN: Final = ("h2", "http/1.1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +147,10 @@ class EntrypointRuntime:
     #: ``redirect_to`` (SPEC §3.7): the port of the TLS entrypoint every request (ACME HTTP-01
     #: excepted) is redirected to with 308; None when this entrypoint does not redirect.
     redirect_port: int | None = None
+    #: ``h2c`` (SPEC §3.7): a plaintext entrypoint accepts HTTP/2 by prior knowledge.
+    h2c: bool = False
+    #: ``http2 {}``: the HTTP/2 settings and flood limits of its connections.
+    http2: Http2Limits = DEFAULT_HTTP2
 
     def is_allowed(self, address: PeerAddress | None) -> bool:
         """Whether a connection from ``address`` passes ``tcp_allowed_ips`` (an address that
@@ -351,6 +357,22 @@ def _entrypoint(
         ),
         tls_settings=_tls_settings(entrypoint),
         redirect_port=redirect_port,
+        h2c=entrypoint.tls is None and entrypoint.h2c is not False,
+        http2=_http2_limits(entrypoint),
+    )
+
+
+def _http2_limits(entrypoint: Entrypoint) -> Http2Limits:
+    settings = entrypoint.http2
+    if settings is None:
+        return DEFAULT_HTTP2
+    return Http2Limits(
+        max_concurrent_streams=settings.max_concurrent_streams,
+        initial_window_size=settings.initial_window_size,
+        connection_window_size=settings.connection_window_size,
+        max_frame_size=settings.max_frame_size,
+        max_header_list_size=settings.max_header_list_size,
+        max_resets_per_second=settings.max_resets_per_second,
     )
 
 

@@ -147,6 +147,11 @@ class ObservedDownstream(Downstream, Protocol):
     @property
     def head_sent(self) -> float: ...
 
+    @property
+    def grpc_status(self) -> int:
+        """The ``grpc-status`` sent (trailers, or a trailers-only head); -1: none."""
+        ...
+
     def add_response_field(self, line: tuple[bytes, bytes]) -> None: ...
 
 

@@ -67,6 +67,9 @@ class Http1Downstream:
     and written (all reset per request). ``handed_over`` turns true with ``take_over``.
     """
 
+    #: HTTP/1.1 carries no gRPC (SPEC §5.10): never a ``grpc-status``.
+    grpc_status = -1
+
     __slots__ = (
         "_adapter",
         "_body_deadline",
@@ -78,6 +81,7 @@ class Http1Downstream:
         "head_sent",
         "http_version",
         "pending",
+        "received",
         "received_bytes",
         "request_complete",
         "response_fields",
@@ -101,6 +105,9 @@ class Http1Downstream:
         self._request_body = request_body
         self._body_deadline = math.inf
         self.pending: deque[Event] = deque()
+        #: Bytes read before this object took the stream over (the protocol detection's),
+        #: consumed by the first ``fill``.
+        self.received = b""
         self.http_version = b"1.1"
         self.request_complete = False
         self.response_started = False
@@ -164,10 +171,14 @@ class Http1Downstream:
         """
         if self._adapter.switched:
             raise ProtocolViolation(500, "connection switched protocols")
-        try:
-            data = await self._stream.receive_some(READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            raise ClientGone from error
+        if self.received:
+            data: bytes | bytearray = self.received
+            self.received = b""
+        else:
+            try:
+                data = await self._stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                raise ClientGone from error
         # Sockets give bytes; other trio streams may give a bytearray (typed as either).
         events = self._adapter.receive(data if isinstance(data, bytes) else bytes(data))
         if not events and not data:

@@ -50,14 +50,18 @@ log: Final = logging.getLogger("a3s_gateway.server")
 CLOSE_GRACE: Final = 1.0
 
 
-async def serve_http1(stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContext) -> None:
+async def serve_http1(
+    stream: trio.abc.Stream, info: ConnInfo, ctx: ServerContext, *, received: bytes = b""
+) -> None:
     """Serve requests on one downstream connection until either side ends it; closes ``stream``.
+    ``received``: bytes already read from the client (to tell HTTP/1.1 from HTTP/2).
 
     Never raises for anything a client does; a bug in one exchange ends only this connection.
     """
     entry = ctx.runtime.entrypoints[info.entrypoint]
     adapter = Http1Server(entry.limits, entry.heads)
     down = Http1Downstream(stream, adapter, entry.body_idle_timeout, entry.request_body_timeout)
+    down.received = received
     idle = _IdleWait()
     connections = ctx.drain.connections
     connections.add(idle)

@@ -36,9 +36,11 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.errors import StartError
+from a3s_gateway.protocols.http2 import PREFACE
 from a3s_gateway.routing.request import parse_peer
 from a3s_gateway.server.downstream import ConnInfo
 from a3s_gateway.server.http1_driver import serve_http1
+from a3s_gateway.server.http2_driver import serve_http2
 from a3s_gateway.server.tls import handshake
 from a3s_gateway.streams import RawSocketStream, from_trio
 
@@ -329,7 +331,7 @@ async def _handle(
     if connections is None:
         try:
             if terminator is None:
-                await serve_http1(stream, info, ctx)
+                await _serve_plain(stream, info, entry, ctx)
             else:
                 await _serve_tls(stream, terminator, info, entry, ctx)
         finally:
@@ -340,7 +342,7 @@ async def _handle(
     try:
         with scope:
             if terminator is None:
-                await serve_http1(stream, info, ctx)
+                await _serve_plain(stream, info, entry, ctx)
             else:
                 await _serve_tls(stream, terminator, info, entry, ctx)
     finally:
@@ -355,8 +357,40 @@ async def _serve_tls(
     entry: EntrypointRuntime,
     ctx: ServerContext,
 ) -> None:
-    """The handshake (bounded by ``timeouts.handshake``), then HTTP/1.1 over TLS."""
+    """The handshake (bounded by ``timeouts.handshake``), then HTTP/2 or HTTP/1.1 over TLS,
+    as ALPN agreed (SPEC §5.1)."""
     done = await handshake(stream, terminator, info, entry, ctx.metrics)
     if done is not None:
         tls_stream, tls_info = done
-        await serve_http1(tls_stream, tls_info, ctx)
+        if tls_info.alpn == "h2":
+            await serve_http2(tls_stream, tls_info, ctx)
+        else:
+            await serve_http1(tls_stream, tls_info, ctx)
+
+
+async def _serve_plain(
+    stream: RawSocketStream, info: ConnInfo, entry: EntrypointRuntime, ctx: ServerContext
+) -> None:
+    """A plaintext connection: HTTP/2 by prior knowledge when ``h2c`` is on and the client
+    starts with the HTTP/2 preface, else HTTP/1.1 (SPEC §5.1). The bytes read to tell are
+    handed to the driver chosen; no read happens here without ``h2c``."""
+    if not entry.h2c:
+        await serve_http1(stream, info, ctx)
+        return
+    first = b""
+    with trio.move_on_after(entry.idle_timeout):
+        try:
+            while len(first) < len(PREFACE) and PREFACE.startswith(first):
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                first += data
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            first = b""
+    if not first:
+        stream.close_nowait()
+        return
+    if first.startswith(PREFACE):
+        await serve_http2(stream, info, ctx, received=first)
+    else:
+        await serve_http1(stream, info, ctx, received=first)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.middleware import through
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, ResponseHead
+from a3s_gateway.protocols.grpc import grpc_answer, is_grpc
 from a3s_gateway.protocols.responses import error_response
 from a3s_gateway.server.server_context import DateCache
 
@@ -51,7 +52,10 @@ async def send_generated(down: Downstream, response: GeneratedResponse, *, head_
 
 
 async def answer(down: Downstream, head: RequestHead, response: GeneratedResponse) -> None:
-    """``send_generated`` for the request ``head`` (no body for ``HEAD``)."""
+    """``send_generated`` for the request ``head`` (no body for ``HEAD``); a gRPC call gets
+    the answer as a trailers-only gRPC error (SPEC §5.10)."""
+    if head.http_version == b"2" and is_grpc(head):
+        response = grpc_answer(response)
     await send_generated(down, response, head_only=head.method == b"HEAD")
 
 

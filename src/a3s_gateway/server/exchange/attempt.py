@@ -20,6 +20,7 @@ Must not: choose backends or answer errors (``dispatch.py``), or parse bytes.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -123,7 +124,15 @@ async def _connect(
 class _Attempt:
     """The request half of one attempt, and the release of its upstream exchange."""
 
-    __slots__ = ("_down", "_pump_done", "_pump_error", "_relay", "_service", "_up")
+    __slots__ = (
+        "_down",
+        "_header_timeout",
+        "_pump_done",
+        "_pump_error",
+        "_relay",
+        "_service",
+        "_up",
+    )
 
     def __init__(
         self,
@@ -139,6 +148,9 @@ class _Attempt:
         self._relay = ResponseRelay(ex, up, down, service, extra)
         self._pump_error: BaseException | None = None
         self._pump_done = down.request_complete
+        #: SPEC §5.10: ``response_header_timeout`` does not apply to gRPC (a client-streaming
+        #: call's head comes only after the last message; its deadline bounds the wait).
+        self._header_timeout = math.inf if ex.grpc else service.response_header_timeout
 
     async def run(self, up_head: RequestHead, expect_continue: bool) -> int:
         """Send, wait, relay; the response's status. Releases the upstream on every path (one
@@ -162,7 +174,7 @@ class _Attempt:
             if self._pump_done:
                 # No request body to pump (the common case): no nursery, one scope, made with
                 # its deadline (setting one afterwards costs as much again).
-                deadline = trio.current_time() + self._service.response_header_timeout
+                deadline = trio.current_time() + self._header_timeout
                 timer = relay.timer = trio.CancelScope(deadline=deadline)
                 with timer:
                     response = await relay.response_head()
@@ -221,7 +233,7 @@ class _Attempt:
             wait.cancel()
             return
         self._pump_done = True
-        wait.deadline = trio.current_time() + self._service.response_header_timeout
+        wait.deadline = trio.current_time() + self._header_timeout
 
     async def _send(self, event: BodyChunk | EndOfBody) -> None:
         try:

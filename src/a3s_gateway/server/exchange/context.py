@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.middleware import RequestState
+from a3s_gateway.protocols.grpc import is_grpc
 from a3s_gateway.server.exchange.answer import through_safely
 from a3s_gateway.server.exchange.failures import MiddlewareFailed
 
@@ -50,6 +51,8 @@ class Exchange:
         "down",
         "entry",
         "first",
+        "grpc",
+        "grpc_timeout",
         "head",
         "headers",
         "hold",
@@ -119,6 +122,10 @@ class Exchange:
         self.first = True
         #: The status sent to the client once the exchange ended (0: none completed).
         self.status = 0
+        #: A gRPC call (SPEC §5.10): HTTP/2 with a gRPC content type.
+        self.grpc = head.http_version == b"2" and is_grpc(head)
+        #: Its ``grpc-timeout`` in seconds (0: none); set by ``handle.py``.
+        self.grpc_timeout = 0.0
 
     @property
     def tls(self) -> bool:

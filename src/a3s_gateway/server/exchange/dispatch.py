@@ -20,6 +20,7 @@ import trio
 
 from a3s_gateway.middleware.body_limit import too_large
 from a3s_gateway.middleware.retry import failure_kind
+from a3s_gateway.protocols.events import EndOfBody
 from a3s_gateway.protocols.responses import error_response
 from a3s_gateway.server.downstream import aborted
 from a3s_gateway.server.exchange.answer import INTERNAL_ERROR, answer
@@ -50,6 +51,9 @@ __all__ = ["dispatch"]
 
 log: Final = logging.getLogger("a3s_gateway.exchange")
 
+#: The trailers that end a gRPC call whose deadline passed after its head was sent.
+_DEADLINE_TRAILERS: Final = [(b"grpc-status", b"4"), (b"grpc-message", b"deadline exceeded")]
+
 #: The debug-mode response field naming the failover service that served (SPEC §7.8).
 _SERVED_BY: Final = b"x-a3s-failover"
 
@@ -59,6 +63,8 @@ async def dispatch(ex: Exchange, down: Downstream) -> Failure | None:
     service = ex.service
     assert service is not None  # prepare routed the request
     total = service.total_timeout
+    if ex.grpc_timeout:  # SPEC §5.10: the call's deadline, or total_timeout if earlier
+        total = min(total, ex.grpc_timeout) if total > 0 else ex.grpc_timeout
     if total <= 0:  # no total timeout: no scope (the hot path)
         state = ex.state
         if (
@@ -76,6 +82,9 @@ async def dispatch(ex: Exchange, down: Downstream) -> Failure | None:
         if scope.cancelled_caught:  # the total timeout ends the request: never retried
             ex.record.error = "upstream_timeout"
             if down.response_started:
+                if ex.grpc:  # the call ends with DEADLINE_EXCEEDED in its trailers
+                    await down.send(EndOfBody(trailers=_DEADLINE_TRAILERS))
+                    return None
                 raise aborted(down)
             await answer(down, ex.request, ex.answer(error_response(504)))
             ex.status = 504

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.observability.record import refusal_error
 from a3s_gateway.protocols.events import ProtocolViolation
+from a3s_gateway.protocols.grpc import GrpcTimeoutError, grpc_timeout
 from a3s_gateway.protocols.responses import error_response
 from a3s_gateway.server.downstream import ClientTimeout, aborted
 from a3s_gateway.server.exchange.answer import answer
@@ -45,6 +46,7 @@ from a3s_gateway.server.exchange.retrying import retrying
 if TYPE_CHECKING:
     from a3s_gateway.observability.record import ExchangeRecord
     from a3s_gateway.protocols.events import RequestHead
+    from a3s_gateway.protocols.responses import GeneratedResponse
     from a3s_gateway.server.downstream import ConnInfo, ObservedDownstream
     from a3s_gateway.server.server_context import ServerContext
 
@@ -97,7 +99,7 @@ async def _counted(
     try:
         # The stages, inline: every coroutine frame of the chain is resumed at each wait.
         ex = Exchange(head, down, info, ctx, runtime, entry, record)
-        early = prepare(ex)
+        early = prepare(ex) if not ex.grpc else _grpc_prepare(ex)
         if early is not None:
             await answer(down, head, early)
         elif not ex.chain:
@@ -118,6 +120,17 @@ async def _counted(
         await answer(down, head, error_response(violation.status, text, close=True))
     finally:
         ctx.active_requests[name] -= 1
+
+
+def _grpc_prepare(ex: Exchange) -> GeneratedResponse | None:
+    """``prepare`` for a gRPC call, after its ``grpc-timeout`` was read (SPEC §5.10: a
+    malformed one is answered ``grpc-status 13``)."""
+    try:
+        ex.grpc_timeout = grpc_timeout(ex.head) or 0.0
+    except GrpcTimeoutError:
+        ex.record.error = "bad_request"
+        return error_response(400, "invalid grpc-timeout")
+    return prepare(ex)
 
 
 async def _chained(ex: Exchange) -> None:

@@ -65,6 +65,7 @@ def end_cause(error: BaseException) -> str:
 def finish(record: ExchangeRecord, down: ObservedDownstream, ctx: ServerContext) -> None:
     """Complete ``record`` from what crossed the downstream and hand it to the observer."""
     record.status = down.status
+    record.grpc_status = down.grpc_status
     record.head_sent = down.head_sent
     record.request_bytes = down.received_bytes
     record.response_bytes = down.sent_bytes
@@ -95,7 +96,10 @@ def outcome(ex: Exchange, service: ServiceRuntime, backend: Backend, status: int
     if outliers is None:
         return
     skipped = outliers.skipped_ejections
-    transition = outliers.record(backend, error=outliers.is_error(status), now=trio.current_time())
+    # A gRPC call's verdict is in its trailers (SPEC §5.10): the grpc-status the client got.
+    grpc_status = ex.down.grpc_status if ex.grpc and ex.down.grpc_status >= 0 else None
+    error = outliers.is_error(status, grpc_status)
+    transition = outliers.record(backend, error=error, now=trio.current_time())
     if outliers.skipped_ejections != skipped:  # max_ejection_percent refused an ejection
         ctx.metrics.passive_ejection(service.name, backend.url.text, skipped=True)
     if transition is not None:

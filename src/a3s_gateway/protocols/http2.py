@@ -1,0 +1,519 @@
+"""``Http2Server``: the HTTP/2 server adapter over ``h2`` (SPEC §5.8), sans-IO.
+
+Ring 0: no trio, sockets, TLS, clocks or logging; time arrives as ``now`` arguments. ``h2``
+parses and validates every frame and header block (RFC 9113 §8: pseudo-headers, connection-
+specific fields, upper-case names, ``te``, ``:authority`` against ``Host``, ``content-length``
+against the DATA received, flow-control windows, the HPACK table and the header-list size);
+this adapter only translates between its events and the protocol-neutral ones of
+``events.py`` and adds the gateway's own limits on top. Two of h2's answers are connection
+errors where RFC 9113 wants stream errors, so the adapter gives them itself: a malformed
+request header block (h2's validation, run per stream: a ``400`` then ``PROTOCOL_ERROR``) and
+a stream over ``max_concurrent_streams`` (``REFUSED_STREAM``). A ``content-length`` that is
+not digits or disagrees with the DATA stays h2's connection error.
+
+- **Floods** (SPEC §5.8 "Abuse protection"): more than ``max_resets_per_second`` streams the
+  client cancels within one second (rapid reset, CVE-2023-44487), or more than
+  ``max_control_frames`` control frames (SETTINGS, PING, PRIORITY, WINDOW_UPDATE, empty DATA)
+  within 10 s, end the connection with GOAWAY ``ENHANCE_YOUR_CALM``. CONTINUATION floods are
+  bounded by ``h2`` itself (at most 64 CONTINUATION frames per header block, each at most
+  ``max_frame_size``, and the decoded list at most ``max_header_list_size``).
+- **Graceful GOAWAY** (``goaway``): ``h2`` refuses to send anything once it sent a GOAWAY, so
+  the drain's GOAWAY frames are serialised here with ``hyperframe`` (``h2``'s own framing
+  library) without telling ``h2``; streams the client opens above the announced last stream id
+  are refused with ``REFUSED_STREAM``.
+
+Events out of ``receive`` are ``RequestHead`` (``http_version`` ``b"2"``, ``:authority`` as the
+routing authority and as a ``host`` line, cookies joined with ``"; "``), ``BodyChunk`` and
+``EndOfBody`` (request trailers are dropped, as on HTTP/1.1), all with their ``stream_id``;
+plus ``StreamCancelled`` (the client reset a stream), ``WindowOpened`` (send credit grew; 0 is
+the connection), ``PeerGoAway`` and ``PingAcked``. ``receive`` raises ``Http2Error`` for a
+connection error (the GOAWAY to send is already queued).
+
+Flow control: received DATA is acknowledged only through ``acknowledge`` (after the upstream
+took the bytes, or when a stream's rest is discarded), so a client can never have more in
+flight than the windows: ``initial_window_size`` per stream, ``connection_window_size`` in all.
+
+Must not: do I/O, read a clock, or decide anything about routing or proxying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import h2.utilities
+from hyperframe.frame import GoAwayFrame, PingFrame
+
+from a3s_gateway.protocols.events import BodyChunk, EndOfBody, RequestHead
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from a3s_gateway.protocols.events import Informational, ResponseHead
+    from a3s_gateway.protocols.headers import Headers
+
+__all__ = [
+    "CONNECTION_SPECIFIC",
+    "PREFACE",
+    "ErrorCode",
+    "Http2Error",
+    "Http2Event",
+    "Http2Limits",
+    "Http2Server",
+    "PeerGoAway",
+    "PingAcked",
+    "StreamCancelled",
+    "WindowOpened",
+]
+
+#: The client connection preface (RFC 9113 §3.4): HTTP/2 by prior knowledge starts with it.
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+#: RFC 9113 §8.2.2: fields an HTTP/2 message must not carry (``te`` is kept as ``trailers``).
+CONNECTION_SPECIFIC: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+#: The window over which control frames are counted (SPEC §5.8).
+_CONTROL_WINDOW: Final = 10.0
+#: The largest stream id (2³¹−1): the first GOAWAY of a graceful drain announces it.
+MAX_STREAM_ID: Final = 2**31 - 1
+#: The PING payload of a drain's first GOAWAY: its ACK says the client saw the GOAWAY.
+DRAIN_PING: Final = b"a3sdrain"
+
+ErrorCode = h2.errors.ErrorCodes
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Limits:
+    """An entrypoint's ``http2 {}`` block (SPEC §3.7) and the flood limits."""
+
+    max_concurrent_streams: int = 100
+    initial_window_size: int = 65535
+    connection_window_size: int = 1048576
+    max_frame_size: int = 16384
+    max_header_list_size: int = 32768
+    max_resets_per_second: int = 200
+    max_control_frames: int = 10000
+
+
+class Http2Error(Exception):
+    """A connection error: ``code`` went out in a GOAWAY (queued in ``data_to_send``);
+    ``reason`` is a short fixed text for logs and metrics (``rapid_reset``, ``control_flood``,
+    ``protocol_error``)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{reason} ({code})")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCancelled:
+    """The client reset ``stream_id`` (RST_STREAM); its exchange must stop."""
+
+    stream_id: int
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpened:
+    """The client granted send credit on ``stream_id`` (0: the whole connection)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGoAway:
+    """The client sent GOAWAY: no new streams; ``code`` non-zero means an error."""
+
+    code: int
+    last_stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingAcked:
+    """The client acknowledged our PING (``payload``)."""
+
+    payload: bytes
+
+
+Http2Event: TypeAlias = (
+    RequestHead | BodyChunk | EndOfBody | StreamCancelled | WindowOpened | PeerGoAway | PingAcked
+)
+
+_END: Final = EndOfBody()
+
+
+class _Window:
+    """Counts events within a fixed window of ``length`` seconds."""
+
+    __slots__ = ("count", "length", "start")
+
+    def __init__(self, length: float) -> None:
+        self.length = length
+        self.start = -1e18
+        self.count = 0
+
+    def add(self, now: float, n: int = 1) -> int:
+        if now - self.start >= self.length:
+            self.start = now
+            self.count = 0
+        self.count += n
+        return self.count
+
+
+class Http2Server:
+    """One HTTP/2 server connection (see the module docstring)."""
+
+    __slots__ = (
+        "_conn",
+        "_controls",
+        "_extra",
+        "_limits",
+        "_live",
+        "_now",
+        "_refuse_above",
+        "_resets",
+        "closed",
+        "highest_stream",
+    )
+
+    def __init__(self, limits: Http2Limits) -> None:
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            # A malformed request is a stream error (RFC 9113 §8.1.1, SPEC §5.3), but h2's
+            # inbound validation ends the whole connection: ``_request`` runs the same
+            # validation per stream instead.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=True,
+            validate_outbound_headers=True,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config=config)
+        conn.local_settings = _settings(limits, limits.max_concurrent_streams)
+        # h2 applies the header-list limit once the client acknowledged our SETTINGS; the
+        # client's first header block may come before that, so the decoder gets it now.
+        conn.decoder.max_header_list_size = limits.max_header_list_size
+        conn.max_inbound_frame_size = limits.max_frame_size
+        self._conn = conn
+        self._limits = limits
+        self._resets = _Window(1.0)
+        self._now = 0.0
+        self._controls = _Window(_CONTROL_WINDOW)
+        #: Frames serialised here rather than by h2 (the drain's GOAWAYs and PING).
+        self._extra: list[bytes] = []
+        #: Streams above this id are refused (after a graceful GOAWAY announced it).
+        self._refuse_above = MAX_STREAM_ID
+        #: Streams accepted that may still be open (``_at_stream_limit``).
+        self._live: set[int] = set()
+        #: The highest stream id accepted (a request handed out).
+        self.highest_stream = 0
+        #: A connection error went out (or the client's GOAWAY arrived): no more streams.
+        self.closed = False
+
+    # -- start -----------------------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Queue the server preface (SETTINGS) and the connection window's increase."""
+        self._conn.initiate_connection()
+        self._started()
+
+    def initiate_upgrade(self, settings: bytes) -> None:
+        """After a ``101`` for ``Upgrade: h2c`` (``settings``: the decoded ``HTTP2-Settings``):
+        stream 1 is the upgraded request, half-closed by the client (RFC 9113 §3.2, 7540)."""
+        self._conn.initiate_upgrade_connection(settings)
+        self._started()
+        self.highest_stream = 1
+
+    def _started(self) -> None:
+        """The SETTINGS frame went out: h2 is told a stream limit no client reaches, since
+        it treats a stream over its limit as a connection error, where RFC 9113 §5.1.2 allows
+        and SPEC §5.8 wants ``REFUSED_STREAM`` for that stream alone (``_request`` refuses).
+        A client may open more than the limit before it saw our SETTINGS."""
+        self._conn.local_settings = _settings(self._limits, MAX_STREAM_ID)
+        self._open_connection_window()
+
+    def _open_connection_window(self) -> None:
+        extra = self._limits.connection_window_size - 65535
+        if extra > 0:
+            self._conn.increment_flow_control_window(extra)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> list[Http2Event]:
+        """The events of ``data`` read from the client. Raises ``Http2Error`` when the
+        connection must end (a protocol error or a flood; the GOAWAY is queued)."""
+        self._now = now
+        try:
+            events = self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            self.closed = True
+            code = int(getattr(error, "error_code", ErrorCode.PROTOCOL_ERROR))
+            raise Http2Error(code, "protocol_error") from None
+        out: list[Http2Event] = []
+        controls = 0
+        for event in events:
+            controls += self._translate(event, out)
+        if controls and self._controls.add(now, controls) > self._limits.max_control_frames:
+            raise self._calm("control_flood")
+        return out
+
+    def _translate(self, event: h2.events.Event, out: list[Http2Event]) -> int:  # noqa: C901, PLR0912 -- one flat dispatch over h2's event types
+        """Append the translation of one h2 event to ``out``; 1 if it was a control frame."""
+        if isinstance(event, h2.events.DataReceived):
+            stream_id = event.stream_id
+            data = event.data
+            padding = event.flow_controlled_length - len(data)
+            if padding > 0:  # padding carries nothing to forward: acknowledge it at once
+                self._conn.acknowledge_received_data(padding, stream_id)
+            if data:
+                out.append(BodyChunk(data, stream_id))
+                return 0
+            return 0 if event.stream_ended is not None else 1
+        if isinstance(event, h2.events.RequestReceived):
+            self._request(event, out)
+        elif isinstance(event, h2.events.StreamEnded):
+            out.append(EndOfBody(stream_id=event.stream_id))
+        elif isinstance(event, h2.events.TrailersReceived):
+            if event.stream_ended is None:  # trailers always end a stream; h2 says so
+                return 0
+        elif isinstance(event, h2.events.StreamReset):
+            out.append(StreamCancelled(event.stream_id, int(event.error_code or 0)))
+            if event.remote_reset:
+                self._count_reset()
+        elif isinstance(event, h2.events.WindowUpdated):
+            out.append(WindowOpened(event.stream_id or 0))
+            return 1
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                out.append(WindowOpened(0))  # every stream's send window changed
+            return 1
+        elif isinstance(event, h2.events.PingAckReceived):
+            out.append(PingAcked(bytes(event.ping_data or b"")))
+            return 1
+        elif isinstance(
+            event,
+            h2.events.PingReceived | h2.events.PriorityUpdated | h2.events.SettingsAcknowledged,
+        ):
+            return 1
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.closed = True
+            out.append(PeerGoAway(int(event.error_code or 0), int(event.last_stream_id or 0)))
+        return 0
+
+    def _count_reset(self) -> None:
+        # Called from _translate: raising here ends the whole receive with the GOAWAY queued.
+        if self._resets.add(self._now) > self._limits.max_resets_per_second:
+            raise self._calm("rapid_reset")
+
+    def _request(self, event: h2.events.RequestReceived, out: list[Http2Event]) -> None:
+        stream_id = event.stream_id
+        conn = self._conn
+        if stream_id > self._refuse_above or self.closed or self._at_stream_limit():
+            conn.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
+            return
+        fields = event.headers or []
+        ended = event.stream_ended is not None
+        head = request_head(fields, stream_id, ended=ended) if _valid(fields) else None
+        if head is None:  # malformed, or a CONNECT without :path (no tunnels over HTTP/2)
+            # SPEC §5.3: a 400 while headers can still be sent, then the stream error.
+            conn.send_headers(stream_id, _BAD_REQUEST, end_stream=True)
+            if not ended:
+                conn.reset_stream(stream_id, ErrorCode.PROTOCOL_ERROR)
+            return
+        self.highest_stream = max(self.highest_stream, stream_id)
+        self._live.add(stream_id)
+        out.append(head)
+
+    def _at_stream_limit(self) -> bool:
+        """Whether the streams accepted and not closed yet fill ``max_concurrent_streams``
+        (counted in the order the client opened them, which h2's count after a whole read
+        is not); closed ones are forgotten only when the set is full."""
+        live = self._live
+        limit = self._limits.max_concurrent_streams
+        if len(live) >= limit:
+            streams = self._conn.streams
+            live.intersection_update([i for i in live if i in streams and not streams[i].closed])
+        return len(live) >= limit
+
+    def _calm(self, reason: str) -> Http2Error:
+        """End the connection: GOAWAY ``ENHANCE_YOUR_CALM`` (SPEC §5.8)."""
+        self.closed = True
+        self._conn.close_connection(ErrorCode.ENHANCE_YOUR_CALM)
+        return Http2Error(ErrorCode.ENHANCE_YOUR_CALM, reason)
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def acknowledge(self, stream_id: int, nbytes: int) -> None:
+        """``nbytes`` of ``stream_id``'s DATA were handed on (or discarded): the client may
+        send as much again (a WINDOW_UPDATE once enough accumulated; h2 decides)."""
+        if nbytes <= 0 or self.closed:
+            return
+        try:
+            self._conn.acknowledge_received_data(nbytes, stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            # The stream is gone: the connection window is what matters, and h2 gives it
+            # back for closed streams too; a closed connection needs nothing.
+            return
+
+    def send_window(self, stream_id: int) -> int:
+        """How many DATA bytes ``stream_id`` may send now (0 when closed or blocked)."""
+        try:
+            return self._conn.local_flow_control_window(stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return 0
+
+    @property
+    def max_frame(self) -> int:
+        """The largest DATA payload the client accepts in one frame."""
+        return self._conn.max_outbound_frame_size
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send_head(self, head: ResponseHead | Informational, stream_id: int, *, end: bool) -> None:
+        """A response head (or a 1xx) on ``stream_id``; ``end``: nothing follows (no body)."""
+        fields: list[tuple[bytes, bytes]] = [(b":status", str(head.status).encode())]
+        fields.extend(line for line in head.headers if line[0] not in CONNECTION_SPECIFIC)
+        self._conn.send_headers(stream_id, fields, end_stream=end)
+
+    def send_data(self, stream_id: int, data: bytes, *, end: bool) -> None:
+        """``data`` on ``stream_id``, within its window (``send_window``) and ``max_frame``
+        (the caller splits)."""
+        self._conn.send_data(stream_id, data, end_stream=end)
+
+    def send_end(self, stream_id: int, trailers: Headers) -> None:
+        """End ``stream_id``'s response: trailers in a HEADERS frame, or an empty DATA."""
+        if trailers:
+            lines = [line for line in trailers if line[0] not in CONNECTION_SPECIFIC]
+            self._conn.send_headers(stream_id, lines, end_stream=True)
+        else:
+            self._conn.end_stream(stream_id)
+
+    def reset(self, stream_id: int, code: int = ErrorCode.INTERNAL_ERROR) -> None:
+        """RST_STREAM ``stream_id`` (an exchange aborted, or cancelled by us); no-op when the
+        stream is already closed."""
+        if self.closed:
+            return
+        try:
+            self._conn.reset_stream(stream_id, code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return
+
+    def goaway(self, last_stream_id: int, code: int = ErrorCode.NO_ERROR) -> None:
+        """Queue a graceful GOAWAY announcing ``last_stream_id`` (streams above it are then
+        refused); the connection goes on serving the streams at or below it."""
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = code
+        self._extra.append(frame.serialize())
+        self._refuse_above = min(self._refuse_above, last_stream_id)
+
+    def ping(self, payload: bytes = DRAIN_PING) -> None:
+        """Queue a PING (8 bytes of ``payload``); its ACK arrives as ``PingAcked``."""
+        frame = PingFrame(0)
+        frame.opaque_data = payload[:8].ljust(8, b"\0")
+        self._extra.append(frame.serialize())
+
+    def close(self, code: int = ErrorCode.NO_ERROR) -> None:
+        """Queue h2's final GOAWAY (last stream id: the highest processed); nothing after."""
+        if not self.closed:
+            self.closed = True
+            self._conn.close_connection(code)
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the client, in order (our own frames go first: a GOAWAY
+        must not wait behind DATA)."""
+        data = self._conn.data_to_send()
+        if self._extra:
+            data = b"".join(self._extra) + data
+            self._extra.clear()
+        return data
+
+    @property
+    def open_streams(self) -> int:
+        """Streams the client opened that are not closed yet (h2's count)."""
+        return self._conn.open_inbound_streams
+
+
+def _settings(limits: Http2Limits, max_streams: int) -> h2.settings.Settings:
+    """Our SETTINGS (SPEC §5.8), in force at once (h2 sends them with the preface)."""
+    return h2.settings.Settings(
+        client=False,
+        initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+            h2.settings.SettingCodes.HEADER_TABLE_SIZE: 4096,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+        },
+    )
+
+
+#: How h2 validates a request's header block (we are the server: ``is_client`` is false).
+_REQUEST_FLAGS: Final = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+_BAD_REQUEST: Final = [(b":status", b"400"), (b"content-length", b"0")]
+
+
+def _valid(fields: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's header block is well-formed (RFC 9113 §8.1.1-8.3: pseudo-header
+    fields, connection-specific fields, ``te``, names, ``:authority`` against ``host``), by
+    h2's own validation."""
+    try:
+        for _ in h2.utilities.validate_headers(fields, _REQUEST_FLAGS):
+            pass
+    except h2.exceptions.ProtocolError:
+        return False
+    return True
+
+
+def request_head(
+    fields: Sequence[tuple[bytes, bytes]], stream_id: int, *, ended: bool
+) -> RequestHead | None:
+    """The ``RequestHead`` of a validated HTTP/2 header block; None for a CONNECT (the
+    gateway proxies no tunnels over HTTP/2 yet)."""
+    method = path = authority = b""
+    headers: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    host = b""
+    for name, value in fields:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+        elif name == b"cookie":
+            cookies.append(value)
+        else:
+            if name == b"host":
+                host = value
+                continue
+            headers.append((name, value))
+    if not path:
+        return None
+    authority = authority or host
+    if cookies:  # RFC 9113 §8.2.3: joined for an HTTP/1.1 hop
+        headers.append((b"cookie", b"; ".join(cookies)))
+    headers.insert(0, (b"host", authority))
+    return RequestHead(
+        method=method,
+        target=path,
+        authority=authority,
+        headers=headers,
+        http_version=b"2",
+        has_body=not ended,
+        stream_id=stream_id,
+    )
