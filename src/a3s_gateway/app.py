@@ -81,6 +81,7 @@ from a3s_gateway.server.server_context import ServerContext
 from a3s_gateway.server.tls import TlsStore
 from a3s_gateway.services.health import HealthBoard
 from a3s_gateway.state import GatewayState, HealthSnapshot, ReloadStatus
+from a3s_gateway.upstream.http2_pool import Http2Pool
 from a3s_gateway.upstream.pool import UpstreamPool
 from a3s_gateway.version import __version__
 
@@ -364,6 +365,7 @@ class Gateway:
     async def _run(self, runtime: RuntimeConfig, task_status: trio.TaskStatus[None]) -> None:
         """The nursery tree of DESIGN.md §3.3: root ⊃ pool, handlers ⊃ acceptors."""
         pool = UpstreamPool(adapter_factory=self._upstream_engine)
+        h2pool = Http2Pool()
         if self._board is not None:
             apply_board(self._board, runtime)
         otlp = self._otlp = _otlp_exporter(self._config.observability)
@@ -374,10 +376,11 @@ class Gateway:
         async with trio.open_nursery() as root:
             # Made here so that its background (mirror copies) is the root nursery from the
             # start: a field that is never None and never replaced.
-            ctx = self._context = ServerContext(runtime, pool, background=root)
+            ctx = self._context = ServerContext(runtime, pool, background=root, h2pool=h2pool)
             ctx.metrics = self._metrics
             ctx.observer = observer
             await root.start(pool.run)
+            await root.start(h2pool.run)
             await root.start(self._outbound.run)
             await root.start(self._access_log.run)
             await root.start(self._tls.run)
@@ -395,6 +398,7 @@ class Gateway:
             with trio.move_on_after(_POOL_CLOSE_GRACE) as cleanup:
                 cleanup.shield = True
                 await pool.aclose()
+                await h2pool.aclose()
                 await self._outbound.aclose()
                 await self._access_log.aclose()
             if otlp is not None:

@@ -19,6 +19,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Final, Protocol, TypeVarTuple
 
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
+from a3s_gateway.upstream.http2_pool import Http2Pool
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -136,6 +137,7 @@ class ServerContext:
         "dates",
         "drain",
         "failover_requests",
+        "h2pool",
         "metrics",
         "observer",
         "pool",
@@ -148,10 +150,17 @@ class ServerContext:
     )
 
     def __init__(
-        self, runtime: RuntimeConfig, pool: UpstreamPool, background: Background = NOT_SERVING
+        self,
+        runtime: RuntimeConfig,
+        pool: UpstreamPool,
+        background: Background = NOT_SERVING,
+        h2pool: Http2Pool | None = None,
     ) -> None:
         self.runtime = runtime
         self.pool = pool
+        #: HTTP/2 connections to backends (``h2c://`` servers, gRPC calls); a context built
+        #: without one (a test's) gets a pool that was never started, which refuses streams.
+        self.h2pool: Final = h2pool if h2pool is not None else Http2Pool()
         self.drain = Drain()
         self.dates = DateCache()
         self.active_connections: dict[str, int] = {}

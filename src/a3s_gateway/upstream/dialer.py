@@ -23,6 +23,11 @@ connection); if the changed files do not load, the previous context stays in use
 ``ConnectFailed("tls", detail)`` whose ``detail`` says why in OpenSSL's words, e.g.
 ``TLS handshake failed: certificate verify failed: unable to get local issuer certificate``.
 
+HTTP/2 (``dial_h2``, the dialer of ``upstream/http2_pool.py``): plaintext peers get the TCP
+stream as it is (h2c with prior knowledge, SPEC §5.7); TLS peers offer ALPN ``h2``, ``http/1.1``
+(``H2_ALPN``; contexts are kept per identity *and* ALPN list) and must agree on ``h2``, else
+``ConnectFailed("tls", "backend did not negotiate h2")``.
+
 Must not: take a timeout argument, retry (retries across backends belong to §7.8 in the exchange),
 log, or read the wall clock.
 """
@@ -42,7 +47,17 @@ from a3s_gateway.streams import from_trio
 from a3s_gateway.upstream.connect_errors import ConnectFailed
 from a3s_gateway.upstream.peer import Peer, TlsIdentity
 
-__all__ = ["CONTEXTS", "Dialer", "TlsContexts", "build_context", "connect_reason", "dial"]
+__all__ = [
+    "ALPN",
+    "CONTEXTS",
+    "H2_ALPN",
+    "Dialer",
+    "TlsContexts",
+    "build_context",
+    "connect_reason",
+    "dial",
+    "dial_h2",
+]
 
 #: What the pool calls to open a stream; tests inject memory streams through it.
 Dialer: TypeAlias = Callable[[Peer], Awaitable[trio.abc.Stream]]
@@ -55,13 +70,18 @@ _UNREACHABLE: Final = frozenset(
 )
 #: ALPN offered to TLS backends: only what the upstream client speaks (SPEC §5.7).
 ALPN: Final = ("http/1.1",)
+#: ALPN offered by the HTTP/2 pool (``dial_h2``); anything but ``h2`` agreed fails the dial.
+H2_ALPN: Final = ("h2", "http/1.1")
 
 
-async def dial(peer: Peer, *, context: ssl.SSLContext | None = None) -> trio.abc.Stream:
+async def dial(
+    peer: Peer, *, context: ssl.SSLContext | None = None, alpn: tuple[str, ...] = ALPN
+) -> trio.abc.Stream:
     """Open a connection to ``peer``: TCP, then for TLS peers the handshake; a checkpoint; the
     caller closes the stream.
 
-    ``context`` replaces the identity's shared context (tests, callers with their own trust).
+    ``context`` replaces the identity's shared context (tests, callers with their own trust);
+    ``alpn`` chooses the shared context offering those protocols.
     Raises ``ConnectFailed``: ``reason`` from ``connect_reason`` for any ``OSError`` of the
     connect, ``"tls"`` (with ``detail``) when the TLS context cannot be built or the handshake
     fails.
@@ -74,11 +94,21 @@ async def dial(peer: Peer, *, context: ssl.SSLContext | None = None) -> trio.abc
         return stream
     try:
         if context is None:
-            context = await CONTEXTS.get(peer.identity)
+            context = await CONTEXTS.get(peer.identity, alpn)
         return await handshake(stream, context, peer.server_name)
     except BaseException:
         stream.close_nowait()  # a socket: closes at once, even when cancelled
         raise
+
+
+async def dial_h2(peer: Peer, *, context: ssl.SSLContext | None = None) -> trio.abc.Stream:
+    """``dial`` for HTTP/2: TLS peers offer ``H2_ALPN`` and must agree on ``h2`` (see the module
+    docstring); the stream is closed on any failure. Raises ``ConnectFailed``."""
+    stream = await dial(peer, context=context, alpn=H2_ALPN)
+    if isinstance(stream, trio.SSLStream) and stream.selected_alpn_protocol() != "h2":
+        await trio.aclose_forcefully(stream)
+        raise ConnectFailed("tls", "backend did not negotiate h2")
+    return stream
 
 
 async def handshake(
@@ -149,9 +179,9 @@ def _classify(error: BaseException) -> str:
 # -- TLS contexts ---------------------------------------------------------------------------
 
 
-def build_context(identity: TlsIdentity) -> ssl.SSLContext:
-    """A client context for ``identity`` (blocking: reads files). Raises ``OSError`` or
-    ``ssl.SSLError`` when a file cannot be read or does not hold what it should.
+def build_context(identity: TlsIdentity, alpn: tuple[str, ...] = ALPN) -> ssl.SSLContext:
+    """A client context for ``identity`` offering ``alpn`` (blocking: reads files). Raises
+    ``OSError`` or ``ssl.SSLError`` when a file cannot be read or does not hold what it should.
 
     Verifying: the system store, or only ``ca_file`` when set; host names checked; TLS ≥ 1.2
     (``create_default_context``). Not verifying: no certificate or name checks at all.
@@ -165,7 +195,7 @@ def build_context(identity: TlsIdentity) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_NONE
     if identity.cert_file:
         context.load_cert_chain(identity.cert_file, identity.key_file or None)
-    context.set_alpn_protocols(list(ALPN))
+    context.set_alpn_protocols(list(alpn))
     return context
 
 
@@ -184,29 +214,31 @@ def _stamp(identity: TlsIdentity) -> _Stamp:
 
 
 class TlsContexts:
-    """``ssl.SSLContext`` per ``TlsIdentity``: built on first use, shared, rebuilt when a file
-    of the identity changed (see the module docstring)."""
+    """``ssl.SSLContext`` per ``TlsIdentity`` and ALPN list: built on first use, shared, rebuilt
+    when a file of the identity changed (see the module docstring)."""
 
     __slots__ = ("_built",)
 
     def __init__(self) -> None:
-        self._built: dict[TlsIdentity, tuple[_Stamp, ssl.SSLContext]] = {}
+        self._built: dict[tuple[TlsIdentity, tuple[str, ...]], tuple[_Stamp, ssl.SSLContext]] = {}
 
-    async def get(self, identity: TlsIdentity) -> ssl.SSLContext:
-        """The context of ``identity``; a checkpoint only when it must be (re)built, in a worker
-        thread. Raises ``ConnectFailed("tls", detail)`` when it cannot be built and there is no
-        previous one."""
+    async def get(self, identity: TlsIdentity, alpn: tuple[str, ...] = ALPN) -> ssl.SSLContext:
+        """The context of ``identity`` offering ``alpn``; a checkpoint only when it must be
+        (re)built, in a worker thread. Raises ``ConnectFailed("tls", detail)`` when it cannot be
+        built and there is no previous one."""
         stamp = _stamp(identity)
-        known = self._built.get(identity)
+        known = self._built.get((identity, alpn))
         if known is not None and known[0] == stamp:
             return known[1]
         try:
-            context = await trio.to_thread.run_sync(build_context, identity, abandon_on_cancel=True)
+            context = await trio.to_thread.run_sync(
+                build_context, identity, alpn, abandon_on_cancel=True
+            )
         except (OSError, ssl.SSLError, ValueError) as error:
             if known is not None:  # a file being replaced: keep what worked
                 return known[1]
             raise ConnectFailed("tls", f"TLS settings unusable: {error}") from error
-        self._built[identity] = (stamp, context)
+        self._built[(identity, alpn)] = (stamp, context)
         return context
 
     def __len__(self) -> int:

@@ -25,19 +25,21 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Informational
+from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Informational, RequestHead
+from a3s_gateway.protocols.grpc import encode_timeout
 from a3s_gateway.server.exchange.failures import AbortResponse, ConnectError, UpstreamFailure
 from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.exchange.relay import ResponseRelay
 from a3s_gateway.upstream.connect_errors import ConnectFailed, PoolClosed
 from a3s_gateway.upstream.http1_upstream import Http1Upstream
+from a3s_gateway.upstream.http2_upstream import Http2Upstream
 from a3s_gateway.upstream.pool import AcquireProgress, AcquireStage
 from a3s_gateway.upstream.seam import UpstreamGone
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from a3s_gateway.protocols.events import RequestHead, ResponseHead
+    from a3s_gateway.protocols.events import ResponseHead
     from a3s_gateway.protocols.headers import HeaderLine
     from a3s_gateway.runtime.compile import ServiceRuntime
     from a3s_gateway.server.downstream import Downstream
@@ -74,9 +76,18 @@ async def forward(
     peer = service.peers[backend.index]
     head = ex.request
     up_head = upstream_head(head, ex.target, ex.headers, service, backend, ex.host)
-    # The hot path: an idle pooled connection needs no connect deadline and no checkpoint.
-    conn = ctx.pool.try_reuse(peer, service.pool)
-    up = Http1Upstream(conn, ctx.pool) if conn is not None else await _connect(ctx, service, peer)
+    http2 = ex.grpc or peer.scheme == "h2c"  # SPEC §5.7 "Protocol": gRPC always HTTP/2
+    if http2:
+        if ex.grpc_timeout:
+            up_head = _grpc_deadline(up_head, ex)
+        up = await _connect(ctx, service, peer, http2=True)
+    else:
+        # The hot path: an idle pooled connection needs no connect deadline and no checkpoint.
+        conn = ctx.pool.try_reuse(peer, service.pool)
+        if conn is not None:
+            up = Http1Upstream(conn, ctx.pool)
+        else:
+            up = await _connect(ctx, service, peer)
     try:
         return await _Attempt(ex, up, down, service, extra).run(up_head, head.expect_continue)
     except UpstreamFailure as failure:
@@ -84,13 +95,33 @@ async def forward(
             raise
     ctx.stale_retries += 1
     ctx.metrics.stale_retry(service.name, backend.url.text)
-    up = await _connect(ctx, service, peer, fresh=True)
+    up = await _connect(ctx, service, peer, fresh=True, http2=http2)
     return await _Attempt(ex, up, down, service, extra).run(up_head, head.expect_continue)
+
+
+def _grpc_deadline(head: RequestHead, ex: Exchange) -> RequestHead:
+    """``head`` with ``grpc-timeout`` reduced by the time the call already spent here
+    (SPEC §5.10)."""
+    left = ex.grpc_timeout - (trio.current_time() - ex.record.started)
+    value = encode_timeout(max(left, 1e-9))
+    fields = [line for line in head.headers if line[0] != b"grpc-timeout"]
+    fields.append((b"grpc-timeout", value))
+    return RequestHead(
+        method=head.method,
+        target=head.target,
+        authority=head.authority,
+        headers=fields,
+        http_version=head.http_version,
+        has_body=head.has_body,
+    )
 
 
 def _stale(up: Upstream, failure: UpstreamFailure, head: RequestHead, down: Downstream) -> bool:
     """SPEC §5.7 "Stale reuse": may this failure be a keep-alive connection the backend had
-    already closed, with nothing lost by sending the request again?"""
+    already closed, with nothing lost by sending the request again? An HTTP/2 stream the
+    backend refused or never processed (RFC 9113 §8.7) may be, whatever the method."""
+    if isinstance(up, Http2Upstream) and up.unprocessed:
+        return not head.has_body and not down.response_started
     return (
         up.reused
         and failure.status == 502
@@ -102,13 +133,21 @@ def _stale(up: Upstream, failure: UpstreamFailure, head: RequestHead, down: Down
 
 
 async def _connect(
-    ctx: ServerContext, service: ServiceRuntime, peer: Peer, *, fresh: bool = False
+    ctx: ServerContext,
+    service: ServiceRuntime,
+    peer: Peer,
+    *,
+    fresh: bool = False,
+    http2: bool = False,
 ) -> Upstream:
     """A new (or, waiting at the pool's limit, a released) connection within
-    ``connect_timeout``; the connection's protocol gives the ``Upstream`` (HTTP/1.1 today)."""
+    ``connect_timeout``, as an ``Upstream``: an HTTP/1.1 exchange, or a stream on a pooled
+    HTTP/2 connection (``http2``: an ``h2c://`` server, or any gRPC call)."""
     progress = AcquireProgress()
     with trio.move_on_after(service.connect_timeout):
         try:
+            if http2:
+                return await ctx.h2pool.open_stream(peer, service.pool, progress)
             conn = await ctx.pool.acquire(peer, service.pool, progress, fresh=fresh)
         except ConnectFailed as error:
             raise ConnectError(502, str(error), error.reason) from error
@@ -126,6 +165,7 @@ class _Attempt:
 
     __slots__ = (
         "_down",
+        "_duplex",
         "_header_timeout",
         "_pump_done",
         "_pump_error",
@@ -151,11 +191,14 @@ class _Attempt:
         #: SPEC §5.10: ``response_header_timeout`` does not apply to gRPC (a client-streaming
         #: call's head comes only after the last message; its deadline bounds the wait).
         self._header_timeout = math.inf if ex.grpc else service.response_header_timeout
+        #: The request body streams on while the response is relayed (gRPC).
+        self._duplex = ex.grpc
 
     async def run(self, up_head: RequestHead, expect_continue: bool) -> int:
         """Send, wait, relay; the response's status. Releases the upstream on every path (one
         coroutine frame: every frame of the chain is resumed at each of the attempt's waits)."""
         down, relay = self._down, self._relay
+        response: ResponseHead | None = None
         try:
             body = None if self._pump_done else down.take_buffered_body()
             try:
@@ -179,6 +222,8 @@ class _Attempt:
                 with timer:
                     response = await relay.response_head()
                     await relay.relay(response, request_sent=True)
+            elif self._duplex:
+                response = await self._duplex_phase()
             else:
                 response = await self._request_phase()
                 timer = relay.timer = trio.CancelScope()
@@ -190,7 +235,31 @@ class _Attempt:
             if not relay.in_body:
                 raise UpstreamFailure(504, "response header timeout")
             raise AbortResponse("upstream body idle timeout")
+        assert response is not None  # the duplex phase returns None only when timed out
         return response.status
+
+    async def _duplex_phase(self) -> ResponseHead | None:
+        """A gRPC call (SPEC §5.10): the request body keeps streaming upstream while the
+        response is relayed, both directions at once, each half-closing on its own; the
+        attempt ends with the response. None when the relay's timer ran out."""
+        relay = self._relay
+        response: ResponseHead | None = None
+        failure: Exception | None = None
+        timer = relay.timer = trio.CancelScope(deadline=trio.current_time() + self._header_timeout)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, timer)
+            with timer:
+                try:  # caught here and raised after the nursery: no exception group escapes
+                    response = await relay.response_head()
+                    await relay.relay(response, request_sent=False)
+                except Exception as error:
+                    failure = error
+            nursery.cancel_scope.cancel()
+        if self._pump_error is not None:
+            raise self._pump_error
+        if failure is not None:
+            raise failure
+        return response
 
     async def _request_phase(self) -> ResponseHead:
         """Pump the request body while waiting for the response head."""
@@ -233,7 +302,8 @@ class _Attempt:
             wait.cancel()
             return
         self._pump_done = True
-        wait.deadline = trio.current_time() + self._header_timeout
+        if not self._duplex:  # the wait for the head starts now (the duplex timer runs on)
+            wait.deadline = trio.current_time() + self._header_timeout
 
     async def _send(self, event: BodyChunk | EndOfBody) -> None:
         try:
