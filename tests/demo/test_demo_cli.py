@@ -51,7 +51,7 @@ MANAGEMENT_URL = re.compile(r"curl -s (http://127\.0\.0\.1:\d+/api/gateway)/heal
 def test_the_banner_lists_urls_and_commands() -> None:
     text = banner(
         "http://127.0.0.1:8080",
-        BackendPorts(9101, 9102, 9103),
+        BackendPorts(9101, 9102, 9103, 9104),
         listening=True,
         management="http://127.0.0.1:9901/api/gateway",
     )
@@ -70,10 +70,10 @@ def test_the_banner_lists_urls_and_commands() -> None:
     assert "issue" not in text
     # The management lines come before the WebSocket line (the CLI test reads up to it).
     assert text.index("/api/gateway/metrics") < text.index("/ws\n")
-    without = banner("http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103), listening=True)
+    without = banner("http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103, 9104), listening=True)
     assert "api/gateway" not in without
     assert "Management API" not in without
-    assert "opens no listeners" in banner("x", BackendPorts(1, 2, 3), listening=False)
+    assert "opens no listeners" in banner("x", BackendPorts(1, 2, 3, 4), listening=False)
 
 
 async def check_management(printed: str) -> None:
@@ -206,9 +206,16 @@ async def test_the_demo_command_runs_until_sigint(tmp_path: Path) -> None:
         document = json.loads(await curl(f"http://127.0.0.1:{echo_b.group(1)}/direct"))
         assert document["service"] == "echo-b"
         await check_management(printed)
+        grpc = re.search(r"grpc +h2c://127\.0\.0\.1:(\d+) ", printed)
+        assert grpc is not None, printed  # grpcio is in the test group: the backend runs
+        grpc_port = int(grpc.group(1))
+        await (await trio.open_tcp_stream("127.0.0.1", grpc_port)).aclose()
         process.send_signal(signal.SIGINT)
         with trio.fail_after(20):
             assert await process.wait() == 0, (tmp_path / "stderr").read_text()
+        # The demo stopped its gRPC backend (a child process) before it exited.
+        with pytest.raises(OSError, match="all attempts to connect"):
+            await trio.open_tcp_stream("127.0.0.1", grpc_port)
     finally:
         if process.returncode is None:
             process.kill()

@@ -4,6 +4,7 @@ send each path where the demo's banner says."""
 from __future__ import annotations
 
 import datetime
+import re
 from importlib.resources import as_file, files
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from tests.support.cli import cli_env, run_cli
 if TYPE_CHECKING:
     from pathlib import Path
 
-PORTS = BackendPorts(echo_a=9101, echo_b=9102, stream=9103)
+PORTS = BackendPorts(echo_a=9101, echo_b=9102, stream=9103, grpc=9104)
 
 
 def demo_config(port: int = 8080, admin_port: int = 9901) -> Config:
@@ -52,6 +53,11 @@ def test_the_demo_config_loads_with_the_given_ports() -> None:
     stream = config.services["stream"].load_balancer
     assert stream is not None
     assert [s.url.text for s in stream.servers] == ["http://127.0.0.1:9103"]
+    grpc = config.services["grpc"].load_balancer
+    assert grpc is not None
+    assert [s.url.text for s in grpc.servers] == ["h2c://127.0.0.1:9104"]
+    assert config.routers["grpc"].rule == "PathPrefix(`/demo.Echo/`)"
+    assert "A3S_DEMO_GRPC" in config.public_env  # a port: shown as it is, not redacted
     assert config.management is not None
     assert config.management.address.text == "127.0.0.1:9911"
 
@@ -68,6 +74,9 @@ def test_port_zero_everywhere_is_accepted() -> None:
         ("/api", "api", "api"),
         ("/events", "events", "stream"),
         ("/events?count=3", "events", "stream"),
+        ("/demo.Echo/Unary", "grpc", "grpc"),
+        ("/demo.Echo/ServerStream", "grpc", "grpc"),
+        ("/demo.Echo", "fallback", "api"),  # not a call: a gRPC path has a method after it
         ("/ws", "fallback", "api"),  # no WebSocket route until the gateway proxies them
         ("/", "fallback", "api"),
         ("/hello", "fallback", "api"),
@@ -93,7 +102,7 @@ def test_missing_backend_ports_are_reported_by_name() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config_text(demo_config_text(), filename="demo.hcl", env={})
     messages = " ".join(p.message for p in caught.value.problems)
-    for name in ("A3S_DEMO_ECHO_A", "A3S_DEMO_ECHO_B", "A3S_DEMO_STREAM"):
+    for name in ("A3S_DEMO_ECHO_A", "A3S_DEMO_ECHO_B", "A3S_DEMO_STREAM", "A3S_DEMO_GRPC"):
         assert name in messages
 
 
@@ -110,6 +119,7 @@ def test_validate_accepts_the_packaged_file_with_the_ports_set(tmp_path: Path) -
             "A3S_DEMO_ECHO_A": "9101",
             "A3S_DEMO_ECHO_B": "9102",
             "A3S_DEMO_STREAM": "9103",
+            "A3S_DEMO_GRPC": "9104",
             "A3S_DEMO_CERT_DIR": str(tmp_path),
         }
     )
@@ -124,3 +134,14 @@ def test_validate_accepts_the_packaged_file_with_the_ports_set(tmp_path: Path) -
         assert run_cli("validate", str(path), env=env).code == 1
         assert run_cli("validate", "--offline", str(path), env=env).code == 0
     assert "api  2 backend(s)  round-robin" in done.stdout
+    assert "grpc  1 backend(s)" in done.stdout
+
+
+def test_the_headers_command_names_every_variable_the_file_needs() -> None:
+    """demo.hcl's header shows how to check it by hand; its variables are all it takes."""
+    header = demo_config_text().split("\n\n", 1)[0]
+    env = dict(re.findall(r"(A3S_DEMO_\w+)=(\S+)", header))
+    assert {"A3S_DEMO_GRPC", "A3S_DEMO_CERT_DIR"} <= set(env)
+    with as_file(files("a3s_gateway.demo").joinpath("demo.hcl")) as path:
+        done = run_cli("validate", "--offline", str(path), env=cli_env(env))
+    assert done.code == 0, done.stderr

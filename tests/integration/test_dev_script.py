@@ -201,7 +201,7 @@ def test_each_recipe_installs_only_its_level_and_a_higher_level_satisfies_a_lowe
     # The demo: the runtime dependencies only, with the pip there is (no upgrade, no groups),
     # no Debian packages; then the gateway in the caller's directory.
     assert repo.run("demo", "--port", "0") == [
-        f"{INSTALL} -e .",
+        f"{INSTALL} -e .[demo]",
         "python -P -m a3s_gateway demo --port 0",
     ]
     assert repo.stamps() == [".installed-runtime"]
@@ -209,7 +209,7 @@ def test_each_recipe_installs_only_its_level_and_a_higher_level_satisfies_a_lowe
     # Lint: the dev group (pip >= 25.1 for --group), then just in the repository.
     assert repo.run("lint") == [
         f"{INSTALL} --upgrade pip>=25.1",
-        f"{INSTALL} -e . --group dev",
+        f"{INSTALL} -e .[demo] --group dev",
         f"just lint (in {repo.root})",
     ]
     assert repo.stamps() == [".installed-dev"]
@@ -219,7 +219,7 @@ def test_each_recipe_installs_only_its_level_and_a_higher_level_satisfies_a_lowe
     # The benchmark adds its group; bench then satisfies dev and runtime.
     assert repo.run("bench", "--quick") == [
         f"{INSTALL} --upgrade pip>=25.1",
-        f"{INSTALL} -e . --group dev --group bench",
+        f"{INSTALL} -e .[demo] --group dev --group bench",
         "debian packages",
         f"just bench --quick (in {repo.root})",
     ]
@@ -233,7 +233,7 @@ def test_a_changed_pyproject_sets_up_again(repo: FakeRepo) -> None:
     repo.run("lint")
     with (repo.root / "pyproject.toml").open("a") as pyproject:
         pyproject.write("\n# changed\n")
-    assert repo.run("demo")[0] == f"{INSTALL} -e ."
+    assert repo.run("demo")[0] == f"{INSTALL} -e .[demo]"
     assert repo.stamps() == [".installed-runtime"]
 
 

@@ -38,9 +38,11 @@ HEAD = RequestHead(
 )
 
 
-def context(**background: trio.Nursery) -> ServerContext:
+def context(background: trio.Nursery | None = None) -> ServerContext:
     runtime = compile_runtime(load_config_text(CONFIG), 1)
-    return ServerContext(runtime, UpstreamPool(), **background)
+    if background is None:
+        return ServerContext(runtime, UpstreamPool())
+    return ServerContext(runtime, UpstreamPool(), background)
 
 
 def copy_for(ctx: ServerContext, state: MirrorState) -> MirrorCopy:

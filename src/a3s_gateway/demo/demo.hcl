@@ -5,14 +5,17 @@
 # through the environment mapping given to load_config_text; to check this file by hand
 # (--offline: without the demo's certificate files):
 #
-#   A3S_DEMO_ECHO_A=9001 A3S_DEMO_ECHO_B=9002 A3S_DEMO_STREAM=9003 A3S_DEMO_CERT_DIR=/tmp \
-#     a3s-gateway validate --offline src/a3s_gateway/demo/demo.hcl
+#   A3S_DEMO_ECHO_A=9001 A3S_DEMO_ECHO_B=9002 A3S_DEMO_STREAM=9003 A3S_DEMO_GRPC=9004 \
+#     A3S_DEMO_CERT_DIR=/tmp a3s-gateway validate --offline src/a3s_gateway/demo/demo.hcl
+#
+# Both entrypoints speak HTTP/2 as well as HTTP/1.1: web by prior knowledge (h2c, on by default
+# on plaintext entrypoints), websecure by ALPN h2.
 
 # The demo's ports are no secret: shown as they are in /config and the validate summary
 # (every other interpolated value would be shown as "<redacted>").
 public_env = [
   "A3S_DEMO_PORT", "A3S_DEMO_ADMIN_PORT", "A3S_DEMO_ECHO_A", "A3S_DEMO_ECHO_B", "A3S_DEMO_STREAM",
-  "A3S_DEMO_TLS_PORT", "A3S_DEMO_CERT_DIR",
+  "A3S_DEMO_GRPC", "A3S_DEMO_TLS_PORT", "A3S_DEMO_CERT_DIR",
 ]
 
 entrypoints "web" {
@@ -43,6 +46,15 @@ routers "events" {
   service = "stream"
 }
 
+# gRPC calls to the service demo.Echo (/demo.Echo/<Method>) go to the demo's gRPC backend. When
+# it does not run (grpcio is not installed: pip install 'a3s-gateway[demo]'), A3S_DEMO_GRPC is a
+# port the demo holds bound but not listening, so the gateway's connection is refused and calls
+# get UNAVAILABLE rather than reaching the HTTP echo backends through the fallback router.
+routers "grpc" {
+  rule    = "PathPrefix(`/demo.Echo/`)"
+  service = "grpc"
+}
+
 # No /ws router yet: the gateway does not proxy WebSockets in this version, so the banner shows
 # the streaming backend's WebSocket echo at its direct URL instead.
 
@@ -66,6 +78,13 @@ services "api" {
 services "stream" {
   load_balancer {
     servers = [{ url = "http://127.0.0.1:${A3S_DEMO_STREAM}" }]
+  }
+}
+
+# h2c: HTTP/2 by prior knowledge to the backend, as gRPC needs.
+services "grpc" {
+  load_balancer {
+    servers = [{ url = "h2c://127.0.0.1:${A3S_DEMO_GRPC}" }]
   }
 }
 

@@ -3,9 +3,18 @@ trio run, with the URLs and ``curl`` commands to try printed once it is up (SPEC
 
 Ring 2 (a small composition root beside ``app.py``): builds the demo config from the backends'
 ports and runs ``Gateway``. Nurseries: ``Demo.serve`` opens the demo's root nursery, holding
-the three backend listeners and ``Gateway.serve``; when the gateway has stopped (after
-``shutdown``) the backends are cancelled and ``serve`` returns. Deadlines: only the gateway's
-own drain grace (``shutdown_timeout_secs`` in ``demo.hcl``).
+the backends (three listeners, and the gRPC backend's child process or the port held in its
+place: ``demo.backends``) and ``Gateway.serve``; when the gateway has stopped (after
+``shutdown``) the backends are cancelled (the child is terminated and waited for) and ``serve``
+returns. Deadlines: the gateway's own drain grace (``shutdown_timeout_secs`` in ``demo.hcl``),
+and the gRPC child's bounded start and stop (``demo.backends``).
+
+HTTP/2 and gRPC: both entrypoints speak HTTP/2 (``web`` by prior knowledge, ``websecure`` by
+ALPN), and the banner shows ``curl`` for each. When grpcio can be imported (the ``demo`` extra,
+``pip install 'a3s-gateway[demo]'``; ``./dev demo`` installs it) the gRPC backend runs and the
+banner prints ``grpc_client`` commands through the gateway (with this interpreter when a bare
+``python`` on PATH is another one); without grpcio the demo runs all the same, its ``grpc``
+service points at a port held closed, and the banner says how to get the example.
 
 HTTPS: before anything starts, ``serve`` makes a throwaway CA and a ``localhost`` certificate
 (``demo.certs``, in a worker thread) in a temporary directory that it removes when it returns,
@@ -26,6 +35,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import shlex
+import shutil
 import socket
 import sys
 import tempfile
@@ -38,7 +49,7 @@ import trio
 
 from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import load_config_text
-from a3s_gateway.demo.backends import BackendPorts, start_backends
+from a3s_gateway.demo.backends import NO_GRPCIO, BackendPorts, grpc_importable, start_backends
 from a3s_gateway.demo.certs import DemoCertificates, write_demo_certificates
 from a3s_gateway.demo.exchange import HOST
 
@@ -77,6 +88,7 @@ def demo_env(
         "A3S_DEMO_ECHO_A": str(backends.echo_a),
         "A3S_DEMO_ECHO_B": str(backends.echo_b),
         "A3S_DEMO_STREAM": str(backends.stream),
+        "A3S_DEMO_GRPC": str(backends.grpc),
         "A3S_DEMO_TLS_PORT": str(tls_port),
         "A3S_DEMO_CERT_DIR": cert_dir,
     }
@@ -95,6 +107,15 @@ def free_loopback_port() -> int:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+def python_command() -> str:
+    """How the banner names this interpreter: ``python`` (or ``python3``) when that name on
+    PATH is this very interpreter (an activated virtualenv), else its path (``./dev demo``)."""
+    for name in ("python", "python3"):
+        if shutil.which(name) == sys.executable:
+            return name
+    return shlex.quote(sys.executable)
 
 
 def management_url(config: Config, port: int) -> str | None:
@@ -153,8 +174,11 @@ class Demo:
         admin_port: int | None = None,
         tls_port: int | None = None,
         out: TextIO | None = None,
+        grpc: bool | None = None,
     ) -> None:
         self.port = port
+        # None: the gRPC backend runs when grpcio can be imported (False: as if it could not).
+        self.grpc = grpc_importable() if grpc is None else grpc
         # "--port 0" asks for free ports; the management listener follows suit (0: a free port,
         # chosen in ``serve``), and so does the HTTPS one (0: bound by the gateway, read back).
         if admin_port is None:
@@ -178,7 +202,7 @@ class Demo:
             now = datetime.datetime.now(datetime.UTC)
             made = await trio.to_thread.run_sync(write_demo_certificates, Path(scratch), now)
             async with trio.open_nursery() as nursery:
-                backends = await start_backends(nursery)
+                backends = await start_backends(nursery, grpc=self.grpc)
                 if self.admin_port == 0:
                     self.admin_port = free_loopback_port()
                 self._env = demo_env(
@@ -203,11 +227,16 @@ class Demo:
         secure = tls_url(gateway)
         ca_file = made.ca_file if secure is not None else None
         out = self._out if self._out is not None else sys.stdout
-        out.write(
-            banner(
-                url, backends, listening=listening, management=admin, tls=secure, ca_file=ca_file
-            )
+        text = banner(
+            url,
+            backends,
+            listening=listening,
+            management=admin,
+            tls=secure,
+            ca_file=ca_file,
+            python=python_command(),
         )
+        out.write(text)
         out.flush()
         return RunningDemo(gateway, backends, url, listening, admin, secure, ca_file)
 
@@ -244,13 +273,15 @@ async def run_demo(
     admin_port: int | None = None,
     tls_port: int | None = None,
     out: TextIO | None = None,
+    grpc: bool | None = None,
     task_status: trio.TaskStatus[RunningDemo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Start the demo backends and the gateway on ``port`` (0 = a free port, and free ports for
     the management API and HTTPS too unless given), print the URLs
     and ``curl`` commands to ``out`` (default stdout), report a ``RunningDemo`` through
-    ``task_status`` and run until cancelled or until ``RunningDemo.gateway.shutdown()``."""
-    demo = Demo(port, admin_port=admin_port, tls_port=tls_port, out=out)
+    ``task_status`` and run until cancelled or until ``RunningDemo.gateway.shutdown()``.
+    ``grpc``: run the gRPC backend (default: when grpcio can be imported)."""
+    demo = Demo(port, admin_port=admin_port, tls_port=tls_port, out=out, grpc=grpc)
     await demo.serve(task_status=task_status)
 
 
@@ -262,10 +293,12 @@ def banner(
     management: str | None = None,
     tls: str | None = None,
     ca_file: Path | None = None,
+    python: str = "python",
 ) -> str:
     """What the demo prints once it is up: where everything is and what to paste.
     ``management`` is the management API's base URL (None: not served); ``tls`` the HTTPS base
-    URL and ``ca_file`` the CA its clients trust (None: no HTTPS)."""
+    URL and ``ca_file`` the CA its clients trust (None: no HTTPS); ``python`` the interpreter in
+    the gRPC client's commands."""
     lines = [
         "",
         "a3s-gateway demo is running. Press Ctrl-C to stop.",
@@ -275,9 +308,10 @@ def banner(
         f"  echo-a    http://{HOST}:{backends.echo_a}   (HTTP echo)",
         f"  echo-b    http://{HOST}:{backends.echo_b}   (HTTP echo)",
         f"  stream    http://{HOST}:{backends.stream}   (SSE at /events, WebSocket echo at /ws)",
+        _grpc_backend_line(backends),
         "",
         "Routes: /api/... and everything else -> api (round-robin over echo-a and echo-b),",
-        "        /events -> stream.",
+        "        /events -> stream, /demo.Echo/... -> grpc.",
         "",
         "Try:",
         f"  curl -i {url}/api/hello                # twice: echo-a, then echo-b",
@@ -289,6 +323,8 @@ def banner(
         f"  curl -N '{url}/events?count=3&interval_ms=200'",
         "",
         *_tls_lines(tls, ca_file),
+        *_http2_lines(url, tls, ca_file),
+        *_grpc_lines(url, backends, python),
         *_management_lines(management),
         "WebSocket echo, directly on the backend (proxying WebSockets comes in a later release):",
         f"  ws://{HOST}:{backends.stream}/ws",
@@ -303,12 +339,59 @@ def banner(
     return "\n".join(lines) + "\n"
 
 
+def _grpc_backend_line(backends: BackendPorts) -> str:
+    if backends.grpc_missing is None:
+        return f"  grpc      h2c://{HOST}:{backends.grpc}   (gRPC service demo.Echo)"
+    return "  grpc      not running (see gRPC below)"
+
+
 def _tls_lines(tls: str | None, ca_file: Path | None) -> list[str]:
     if tls is None or ca_file is None:
         return []
     return [
         "HTTPS, with a CA made for this run (its files are removed when the demo stops):",
         f"  curl --cacert {ca_file} {tls}/api/hello",
+        "",
+    ]
+
+
+def _http2_lines(url: str, tls: str | None, ca_file: Path | None) -> list[str]:
+    """HTTP/2: h2c by prior knowledge on ``web``, h2 by ALPN on ``websecure``; ``-i`` shows the
+    protocol in the status line (``HTTP/2 200``)."""
+    secure = (
+        []
+        if tls is None or ca_file is None
+        else [f"  curl -i --http2 --cacert {ca_file} {tls}/api/hello"]
+    )
+    return [
+        "HTTP/2 (web: h2c by prior knowledge; websecure: h2 by ALPN):",
+        f"  curl -i --http2-prior-knowledge {url}/api/hello",
+        *secure,
+        "",
+    ]
+
+
+def _grpc_lines(url: str, backends: BackendPorts, python: str) -> list[str]:
+    """The gRPC client's commands through the gateway, or why there is no gRPC example and how
+    to get it."""
+    if backends.grpc_missing == NO_GRPCIO:
+        return [
+            "gRPC: not available, grpcio is not installed. To try it, install the demo extra",
+            "  pip install 'a3s-gateway[demo]'        (in a checkout, ./dev demo installs it)",
+            "and start the demo again. Until then calls to /demo.Echo/... get UNAVAILABLE.",
+            "",
+        ]
+    if backends.grpc_missing is not None:
+        return [
+            f"gRPC: not available: {backends.grpc_missing} (its errors are in the log).",
+            "Calls to /demo.Echo/... get UNAVAILABLE until the demo is started again.",
+            "",
+        ]
+    client = f"{python} -m a3s_gateway.demo.grpc_client --target {url.removeprefix('http://')}"
+    return [
+        "gRPC through the gateway (h2c), to demo.Echo (also client-stream, bidi, fail, slow):",
+        f"  {client} unary hello",
+        f"  {client} server-stream 3",
         "",
     ]
 

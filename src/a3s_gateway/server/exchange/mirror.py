@@ -29,6 +29,7 @@ from a3s_gateway.protocols.events import (
     ProtocolViolation,
     RequestHead,
 )
+from a3s_gateway.protocols.grpc import is_grpc
 from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.tap import RequestBodyTap
 from a3s_gateway.services.mirror_sampling import BodyCopy
@@ -118,13 +119,17 @@ class MirrorCopy:
             http_version=b"1.1",
             has_body=bool(body),
         )
+        peer = service.peers[backend.index]
         with backend.lease():
+            up: Upstream
             try:
-                conn = await ctx.pool.acquire(service.peers[backend.index], service.pool)
+                if peer.scheme == "h2c" or is_grpc(self.head):  # as the primary goes (§5.7)
+                    up = await ctx.h2pool.open_stream(peer, service.pool)
+                else:
+                    up = Http1Upstream(await ctx.pool.acquire(peer, service.pool), ctx.pool)
             except (ConnectFailed, PoolClosed) as error:
                 log.debug("mirror to %s: %s", backend.url.text, error)
                 return "error"
-            up = Http1Upstream(conn, ctx.pool)
             clean = False
             try:
                 request = upstream_head(head, self.target, headers, service, backend)
