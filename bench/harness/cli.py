@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from bench.harness import environment, peerlink, plan, report
+from bench.harness import environment, h2load, peerlink, plan, report
 from bench.harness.environment import load_average
-from bench.harness.runner import Runner, Settings, say
+from bench.harness.runner import ProfileRun, Runner, Settings, say
 from bench.procs import ChildError
 
 RESULTS: Final = Path(__file__).resolve().parents[1] / "results"
@@ -89,9 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="development run: 2 trials × 3 s after 1 s warm-up (explicit options win)",
     )
     parser.add_argument(
-        "--connections", type=_positive_int, default=64, help="wrk connections (default 64)"
+        "--connections",
+        type=_positive_int,
+        default=64,
+        help="wrk connections (default 64; the HTTP/2 profiles use h2load's 4 × 16 streams)",
     )
-    parser.add_argument("--threads", type=_positive_int, default=2, help="wrk threads (default 2)")
+    parser.add_argument(
+        "--threads", type=_positive_int, default=2, help="wrk and h2load threads (default 2)"
+    )
     parser.add_argument(
         "--results",
         type=Path,
@@ -144,6 +149,96 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(trials, duration, warmup, args.connections, args.threads)
 
 
+def _tools_present() -> bool:
+    """Whether wrk, h2load and NGINX are installed; says how to install them when not."""
+    missing = environment.missing_tools()
+    if missing:
+        say(
+            f"missing load tools: {', '.join(missing)}; install them with "
+            "`bash bench/harness/install-debian-packages.sh` (part of `just bench`)"
+        )
+    return not missing
+
+
+def _peer_record(peers: peerlink.Peers) -> dict[str, dict[str, str | None]]:
+    """Each peer's version, or why it is unavailable."""
+    return {
+        name: {
+            "version": peers.versions.get(name),
+            "unavailable": peers.unavailable.get(name, peers.missing_reason),
+        }
+        for name in peers.names
+    }
+
+
+def _meta(
+    command: str, started: datetime, wall: float, settings: Settings, runner: Runner
+) -> dict[str, object]:
+    """The run's ``meta`` record: the command, the load shapes, the upstream."""
+    meta: dict[str, object] = {
+        "command": command,
+        "via": "just bench (./dev bench) runs the same command",
+        "started_utc": started.isoformat(timespec="seconds"),
+        "wall_seconds": round(wall, 1),
+        "trials": settings.trials,
+        "duration_s": settings.duration,
+        "warmup_s": settings.warmup,
+        "connections": settings.connections,
+        "wrk_threads": settings.threads,
+        "wrk_timeout_s": 2,
+        "product_order": "profile order on odd-numbered trials, reversed on even-numbered ones",
+        "upstream_port": runner.upstream_port,
+        "upstream_nginx_config": runner.upstream_config,
+    }
+    if any(profile.http2 for profile in runner.profiles):
+        meta["h2load"] = {
+            "clients": h2load.CLIENTS,
+            "streams": h2load.STREAMS,
+            "threads": max(1, min(settings.threads, h2load.CLIENTS)),
+            "latency": "nearest-rank percentiles of the per-request times of --log-file",
+        }
+    if runner.grpc_port:
+        meta["grpc_backend_port"] = runner.grpc_port
+    return meta
+
+
+def _write_results(
+    results: Path,
+    started: datetime,
+    *,
+    meta: dict[str, object],
+    environment: dict[str, object],
+    runs: list[ProfileRun],
+    summaries: list[report.Summary],
+    peers: peerlink.Peers,
+) -> None:
+    """``run-<stamp>.json``, ``latest.json``, ``latest.md`` and ``latest.png`` in ``results``;
+    the table also goes to stdout."""
+    rows = report.verdicts(summaries, peers.names)
+    document = report.record(
+        meta=meta, environment=environment, profiles=runs, summaries=summaries, rows=rows
+    )
+    results.mkdir(parents=True, exist_ok=True)
+    raw = results / f"run-{started:%Y%m%dT%H%M%SZ}.json"
+    report.write_json(document, raw)
+    shutil.copyfile(raw, results / "latest.json")
+    table = report.markdown(
+        meta=meta,
+        environment=environment,
+        summaries=summaries,
+        rows=rows,
+        peer_notes=dict(peers.unavailable),
+    )
+    (results / "latest.md").write_text(table)
+    report.chart(
+        summaries,
+        results / "latest.png",
+        title=f"a3s_gateway throughput ÷ NGINX, {started:%Y-%m-%d %H:%M} UTC\n{meta['command']}",
+    )
+    print(table)
+    say(f"wrote {raw}, latest.json, latest.md, latest.png in {results}")
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -157,23 +252,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"run_bench.py: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    missing = environment.missing_tools()
-    if missing:
-        say(
-            f"missing load tools: {', '.join(missing)}; install them with "
-            "`bash bench/harness/install-debian-packages.sh` (part of `just bench`)"
-        )
+    if not _tools_present():
         return EXIT_FAILED
     settings = settings_from(args)
     command = shlex.join(["python", "bench/run_bench.py", *arguments])
     started = datetime.now(UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    products_per_profile = [
+    products = sum(
         len(plan.products_for(profile, peers.names, args.product)) for profile in profiles
-    ]
-    estimate = sum(products_per_profile) * settings.trials * (settings.duration + settings.warmup)
+    )
+    estimate = products * settings.trials * (settings.duration + settings.warmup)
     say(
-        f"a3s bench {stamp}: {len(profiles)} profile(s), {settings.trials} × "
+        f"a3s bench {started:%Y%m%dT%H%M%SZ}: {len(profiles)} profile(s), {settings.trials} × "
         f"{settings.duration:g} s trials, about {estimate / 60:.1f} min of load plus start-up"
     )
     env = environment.collect(wrk_threads=settings.threads)
@@ -192,53 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         say(f"benchmark failed: {error}")
         return EXIT_FAILED
     env["load_average_end"] = load_average()
-    env["peers"] = {
-        name: {
-            "version": peers.versions.get(name),
-            "unavailable": peers.unavailable.get(name, peers.missing_reason),
-        }
-        for name in peers.names
-    }
-    meta: dict[str, object] = {
-        "command": command,
-        "via": "just bench (./dev bench) runs the same command",
-        "started_utc": started.isoformat(timespec="seconds"),
-        "wall_seconds": round(time.monotonic() - clock, 1),
-        "trials": settings.trials,
-        "duration_s": settings.duration,
-        "warmup_s": settings.warmup,
-        "connections": settings.connections,
-        "wrk_threads": settings.threads,
-        "wrk_timeout_s": 2,
-        "product_order": "profile order on odd-numbered trials, reversed on even-numbered ones",
-        "upstream_port": runner.upstream_port,
-        "upstream_nginx_config": runner.upstream_config,
-    }
+    env["peers"] = _peer_record(peers)
+    meta = _meta(command, started, time.monotonic() - clock, settings, runner)
     summaries = report.summarise(runs)
-    rows = report.verdicts(summaries, peers.names)
-    document = report.record(
-        meta=meta, environment=env, profiles=runs, summaries=summaries, rows=rows
-    )
-    results: Path = args.results
-    results.mkdir(parents=True, exist_ok=True)
-    raw = results / f"run-{stamp}.json"
-    report.write_json(document, raw)
-    shutil.copyfile(raw, results / "latest.json")
-    table = report.markdown(
+    _write_results(
+        args.results,
+        started,
         meta=meta,
         environment=env,
+        runs=runs,
         summaries=summaries,
-        rows=rows,
-        peer_notes=dict(peers.unavailable),
+        peers=peers,
     )
-    (results / "latest.md").write_text(table)
-    report.chart(
-        summaries,
-        results / "latest.png",
-        title=f"a3s_gateway throughput ÷ NGINX, {started:%Y-%m-%d %H:%M} UTC\n{command}",
-    )
-    print(table)
-    say(f"wrote {raw}, latest.json, latest.md, latest.png in {results}")
     failed = any(
         summary.status == "failed" and summary.product not in peers.names for summary in summaries
     )

@@ -55,9 +55,9 @@ def collect(*, wrk_threads: int) -> dict[str, object]:
         "nproc": _output(["nproc"]),
         "sched_getaffinity": affinity,
         "pinning": (
-            f"none: NGINX (upstream and proxy), the product and wrk ({wrk_threads} threads) all "
-            f"run unpinned on CPUs {affinity} and share them; wrk competes with the product "
-            "for the same cores"
+            f"none: NGINX (upstream and proxy), the product and the load tool (wrk or h2load, "
+            f"{wrk_threads} threads) all run unpinned on CPUs {affinity} and share them; the "
+            "load tool competes with the product for the same cores"
         ),
         "memory": _meminfo(),
         "clk_tck": cputime.CLK_TCK,

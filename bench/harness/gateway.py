@@ -8,6 +8,10 @@ profiles build N routers in the two shapes of ``bench/bench_routing.py``: even n
 the table. Access logs are switched off (``observability.access_log_enabled``) and the drain
 bound is short so stopping is quick; everything else is the gateway's default.
 
+The HTTP/2 profiles need nothing more: a plain entrypoint accepts h2c prior knowledge by default
+(``h2c = true``) and a ``tls`` block offers ALPN ``h2, http/1.1`` by default. The gRPC profile's
+service has an ``h2c://`` server (``scheme``), the backend NGINX's h2c listener.
+
 ``A3S_BENCH_GATEWAY_SRC=/path/to/src`` runs the gateway from that source tree (prepended to
 ``PYTHONPATH``), e.g. an older commit checked out with ``git worktree``.
 """
@@ -116,11 +120,13 @@ def config_text(
     observability: str = "default",
     log: str = "",
     tls: tuple[Path, Path] | None = None,
+    scheme: str = "http",
 ) -> str:
     """The HCL config for ``table`` listening on ``port``; the one-router table's router lists
     ``middlewares`` (names in ``MIDDLEWARES``); ``observability`` picks an ``OBSERVABILITY``
     block (``log``: the access-log file of ``on``); ``tls``: the certificate chain and key
-    files of an HTTPS entrypoint."""
+    files of an HTTPS entrypoint; ``scheme``: of the upstream server's URL (``h2c`` for the
+    gRPC backend on ``upstream_port``)."""
     tls_block = (
         f'\n  tls {{\n    cert_file = "{tls[0]}"\n    key_file = "{tls[1]}"\n  }}' if tls else ""
     )
@@ -144,7 +150,7 @@ entrypoints "web" {{
 {routers}
 services "upstream" {{
   load_balancer {{
-    servers = [{{ url = "http://{HOST}:{upstream_port}" }}]
+    servers = [{{ url = "{scheme}://{HOST}:{upstream_port}" }}]
   }}
 }}
 

@@ -10,6 +10,21 @@ is the SPEC §15 baseline: ``proxy_pass`` to an ``upstream {}`` block with ``kee
 ``proxy_http_version 1.1`` and an empty ``Connection`` header, otherwise NGINX's defaults
 except ``client_body_buffer_size 64k``: with the default (16k) NGINX spools the 16 KiB POST body
 to a temp file, which no proxy in this comparison does.
+
+The HTTP/2 profiles (``h2load``) use the same proxy with ``http2`` on its ``listen`` line
+(NGINX 1.22 has no ``http2 on``): with ``ssl`` that is h2 by ALPN, without it h2c with prior
+knowledge only. The gRPC profile's proxy is ``grpc_pass grpc://`` to an ``upstream {}`` block
+with ``keepalive 128``, and its backend is a second server of the upstream NGINX on an h2c
+listener (``grpc_port``) that answers every call with ``GRPC_FRAME`` (one length-prefixed
+message: a protobuf ``bytes`` field 1 holding the 42-byte body), ``content-type:
+application/grpc`` and the trailer ``grpc-status: 0``. That backend reads the request body
+before it answers (``mirror`` with ``mirror_request_body on``, the one stock module that reads
+a body and then lets the request go on): answering first would make it reset the stream after
+its response (``RST_STREAM NO_ERROR``), and NGINX's ``grpc_pass`` fails the next call on that
+pooled connection with "upstream sent frame for unknown stream" (a few calls in ten
+thousand without it). The answer itself is ``return 200`` with the message bytes in the config
+string (NUL bytes included: NGINX keeps a string's length), reached through ``error_page 404
+405 =200`` from the static handler, which refuses the POST after the mirror has read its body.
 """
 
 from __future__ import annotations
@@ -29,6 +44,19 @@ POST_BYTES: Final = 16 * 1024
 KEEPALIVE_REQUESTS: Final = 10_000_000
 
 assert len(BODY_42.encode()) == 42  # the body size is part of the profile names
+
+#: The gRPC method the gRPC profile calls (any path reaches the backend's answer).
+GRPC_PATH: Final = "/a3s.bench.Bench/Unary"
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """``message`` as one gRPC length-prefixed message: not compressed, 4-byte length."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+#: The message of a call and of its answer: protobuf field 1 (``bytes``) holding ``BODY_42``.
+GRPC_FRAME: Final = grpc_frame(b"\x0a" + bytes([len(BODY_42)]) + BODY_42.encode())
+assert len(GRPC_FRAME) == 49
 
 
 def _common(prefix: Path, workers: str) -> str:
@@ -51,8 +79,43 @@ def _temp_paths(prefix: Path) -> str:
     )
 
 
-def write_upstream(prefix: Path, port: int) -> Path:
-    """Write the upstream's config (and its 1 MiB file) into ``prefix``; the config path."""
+def nginx_string(data: bytes) -> str:
+    """``data`` (ASCII, no ``$``) as a quoted NGINX string, control bytes kept as they are."""
+    if any(byte > 0x7F for byte in data) or b"$" in data:
+        raise ValueError("only ASCII without '$' goes into an NGINX string here")
+    text = data.decode("ascii").replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text.replace("\n", "\\n") + '"'
+
+
+def _grpc_backend(prefix: Path, port: int) -> str:
+    """The gRPC backend's server block (module docstring)."""
+    (prefix / "grpc-root").mkdir(parents=True, exist_ok=True)
+    return f"""\
+    server {{
+        listen {HOST}:{port} http2 backlog=4096;
+        root {prefix}/grpc-root;
+        location / {{
+            mirror /a3s-bench-sink;
+            mirror_request_body on;
+            log_not_found off;
+            error_page 404 405 =200 @grpc_reply;
+        }}
+        location = /a3s-bench-sink {{
+            internal;
+            return 204;
+        }}
+        location @grpc_reply {{
+            default_type application/grpc;
+            add_trailer grpc-status 0 always;
+            return 200 {nginx_string(GRPC_FRAME)};
+        }}
+    }}
+"""
+
+
+def write_upstream(prefix: Path, port: int, grpc_port: int | None = None) -> Path:
+    """Write the upstream's config (and its 1 MiB file) into ``prefix``; the config path.
+    ``grpc_port``: also serve the gRPC backend there (h2c)."""
     (prefix / "www").mkdir(parents=True, exist_ok=True)
     (prefix / "tmp").mkdir(exist_ok=True)
     (prefix / "www" / "1m").write_bytes(bytes(range(256)) * (DOWNLOAD_BYTES // 256))
@@ -84,7 +147,7 @@ http {{
             root {prefix}/www;
         }}
     }}
-}}
+{_grpc_backend(prefix, grpc_port) if grpc_port is not None else ""}}}
 """
     )
     return conf
@@ -96,10 +159,22 @@ def write_proxy(
     upstream_port: int,
     workers: str,
     tls: tuple[Path, Path] | None = None,
+    *,
+    http2: bool = False,
+    grpc: bool = False,
 ) -> Path:
     """Write the reverse proxy's config into ``prefix``; ``workers`` is a count or ``auto``;
-    ``tls``: the certificate chain and key files of an HTTPS listener."""
-    listen = f"{HOST}:{port}" + (" ssl" if tls else "")
+    ``tls``: the certificate chain and key files of an HTTPS listener; ``http2``: the listener
+    speaks HTTP/2 (h2 with ``tls``, else h2c prior knowledge); ``grpc``: ``grpc_pass`` to
+    ``upstream_port`` (the gRPC backend) instead of ``proxy_pass`` (implies ``http2``)."""
+    listen = f"{HOST}:{port}" + (" ssl" if tls else "") + (" http2" if http2 or grpc else "")
+    forward = (
+        "            grpc_pass grpc://bench_upstream;\n"
+        if grpc
+        else "            proxy_pass http://bench_upstream;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+    )
     certificate = (
         f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
         "        ssl_protocols TLSv1.2 TLSv1.3;\n"
@@ -126,10 +201,7 @@ http {{
 {certificate}        client_max_body_size 1m;
         client_body_buffer_size 64k;
         location / {{
-            proxy_pass http://bench_upstream;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
+{forward}        }}
     }}
 }}
 """

@@ -5,14 +5,21 @@ baseline, with the profile's worker count), ``a3s-1w`` and ``a3s-Nw`` (the gatew
 ``--workers 1`` and ``--workers 0``) and the Python peers of ``bench/peers`` (mitmproxy,
 proxy.py, hypercorn-httpx, aiohttp-uvloop; in ``get-42b-1w`` only). ``nginx`` is always
 measured: every ratio is to the NGINX of the same profile.
+
+A profile's ``protocol`` says how clients speak to the product: ``http/1.1`` (wrk), ``h2``
+(h2load, 4 connections × 16 streams; HTTP/2 over TLS when the profile has ``tls``, else h2c
+with prior knowledge) or ``grpc`` (h2load's unary calls over h2c, to the gRPC backend instead
+of the HTTP/1.1 upstream; ``direct`` is then h2load straight at that backend).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
-from bench.harness.nginx import BODY_42, DOWNLOAD_BYTES, POST_BYTES
+from bench.harness.nginx import BODY_42, DOWNLOAD_BYTES, GRPC_FRAME, GRPC_PATH, POST_BYTES
+
+ClientProtocol: TypeAlias = Literal["http/1.1", "h2", "grpc"]
 
 DIRECT: Final = "direct"
 NGINX: Final = "nginx"
@@ -44,6 +51,13 @@ class Profile:
     #: Clients speak HTTPS to the proxy (NGINX ``ssl``, the gateway's ``tls`` block, one
     #: certificate made for the run); the upstream stays plain HTTP.
     tls: bool = False
+    #: How clients speak to the product (module docstring).
+    protocol: ClientProtocol = "http/1.1"
+
+    @property
+    def http2(self) -> bool:
+        """Driven by h2load over HTTP/2 (``h2`` and ``grpc``) rather than by wrk."""
+        return self.protocol != "http/1.1"
 
 
 GET_1W: Final = Profile(
@@ -69,6 +83,47 @@ HTTPS_1W: Final = Profile(
     1,
     (NGINX, A3S_1W),
     tls=True,
+)
+H2_1W: Final = Profile(
+    "h2-get-42b-1w",
+    "HTTP/2 GET over TLS 1.3 (ALPN h2), 42-byte response, h2load 4 connections × 16 streams, "
+    "one worker (NGINX listen ssl http2, 1 worker); the upstream stays HTTP/1.1",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (NGINX, A3S_1W),
+    tls=True,
+    protocol="h2",
+)
+H2C_1W: Final = Profile(
+    "h2c-get-42b-1w",
+    "h2c (HTTP/2 prior knowledge) GET, 42-byte response, h2load 4 connections × 16 streams, "
+    "one worker (NGINX listen http2, 1 worker); the upstream stays HTTP/1.1",
+    "GET",
+    "/",
+    0,
+    len(BODY_42),
+    "1",
+    1,
+    (NGINX, A3S_1W),
+    protocol="h2",
+)
+GRPC_1W: Final = Profile(
+    "grpc-unary-1w",
+    "gRPC unary calls (49-byte message each way), 64 concurrent (h2load 4 connections × 16 "
+    "streams over h2c), one worker (NGINX grpc_pass; the gateway's h2c:// service); the "
+    "backend is an NGINX h2c server answering every call",
+    "POST",
+    GRPC_PATH,
+    len(GRPC_FRAME),
+    len(GRPC_FRAME),
+    "1",
+    1,
+    (DIRECT, NGINX, A3S_1W),
+    protocol="grpc",
 )
 GET_NW: Final = Profile(
     "get-42b-Nw",
@@ -193,6 +248,9 @@ OBSERVABILITY_ON: Final = Profile(
 PROFILES: Final = (
     GET_1W,
     HTTPS_1W,
+    H2_1W,
+    H2C_1W,
+    GRPC_1W,
     GET_NW,
     POST_16K,
     DOWNLOAD_1M,
@@ -206,6 +264,7 @@ PROFILES: Final = (
 )
 PROFILE_ALIASES: Final = {
     "get-42b": (GET_1W.name, GET_NW.name),
+    "http2": (H2_1W.name, H2C_1W.name, GRPC_1W.name),
     "middlewares": (GET_1W.name, MIDDLEWARES_3.name, MIDDLEWARES_6.name, README_CHAIN.name),
     "observability": (OBSERVABILITY_OFF.name, GET_1W.name, OBSERVABILITY_ON.name),
 }

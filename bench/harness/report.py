@@ -7,6 +7,9 @@ better). Target rows covered here:
 
 - GET 42 B, 1 worker: a3s-1w ≥ 0.15 × NGINX, p99 ≤ 6 × NGINX;
 - HTTPS GET 42 B, 1 worker: a3s-1w ≥ 0.12 × NGINX with ``ssl``, p99 ≤ 6 × NGINX;
+- HTTP/2 over TLS and h2c prior knowledge (h2load, 4 connections × 16 streams), 1 worker:
+  a3s-1w ≥ 0.15 × NGINX (``listen … http2``), p99 ≤ 6 ×;
+- gRPC unary, 64 concurrent calls, 1 worker: a3s-1w ≥ 0.2 × NGINX ``grpc_pass``, p99 ≤ 5 ×;
 - GET 42 B, one worker per CPU: a3s-Nw ≥ 0.25 × NGINX (same worker count), p99 ≤ 4 ×;
 - best Python peer ÷ a3s_gateway (1 worker, same run) ≤ 0.5;
 - 1000 routers ÷ 10 routers (a3s-1w): throughput ≥ 0.83, p99 ≤ 1.2;
@@ -14,7 +17,8 @@ better). Target rows covered here:
 - issue #15: CPU per proxied GET (a3s-1w in ``get-42b-1w``) ≤ 150 µs;
 - issue #15: GET 42 B, a3s-1w ÷ the ``aiohttp-uvloop`` peer (same run) ≥ 1.0.
 
-A row with wrk errors in the products it compares is a MISS whatever the ratios; a row whose
+A row with load errors (wrk's, or h2load's failed streams and responses) in the products it
+compares is a MISS whatever the ratios; a row whose
 products were not measured is "n/a". Files: ``run-<UTC>.json`` and ``latest.json`` (the same
 record), ``latest.md`` (the tables the README embeds) and ``latest.png`` (throughput ratios).
 """
@@ -42,8 +46,51 @@ CPU_TARGET_US: Final = 150.0
 TARGET_LINES: Final = {
     plan.GET_1W.name: 0.15,
     plan.HTTPS_1W.name: 0.12,
+    plan.H2_1W.name: 0.15,
+    plan.H2C_1W.name: 0.15,
+    plan.GRPC_1W.name: 0.2,
     plan.GET_NW.name: 0.25,
 }
+#: The SPEC §15 rows that compare a gateway product with NGINX in the same profile: scenario,
+#: profile, product, throughput target (at least) and p99 target (at most).
+NGINX_ROWS: Final = (
+    ("HTTP/1.1 GET 42 B, 1 worker (a3s-1w ÷ nginx)", plan.GET_1W.name, plan.A3S_1W, 0.15, 6.0),
+    (
+        "HTTPS/1.1 GET 42 B, 1 worker (a3s-1w ÷ nginx ssl)",
+        plan.HTTPS_1W.name,
+        plan.A3S_1W,
+        0.12,
+        6.0,
+    ),
+    (
+        "HTTP/2 over TLS GET 42 B, h2load 4 × 16 streams, 1 worker (a3s-1w ÷ nginx ssl http2)",
+        plan.H2_1W.name,
+        plan.A3S_1W,
+        0.15,
+        6.0,
+    ),
+    (
+        "h2c prior knowledge GET 42 B, h2load 4 × 16 streams, 1 worker (a3s-1w ÷ nginx http2)",
+        plan.H2C_1W.name,
+        plan.A3S_1W,
+        0.15,
+        6.0,
+    ),
+    (
+        "gRPC unary, 64 concurrent calls, 1 worker (a3s-1w ÷ nginx grpc_pass)",
+        plan.GRPC_1W.name,
+        plan.A3S_1W,
+        0.2,
+        5.0,
+    ),
+    (
+        "HTTP/1.1 GET 42 B, one worker per CPU (a3s-Nw ÷ nginx auto)",
+        plan.GET_NW.name,
+        plan.A3S_NW,
+        0.25,
+        4.0,
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +211,7 @@ def _judge(
         misses.append("p99")
     errors = measured.errors + base.errors
     if errors:
-        misses.append(f"{errors} wrk errors")
+        misses.append(f"{errors} load errors")
     note = ", ".join(misses) if misses else ""
     return Verdict(
         scenario,
@@ -185,33 +232,21 @@ def _judge_cpu(scenario: str, measured: Summary | None, limit: float) -> Verdict
         return Verdict(scenario, None, "—", None, "—", "n/a", "not measured", None, target)
     misses = ["CPU"] if cpu > limit else []
     if measured.errors:
-        misses.append(f"{measured.errors} wrk errors")
+        misses.append(f"{measured.errors} load errors")
     verdict = "MISS" if misses else "PASS"
     return Verdict(scenario, None, "—", None, "—", verdict, ", ".join(misses), cpu, target)
 
 
 def verdicts(summaries: list[Summary], peers: tuple[str, ...]) -> list[Verdict]:
     """The SPEC §15 and issue #15 rows this harness covers."""
-    get1, getn = plan.GET_1W.name, plan.GET_NW.name
+    get1 = plan.GET_1W.name
     rows = [
         _judge(
-            "HTTP/1.1 GET 42 B, 1 worker (a3s-1w ÷ nginx)",
-            (_find(summaries, get1, plan.A3S_1W), _find(summaries, get1, plan.NGINX)),
-            (0.15, 6.0),
-        ),
-        _judge(
-            "HTTPS/1.1 GET 42 B, 1 worker (a3s-1w ÷ nginx ssl)",
-            (
-                _find(summaries, plan.HTTPS_1W.name, plan.A3S_1W),
-                _find(summaries, plan.HTTPS_1W.name, plan.NGINX),
-            ),
-            (0.12, 6.0),
-        ),
-        _judge(
-            "HTTP/1.1 GET 42 B, one worker per CPU (a3s-Nw ÷ nginx auto)",
-            (_find(summaries, getn, plan.A3S_NW), _find(summaries, getn, plan.NGINX)),
-            (0.25, 4.0),
-        ),
+            scenario,
+            (_find(summaries, profile, product), _find(summaries, profile, plan.NGINX)),
+            (throughput, p99),
+        )
+        for scenario, profile, product, throughput, p99 in NGINX_ROWS
     ]
     measured_peers = [found for name in peers if (found := _find(summaries, get1, name))]
     best = max(measured_peers, key=lambda summary: summary.rps or 0.0, default=None)
@@ -303,6 +338,17 @@ def markdown(
     peer_notes: dict[str, str],
 ) -> str:
     """``latest.md``: the command and machine, the results table, the SPEC §15 verdicts."""
+    lines = [
+        *_header_lines(meta, environment),
+        *_result_lines(summaries),
+        *_target_lines(rows),
+        *_note_lines(summaries, peer_notes),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(meta: dict[str, object], environment: dict[str, object]) -> list[str]:
+    """The title, the command, the machine and the versions, and how to read the table."""
     gateway_info = environment.get("gateway")
     commit = subject = dirty = override = "?"
     if isinstance(gateway_info, dict):
@@ -310,30 +356,42 @@ def markdown(
         subject = str(gateway_info.get("subject", ""))
         dirty = str(gateway_info.get("dirty", "?"))
         override = str(gateway_info.get("source_override") or "no")
-    lines = [
+    return [
         "# a3s_gateway HTTP benchmark (latest run)",
         "",
         f"- Command: `{meta['command']}` (started {meta['started_utc']}, "
         f"{meta['trials']} × {meta['duration_s']} s trials after {meta['warmup_s']} s warm-up, "
-        f"wrk {meta['connections']} connections × {meta['wrk_threads']} threads)",
+        f"wrk {meta['connections']} connections × {meta['wrk_threads']} threads"
+        f"{_h2load_shape(meta)})",
         f"- Machine: {environment['cpu_model']}, {environment['cpu_count']} CPUs "
         f"(affinity {environment['sched_getaffinity']}), {environment['memory']}, "
         f"{environment['kernel']}",
         f"- CPU pinning: {environment['pinning']}",
         f"- Load average at start / end: {environment['load_average_start']} / "
         f"{environment.get('load_average_end', '?')}",
-        f"- Versions: {environment['nginx']}; {environment['wrk']}; Python {environment['python']}",
+        f"- Versions: {environment['nginx']}; {environment['wrk']}; "
+        f"{environment.get('h2load', 'h2load ?')}; Python {environment['python']}",
         f"- Gateway: commit `{commit}` ({subject}), uncommitted changes in its tree: {dirty}, "
         f"A3S_BENCH_GATEWAY_SRC: {override}",
         "",
         "Medians over trials. Ratios are product ÷ NGINX of the same profile (throughput: "
-        "higher is better; p99: lower is better). `direct` is wrk straight at the upstream. "
+        "higher is better; p99: lower is better). `direct` is the load tool straight at the "
+        "upstream (at the gRPC backend in the gRPC profile). "
         "CPU µs/req is the CPU time (user + system, from `/proc/<pid>/stat`) of the product's "
         "processes (the one started and its descendants: NGINX's master and workers, the "
-        "gateway's supervisor and workers) during the measured wrk run ÷ the requests wrk "
+        "gateway's supervisor and workers) during the measured load run ÷ the requests "
         "completed in it. "
-        "Errors are wrk's connect/read/write/timeout errors plus responses with status ≥ 400.",
+        "Errors are wrk's connect/read/write/timeout errors plus responses with status ≥ 400; "
+        "in the HTTP/2 profiles (h2load) failed streams, responses other than 2xx and 3xx, and "
+        "responses without their body (a gRPC error has none). The HTTP/2 profiles' "
+        "percentiles come from h2load's per-request log (`--log-file`).",
         "",
+    ]
+
+
+def _result_lines(summaries: list[Summary]) -> list[str]:
+    """The results table: one row per product per profile."""
+    lines = [
         "| profile | product | req/s | ratio to NGINX | p50 ms | p90 ms | p99 ms | p99 ratio "
         "| CPU µs/req | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -354,7 +412,12 @@ def markdown(
             f"| {_ratio_text(summary.p99_ratio)} | {_num(summary.cpu_us_per_req, 0)} "
             f"| {summary.errors} |"
         )
-    lines += [
+    return lines
+
+
+def _target_lines(rows: list[Verdict]) -> list[str]:
+    """The verdicts table of the target rows."""
+    lines = [
         "",
         "## Targets covered by this run (SPEC §15, issue #15)",
         "",
@@ -369,14 +432,17 @@ def markdown(
             f"| {_ratio_text(row.p99_ratio)} | {row.p99_target} "
             f"| {_num(row.cpu_us_per_req, 0)} | {row.cpu_target} | {verdict} |"
         )
-    errors = [summary for summary in summaries if summary.errors]
-    notes: list[str] = []
-    if errors:
-        notes += [
-            f"- **This run has errors**: {summary.profile}/{summary.product}: "
-            f"{summary.errors} over {summary.trials} trial(s)."
-            for summary in errors
-        ]
+    return lines
+
+
+def _note_lines(summaries: list[Summary], peer_notes: dict[str, str]) -> list[str]:
+    """The notes: errors, failed products, peers not measured (nothing when all went well)."""
+    notes = [
+        f"- **This run has errors**: {summary.profile}/{summary.product}: "
+        f"{summary.errors} over {summary.trials} trial(s)."
+        for summary in summaries
+        if summary.errors
+    ]
     notes += [
         f"- {summary.profile}/{summary.product}: {summary.status}: "
         f"{(summary.reason or '').splitlines()[0][:300] if summary.reason else ''}"
@@ -384,9 +450,18 @@ def markdown(
         if summary.status == "failed"
     ]
     notes += [f"- Peer {name} not measured: {reason}" for name, reason in peer_notes.items()]
-    if notes:
-        lines += ["", "## Notes", "", *notes]
-    return "\n".join(lines) + "\n"
+    return ["", "## Notes", "", *notes] if notes else []
+
+
+def _h2load_shape(meta: dict[str, object]) -> str:
+    """``; h2load …`` when the run's meta records h2load's shape (runs with HTTP/2 profiles)."""
+    shape = meta.get("h2load")
+    if not isinstance(shape, dict):
+        return ""
+    return (
+        f"; HTTP/2 profiles: h2load {shape.get('clients')} connections × "
+        f"{shape.get('streams')} streams, {shape.get('threads')} threads"
+    )
 
 
 def chart(summaries: list[Summary], path: Path, *, title: str) -> None:

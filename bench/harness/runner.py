@@ -2,12 +2,14 @@
 
 Per profile every product is started once (all on free loopback ports, in front of the one
 upstream), checked with one real request, then measured ``trials`` times; in each trial every
-product gets a warm-up wrk run (discarded) and a measured wrk run, in the profile's product
-order on even trials and reversed on odd ones. Around each measured run the CPU time of the
-product's process tree is read from ``/proc`` (``cputime``), giving its CPU µs per request. A
-product that fails to start, fails its check or dies is recorded with the reason and skipped;
-the run goes on. Every process is stopped by PID when its profile (or the run) ends, also on
-errors and Ctrl-C.
+product gets a warm-up run (discarded) and a measured run, in the profile's product order on
+even trials and reversed on odd ones. The load tool is wrk, or h2load for the HTTP/2 profiles
+(``plan.Profile.http2``), whose check request is an HTTP/2 one (``h2check``); the upstream
+NGINX also serves the gRPC backend when a gRPC profile is selected. Around each measured run
+the CPU time of the product's process tree is read from ``/proc`` (``cputime``), giving its CPU
+µs per request. A product that fails to start, fails its check or dies is recorded with the
+reason and skipped; the run goes on. Every process is stopped by PID when its profile (or the
+run) ends, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,17 +21,23 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
-from bench.harness import cputime, gateway, nginx, plan, wrk
+from bench.harness import cputime, gateway, h2check, h2load, nginx, plan, wrk
 from bench.harness.environment import load_average
 from bench.procs import HOST, Child, ChildError, Children, free_port
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bench.harness.peerlink import Peers
 
 START_TIMEOUT: Final = 60.0
 PREFLIGHT_TIMEOUT: Final = 10.0
+#: The gRPC call's fields (h2load's and the check request's).
+GRPC_HEADERS: Final = (("content-type", "application/grpc"), ("te", "trailers"))
+#: One load run: ``(url, seconds)`` → its result (wrk's or h2load's).
+Drive: TypeAlias = "Callable[[str, float], wrk.WrkResult]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +53,7 @@ class Settings:
 
 @dataclass(slots=True)
 class Trial:
-    """One measured wrk run of one product. Latencies in milliseconds.
+    """One measured load run (wrk or h2load) of one product. Latencies in milliseconds.
 
     ``cpu_s``: CPU seconds (user + system) of the product's process tree during the measured
     run; ``cpu_us_per_request``: that ÷ ``requests`` in µs; ``cpu_cores``: that ÷ the run's
@@ -170,6 +178,8 @@ class Runner:
         self.peers = peers
         self.upstream_port = 0
         self.upstream_config = ""
+        #: The gRPC backend's h2c port on the upstream NGINX (0 when no gRPC profile runs).
+        self.grpc_port = 0
 
     def run(self) -> list[ProfileRun]:
         work = Path(tempfile.mkdtemp(prefix="a3s-bench-"))
@@ -202,27 +212,55 @@ class Runner:
     def _start_upstream(self, prefix: Path, scope: Children) -> None:
         prefix.mkdir(parents=True)
         self.upstream_port = free_port()
-        conf = nginx.write_upstream(prefix, self.upstream_port)
+        if any(profile.protocol == "grpc" for profile in self.profiles):
+            self.grpc_port = free_port()
+        conf = nginx.write_upstream(prefix, self.upstream_port, self.grpc_port or None)
         self.upstream_config = conf.read_text()
         nginx.check_config(conf, prefix)
         child = scope.start(
             Child("upstream", nginx.command(conf, prefix), log_path=prefix / "out.log")
         )
         child.wait_for_port(self.upstream_port, timeout=START_TIMEOUT)
+        if self.grpc_port:
+            child.wait_for_port(self.grpc_port, timeout=START_TIMEOUT)
+            say(f"gRPC backend (nginx, h2c) on {HOST}:{self.grpc_port}")
         say(f"upstream nginx on {HOST}:{self.upstream_port} (pid {child.pid})")
+
+    def backend_port(self, profile: plan.Profile) -> int:
+        """Where a profile's products send their requests: the upstream or the gRPC backend."""
+        return self.grpc_port if profile.protocol == "grpc" else self.upstream_port
+
+    def _driver(self, profile: plan.Profile, table: gateway.Routing, work: Path) -> Drive:
+        """The load runs of ``profile``: wrk with the profile's script, or h2load (whose
+        profiles have one router: no ``Host`` to set)."""
+        settings = self.settings
+        if profile.http2:
+            request = _h2load_request(profile, work / f"{profile.name}.grpc")
+            log = work / f"{profile.name}.h2load.tsv"
+            return lambda url, seconds: h2load.run(
+                url, request, seconds=seconds, threads=settings.threads, log=log
+            )
+        script = wrk.write_script(
+            work / f"{profile.name}.lua",
+            method=profile.method,
+            body_bytes=profile.body_bytes,
+            host=table.host,
+            headers=_request_headers(profile),
+        )
+        return lambda url, seconds: wrk.run(
+            url,
+            script=script,
+            seconds=seconds,
+            connections=settings.connections,
+            threads=settings.threads,
+        )
 
     def _profile(self, profile: plan.Profile, work: Path) -> ProfileRun:
         table = gateway.routing(profile.routers, profile.path)
         result = ProfileRun(profile, table.host, table.path, gateway.worker_count(0))
         products = plan.products_for(profile, self.peers.names, self.selected)
         say(f"== {profile.name}: {profile.description}; products: {', '.join(products)}")
-        script = wrk.write_script(
-            work.parent / f"{profile.name}.lua",
-            method=profile.method,
-            body_bytes=profile.body_bytes,
-            host=table.host,
-            headers=_request_headers(profile),
-        )
+        drive = self._driver(profile, table, work.parent)
         work.mkdir(parents=True, exist_ok=True)
         pair = tls_pair(work) if profile.tls else None
         with Children() as scope:
@@ -231,7 +269,7 @@ class Runner:
                 entry = self._start(name, profile, table, work / name, scope, pair)
                 result.products.append(entry.run)
                 if entry.run.status == "ok":
-                    reason = preflight(entry.port, profile, table.host, table.path)
+                    reason = _check(entry, profile, table)
                     if reason is not None:
                         self._fail(entry, f"preflight: {reason}")
                     else:
@@ -242,7 +280,7 @@ class Runner:
                     if entry.run.status == "ok":
                         scheme = "https" if profile.tls and entry.child is not None else "http"
                         url = f"{scheme}://{HOST}:{entry.port}{table.path}"
-                        self._measure(entry, script, url, trial, position)
+                        self._measure(entry, drive, url, trial, position)
         return result
 
     def _start(
@@ -257,42 +295,12 @@ class Runner:
         work.mkdir(parents=True)
         if name == plan.DIRECT:
             run = ProductRun(name, "direct", [], None)
-            return _Live(run, self.upstream_port, None)
+            return _Live(run, self.backend_port(profile), None)
         port = free_port()
         if name == plan.NGINX:
-            conf = nginx.write_proxy(work, port, self.upstream_port, profile.nginx_workers, tls)
-            argv = nginx.command(conf, work)
-            run = ProductRun(name, "nginx", argv, _nginx_workers(profile.nginx_workers))
-            run.config = conf.read_text()
-            try:
-                nginx.check_config(conf, work)
-            except RuntimeError as error:
-                return self._fail(_Live(run, port, None), str(error))
-            return self._spawn(run, port, work, scope, marker=None, env=None)
+            return self._start_nginx(profile, port, work, scope, tls)
         if name in plan.GATEWAY_WORKERS:
-            workers = plan.GATEWAY_WORKERS[name]
-            config = work / "gateway.hcl"
-            text = gateway.config_text(
-                port,
-                self.upstream_port,
-                table,
-                profile.middlewares,
-                observability=profile.observability,
-                log=str(work / "access.log"),
-                tls=tls,
-            )
-            config.write_text(text)
-            argv = gateway.command(config, workers)
-            run = ProductRun(name, "a3s_gateway", argv, gateway.worker_count(workers))
-            run.config = _abridged(text)
-            return self._spawn(
-                run,
-                port,
-                work,
-                scope,
-                marker=gateway.ready_marker(workers),
-                env=gateway.environment(),
-            )
+            return self._start_gateway(name, profile, table, port, work, scope, tls)
         run = ProductRun(name, "peer", [], None)
         if not self.peers.ensure(name):
             run.status = "unavailable"
@@ -305,6 +313,67 @@ class Runner:
         except Exception as error:  # the peer module's failure is the peer's, not the run's
             return self._fail(_Live(run, port, None), f"peer_command: {error}")
         return self._spawn(run, port, work, scope, marker=None, env=None)
+
+    def _start_nginx(
+        self,
+        profile: plan.Profile,
+        port: int,
+        work: Path,
+        scope: Children,
+        tls: tuple[Path, Path] | None,
+    ) -> _Live:
+        conf = nginx.write_proxy(
+            work,
+            port,
+            self.backend_port(profile),
+            profile.nginx_workers,
+            tls,
+            http2=profile.http2,
+            grpc=profile.protocol == "grpc",
+        )
+        argv = nginx.command(conf, work)
+        run = ProductRun(plan.NGINX, "nginx", argv, _nginx_workers(profile.nginx_workers))
+        run.config = conf.read_text()
+        try:
+            nginx.check_config(conf, work)
+        except RuntimeError as error:
+            return self._fail(_Live(run, port, None), str(error))
+        return self._spawn(run, port, work, scope, marker=None, env=None)
+
+    def _start_gateway(
+        self,
+        name: str,
+        profile: plan.Profile,
+        table: gateway.Routing,
+        port: int,
+        work: Path,
+        scope: Children,
+        tls: tuple[Path, Path] | None,
+    ) -> _Live:
+        workers = plan.GATEWAY_WORKERS[name]
+        config = work / "gateway.hcl"
+        text = gateway.config_text(
+            port,
+            self.backend_port(profile),
+            table,
+            profile.middlewares,
+            observability=profile.observability,
+            log=str(work / "access.log"),
+            tls=tls,
+            scheme="h2c" if profile.protocol == "grpc" else "http",
+        )
+        config.write_text(text)
+        argv = gateway.command(config, workers)
+        run = ProductRun(name, "a3s_gateway", argv, gateway.worker_count(workers))
+        run.config = _abridged(text)
+        return self._spawn(
+            run,
+            port,
+            work,
+            scope,
+            marker=gateway.ready_marker(workers),
+            env=gateway.environment(),
+        )
 
     def _spawn(
         self,
@@ -345,29 +414,17 @@ class Runner:
     def _measure(
         self,
         entry: _Live,
-        script: Path,
+        drive: Drive,
         url: str,
         trial: int,
         position: int,
     ) -> None:
         settings = self.settings
         try:
-            warm = wrk.run(
-                url,
-                script=script,
-                seconds=settings.warmup,
-                connections=settings.connections,
-                threads=settings.threads,
-            )
+            warm = drive(url, settings.warmup)
             cpu_before = cputime.sample(entry.child.pid) if entry.child is not None else None
-            result = wrk.run(
-                url,
-                script=script,
-                seconds=settings.duration,
-                connections=settings.connections,
-                threads=settings.threads,
-            )
-        except wrk.WrkError as error:
+            result = drive(url, settings.duration)
+        except wrk.WrkError as error:  # h2load's errors are WrkErrors too
             self._fail(entry, f"trial {trial + 1}: {error}")
             return
         cpu_after = cputime.sample(entry.child.pid) if entry.child is not None else None
@@ -425,6 +482,34 @@ def _abridged(text: str, keep: int = 60) -> str:
         return text
     skipped = len(lines) - 2 * keep
     return "\n".join([*lines[:keep], f"# ... {skipped} lines left out ...", *lines[-keep:]])
+
+
+def _check(entry: _Live, profile: plan.Profile, table: gateway.Routing) -> str | None:
+    """The product's check request: HTTP/1.1 (``preflight``) or HTTP/2 (``h2check``)."""
+    if not profile.http2:
+        return preflight(entry.port, profile, table.host, table.path)
+    grpc = profile.protocol == "grpc"
+    fields = tuple(_request_headers(profile).items()) + (GRPC_HEADERS if grpc else ())
+    request = h2check.Request(profile.method, table.path, fields, nginx.GRPC_FRAME if grpc else b"")
+    reason = h2check.check(
+        entry.port,
+        request,
+        tls=profile.tls and entry.child is not None,  # `direct` is the plain backend
+        size=profile.response_bytes,
+        grpc_body=nginx.GRPC_FRAME if grpc else None,
+    )
+    if reason and grpc and entry.run.kind == "a3s_gateway" and "grpc-status '14'" in reason:
+        reason += " (UNAVAILABLE: the gateway could not call its h2c:// server, the gRPC backend)"
+    return reason
+
+
+def _h2load_request(profile: plan.Profile, data: Path) -> h2load.Request:
+    """h2load's request for ``profile``; a gRPC call's message is written to ``data``."""
+    fields = tuple(_request_headers(profile).items())
+    if profile.protocol != "grpc":
+        return h2load.Request(fields, None, profile.response_bytes)
+    data.write_bytes(nginx.GRPC_FRAME)
+    return h2load.Request(fields + GRPC_HEADERS, data, profile.response_bytes)
 
 
 def _request_headers(profile: plan.Profile) -> dict[str, str]:

@@ -44,7 +44,8 @@ class WrkError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WrkResult:
-    """One wrk run. Latencies are in microseconds."""
+    """One load run: wrk's, or h2load's in the same shape (``h2load.result``). Latencies are in
+    microseconds."""
 
     requests: int
     duration_us: int
