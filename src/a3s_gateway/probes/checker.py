@@ -1,11 +1,17 @@
 """Active health probes: one prober task per backend (SPEC §7.4).
 
 Ring 1. ``probe`` runs one check: for ``http``, a request over a fresh connection (never the
-pool), read through ``Http1Client`` and judged by ``expected_status``; for ``tcp``, a connect.
-A backend's transport is the proxy's: ``https``/``wss``/``tls`` backends are probed over TLS with
-the service's ``upstream_tls`` (``CheckSettings.tls``: CA, server name, client certificate,
-verification), through the same dialer and shared TLS contexts as proxied requests, so a
-certificate the proxy would refuse fails the probe (reason ``TLS handshake failed: <why>``).
+pool) judged by ``expected_status``; for ``tcp``, a connect. A backend's transport is the
+proxy's: ``https``/``wss``/``tls`` backends are probed over TLS with the service's
+``upstream_tls`` (``CheckSettings.tls``: CA, server name, client certificate, verification),
+through the same dialer and shared TLS contexts as proxied requests, so a certificate the proxy
+would refuse fails the probe (reason ``TLS handshake failed: <why>``). The request is HTTP/1.1
+(``Http1Client``, with ``Connection: close``), except to ``h2c://`` backends, which may speak
+nothing but HTTP/2 (gRPC servers): they get HTTP/2 with prior knowledge (``Http2Client``, RFC
+9113 §3.3), the same request on stream 1 (``:authority`` for ``Host``), and a GOAWAY before the
+socket is closed. A server that does not answer in HTTP/2 fails the probe (``invalid
+response``), as does a reset stream (``stream reset (<code>)``) or a GOAWAY that leaves the
+stream unprocessed (``going away``).
 ``run_prober`` probes one backend forever on its schedule and feeds the results to the backend's
 ``ActiveHealth`` (``services/health.py``, Ring 0), which flips ``Backend.active_healthy``.
 
@@ -23,6 +29,7 @@ probe, log (the caller logs ``on_change`` transitions), or set any other deadlin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
@@ -39,6 +46,13 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http1_client import Http1Client
+from a3s_gateway.protocols.http2_client import (
+    GoAway,
+    Http2Client,
+    StreamFailed,
+    StreamReset,
+    error_name,
+)
 from a3s_gateway.upstream.connect_errors import ConnectFailed
 from a3s_gateway.upstream.dialer import dial
 from a3s_gateway.upstream.peer import Peer
@@ -48,6 +62,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from a3s_gateway.config.values import ServerUrl
+    from a3s_gateway.protocols.http2_client import ClientEvent
     from a3s_gateway.services.backend import Backend
     from a3s_gateway.services.health import ActiveHealth, CheckSettings
     from a3s_gateway.upstream.dialer import Dialer
@@ -57,6 +72,7 @@ __all__ = ["BODY_LIMIT", "ProbeResult", "probe", "probe_target", "run_prober", "
 #: Response body bytes read (and discarded) before the probe stops reading and closes.
 BODY_LIMIT: Final = 65536
 _READ_SIZE: Final = 65536
+_SETTINGS_TYPE: Final = 0x4
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,28 +139,38 @@ async def _attempt(
     try:
         if settings.kind == "tcp":
             return ProbeResult(True, "connected")
-        return await _exchange(stream, target, host, settings)
+        head = _probe_head(target, host, settings, http2=peer.scheme == "h2c")
+        if peer.scheme == "h2c":
+            return await _exchange_h2c(stream, head, settings)
+        return await _exchange(stream, head, settings)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return ProbeResult(False, "reset")
     finally:
         await trio.aclose_forcefully(stream)
 
 
-async def _exchange(
-    stream: trio.abc.Stream, target: bytes, host: bytes, settings: CheckSettings
-) -> ProbeResult:
-    """Send the probe request over ``stream`` and judge its response."""
-    client = Http1Client()
-    headers = [(b"host", host), (b"user-agent", user_agent()), (b"connection", b"close")]
+def _probe_head(target: bytes, host: bytes, settings: CheckSettings, *, http2: bool) -> RequestHead:
+    """The probe request: ``Host`` (``:authority`` over HTTP/2), our ``User-Agent`` unless one
+    is configured, ``Connection: close`` over HTTP/1.1, then the configured headers."""
+    headers = [(b"host", host), (b"user-agent", user_agent())]
+    if not http2:
+        headers.append((b"connection", b"close"))
     configured = settings.headers
     if any(name == b"user-agent" for name, _ in configured):
         del headers[1]  # a configured User-Agent replaces ours
-    head = RequestHead(
+    return RequestHead(
         method=settings.method.encode("ascii"),
         target=target,
         authority=host,
         headers=[*headers, *configured],
     )
+
+
+async def _exchange(
+    stream: trio.abc.Stream, head: RequestHead, settings: CheckSettings
+) -> ProbeResult:
+    """Send the probe request over ``stream`` as HTTP/1.1 and judge its response."""
+    client = Http1Client()
     try:
         wire = client.send(head)
     except ProtocolViolation:
@@ -171,6 +197,82 @@ async def _exchange(
         if not data:  # EOF that h11 did not call a violation: nothing usable arrived
             return ProbeResult(False, "no response")
     return _judge(status, settings)  # the body is over the bound: the status decides
+
+
+async def _exchange_h2c(
+    stream: trio.abc.Stream, head: RequestHead, settings: CheckSettings
+) -> ProbeResult:
+    """Send the probe request over ``stream`` as HTTP/2 with prior knowledge, judge its
+    response, then say GOAWAY (best effort: the socket is closed next anyway)."""
+    client = Http2Client(secure=False)
+    client.start()
+    try:
+        stream_id = client.open_stream(head, end_stream=True)
+    except ProtocolViolation:
+        return ProbeResult(False, "invalid probe request")
+    await stream.send_all(client.data_to_send())
+    reading = _H2Response(stream_id, settings)
+    result: ProbeResult | None = None
+    while result is None:
+        data = bytes(await stream.receive_some(_READ_SIZE))
+        if not data:
+            cut = reading.status is not None  # a cut response, as over HTTP/1.1
+            return ProbeResult(False, "invalid response" if cut else "no response")
+        result = reading.feed(client, data)
+        if result is None and client.wants_write:  # SETTINGS and PING acknowledgements
+            await stream.send_all(client.data_to_send())
+    client.close()
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(client.data_to_send())
+    return result
+
+
+class _H2Response:
+    """The probe's view of the response on its one HTTP/2 stream."""
+
+    __slots__ = ("_preface", "_settings", "_stream_id", "discarded", "status")
+
+    def __init__(self, stream_id: int, settings: CheckSettings) -> None:
+        self._stream_id = stream_id
+        self._settings = settings
+        self._preface = b""  # the first frame header's first four bytes, once received
+        self.status: int | None = None
+        self.discarded = 0
+
+    def feed(self, client: Http2Client, data: bytes) -> ProbeResult | None:
+        """Hand ``data`` to ``client``; the verdict once it is settled, else None."""
+        if len(self._preface) < 4:
+            # RFC 9113 §3.4: the server's preface is a SETTINGS frame (type 4). An HTTP/1.1
+            # server's answer ("HTTP/1.1 400") would otherwise read as a frame of megabytes.
+            self._preface += data[: 4 - len(self._preface)]
+            if len(self._preface) == 4 and self._preface[3] != _SETTINGS_TYPE:
+                return ProbeResult(False, "invalid response")
+        try:
+            return self._take(client.receive(data))
+        except ProtocolViolation:  # an HTTP/2 connection error
+            return ProbeResult(False, "invalid response")
+
+    def _take(self, events: list[ClientEvent]) -> ProbeResult | None:
+        """The verdict once ``events`` settle it, else None (read on)."""
+        for event in events:
+            match event:
+                case ResponseHead(status=status):
+                    self.status = status
+                case BodyChunk(data=data):
+                    self.discarded += len(data)
+                    if self.discarded > BODY_LIMIT:  # over the bound: the status decides
+                        return _judge(self.status, self._settings)
+                case EndOfBody():
+                    return _judge(self.status, self._settings)
+                case StreamReset(error_code=code):
+                    return ProbeResult(False, f"stream reset ({error_name(code)})")
+                case StreamFailed():
+                    return ProbeResult(False, "invalid response")
+                case GoAway(last_stream_id=last) if last < self._stream_id:
+                    return ProbeResult(False, "going away")
+                case _:  # informational heads, SETTINGS, window updates
+                    pass
+        return None
 
 
 def _judge(status: int | None, settings: CheckSettings) -> ProbeResult:

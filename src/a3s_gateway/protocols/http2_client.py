@@ -1,29 +1,27 @@
 """``Http2Client``: the client side of one upstream HTTP/2 connection, over h2 (SPEC §5.7, §5.10).
 
 Ring 0: synchronous and deterministic; no trio, sockets, TLS, clocks or logging. The shell
-(``upstream/http2_pool.py``) owns the socket: it writes ``data_to_send()`` and feeds what it
-reads to ``receive``. Must not: do I/O, read the time, keep received body bytes, or raise
-anything but ``ProtocolViolation`` (502: the upstream broke HTTP/2; 500: a caller bug, such as
-sending on a stream that is closed).
+(``upstream/http2_connection.py``, or a health probe in ``probes/checker.py``) owns the socket:
+it writes ``data_to_send()`` and feeds what it reads to ``receive``. Must not: do I/O, read the
+time, keep received body bytes, or raise anything but ``ProtocolViolation`` (502: the upstream
+broke HTTP/2; 500: a caller bug, such as sending on a stream that is closed).
 
-Requests: ``open_stream`` translates a ``RequestHead`` into pseudo-headers (``:method``,
-``:scheme`` ``http`` for h2c and ``https`` over TLS, ``:authority`` from the ``host`` line, which
-is dropped, ``:path`` the target) and drops the connection-specific fields RFC 9113 §8.2.2
-forbids (``te`` is kept only as ``trailers``). ``send_data`` queues as much of a body as the
-peer's windows allow, in frames of at most ``max_frame``, and says how much it took; the shell
-waits for a ``WindowOpened`` before offering the rest, so no frame ever exceeds a window.
+Requests: ``open_stream`` translates a ``RequestHead`` into pseudo-headers and fields
+(``protocols/http2_client_checks.py``; ``:scheme`` ``http`` for h2c and ``https`` over TLS).
+``send_data`` queues as much of a body as the peer's windows allow, in frames of at most
+``max_frame``, and says how much it took; the shell waits for a ``WindowOpened`` before offering
+the rest, so no frame ever exceeds a window.
 
 Responses: ``receive`` returns ``ResponseHead`` (``http_version`` ``b"2"``), ``Informational``,
 ``BodyChunk`` and ``EndOfBody`` (with the trailers) carrying their ``stream_id``, and the
-connection's own events: ``StreamReset`` (by the peer), ``StreamFailed`` (a malformed response),
-``WindowOpened``, ``GoAway`` and ``PeerSettings``. h2's own validation of inbound header blocks
-is off: it would make a malformed response a connection error, while RFC 9113 §8.1.1 makes it a
-stream error. The checks here (one ``:status`` of three digits first, no other pseudo-header,
-none in trailers, lower-case token names, values without NUL/CR/LF or surrounding blanks, no
-connection-specific field, at most ``MAX_FIELDS`` fields; a ``101`` is malformed, RFC 9113
-§8.6) reset the stream with ``PROTOCOL_ERROR`` and fail it with a fixed 502 reason. What h2
-still checks as a connection error (framing, HPACK, the header-list size, ``content-length``
-against the DATA received) makes ``receive`` raise; h2 has then queued its GOAWAY.
+connection's own events (``protocols/http2_client_events.py``, re-exported here):
+``StreamReset`` (by the peer), ``StreamFailed`` (a malformed response), ``WindowOpened``,
+``GoAway`` and ``PeerSettings``. h2's own validation of inbound header blocks is off (a
+malformed response is a stream error, RFC 9113 §8.1.1): the checks of
+``protocols/http2_client_checks.py`` judge each received head and trailers, and one that fails
+resets the stream with ``PROTOCOL_ERROR`` and fails it with a fixed 502 reason. What h2 still
+checks as a connection error (framing, HPACK, the header-list size, ``content-length`` against
+the DATA received) makes ``receive`` raise; h2 has then queued its GOAWAY.
 
 Flow control: received DATA is acknowledged only through ``acknowledge`` (the shell calls it
 when the consumer took the bytes), so a slow client makes the backend wait. Padding, and DATA
@@ -40,16 +38,13 @@ is processed and puts the state machine back afterwards. Refusing new streams is
 from __future__ import annotations
 
 import contextlib
-import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
 from a3s_gateway.protocols.events import (
@@ -58,6 +53,26 @@ from a3s_gateway.protocols.events import (
     Informational,
     ProtocolViolation,
     ResponseHead,
+)
+from a3s_gateway.protocols.http2_client_checks import (
+    MAX_FIELDS,
+    request_fields,
+    response_fields,
+    sendable_trailers,
+    trailer_fields,
+)
+from a3s_gateway.protocols.http2_client_events import (
+    CANCEL,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    ClientEvent,
+    GoAway,
+    PeerSettings,
+    StreamFailed,
+    StreamReset,
+    WindowOpened,
+    error_name,
 )
 
 if TYPE_CHECKING:
@@ -89,119 +104,13 @@ STREAM_WINDOW: Final = 1 << 20
 CONNECTION_WINDOW: Final = 8 << 20
 #: Streams per connection when the peer sets no limit (RFC 9113 §6.5.2 recommends ≥ 100).
 STREAM_CAP: Final = 100
-#: SPEC §5.7: a response head of at most 64 KiB (h2 enforces it while decoding) and 200 fields.
+#: SPEC §5.7: a response head of at most 64 KiB (h2 enforces it while decoding; the field count
+#: is ``MAX_FIELDS``, checked in ``protocols/http2_client_checks.py``).
 MAX_HEADER_LIST_SIZE: Final = 65536
-MAX_FIELDS: Final = 200
 
-NO_ERROR: Final = int(ErrorCodes.NO_ERROR)
-PROTOCOL_ERROR: Final = int(ErrorCodes.PROTOCOL_ERROR)
-REFUSED_STREAM: Final = int(ErrorCodes.REFUSED_STREAM)
-CANCEL: Final = int(ErrorCodes.CANCEL)
-
-#: RFC 9113 §8.2.2: connection-specific fields are malformed in HTTP/2 (``te`` is special).
-_CONNECTION_FIELDS: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-_TOKEN_LOWER: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
-_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 _GOAWAY_TYPE: Final = 0x7
 _FRAME_HEADER: Final = 9
 _DEFAULT_WINDOW: Final = 65535
-
-
-@dataclass(frozen=True, slots=True)
-class StreamReset:
-    """The peer reset ``stream_id`` (RST_STREAM ``error_code``); ``REFUSED_STREAM`` means it
-    was not processed (RFC 9113 §8.7)."""
-
-    stream_id: int
-    error_code: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamFailed:
-    """The response on ``stream_id`` was malformed; the stream is already reset."""
-
-    stream_id: int
-    violation: ProtocolViolation
-
-
-@dataclass(frozen=True, slots=True)
-class WindowOpened:
-    """Send credit grew on ``stream_id``; 0: on the connection, or on every stream."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class GoAway:
-    """The peer sent GOAWAY: streams above ``last_stream_id`` were not processed."""
-
-    last_stream_id: int
-    error_code: int
-
-
-@dataclass(frozen=True, slots=True)
-class PeerSettings:
-    """The peer's SETTINGS arrived (the first one completes the connection's setup);
-    ``max_concurrent_streams`` is its limit, at most ``STREAM_CAP``."""
-
-    max_concurrent_streams: int
-
-
-#: Everything ``Http2Client.receive`` returns.
-ClientEvent: TypeAlias = (
-    ResponseHead
-    | Informational
-    | BodyChunk
-    | EndOfBody
-    | StreamReset
-    | StreamFailed
-    | WindowOpened
-    | GoAway
-    | PeerSettings
-)
-
-
-def error_name(code: int) -> str:
-    """The RFC 9113 §7 name of an error code (``CANCEL``), or its number."""
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return str(code)
-
-
-def _violation(reason: str) -> ProtocolViolation:
-    return ProtocolViolation(502, reason)
-
-
-def _status(value: bytes) -> int:
-    if len(value) != 3 or not value.isdigit():
-        raise _violation("invalid :status in HTTP/2 response")
-    return int(value)
-
-
-def _check_fields(headers: Headers, *, trailers: bool) -> tuple[int, Headers]:
-    """The ``:status`` (0 in trailers) and the regular fields of a received header block.
-    Raises ``ProtocolViolation(502)`` for a malformed block (see the module docstring)."""
-    status = 0
-    fields: Headers = []
-    for name, value in headers:
-        if name[:1] == b":":
-            if trailers or fields or status or name != b":status":
-                raise _violation("misplaced or unknown pseudo-header in HTTP/2 response")
-            status = _status(value)
-            continue
-        if _TOKEN_LOWER.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
-            raise _violation("invalid field in HTTP/2 response")
-        if name in _CONNECTION_FIELDS or (name == b"te" and value != b"trailers"):
-            raise _violation("connection-specific field in HTTP/2 response")
-        fields.append((name, value))
-    if len(fields) > MAX_FIELDS:
-        raise _violation("too many fields in HTTP/2 response")
-    if not trailers and not status:
-        raise _violation("missing :status in HTTP/2 response")
-    return status, fields
 
 
 class _GoAwayFinder:
@@ -317,30 +226,11 @@ class Http2Client:
         limit reached, a field HTTP/2 forbids)."""
         try:
             stream_id = self._h2.get_next_available_stream_id()
-            self._h2.send_headers(stream_id, self._request_fields(head), end_stream=end_stream)
+            fields = request_fields(head, self._scheme)
+            self._h2.send_headers(stream_id, fields, end_stream=end_stream)
         except h2.exceptions.H2Error as error:
             raise ProtocolViolation(502, "request not sendable over HTTP/2") from error
         return stream_id
-
-    def _request_fields(self, head: RequestHead) -> Headers:
-        authority = head.authority
-        host_seen = False
-        fields: Headers = []
-        for line in head.headers:
-            name = line[0]
-            if name == b"host":
-                if not host_seen:
-                    authority, host_seen = line[1], True
-            elif name == b"te":
-                if line[1].strip().lower() == b"trailers":
-                    fields.append((b"te", b"trailers"))
-            elif name not in _CONNECTION_FIELDS:
-                fields.append(line)
-        pseudo: Headers = [(b":method", head.method), (b":scheme", self._scheme)]
-        if authority:
-            pseudo.append((b":authority", authority))
-        pseudo.append((b":path", head.target))
-        return pseudo + fields
 
     def send_window(self, stream_id: int) -> int:
         """How many body bytes ``stream_id`` may send now (0 if it is closed)."""
@@ -375,11 +265,7 @@ class Http2Client:
         """End the stream's request with ``trailers`` (connection-specific fields and pseudo-
         headers dropped), or with an empty DATA frame when none are left. Raises
         ``ProtocolViolation(500)`` if the stream is closed."""
-        fields = [
-            line
-            for line in trailers
-            if line[0] not in _CONNECTION_FIELDS and line[0] != b"te" and line[0][:1] != b":"
-        ]
+        fields = sendable_trailers(trailers)
         try:
             if fields:
                 self._h2.send_headers(stream_id, fields, end_stream=True)
@@ -482,9 +368,7 @@ class Http2Client:
     ) -> None:
         stream_id = event.stream_id
         try:
-            status, fields = _check_fields(event.headers, trailers=False)
-            if status < 100 or status > 599 or status == 101:
-                raise _violation("invalid :status in HTTP/2 response")
+            status, fields = response_fields(event.headers)
         except ProtocolViolation as violation:
             self._fail(stream_id, violation, out)
             return
@@ -495,7 +379,7 @@ class Http2Client:
 
     def _received_trailers(self, event: h2.events.TrailersReceived, out: list[ClientEvent]) -> None:
         try:
-            _, fields = _check_fields(event.headers, trailers=True)
+            fields = trailer_fields(event.headers)
         except ProtocolViolation as violation:
             self._fail(event.stream_id, violation, out)
             return
