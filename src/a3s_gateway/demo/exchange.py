@@ -101,6 +101,7 @@ class Exchange:
     async def read_request(self) -> Request | None:
         """The next request with its body counted; ``None`` if the client closed or went
         quiet for ``IDLE_TIMEOUT``. Raises ``h11.RemoteProtocolError`` for a malformed one."""
+        event: h11.Event | None = None
         with trio.move_on_after(IDLE_TIMEOUT):
             event = await self.next_event()
         if not isinstance(event, h11.Request):
