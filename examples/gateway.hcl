@@ -8,10 +8,11 @@
 # docs/operations.md. Strings may use ${NAME} and ${NAME:-default} for environment variables;
 # write $${ for a literal "${".
 #
-# Only what works today is here. TLS, HTTP/2, WebSocket proxying, TCP/UDP entrypoints and
-# routers, autoscaling, revisions, rollouts and the DNS, discovery and Kubernetes providers are
-# part of the configuration language but not available yet: `validate` refuses them by name
-# (see "Not available yet" in docs/configuration.md).
+# Only what works today is here. Every http entrypoint also speaks HTTP/2 (h2c by prior
+# knowledge here; h2 by ALPN on a TLS entrypoint: docs/http2-grpc.md). ACME, WebSocket proxying,
+# TCP/UDP entrypoints and routers, autoscaling, revisions, rollouts and the DNS, discovery and
+# Kubernetes providers are part of the configuration language but not available yet: `validate`
+# refuses them by name (see "Not available yet" in docs/configuration.md).
 
 # --- Entrypoints: where the gateway listens -------------------------------------------------
 entrypoints "web" {
