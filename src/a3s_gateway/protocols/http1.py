@@ -179,6 +179,12 @@ class Http1Server:
         return self._refused if self._phase is _Phase.ERROR else None
 
     @property
+    def upgrade_requested(self) -> bool:
+        """The request in progress asks for a protocol switch (an HTTP/1.1 ``GET`` without a
+        body, ``Connection: upgrade`` and an ``Upgrade`` field; ``http1_upgrade``)."""
+        return self._writer.upgrade
+
+    @property
     def switched(self) -> bool:
         """A ``101`` was written (and its write did not fail): the connection is not HTTP's."""
         return self._phase is _Phase.SWITCHED

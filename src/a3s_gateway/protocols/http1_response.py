@@ -117,6 +117,11 @@ class ResponseWriter:
         self._upgrade = upgrade
 
     @property
+    def upgrade(self) -> bool:
+        """The request asked for a protocol switch (``http1_upgrade.asks_for_upgrade``)."""
+        return self._upgrade
+
+    @property
     def done(self) -> bool:
         """The whole response was serialised."""
         return self._state is _State.DONE

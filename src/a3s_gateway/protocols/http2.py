@@ -12,7 +12,8 @@ a stream over ``max_concurrent_streams`` (``REFUSED_STREAM``). A ``content-lengt
 not digits or disagrees with the DATA stays h2's connection error.
 
 - **Floods** (SPEC §5.8 "Abuse protection"): more than ``max_resets_per_second`` streams the
-  client cancels within one second (rapid reset, CVE-2023-44487), or more than
+  client cancels within one second (rapid reset, CVE-2023-44487; a reset the client provokes
+  with a frame that is a stream error counts too, CVE-2025-8671), or more than
   ``max_control_frames`` control frames (SETTINGS, PING, PRIORITY, WINDOW_UPDATE, empty DATA)
   within 10 s, end the connection with GOAWAY ``ENHANCE_YOUR_CALM``. CONTINUATION floods are
   bounded by ``h2`` itself (at most 64 CONTINUATION frames per header block, each at most
@@ -38,6 +39,9 @@ Must not: do I/O, read a clock, or decide anything about routing or proxying.
 
 from __future__ import annotations
 
+import base64
+import re
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
@@ -70,6 +74,7 @@ __all__ = [
     "PingAcked",
     "StreamCancelled",
     "WindowOpened",
+    "h2c_settings",
 ]
 
 #: The client connection preface (RFC 9113 §3.4): HTTP/2 by prior knowledge starts with it.
@@ -176,6 +181,7 @@ class Http2Server:
         "_conn",
         "_controls",
         "_extra",
+        "_header_priority",
         "_limits",
         "_live",
         "_now",
@@ -212,6 +218,8 @@ class Http2Server:
         self._extra: list[bytes] = []
         #: Streams above this id are refused (after a graceful GOAWAY announced it).
         self._refuse_above = MAX_STREAM_ID
+        #: The PRIORITY of the last HEADERS frame (its own event follows the request's).
+        self._header_priority: h2.events.PriorityUpdated | None = None
         #: Streams accepted that may still be open (``_at_stream_limit``).
         self._live: set[int] = set()
         #: The highest stream id accepted (a request handed out).
@@ -227,11 +235,13 @@ class Http2Server:
         self._started()
 
     def initiate_upgrade(self, settings: bytes) -> None:
-        """After a ``101`` for ``Upgrade: h2c`` (``settings``: the decoded ``HTTP2-Settings``):
-        stream 1 is the upgraded request, half-closed by the client (RFC 9113 §3.2, 7540)."""
+        """After a ``101`` for ``Upgrade: h2c`` (``settings``: the ``HTTP2-Settings`` value as
+        ``h2c_settings`` returns it): stream 1 is the upgraded request, half-closed by the
+        client (RFC 7540 §3.2)."""
         self._conn.initiate_upgrade_connection(settings)
         self._started()
         self.highest_stream = 1
+        self._live.add(1)
 
     def _started(self) -> None:
         """The SETTINGS frame went out: h2 is told a stream limit no client reaches, since
@@ -266,7 +276,7 @@ class Http2Server:
             raise self._calm("control_flood")
         return out
 
-    def _translate(self, event: h2.events.Event, out: list[Http2Event]) -> int:  # noqa: C901, PLR0912 -- one flat dispatch over h2's event types
+    def _translate(self, event: h2.events.Event, out: list[Http2Event]) -> int:  # noqa: C901 -- one flat dispatch over h2's event types
         """Append the translation of one h2 event to ``out``; 1 if it was a control frame."""
         if isinstance(event, h2.events.DataReceived):
             stream_id = event.stream_id
@@ -279,16 +289,19 @@ class Http2Server:
                 return 0
             return 0 if event.stream_ended is not None else 1
         if isinstance(event, h2.events.RequestReceived):
+            # A PRIORITY flag in the HEADERS frame comes next as its own event: part of the
+            # request, not a control frame.
+            self._header_priority = event.priority_updated
             self._request(event, out)
         elif isinstance(event, h2.events.StreamEnded):
             out.append(EndOfBody(stream_id=event.stream_id))
         elif isinstance(event, h2.events.TrailersReceived):
-            if event.stream_ended is None:  # trailers always end a stream; h2 says so
-                return 0
+            self._header_priority = event.priority_updated
         elif isinstance(event, h2.events.StreamReset):
             out.append(StreamCancelled(event.stream_id, int(event.error_code or 0)))
-            if event.remote_reset:
-                self._count_reset()
+            # Ours too: h2 reports only resets the client caused, by RST_STREAM or by a frame
+            # that is a stream error (MadeYouReset, CVE-2025-8671: same effect, no RST).
+            self._count_reset()
         elif isinstance(event, h2.events.WindowUpdated):
             out.append(WindowOpened(event.stream_id or 0))
             return 1
@@ -299,10 +312,9 @@ class Http2Server:
         elif isinstance(event, h2.events.PingAckReceived):
             out.append(PingAcked(bytes(event.ping_data or b"")))
             return 1
-        elif isinstance(
-            event,
-            h2.events.PingReceived | h2.events.PriorityUpdated | h2.events.SettingsAcknowledged,
-        ):
+        elif isinstance(event, h2.events.PriorityUpdated):
+            return 0 if event is self._header_priority else 1
+        elif isinstance(event, h2.events.PingReceived | h2.events.SettingsAcknowledged):
             return 1
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.closed = True
@@ -476,6 +488,62 @@ def _valid(fields: Sequence[tuple[bytes, bytes]]) -> bool:
     except h2.exceptions.ProtocolError:
         return False
     return True
+
+
+_SETTINGS_VALUE: Final = re.compile(rb"[A-Za-z0-9_-]*")
+_KNOWN_SETTINGS: Final = frozenset(int(code) for code in h2.settings.SettingCodes)
+
+
+def h2c_settings(head: RequestHead) -> bytes | None:
+    """The ``HTTP2-Settings`` value (padded base64url) of an HTTP/1.1 request that asks to
+    upgrade to h2c (RFC 7540 §3.2, SPEC §5.1 item 3), else None: a bodiless ``GET`` whose
+    ``Upgrade`` lists ``h2c``, with one valid ``HTTP2-Settings`` field and ``Connection``
+    naming both. Requests with a body are not upgraded (SPEC allows up to 64 KiB; not done).
+
+    Cheap for every other request: one pass over the fields of a bodiless ``GET`` looking for
+    ``upgrade``; the rest is looked at only when there is one.
+    """
+    if head.has_body or head.method != b"GET" or head.http_version != b"1.1":
+        return None
+    for name, _ in head.headers:
+        if name == b"upgrade":
+            return _upgrade_settings(head.headers)
+    return None
+
+
+def _upgrade_settings(fields: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    protocols: list[bytes] = []
+    options: list[bytes] = []
+    settings = [value for name, value in fields if name == b"http2-settings"]
+    for name, value in fields:
+        if name == b"upgrade":
+            protocols += (item.strip().lower() for item in value.split(b","))
+        elif name == b"connection":
+            options += (item.strip().lower() for item in value.split(b","))
+    if (
+        b"h2c" not in protocols
+        or b"upgrade" not in options
+        or b"http2-settings" not in options
+        or len(settings) != 1
+    ):
+        return None
+    value = settings[0].strip()
+    if _SETTINGS_VALUE.fullmatch(value) is None or len(value) % 4 == 1:
+        return None
+    value += b"=" * (-len(value) % 4)
+    payload = base64.urlsafe_b64decode(value)
+    if len(payload) % 6:
+        return None
+    pairs: dict[h2.settings.SettingCodes, int] = {}
+    for offset in range(0, len(payload), 6):
+        code, setting = struct.unpack_from("!HL", payload, offset)
+        if code in _KNOWN_SETTINGS:  # RFC 9113 §6.5.2: unknown settings are ignored
+            pairs[h2.settings.SettingCodes(code)] = setting
+    try:  # the values h2 will apply: each checked as a SETTINGS frame's would be
+        h2.settings.Settings(client=True, initial_values=pairs)
+    except h2.exceptions.InvalidSettingsValueError:
+        return None
+    return value
 
 
 def request_head(

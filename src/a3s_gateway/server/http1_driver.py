@@ -11,7 +11,10 @@ request (idle connections close at once), a head that began is still answered, a
 response in progress carries ``Connection: close``. An exchange that ends by ``ClientGone`` or
 ``ExchangeAborted`` ends the connection: HTTP/1.1 cannot carry on after a response cut short.
 After a protocol switch (``Http1Downstream.handed_over``) the driver stops and leaves the
-stream to its new owner: no read, no write, no linger, no close.
+stream to its new owner: no read, no write, no linger, no close. One switch is the driver's
+own (SPEC §5.1 item 3): a bodiless ``GET`` with ``Upgrade: h2c`` on a plaintext entrypoint
+with ``h2c`` gets ``101`` here and the connection goes on as HTTP/2 (``serve_http2``), the
+request served as stream 1; every other ``Upgrade`` is the exchange's.
 
 A request refused while its head is read (a ``ProtocolViolation``, the head timeout, a bad
 request pipelined behind a good one) is answered here with ``Connection: close`` and, like any
@@ -24,22 +27,31 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from a3s_gateway.observability.record import ExchangeRecord, refusal_error
-from a3s_gateway.protocols.events import ConnectionClosed, EndOfBody, ProtocolViolation, RequestHead
+from a3s_gateway.protocols.events import (
+    ConnectionClosed,
+    EndOfBody,
+    ProtocolViolation,
+    RequestHead,
+    ResponseHead,
+)
 from a3s_gateway.protocols.http1 import Http1Server
+from a3s_gateway.protocols.http2 import h2c_settings
 from a3s_gateway.protocols.responses import error_response
 from a3s_gateway.protocols.target import split_target
 from a3s_gateway.server.downstream import ClientGone, ClientTimeout, ExchangeAborted
 from a3s_gateway.server.exchange import handle_request, send_generated
 from a3s_gateway.server.http1_downstream import READ_SIZE, Http1Downstream
+from a3s_gateway.server.http2_driver import serve_http2
 
 if TYPE_CHECKING:
     from a3s_gateway.runtime.compile import EntrypointRuntime
-    from a3s_gateway.server.downstream import ConnInfo
+    from a3s_gateway.server.downstream import ConnInfo, Handover
     from a3s_gateway.server.server_context import ServerContext
 
 __all__ = ["CLOSE_GRACE", "LINGER_IDLE", "LINGER_TIME", "serve_http1"]
@@ -65,8 +77,9 @@ async def serve_http1(
     idle = _IdleWait()
     connections = ctx.drain.connections
     connections.add(idle)
+    h2c: _H2cSwitch | None = None
     try:
-        await _serve_requests(down, adapter, info, entry, ctx, idle)
+        h2c = await _serve_requests(down, adapter, info, entry, ctx, idle)
     except (ClientGone, ExchangeAborted, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # HTTP/1.1: a client gone or an exchange aborted ends the connection
     except Exception:
@@ -79,6 +92,10 @@ async def serve_http1(
             with trio.move_on_after(CLOSE_GRACE) as cleanup:
                 cleanup.shield = True
                 await stream.aclose()
+    if h2c is not None:  # switched to h2c: the same stream, HTTP/2 from here on
+        handover = h2c.handover
+        upgraded = (h2c.head, h2c.settings)
+        await serve_http2(handover.stream, info, ctx, received=handover.leftover, upgraded=upgraded)
 
 
 #: Lingering close (RFC 9112 §9.6; NGINX's lingering_time/lingering_timeout): how long, in
@@ -131,12 +148,17 @@ async def _serve_requests(
     entry: EntrypointRuntime,
     ctx: ServerContext,
     idle: _IdleWait,
-) -> None:
+) -> _H2cSwitch | None:
+    """Serve requests in turn; an h2c upgrade ends HTTP/1.1 with the switch to make."""
     served = 0
     while True:
         head = await _next_head(down, adapter, info, entry, ctx, idle)
         if head is None:
-            return
+            return None
+        if adapter.upgrade_requested and entry.h2c and not ctx.drain.draining:
+            settings = h2c_settings(head)  # plaintext entrypoints (SPEC §5.1 item 3)
+            if settings is not None:
+                return await _switch_to_h2c(down, head, settings)
         served += 1
         down.start_exchange(head)
         limit = entry.max_requests_per_connection
@@ -144,17 +166,48 @@ async def _serve_requests(
             down.close_after_response()
         await handle_request(head, down, info, ctx)
         if down.handed_over or down.closing:  # a protocol switch ends HTTP/1.1 here too
-            return
+            return None
         if not down.request_complete:
             await _discard_body(down, adapter)
         if not adapter.keep_alive or ctx.drain.draining:
-            return
+            return None
         try:
             down.pending.extend(adapter.start_next_cycle())
         except ProtocolViolation as violation:
             # A malformed request pipelined behind the one just answered (issue #14).
             await _refuse(down, adapter, info, ctx, _Refused(violation.status, violation.reason))
-            return
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class _H2cSwitch:
+    """A ``101`` went out for ``Upgrade: h2c``: the stream and the bytes after the request
+    head, the request to serve as HTTP/2 stream 1 and its ``HTTP2-Settings``."""
+
+    handover: Handover
+    head: RequestHead
+    settings: bytes
+
+
+#: RFC 7540 §3.2: the ``101`` names the protocol switched to.
+_H2C_SWITCH: Final = ResponseHead(101, [(b"connection", b"Upgrade"), (b"upgrade", b"h2c")])
+
+
+async def _switch_to_h2c(down: Http1Downstream, head: RequestHead, settings: bytes) -> _H2cSwitch:
+    """Answer ``101 Switching Protocols`` and take the stream over; the request becomes
+    stream 1 of the HTTP/2 connection (it has no body: ``h2c_settings``). Raises
+    ``ClientGone`` when the ``101`` cannot be written."""
+    down.start_exchange(head)
+    await down.send(_H2C_SWITCH)
+    upgraded = RequestHead(
+        method=head.method,
+        target=head.target,
+        authority=head.authority,
+        headers=head.headers,
+        http_version=b"2",
+        stream_id=1,
+    )
+    return _H2cSwitch(down.take_over(), upgraded, settings)
 
 
 async def _next_head(

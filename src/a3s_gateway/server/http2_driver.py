@@ -66,9 +66,12 @@ async def serve_http2(
     ctx: ServerContext,
     *,
     received: bytes = b"",
+    upgraded: tuple[RequestHead, bytes] | None = None,
 ) -> None:
     """Serve HTTP/2 on ``stream`` until either side ends it; closes ``stream``. ``received``:
-    bytes already read from the client (the preface that told us it speaks HTTP/2)."""
+    bytes already read from the client (the preface that told us it speaks HTTP/2).
+    ``upgraded``: after a ``101`` to ``Upgrade: h2c``, the request (served as stream 1) and
+    its ``HTTP2-Settings`` (``h2c_settings``)."""
     entry = ctx.runtime.entrypoints[info.entrypoint]
     adapter = Http2Server(entry.http2)
     link = Http2Link(stream, adapter, entry.body_idle_timeout)
@@ -77,7 +80,7 @@ async def serve_http2(
             connection = _Connection(link, info, ctx, entry, nursery)
             ctx.drain.connections.add(connection)
             try:
-                await connection.run(received)
+                await connection.run(received, upgraded)
             finally:
                 ctx.drain.connections.discard(connection)
                 nursery.cancel_scope.cancel()
@@ -127,10 +130,15 @@ class _Connection:
         self._drained = trio.Event()
         self._idle = trio.CancelScope()
 
-    async def run(self, received: bytes) -> None:
+    async def run(self, received: bytes, upgraded: tuple[RequestHead, bytes] | None) -> None:
         """The read loop: bytes in, events dispatched, the adapter's answers flushed."""
         link = self.link
-        link.adapter.initiate()
+        if upgraded is None:
+            link.adapter.initiate()
+        else:  # the upgraded request is stream 1, already complete
+            head, settings = upgraded
+            link.adapter.initiate_upgrade(settings)
+            self._start(head)
         if self.ctx.drain.draining:
             self.drain()
         try:
