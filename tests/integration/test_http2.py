@@ -381,11 +381,6 @@ async def test_the_access_log_says_http2(origin: Origin, tmp_path: Path) -> None
     assert [line["status"] for line in lines] == [200, 200]
 
 
-@pytest.mark.xfail(
-    reason="a3s_open_connections labels every connection protocol=http1 "
-    "(observability/gateway_metrics.py _collect_entrypoints; SPEC §9.1 wants http2)",
-    strict=True,
-)
 async def test_open_connections_counts_http2_as_http2(origin: Origin) -> None:
     async with gateway_for(origin) as handle:
         client = await H2Client.connect(handle.port)

@@ -166,6 +166,7 @@ class FakeContext:
 
     active_requests: dict[str, int] = field(default_factory=dict)
     active_connections: dict[str, int] = field(default_factory=dict)
+    http2_connections: dict[str, int] = field(default_factory=dict)
     rejected_connections: dict[tuple[str, str], int] = field(default_factory=dict)
     pool: FakePool = field(default_factory=FakePool)
 
@@ -483,6 +484,7 @@ async def test_collect_reads_backends_pool_middlewares_and_mirrors() -> None:
     ctx = FakeContext(
         active_requests={"web": 5},
         active_connections={"web": 7, "admin": 1},
+        http2_connections={"web": 2},
         rejected_connections={("web", "ip_not_allowed"): 4},
         pool=pool,
     )
@@ -520,8 +522,11 @@ async def test_collect_reads_backends_pool_middlewares_and_mirrors() -> None:
     assert scraped["a3s_config_generation", ()] == 4
     assert scraped["a3s_http_requests_in_flight", labels(entrypoint="web")] == 5
     assert scraped["a3s_http_requests_in_flight", labels(entrypoint="admin")] == 0
-    assert scraped["a3s_open_connections", labels(entrypoint="web", protocol="http1")] == 7
+    # 7 open on web, 2 of them HTTP/2
+    assert scraped["a3s_open_connections", labels(entrypoint="web", protocol="http1")] == 5
+    assert scraped["a3s_open_connections", labels(entrypoint="web", protocol="http2")] == 2
     assert scraped["a3s_open_connections", labels(entrypoint="admin", protocol="http1")] == 1
+    assert scraped["a3s_open_connections", labels(entrypoint="admin", protocol="http2")] == 0
     rejected = labels(entrypoint="web", reason="ip_not_allowed")
     assert scraped["a3s_connections_rejected_total", rejected] == 4
     expected = {  # backend: (in flight, available, healthy, ejected)

@@ -189,6 +189,7 @@ class _Pool:
 class _Context:
     active_requests: dict[str, int] = field(default_factory=dict)
     active_connections: dict[str, int] = field(default_factory=dict)
+    http2_connections: dict[str, int] = field(default_factory=dict)
     rejected_connections: dict[tuple[str, str], int] = field(default_factory=dict)
     pool: _Pool = field(default_factory=_Pool)
 

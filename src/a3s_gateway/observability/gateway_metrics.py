@@ -167,6 +167,11 @@ class MetricsContext(Protocol):
     def active_connections(self) -> Mapping[str, int]: ...
 
     @property
+    def http2_connections(self) -> Mapping[str, int]:
+        """Those of ``active_connections`` that speak HTTP/2."""
+        ...
+
+    @property
     def rejected_connections(self) -> Mapping[tuple[str, str], int]: ...
 
     @property
@@ -800,18 +805,23 @@ class GatewayMetrics:
 
     def _collect_entrypoints(self, runtime: RuntimeConfig, ctx: MetricsContext) -> None:
         names = runtime.entrypoints
+        http2 = ctx.http2_connections
+        http1 = {name: n - http2.get(name, 0) for name, n in ctx.active_connections.items()}
+        keep: dict[int, set[tuple[str, ...]]] = {}
         for family, counts, extra in (
             (self.in_flight, ctx.active_requests, ()),
-            (self.open_connections, ctx.active_connections, ("http1",)),
+            (self.open_connections, http1, ("http1",)),
+            (self.open_connections, http2, ("http2",)),
         ):
-            keep = set()
+            kept = keep.setdefault(id(family), set())
             for name in dict.fromkeys([*names, *counts]):  # in a stable order
                 value = counts.get(name, 0)
                 if value or name in names:
                     labels = (name, *extra)
                     family.labels(*labels).set(value)
-                    keep.add(labels)
-            family.retain(keep)
+                    kept.add(labels)
+        self.in_flight.retain(keep[id(self.in_flight)])
+        self.open_connections.retain(keep[id(self.open_connections)])
         for (entrypoint, reason), total in ctx.rejected_connections.items():
             self.connections_rejected.labels(entrypoint, reason).advance_to(total)
 

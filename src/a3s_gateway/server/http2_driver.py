@@ -75,6 +75,8 @@ async def serve_http2(
     entry = ctx.runtime.entrypoints[info.entrypoint]
     adapter = Http2Server(entry.http2)
     link = Http2Link(stream, adapter, entry.body_idle_timeout)
+    counts = ctx.http2_connections  # a3s_open_connections{protocol="http2"}
+    counts[info.entrypoint] = counts.get(info.entrypoint, 0) + 1
     try:
         async with trio.open_nursery() as nursery:
             connection = _Connection(link, info, ctx, entry, nursery)
@@ -87,6 +89,7 @@ async def serve_http2(
     except Exception:
         log.exception("HTTP/2 connection from %s failed", info.peer_ip)
     finally:
+        counts[info.entrypoint] -= 1
         with trio.move_on_after(CLOSE_GRACE) as cleanup:
             cleanup.shield = True
             with contextlib.suppress(ClientGone):

@@ -138,6 +138,7 @@ class ServerContext:
         "drain",
         "failover_requests",
         "h2pool",
+        "http2_connections",
         "metrics",
         "observer",
         "pool",
@@ -165,6 +166,8 @@ class ServerContext:
         self.dates = DateCache()
         self.active_connections: dict[str, int] = {}
         self.active_requests: dict[str, int] = {}
+        #: Those of ``active_connections`` that speak HTTP/2, by entrypoint.
+        self.http2_connections: dict[str, int] = {}
         self.total_requests = 0
         #: Connections closed at accept, by (entrypoint, reason) (SPEC §6.4 reasons
         #: ``max_connections`` and ``ip_not_allowed``; a metric once metrics land).
