@@ -58,6 +58,7 @@ class _Context:
     def __init__(self) -> None:
         self.active_requests: Mapping[str, int] = {"web": 12}
         self.active_connections: Mapping[str, int] = {"web": 64}
+        self.http2_connections: Mapping[str, int] = {}
         self.rejected_connections: Mapping[tuple[str, str], int] = {}
         self.pool = _Pool()
 

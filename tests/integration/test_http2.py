@@ -28,7 +28,7 @@ from typing import Final
 
 import pytest
 import trio
-from hyperframe.frame import WindowUpdateFrame
+from hyperframe.frame import GoAwayFrame, WindowUpdateFrame
 
 from tests.support.gateway import (
     CLIENT_WAIT,
@@ -263,7 +263,7 @@ class HoldingOrigin:
 
 
 async def test_a_client_reset_closes_its_upstream_and_spares_the_other_streams(
-    origin: Origin, nursery: trio.Nursery
+    origin: Origin, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     holding = HoldingOrigin()
     await nursery.start(holding.serve)
@@ -274,6 +274,7 @@ async def test_a_client_reset_closes_its_upstream_and_spares_the_other_streams(
         '  service = "slow"\n}\n'
         f'services "slow" {{\n  load_balancer {{\n    servers = [{server_entry(holding.port)}]\n'
         "  }\n}\n"
+        f'observability {{\n  access_log_path = "{tmp_path / "access.log"}"\n}}\n'
     )
     async with gateway_for(origin, more=more) as handle:
         client = await H2Client.connect(handle.port)
@@ -300,6 +301,10 @@ async def test_a_client_reset_closes_its_upstream_and_spares_the_other_streams(
             assert client.goaways == []
         finally:
             await client.aclose()
+    lines = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
+    errors = {line["path"]: line["error"] for line in lines}
+    assert errors["/slow"] == "client_abort"  # the client's doing, not a shutdown
+    assert errors["/held"] == ""
 
 
 async def test_a_drain_sends_goaway_and_finishes_the_stream_in_flight(origin: Origin) -> None:
@@ -330,6 +335,28 @@ async def test_a_drain_sends_goaway_and_finishes_the_stream_in_flight(origin: Or
         finally:
             await client.aclose()
     assert [request.path for request in origin.requests] == [b"/held"]
+
+
+async def test_a_client_goaway_lets_its_stream_in_flight_finish(origin: Origin) -> None:
+    release = trio.Event()
+    origin.on("/held", SlowHead(release))
+    async with gateway_for(origin) as handle:
+        client = await H2Client.connect(handle.port)
+        try:
+            held = await client.request("/held")
+            with trio.fail_after(CLIENT_WAIT):
+                await origin.wait_for(lambda: origin.heads == 1)
+            # The client says it is done (GOAWAY NO_ERROR) while its stream is in flight.
+            goaway = GoAwayFrame(0)
+            goaway.last_stream_id = 0
+            goaway.error_code = NO_ERROR
+            assert await client.send_frames(goaway)
+            release.set()
+            reply = await client.reply(held)
+            assert (reply.status, reply.ended, reply.reset) == (200, True, None)
+            assert await client.closed()  # then the gateway ends the connection
+        finally:
+            await client.aclose()
 
 
 async def test_an_idle_connection_gets_goaway_after_the_idle_timeout(origin: Origin) -> None:

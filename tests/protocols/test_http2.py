@@ -259,9 +259,29 @@ def test_the_client_goaway_and_ping_ack_are_events() -> None:
     pair.server.ping(b"12345678")
     pair.to_client()  # the client acknowledges at once
     assert pair.to_server() == [PingAcked(b"12345678")]
-    pair.client.close_connection()
+    pair.client.close_connection(ErrorCode.PROTOCOL_ERROR)
+    assert pair.to_server() == [PeerGoAway(ErrorCode.PROTOCOL_ERROR, 0)]
+    assert pair.server.closed  # an error: nothing more is served
+
+
+def test_a_graceful_client_goaway_lets_the_open_streams_finish() -> None:
+    pair = Pair()
+    pair.settle()
+    stream_id = pair.request(GET)
+    pair.to_server()
+    pair.server.acknowledge(stream_id, 0)  # something of the server's may be queued meanwhile
+    pair.client.close_connection()  # GOAWAY NO_ERROR: no new streams, the open one finishes
     assert pair.to_server() == [PeerGoAway(0, 0)]
-    assert pair.server.closed
+    assert not pair.server.closed
+    pair.server.send_head(ResponseHead(200, [(b"content-length", b"2")]), stream_id, end=False)
+    pair.server.send_data(stream_id, b"ok", end=True)
+    frames = frames_of(pair.server.data_to_send())
+    assert [type(frame).__name__ for frame in frames] == ["HeadersFrame", "DataFrame"]
+    data = frames[-1]
+    assert isinstance(data, DataFrame)
+    assert data.stream_id == stream_id
+    assert data.data == b"ok"
+    assert "END_STREAM" in data.flags
 
 
 # -- responses out --------------------------------------------------------------------------

@@ -170,6 +170,7 @@ class ScriptedClient:
     sent_bytes = 0
     head_sent = -1.0
     grpc_status = -1
+    client_cancelled = False
 
     def __init__(self, chunks: list[bytes], upstream_got: list[bytes]) -> None:
         self._events: deque[BodyChunk | EndOfBody] = deque(BodyChunk(c) for c in chunks)

@@ -34,16 +34,15 @@ Flow control: received DATA is acknowledged only through ``acknowledge`` (after 
 took the bytes, or when a stream's rest is discarded), so a client can never have more in
 flight than the windows: ``initial_window_size`` per stream, ``connection_window_size`` in all.
 
+Its vocabulary (limits, events, constants) is ``http2_events.py``; the request-side checks and
+translation are ``http2_request.py``.
+
 Must not: do I/O, read a clock, or decide anything about routing or proxying.
 """
 
 from __future__ import annotations
 
-import base64
-import re
-import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 import h2.config
 import h2.connection
@@ -54,16 +53,32 @@ import h2.settings
 import h2.utilities
 from hyperframe.frame import GoAwayFrame, PingFrame
 
-from a3s_gateway.protocols.events import BodyChunk, EndOfBody, RequestHead
+from a3s_gateway.protocols.events import BodyChunk, EndOfBody
+from a3s_gateway.protocols.http2_events import (
+    CONNECTION_SPECIFIC,
+    CONTROL_WINDOW,
+    DRAIN_PING,
+    MAX_STREAM_ID,
+    PREFACE,
+    ErrorCode,
+    Http2Error,
+    Http2Event,
+    Http2Limits,
+    PeerGoAway,
+    PingAcked,
+    StreamCancelled,
+    WindowOpened,
+)
+from a3s_gateway.protocols.http2_request import h2c_settings, request_head, valid_request
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from a3s_gateway.protocols.events import Informational, ResponseHead
     from a3s_gateway.protocols.headers import Headers
 
 __all__ = [
     "CONNECTION_SPECIFIC",
+    "DRAIN_PING",
+    "MAX_STREAM_ID",
     "PREFACE",
     "ErrorCode",
     "Http2Error",
@@ -76,82 +91,6 @@ __all__ = [
     "WindowOpened",
     "h2c_settings",
 ]
-
-#: The client connection preface (RFC 9113 §3.4): HTTP/2 by prior knowledge starts with it.
-PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-#: RFC 9113 §8.2.2: fields an HTTP/2 message must not carry (``te`` is kept as ``trailers``).
-CONNECTION_SPECIFIC: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-
-#: The window over which control frames are counted (SPEC §5.8).
-_CONTROL_WINDOW: Final = 10.0
-#: The largest stream id (2³¹−1): the first GOAWAY of a graceful drain announces it.
-MAX_STREAM_ID: Final = 2**31 - 1
-#: The PING payload of a drain's first GOAWAY: its ACK says the client saw the GOAWAY.
-DRAIN_PING: Final = b"a3sdrain"
-
-ErrorCode = h2.errors.ErrorCodes
-
-
-@dataclass(frozen=True, slots=True)
-class Http2Limits:
-    """An entrypoint's ``http2 {}`` block (SPEC §3.7) and the flood limits."""
-
-    max_concurrent_streams: int = 100
-    initial_window_size: int = 65535
-    connection_window_size: int = 1048576
-    max_frame_size: int = 16384
-    max_header_list_size: int = 32768
-    max_resets_per_second: int = 200
-    max_control_frames: int = 10000
-
-
-class Http2Error(Exception):
-    """A connection error: ``code`` went out in a GOAWAY (queued in ``data_to_send``);
-    ``reason`` is a short fixed text for logs and metrics (``rapid_reset``, ``control_flood``,
-    ``protocol_error``)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{reason} ({code})")
-        self.code = code
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class StreamCancelled:
-    """The client reset ``stream_id`` (RST_STREAM); its exchange must stop."""
-
-    stream_id: int
-    code: int
-
-
-@dataclass(frozen=True, slots=True)
-class WindowOpened:
-    """The client granted send credit on ``stream_id`` (0: the whole connection)."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class PeerGoAway:
-    """The client sent GOAWAY: no new streams; ``code`` non-zero means an error."""
-
-    code: int
-    last_stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class PingAcked:
-    """The client acknowledged our PING (``payload``)."""
-
-    payload: bytes
-
-
-Http2Event: TypeAlias = (
-    RequestHead | BodyChunk | EndOfBody | StreamCancelled | WindowOpened | PeerGoAway | PingAcked
-)
 
 _END: Final = EndOfBody()
 
@@ -187,6 +126,7 @@ class Http2Server:
         "_now",
         "_refuse_above",
         "_resets",
+        "_state_before",
         "closed",
         "highest_stream",
     )
@@ -213,7 +153,9 @@ class Http2Server:
         self._limits = limits
         self._resets = _Window(1.0)
         self._now = 0.0
-        self._controls = _Window(_CONTROL_WINDOW)
+        #: h2's connection state before the bytes being received (a graceful GOAWAY's undo).
+        self._state_before = conn.state_machine.state
+        self._controls = _Window(CONTROL_WINDOW)
         #: Frames serialised here rather than by h2 (the drain's GOAWAYs and PING).
         self._extra: list[bytes] = []
         #: Streams above this id are refused (after a graceful GOAWAY announced it).
@@ -262,8 +204,14 @@ class Http2Server:
         """The events of ``data`` read from the client. Raises ``Http2Error`` when the
         connection must end (a protocol error or a flood; the GOAWAY is queued)."""
         self._now = now
+        conn = self._conn
+        # h2 drops what it had queued when a GOAWAY arrives (h2 issue #1181): keep it.
+        held = conn.data_to_send()
+        if held:
+            self._extra.append(held)
+        self._state_before = conn.state_machine.state
         try:
-            events = self._conn.receive_data(data)
+            events = conn.receive_data(data)
         except h2.exceptions.ProtocolError as error:
             self.closed = True
             code = int(getattr(error, "error_code", ErrorCode.PROTOCOL_ERROR))
@@ -317,9 +265,20 @@ class Http2Server:
         elif isinstance(event, h2.events.PingReceived | h2.events.SettingsAcknowledged):
             return 1
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.closed = True
-            out.append(PeerGoAway(int(event.error_code or 0), int(event.last_stream_id or 0)))
+            out.append(self._peer_goaway(event))
         return 0
+
+    def _peer_goaway(self, event: h2.events.ConnectionTerminated) -> PeerGoAway:
+        code = int(event.error_code or 0)
+        if code:
+            self.closed = True
+        else:
+            # A graceful GOAWAY: the client opens no more streams, but those open may finish
+            # (RFC 9113 §6.8), which h2, having closed its state machine, would refuse to
+            # send: it is put back as it was, and any later stream is refused.
+            self._conn.state_machine.state = self._state_before
+            self._refuse_above = min(self._refuse_above, self.highest_stream)
+        return PeerGoAway(code, int(event.last_stream_id or 0))
 
     def _count_reset(self) -> None:
         # Called from _translate: raising here ends the whole receive with the GOAWAY queued.
@@ -334,7 +293,7 @@ class Http2Server:
             return
         fields = event.headers or []
         ended = event.stream_ended is not None
-        head = request_head(fields, stream_id, ended=ended) if _valid(fields) else None
+        head = request_head(fields, stream_id, ended=ended) if valid_request(fields) else None
         if head is None:  # malformed, or a CONNECT without :path (no tunnels over HTTP/2)
             # SPEC §5.3: a 400 while headers can still be sent, then the stream error.
             conn.send_headers(stream_id, _BAD_REQUEST, end_stream=True)
@@ -455,6 +414,9 @@ class Http2Server:
         return self._conn.open_inbound_streams
 
 
+_BAD_REQUEST: Final = [(b":status", b"400"), (b"content-length", b"0")]
+
+
 def _settings(limits: Http2Limits, max_streams: int) -> h2.settings.Settings:
     """Our SETTINGS (SPEC §5.8), in force at once (h2 sends them with the preface)."""
     return h2.settings.Settings(
@@ -468,120 +430,4 @@ def _settings(limits: Http2Limits, max_streams: int) -> h2.settings.Settings:
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
         },
-    )
-
-
-#: How h2 validates a request's header block (we are the server: ``is_client`` is false).
-_REQUEST_FLAGS: Final = h2.utilities.HeaderValidationFlags(
-    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
-)
-_BAD_REQUEST: Final = [(b":status", b"400"), (b"content-length", b"0")]
-
-
-def _valid(fields: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Whether a request's header block is well-formed (RFC 9113 §8.1.1-8.3: pseudo-header
-    fields, connection-specific fields, ``te``, names, ``:authority`` against ``host``), by
-    h2's own validation."""
-    try:
-        for _ in h2.utilities.validate_headers(fields, _REQUEST_FLAGS):
-            pass
-    except h2.exceptions.ProtocolError:
-        return False
-    return True
-
-
-_SETTINGS_VALUE: Final = re.compile(rb"[A-Za-z0-9_-]*")
-_KNOWN_SETTINGS: Final = frozenset(int(code) for code in h2.settings.SettingCodes)
-
-
-def h2c_settings(head: RequestHead) -> bytes | None:
-    """The ``HTTP2-Settings`` value (padded base64url) of an HTTP/1.1 request that asks to
-    upgrade to h2c (RFC 7540 §3.2, SPEC §5.1 item 3), else None: a bodiless ``GET`` whose
-    ``Upgrade`` lists ``h2c``, with one valid ``HTTP2-Settings`` field and ``Connection``
-    naming both. Requests with a body are not upgraded (SPEC allows up to 64 KiB; not done).
-
-    Cheap for every other request: one pass over the fields of a bodiless ``GET`` looking for
-    ``upgrade``; the rest is looked at only when there is one.
-    """
-    if head.has_body or head.method != b"GET" or head.http_version != b"1.1":
-        return None
-    for name, _ in head.headers:
-        if name == b"upgrade":
-            return _upgrade_settings(head.headers)
-    return None
-
-
-def _upgrade_settings(fields: Sequence[tuple[bytes, bytes]]) -> bytes | None:
-    protocols: list[bytes] = []
-    options: list[bytes] = []
-    settings = [value for name, value in fields if name == b"http2-settings"]
-    for name, value in fields:
-        if name == b"upgrade":
-            protocols += (item.strip().lower() for item in value.split(b","))
-        elif name == b"connection":
-            options += (item.strip().lower() for item in value.split(b","))
-    if (
-        b"h2c" not in protocols
-        or b"upgrade" not in options
-        or b"http2-settings" not in options
-        or len(settings) != 1
-    ):
-        return None
-    value = settings[0].strip()
-    if _SETTINGS_VALUE.fullmatch(value) is None or len(value) % 4 == 1:
-        return None
-    value += b"=" * (-len(value) % 4)
-    payload = base64.urlsafe_b64decode(value)
-    if len(payload) % 6:
-        return None
-    pairs: dict[h2.settings.SettingCodes, int] = {}
-    for offset in range(0, len(payload), 6):
-        code, setting = struct.unpack_from("!HL", payload, offset)
-        if code in _KNOWN_SETTINGS:  # RFC 9113 §6.5.2: unknown settings are ignored
-            pairs[h2.settings.SettingCodes(code)] = setting
-    try:  # the values h2 will apply: each checked as a SETTINGS frame's would be
-        h2.settings.Settings(client=True, initial_values=pairs)
-    except h2.exceptions.InvalidSettingsValueError:
-        return None
-    return value
-
-
-def request_head(
-    fields: Sequence[tuple[bytes, bytes]], stream_id: int, *, ended: bool
-) -> RequestHead | None:
-    """The ``RequestHead`` of a validated HTTP/2 header block; None for a CONNECT (the
-    gateway proxies no tunnels over HTTP/2 yet)."""
-    method = path = authority = b""
-    headers: list[tuple[bytes, bytes]] = []
-    cookies: list[bytes] = []
-    host = b""
-    for name, value in fields:
-        if name[:1] == b":":
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-        elif name == b"cookie":
-            cookies.append(value)
-        else:
-            if name == b"host":
-                host = value
-                continue
-            headers.append((name, value))
-    if not path:
-        return None
-    authority = authority or host
-    if cookies:  # RFC 9113 §8.2.3: joined for an HTTP/1.1 hop
-        headers.append((b"cookie", b"; ".join(cookies)))
-    headers.insert(0, (b"host", authority))
-    return RequestHead(
-        method=method,
-        target=path,
-        authority=authority,
-        headers=headers,
-        http_version=b"2",
-        has_body=not ended,
-        stream_id=stream_id,
     )

@@ -148,6 +148,11 @@ class ObservedDownstream(Downstream, Protocol):
     def head_sent(self) -> float: ...
 
     @property
+    def client_cancelled(self) -> bool:
+        """The client cancelled this exchange on its own (an HTTP/2 RST_STREAM)."""
+        ...
+
+    @property
     def grpc_status(self) -> int:
         """The ``grpc-status`` sent (trailers, or a trailers-only head); -1: none."""
         ...

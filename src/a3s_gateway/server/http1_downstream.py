@@ -69,6 +69,8 @@ class Http1Downstream:
 
     #: HTTP/1.1 carries no gRPC (SPEC §5.10): never a ``grpc-status``.
     grpc_status = -1
+    #: A client that leaves closes the connection (``ClientGone``); it cancels nothing alone.
+    client_cancelled = False
 
     __slots__ = (
         "_adapter",

@@ -181,6 +181,11 @@ class Http2Downstream:
     def http_version(self) -> bytes:
         return b"2"
 
+    @property
+    def client_cancelled(self) -> bool:
+        """The client reset this stream."""
+        return self.cancelled
+
     def add_response_field(self, line: tuple[bytes, bytes]) -> None:
         self.response_fields.append(line)
 

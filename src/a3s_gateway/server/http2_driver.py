@@ -196,9 +196,11 @@ class _Connection:
             if event.payload == DRAIN_PING:
                 self._ping_acked.set()
         elif isinstance(event, PeerGoAway):
-            # h2 sends nothing more once the client said GOAWAY: the open streams end here.
-            for down in self.streams.values():
-                down.cancel()
+            if event.code:  # the client ended the connection for an error: so do its streams
+                for down in self.streams.values():
+                    down.cancel()
+            else:  # a graceful GOAWAY: the open streams finish, then the connection closes
+                self.drain()
 
     def _start(self, head: RequestHead) -> None:
         entry = self.entry

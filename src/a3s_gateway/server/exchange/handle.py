@@ -71,7 +71,8 @@ async def handle_request(
         await _counted(head, down, info, ctx, record)
     except BaseException as error:
         if not (down.status and record.error):  # keep a cause only once a head went out
-            record.error = end_cause(error)
+            # A stream the client reset is cancelled like a shutdown, but is the client's.
+            record.error = "client_abort" if down.client_cancelled else end_cause(error)
         raise
     finally:
         finish(record, down, ctx)
