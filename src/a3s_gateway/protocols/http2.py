@@ -140,7 +140,9 @@ class Http2Server:
             # validation per stream instead.
             validate_inbound_headers=False,
             normalize_inbound_headers=True,
-            validate_outbound_headers=True,
+            # What we send was validated where it came from (h11/llhttp heads, our HTTP/2
+            # client's checks, the config); connection-specific fields are dropped here.
+            validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config=config)

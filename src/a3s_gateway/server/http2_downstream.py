@@ -56,13 +56,16 @@ class Http2Link:
     """One HTTP/2 connection as its streams use it: the adapter, one writer at a time, and
     the wake-ups of streams waiting for send credit."""
 
-    __slots__ = ("_lock", "adapter", "broken", "idle_gap", "stream", "waiting")
+    __slots__ = ("_done", "_writing", "adapter", "broken", "idle_gap", "stream", "waiting")
 
     def __init__(self, stream: trio.abc.Stream, adapter: Http2Server, idle_gap: float) -> None:
         self.stream = stream
         self.adapter = adapter
         self.idle_gap = idle_gap
-        self._lock = trio.Lock()
+        #: A write is in progress; the others wait in ``_done`` (a flag and a parking lot: no
+        #: checkpoint when nobody writes, where a ``trio.Lock`` costs two).
+        self._writing = False
+        self._done = trio.lowlevel.ParkingLot()
         #: Streams waiting for send credit, by id (0 never: the connection wakes them all).
         self.waiting: dict[int, trio.Event] = {}
         #: A write failed or stalled: the connection is over.
@@ -70,13 +73,18 @@ class Http2Link:
 
     async def flush(self) -> None:
         """Write everything the adapter queued, one writer at a time, within the idle gap.
-        Raises ``ClientGone`` when the write fails or stalls (the connection is then broken)."""
+        A stream that waited for the writer usually finds its frames already sent with the
+        writer's next batch. Raises ``ClientGone`` when the write fails or stalls (the
+        connection is then broken)."""
+        while self._writing:
+            await self._done.park()
         if self.broken:
             raise ClientGone
-        async with self._lock:
-            data = self.adapter.data_to_send()
-            if not data:
-                return
+        data = self.adapter.data_to_send()
+        if not data:
+            return
+        self._writing = True
+        try:
             with trio.move_on_after(self.idle_gap) as stall:
                 try:
                     await self.stream.send_all(data)
@@ -86,6 +94,9 @@ class Http2Link:
             if stall.cancelled_caught:
                 self.broken = True
                 raise ClientGone
+        finally:
+            self._writing = False
+            self._done.unpark_all()
 
     def window_opened(self, stream_id: int) -> None:
         """Wake the stream waiting for credit on ``stream_id`` (every one for 0)."""
