@@ -161,7 +161,14 @@ class Http2Client:
 
     def __init__(self, *, secure: bool) -> None:
         config = h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_inbound_headers=False
+            client_side=True,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            # What we send was validated where it came from (the client's head by h11, llhttp
+            # or our HTTP/2 server; fields middlewares add by the config's checks), and
+            # ``request_fields`` drops what HTTP/2 forbids; h2's normalising (never-indexed
+            # authorization and short cookies) stays on.
+            validate_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config=config)
         # Set before the preface: initial values count as acknowledged, and the peer can only
