@@ -25,6 +25,18 @@ async def curl(*args: str, stdin: bytes = b"") -> str:
     return done.stdout.decode()
 
 
+async def read_until(process: trio.Process, marker: bytes) -> str:
+    """The demo's stdout up to and including ``marker`` (bounded at 30 s)."""
+    assert process.stdout is not None
+    received = b""
+    with trio.fail_after(30):
+        while marker not in received:
+            chunk = await process.stdout.receive_some(65536)
+            assert chunk, received.decode()
+            received += chunk
+    return received.decode()
+
+
 @dataclass
 class Reply:
     status: int

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from a3s_gateway import cli
 from a3s_gateway.demo import BackendPorts, RunningDemo, run_demo
 from a3s_gateway.demo.run import banner
-from tests.demo.client import curl
+from tests.demo.client import curl, read_until
 from tests.support.cli import ROOT, cli_env, run_cli
 
 if TYPE_CHECKING:
@@ -220,14 +220,3 @@ async def test_the_demo_command_runs_until_sigint(tmp_path: Path) -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
-
-
-async def read_until(process: trio.Process, marker: bytes) -> str:
-    assert process.stdout is not None
-    received = b""
-    with trio.fail_after(30):
-        while marker not in received:
-            chunk = await process.stdout.receive_some(65536)
-            assert chunk, received.decode()
-            received += chunk
-    return received.decode()

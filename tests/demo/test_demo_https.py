@@ -23,7 +23,7 @@ from a3s_gateway.demo import BackendPorts, RunningDemo, run_demo
 from a3s_gateway.demo.certs import write_demo_certificates
 from a3s_gateway.demo.run import banner
 from a3s_gateway.preflight import ca_findings, certificate_findings
-from tests.demo.client import curl
+from tests.demo.client import curl, read_until
 from tests.support.cli import ROOT, cli_env
 
 #: The banner's HTTPS example: the CA file and the URL.
@@ -116,14 +116,3 @@ async def test_the_demo_command_serves_https_and_removes_its_files(tmp_path: Pat
         if process.returncode is None:
             process.kill()
             await process.wait()
-
-
-async def read_until(process: trio.Process, marker: bytes) -> str:
-    assert process.stdout is not None
-    received = b""
-    with trio.fail_after(30):
-        while marker not in received:
-            chunk = await process.stdout.receive_some(65536)
-            assert chunk, received.decode()
-            received += chunk
-    return received.decode()

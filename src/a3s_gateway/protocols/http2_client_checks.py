@@ -24,6 +24,7 @@ import re
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.protocols.events import ProtocolViolation
+from a3s_gateway.protocols.http2_events import CONNECTION_SPECIFIC
 
 if TYPE_CHECKING:
     from a3s_gateway.protocols.events import RequestHead
@@ -41,10 +42,9 @@ __all__ = [
 #: SPEC §5.7: at most 200 fields in a response head (its 64 KiB bound is h2's, while decoding).
 MAX_FIELDS: Final = 200
 
-#: RFC 9113 §8.2.2: connection-specific fields are malformed in HTTP/2 (``te`` is special).
-CONNECTION_FIELDS: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
+#: RFC 9113 §8.2.2: connection-specific fields are malformed in HTTP/2 (``te`` is special);
+#: the server adapter's set.
+CONNECTION_FIELDS: Final = CONNECTION_SPECIFIC
 _TOKEN_LOWER: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _BAD_VALUE: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 

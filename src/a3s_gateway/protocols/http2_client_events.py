@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 from h2.errors import ErrorCodes
 
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Informational, ResponseHead
+from a3s_gateway.protocols.http2_events import WindowOpened
 
 if TYPE_CHECKING:
     from a3s_gateway.protocols.events import ProtocolViolation
@@ -55,13 +56,6 @@ class StreamFailed:
 
     stream_id: int
     violation: ProtocolViolation
-
-
-@dataclass(frozen=True, slots=True)
-class WindowOpened:
-    """Send credit grew on ``stream_id``; 0: on the connection, or on every stream."""
-
-    stream_id: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,8 @@ class StreamCancelled:
 
 @dataclass(frozen=True, slots=True)
 class WindowOpened:
-    """The client granted send credit on ``stream_id`` (0: the whole connection)."""
+    """The peer granted send credit on ``stream_id`` (0: on the connection, or on every
+    stream, after a SETTINGS change of the initial window). Both adapters report it."""
 
     stream_id: int
 

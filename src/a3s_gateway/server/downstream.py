@@ -23,12 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from a3s_gateway.protocols.events import ResponseHead
 from a3s_gateway.upstream.seam import Handover, UpgradeUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Informational, ResponseHead
+    from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Informational
 
 __all__ = [
     "ClientGone",
@@ -40,6 +41,7 @@ __all__ = [
     "ObservedDownstream",
     "UpgradeUnavailable",
     "aborted",
+    "with_response_fields",
 ]
 
 
@@ -158,6 +160,14 @@ class ObservedDownstream(Downstream, Protocol):
         ...
 
     def add_response_field(self, line: tuple[bytes, bytes]) -> None: ...
+
+
+def with_response_fields(head: ResponseHead, fields: Sequence[tuple[bytes, bytes]]) -> ResponseHead:
+    """``head`` carrying ``fields`` (the exchange's own response fields, such as the request
+    id), which replace any line of the same name; every downstream adds them the same way."""
+    names = {name for name, _ in fields}
+    kept = [line for line in head.headers if line[0] not in names]
+    return ResponseHead(head.status, [*kept, *fields], head.reason)
 
 
 def aborted(down: Downstream) -> ExchangeAborted:

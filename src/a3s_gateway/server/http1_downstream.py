@@ -38,7 +38,13 @@ from a3s_gateway.protocols.events import (
     RequestHead,
     ResponseHead,
 )
-from a3s_gateway.server.downstream import ClientGone, ClientTimeout, Handover, UpgradeUnavailable
+from a3s_gateway.server.downstream import (
+    ClientGone,
+    ClientTimeout,
+    Handover,
+    UpgradeUnavailable,
+    with_response_fields,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -129,12 +135,6 @@ class Http1Downstream:
         """Add ``line`` to the response head of the exchange in progress, whoever makes it
         (the upstream, a middleware, the gateway)."""
         self.response_fields.append(line)
-
-    def _with_fields(self, head: ResponseHead) -> ResponseHead:
-        fields = self.response_fields
-        names = {name for name, _ in fields}
-        kept = [line for line in head.headers if line[0] not in names]
-        return ResponseHead(head.status, [*kept, *fields], head.reason)
 
     def start_exchange(self, head: RequestHead) -> None:
         """Reset the per-request state for ``head``."""
@@ -237,7 +237,7 @@ class Http1Downstream:
         if isinstance(event, ResponseHead):
             self.response_started = True
             if self.response_fields:
-                event = self._with_fields(event)
+                event = with_response_fields(event, self.response_fields)
         data = self._adapter.send(event)
         if not data:
             return
@@ -270,7 +270,7 @@ class Http1Downstream:
                     self.response_started = True
                     status = event.status
                     if self.response_fields:
-                        event = self._with_fields(event)
+                        event = with_response_fields(event, self.response_fields)
                 parts.append(adapter.send(event))
         except ProtocolViolation:
             adapter.send_failed()  # nothing of the batch is written: a 101 in it switched nothing

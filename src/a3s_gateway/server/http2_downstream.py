@@ -38,7 +38,12 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.http2 import ErrorCode
-from a3s_gateway.server.downstream import ClientGone, ClientTimeout, UpgradeUnavailable
+from a3s_gateway.server.downstream import (
+    ClientGone,
+    ClientTimeout,
+    UpgradeUnavailable,
+    with_response_fields,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -273,11 +278,7 @@ class Http2Downstream:
 
     def _head(self, head: ResponseHead, *, end: bool) -> None:
         if self.response_fields:
-            fields = self.response_fields
-            names = {name for name, _ in fields}
-            head = ResponseHead(
-                head.status, [*(x for x in head.headers if x[0] not in names), *fields]
-            )
+            head = with_response_fields(head, self.response_fields)
         if end:
             self._note_grpc(head.headers)
         self._call(partial(self._link.adapter.send_head, head, self.stream_id, end=end))
