@@ -93,6 +93,10 @@ RINGS: Final[dict[str, int]] = {
     "a3s_gateway.streams": 1,
     "a3s_gateway.preflight": 1,
     "a3s_gateway.upstream.": 1,  # pool, dialer, pooled_connection, caller, redis, seam, and more
+    # The WebSocket multiplexer: its session, hubs and upstream channels are the shell's; the
+    # JSON control protocol is pure (the package's __init__ imports nothing).
+    "a3s_gateway.wsmux": 1,
+    "a3s_gateway.wsmux.protocol": 0,
     # Ring 2: composition.
     "a3s_gateway": 2,  # the root: the public facade over app.Gateway and load_config
     "a3s_gateway.app": 2,

@@ -43,7 +43,9 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     | {"observability"},  # the supervisor's probes count into its metrics
     "preflight": frozenset({"config", "errors"}),
     "providers": frozenset({"config", "errors", "version", "preflight", "runtime"}),
-    "server": RING0 | {"upstream", "streams", "probes"},
+    "server": RING0 | {"upstream", "streams", "probes", "wsmux"},
+    # the multiplexer: its control protocol, hubs and upstream channels (SPEC §5.13)
+    "wsmux": frozenset({"config", "errors", "version", "protocols", "upstream", "services"}),
     "management": RING0 | {"server", "supervisor", "providers", "upstream"},
     "supervisor": RING0
     | {"app", "management", "preflight", "providers", "server", "probes", "upstream"},
