@@ -60,6 +60,10 @@ class _Context:
         self.active_connections: Mapping[str, int] = {"web": 64}
         self.http2_connections: Mapping[str, int] = {}
         self.rejected_connections: Mapping[tuple[str, str], int] = {}
+        self.websockets: Mapping[str, int] = {}
+        self.websocket_sessions: Mapping[str, int] = {}
+        self.websocket_totals: Mapping[str, int] = {}
+        self.sse_streams: Mapping[str, int] = {}
         self.pool = _Pool()
 
 

@@ -121,13 +121,14 @@ def test_every_acme_field_is_refused_by_name() -> None:
 
 
 def test_a_written_default_still_counts() -> None:
-    """Writing ``stream_idle_timeout = "5m"`` (its default) still asks for the feature."""
+    """Writing ``acme_renewal_days = 30`` (its default) still asks for the feature."""
     snippet = (
-        'services "s" {\n  load_balancer {\n    stream_idle_timeout = "5m"\n'
-        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n'
+        'entrypoints "secure" {\n  address = "127.0.0.1:8443"\n  tls {\n'
+        '    cert_file = "/etc/gateway/cert.pem"\n    key_file = "/etc/gateway/key.pem"\n'
+        "    acme_renewal_days = 30\n  }\n}\n"
     )
     [problem] = load_text(BASE + snippet, filename="t.hcl", env={}).errors
-    assert problem.path == 'services["s"].load_balancer.stream_idle_timeout'
+    assert problem.path == 'entrypoints["secure"].tls.acme_renewal_days'
 
 
 def test_secrets_are_not_echoed() -> None:
@@ -201,18 +202,18 @@ def test_redirect_to_is_available() -> None:
     assert load_text(BASE + snippet, filename="t.hcl", env={}).errors == ()
 
 
-def test_https_backends_and_upstream_tls_are_available() -> None:
-    """``https://`` servers and ``upstream_tls`` load (issue #17 item 3); ``wss://`` still waits
-    for WebSocket proxying."""
+def test_https_and_wss_backends_and_upstream_tls_are_available() -> None:
+    """``https://`` and ``wss://`` servers and ``upstream_tls`` load (issue #17 item 3, issue
+    #19: WebSocket proxying), and so does ``stream_idle_timeout``."""
     snippet = (
         'services "tls-app" {\n  load_balancer {\n'
         '    servers = [{ url = "https://127.0.0.1:9443" }]\n'
+        '    stream_idle_timeout = "10m"\n'
         '    upstream_tls {\n      ca_file = "/etc/gateway/ca.pem"\n'
         '      server_name = "app.internal"\n      insecure_skip_verify = false\n    }\n'
         "  }\n}\n"
     )
     assert load_text(BASE + snippet, filename="t.hcl", env={}).errors == ()
-    wss = snippet.replace("https://", "wss://")
-    [problem] = load_text(BASE + wss, filename="t.hcl", env={}).errors
-    assert problem.message.startswith('a "wss://" server is not available yet')
-    assert "(WebSocket proxying)" in problem.message
+    for scheme in ("wss://", "ws://"):
+        changed = snippet.replace("https://", scheme)
+        assert load_text(BASE + changed, filename="t.hcl", env={}).errors == ()

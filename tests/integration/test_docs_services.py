@@ -272,7 +272,8 @@ def test_not_available_lists_every_refused_service_setting() -> None:
     assert "upstream_tls" not in terms  # HTTPS backends work: documented, no longer refused
     assert "panic_threshold" not in terms  # panic mode works: documented, no longer refused
     assert "https://" not in terms
-    assert "wss://" in terms  # waits for WebSocket proxying
+    assert "wss://" not in terms  # WebSocket proxying works (issue #19)
+    assert "tls://" in terms  # waits for TCP routers
     waiting = not_available()
     missing = [term for term in terms if not in_backticks(term, waiting)]
     assert missing == []

@@ -168,6 +168,10 @@ class FakeContext:
     active_connections: dict[str, int] = field(default_factory=dict)
     http2_connections: dict[str, int] = field(default_factory=dict)
     rejected_connections: dict[tuple[str, str], int] = field(default_factory=dict)
+    websockets: dict[str, int] = field(default_factory=dict)
+    websocket_sessions: dict[str, int] = field(default_factory=lambda: {"r": 1})
+    websocket_totals: dict[str, int] = field(default_factory=lambda: {"r": 3})
+    sse_streams: dict[str, int] = field(default_factory=lambda: {"r": 0})
     pool: FakePool = field(default_factory=FakePool)
 
 
@@ -228,6 +232,9 @@ FAMILIES = {
     "a3s_http_response_bytes": ("counter", {"entrypoint", "router", "service"}),
     "a3s_http_requests_in_flight": ("gauge", {"entrypoint"}),
     "a3s_open_connections": ("gauge", {"entrypoint", "protocol"}),
+    "a3s_websocket_sessions_active": ("gauge", {"router"}),
+    "a3s_websocket_sessions": ("counter", {"router"}),
+    "a3s_sse_streams_active": ("gauge", {"router"}),
     "a3s_connections": ("counter", {"entrypoint"}),
     "a3s_connections_rejected": ("counter", {"entrypoint", "reason"}),
     "a3s_tls_handshake_errors": ("counter", {"entrypoint", "reason"}),
@@ -486,6 +493,10 @@ async def test_collect_reads_backends_pool_middlewares_and_mirrors() -> None:
         active_connections={"web": 7, "admin": 1},
         http2_connections={"web": 2},
         rejected_connections={("web", "ip_not_allowed"): 4},
+        websockets={"web": 1},
+        websocket_sessions={"chat": 1, "old": 0},
+        websocket_totals={"chat": 6, "old": 2},
+        sse_streams={"feed": 2},
         pool=pool,
     )
     rate_limit = current.middlewares["keys"]
@@ -522,9 +533,14 @@ async def test_collect_reads_backends_pool_middlewares_and_mirrors() -> None:
     assert scraped["a3s_config_generation", ()] == 4
     assert scraped["a3s_http_requests_in_flight", labels(entrypoint="web")] == 5
     assert scraped["a3s_http_requests_in_flight", labels(entrypoint="admin")] == 0
-    # 7 open on web, 2 of them HTTP/2
-    assert scraped["a3s_open_connections", labels(entrypoint="web", protocol="http1")] == 5
+    # 7 open on web, 2 of them HTTP/2 and 1 a WebSocket session
+    assert scraped["a3s_open_connections", labels(entrypoint="web", protocol="http1")] == 4
     assert scraped["a3s_open_connections", labels(entrypoint="web", protocol="http2")] == 2
+    assert scraped["a3s_open_connections", labels(entrypoint="web", protocol="websocket")] == 1
+    assert scraped["a3s_websocket_sessions_active", labels(router="chat")] == 1
+    assert scraped["a3s_websocket_sessions_active", labels(router="old")] == 0
+    assert scraped["a3s_websocket_sessions_total", labels(router="chat")] == 6
+    assert scraped["a3s_sse_streams_active", labels(router="feed")] == 2
     assert scraped["a3s_open_connections", labels(entrypoint="admin", protocol="http1")] == 1
     assert scraped["a3s_open_connections", labels(entrypoint="admin", protocol="http2")] == 0
     rejected = labels(entrypoint="web", reason="ip_not_allowed")

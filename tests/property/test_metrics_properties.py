@@ -191,6 +191,10 @@ class _Context:
     active_connections: dict[str, int] = field(default_factory=dict)
     http2_connections: dict[str, int] = field(default_factory=dict)
     rejected_connections: dict[tuple[str, str], int] = field(default_factory=dict)
+    websockets: dict[str, int] = field(default_factory=dict)
+    websocket_sessions: dict[str, int] = field(default_factory=dict)
+    websocket_totals: dict[str, int] = field(default_factory=dict)
+    sse_streams: dict[str, int] = field(default_factory=dict)
     pool: _Pool = field(default_factory=_Pool)
 
 

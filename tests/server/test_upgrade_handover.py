@@ -153,7 +153,10 @@ async def test_a_declined_upgrade_serves_the_next_request(
     client, server = trio.testing.memory_stream_pair()
     adapter = Http1Server(heads=request_head_parser(engine))
     down = Http1Downstream(server, adapter, body_idle=5.0)
-    await client.send_all(UPGRADE + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    # A switch to a protocol the gateway does not proxy is declined (a WebSocket handshake
+    # without a key would be refused with 400 instead).
+    declined = UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: irc/6.9")
+    await client.send_all(declined + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
     await next_head(down)
     await down.send_batch(
         [ResponseHead(200, [(b"content-length", b"2")]), BodyChunk(b"no"), EndOfBody()]
@@ -244,7 +247,10 @@ async def test_the_driver_serves_on_after_a_declined_upgrade(
     client, server = trio.testing.memory_stream_pair()
     nursery.start_soon(serve_http1, server, ConnInfo("web", "192.0.2.7", 40000), ctx)
     reader = h11.Connection(h11.CLIENT)
-    await client.send_all(UPGRADE + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    # A switch to a protocol the gateway does not proxy is declined (a WebSocket handshake
+    # without a key would be refused with 400 instead).
+    declined = UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: irc/6.9")
+    await client.send_all(declined + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
     for target in ("/ws", "/next"):
         reader.send(h11.Request(method="GET", target=target, headers=[("host", "h")]))
         reader.send(h11.EndOfMessage())

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 from a3s_gateway.config.problems import Path, Problem, SourceMap, make_problem
 from a3s_gateway.config.schema_middlewares import TcpFilter
-from a3s_gateway.config.schema_services import LoadBalancer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -154,20 +153,6 @@ def _server_schemes(*schemes: str) -> Finder:
     return find
 
 
-_DEFAULT_BALANCER: Final = LoadBalancer()
-
-
-def _stream_idle_timeout(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, service in config.services.items():
-        balancer = service.load_balancer
-        if balancer is None:
-            continue
-        path: Path = ("services", name, "load_balancer", "stream_idle_timeout")
-        differs = balancer.stream_idle_timeout != _DEFAULT_BALANCER.stream_idle_timeout
-        if _written(sources, path, differs=differs):
-            yield path, 'field "stream_idle_timeout"'
-
-
 def _service_field(*fields: str) -> Finder:
     """Service fields that are unset when falsy (``None``, ``()``, ``""``)."""
 
@@ -248,26 +233,11 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         'middlewares "conn" {\n  type = "tcp-filter"\n  allowed_ips = ["10.0.0.0/8"]\n}\n',
     ),
     Unavailable(
-        "services.<name>.load_balancer.servers: ws:// and wss:// URLs",
-        "WebSocket proxying",
-        _server_schemes("ws", "wss"),
-        'services "chat" {\n  load_balancer {\n'
-        '    servers = [{ url = "ws://127.0.0.1:9002" }, { url = "wss://127.0.0.1:9443" }]\n'
-        "  }\n}\n",
-    ),
-    Unavailable(
         "services.<name>.load_balancer.servers: tcp://, tls:// and udp:// URLs",
         "TCP and UDP proxying",
         _server_schemes("tcp", "tls", "udp"),
         'services "db" {\n  load_balancer {\n'
         '    servers = [{ url = "tcp://127.0.0.1:5432" }]\n  }\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.load_balancer.stream_idle_timeout",
-        "a separate idle timeout for streams; body_idle_timeout applies to them today",
-        _stream_idle_timeout,
-        'services "streams" {\n  load_balancer {\n    stream_idle_timeout = "10m"\n'
-        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n}\n',
     ),
     Unavailable(
         "services.<name>.scaling",
@@ -295,13 +265,6 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         '    { name = "v2", traffic_percent = 0, '
         'servers = [{ url = "http://127.0.0.1:9002" }] },\n  ]\n'
         '  rollout {\n    from = "v1"\n    to   = "v2"\n  }\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.websocket_mux",
-        "WebSocket multiplexing",
-        _service_field("websocket_mux"),
-        'services "mux" {\n  websocket_mux {\n    channels "chat" {\n      service = "app"\n'
-        "    }\n  }\n}\n",
     ),
     Unavailable(
         "providers.dns",

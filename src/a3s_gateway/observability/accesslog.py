@@ -11,9 +11,10 @@ default. The fields SPEC §9.2 qualifies ("only with ``access_log_include_query`
 present") are *omitted* when absent: ``query`` (only with ``include_query``), ``user_agent``
 (only when the request had a non-empty one), ``tls_version`` and ``sni`` (only on a TLS
 connection, ``sni`` only when the client sent a name), ``grpc_status`` (only for a gRPC call,
-whose ``type`` is then ``grpc``), and the fields reserved for later protocols
-(``ws_close_client``, ``ws_close_upstream``), which would otherwise
-add meaningless keys to every plain-HTTP line. Omission uses
+whose ``type`` is then ``grpc``), and the close codes of a WebSocket session
+(``ws_close_client``, ``ws_close_upstream``: only for a session, whose ``type`` is then
+``websocket``, and only for a peer that sent a Close), which would otherwise add meaningless
+keys to every plain-HTTP line. Omission uses
 ``msgspec.UNSET``, which costs nothing when encoding.
 
 Values. ``method``, ``host``, ``path``, ``query``, ``user_agent`` and the ids (``request_id``,
@@ -158,7 +159,7 @@ def encode_line(record: ExchangeRecord, *, include_query: bool) -> bytes:
     user_agent = record.user_agent
     line = AccessLine(
         format_ts(record.wall),  # ts
-        "grpc" if record.grpc_status >= 0 else "http",  # type (websocket, tcp, udp: later)
+        _type(record),  # type (tcp, udp: later)
         record.entrypoint,
         record.router,
         record.service,
@@ -186,13 +187,19 @@ def encode_line(record: ExchangeRecord, *, include_query: bool) -> bytes:
         _text(user_agent) if user_agent else UNSET,  # user_agent
         record.tls_version or UNSET,  # tls_version
         record.sni or UNSET,  # sni
-        UNSET,  # ws_close_client
-        UNSET,  # ws_close_upstream
+        record.ws_close_client if record.ws_close_client >= 0 else UNSET,  # ws_close_client
+        record.ws_close_upstream if record.ws_close_upstream >= 0 else UNSET,
     )
     try:
         return _encoder.encode(line) + _NEWLINE
     except UnicodeEncodeError:
         return _encoder.encode(_scrubbed(line)) + _NEWLINE
+
+
+def _type(record: ExchangeRecord) -> str:
+    if record.websocket:
+        return "websocket"
+    return "grpc" if record.grpc_status >= 0 else "http"
 
 
 def _scrubbed(line: AccessLine) -> AccessLine:

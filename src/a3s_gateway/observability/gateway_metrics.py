@@ -55,11 +55,13 @@ TLS termination (``server/tls.py``) feeds ``a3s_tls_handshake_errors_total`` and
 hands the whole set of loaded certificates to ``tls_certificates`` whenever it changes
 (``a3s_tls_certificate_not_after_seconds``; a ``MAX`` gauge: every worker loads the same files).
 
-Families of features that do not exist yet arrive with their issues:
-``a3s_grpc_responses_total`` (gRPC), ``a3s_websocket_*`` and ``a3s_sse_streams_active``
-(WebSocket, SSE), ``a3s_tcp_*`` (TCP routing), ``a3s_udp_*`` (UDP), ``a3s_autoscaler_*`` and
-``a3s_scale_buffer_*`` (autoscaling), ``a3s_revision_traffic_percent`` and ``a3s_rollout_*``
-(revisions), ``a3s_acme_*`` (ACME) and ``a3s_config_pending_references`` (providers).
+WebSocket sessions and SSE streams (``a3s_websocket_sessions_active``/``_total``,
+``a3s_sse_streams_active``, ``a3s_open_connections{protocol="websocket"}``) are read from the
+data plane's counts at ``collect``, like the connection gauges. Families of features that do
+not exist yet arrive with their issues: ``a3s_tcp_*`` (TCP routing), ``a3s_udp_*`` (UDP),
+``a3s_autoscaler_*`` and ``a3s_scale_buffer_*`` (autoscaling),
+``a3s_revision_traffic_percent`` and ``a3s_rollout_*`` (revisions), ``a3s_acme_*`` (ACME) and
+``a3s_config_pending_references`` (providers).
 
 Must not: import Ring 1 modules at run time (the data plane is described by the ``Protocol``s
 below), block, or raise from an event method on a well-formed call.
@@ -175,6 +177,26 @@ class MetricsContext(Protocol):
     def rejected_connections(self) -> Mapping[tuple[str, str], int]: ...
 
     @property
+    def websockets(self) -> Mapping[str, int]:
+        """WebSocket sessions open now, by entrypoint (each one an ``active_connection``)."""
+        ...
+
+    @property
+    def websocket_sessions(self) -> Mapping[str, int]:
+        """WebSocket sessions open now, by router."""
+        ...
+
+    @property
+    def websocket_totals(self) -> Mapping[str, int]:
+        """WebSocket sessions ever opened, by router."""
+        ...
+
+    @property
+    def sse_streams(self) -> Mapping[str, int]:
+        """SSE streams open now, by router."""
+        ...
+
+    @property
     def pool(self) -> PoolView: ...
 
 
@@ -264,7 +286,7 @@ class GatewayMetrics:
         self._declare_config(registry, version)
         self._declare_process(registry)
 
-        # The families of gRPC, WebSocket/SSE, TCP, UDP, autoscaling, revisions, ACME
+        # The families of TCP, UDP, autoscaling, revisions, ACME
         # and providers arrive with their issues (listed in the module docstring).
 
         #: The cells of the exchanges, by router then entrypoint (two lookups of interned
@@ -314,6 +336,18 @@ class GatewayMetrics:
             "a3s_connections_rejected_total",
             "Downstream connections closed at accept, by reason.",
             ("entrypoint", "reason"),
+        )
+        # --- streams (SPEC §5.11-§5.13)
+        self.websocket_active = gauge(
+            "a3s_websocket_sessions_active", "WebSocket sessions open now.", ("router",)
+        )
+        self.websocket_total = counter(
+            "a3s_websocket_sessions_total",
+            "WebSocket sessions opened (after the 101).",
+            ("router",),
+        )
+        self.sse_active = gauge(
+            "a3s_sse_streams_active", "Server-sent event streams open now.", ("router",)
         )
 
     def _declare_tls(self, registry: Registry) -> None:
@@ -805,13 +839,17 @@ class GatewayMetrics:
 
     def _collect_entrypoints(self, runtime: RuntimeConfig, ctx: MetricsContext) -> None:
         names = runtime.entrypoints
-        http2 = ctx.http2_connections
-        http1 = {name: n - http2.get(name, 0) for name, n in ctx.active_connections.items()}
+        http2, websockets = ctx.http2_connections, ctx.websockets
+        http1 = {
+            name: n - http2.get(name, 0) - websockets.get(name, 0)
+            for name, n in ctx.active_connections.items()
+        }
         keep: dict[int, set[tuple[str, ...]]] = {}
         for family, counts, extra in (
             (self.in_flight, ctx.active_requests, ()),
             (self.open_connections, http1, ("http1",)),
             (self.open_connections, http2, ("http2",)),
+            (self.open_connections, websockets, ("websocket",)),
         ):
             kept = keep.setdefault(id(family), set())
             for name in dict.fromkeys([*names, *counts]):  # in a stable order
@@ -824,6 +862,16 @@ class GatewayMetrics:
         self.open_connections.retain(keep[id(self.open_connections)])
         for (entrypoint, reason), total in ctx.rejected_connections.items():
             self.connections_rejected.labels(entrypoint, reason).advance_to(total)
+        self._collect_streams(ctx)
+
+    def _collect_streams(self, ctx: MetricsContext) -> None:
+        """The WebSocket and SSE families, by router (a router stays once it had one)."""
+        for router, count in ctx.websocket_sessions.items():
+            self.websocket_active.labels(router).set(count)
+        for router, total in ctx.websocket_totals.items():
+            self.websocket_total.labels(router).advance_to(total)
+        for router, count in ctx.sse_streams.items():
+            self.sse_active.labels(router).set(count)
 
     def _collect_services(self, runtime: RuntimeConfig, ctx: MetricsContext) -> None:
         pool = ctx.pool

@@ -116,6 +116,9 @@ class ExchangeRecord:
         "upstream_started",
         "user_agent",
         "wall",
+        "websocket",
+        "ws_close_client",
+        "ws_close_upstream",
     )
 
     def __init__(self, entrypoint: str, started: float) -> None:
@@ -173,6 +176,11 @@ class ExchangeRecord:
         #: the client sent (lower case); ``""`` otherwise.
         self.tls_version = ""
         self.sni = ""
+        #: A WebSocket session (SPEC §5.11): the bytes are then those each way after the
+        #: ``101``, and the close codes each peer sent (-1: none) are logged.
+        self.websocket = False
+        self.ws_close_client = -1
+        self.ws_close_upstream = -1
 
     @property
     def duration(self) -> float:

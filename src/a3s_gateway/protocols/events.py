@@ -2,8 +2,8 @@
 
 Ring 0: frozen, slotted value objects only; no trio, sockets, TLS, clocks or logging.
 
-Every adapter (``http1.py`` now; ``http2.py`` and ``websocket.py`` later) turns received bytes
-into these events and these events into bytes to send, so ``server/http1_driver.py`` and
+Every adapter (``http1.py``, ``http2.py``) turns received bytes into these events and these
+events into bytes to send, so the drivers (``server/http1_driver.py``, ``http2_driver.py``) and
 ``server/exchange/`` speak one vocabulary whatever the wire protocol (DESIGN.md §3.2). Events
 carry a ``stream_id``: HTTP/1.1 uses ``0`` for the one exchange in progress; HTTP/2 uses the
 stream's id.
@@ -55,6 +55,14 @@ class RequestHead:
     has_body: bool = False
     expect_continue: bool = False
     stream_id: int = 0
+    #: An HTTP/1.1 ``GET`` without a body that asks for a protocol switch (``Connection:
+    #: upgrade`` and an ``Upgrade`` list; ``http1_upgrade.asks_for_upgrade``), or an HTTP/2
+    #: extended ``CONNECT`` (RFC 8441, ``protocol`` below): the exchange looks for a WebSocket
+    #: handshake only then.
+    upgrade: bool = False
+    #: An HTTP/2 extended ``CONNECT``'s ``:protocol`` (RFC 8441 §4), lower-cased, such as
+    #: ``b"websocket"``; empty for every other request (a plain ``CONNECT`` included).
+    protocol: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -350,6 +350,7 @@ class Http1Server:
                 http_version=request.http_version,
                 has_body=length != 0,
                 expect_continue=length != 0 and request.expect_continue,
+                upgrade=upgrade,
             )
         ]
         if not length:

@@ -24,7 +24,8 @@ not digits or disagrees with the DATA stays h2's connection error.
   are refused with ``REFUSED_STREAM``.
 
 Events out of ``receive`` are ``RequestHead`` (``http_version`` ``b"2"``, ``:authority`` as the
-routing authority and as a ``host`` line, cookies joined with ``"; "``), ``BodyChunk`` and
+routing authority and as a ``host`` line, cookies joined with ``"; "``; an extended CONNECT,
+RFC 8441, with ``upgrade`` and its ``protocol``, see ``http2_request.py``), ``BodyChunk`` and
 ``EndOfBody`` (request trailers are dropped, as on HTTP/1.1), all with their ``stream_id``;
 plus ``StreamCancelled`` (the client reset a stream), ``WindowOpened`` (send credit grew; 0 is
 the connection), ``PeerGoAway`` and ``PingAcked``. ``receive`` raises ``Http2Error`` for a
@@ -33,6 +34,12 @@ connection error (the GOAWAY to send is already queued).
 Flow control: received DATA is acknowledged only through ``acknowledge`` (after the upstream
 took the bytes, or when a stream's rest is discarded), so a client can never have more in
 flight than the windows: ``initial_window_size`` per stream, ``connection_window_size`` in all.
+
+SETTINGS (SPEC §5.8): the entrypoint's ``http2 {}`` values, ``ENABLE_PUSH`` 0 and
+``ENABLE_CONNECT_PROTOCOL`` 1 (RFC 8441 §3), so that a client may carry a WebSocket in an
+extended CONNECT stream: h2 accepts ``:protocol`` on a CONNECT whatever was announced, and the
+per-stream validation (``http2_request.valid_request``) refuses it anywhere else. After the
+response head such a stream is a tunnel: its DATA both ways are the WebSocket's bytes.
 
 Its vocabulary (limits, events, constants) is ``http2_events.py``; the request-side checks and
 translation are ``http2_request.py``.
@@ -296,7 +303,7 @@ class Http2Server:
         fields = event.headers or []
         ended = event.stream_ended is not None
         head = request_head(fields, stream_id, ended=ended) if valid_request(fields) else None
-        if head is None:  # malformed, or a CONNECT without :path (no tunnels over HTTP/2)
+        if head is None:  # malformed
             # SPEC §5.3: a 400 while headers can still be sent, then the stream error.
             conn.send_headers(stream_id, _BAD_REQUEST, end_stream=True)
             if not ended:
@@ -430,6 +437,7 @@ def _settings(limits: Http2Limits, max_streams: int) -> h2.settings.Settings:
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
             h2.settings.SettingCodes.HEADER_TABLE_SIZE: 4096,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            # RFC 8441 §3: clients may open WebSockets with an extended CONNECT.
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
         },
     )

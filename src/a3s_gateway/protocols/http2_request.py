@@ -1,11 +1,19 @@
 """The request side of HTTP/2 as the server adapter needs it (SPEC §5.1, §5.3, §5.8), pure.
 
 Ring 0: no trio, sockets, TLS, clocks or logging. ``valid_request`` runs h2's own header-block
-validation on one request (RFC 9113 §8.1-8.3), so that ``Http2Server`` can fail that stream
-alone where h2 would end the connection; ``request_head`` turns a validated block into the
-protocol-neutral ``RequestHead`` (``:authority`` as the routing authority and a ``host`` line,
-cookies joined); ``h2c_settings`` recognises an HTTP/1.1 ``Upgrade: h2c`` request and checks
-its ``HTTP2-Settings``.
+validation on one request (RFC 9113 §8.1-8.3, RFC 8441 §4 for ``:protocol``), so that
+``Http2Server`` can fail that stream alone where h2 would end the connection; ``request_head``
+turns a validated block into the protocol-neutral ``RequestHead`` (``:authority`` as the routing
+authority and a ``host`` line, cookies joined); ``h2c_settings`` recognises an HTTP/1.1
+``Upgrade: h2c`` request and checks its ``HTTP2-Settings``.
+
+CONNECT (RFC 9113 §8.5, RFC 8441): an extended ``CONNECT`` (with ``:protocol``, ``:scheme`` and
+``:path``) becomes a head with ``upgrade`` set and ``protocol`` the lower-cased ``:protocol``,
+its target the ``:path`` and no body (after a 2xx its DATA belong to the tunnel, not to a
+request body); the exchange treats ``protocol == b"websocket"`` as a WebSocket handshake and
+refuses any other protocol (``target.precheck``: 501). A plain ``CONNECT`` (``:authority``
+only) becomes a head whose target is that authority (authority-form), for the exchange to
+refuse (405, as over HTTP/1.1).
 
 Must not: keep state, or accept a header block h2 would refuse.
 """
@@ -105,10 +113,10 @@ def _upgrade_settings(fields: Sequence[tuple[bytes, bytes]]) -> bytes | None:
 
 def request_head(
     fields: Sequence[tuple[bytes, bytes]], stream_id: int, *, ended: bool
-) -> RequestHead | None:
-    """The ``RequestHead`` of a validated HTTP/2 header block; None for a CONNECT (the
-    gateway proxies no tunnels over HTTP/2 yet)."""
-    method = path = authority = b""
+) -> RequestHead:
+    """The ``RequestHead`` of a validated HTTP/2 header block (see the module docstring for
+    ``CONNECT``)."""
+    method = path = authority = protocol = b""
     headers: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
     host = b""
@@ -120,6 +128,8 @@ def request_head(
                 path = value
             elif name == b":authority":
                 authority = value
+            elif name == b":protocol":
+                protocol = value.lower()
         elif name == b"cookie":
             cookies.append(value)
         else:
@@ -127,15 +137,24 @@ def request_head(
                 host = value
                 continue
             headers.append((name, value))
-    if not path:
-        return None
     authority = authority or host
     if cookies:  # RFC 9113 §8.2.3: joined for an HTTP/1.1 hop
         headers.append((b"cookie", b"; ".join(cookies)))
     headers.insert(0, (b"host", authority))
+    if protocol:  # an extended CONNECT (validated: only CONNECT may carry :protocol)
+        return RequestHead(
+            method=method,
+            target=path,
+            authority=authority,
+            headers=headers,
+            http_version=b"2",
+            stream_id=stream_id,
+            upgrade=True,
+            protocol=protocol,
+        )
     return RequestHead(
         method=method,
-        target=path,
+        target=path or authority,  # a plain CONNECT has no :path: its target is authority-form
         authority=authority,
         headers=headers,
         http_version=b"2",

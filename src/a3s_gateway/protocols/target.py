@@ -6,9 +6,12 @@ Ring 0: pure functions over a ``RequestHead``; no trio, sockets, clocks or loggi
 upstream use (the absolute form's authority was already taken by the adapter for routing,
 SPEC §5.4). ``precheck`` implements steps 4 of SPEC §5.14 that need no config: ``TRACE`` and
 ``CONNECT`` (405), ``OPTIONS *`` and ``Max-Forwards: 0`` (200 with ``Allow``), an expectation
-other than ``100-continue`` (417) and a forwarding loop (508). ``redirect_location`` builds the
-``Location`` of an entrypoint's ``redirect_to`` answer (SPEC §3.7, §5.14 step 3) and
-``is_acme_challenge`` recognises the ACME HTTP-01 paths that answer is never given for (§12.2).
+other than ``100-continue`` (417) and a forwarding loop (508). An HTTP/2 extended ``CONNECT``
+(RFC 8441) is not a tunnel request: with ``:protocol`` ``websocket`` it goes on (a WebSocket
+handshake, SPEC §5.11), with any other protocol it gets 501 (the gateway implements no other).
+``redirect_location`` builds the ``Location`` of an entrypoint's ``redirect_to`` answer (SPEC
+§3.7, §5.14 step 3) and ``is_acme_challenge`` recognises the ACME HTTP-01 paths that answer is
+never given for (§12.2).
 
 Must not: decode header values beyond the few it compares, or touch the body.
 """
@@ -37,6 +40,9 @@ __all__ = [
 ]
 
 _REFUSED_METHODS: Final = frozenset({b"TRACE", b"CONNECT"})
+#: The one extended-CONNECT protocol the gateway serves (RFC 8441 §4, SPEC §5.11).
+_WEBSOCKET: Final = b"websocket"
+_UNSUPPORTED_PROTOCOL: Final = error_response(501, "unsupported protocol")
 _OWS: Final = b" \t"
 #: Where ACME HTTP-01 challenges are fetched (RFC 8555 §8.3).
 ACME_CHALLENGE_PREFIX: Final = b"/.well-known/acme-challenge/"
@@ -79,7 +85,10 @@ def precheck(head: RequestHead) -> GeneratedResponse | None:
     """The response the gateway gives without routing, or None to go on (SPEC §5.4, §5.14)."""
     method = head.method
     if method in _REFUSED_METHODS:
-        return error_response(405, "method not allowed", extra=[(b"allow", ALLOW)])
+        if not head.protocol:  # TRACE, or a CONNECT that asks for a tunnel
+            return error_response(405, "method not allowed", extra=[(b"allow", ALLOW)])
+        if head.protocol != _WEBSOCKET:  # an extended CONNECT (HTTP/2) for another protocol
+            return _UNSUPPORTED_PROTOCOL
     if method == b"OPTIONS" and (head.target == b"*" or _max_forwards(head.headers) == 0):
         return options_response()
     for name, value in head.headers:

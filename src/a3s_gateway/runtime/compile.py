@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
-    from a3s_gateway.config.schema_services import Service
+    from a3s_gateway.config.schema_services import Service, WebsocketMux
     from a3s_gateway.middleware.contract import Middleware, RequestState
     from a3s_gateway.middleware.outbound import MiddlewareDeps, WarningSink
     from a3s_gateway.protocols.http1_heads import RequestHeadParser
@@ -183,6 +183,8 @@ class ServiceRuntime:
     response_header_timeout: float
     body_idle_timeout: float
     total_timeout: float  # 0 = off
+    #: SSE, WebSocket and gRPC streams: no byte either way for this long ends them (0 = off).
+    stream_idle_timeout: float
     connect_attempts: int
     pass_host_header: bool
     failover: str | None
@@ -228,6 +230,8 @@ class RuntimeConfig:
     chains: Mapping[str, tuple[Middleware, ...]]
     #: Tracing and request-id settings (SPEC §9.4, §9.5).
     observability: ObservabilityRuntime
+    #: The ``websocket_mux`` services by name (SPEC §5.13); they have no backends of their own.
+    muxes: Mapping[str, WebsocketMux] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -299,6 +303,11 @@ def compile_runtime(
         middlewares=instances,
         chains=chains,
         observability=_observability(config),
+        muxes={
+            name: service.websocket_mux
+            for name, service in config.services.items()
+            if service.websocket_mux is not None
+        },
     )
 
 
@@ -424,6 +433,7 @@ def _service(name: str, service: Service) -> ServiceRuntime:
         connect_timeout=balancer_config.connect_timeout.seconds,
         response_header_timeout=balancer_config.response_header_timeout.seconds,
         body_idle_timeout=balancer_config.body_idle_timeout.seconds,
+        stream_idle_timeout=balancer_config.stream_idle_timeout.seconds,
         total_timeout=balancer_config.total_timeout.seconds,
         connect_attempts=balancer_config.connect_attempts,
         pass_host_header=balancer_config.pass_host_header,

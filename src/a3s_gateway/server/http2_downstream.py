@@ -15,14 +15,23 @@ WINDOW_UPDATE rather than buffering (the exchange stops reading its upstream mea
 
 Aborting a stream resets only that stream (``INTERNAL_ERROR``); the client resetting it
 (``cancel``) cancels its exchange's task (and with it the upstream attempt, whose connection is
-then never pooled). ``close_after_response`` means nothing to one stream; ``take_over`` is
-never possible (HTTP/2 has no protocol switch).
+then never pooled). ``close_after_response`` means nothing to one stream.
+
+HTTP/2 has no protocol switch, but an extended ``CONNECT`` (RFC 8441; ``tunnel``: the head's
+``upgrade``) turns its stream into a tunnel once a 2xx went out: ``take_over`` then hands the
+stream itself to the WebSocket relay as an ``Http2Tunnel`` (``server/http2_tunnel.py``; this
+class is its ``TunnelSide``: ``wait_data``, ``send_data``, ``end_data``, ``close_tunnel``).
+Such a head has no request body: the client's DATA, including any it sent before the 2xx, stay
+queued for the tunnel. Once taken over, the client's RST_STREAM no longer cancels the task (the
+relay is in it): the tunnel's next read or write fails instead, and the relay ends the session
+as for a client that went away. Any other ``take_over`` raises ``UpgradeUnavailable``.
 
 Must not: parse bytes (``protocols/http2.py``), route or proxy (``exchange/``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from functools import partial
@@ -41,16 +50,17 @@ from a3s_gateway.protocols.http2 import ErrorCode
 from a3s_gateway.server.downstream import (
     ClientGone,
     ClientTimeout,
+    Handover,
     UpgradeUnavailable,
     with_response_fields,
 )
+from a3s_gateway.server.http2_tunnel import Http2Tunnel
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from a3s_gateway.protocols.events import RequestHead
     from a3s_gateway.protocols.http2 import Http2Server
-    from a3s_gateway.server.downstream import Handover
 
 __all__ = ["Http2Downstream", "Http2Link"]
 
@@ -138,6 +148,8 @@ class Http2Downstream:
         "sent_bytes",
         "status",
         "stream_id",
+        "taken",
+        "tunnel",
     )
 
     def __init__(
@@ -167,6 +179,10 @@ class Http2Downstream:
         self.response_fields: list[tuple[bytes, bytes]] = []
         #: The ``grpc-status`` sent to the client (trailers or trailers-only head); -1: none.
         self.grpc_status = -1
+        #: An extended CONNECT (RFC 8441): the stream may become a tunnel after a 2xx.
+        self.tunnel = head.upgrade
+        #: ... and did: ``take_over`` handed it to an ``Http2Tunnel``.
+        self.taken = False
 
     # -- the driver's side -----------------------------------------------------------------
 
@@ -181,9 +197,17 @@ class Http2Downstream:
             wake.set()
 
     def cancel(self) -> None:
-        """The client reset the stream: its exchange stops (``ClientGone`` where it waits)."""
+        """The client reset the stream: its exchange stops (``ClientGone`` where it waits);
+        a tunnel's reads and writes fail instead, so that its relay ends the session."""
         self.cancelled = True
-        self.scope.cancel()
+        if not self.taken:
+            self.scope.cancel()
+            return
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set()
+        self._link.window_opened(self.stream_id)  # a write waiting for credit sees it too
 
     def discard_rest(self) -> None:
         """The exchange is over: hand the window of every unread byte back to the client."""
@@ -348,7 +372,73 @@ class Http2Downstream:
             self._link.adapter.reset(self.stream_id, ErrorCode.INTERNAL_ERROR)
 
     def take_over(self) -> Handover:
-        raise UpgradeUnavailable("HTTP/2 has no protocol switch")
+        """After the 2xx that opened an extended CONNECT's tunnel: the stream itself as an
+        ``Http2Tunnel``, with the client's DATA queued so far as its first reads (no
+        leftover). Raises ``UpgradeUnavailable`` for any other stream, before that 2xx, or a
+        second time."""
+        if (
+            not self.tunnel
+            or self.taken
+            or self.cancelled
+            or self.response_complete
+            or not 200 <= self.status < 300
+        ):
+            raise UpgradeUnavailable("no HTTP/2 tunnel to take over")
+        self.taken = True
+        return Handover(Http2Tunnel(self), b"")
+
+    # -- the tunnel's side (``TunnelSide``) --------------------------------------------------
+
+    async def wait_data(self) -> None:
+        """Flush (the WINDOW_UPDATEs of what was acknowledged), then wait until the client's
+        DATA or END_STREAM is queued, with no deadline (the relay's idle watch bounds the
+        session); always a checkpoint. ``ClientGone`` once the client reset the stream or the
+        connection is over, with nothing queued."""
+        await self._link.flush()
+        if self.inbound:
+            await trio.lowlevel.checkpoint()
+            return
+        while not self.inbound:
+            if self.cancelled or self._link.broken:
+                raise ClientGone
+            wake = self._wake = trio.Event()
+            await wake.wait()
+
+    async def send_data(self, data: bytes) -> None:
+        """A tunnel's bytes to the client: DATA within the windows (waiting for credit as a
+        response does), flushed. ``ClientGone`` when the stream or the connection is gone."""
+        if self.cancelled:
+            raise ClientGone
+        try:
+            await self._data(data, end=False)
+        except ProtocolViolation as error:  # h2 refused: the stream is no longer open
+            raise ClientGone from error
+        await self._link.flush()
+
+    async def end_data(self) -> None:
+        """END_STREAM on the tunnel (the gateway's side ends), flushed; ``ClientGone``."""
+        if self.cancelled:
+            raise ClientGone
+        try:
+            self._call(partial(self._link.adapter.send_end, self.stream_id, []))
+        except ProtocolViolation as error:
+            raise ClientGone from error
+        self.response_complete = True
+        await self._link.flush()
+
+    async def close_tunnel(self) -> None:
+        """The tunnel is done: after its END_STREAM the client is told to stop sending
+        (RST_STREAM ``NO_ERROR``; nothing when the client ended too: the stream is closed),
+        before it the stream is reset (``CANCEL``). Flushed; never raises ``ClientGone``."""
+        if not self.cancelled and not self.aborted:
+            if self.response_complete:
+                code = ErrorCode.NO_ERROR
+            else:
+                code = ErrorCode.CANCEL
+                self.aborted = True
+            self._link.adapter.reset(self.stream_id, code)
+        with contextlib.suppress(ClientGone):
+            await self._link.flush()
 
 
 def _plain_end(event: object) -> bool:

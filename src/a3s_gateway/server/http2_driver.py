@@ -16,6 +16,13 @@ Drain (SPEC §5.8): GOAWAY with the largest stream id and a PING; on the PING's 
 1 s) a second GOAWAY with the highest stream id accepted; streams at or below it finish, then
 the connection closes. Streams opened after the GOAWAY are refused.
 
+WebSocket sessions (RFC 8441): an extended CONNECT's stream runs its exchange like any other,
+and once it became a tunnel (``Http2Downstream.take_over``) the session's relay runs in that
+stream's task; a drain lets it run like any stream. When the connection ends under it (the
+client closed or broke it, or a connection error), its tunnels are told first (their client is
+gone: the relay sends the upstream its Close 1001 and records the session) and given up to
+``TUNNEL_GRACE`` to finish before the connection's nursery is cancelled.
+
 Must not: parse bytes (``protocols/http2.py``) or route and proxy (``exchange/``).
 """
 
@@ -44,6 +51,7 @@ from a3s_gateway.server.downstream import ClientGone, ExchangeAborted
 from a3s_gateway.server.exchange import handle_request
 from a3s_gateway.server.http1_downstream import READ_SIZE
 from a3s_gateway.server.http2_downstream import Http2Downstream, Http2Link
+from a3s_gateway.server.websocket_relay import CLOSE_WAIT
 
 if TYPE_CHECKING:
     from a3s_gateway.runtime.compile import EntrypointRuntime
@@ -58,6 +66,9 @@ log: Final = logging.getLogger("a3s_gateway.server")
 CLOSE_GRACE: Final = 1.0
 #: How long the drain waits for the ACK of its PING before the second GOAWAY.
 DRAIN_PING_WAIT: Final = 1.0
+#: How long WebSocket sessions over a connection that ended get to finish: the relay's wait
+#: for the upstream's Close, and the bound on its cleanup.
+TUNNEL_GRACE: Final = CLOSE_WAIT + CLOSE_GRACE
 
 
 async def serve_http2(
@@ -105,6 +116,7 @@ class _Connection:
         "_draining",
         "_idle",
         "_ping_acked",
+        "_tunnels_done",
         "ctx",
         "entry",
         "info",
@@ -132,9 +144,12 @@ class _Connection:
         #: Set when the drain's second GOAWAY went out and no stream is left.
         self._drained = trio.Event()
         self._idle = trio.CancelScope()
+        #: Set once no tunnel is left, while the connection's end waits for its tunnels.
+        self._tunnels_done: trio.Event | None = None
 
     async def run(self, received: bytes, upgraded: tuple[RequestHead, bytes] | None) -> None:
-        """The read loop: bytes in, events dispatched, the adapter's answers flushed."""
+        """The read loop: bytes in, events dispatched, the adapter's answers flushed; then,
+        when the connection ended under them, its tunnels' end (``_end_tunnels``)."""
         link = self.link
         if upgraded is None:
             link.adapter.initiate()
@@ -145,22 +160,40 @@ class _Connection:
         if self.ctx.drain.draining:
             self.drain()
         try:
-            if received:
-                self._receive(received)
-            await link.flush()
-            while not link.adapter.closed:
-                data = await self._read()
-                if not data:
-                    return
-                self._receive(data)
-                await link.flush()
-                if self._drained.is_set():
-                    return
+            await self._serve(received)
         except Http2Error as error:
             self.ctx.metrics.http2_connection_error(self.info.entrypoint, error.reason)
             log.debug("HTTP/2 connection from %s ended: %s", self.info.peer_ip, error.reason)
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        await self._end_tunnels()
+
+    async def _serve(self, received: bytes) -> None:
+        link = self.link
+        if received:
+            self._receive(received)
+        await link.flush()
+        while not link.adapter.closed:
+            data = await self._read()
+            if not data:
+                return
+            self._receive(data)
+            await link.flush()
+            if self._drained.is_set():
+                return
+
+    async def _end_tunnels(self) -> None:
+        """The connection is over: each open tunnel's client is gone (its relay sees its
+        stream broken, closes the upstream and ends); wait for them, up to
+        ``TUNNEL_GRACE``."""
+        tunnels = [down for down in self.streams.values() if down.taken]
+        if not tunnels:
             return
+        done = self._tunnels_done = trio.Event()
+        for down in tunnels:
+            down.cancel()
+        with trio.move_on_after(TUNNEL_GRACE):
+            await done.wait()
 
     async def _read(self) -> bytes:
         """One read; with no stream open it waits at most ``timeouts.idle`` and then ends
@@ -224,7 +257,8 @@ class _Connection:
 
     def _finish(self, down: Http2Downstream) -> None:
         """The stream's exchange ended: reset it if its response is unfinished, tell the
-        client to stop sending a body nobody reads, give back the window of unread bytes."""
+        client to stop sending a body nobody reads (or into an extended CONNECT's tunnel that
+        was refused), give back the window of unread bytes."""
         del self.streams[down.stream_id]
         adapter = self.link.adapter
         self.link.waiting.pop(down.stream_id, None)
@@ -232,11 +266,14 @@ class _Connection:
             if not down.aborted:
                 code = ErrorCode.CANCEL if down.cancelled else ErrorCode.INTERNAL_ERROR
                 adapter.reset(down.stream_id, code)
-        elif not down.request_complete:
+        elif not down.request_complete or (down.tunnel and not down.taken):
             adapter.reset(down.stream_id, ErrorCode.NO_ERROR)  # RFC 9113 §8.1: stop sending
         down.discard_rest()
         if self._draining and not self.streams:
             self._drained.set()
+        done = self._tunnels_done
+        if done is not None and not any(other.taken for other in self.streams.values()):
+            done.set()
 
     # -- drain -----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVarTuple
 
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.upstream.http2_pool import Http2Pool
+from a3s_gateway.wsmux.hub import HubRegistry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -140,15 +141,43 @@ class ServerContext:
         "h2pool",
         "http2_connections",
         "metrics",
+        "mux_hubs",
         "observer",
         "pool",
         "rejected_connections",
         "rejection_reports",
         "rng",
         "runtime",
+        "sse_streams",
         "stale_retries",
         "total_requests",
+        "websocket_sessions",
+        "websocket_totals",
+        "websockets",
     )
+
+    def websocket_opened(self, entrypoint: str, router: str, *, connection: bool) -> None:
+        """A WebSocket session begins (after its ``101``, or an HTTP/2 client's ``200``);
+        ``connection``: it holds its own downstream connection (HTTP/1.1), counted under
+        ``websocket`` instead of ``http1`` until it ends."""
+        if connection:
+            self.websockets[entrypoint] = self.websockets.get(entrypoint, 0) + 1
+        self.websocket_sessions[router] = self.websocket_sessions.get(router, 0) + 1
+        self.websocket_totals[router] = self.websocket_totals.get(router, 0) + 1
+
+    def websocket_closed(self, entrypoint: str, router: str, *, connection: bool) -> None:
+        """A WebSocket session ended (``connection`` as when it was opened)."""
+        if connection:
+            self.websockets[entrypoint] -= 1
+        self.websocket_sessions[router] -= 1
+
+    def sse_opened(self, router: str) -> None:
+        """An SSE stream's head went out."""
+        self.sse_streams[router] = self.sse_streams.get(router, 0) + 1
+
+    def sse_closed(self, router: str) -> None:
+        """An SSE stream ended."""
+        self.sse_streams[router] -= 1
 
     def __init__(
         self,
@@ -169,6 +198,16 @@ class ServerContext:
         #: Those of ``active_connections`` that speak HTTP/2, by entrypoint.
         self.http2_connections: dict[str, int] = {}
         self.total_requests = 0
+        #: WebSocket sessions open now, by entrypoint (``a3s_open_connections{protocol=
+        #: "websocket"}``) and by router (``a3s_websocket_sessions_active``), and those ever
+        #: opened by router (``a3s_websocket_sessions_total``).
+        self.websockets: dict[str, int] = {}
+        self.websocket_sessions: dict[str, int] = {}
+        self.websocket_totals: dict[str, int] = {}
+        #: SSE streams open now, by router (``a3s_sse_streams_active``).
+        self.sse_streams: dict[str, int] = {}
+        #: The multiplexers' broadcast hubs of this worker (SPEC §5.13).
+        self.mux_hubs = HubRegistry()
         #: Connections closed at accept, by (entrypoint, reason) (SPEC §6.4 reasons
         #: ``max_connections`` and ``ip_not_allowed``; a metric once metrics land).
         self.rejected_connections: dict[tuple[str, str], int] = {}

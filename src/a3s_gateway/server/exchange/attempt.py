@@ -76,7 +76,8 @@ async def forward(
     peer = service.peers[backend.index]
     head = ex.request
     up_head = upstream_head(head, ex.target, ex.headers, service, backend, ex.host)
-    http2 = ex.grpc or peer.scheme == "h2c"  # SPEC §5.7 "Protocol": gRPC always HTTP/2
+    # SPEC §5.7 "Protocol": gRPC always HTTP/2; a WebSocket handshake always HTTP/1.1.
+    http2 = (ex.grpc or peer.scheme == "h2c") and ex.ws_key is None
     if http2:
         if ex.grpc_timeout:
             up_head = _grpc_deadline(up_head, ex)
@@ -231,12 +232,15 @@ class _Attempt:
                     await relay.relay(response, request_sent=self._pump_done)
         finally:
             self._up.release(clean=self._pump_done and relay.complete)
+            if relay.sse:
+                relay.close_stream()
         if relay.timer.cancelled_caught:
             if not relay.in_body:
                 raise UpstreamFailure(504, "response header timeout")
-            raise AbortResponse("upstream body idle timeout")
-        assert response is not None  # the duplex phase returns None only when timed out
-        return response.status
+            if not relay.stream:
+                raise AbortResponse("upstream body idle timeout")
+            await relay.end_idle_stream()  # SPEC §5.5: a stream idle too long ends
+        return relay.status
 
     async def _duplex_phase(self) -> ResponseHead | None:
         """A gRPC call (SPEC §5.10): the request body keeps streaming upstream while the

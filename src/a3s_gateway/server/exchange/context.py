@@ -23,6 +23,9 @@ from a3s_gateway.server.exchange.failures import MiddlewareFailed
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import trio
+
+    from a3s_gateway.config.schema_services import WebsocketMux
     from a3s_gateway.middleware import Middleware
     from a3s_gateway.middleware.compress import BodyFilter
     from a3s_gateway.observability.record import ExchangeRecord
@@ -58,6 +61,7 @@ class Exchange:
         "hold",
         "host",
         "info",
+        "mux",
         "path",
         "query",
         "received",
@@ -68,8 +72,10 @@ class Exchange:
         "state",
         "status",
         "target",
+        "total_scope",
         "trace",
         "tried",
+        "ws_key",
     )
 
     def __init__(
@@ -122,10 +128,16 @@ class Exchange:
         self.first = True
         #: The status sent to the client once the exchange ended (0: none completed).
         self.status = 0
+        #: The total timeout's scope while one runs (``dispatch.py``); a stream lifts it.
+        self.total_scope: trio.CancelScope | None = None
         #: A gRPC call (SPEC §5.10): HTTP/2 with a gRPC content type.
         self.grpc = head.http_version == b"2" and is_grpc(head)
         #: Its ``grpc-timeout`` in seconds (0: none); set by ``handle.py``.
         self.grpc_timeout = 0.0
+        #: A WebSocket handshake's ``Sec-WebSocket-Key`` (SPEC §5.11), set by ``prepare``.
+        self.ws_key: bytes | None = None
+        #: The routed service when it is a ``websocket_mux`` (SPEC §5.13), set by ``prepare``.
+        self.mux: WebsocketMux | None = None
 
     @property
     def tls(self) -> bool:

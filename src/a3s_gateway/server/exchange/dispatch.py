@@ -62,7 +62,8 @@ async def dispatch(ex: Exchange, down: Downstream) -> Failure | None:
     """Choose, connect, forward; failover once (see the module docstring)."""
     service = ex.service
     assert service is not None  # prepare routed the request
-    total = service.total_timeout
+    # SPEC §5.5: the total timeout is for non-streaming exchanges; a WebSocket session is not.
+    total = service.total_timeout if ex.ws_key is None else 0.0
     if ex.grpc_timeout:  # SPEC §5.10: the call's deadline, or total_timeout if earlier
         total = min(total, ex.grpc_timeout) if total > 0 else ex.grpc_timeout
     if total <= 0:  # no total timeout: no scope (the hot path)
@@ -78,6 +79,7 @@ async def dispatch(ex: Exchange, down: Downstream) -> Failure | None:
     else:
         failure = None
         with trio.move_on_after(total) as scope:
+            ex.total_scope = scope  # an SSE response lifts it (relay.py)
             failure = await _limited(ex, down, service)
         if scope.cancelled_caught:  # the total timeout ends the request: never retried
             ex.record.error = "upstream_timeout"
@@ -117,7 +119,8 @@ async def _limited(ex: Exchange, down: Downstream, service: ServiceRuntime) -> F
 async def _mirrored(ex: Exchange, down: Downstream, service: ServiceRuntime) -> Failure | None:
     """The service's attempts, a mirror copy of the first (SPEC §7.7), failover (§7.8)."""
     mirror = service.mirror
-    if mirror is not None and ex.first and mirror.sampler.take():
+    # SPEC §7.7: WebSocket handshakes are not mirrored.
+    if mirror is not None and ex.first and ex.ws_key is None and mirror.sampler.take():
         copy = MirrorCopy(ex.ctx, mirror, ex.request, ex.target, ex.headers, ex.client)
         down = MirrorTee(down, copy)
     failure = await _try_service(ex, down, service)
@@ -253,6 +256,7 @@ async def _attempt(
     once a response was relayed, else the failure (kind ``connect-failure``: try the next)."""
     record = ex.record
     attempt_started(record, backend)
+    record.error = ""  # an earlier attempt's cause; a stream may note how it ended
     with backend.lease():
         try:
             status = await forward(ex, down, service, backend, extra)
@@ -294,5 +298,4 @@ async def _attempt(
             raise aborted(down) from error
         outcome(ex, service, backend, status)
         ex.status = status
-        record.error = ""
         return None

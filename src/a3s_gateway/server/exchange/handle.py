@@ -42,6 +42,7 @@ from a3s_gateway.server.exchange.plan import plan_chained
 from a3s_gateway.server.exchange.prepare import prepare
 from a3s_gateway.server.exchange.recording import end_cause, finish, start
 from a3s_gateway.server.exchange.retrying import retrying
+from a3s_gateway.server.exchange.upgrades import serve_mux_exchange
 
 if TYPE_CHECKING:
     from a3s_gateway.observability.record import ExchangeRecord
@@ -103,10 +104,12 @@ async def _counted(
         early = prepare(ex) if not ex.grpc else _grpc_prepare(ex)
         if early is not None:
             await answer(down, head, early)
-        elif not ex.chain:
+        elif ex.chain:
+            await _chained(ex)
+        elif ex.mux is None:
             await dispatch(ex, down)
         else:
-            await _chained(ex)
+            await serve_mux_exchange(ex)
     except ClientTimeout as timeout:
         record.error = timeout.error
         if down.response_started:
@@ -142,6 +145,13 @@ async def _chained(ex: Exchange) -> None:
     stop = len(chain) if split is None else split + 1
     if await request_sides(ex, state, 0, stop) is not None:
         return  # a middleware answered
+    if ex.mux is not None:  # the gateway serves the WebSocket itself: nothing to retry
+        plan_chained(ex, state)
+        try:
+            await serve_mux_exchange(ex)
+        finally:
+            complete(chain[:stop], state, ex.status)
+        return
     if split is not None:
         status = 0
         try:

@@ -134,7 +134,10 @@ def complete(entered: Sequence[Middleware], state: RequestState, status: int) ->
 
 
 def is_stream(state: RequestState) -> bool:
-    """gRPC and WebSocket requests (retried only after a connect failure, SPEC §8.12)."""
+    """gRPC and WebSocket requests (retried only after a connect failure, SPEC §8.12): an
+    HTTP/1.1 handshake has ``Upgrade``, an HTTP/2 one is an extended ``CONNECT``."""
+    if state.method == b"CONNECT":
+        return True
     for name, value in state.headers:
         if name == b"upgrade" or (
             name == b"content-type" and value.lower().startswith(b"application/grpc")

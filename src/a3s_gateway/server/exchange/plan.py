@@ -6,6 +6,12 @@ without middlewares, ``plan_chained`` the request as the request sides left it; 
 fields on the ``Exchange``. ``upstream_head`` adds what depends on the backend (its path
 prefix, ``Host``), per attempt and for mirror copies.
 
+An HTTP/2 client's WebSocket (an extended ``CONNECT``, RFC 8441) is planned as the HTTP/1.1
+upgrade every upstream gets (SPEC §5.11 step 3): the request becomes a bodiless ``GET`` and its
+fields gain ``Upgrade: websocket``, ``Connection: upgrade`` and the key ``handshake`` made
+(``upgrades.py``), the client's subprotocols, extensions, version and cookies forwarded as for
+any handshake.
+
 Must not: do IO or choose backends.
 """
 
@@ -24,6 +30,7 @@ from a3s_gateway.protocols.headers import (
     strip_hop_by_hop,
 )
 from a3s_gateway.protocols.target import decrement_max_forwards
+from a3s_gateway.protocols.websocket import upgrade_fields
 from a3s_gateway.routing.request import parse_peer
 
 if TYPE_CHECKING:
@@ -48,13 +55,13 @@ def peer_trusted(info: ConnInfo, entry: EntrypointRuntime) -> bool:
 
 
 def upstream_headers(
-    head: RequestHead, info: ConnInfo, entry: EntrypointRuntime
+    head: RequestHead, info: ConnInfo, entry: EntrypointRuntime, *, websocket: bool = False
 ) -> tuple[Headers, str]:
     """SPEC §5.4 steps 1–5 (``Host`` is set per backend in ``upstream_head``), and the client
-    IP."""
+    IP. A ``websocket`` handshake keeps its ``Upgrade`` (SPEC §5.1: the only one forwarded)."""
     received = head.headers
     trusted = peer_trusted(info, entry)
-    stripped = strip_hop_by_hop(received)
+    stripped = strip_hop_by_hop(received, keep_upgrade=websocket)
     client = client_ip(received, info.peer_ip, peer_trusted=trusted, is_trusted=entry.is_trusted)
     forwarding = ForwardingContext(
         peer_ip=info.peer_ip,
@@ -78,7 +85,10 @@ def plan_direct(ex: Exchange) -> None:
     when the entrypoint says so)."""
     query = ex.query
     ex.target = ex.path + (b"?" + query if query else b"")
-    headers, client = upstream_headers(ex.head, ex.info, ex.entry)
+    websocket = ex.ws_key is not None
+    headers, client = upstream_headers(ex.head, ex.info, ex.entry, websocket=websocket)
+    if websocket and ex.head.protocol:
+        headers = _http2_websocket(ex, ex.head, headers)
     ex.record.client_ip = ex.client = client
     trace = ex.trace
     ex.headers = headers if trace is None else trace.apply(headers)
@@ -103,7 +113,10 @@ def plan_chained(ex: Exchange, state: RequestState) -> None:
     ex.state = state
     ex.status = 0
     ex.target = state.path + (b"?" + state.query if state.query else b"")
-    headers, ex.client = upstream_headers(changed, ex.info, ex.entry)
+    websocket = ex.ws_key is not None
+    headers, ex.client = upstream_headers(changed, ex.info, ex.entry, websocket=websocket)
+    if websocket and head.protocol:
+        headers = _http2_websocket(ex, changed, headers)
     if state.forwarded_prefix is not None:
         headers.append((b"x-forwarded-prefix", state.forwarded_prefix))
     trace = ex.trace
@@ -115,6 +128,25 @@ def plan_chained(ex: Exchange, state: RequestState) -> None:
         if isinstance(middleware, CompressMiddleware):
             ex.body_filter = partial(middleware.body_filter, state)
             break
+
+
+def _http2_websocket(ex: Exchange, head: RequestHead, headers: Headers) -> Headers:
+    """An HTTP/2 client's WebSocket handshake (``head``: the extended ``CONNECT`` as received
+    or as the middlewares left it): the request becomes a bodiless ``GET`` (``ex.request``) and
+    ``headers`` the fields of an HTTP/1.1 upgrade with the gateway's key."""
+    key = ex.ws_key
+    assert key is not None  # handshake() made one
+    ex.request = RequestHead(
+        method=b"GET",
+        target=head.target,
+        authority=head.authority,
+        headers=head.headers,
+        http_version=head.http_version,
+        stream_id=head.stream_id,
+        upgrade=True,
+        protocol=ex.head.protocol,
+    )
+    return upgrade_fields(headers, key)
 
 
 def upstream_head(

@@ -25,12 +25,14 @@ from a3s_gateway.routing.paths import InvalidPathEscape, routing_path, sanitize_
 from a3s_gateway.routing.request import RequestView, canonical_host
 from a3s_gateway.server.exchange.plan import peer_trusted, plan_direct
 from a3s_gateway.server.exchange.trace import Trace
+from a3s_gateway.server.exchange.upgrades import handshake
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from a3s_gateway.protocols.headers import Headers
     from a3s_gateway.protocols.responses import GeneratedResponse
+    from a3s_gateway.routing import Route
     from a3s_gateway.server.exchange.context import Exchange
 
 __all__ = ["prepare"]
@@ -84,12 +86,25 @@ def prepare(ex: Exchange) -> GeneratedResponse | None:
     if route is None:
         record.error = "no_route"
         return _NO_ROUTE
+    return _routed(ex, route)
+
+
+def _routed(ex: Exchange, route: Route) -> GeneratedResponse | None:
+    """The routed request's service (or multiplexer), its WebSocket handshake if it has one,
+    its chain, and without a chain its plan."""
+    record, runtime = ex.record, ex.runtime
     record.router = route.name
     record.service = route.service
     service = ex.service = runtime.services.get(route.service)
     if service is None:
-        record.error = "no_backend"
-        return _NO_SERVICE
+        ex.mux = runtime.muxes.get(route.service)
+        if ex.mux is None:
+            record.error = "no_backend"
+            return _NO_SERVICE
+    if ex.head.upgrade or ex.mux is not None:  # SPEC §5.11: a WebSocket handshake, checked
+        early = handshake(ex)
+        if early is not None:
+            return early
     chain = runtime.chains.get(route.name)
     if chain:
         ex.chain = chain

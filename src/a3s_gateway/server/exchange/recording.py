@@ -67,8 +67,9 @@ def finish(record: ExchangeRecord, down: ObservedDownstream, ctx: ServerContext)
     record.status = down.status
     record.grpc_status = down.grpc_status
     record.head_sent = down.head_sent
-    record.request_bytes = down.received_bytes
-    record.response_bytes = down.sent_bytes
+    if not record.websocket:  # a session's bytes are counted by its relay
+        record.request_bytes = down.received_bytes
+        record.response_bytes = down.sent_bytes
     record.ended = trio.current_time()
     record.wall = time.time()
     observer = ctx.observer

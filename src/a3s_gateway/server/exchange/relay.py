@@ -33,7 +33,9 @@ from a3s_gateway.protocols.events import (
     ResponseHead,
 )
 from a3s_gateway.protocols.headers import strip_response_hop_by_hop
+from a3s_gateway.protocols.http1_upgrade import SWITCHING
 from a3s_gateway.server.exchange.failures import AbortResponse, HeldResponse, UpstreamFailure
+from a3s_gateway.server.exchange.upgrades import switch
 from a3s_gateway.upstream.seam import UpstreamGone
 
 if TYPE_CHECKING:
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ResponseRelay"]
 
+#: SPEC §5.12: a response with this content type is a stream, whatever the request asked for.
+_EVENT_STREAM: Final = b"text/event-stream"
+#: The trailers that end a gRPC call whose stream was idle too long (SPEC §5.5).
+_IDLE_TRAILERS: Final = [(b"grpc-status", b"4"), (b"grpc-message", b"stream idle timeout")]
 #: A discarded (retried) response's body is drained up to this many bytes for reuse (§8.12).
 _DISCARD_LIMIT: Final = 65536
 
@@ -65,7 +71,11 @@ class ResponseRelay:
         "_service",
         "_up",
         "complete",
+        "idle",
         "in_body",
+        "sse",
+        "status",
+        "stream",
         "timer",
     )
 
@@ -89,6 +99,14 @@ class ResponseRelay:
         self._pending: deque[Event] = deque()
         self.in_body = False
         self.complete = False
+        #: The bound on each body read: ``body_idle_timeout``, or for a stream (SPEC §5.12;
+        #: a gRPC call is one) ``stream_idle_timeout`` (``inf`` when 0).
+        self.stream = self.sse = False
+        #: The status of the response relayed (0 until its head arrived).
+        self.status = 0
+        self.idle = service.body_idle_timeout
+        if ex.grpc:
+            self._open_stream(sse=False)
 
     async def response_head(self) -> ResponseHead:
         """The final response head; informational responses go to the client on the way."""
@@ -109,16 +127,20 @@ class ResponseRelay:
         ex = self._ex
         ex.record.upstream_head = now = trio.current_time()
         timer = self.timer
+        self.status = response.status
+        if response.status == SWITCHING:  # only ever to a WebSocket handshake (the adapters)
+            await switch(ex, self._up, self._down, response, self._extra, timer)
+            return
         hold = ex.hold
         if hold is not None and hold(response.status):
             timer.deadline = math.inf  # the discard has its own bound
             await self._discard(request_sent)
             raise HeldResponse(response.status)
         self.in_body = True
-        timer.deadline = now + self._service.body_idle_timeout
         headers = self._final_headers(response)
+        timer.deadline = now + self.idle
         body_filter = ex.body_filter
-        if body_filter is not None:
+        if body_filter is not None and not self.stream:  # SPEC §5.12: streams not compressed
             found = body_filter(response.status, headers)
             if found is not None:
                 await self._relay_filtered(response, headers, found)
@@ -150,10 +172,17 @@ class ResponseRelay:
                 raise AbortResponse(error.detail) from error
 
     def _final_headers(self, response: ResponseHead) -> Headers:
-        """The response head's fields as the client gets them (see the module docstring)."""
+        """The response head's fields as the client gets them (see the module docstring); an
+        event stream (SPEC §5.12) is noted on the way."""
         ex = self._ex
         headers = strip_response_hop_by_hop(response.headers)
-        if not any(name == b"date" for name, _ in headers):
+        dated = False
+        for name, value in headers:
+            if name == b"date":
+                dated = True
+            elif name == b"content-type" and value[:17].lower() == _EVENT_STREAM:
+                self._open_stream(sse=True)
+        if not dated:
             headers.append((b"date", ex.ctx.dates.value()))
         if self._extra:
             headers.extend(self._extra)
@@ -162,6 +191,32 @@ class ResponseRelay:
         if ex.ctx.drain.draining:
             self._down.close_after_response()
         return headers
+
+    def _open_stream(self, *, sse: bool) -> None:
+        """The response is a stream (SPEC §5.12): every read goes out at once (it always
+        does), under ``stream_idle_timeout`` instead of ``body_idle_timeout``, never
+        compressed; an SSE stream also escapes the total timeout and is counted while open."""
+        self.stream = True
+        idle = self._service.stream_idle_timeout
+        self.idle = idle if idle > 0 else math.inf
+        if sse:
+            ex = self._ex
+            self.sse = True
+            scope = ex.total_scope
+            if scope is not None:
+                scope.deadline = math.inf
+            ex.ctx.sse_opened(ex.record.router)
+
+    def close_stream(self) -> None:
+        """The SSE stream ended, however it did (called once, by the attempt)."""
+        ex = self._ex
+        ex.ctx.sse_closed(ex.record.router)
+
+    async def end_idle_stream(self) -> None:
+        """A stream's ``stream_idle_timeout`` ran out: end its response properly (SPEC §5.5:
+        SSE ends; a gRPC call ends with ``grpc-status: 4``)."""
+        self._ex.record.error = "stream_idle"
+        await self._down.send(EndOfBody(trailers=_IDLE_TRAILERS) if self._ex.grpc else EndOfBody())
 
     async def _relay_filtered(
         self, response: ResponseHead, headers: Headers, body_filter: BodyFilter
@@ -227,7 +282,7 @@ class ResponseRelay:
         pending = self._pending
         while not pending:
             if self.in_body:
-                self.timer.deadline = trio.current_time() + self._service.body_idle_timeout
+                self.timer.deadline = trio.current_time() + self.idle
             try:
                 events = await self._up.receive()
             except UpstreamGone as error:
