@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from bench.harness import environment, h2load, peerlink, plan, report
+from bench.harness import environment, h2load, peerlink, plan, report, streamload
 from bench.harness.environment import load_average
 from bench.harness.runner import ProfileRun, Runner, Settings, say
 from bench.procs import ChildError
@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections",
         type=_positive_int,
         default=64,
-        help="wrk connections (default 64; the HTTP/2 profiles use h2load's 4 × 16 streams)",
+        help=(
+            "wrk and streamload connections (default 64; the HTTP/2 profiles use h2load's "
+            "4 × 16 streams)"
+        ),
     )
     parser.add_argument(
         "--threads", type=_positive_int, default=2, help="wrk and h2load threads (default 2)"
@@ -149,9 +152,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(trials, duration, warmup, args.connections, args.threads)
 
 
-def _tools_present() -> bool:
-    """Whether wrk, h2load and NGINX are installed; says how to install them when not."""
-    missing = environment.missing_tools()
+def _tools_present(profiles: list[plan.Profile]) -> bool:
+    """Whether wrk, h2load and NGINX (and gcc for the streaming profiles) are installed; says
+    how to install them when not."""
+    missing = environment.missing_tools(streaming=any(p.streaming for p in profiles))
     if missing:
         say(
             f"missing load tools: {', '.join(missing)}; install them with "
@@ -199,6 +203,22 @@ def _meta(
         }
     if runner.grpc_port:
         meta["grpc_backend_port"] = runner.grpc_port
+    if any(profile.streaming for profile in runner.profiles):
+        meta["streamload"] = {
+            "connections": settings.connections,
+            "websocket_message_bytes": streamload.MESSAGE_BYTES,
+            "sse_event_bytes": streamload.EVENT_BYTES,
+            "sse_window": streamload.SSE_WINDOW,
+            "timeout_s": streamload.TIMEOUT_SECONDS,
+            "source": "bench/tools/streamload.c",
+            "cflags": " ".join(streamload.CFLAGS),
+            "backends": runner.stream_backends,
+            "latency": (
+                "WebSocket: send to echo per message; SSE: arrival minus the time stamp the "
+                "backend wrote into the event (same host, CLOCK_MONOTONIC); nearest-rank "
+                "percentiles of a log-linear histogram (within 0.2 %)"
+            ),
+        }
     return meta
 
 
@@ -252,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"run_bench.py: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    if not _tools_present():
+    if not _tools_present(profiles):
         return EXIT_FAILED
     settings = settings_from(args)
     command = shlex.join(["python", "bench/run_bench.py", *arguments])

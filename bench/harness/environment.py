@@ -19,11 +19,14 @@ from bench.harness import cputime, gateway
 from bench.procs import cpu_model
 
 TOOLS: Final = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
+#: What the streaming profiles need besides: the compiler of ``streamload`` (and libc headers).
+STREAM_TOOLS: Final = {"gcc": "gcc, libc6-dev"}
 
 
-def missing_tools() -> list[str]:
-    """``tool (package)`` for each load tool not on ``PATH``."""
-    return [f"{tool} ({package})" for tool, package in TOOLS.items() if not shutil.which(tool)]
+def missing_tools(*, streaming: bool = False) -> list[str]:
+    """``tool (package)`` for each load tool not on ``PATH`` (``streaming``: also gcc)."""
+    wanted = {**TOOLS, **(STREAM_TOOLS if streaming else {})}
+    return [f"{tool} ({package})" for tool, package in wanted.items() if not shutil.which(tool)]
 
 
 def _output(argv: list[str]) -> str:
@@ -56,8 +59,9 @@ def collect(*, wrk_threads: int) -> dict[str, object]:
         "sched_getaffinity": affinity,
         "pinning": (
             f"none: NGINX (upstream and proxy), the product and the load tool (wrk or h2load, "
-            f"{wrk_threads} threads) all run unpinned on CPUs {affinity} and share them; the "
-            "load tool competes with the product for the same cores"
+            f"{wrk_threads} threads; streamload and its backends, one thread each) all run "
+            f"unpinned on CPUs {affinity} and share them; the load tool competes with the "
+            "product for the same cores"
         ),
         "memory": _meminfo(),
         "clk_tck": cputime.CLK_TCK,
@@ -66,6 +70,7 @@ def collect(*, wrk_threads: int) -> dict[str, object]:
         "nginx": _output(["nginx", "-v"]),
         "wrk": _output(["wrk", "-v"]),
         "h2load": _output(["h2load", "--version"]),
+        "gcc": _output(["gcc", "--version"]),
         "gateway": {
             **gateway.git_state(gateway.gateway_tree()),
             "source_override": str(override) if override else None,

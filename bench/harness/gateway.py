@@ -10,7 +10,9 @@ bound is short so stopping is quick; everything else is the gateway's default.
 
 The HTTP/2 profiles need nothing more: a plain entrypoint accepts h2c prior knowledge by default
 (``h2c = true``) and a ``tls`` block offers ALPN ``h2, http/1.1`` by default. The gRPC profile's
-service has an ``h2c://`` server (``scheme``), the backend NGINX's h2c listener.
+service has an ``h2c://`` server (``scheme``), the backend NGINX's h2c listener; the WebSocket
+profile's a ``ws://`` server (streamload's echo server), the SSE profile's a plain ``http://``
+one (streamload's event server).
 
 ``A3S_BENCH_GATEWAY_SRC=/path/to/src`` runs the gateway from that source tree (prepended to
 ``PYTHONPATH``), e.g. an older commit checked out with ``git worktree``.

@@ -25,6 +25,12 @@ pooled connection with "upstream sent frame for unknown stream" (a few calls in 
 thousand without it). The answer itself is ``return 200`` with the message bytes in the config
 string (NUL bytes included: NGINX keeps a string's length), reached through ``error_page 404
 405 =200`` from the static handler, which refuses the POST after the mirror has read its body.
+
+The streaming profiles' backends are ``streamload``'s servers, not NGINX; the proxy in front of
+them is configured as NGINX's documentation says for each: WebSocket with ``proxy_http_version
+1.1`` and the ``Upgrade`` and ``Connection "upgrade"`` headers set toward the backend (the
+upgraded connection then is a byte relay), SSE with ``proxy_buffering off`` (each read from
+the backend goes to the client at once) over the same keep-alive upstream settings.
 """
 
 from __future__ import annotations
@@ -162,19 +168,15 @@ def write_proxy(
     *,
     http2: bool = False,
     grpc: bool = False,
+    stream: str | None = None,
 ) -> Path:
     """Write the reverse proxy's config into ``prefix``; ``workers`` is a count or ``auto``;
     ``tls``: the certificate chain and key files of an HTTPS listener; ``http2``: the listener
     speaks HTTP/2 (h2 with ``tls``, else h2c prior knowledge); ``grpc``: ``grpc_pass`` to
-    ``upstream_port`` (the gRPC backend) instead of ``proxy_pass`` (implies ``http2``)."""
+    ``upstream_port`` (the gRPC backend) instead of ``proxy_pass`` (implies ``http2``);
+    ``stream``: ``websocket`` or ``sse``, the streaming profiles' settings (module docstring)."""
     listen = f"{HOST}:{port}" + (" ssl" if tls else "") + (" http2" if http2 or grpc else "")
-    forward = (
-        "            grpc_pass grpc://bench_upstream;\n"
-        if grpc
-        else "            proxy_pass http://bench_upstream;\n"
-        "            proxy_http_version 1.1;\n"
-        '            proxy_set_header Connection "";\n'
-    )
+    forward = "            grpc_pass grpc://bench_upstream;\n" if grpc else _proxy_pass(stream)
     certificate = (
         f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
         "        ssl_protocols TLSv1.2 TLSv1.3;\n"
@@ -207,6 +209,23 @@ http {{
 """
     )
     return conf
+
+
+def _proxy_pass(stream: str | None) -> str:
+    """The ``proxy_pass`` lines of the proxy's location for a profile's ``stream`` kind."""
+    lines = ["proxy_pass http://bench_upstream;", "proxy_http_version 1.1;"]
+    if stream == "websocket":
+        lines += [
+            "proxy_set_header Upgrade $http_upgrade;",
+            'proxy_set_header Connection "upgrade";',
+        ]
+    elif stream == "sse":
+        lines += ['proxy_set_header Connection "";', "proxy_buffering off;"]
+    elif stream is None:
+        lines.append('proxy_set_header Connection "";')
+    else:
+        raise ValueError(f"unknown stream kind {stream!r}")
+    return "".join(f"            {line}\n" for line in lines)
 
 
 def command(conf: Path, prefix: Path) -> list[str]:

@@ -1,15 +1,19 @@
 """Profiles (request shapes and router tables) and products (what serves them).
 
-Products: ``direct`` (wrk straight at the upstream: the ceiling), ``nginx`` (the reverse-proxy
-baseline, with the profile's worker count), ``a3s-1w`` and ``a3s-Nw`` (the gateway with
-``--workers 1`` and ``--workers 0``) and the Python peers of ``bench/peers`` (mitmproxy,
-proxy.py, hypercorn-httpx, aiohttp-uvloop; in ``get-42b-1w`` only). ``nginx`` is always
-measured: every ratio is to the NGINX of the same profile.
+Products: ``direct`` (the load tool straight at the upstream or backend: the ceiling), ``nginx``
+(the reverse-proxy baseline, with the profile's worker count), ``a3s-1w`` and ``a3s-Nw`` (the
+gateway with ``--workers 1`` and ``--workers 0``) and the Python peers of ``bench/peers``
+(mitmproxy, proxy.py, hypercorn-httpx, aiohttp-uvloop; in ``get-42b-1w`` only). ``nginx`` is
+always measured: every ratio is to the NGINX of the same profile.
 
 A profile's ``protocol`` says how clients speak to the product: ``http/1.1`` (wrk), ``h2``
 (h2load, 4 connections × 16 streams; HTTP/2 over TLS when the profile has ``tls``, else h2c
-with prior knowledge) or ``grpc`` (h2load's unary calls over h2c, to the gRPC backend instead
-of the HTTP/1.1 upstream; ``direct`` is then h2load straight at that backend).
+with prior knowledge), ``grpc`` (h2load's unary calls over h2c, to the gRPC backend instead
+of the HTTP/1.1 upstream; ``direct`` is then h2load straight at that backend), ``websocket``
+or ``sse`` (``streamload``, the harness's own C tool: 64 WebSocket connections echoing
+32-byte messages in a closed loop, or 64 SSE streams; to its own echo or event backend, which
+``direct`` measures). In the streaming profiles a "request" of the records is one echoed
+message or one received event (``Profile.unit``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from bench.harness.nginx import BODY_42, DOWNLOAD_BYTES, GRPC_FRAME, GRPC_PATH, POST_BYTES
+from bench.harness.streamload import EVENT_BYTES, MESSAGE_BYTES
 
-ClientProtocol: TypeAlias = Literal["http/1.1", "h2", "grpc"]
+ClientProtocol: TypeAlias = Literal["http/1.1", "h2", "grpc", "websocket", "sse"]
 
 DIRECT: Final = "direct"
 NGINX: Final = "nginx"
@@ -57,7 +62,17 @@ class Profile:
     @property
     def http2(self) -> bool:
         """Driven by h2load over HTTP/2 (``h2`` and ``grpc``) rather than by wrk."""
-        return self.protocol != "http/1.1"
+        return self.protocol in ("h2", "grpc")
+
+    @property
+    def streaming(self) -> bool:
+        """Driven by ``streamload`` (``websocket`` and ``sse``) against its own backend."""
+        return self.protocol in ("websocket", "sse")
+
+    @property
+    def unit(self) -> str:
+        """What one counted item is: ``req``, ``msg`` (a WebSocket echo) or ``event``."""
+        return {"websocket": "msg", "sse": "event"}.get(self.protocol, "req")
 
 
 GET_1W: Final = Profile(
@@ -124,6 +139,34 @@ GRPC_1W: Final = Profile(
     1,
     (DIRECT, NGINX, A3S_1W),
     protocol="grpc",
+)
+WS_ECHO_1W: Final = Profile(
+    "ws-echo-32b-1w",
+    "WebSocket echo of 32-byte binary messages (raw relay after the handshake), 64 "
+    "connections in a closed loop (streamload), one worker (NGINX with the Upgrade headers; the "
+    "gateway's ws:// server); the backend is streamload's echo server",
+    "GET",
+    "/ws",
+    MESSAGE_BYTES,
+    MESSAGE_BYTES,
+    "1",
+    1,
+    (DIRECT, NGINX, A3S_1W),
+    protocol="websocket",
+)
+SSE_1W: Final = Profile(
+    "sse-events-1w",
+    "SSE: 64 text/event-stream responses of small events (a 32-byte data field, each event "
+    "its own chunk and write, as fast as the socket takes them), events/s (streamload), one "
+    "worker (NGINX proxy_buffering off); the backend is streamload's event server",
+    "GET",
+    "/events",
+    0,
+    EVENT_BYTES,
+    "1",
+    1,
+    (DIRECT, NGINX, A3S_1W),
+    protocol="sse",
 )
 GET_NW: Final = Profile(
     "get-42b-Nw",
@@ -251,6 +294,8 @@ PROFILES: Final = (
     H2_1W,
     H2C_1W,
     GRPC_1W,
+    WS_ECHO_1W,
+    SSE_1W,
     GET_NW,
     POST_16K,
     DOWNLOAD_1M,
@@ -265,6 +310,7 @@ PROFILES: Final = (
 PROFILE_ALIASES: Final = {
     "get-42b": (GET_1W.name, GET_NW.name),
     "http2": (H2_1W.name, H2C_1W.name, GRPC_1W.name),
+    "streams": (WS_ECHO_1W.name, SSE_1W.name),
     "middlewares": (GET_1W.name, MIDDLEWARES_3.name, MIDDLEWARES_6.name, README_CHAIN.name),
     "observability": (OBSERVABILITY_OFF.name, GET_1W.name, OBSERVABILITY_ON.name),
 }

@@ -10,6 +10,10 @@ better). Target rows covered here:
 - HTTP/2 over TLS and h2c prior knowledge (h2load, 4 connections × 16 streams), 1 worker:
   a3s-1w ≥ 0.15 × NGINX (``listen … http2``), p99 ≤ 6 ×;
 - gRPC unary, 64 concurrent calls, 1 worker: a3s-1w ≥ 0.2 × NGINX ``grpc_pass``, p99 ≤ 5 ×;
+- WebSocket 32-byte echo, 64 connections, 1 worker: a3s-1w messages/s ≥ 0.5 × NGINX (with the
+  Upgrade headers), p99 per message ≤ 3 ×;
+- SSE, 64 streams, 1 worker: a3s-1w events/s ≥ 0.3 × NGINX (``proxy_buffering off``), p99 per
+  event ≤ 4 ×;
 - GET 42 B, one worker per CPU: a3s-Nw ≥ 0.25 × NGINX (same worker count), p99 ≤ 4 ×;
 - best Python peer ÷ a3s_gateway (1 worker, same run) ≤ 0.5;
 - 1000 routers ÷ 10 routers (a3s-1w): throughput ≥ 0.83, p99 ≤ 1.2;
@@ -17,8 +21,10 @@ better). Target rows covered here:
 - issue #15: CPU per proxied GET (a3s-1w in ``get-42b-1w``) ≤ 150 µs;
 - issue #15: GET 42 B, a3s-1w ÷ the ``aiohttp-uvloop`` peer (same run) ≥ 1.0.
 
-A row with load errors (wrk's, or h2load's failed streams and responses) in the products it
-compares is a MISS whatever the ratios; a row whose
+In the streaming profiles (``streamload``) "req/s" is messages echoed or events received per
+second and "CPU µs/req" is per message or event. A row with load errors (wrk's, h2load's
+failed streams and responses, streamload's failed connections, timeouts and wrong echoes or
+events) in the products it compares is a MISS whatever the ratios; a row whose
 products were not measured is "n/a". Files: ``run-<UTC>.json`` and ``latest.json`` (the same
 record), ``latest.md`` (the tables the README embeds) and ``latest.png`` (throughput ratios).
 """
@@ -49,6 +55,8 @@ TARGET_LINES: Final = {
     plan.H2_1W.name: 0.15,
     plan.H2C_1W.name: 0.15,
     plan.GRPC_1W.name: 0.2,
+    plan.WS_ECHO_1W.name: 0.5,
+    plan.SSE_1W.name: 0.3,
     plan.GET_NW.name: 0.25,
 }
 #: The SPEC §15 rows that compare a gateway product with NGINX in the same profile: scenario,
@@ -84,6 +92,20 @@ NGINX_ROWS: Final = (
         5.0,
     ),
     (
+        "WebSocket 32-byte echo, messages/s, 64 connections, 1 worker (a3s-1w ÷ nginx)",
+        plan.WS_ECHO_1W.name,
+        plan.A3S_1W,
+        0.5,
+        3.0,
+    ),
+    (
+        "SSE, events/s, 64 streams, 1 worker (a3s-1w ÷ nginx proxy_buffering off)",
+        plan.SSE_1W.name,
+        plan.A3S_1W,
+        0.3,
+        4.0,
+    ),
+    (
         "HTTP/1.1 GET 42 B, one worker per CPU (a3s-Nw ÷ nginx auto)",
         plan.GET_NW.name,
         plan.A3S_NW,
@@ -111,6 +133,9 @@ class Summary:
     p99_ratio: float | None
     #: Median CPU µs per request of the product's process tree (None for ``direct``).
     cpu_us_per_req: float | None = None
+    #: Streaming profiles: median cores used by streamload's client and by its backend.
+    load_tool_cores: float | None = None
+    backend_cores: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +186,8 @@ def summarise(profiles: list[ProfileRun]) -> list[Summary]:
                     rps_ratio=_ratio(own.get("rps"), base.get("rps")),
                     p99_ratio=_ratio(own.get("p99_ms"), base.get("p99_ms")),
                     cpu_us_per_req=own.get("cpu_us_per_req"),
+                    load_tool_cores=own.get("load_tool_cores"),
+                    backend_cores=own.get("backend_cores"),
                 )
             )
     return summaries
@@ -174,6 +201,9 @@ def _medians(product: ProductRun) -> dict[str, float | None]:
     medians["cpu_us_per_req"] = _median(
         [trial.cpu_us_per_request for trial in trials if trial.cpu_us_per_request is not None]
     )
+    for name in ("load_tool_cores", "backend_cores"):
+        values = [getattr(trial, name) for trial in trials]
+        medians[name] = _median([value for value in values if value is not None])
     return medians
 
 
@@ -341,6 +371,7 @@ def markdown(
     lines = [
         *_header_lines(meta, environment),
         *_result_lines(summaries),
+        *_side_lines(summaries),
         *_target_lines(rows),
         *_note_lines(summaries, peer_notes),
     ]
@@ -362,7 +393,7 @@ def _header_lines(meta: dict[str, object], environment: dict[str, object]) -> li
         f"- Command: `{meta['command']}` (started {meta['started_utc']}, "
         f"{meta['trials']} × {meta['duration_s']} s trials after {meta['warmup_s']} s warm-up, "
         f"wrk {meta['connections']} connections × {meta['wrk_threads']} threads"
-        f"{_h2load_shape(meta)})",
+        f"{_h2load_shape(meta)}{_streamload_shape(meta)})",
         f"- Machine: {environment['cpu_model']}, {environment['cpu_count']} CPUs "
         f"(affinity {environment['sched_getaffinity']}), {environment['memory']}, "
         f"{environment['kernel']}",
@@ -385,6 +416,7 @@ def _header_lines(meta: dict[str, object], environment: dict[str, object]) -> li
         "in the HTTP/2 profiles (h2load) failed streams, responses other than 2xx and 3xx, and "
         "responses without their body (a gRPC error has none). The HTTP/2 profiles' "
         "percentiles come from h2load's per-request log (`--log-file`).",
+        *_streamload_note(meta),
         "",
     ]
 
@@ -412,6 +444,31 @@ def _result_lines(summaries: list[Summary]) -> list[str]:
             f"| {_ratio_text(summary.p99_ratio)} | {_num(summary.cpu_us_per_req, 0)} "
             f"| {summary.errors} |"
         )
+    return lines
+
+
+def _side_lines(summaries: list[Summary]) -> list[str]:
+    """The streaming profiles' load tool and backend CPU (nothing when none was measured)."""
+    measured = [
+        summary
+        for summary in summaries
+        if summary.load_tool_cores is not None or summary.backend_cores is not None
+    ]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "Streaming profiles, CPU of the load tool and of the backend during the measured runs "
+        "(cores: CPU time ÷ duration, medians; one near 1.0 was the limit, not the product):",
+        "",
+        "| profile | product | streamload client cores | backend cores |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {summary.profile} | {summary.product} | {_num(summary.load_tool_cores)} "
+        f"| {_num(summary.backend_cores)} |"
+        for summary in measured
+    ]
     return lines
 
 
@@ -462,6 +519,41 @@ def _h2load_shape(meta: dict[str, object]) -> str:
         f"; HTTP/2 profiles: h2load {shape.get('clients')} connections × "
         f"{shape.get('streams')} streams, {shape.get('threads')} threads"
     )
+
+
+def _streamload_shape(meta: dict[str, object]) -> str:
+    """``; streaming profiles: …`` when the run's meta records streamload's shape."""
+    shape = meta.get("streamload")
+    if not isinstance(shape, dict):
+        return ""
+    return (
+        f"; streaming profiles: streamload {shape.get('connections')} connections "
+        f"({shape.get('websocket_message_bytes')}-byte WebSocket messages, "
+        f"{shape.get('sse_event_bytes')}-byte SSE events, at most {shape.get('sse_window')} "
+        "in flight per stream)"
+    )
+
+
+def _streamload_note(meta: dict[str, object]) -> list[str]:
+    """How to read the streaming profiles' rows (nothing when the run has none)."""
+    if not isinstance(meta.get("streamload"), dict):
+        return []
+    return [
+        "",
+        "In the streaming profiles (`ws-echo-32b-1w`, `sse-events-1w`; load tool and backends "
+        "`bench/tools/streamload.c`) req/s is WebSocket messages echoed per second (each "
+        "connection sends its next message once the last one's echo is back) or SSE events "
+        "received per second, CPU µs/req is per message or event, and `direct` is streamload "
+        "straight at its own backend (the ceiling). A WebSocket message's latency runs from "
+        "its send to its echo; an SSE event's from the time stamp the backend wrote into it "
+        "to its arrival. The SSE backend writes each event as its own chunk and `send()` as "
+        "fast as the socket takes them, but keeps at most a window of events per stream in "
+        "flight (the client reports what it received over a side channel), so both profiles "
+        "are closed loops with a fixed number in flight, like wrk's, and a proxy slower than "
+        "the backend shows as latency ≈ events in flight ÷ its rate, not as seconds of "
+        "events queued in socket buffers. Errors are connections that failed or timed out "
+        "(no echo or no byte for 5 s), wrong echoes and malformed events.",
+    ]
 
 
 def chart(summaries: list[Summary], path: Path, *, title: str) -> None:

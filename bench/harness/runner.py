@@ -5,7 +5,11 @@ upstream), checked with one real request, then measured ``trials`` times; in eac
 product gets a warm-up run (discarded) and a measured run, in the profile's product order on
 even trials and reversed on odd ones. The load tool is wrk, or h2load for the HTTP/2 profiles
 (``plan.Profile.http2``), whose check request is an HTTP/2 one (``h2check``); the upstream
-NGINX also serves the gRPC backend when a gRPC profile is selected. Around each measured run
+NGINX also serves the gRPC backend when a gRPC profile is selected. The streaming profiles
+(``plan.Profile.streaming``) are driven by ``streamload``, built with gcc at the start of a run
+that has one; its echo and event servers are their backends, started beside the upstream, and
+their check requests are ``streamcheck``'s (one WebSocket echo, one SSE event). Around each
+measured run
 the CPU time of the product's process tree is read from ``/proc`` (``cputime``), giving its CPU
 µs per request. A product that fails to start, fails its check or dies is recorded with the
 reason and skipped; the run goes on. Every process is stopped by PID when its profile (or the
@@ -23,7 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeAlias
 
-from bench.harness import cputime, gateway, h2check, h2load, nginx, plan, wrk
+from bench.harness import (
+    cputime,
+    gateway,
+    h2check,
+    h2load,
+    nginx,
+    plan,
+    streamcheck,
+    streamload,
+    wrk,
+)
 from bench.harness.environment import load_average
 from bench.procs import HOST, Child, ChildError, Children, free_port
 
@@ -59,6 +73,9 @@ class Trial:
     run; ``cpu_us_per_request``: that ÷ ``requests`` in µs; ``cpu_cores``: that ÷ the run's
     duration (1.0 = one core busy throughout); ``cpu_processes``: how many processes the tree
     had. All None for ``direct`` (no process of its own) or when the tree could not be read.
+    In the streaming profiles also ``load_tool_cores`` (streamload's own CPU ÷ the duration)
+    and ``backend_cores`` (the streamload backend's, the same way): near 1.0 means that one
+    was the limit rather than the product.
     """
 
     trial: int
@@ -80,6 +97,8 @@ class Trial:
     cpu_us_per_request: float | None = None
     cpu_cores: float | None = None
     cpu_processes: int | None = None
+    load_tool_cores: float | None = None
+    backend_cores: float | None = None
 
 
 @dataclass(slots=True)
@@ -180,6 +199,18 @@ class Runner:
         self.upstream_config = ""
         #: The gRPC backend's h2c port on the upstream NGINX (0 when no gRPC profile runs).
         self.grpc_port = 0
+        #: The streaming profiles' tool (built when one runs) and its backends' ports (0: none).
+        self.streamload: Path | None = None
+        self.ws_port = 0
+        self.sse_port = 0
+        #: The SSE backend's flow-control socket (streamload ``--credits``).
+        self.sse_credits: Path | None = None
+        #: The streaming backends' command lines, by mode (for the run's record).
+        self.stream_backends: dict[str, list[str]] = {}
+        self._stream_children: dict[str, Child] = {}
+        #: The streaming backend of the profile being measured (its CPU is recorded too).
+        self._backend: Child | None = None
+        self._unit = "req"  # what the profile being measured counts (`plan.Profile.unit`)
 
     def run(self) -> list[ProfileRun]:
         work = Path(tempfile.mkdtemp(prefix="a3s-bench-"))
@@ -188,6 +219,9 @@ class Runner:
         work.chmod(0o755)
         try:
             self._prepare_peers()
+            if any(profile.streaming for profile in self.profiles):
+                self.streamload = streamload.build(work / "streamload")
+                say(f"built {self.streamload} from {streamload.SOURCE.name}")
             with Children() as scope:
                 self._start_upstream(work / "upstream", scope)
                 return [self._profile(profile, work / profile.name) for profile in self.profiles]
@@ -225,15 +259,51 @@ class Runner:
             child.wait_for_port(self.grpc_port, timeout=START_TIMEOUT)
             say(f"gRPC backend (nginx, h2c) on {HOST}:{self.grpc_port}")
         say(f"upstream nginx on {HOST}:{self.upstream_port} (pid {child.pid})")
+        protocols = {profile.protocol for profile in self.profiles}
+        if "websocket" in protocols:
+            self.ws_port = self._start_backend("ws-echo-server", prefix, scope)
+        if "sse" in protocols:
+            self.sse_credits = prefix / "sse-credits.sock"
+            self.sse_port = self._start_backend("sse-server", prefix, scope)
+
+    def _start_backend(self, mode: streamload.Mode, prefix: Path, scope: Children) -> int:
+        """A ``streamload`` server (the streaming profiles' backend); its port."""
+        assert self.streamload is not None  # built by `run` when a streaming profile runs
+        port = free_port()
+        credits = self.sse_credits if mode == "sse-server" else None
+        argv = streamload.server_command(self.streamload, mode, port, credits=credits)
+        self.stream_backends[mode] = argv
+        child = scope.start(Child(mode, argv, log_path=prefix / f"{mode}.log"))
+        self._stream_children["websocket" if mode == "ws-echo-server" else "sse"] = child
+        child.wait_for_port(port, timeout=START_TIMEOUT)
+        say(f"{mode} (streamload) on {HOST}:{port} (pid {child.pid})")
+        return port
 
     def backend_port(self, profile: plan.Profile) -> int:
-        """Where a profile's products send their requests: the upstream or the gRPC backend."""
-        return self.grpc_port if profile.protocol == "grpc" else self.upstream_port
+        """Where a profile's products send their requests: the upstream, the gRPC backend or a
+        streaming backend."""
+        ports = {"grpc": self.grpc_port, "websocket": self.ws_port, "sse": self.sse_port}
+        return ports.get(profile.protocol, self.upstream_port)
 
     def _driver(self, profile: plan.Profile, table: gateway.Routing, work: Path) -> Drive:
         """The load runs of ``profile``: wrk with the profile's script, or h2load (whose
         profiles have one router: no ``Host`` to set)."""
         settings = self.settings
+        if profile.streaming:
+            binary = self.streamload
+            assert binary is not None  # built by `run` when a streaming profile runs
+            ws = profile.protocol == "websocket"
+            mode: streamload.Mode = "ws-client" if ws else "sse-client"
+            credits = None if ws else self.sse_credits
+            return lambda url, seconds: streamload.run(
+                binary,
+                mode,
+                url,
+                seconds=seconds,
+                connections=settings.connections,
+                size=profile.body_bytes or streamload.MESSAGE_BYTES,
+                credits=credits,
+            )
         if profile.http2:
             request = _h2load_request(profile, work / f"{profile.name}.grpc")
             log = work / f"{profile.name}.h2load.tsv"
@@ -258,6 +328,8 @@ class Runner:
     def _profile(self, profile: plan.Profile, work: Path) -> ProfileRun:
         table = gateway.routing(profile.routers, profile.path)
         result = ProfileRun(profile, table.host, table.path, gateway.worker_count(0))
+        self._unit = profile.unit
+        self._backend = self._stream_children.get(profile.protocol)
         products = plan.products_for(profile, self.peers.names, self.selected)
         say(f"== {profile.name}: {profile.description}; products: {', '.join(products)}")
         drive = self._driver(profile, table, work.parent)
@@ -330,6 +402,7 @@ class Runner:
             tls,
             http2=profile.http2,
             grpc=profile.protocol == "grpc",
+            stream=profile.protocol if profile.streaming else None,
         )
         argv = nginx.command(conf, work)
         run = ProductRun(plan.NGINX, "nginx", argv, _nginx_workers(profile.nginx_workers))
@@ -360,7 +433,7 @@ class Runner:
             observability=profile.observability,
             log=str(work / "access.log"),
             tls=tls,
-            scheme="h2c" if profile.protocol == "grpc" else "http",
+            scheme=upstream_scheme(profile),
         )
         config.write_text(text)
         argv = gateway.command(config, workers)
@@ -420,14 +493,17 @@ class Runner:
         position: int,
     ) -> None:
         settings = self.settings
+        backend = self._backend
         try:
             warm = drive(url, settings.warmup)
             cpu_before = cputime.sample(entry.child.pid) if entry.child is not None else None
+            backend_before = cputime.sample(backend.pid) if backend is not None else None
             result = drive(url, settings.duration)
-        except wrk.WrkError as error:  # h2load's errors are WrkErrors too
+        except wrk.WrkError as error:  # h2load's and streamload's errors are WrkErrors too
             self._fail(entry, f"trial {trial + 1}: {error}")
             return
         cpu_after = cputime.sample(entry.child.pid) if entry.child is not None else None
+        backend_after = cputime.sample(backend.pid) if backend is not None else None
         record = Trial(
             trial=trial + 1,
             position=position + 1,
@@ -453,16 +529,24 @@ class Runner:
                 record.cpu_us_per_request = round(cpu * 1e6 / result.requests, 1)
             if result.duration_us:
                 record.cpu_cores = round(cpu * 1e6 / result.duration_us, 3)
+        if result.duration_us:
+            if isinstance(result, streamload.StreamResult):
+                record.load_tool_cores = round(result.load_cpu_us / result.duration_us, 3)
+            if backend_before is not None and backend_after is not None:
+                backend_s = cputime.seconds(backend_before, backend_after)
+                record.backend_cores = round(backend_s * 1e6 / result.duration_us, 3)
         entry.run.trials.append(record)
         errors = f", {record.error_total} errors {record.errors}" if record.error_total else ""
+        unit = self._unit
         cpu_text = (
-            f"  CPU {record.cpu_us_per_request:.0f} µs/req ({record.cpu_cores:.2f} cores)"
+            f"  CPU {record.cpu_us_per_request:.0f} µs/{unit} ({record.cpu_cores:.2f} cores)"
             if record.cpu_us_per_request is not None and record.cpu_cores is not None
             else ""
         )
         say(
-            f"   trial {trial + 1} {entry.run.name:<16} {record.rps:>10.0f} req/s"
-            f"  p50 {record.p50_ms:.2f} ms  p99 {record.p99_ms:.2f} ms{cpu_text}{errors}"
+            f"   trial {trial + 1} {entry.run.name:<16} {record.rps:>10.0f} {unit}/s"
+            f"  p50 {record.p50_ms:.2f} ms  p99 {record.p99_ms:.2f} ms{cpu_text}"
+            f"{_side_cores(record)}{errors}"
         )
         if entry.child is not None and not entry.child.alive():
             self._fail(
@@ -470,6 +554,19 @@ class Runner:
                 f"exited with {entry.child.returncode} during trial {trial + 1}:\n"
                 + entry.child.log_tail(),
             )
+
+
+def _side_cores(record: Trial) -> str:
+    """``  (load tool … cores, backend … cores)`` of a streaming trial (else nothing)."""
+    parts = [
+        f"{name} {cores:.2f} cores"
+        for name, cores in (
+            ("load tool", record.load_tool_cores),
+            ("backend", record.backend_cores),
+        )
+        if cores is not None
+    ]
+    return f"  ({', '.join(parts)})" if parts else ""
 
 
 def _nginx_workers(value: str) -> int:
@@ -484,8 +581,19 @@ def _abridged(text: str, keep: int = 60) -> str:
     return "\n".join([*lines[:keep], f"# ... {skipped} lines left out ...", *lines[-keep:]])
 
 
+def upstream_scheme(profile: plan.Profile) -> str:
+    """The scheme of the gateway's server URL for ``profile``: ``h2c`` for the gRPC backend,
+    ``ws`` for the WebSocket echo backend, else ``http`` (the SSE backend included)."""
+    return {"grpc": "h2c", "websocket": "ws"}.get(profile.protocol, "http")
+
+
 def _check(entry: _Live, profile: plan.Profile, table: gateway.Routing) -> str | None:
-    """The product's check request: HTTP/1.1 (``preflight``) or HTTP/2 (``h2check``)."""
+    """The product's check request: HTTP/1.1 (``preflight``), HTTP/2 (``h2check``), or a
+    WebSocket echo or SSE event (``streamcheck``)."""
+    if profile.protocol == "websocket":
+        return streamcheck.websocket(entry.port, table.path, size=profile.body_bytes)
+    if profile.protocol == "sse":
+        return streamcheck.sse(entry.port, table.path)
     if not profile.http2:
         return preflight(entry.port, profile, table.host, table.path)
     grpc = profile.protocol == "grpc"
