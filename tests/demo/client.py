@@ -10,6 +10,9 @@ import h11
 import trio
 
 CURL = "/usr/bin/curl"
+#: The banner's last line when the management API is served (as it is by ``demo.hcl``): the
+#: command-line tests read the demo's stdout up to it.
+BANNER_END = "Access log: one JSON line per request, printed below.\n"
 
 
 async def curl(*args: str, stdin: bytes = b"") -> str:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from a3s_gateway import cli
 from a3s_gateway.demo import BackendPorts, RunningDemo, run_demo
 from a3s_gateway.demo.run import banner
-from tests.demo.client import curl, read_until
+from tests.demo.client import BANNER_END, curl, read_until
 from tests.support.cli import ROOT, cli_env, run_cli
 
 if TYPE_CHECKING:
@@ -61,15 +61,22 @@ def test_the_banner_lists_urls_and_commands() -> None:
         "curl -i --data 'name=demo' http://127.0.0.1:8080/api/orders",
         "curl -i http://127.0.0.1:8080/api/status/503",
         "echo-a    http://127.0.0.1:9101",
-        "ws://127.0.0.1:9103/ws",
+        "  websocat ws://127.0.0.1:8080/ws\n",
+        "  websocat ws://127.0.0.1:8080/mux\n",
+        '    {"type":"subscribe","channel":"chat","id":1}\n',
+        "/ws -> ws",
+        "/mux -> mux",
         "curl -s http://127.0.0.1:9901/api/gateway/health\n",
         "curl -s http://127.0.0.1:9901/api/gateway/metrics",
     ):
         assert line in text
-    assert "ws://127.0.0.1:8080" not in text  # not proxied yet: only the direct URL is shown
+    # Every WebSocket URL is the gateway's: none on the stream backend's own port.
+    assert "ws://127.0.0.1:9103" not in text
+    assert "later release" not in text
     assert "issue" not in text
-    # The management lines come before the WebSocket line (the CLI test reads up to it).
-    assert text.index("/api/gateway/metrics") < text.index("/ws\n")
+    # The banner ends with the management lines (the CLI test reads up to the last one).
+    assert text.endswith(BANNER_END + "\n")
+    assert text.index("/mux\n") < text.index("/api/gateway/metrics")
     without = banner("http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103, 9104), listening=True)
     assert "api/gateway" not in without
     assert "Management API" not in without
@@ -100,7 +107,8 @@ async def test_run_demo_starts_backends_and_stops_after_shutdown() -> None:
     # run_demo returned on its own: the backends were cancelled once the gateway stopped.
     text = out.getvalue()
     assert f"curl -i {running.url}/api/hello" in text
-    assert f"ws://127.0.0.1:{running.backends.stream}/ws" in text
+    assert f"websocat {running.url.replace('http://', 'ws://')}/ws\n" in text
+    assert f"ws://127.0.0.1:{running.backends.stream}" not in text
     assert running.management is not None
     assert f"curl -s {running.management}/health" in text
 
@@ -200,7 +208,7 @@ async def test_the_demo_command_runs_until_sigint(tmp_path: Path) -> None:
             cwd=ROOT,
         )
     try:
-        printed = await read_until(process, b"/ws\n")
+        printed = await read_until(process, BANNER_END.encode())
         echo_b = re.search(r"echo-b +http://127\.0\.0\.1:(\d+)", printed)
         assert echo_b is not None, printed
         document = json.loads(await curl(f"http://127.0.0.1:{echo_b.group(1)}/direct"))

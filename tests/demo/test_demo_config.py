@@ -57,6 +57,9 @@ def test_the_demo_config_loads_with_the_given_ports() -> None:
     assert grpc is not None
     assert [s.url.text for s in grpc.servers] == ["h2c://127.0.0.1:9104"]
     assert config.routers["grpc"].rule == "PathPrefix(`/demo.Echo/`)"
+    ws = config.services["ws"].load_balancer
+    assert ws is not None
+    assert [s.url.text for s in ws.servers] == ["ws://127.0.0.1:9103"]  # the stream backend
     assert "A3S_DEMO_GRPC" in config.public_env  # a port: shown as it is, not redacted
     assert config.management is not None
     assert config.management.address.text == "127.0.0.1:9911"
@@ -77,7 +80,8 @@ def test_port_zero_everywhere_is_accepted() -> None:
         ("/demo.Echo/Unary", "grpc", "grpc"),
         ("/demo.Echo/ServerStream", "grpc", "grpc"),
         ("/demo.Echo", "fallback", "api"),  # not a call: a gRPC path has a method after it
-        ("/ws", "fallback", "api"),  # no WebSocket route until the gateway proxies them
+        ("/ws", "ws", "ws"),
+        ("/mux", "mux", "mux"),
         ("/", "fallback", "api"),
         ("/hello", "fallback", "api"),
         ("/status/503", "fallback", "api"),
@@ -90,6 +94,19 @@ def test_routes_go_where_the_banner_says(path: str, router: str, service: str) -
     )
     assert found is not None
     assert (found.name, found.service) == (router, service)
+
+
+def test_the_multiplexer_has_an_echo_channel_and_a_broadcast_chat() -> None:
+    """SPEC §5.13: ``mux`` is answered by the gateway (no backends of its own); its ``echo``
+    channel opens a WebSocket to the ``ws`` service at /ws, ``chat`` is a hub with echo."""
+    mux = demo_config().services["mux"]
+    assert mux.load_balancer is None
+    assert mux.websocket_mux is not None
+    channels = mux.websocket_mux.channels
+    assert sorted(channels) == ["chat", "echo"]
+    echo, chat = channels["echo"], channels["chat"]
+    assert (echo.service, echo.path, echo.broadcast) == ("ws", "/ws", False)
+    assert (chat.service, chat.broadcast, chat.echo) == (None, True, True)
 
 
 def test_the_fallback_router_comes_last() -> None:
@@ -135,6 +152,8 @@ def test_validate_accepts_the_packaged_file_with_the_ports_set(tmp_path: Path) -
         assert run_cli("validate", "--offline", str(path), env=env).code == 0
     assert "api  2 backend(s)  round-robin" in done.stdout
     assert "grpc  1 backend(s)" in done.stdout
+    assert "ws  1 backend(s)" in done.stdout
+    assert "mux  0 backend(s)  websocket-mux" in done.stdout
 
 
 def test_the_headers_command_names_every_variable_the_file_needs() -> None:

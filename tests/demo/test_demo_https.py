@@ -23,7 +23,7 @@ from a3s_gateway.demo import BackendPorts, RunningDemo, run_demo
 from a3s_gateway.demo.certs import write_demo_certificates
 from a3s_gateway.demo.run import banner
 from a3s_gateway.preflight import ca_findings, certificate_findings
-from tests.demo.client import curl, read_until
+from tests.demo.client import BANNER_END, curl, read_until
 from tests.support.cli import ROOT, cli_env
 
 #: The banner's HTTPS example: the CA file and the URL.
@@ -102,7 +102,7 @@ async def test_the_demo_command_serves_https_and_removes_its_files(tmp_path: Pat
             cwd=ROOT,
         )
     try:
-        printed = await read_until(process, b"/ws\n")
+        printed = await read_until(process, BANNER_END.encode())
         found = HTTPS_EXAMPLE.search(printed)
         assert found is not None, printed
         ca_file = Path(found.group(1))

@@ -55,8 +55,21 @@ routers "grpc" {
   service = "grpc"
 }
 
-# No /ws router yet: the gateway does not proxy WebSockets in this version, so the banner shows
-# the streaming backend's WebSocket echo at its direct URL instead.
+# WebSockets: /ws goes to the streaming backend's WebSocket echo (it answers at any path ending
+# in /ws). The handshake is routed like any request; after the 101 the gateway relays the
+# session's bytes both ways (docs/websocket-sse.md). Over HTTP/1.1 only: HTTP/2 clients open
+# their WebSockets on a separate HTTP/1.1 connection.
+routers "ws" {
+  rule    = "PathPrefix(`/ws`)"
+  service = "ws"
+}
+
+# The multiplexer: the gateway itself answers the WebSocket at /mux and carries named channels
+# over it, spoken to in JSON (docs/websocket-sse.md#multiplexing-websocket_mux).
+routers "mux" {
+  rule    = "PathPrefix(`/mux`)"
+  service = "mux"
+}
 
 # Everything else: the echo backends too, below every other router.
 routers "fallback" {
@@ -78,6 +91,33 @@ services "api" {
 services "stream" {
   load_balancer {
     servers = [{ url = "http://127.0.0.1:${A3S_DEMO_STREAM}" }]
+  }
+}
+
+# The same backend as "stream", written ws:// because it is the WebSocket echo it serves (ws://
+# is http:// under another name: the scheme only says what the backend speaks).
+services "ws" {
+  load_balancer {
+    servers = [{ url = "ws://127.0.0.1:${A3S_DEMO_STREAM}" }]
+  }
+}
+
+# No load_balancer: the gateway terminates these WebSockets itself. A client subscribes to
+# channels by name ({"type":"subscribe","channel":"chat","id":1}) and publishes to them.
+#   echo: a service channel; each subscriber gets its own WebSocket to the ws service at /ws,
+#         so what it publishes comes back to it as messages of channel "echo".
+#   chat: a broadcast channel kept in the gateway, no backend; a message goes to every
+#         subscriber, the publisher included (echo = true).
+services "mux" {
+  websocket_mux {
+    channels "echo" {
+      service = "ws"
+      path    = "/ws"
+    }
+    channels "chat" {
+      broadcast = true
+      echo      = true
+    }
   }
 }
 

