@@ -16,6 +16,7 @@ synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
@@ -353,3 +354,81 @@ async def test_sse_streams_active_counts_open_streams(pushed: EventSource) -> No
         finally:
             await client.aclose()
         await until(lambda: streams_open(gw) == 0 and in_flight(gw) == 0)
+
+
+class FixedUpstream:
+    """An upstream that answers any request with ``head`` and then, after ``pause`` seconds,
+    ``tail`` (if any), and holds the connection open until the test ends."""
+
+    def __init__(self, head: bytes, tail: bytes = b"", pause: float = 0.0) -> None:
+        self.head, self.tail, self.pause = head, tail, pause
+        self.port = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host=LOCAL)
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._answer, listeners)
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        received = b""
+        with trio.move_on_after(CLIENT_WAIT):
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some(READ_SIZE)
+            await stream.send_all(self.head)
+            if self.tail:
+                await trio.sleep(self.pause)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(self.tail)
+            await trio.sleep_forever()
+
+
+async def test_a_repeated_event_stream_type_is_counted_once(nursery: trio.Nursery) -> None:
+    """Two ``Content-Type: text/event-stream`` lines open one stream, not two (the gauge
+    returned to 1, not 0, before the fix)."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Content-Type: text/event-stream\r\nContent-Length: 10\r\n\r\ndata: hi\n\n"
+    )
+    source = FixedUpstream(head)
+    await nursery.start(source.serve)
+    config = config_text([f'{{ url = "http://{LOCAL}:{source.port}" }}'])
+    async with running_gateway(config) as gw:
+        client = await StreamClient.get(gw.port, "/events")
+        try:
+            await client.until(lambda c: c.ended)
+        finally:
+            await client.aclose()
+        await until(lambda: streams_open(gw) == 0 and in_flight(gw) == 0)
+
+
+@pytest.mark.time_limit(40)
+async def test_a_client_that_stops_reading_a_stream_is_cut_after_the_idle_bound(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The stream's idle bound catches a write to a client that stopped reading: the response
+    is aborted (no final chunk after a partial one) as the client's fault, and the exchange
+    ends instead of waiting for the client forever."""
+    big = b"x" * (16 << 20)
+    source = FixedUpstream(
+        EVENT_STREAM_HEAD + chunk(event(0)), tail=chunk(big) + chunk(event(1)), pause=0.2
+    )
+    await nursery.start(source.serve)
+    log = tmp_path / "access.log"
+    config = config_text(
+        [f'{{ url = "http://{LOCAL}:{source.port}" }}'],
+        balancer='    stream_idle_timeout = "1s"',
+        more=f'observability {{\n  access_log_path = "{log}"\n}}\n',
+    )
+    async with running_gateway(config) as gw:
+        client = await StreamClient.get(gw.port, "/events")
+        try:
+            await client.until(has(event(0)))  # then read nothing more
+            await until(lambda: in_flight(gw) == 0 and streams_open(gw) == 0)
+        finally:
+            await client.aclose()
+        with trio.fail_after(CLIENT_WAIT):
+            while not log.exists() or not log.read_text():  # noqa: ASYNC110 -- a file
+                await trio.sleep(0.01)
+    [line] = [json.loads(text) for text in log.read_text().splitlines()]
+    assert line["error"] == "client_timeout"

@@ -22,17 +22,20 @@ plain request. Every wait is bounded; none stands in for synchronisation.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import shutil
 import signal
+import socket
 import ssl
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -64,6 +67,7 @@ from tests.support.gateway import (
     curl,
     free_port,
     running_gateway,
+    server_entry,
 )
 from tests.support.origin import BLOCK
 from tests.support.tls_origin import write_ca
@@ -820,3 +824,65 @@ async def test_a_websocket_echo_through_the_cli(upstream: WsOrigin, tmp_path: Pa
     assert code == 0
     [session] = upstream.sessions
     assert (session.path, session.received) == (b"/cli", 1)
+
+
+_RESET_KEY: Final = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+async def _resetting_upstream(stream: trio.SocketStream) -> None:
+    """Accept the handshake, never read, then reset the connection (SO_LINGER 0)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += await stream.receive_some(65536)
+    accept = base64.b64encode(
+        hashlib.sha1(_RESET_KEY + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    )
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    await trio.sleep(0.3)  # the gateway's writes toward us block meanwhile
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+@pytest.mark.time_limit(60)
+async def test_an_upstream_reset_while_the_gateway_writes_to_it_gets_the_client_1014(
+    nursery: trio.Nursery,
+) -> None:
+    """Whichever direction notices first (the blocked write toward the upstream, or the read
+    from it), the client gets Close 1014: a failed write is the upstream gone, not the client
+    (before the fix, about half of the sessions got a bare TCP close)."""
+    listeners = await nursery.start(partial(trio.serve_tcp, _resetting_upstream, 0, host=LOCAL))
+    port = listeners[0].socket.getsockname()[1]
+    masked = bytes([0x82, 0xFE]) + struct.pack("!H", 60000) + b"\0\0\0\0" + b"x" * 60000
+    async with running_gateway(config_text([server_entry(port)])) as gw:
+        for _ in range(6):
+            client = await trio.open_tcp_stream(LOCAL, gw.port)
+            await client.send_all(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: " + _RESET_KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            got = b""
+            with trio.fail_after(20):
+                while b"\r\n\r\n" not in got:
+                    got += await client.receive_some(65536)
+                assert got.startswith(b"HTTP/1.1 101 ")
+                got = got.split(b"\r\n\r\n", 1)[1]
+
+                async def sender(stream: trio.SocketStream = client) -> None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        while True:
+                            await stream.send_all(masked)
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(sender)
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        while len(got) < 4:
+                            data = await client.receive_some(65536)
+                            if not data:
+                                break
+                            got += data
+                    inner.cancel_scope.cancel()
+            await trio.aclose_forcefully(client)
+            assert got[:4] == b"\x88\x02\x03\xf6"  # Close 1014, unmasked

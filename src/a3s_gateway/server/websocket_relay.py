@@ -246,9 +246,12 @@ class _Session:
             return  # a reset, a broken pipe, a descriptor closed under us
 
     async def _source_ended(self, d: _Direction, other: _Direction) -> None:
-        """``d``'s source ended: without a Close of its own (and while the other side is
-        there) the gateway sends the table's Close on its behalf; then half-close."""
-        if not d.tracker.closed and not other.ended:
+        """``d``'s source ended: without a Close of its own (and while its destination is
+        there) the gateway sends the table's Close on its behalf; then half-close. The
+        destination is gone only when the other direction's source ended; a failed write of
+        the other direction (``dirty``) was ``d``'s source failing, seen first there."""
+        destination_gone = other.ended and not other.dirty
+        if not d.tracker.closed and not destination_gone:
             if self.stats.ended == "closed":
                 self.stats.ended = "client_gone" if d is self.up else "upstream_gone"
             await d.inject_close(d.gone_code)

@@ -27,7 +27,7 @@ import trio
 
 from a3s_gateway.protocols.events import BodyChunk, EndOfBody, Informational, RequestHead
 from a3s_gateway.protocols.grpc import encode_timeout
-from a3s_gateway.server.exchange.failures import AbortResponse, ConnectError, UpstreamFailure
+from a3s_gateway.server.exchange.failures import ConnectError, UpstreamFailure
 from a3s_gateway.server.exchange.plan import upstream_head
 from a3s_gateway.server.exchange.relay import ResponseRelay
 from a3s_gateway.upstream.connect_errors import ConnectFailed, PoolClosed
@@ -237,9 +237,7 @@ class _Attempt:
         if relay.timer.cancelled_caught:
             if not relay.in_body:
                 raise UpstreamFailure(504, "response header timeout")
-            if not relay.stream:
-                raise AbortResponse("upstream body idle timeout")
-            await relay.end_idle_stream()  # SPEC §5.5: a stream idle too long ends
+            await relay.timed_out()  # aborts, or ends an idle stream (SPEC §5.5)
         return relay.status
 
     async def _duplex_phase(self) -> ResponseHead | None:

@@ -1,9 +1,11 @@
 """Stage 4, relay: the response half of one attempt, from the ``Upstream`` seam to the
 ``Downstream`` seam.
 
-Ring 1. Nurseries: none. Deadlines: none of its own; it moves the attempt's one cancel scope
-(``timer``, owned by ``attempt.py``): the response-header deadline until the head arrives, then
-now + ``body_idle`` before every upstream read (SPEC §5.5; DESIGN.md §3.4 "reuse one scope").
+Ring 1. Nurseries: none. Deadlines: it moves the attempt's one cancel scope (``timer``, owned
+by ``attempt.py``): the response-header deadline until the head arrives, then now +
+``body_idle`` (a stream: ``stream_idle``) before every upstream read (SPEC §5.5; DESIGN.md §3.4
+"reuse one scope"); of its own only the bound on writing a timed-out stream's end
+(``timed_out``, one ``body_idle``).
 Backpressure (SPEC §5.2): one read at a time, and whatever one read produced (head, body, end)
 goes to the client in one write before the next read.
 
@@ -34,6 +36,7 @@ from a3s_gateway.protocols.events import (
 )
 from a3s_gateway.protocols.headers import strip_response_hop_by_hop
 from a3s_gateway.protocols.http1_upgrade import SWITCHING
+from a3s_gateway.server.downstream import aborted
 from a3s_gateway.server.exchange.failures import AbortResponse, HeldResponse, UpstreamFailure
 from a3s_gateway.server.exchange.upgrades import switch
 from a3s_gateway.upstream.seam import UpstreamGone
@@ -73,6 +76,7 @@ class ResponseRelay:
         "complete",
         "idle",
         "in_body",
+        "reading",
         "sse",
         "status",
         "stream",
@@ -104,6 +108,8 @@ class ResponseRelay:
         self.stream = self.sse = False
         #: The status of the response relayed (0 until its head arrived).
         self.status = 0
+        #: An upstream read is in progress (else a write to the client, or nothing).
+        self.reading = False
         self.idle = service.body_idle_timeout
         if ex.grpc:
             self._open_stream(sse=False)
@@ -195,7 +201,10 @@ class ResponseRelay:
     def _open_stream(self, *, sse: bool) -> None:
         """The response is a stream (SPEC §5.12): every read goes out at once (it always
         does), under ``stream_idle_timeout`` instead of ``body_idle_timeout``, never
-        compressed; an SSE stream also escapes the total timeout and is counted while open."""
+        compressed; an SSE stream also escapes the total timeout and is counted while open
+        (once, however many ``Content-Type`` lines say so)."""
+        if sse and self.sse:
+            return
         self.stream = True
         idle = self._service.stream_idle_timeout
         self.idle = idle if idle > 0 else math.inf
@@ -212,11 +221,27 @@ class ResponseRelay:
         ex = self._ex
         ex.ctx.sse_closed(ex.record.router)
 
-    async def end_idle_stream(self) -> None:
-        """A stream's ``stream_idle_timeout`` ran out: end its response properly (SPEC §5.5:
-        SSE ends; a gRPC call ends with ``grpc-status: 4``)."""
-        self._ex.record.error = "stream_idle"
-        await self._down.send(EndOfBody(trailers=_IDLE_TRAILERS) if self._ex.grpc else EndOfBody())
+    async def timed_out(self) -> None:
+        """The attempt's timer ran out in the body. A plain response is cut short
+        (``AbortResponse``); a stream whose upstream read waited ``stream_idle_timeout`` ends
+        properly (SPEC §5.5: SSE ends; a gRPC call with ``grpc-status: 4``), within one
+        ``body_idle_timeout``; a stream whose write to the client outlived that bound is
+        aborted, the client's fault (``client_timeout``), not the backend's."""
+        if not self.stream:
+            raise AbortResponse("upstream body idle timeout")
+        ex, down = self._ex, self._down
+        if not self.reading:
+            ex.record.error = "client_timeout"
+            raise aborted(down)
+        ex.record.error = "stream_idle"
+        end = EndOfBody(trailers=_IDLE_TRAILERS) if ex.grpc else EndOfBody()
+        try:
+            with trio.move_on_after(self._service.body_idle_timeout) as bound:
+                await down.send(end)
+        except ProtocolViolation:  # a body with a Content-Length cannot end early
+            raise aborted(down) from None
+        if bound.cancelled_caught:
+            raise aborted(down)
 
     async def _relay_filtered(
         self, response: ResponseHead, headers: Headers, body_filter: BodyFilter
@@ -283,6 +308,7 @@ class ResponseRelay:
         while not pending:
             if self.in_body:
                 self.timer.deadline = trio.current_time() + self.idle
+            self.reading = True  # the timer, if it fires now, found the upstream idle
             try:
                 events = await self._up.receive()
             except UpstreamGone as error:
@@ -291,4 +317,5 @@ class ResponseRelay:
                 raise UpstreamFailure(
                     502, f"invalid response: {violation.reason}", before_response=before_response
                 ) from violation
+            self.reading = False
             pending.extend(events)
