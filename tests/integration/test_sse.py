@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -174,19 +173,7 @@ def sse_config(source: EventSource, *, balancer: str = "", more: str = "") -> st
 
 
 def metric(gw: GatewayHandle, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels`` (0: none)."""
-    text = gw.gateway.metrics_text()
-    assert text is not None
-    total = 0.0
-    for line in text.decode().splitlines():
-        sample, _, value = line.rpartition(" ")
-        family, _, label_text = sample.partition("{")
-        if family != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
-        if all(found.get(key) == wanted for key, wanted in labels.items()):
-            total += float(value)
-    return total
+    return gw.metric(name, **labels)
 
 
 def in_flight(gw: GatewayHandle) -> int:

@@ -138,19 +138,7 @@ def log_lines(path: Path) -> list[dict[str, object]]:
 
 
 def metric(gw: GatewayHandle, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels`` (0: none)."""
-    text = gw.gateway.metrics_text()
-    assert text is not None
-    total = 0.0
-    for line in text.decode().splitlines():
-        sample, _, value = line.rpartition(" ")
-        family, _, label_text = sample.partition("{")
-        if family != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
-        if all(found.get(key) == wanted for key, wanted in labels.items()):
-            total += float(value)
-    return total
+    return gw.metric(name, **labels)
 
 
 def in_flight(gw: GatewayHandle, service: str = "main") -> list[int]:

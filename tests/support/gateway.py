@@ -131,6 +131,22 @@ class GatewayHandle:
     def url(self, path: str = "/") -> str:
         return f"http://{LOCAL}:{self.port}{path}"
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` in the gateway's exposition whose labels include
+        ``labels`` (0: none)."""
+        text = self.gateway.metrics_text()
+        assert text is not None
+        total = 0.0
+        for line in text.decode().splitlines():
+            sample, _, value = line.rpartition(" ")
+            family, _, label_text = sample.partition("{")
+            if family != name:
+                continue
+            found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+            if all(found.get(key) == wanted for key, wanted in labels.items()):
+                total += float(value)
+        return total
+
 
 @asynccontextmanager
 async def running_gateway(

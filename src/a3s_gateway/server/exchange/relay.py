@@ -103,13 +103,14 @@ class ResponseRelay:
         self._pending: deque[Event] = deque()
         self.in_body = False
         self.complete = False
-        #: The bound on each body read: ``body_idle_timeout``, or for a stream (SPEC §5.12;
-        #: a gRPC call is one) ``stream_idle_timeout`` (``inf`` when 0).
+        #: The response is a stream (SPEC §5.12; a gRPC call is one), an SSE one in particular.
         self.stream = self.sse = False
         #: The status of the response relayed (0 until its head arrived).
         self.status = 0
         #: An upstream read is in progress (else a write to the client, or nothing).
         self.reading = False
+        #: The bound on each body read: ``body_idle_timeout``, for a stream
+        #: ``stream_idle_timeout`` (``inf`` when 0).
         self.idle = service.body_idle_timeout
         if ex.grpc:
             self._open_stream(sse=False)
