@@ -1,4 +1,4 @@
-"""Compiled matchers: small predicate objects built once per config (SPEC §4.3, §4.10).
+"""Compiled matchers: small predicate objects built once per config (SPEC §4.3, §4.9, §4.10).
 
 Ring 0: pure. Each matcher answers ``matches(view)`` for a prepared ``RequestView`` (HTTP) or
 ``ConnView`` (TCP) by comparing values that were normalised when the rule was compiled (hosts
@@ -204,6 +204,20 @@ class QueryPattern:
     def matches(self, view: RequestView, /) -> bool:
         search = self.pattern.search
         return any(search(value) is not None for value in view.query.get(self.key, ()))
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTemplate:
+    """v2 ``Query(`k=v`)`` (gorilla/mux query templates): ``k=`` plus the *first* value of
+    ``k`` matches the anchored ``pattern``; an absent key is tested as ``""``."""
+
+    key: str
+    pattern: re.Pattern[str]
+
+    def matches(self, view: RequestView, /) -> bool:
+        values = view.query.get(self.key)
+        subject = f"{self.key}={values[0]}" if values else ""
+        return self.pattern.search(subject) is not None
 
 
 @dataclass(frozen=True, slots=True)
