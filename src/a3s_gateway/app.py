@@ -418,12 +418,14 @@ class Gateway:
             for name, group in self._groups.items():
                 entry = runtime.entrypoints[name]
                 serving.listen(group, entry)
-                self._log_listening(name, group, entry.tls)
+                self._log_listening(name, group, entry)
             self._state = GatewayState.RUNNING
             log.info(
                 "gateway running: %d entrypoint(s), %d router(s), %d service(s)",
                 len(self._config.entrypoints),
-                len(self._config.routers),
+                len(self._config.routers)
+                + len(self._config.tcp_routers)
+                + len(self._config.udp_routers),
                 len(self._config.services),
             )
             task_status.started()
@@ -444,15 +446,16 @@ class Gateway:
         grace = self._grace
         return float(self._config.shutdown_timeout_secs) if grace is None else grace
 
-    def _log_listening(self, name: str, group: ListenerGroup, tls: bool) -> None:
+    def _log_listening(self, name: str, group: ListenerGroup, entry: EntrypointRuntime) -> None:
         for listener in group.listeners:
             host, port = bound_address(listener)
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info(
-                "listening entrypoint=%s address=%s protocol=http tls=%s",
+                "listening entrypoint=%s address=%s protocol=%s tls=%s",
                 name,
                 shown,
-                "yes" if tls else "no",
+                entry.protocol,
+                "yes" if entry.tls else "no",
             )
 
     def _close_entrypoints(self) -> None:
@@ -596,7 +599,7 @@ class Gateway:
                 if name in added or group.name != name or not group.accepting:
                     serving.listen(group, entry)
                 if name in added:
-                    self._log_listening(name, group, entry.tls)
+                    self._log_listening(name, group, entry)
         deadline = trio.current_time() + self._grace_secs()
         for group in plan.removed:
             group.retire(deadline)

@@ -28,7 +28,7 @@ from typing import Final
 
 import trio
 
-__all__ = ["RawSocketStream", "from_trio"]
+__all__ = ["PrefixedStream", "RawSocketStream", "from_trio"]
 
 _DEFAULT_READ: Final = 65536
 
@@ -140,3 +140,41 @@ def from_trio(stream: trio.SocketStream) -> RawSocketStream:
     return RawSocketStream(
         socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto, fileno=fd)
     )
+
+
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """A stream whose first reads return ``prefix``, then ``inner``'s bytes.
+
+    For bytes read before the stream's owner was known: a PROXY header's leftovers, a peeked
+    ClientHello handed to the TLS engine (SPEC §4.11: every peeked byte is replayed unchanged).
+    Writes, EOF and closing go straight to ``inner``. Must not: copy ``prefix`` more than once.
+    """
+
+    __slots__ = ("_prefix", "inner")
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream, prefix: bytes) -> None:
+        self.inner = inner
+        self._prefix = prefix
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        prefix = self._prefix
+        if not prefix:
+            return await self.inner.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        size = len(prefix) if max_bytes is None else max_bytes
+        if size < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self._prefix = prefix[size:]
+        return prefix[:size]
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -21,14 +21,18 @@ from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import ReloadError
 from tests.support.semantic import BASE
 
-#: A TCP entrypoint: refused until TCP proxying lands (one error).
-TCP_ENTRYPOINT = """
-entrypoints "db" {
-  address  = "127.0.0.1:5433"
-  protocol = "tcp"
+#: A scaled service: refused until autoscaling lands (one error).
+SCALED_SERVICE = """
+services "scaled" {
+  load_balancer {
+    servers = [{ url = "http://127.0.0.1:9001" }]
+  }
+  scaling {
+    executor = "mock"
+  }
 }
 """
-TCP_PATH = 'entrypoints["db"].protocol'
+SCALED_PATH = 'services["scaled"].scaling'
 
 #: An entrypoint offering HTTP/2 by ALPN: available since HTTP/2 landed (issue #18).
 H2_ENTRYPOINT = """
@@ -79,12 +83,12 @@ def test_the_docs_list_every_row(row: Unavailable) -> None:
 
 
 def test_the_message_names_the_setting_and_the_feature() -> None:
-    result = load_text(BASE + TCP_ENTRYPOINT, filename="t.hcl", env={})
+    result = load_text(BASE + SCALED_SERVICE, filename="t.hcl", env={})
     [problem] = result.errors
-    assert problem.path == TCP_PATH
-    assert problem.message.startswith('protocol "tcp" is not available yet')
-    assert "(TCP proxying)" in problem.message
-    assert problem.line == BASE.count("\n") + 4
+    assert problem.path == SCALED_PATH
+    assert problem.message.startswith('field "scaling" is not available yet')
+    assert "(autoscaling)" in problem.message
+    assert problem.line == BASE.count("\n") + 6
 
 
 def test_entrypoint_tls_and_http2_are_available() -> None:
@@ -147,7 +151,7 @@ def _config_in_code(snippet: str) -> Config:
 
 def test_a_gateway_built_in_code_refuses_it() -> None:
     config = load_text(
-        BASE + TCP_ENTRYPOINT,
+        BASE + SCALED_SERVICE,
         filename="t.hcl",
         env={},
         options=LoadOptions(refuse_unavailable=False),
@@ -156,30 +160,30 @@ def test_a_gateway_built_in_code_refuses_it() -> None:
     with pytest.raises(ConfigError) as caught:
         Gateway(config)
     [problem] = caught.value.problems
-    assert problem.path == TCP_PATH
+    assert problem.path == SCALED_PATH
     assert problem.file == "<config>"
 
 
 async def test_a_reload_built_in_code_refuses_it() -> None:
     plain = load_text(BASE, filename="t.hcl", env={}).config
     assert plain is not None
-    with_tcp = load_text(
-        BASE + TCP_ENTRYPOINT,
+    with_scaling = load_text(
+        BASE + SCALED_SERVICE,
         filename="t.hcl",
         env={},
         options=LoadOptions(refuse_unavailable=False),
     ).config
-    assert with_tcp is not None
+    assert with_scaling is not None
     gateway = Gateway(plain)
-    with pytest.raises(ReloadError, match="TCP proxying"):
-        await gateway.reload(with_tcp)
+    with pytest.raises(ReloadError, match="autoscaling"):
+        await gateway.reload(with_scaling)
     assert gateway.health().last_reload is not None
 
 
 @pytest.mark.integration
 def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
     config = tmp_path / "gateway.hcl"
-    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + TCP_ENTRYPOINT)
+    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + SCALED_SERVICE)
     done = subprocess.run(
         [sys.executable, "-m", "a3s_gateway", "run", str(config)],
         capture_output=True,
@@ -188,7 +192,7 @@ def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1, done.stderr
-    assert f'{TCP_PATH}: protocol "tcp" is not available yet' in done.stderr
+    assert f'{SCALED_PATH}: field "scaling" is not available yet' in done.stderr
     assert "listening" not in done.stderr
 
 

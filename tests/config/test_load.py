@@ -68,7 +68,6 @@ def test_readme_example_is_refused_for_what_is_not_available_yet() -> None:
     result = load(FIXTURES / "readme-example.hcl", env={"JWT_SECRET": SECRET})
     assert result.config is None
     assert {p.path for p in result.errors} == {
-        'entrypoints["tcp-db"].protocol',
         'services["api-service"].revisions',
         'services["api-service"].scaling',
         'services["api-service"].rollout',

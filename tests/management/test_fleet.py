@@ -34,7 +34,7 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from a3s_gateway.app import Gateway
-from a3s_gateway.config.load import LoadOptions, load_text
+from a3s_gateway.config.load import load_text
 from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import StartError
 from a3s_gateway.management.api import ApiRequest, ApiResponse
@@ -252,7 +252,7 @@ management {
 """
 
 
-#: A tcp entrypoint (not available yet, so loaded without that refusal): not an http listener.
+#: A tcp entrypoint: listed with the http ones (its workers reported nothing bound for it).
 TCP_ENTRYPOINT = """
 entrypoints "metrics" {
   address  = "127.0.0.1:0"
@@ -262,17 +262,17 @@ entrypoints "metrics" {
 
 
 def test_entrypoints_union_the_bound_addresses_and_sum_connections() -> None:
-    options = LoadOptions(refuse_unavailable=False)
-    config = load_text(CONFIG + TCP_ENTRYPOINT, filename="t.hcl", options=options).config
+    config = load_text(CONFIG + TCP_ENTRYPOINT, filename="t.hcl").config
     assert config is not None
     runtime = compile_runtime(config, 1, deps=Outbound().deps())
     states = [
         StateReply(1, "running", {"web": 2}, 0, {"web": [("127.0.0.1", 8080)]}),
         StateReply(2, "running", {"web": 3}, 0, {"web": [("127.0.0.1", 8080)]}),
     ]
-    (web,) = fleet_listeners(config, runtime, states)  # the tcp entrypoint is not http
+    web, tcp = fleet_listeners(config, runtime, states)
     assert (web.name, web.bound, web.connections) == ("web", ("127.0.0.1:8080",), 5)
-    (silent,) = fleet_listeners(config, runtime, [])
+    assert (tcp.name, tcp.protocol, tcp.bound, tcp.connections) == ("metrics", "tcp", (), 0)
+    silent, _ = fleet_listeners(config, runtime, [])
     assert (silent.bound, silent.connections) == ((), None)
 
 

@@ -43,6 +43,7 @@ from a3s_gateway.observability.process import (
     sample,
 )
 from a3s_gateway.observability.record import ExchangeRecord
+from a3s_gateway.observability.stream_stats import StreamStats
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.server.exchange.recording import outcome
@@ -172,7 +173,21 @@ class FakeContext:
     websocket_sessions: dict[str, int] = field(default_factory=lambda: {"r": 1})
     websocket_totals: dict[str, int] = field(default_factory=lambda: {"r": 3})
     sse_streams: dict[str, int] = field(default_factory=lambda: {"r": 0})
+    streams: StreamStats = field(default_factory=lambda: _streams())
     pool: FakePool = field(default_factory=FakePool)
+
+
+def _streams() -> StreamStats:
+    """TCP and UDP counts with one of everything."""
+    stats = StreamStats()
+    stats.tcp_opened("db", "pg")
+    stats.tcp_opened("db", "pg")
+    stats.tcp_closed("db", "pg", 10, 20)
+    stats.client_hello_error("db", "too_large")
+    stats.udp_session_opened("dns")
+    stats.udp_datagram("dns", "in", 40)
+    stats.udp_dropped_one("dns", "max_sessions")
+    return stats
 
 
 def record(
@@ -235,6 +250,15 @@ FAMILIES = {
     "a3s_websocket_sessions_active": ("gauge", {"router"}),
     "a3s_websocket_sessions": ("counter", {"router"}),
     "a3s_sse_streams_active": ("gauge", {"router"}),
+    "a3s_tcp_connections_active": ("gauge", {"entrypoint", "router"}),
+    "a3s_tcp_connections": ("counter", {"entrypoint", "router"}),
+    "a3s_tcp_bytes": ("counter", {"entrypoint", "router", "direction"}),
+    "a3s_tcp_client_hello_errors": ("counter", {"entrypoint", "reason"}),
+    "a3s_udp_sessions_active": ("gauge", {"entrypoint"}),
+    "a3s_udp_sessions": ("counter", {"entrypoint"}),
+    "a3s_udp_datagrams": ("counter", {"entrypoint", "direction"}),
+    "a3s_udp_bytes": ("counter", {"entrypoint", "direction"}),
+    "a3s_udp_dropped": ("counter", {"entrypoint", "reason"}),
     "a3s_connections": ("counter", {"entrypoint"}),
     "a3s_connections_rejected": ("counter", {"entrypoint", "reason"}),
     "a3s_tls_handshake_errors": ("counter", {"entrypoint", "reason"}),
@@ -1022,3 +1046,26 @@ async def test_an_ejection_refused_by_max_ejection_percent_is_counted_skipped() 
     assert scraped["a3s_passive_ejections_skipped_total", two] == 2
     assert ("a3s_passive_ejections_skipped_total", one) not in scraped
     assert ("a3s_passive_ejections_total", two) not in scraped
+
+
+def test_tcp_and_udp_counts_become_their_families() -> None:
+    metrics = GatewayMetrics(True)
+    metrics.collect(runtime(), FakeContext(streams=_streams()))
+    scraped = scrape(metrics)
+    pg = labels(entrypoint="db", router="pg")
+    assert scraped["a3s_tcp_connections_active", pg] == 1
+    assert scraped["a3s_tcp_connections_total", pg] == 2
+    assert (
+        scraped["a3s_tcp_bytes_total", labels(entrypoint="db", router="pg", direction="in")] == 10
+    )
+    out = labels(entrypoint="db", router="pg", direction="out")
+    assert scraped["a3s_tcp_bytes_total", out] == 20
+    hello = labels(entrypoint="db", reason="too_large")
+    assert scraped["a3s_tcp_client_hello_errors_total", hello] == 1
+    assert scraped["a3s_udp_sessions_active", labels(entrypoint="dns")] == 1
+    assert scraped["a3s_udp_sessions_total", labels(entrypoint="dns")] == 1
+    inbound = labels(entrypoint="dns", direction="in")
+    assert scraped["a3s_udp_datagrams_total", inbound] == 1
+    assert scraped["a3s_udp_bytes_total", inbound] == 40
+    dropped = labels(entrypoint="dns", reason="max_sessions")
+    assert scraped["a3s_udp_dropped_total", dropped] == 1

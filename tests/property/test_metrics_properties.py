@@ -38,6 +38,7 @@ from a3s_gateway.observability.metrics import (
     render,
 )
 from a3s_gateway.observability.record import ExchangeRecord
+from a3s_gateway.observability.stream_stats import StreamStats
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.upstream.peer import Peer
 from a3s_gateway.upstream.pool_state import PeerStats
@@ -195,6 +196,7 @@ class _Context:
     websocket_sessions: dict[str, int] = field(default_factory=dict)
     websocket_totals: dict[str, int] = field(default_factory=dict)
     sse_streams: dict[str, int] = field(default_factory=dict)
+    streams: StreamStats = field(default_factory=StreamStats)
     pool: _Pool = field(default_factory=_Pool)
 
 

@@ -40,6 +40,9 @@ class Capture:
     def attempt(self, service: str, backend: str, status: int, seconds: float | None) -> None:
         self.attempts.append((service, backend, status, seconds))
 
+    def stream_ended(self, record: ExchangeRecord) -> None:
+        self.records.append(record)
+
     def middleware(self, name: str, kind: str, outcome: str, seconds: float) -> None:
         self.middlewares.append((name, kind, outcome))
 

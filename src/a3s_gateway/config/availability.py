@@ -190,32 +190,10 @@ _TCP_ENTRYPOINT: Final = 'entrypoints "db" {\n  address = "127.0.0.1:5433"\n  pr
 UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
     Unavailable("entrypoints.<name>.tls.acme, acme_*", "ACME certificates", _acme, _ACME_BLOCK),
     Unavailable(
-        'entrypoints.<name>.protocol = "tcp"',
-        "TCP proxying",
-        _entrypoint_protocol("tcp"),
-        _TCP_ENTRYPOINT,
-    ),
-    Unavailable(
         'entrypoints.<name>.protocol = "udp"',
         "UDP proxying",
         _entrypoint_protocol("udp"),
         'entrypoints "dns" {\n  address = "127.0.0.1:5353"\n  protocol = "udp"\n}\n',
-    ),
-    Unavailable(
-        "entrypoints.<name>.proxy_protocol",
-        "the PROXY protocol",
-        _entrypoint_field("proxy_protocol"),
-        'entrypoints "alt" {\n  address = "127.0.0.1:8081"\n'
-        '  proxy_protocol {\n    trusted_ips = ["10.0.0.0/8"]\n  }\n}\n',
-    ),
-    Unavailable(
-        "tcp_routers.<name>",
-        "TCP proxying",
-        _router_section("tcp_routers"),
-        _TCP_ENTRYPOINT + 'services "db" {\n  load_balancer {\n'
-        '    servers = [{ url = "tcp://127.0.0.1:5432" }]\n  }\n}\n'
-        'tcp_routers "db" {\n  rule    = "HostSNI(`*`)"\n  service = "db"\n'
-        '  entrypoints = ["db"]\n}\n',
     ),
     Unavailable(
         "udp_routers.<name>",
@@ -227,17 +205,11 @@ UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
         'udp_routers "dns" {\n  service = "dns"\n  entrypoints = ["dns"]\n}\n',
     ),
     Unavailable(
-        'middlewares.<name>.type = "tcp-filter"',
-        "TCP proxying; on HTTP entrypoints use max_connections and tcp_allowed_ips",
-        _tcp_filter,
-        'middlewares "conn" {\n  type = "tcp-filter"\n  allowed_ips = ["10.0.0.0/8"]\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.load_balancer.servers: tcp://, tls:// and udp:// URLs",
-        "TCP and UDP proxying",
-        _server_schemes("tcp", "tls", "udp"),
-        'services "db" {\n  load_balancer {\n'
-        '    servers = [{ url = "tcp://127.0.0.1:5432" }]\n  }\n}\n',
+        "services.<name>.load_balancer.servers: udp:// URLs",
+        "UDP proxying",
+        _server_schemes("udp"),
+        'services "dns" {\n  load_balancer {\n'
+        '    servers = [{ url = "udp://127.0.0.1:53" }]\n  }\n}\n',
     ),
     Unavailable(
         "services.<name>.scaling",

@@ -35,6 +35,9 @@ class TcpRouter(Block, frozen=True, kw_only=True):
     middlewares: Names = ()
     priority: Priority = 0
     tls_passthrough: bool = False
+    #: Traefik v2 syntax for this router's rule (SPEC §4.9: several arguments OR-ed,
+    #: ``{name:re}`` templates in ``HostSNIRegexp``).
+    rule_syntax: Literal["v3", "v2"] = "v3"
 
 
 class UdpRouter(Block, frozen=True, kw_only=True):

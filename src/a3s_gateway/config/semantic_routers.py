@@ -60,7 +60,7 @@ def _check_http_router(report: Report, name: str, router: Router) -> None:
 
 def _check_tcp_router(report: Report, name: str, router: TcpRouter) -> None:
     base: Path = ("tcp_routers", name)
-    compiled = _check_rule(report, (*base, "rule"), router.rule, "tcp")
+    compiled = _check_rule(report, (*base, "rule"), router.rule, "tcp", router.rule_syntax)
     report.service((*base, "service"), router.service)
     _check_entrypoint_list(report, base, router.entrypoints, "tcp")
     _check_middleware_list(report, base, router.middlewares, "tcp")

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from a3s_gateway.middleware.contract import Middleware
     from a3s_gateway.routing.request import PeerAddress
     from a3s_gateway.routing.table import Route
+    from a3s_gateway.routing.tcp import TcpRoute
     from a3s_gateway.runtime.compile import RuntimeConfig, ServiceRuntime
     from a3s_gateway.services.backend import Backend
     from a3s_gateway.state import GatewayState, HealthSnapshot
@@ -555,11 +556,41 @@ def config_document(config: Config) -> JsonObject:
 
 
 def route_documents(runtime: RuntimeConfig | None) -> list[JsonObject]:
-    """``/routes``: the HTTP routers in match order (SPEC §4.7)."""
+    """``/routes``: the HTTP routers in match order (SPEC §4.7), then the TCP routers in
+    theirs, then the UDP routers by name."""
     if runtime is None:
         return []
-    every = list(runtime.entrypoints)
-    return [_route(route, every) for route in runtime.routes.routes]
+    every = [name for name, entry in runtime.entrypoints.items() if entry.protocol == "http"]
+    documents = [_route(route, every) for route in runtime.routes.routes]
+    documents += [_tcp_route(route) for route in runtime.tcp_routes.routes]
+    documents += [
+        {
+            "name": name,
+            "kind": "udp",
+            "service": router.service,
+            "entrypoints": list(router.entrypoints),
+            "source": "file",
+            "status": "active",
+        }
+        for name, router in sorted(runtime.config.udp_routers.items())
+    ]
+    return documents
+
+
+def _tcp_route(route: TcpRoute) -> JsonObject:
+    return {
+        "name": route.name,
+        "kind": "tcp",
+        "rule": route.rule.text,
+        "service": route.service,
+        "entrypoints": sorted(route.entrypoints or ()),
+        "middlewares": list(route.middlewares),
+        "priority": route.priority,
+        "effective_priority": route.effective_priority,
+        "tls_passthrough": route.tls_passthrough,
+        "source": "file",
+        "status": "active",
+    }
 
 
 def _route(route: Route, every_entrypoint: list[str]) -> JsonObject:

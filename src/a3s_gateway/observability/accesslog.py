@@ -159,7 +159,7 @@ def encode_line(record: ExchangeRecord, *, include_query: bool) -> bytes:
     user_agent = record.user_agent
     line = AccessLine(
         format_ts(record.wall),  # ts
-        _type(record),  # type (tcp, udp: later)
+        _type(record),  # type
         record.entrypoint,
         record.router,
         record.service,
@@ -197,6 +197,8 @@ def encode_line(record: ExchangeRecord, *, include_query: bool) -> bytes:
 
 
 def _type(record: ExchangeRecord) -> str:
+    if record.transport:
+        return record.transport
     if record.websocket:
         return "websocket"
     return "grpc" if record.grpc_status >= 0 else "http"

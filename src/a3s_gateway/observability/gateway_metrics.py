@@ -57,9 +57,10 @@ hands the whole set of loaded certificates to ``tls_certificates`` whenever it c
 
 WebSocket sessions and SSE streams (``a3s_websocket_sessions_active``/``_total``,
 ``a3s_sse_streams_active``, ``a3s_open_connections{protocol="websocket"}``) are read from the
-data plane's counts at ``collect``, like the connection gauges. Families of features that do
-not exist yet arrive with their issues: ``a3s_tcp_*`` (TCP routing), ``a3s_udp_*`` (UDP),
-``a3s_autoscaler_*`` and ``a3s_scale_buffer_*`` (autoscaling),
+data plane's counts at ``collect``, like the connection gauges; so are the ``a3s_tcp_*`` and
+``a3s_udp_*`` families (``stream_metrics.py``, from ``ServerContext.streams``) and
+``a3s_open_connections{protocol="tcp"}``. Families of features that do not exist yet arrive
+with their issues: ``a3s_autoscaler_*`` and ``a3s_scale_buffer_*`` (autoscaling),
 ``a3s_revision_traffic_percent`` and ``a3s_rollout_*`` (revisions), ``a3s_acme_*`` (ACME) and
 ``a3s_config_pending_references`` (providers).
 
@@ -74,6 +75,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from a3s_gateway.observability.metrics import GaugeKind, Registry
+from a3s_gateway.observability.stream_metrics import StreamFamilies
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
     )
     from a3s_gateway.observability.process import ProcessSample
     from a3s_gateway.observability.record import ExchangeRecord
+    from a3s_gateway.observability.stream_stats import StreamStats
     from a3s_gateway.runtime.compile import RuntimeConfig
     from a3s_gateway.services.mirror_sampling import MirrorState
     from a3s_gateway.upstream.peer import Peer
@@ -197,6 +200,11 @@ class MetricsContext(Protocol):
         ...
 
     @property
+    def streams(self) -> StreamStats:
+        """TCP connection and UDP session counts."""
+        ...
+
+    @property
     def pool(self) -> PoolView: ...
 
 
@@ -285,9 +293,11 @@ class GatewayMetrics:
         self._declare_middlewares(registry)
         self._declare_config(registry, version)
         self._declare_process(registry)
+        #: The TCP and UDP families (SPEC §6, §9.1).
+        self.streams = StreamFamilies(registry)
 
-        # The families of TCP, UDP, autoscaling, revisions, ACME
-        # and providers arrive with their issues (listed in the module docstring).
+        # The families of autoscaling, revisions, ACME and providers arrive with their
+        # issues (listed in the module docstring).
 
         #: The cells of the exchanges, by router then entrypoint (two lookups of interned
         #: names cost less than hashing a tuple); ``_all_routes`` has every route ever seen.
@@ -840,8 +850,18 @@ class GatewayMetrics:
     def _collect_entrypoints(self, runtime: RuntimeConfig, ctx: MetricsContext) -> None:
         names = runtime.entrypoints
         http2, websockets = ctx.http2_connections, ctx.websockets
+        # A tcp entrypoint's connections are all TCP; an http one's are TCP once a TCP router
+        # took them (a TLS entrypoint shared with TCP routers).
+        tcp: dict[str, int] = {}
+        for (entrypoint, _router), count in ctx.streams.tcp_active.items():
+            entry = names.get(entrypoint)
+            if entry is not None and entry.protocol != "tcp":
+                tcp[entrypoint] = tcp.get(entrypoint, 0) + count
+        for name, entry in names.items():
+            if entry.protocol == "tcp":
+                tcp[name] = ctx.active_connections.get(name, 0)
         http1 = {
-            name: n - http2.get(name, 0) - websockets.get(name, 0)
+            name: n - http2.get(name, 0) - websockets.get(name, 0) - tcp.get(name, 0)
             for name, n in ctx.active_connections.items()
         }
         keep: dict[int, set[tuple[str, ...]]] = {}
@@ -850,6 +870,7 @@ class GatewayMetrics:
             (self.open_connections, http1, ("http1",)),
             (self.open_connections, http2, ("http2",)),
             (self.open_connections, websockets, ("websocket",)),
+            (self.open_connections, tcp, ("tcp",)),
         ):
             kept = keep.setdefault(id(family), set())
             for name in dict.fromkeys([*names, *counts]):  # in a stable order
@@ -863,6 +884,7 @@ class GatewayMetrics:
         for (entrypoint, reason), total in ctx.rejected_connections.items():
             self.connections_rejected.labels(entrypoint, reason).advance_to(total)
         self._collect_streams(ctx)
+        self.streams.collect(ctx.streams)
 
     def _collect_streams(self, ctx: MetricsContext) -> None:
         """The WebSocket and SSE families, by router (a router stays once it had one)."""

@@ -51,6 +51,10 @@ class ExchangeObserver(Protocol):
         """Account for one finished exchange."""
         ...
 
+    def stream_ended(self, record: ExchangeRecord) -> None:
+        """Account for one TCP connection or UDP session that ended (``record.transport``)."""
+        ...
+
     def middleware(self, name: str, kind: str, outcome: str, seconds: float) -> None:
         """Account for one middleware's request side: ``pass`` or ``reject`` after
         ``seconds``."""
@@ -112,6 +116,7 @@ class ExchangeRecord:
         "status",
         "tls_version",
         "trace_id",
+        "transport",
         "upstream_head",
         "upstream_started",
         "user_agent",
@@ -132,12 +137,10 @@ class ExchangeRecord:
         self.grpc_status = -1
         #: Unix time at the end (the access log's ``ts``).
         self.wall = 0.0
-        self.router = ""
-        self.service = ""
+        self.router = self.service = ""
         #: The server URL of the backend that answered (or the last one tried).
         self.backend = ""
-        self.client_ip = ""
-        self.peer_ip = ""
+        self.client_ip = self.peer_ip = ""
         self.method = b""
         self.scheme = "http"
         #: The request's authority (``Host``) as received.
@@ -179,6 +182,8 @@ class ExchangeRecord:
         #: A WebSocket session (SPEC §5.11): the bytes are then those each way after the
         #: ``101``, and the close codes each peer sent (-1: none) are logged.
         self.websocket = False
+        #: ``tcp``/``udp``: a TCP connection or UDP session (bytes in and out, no status).
+        self.transport = ""
         self.ws_close_client = -1
         self.ws_close_upstream = -1
 

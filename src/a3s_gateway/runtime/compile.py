@@ -22,14 +22,17 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from a3s_gateway.config.schema_middlewares import TcpFilter as TcpFilterBlock
 from a3s_gateway.config.schema_services import LoadBalancer
 from a3s_gateway.middleware.phases import compile_chains
 from a3s_gateway.middleware.ratelimit import key_function
+from a3s_gateway.middleware.tcp_filter import TcpFilter
 from a3s_gateway.observability.tracing import propagation_forms
 from a3s_gateway.protocols.http1 import Http1Limits
 from a3s_gateway.protocols.http1_engines import request_head_parser
 from a3s_gateway.protocols.http2 import Http2Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
+from a3s_gateway.routing.tcp import TcpRoute, TcpRouteTable
 from a3s_gateway.services import Backend, Balancer, make_balancer
 from a3s_gateway.services.balancer import panic_mode
 from a3s_gateway.services.health import CheckSettings, kind_for_servers
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
     from a3s_gateway.config.schema_services import Service, WebsocketMux
+    from a3s_gateway.config.urls import ServerUrl
     from a3s_gateway.middleware.contract import Middleware, RequestState
     from a3s_gateway.middleware.outbound import MiddlewareDeps, WarningSink
     from a3s_gateway.protocols.http1_heads import RequestHeadParser
@@ -52,13 +56,16 @@ if TYPE_CHECKING:
 __all__ = [
     "SERVED_ALPN",
     "EntrypointRuntime",
+    "Network",
     "RuntimeConfig",
     "ServiceRuntime",
     "TlsSettings",
+    "UdpEntrypointRuntime",
     "compile_runtime",
 ]
 
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Network = Network
 
 #: SPEC §3.7 defaults for HTTP entrypoints, in seconds. ``request_body`` (issue #14) bounds a
 #: request body trickled a byte at a time, which ``body_idle`` alone never ends; 5 minutes
@@ -70,7 +77,12 @@ _HTTP_TIMEOUTS: Final = {
     "body_idle": 60.0,
     "request_body": 300.0,
 }
+#: SPEC §3.7 defaults for TCP entrypoints, in seconds (``idle`` 0 disables the idle bound).
+_TCP_TIMEOUTS: Final = {"handshake": 10.0, "idle": 600.0, "peek": 5.0}
 _DEFAULT_MAX_CONNECTIONS: Final = 10000
+#: SPEC §3.7 defaults of a UDP entrypoint.
+_UDP_SESSION_TIMEOUT: Final = 30.0
+_UDP_MAX_SESSIONS: Final = 10000
 
 #: The HTTP/2 settings of an entrypoint without an ``http2 {}`` block.
 DEFAULT_HTTP2: Final = Http2Limits()
@@ -89,7 +101,8 @@ class TlsSettings:
     #: (the default certificate), then ``certificates``.
     pairs: tuple[tuple[str, str], ...]
     min_version: str
-    #: ALPN protocols offered, in server preference order, restricted to ``SERVED_ALPN``.
+    #: ALPN protocols offered, in server preference order: on http entrypoints restricted to
+    #: ``SERVED_ALPN``; on tcp entrypoints exactly ``tls.alpn`` (none by default).
     alpn: tuple[str, ...]
     client_auth: str
     client_ca_file: str | None
@@ -104,11 +117,17 @@ def _tls_settings(entrypoint: Entrypoint) -> TlsSettings | None:
     if tls.cert_file is not None and tls.key_file is not None:
         pairs.append((tls.cert_file, tls.key_file))
     pairs.extend((pair.cert_file, pair.key_file) for pair in tls.certificates)
-    alpn = SERVED_ALPN if tls.alpn is None else tls.alpn
+    if entrypoint.protocol == "tcp":
+        # A terminated TCP connection offers exactly the listed protocols (none by default):
+        # the gateway does not speak them, the backend does (SPEC §3.8).
+        alpn = tls.alpn or ()
+    else:
+        served = SERVED_ALPN if tls.alpn is None else tls.alpn
+        alpn = tuple(protocol for protocol in served if protocol in SERVED_ALPN)
     return TlsSettings(
         pairs=tuple(pairs),
         min_version=tls.min_version,
-        alpn=tuple(protocol for protocol in alpn if protocol in SERVED_ALPN),
+        alpn=alpn,
         client_auth=tls.client_auth,
         client_ca_file=tls.client_ca_file,
         sni_strict=tls.sni_strict,
@@ -117,7 +136,9 @@ def _tls_settings(entrypoint: Entrypoint) -> TlsSettings | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EntrypointRuntime:
-    """An ``http`` entrypoint's effective settings (SPEC §3.7)."""
+    """An ``http`` or ``tcp`` entrypoint's effective settings (SPEC §3.7). A ``tcp`` one carries
+    the HTTP fields too (at their defaults, unused), so that both kinds share the listener
+    groups, the reload's socket plan and the TLS store."""
 
     name: str
     host: str
@@ -151,6 +172,29 @@ class EntrypointRuntime:
     h2c: bool = False
     #: ``http2 {}``: the HTTP/2 settings and flood limits of its connections.
     http2: Http2Limits = DEFAULT_HTTP2
+    #: ``http`` or ``tcp`` (``udp`` entrypoints are ``UdpEntrypointRuntime``).
+    protocol: str = "http"
+    #: ``timeouts.peek`` (SPEC §4.11): how long a ClientHello peek waits.
+    peek_timeout: float = _TCP_TIMEOUTS["peek"]
+    #: ``proxy_protocol.trusted_ips`` (SPEC §3.7): the peers whose PROXY header is read;
+    #: None without the block.
+    proxy_trusted: tuple[_Network, ...] | None = None
+    #: The TCP relay's idle bound (SPEC §6.3): ``timeouts.idle`` of a tcp entrypoint (0: none);
+    #: TCP routers on an http entrypoint use the tcp default, 10 minutes (its ``idle`` is the
+    #: keep-alive bound between requests).
+    tcp_idle_timeout: float = _TCP_TIMEOUTS["idle"]
+    #: Whether a connection needs a look at its first bytes before its protocol runs: a tcp
+    #: entrypoint, a PROXY header to read, or TCP routers to try on a TLS http entrypoint.
+    preamble: bool = False
+
+    def proxy_from(self, address: PeerAddress | None) -> bool:
+        """Whether a connection from ``address`` may start with a PROXY header."""
+        trusted = self.proxy_trusted
+        return (
+            trusted is not None
+            and address is not None
+            and any(address in network for network in trusted)
+        )
 
     def is_allowed(self, address: PeerAddress | None) -> bool:
         """Whether a connection from ``address`` passes ``tcp_allowed_ips`` (an address that
@@ -165,6 +209,23 @@ class EntrypointRuntime:
         if self.trust_all:
             return True
         return any(address in network for network in self.trusted)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UdpEntrypointRuntime:
+    """A ``udp`` entrypoint's effective settings and its one router (SPEC §3.7, §4.12, §6.5)."""
+
+    name: str
+    host: str
+    port: int
+    #: ``udp_session_timeout_secs``: a session with no datagram either way for this long ends.
+    session_timeout: float = _UDP_SESSION_TIMEOUT
+    #: ``udp_max_sessions`` (per worker).
+    max_sessions: int = _UDP_MAX_SESSIONS
+    #: The UDP router attached and its service; None when no router is (datagrams dropped,
+    #: ``reason="no_router"``).
+    router: str | None = None
+    service: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,6 +293,13 @@ class RuntimeConfig:
     observability: ObservabilityRuntime
     #: The ``websocket_mux`` services by name (SPEC §5.13); they have no backends of their own.
     muxes: Mapping[str, WebsocketMux] = dataclasses.field(default_factory=dict)
+    #: The TCP routers (SPEC §3.9, §4.10), tried on ``tcp`` entrypoints and on TLS ``http``
+    #: entrypoints before HTTP (SPEC §6.1).
+    tcp_routes: TcpRouteTable = dataclasses.field(default_factory=lambda: TcpRouteTable(()))
+    #: The ``tcp-filter`` instances by definition name (shared by the TCP routers listing them).
+    tcp_filters: Mapping[str, TcpFilter] = dataclasses.field(default_factory=dict)
+    #: The ``udp`` entrypoints by name.
+    udp_entrypoints: Mapping[str, UdpEntrypointRuntime] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,16 +345,8 @@ def compile_runtime(
         previous.middlewares if previous is not None else None,
         deps=deps,
     )
-    entrypoints = {
-        name: _entrypoint(
-            name,
-            entrypoint,
-            request_head_parser(config.http1_parser),
-            redirect_port=_redirect_port(config, entrypoint),
-        )
-        for name, entrypoint in config.entrypoints.items()
-        if entrypoint.protocol == "http"
-    }
+    tcp_routes = _tcp_route_table(config)
+    entrypoints = _entrypoints(config, tcp_routes)
     services = {
         name: _service(name, service)
         for name, service in config.services.items()
@@ -308,7 +368,90 @@ def compile_runtime(
             for name, service in config.services.items()
             if service.websocket_mux is not None
         },
+        tcp_routes=tcp_routes,
+        tcp_filters=_tcp_filters(config, previous),
+        udp_entrypoints=_udp_entrypoints(config),
     )
+
+
+def _tcp_route_table(config: Config) -> TcpRouteTable:
+    """The TCP routes; a router without ``entrypoints`` is attached to every tcp entrypoint
+    (never to an http one: those take TCP routers only by name, SPEC §3.9)."""
+    every_tcp = frozenset(
+        name for name, entrypoint in config.entrypoints.items() if entrypoint.protocol == "tcp"
+    )
+    routes = [
+        TcpRoute(
+            name=name,
+            rule=compile_rule(router.rule, kind="tcp", syntax=router.rule_syntax),
+            service=router.service,
+            entrypoints=frozenset(router.entrypoints) if router.entrypoints else every_tcp,
+            priority=router.priority,
+            tls_passthrough=router.tls_passthrough,
+            middlewares=router.middlewares,
+        )
+        for name, router in config.tcp_routers.items()
+    ]
+    return TcpRouteTable(routes)
+
+
+def _tcp_filters(config: Config, previous: RuntimeConfig | None) -> dict[str, TcpFilter]:
+    """One instance per ``tcp-filter`` definition a TCP router lists; an unchanged definition
+    keeps the previous generation's instance (and so its count of open connections)."""
+    kept = previous.tcp_filters if previous is not None else {}
+    filters: dict[str, TcpFilter] = {}
+    for router in config.tcp_routers.values():
+        for name in router.middlewares:
+            block = config.middlewares.get(name)
+            if name in filters or not isinstance(block, TcpFilterBlock):
+                continue
+            before = kept.get(name)
+            filters[name] = (
+                before
+                if before is not None and before.block == block
+                else TcpFilter.from_config(name, block)
+            )
+    return filters
+
+
+def _udp_entrypoints(config: Config) -> dict[str, UdpEntrypointRuntime]:
+    owners = {
+        entrypoint: (name, router.service)
+        for name, router in config.udp_routers.items()
+        for entrypoint in router.entrypoints
+    }
+    found: dict[str, UdpEntrypointRuntime] = {}
+    for name, entrypoint in config.entrypoints.items():
+        if entrypoint.protocol != "udp":
+            continue
+        router, service = owners.get(name, (None, None))
+        found[name] = UdpEntrypointRuntime(
+            name=name,
+            host=entrypoint.address.host,
+            port=entrypoint.address.port,
+            session_timeout=float(entrypoint.udp_session_timeout_secs or _UDP_SESSION_TIMEOUT),
+            max_sessions=entrypoint.udp_max_sessions or _UDP_MAX_SESSIONS,
+            router=router,
+            service=service,
+        )
+    return found
+
+
+def _entrypoints(config: Config, tcp_routes: TcpRouteTable) -> dict[str, EntrypointRuntime]:
+    """The http and tcp entrypoints; a TLS http entrypoint with TCP routers attached looks at
+    its connections' first bytes (``preamble``) before serving HTTPS (SPEC §6.1)."""
+    heads = request_head_parser(config.http1_parser)
+    entrypoints: dict[str, EntrypointRuntime] = {}
+    for name, entrypoint in config.entrypoints.items():
+        if entrypoint.protocol == "udp":
+            continue
+        entry = _entrypoint(
+            name, entrypoint, heads, redirect_port=_redirect_port(config, entrypoint)
+        )
+        if entry.tls and tcp_routes.routes_for(name):
+            entry = dataclasses.replace(entry, preamble=True)
+        entrypoints[name] = entry
+    return entrypoints
 
 
 def _redirect_port(config: Config, entrypoint: Entrypoint) -> int | None:
@@ -329,12 +472,16 @@ def _entrypoint(
 ) -> EntrypointRuntime:
     limits = entrypoint.limits
     timeouts = entrypoint.timeouts
+    tcp = entrypoint.protocol == "tcp"
     seconds = dict(_HTTP_TIMEOUTS)
+    if tcp:
+        seconds.update(_TCP_TIMEOUTS)
     if timeouts is not None:
         for field in seconds:
             value = getattr(timeouts, field)
             if value is not None:
                 seconds[field] = value.seconds
+    proxy = entrypoint.proxy_protocol
     forwarded = entrypoint.forwarded_headers
     return EntrypointRuntime(
         name=name,
@@ -366,8 +513,15 @@ def _entrypoint(
         ),
         tls_settings=_tls_settings(entrypoint),
         redirect_port=redirect_port,
-        h2c=entrypoint.tls is None and entrypoint.h2c is not False,
+        h2c=not tcp and entrypoint.tls is None and entrypoint.h2c is not False,
         http2=_http2_limits(entrypoint),
+        protocol=entrypoint.protocol,
+        peek_timeout=seconds.get("peek", _TCP_TIMEOUTS["peek"]),
+        tcp_idle_timeout=seconds["idle"] if tcp else _TCP_TIMEOUTS["idle"],
+        preamble=tcp or proxy is not None,
+        proxy_trusted=(
+            tuple(network.network for network in proxy.trusted_ips) if proxy is not None else None
+        ),
     )
 
 
@@ -426,7 +580,7 @@ def _service(name: str, service: Service) -> ServiceRuntime:
     return ServiceRuntime(
         name=name,
         backends=backends,
-        peers=tuple(Peer.from_url(backend.url, tls) for backend in backends),
+        peers=tuple(_peer(backend.url, tls) for backend in backends),
         prefixes=tuple(backend.url.path.encode() for backend in backends),
         balancer=make_balancer(balancer_config.strategy, backends),
         pool=_pool_settings(balancer_config),
@@ -457,6 +611,13 @@ def _service(name: str, service: Service) -> ServiceRuntime:
             else None
         ),
     )
+
+
+def _peer(url: ServerUrl, tls: UpstreamTlsSettings | None) -> Peer:
+    """A backend's connection key; a ``udp://`` server's is only its address (no pool)."""
+    if url.transport == "udp":
+        return Peer("udp", url.host, url.port)
+    return Peer.from_url(url, tls)
 
 
 def _health_check(

@@ -27,6 +27,7 @@ Must not: parse bytes or hold per-request state.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -37,12 +38,14 @@ import trio
 
 from a3s_gateway.errors import StartError
 from a3s_gateway.protocols.http2 import PREFACE
-from a3s_gateway.routing.request import parse_peer
+from a3s_gateway.routing.request import TcpConnInfo, parse_peer
 from a3s_gateway.server.downstream import ConnInfo
 from a3s_gateway.server.http1_driver import serve_http1
 from a3s_gateway.server.http2_driver import serve_http2
+from a3s_gateway.server.preamble import ProxyHeaderError, peek_client_hello, read_proxy_header
+from a3s_gateway.server.tcp_proxy import note_rejection, serve_tcp
 from a3s_gateway.server.tls import handshake
-from a3s_gateway.streams import RawSocketStream, from_trio
+from a3s_gateway.streams import PrefixedStream, RawSocketStream, from_trio
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -60,8 +63,6 @@ _BACKLOG: Final = 4096
 #: ``trio.serve_listeners`` does, instead of ending the accept loop.
 _RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _RESOURCE_PAUSE: Final = 0.1
-#: Rejected connections are summarised in the log at most this often (seconds).
-_REPORT_EVERY: Final = 60.0
 
 
 async def open_http_listeners(
@@ -287,31 +288,21 @@ async def serve_listener(
 
 
 def _allowed(accepted: trio.SocketStream, entry: EntrypointRuntime) -> bool:
+    """Whether ``tcp_allowed_ips`` admits the peer; a peer that may send a PROXY header is
+    checked later, against the source its header names (SPEC §6.1)."""
     try:
         peer = accepted.socket.getpeername()
     except OSError:  # already gone
         return False
-    return entry.is_allowed(parse_peer(str(peer[0])))
+    address = parse_peer(str(peer[0]))
+    return entry.is_allowed(address) or entry.proxy_from(address)
 
 
 def _reject(accepted: trio.SocketStream, ctx: ServerContext, name: str, reason: str) -> None:
     """Close a just-accepted connection without a byte; counted, logged at debug level, with
     an info summary at most once a minute per entrypoint and reason."""
     accepted.socket.close()
-    key = (name, reason)
-    count = ctx.rejected_connections.get(key, 0) + 1
-    ctx.rejected_connections[key] = count
-    log.debug("connection on %s rejected: %s", name, reason)
-    now = trio.current_time()
-    last_time, last_count = ctx.rejection_reports.get(key, (-_REPORT_EVERY, 0))
-    if now - last_time >= _REPORT_EVERY:
-        ctx.rejection_reports[key] = (now, count)
-        log.info(
-            "entrypoint %s rejected %d connection(s) (%s) in the last minute",
-            name,
-            count - last_count,
-            reason,
-        )
+    note_rejection(ctx, name, reason)
 
 
 async def _handle(
@@ -330,10 +321,7 @@ async def _handle(
         return
     if connections is None:
         try:
-            if terminator is None:
-                await _serve_plain(stream, info, entry, ctx)
-            else:
-                await _serve_tls(stream, terminator, info, entry, ctx)
+            await _serve(stream, info, entry, ctx, terminator)
         finally:
             ctx.active_connections[entry.name] -= 1
         return
@@ -341,17 +329,83 @@ async def _handle(
     connections.scopes.add(scope)
     try:
         with scope:
-            if terminator is None:
-                await _serve_plain(stream, info, entry, ctx)
-            else:
-                await _serve_tls(stream, terminator, info, entry, ctx)
+            await _serve(stream, info, entry, ctx, terminator)
     finally:
         connections.scopes.discard(scope)
         ctx.active_connections[entry.name] -= 1
 
 
-async def _serve_tls(
+async def _serve(
     stream: RawSocketStream,
+    info: ConnInfo,
+    entry: EntrypointRuntime,
+    ctx: ServerContext,
+    terminator: Terminator | None,
+) -> None:
+    if entry.preamble:
+        await _serve_preamble(stream, info, entry, ctx, terminator)
+    elif terminator is None:
+        await _serve_plain(stream, info, entry, ctx)
+    else:
+        await _serve_tls(stream, terminator, info, entry, ctx)
+
+
+async def _serve_preamble(
+    stream: RawSocketStream,
+    info: ConnInfo,
+    entry: EntrypointRuntime,
+    ctx: ServerContext,
+    terminator: Terminator | None,
+) -> None:
+    """SPEC §6.1: the PROXY header (from a trusted peer) and the allowlist on its source, then
+    the TCP routers (with a ClientHello peek when a rule needs SNI or ALPN); an unmatched
+    connection is closed on a tcp entrypoint and served as HTTP(S) on an http one, with every
+    byte read so far replayed."""
+    prefix = b""
+    if entry.proxy_from(parse_peer(info.peer_ip)):
+        try:
+            header, prefix = await read_proxy_header(stream, entry.handshake_timeout)
+        except ProxyHeaderError as error:
+            log.debug("bad PROXY header from %s on %s: %s", info.peer_ip, entry.name, error)
+            stream.close_nowait()
+            note_rejection(ctx, entry.name, "proxy_header")
+            return
+        if header is not None and header.source is not None:
+            ip, port = header.source
+            info = dataclasses.replace(info, peer_ip=ip, peer_port=port)
+        if not entry.is_allowed(parse_peer(info.peer_ip)):
+            stream.close_nowait()
+            note_rejection(ctx, entry.name, "ip_not_allowed")
+            return
+    table = ctx.runtime.tcp_routes
+    routes = table.routes_for(entry.name) if entry.protocol == "tcp" or entry.tls else ()
+    if routes:
+        sni: str = ""
+        alpn: tuple[str, ...] = ()
+        if any(route.rule.needs_client_hello for route in routes):
+            hello = await peek_client_hello(
+                stream, prefix, entry.peek_timeout, stats=ctx.streams, entrypoint=entry.name
+            )
+            if hello is None:  # the client left before its hello was whole
+                stream.close_nowait()
+                return
+            sni, alpn, prefix = hello.sni, hello.alpn, hello.data
+        route = table.select(TcpConnInfo(sni, alpn, info.peer_ip), entry.name)
+        if route is not None:
+            await serve_tcp(stream, prefix, info, entry, route, ctx, terminator, sni)
+            return
+    if entry.protocol == "tcp":
+        stream.close_nowait()
+        note_rejection(ctx, entry.name, "no_route")
+    elif terminator is None:
+        await _serve_plain(stream, info, entry, ctx, received=prefix)
+    else:
+        transport = PrefixedStream(stream, prefix) if prefix else stream
+        await _serve_tls(transport, terminator, info, entry, ctx)
+
+
+async def _serve_tls(
+    stream: trio.abc.HalfCloseableStream,
     terminator: Terminator,
     info: ConnInfo,
     entry: EntrypointRuntime,
@@ -369,15 +423,20 @@ async def _serve_tls(
 
 
 async def _serve_plain(
-    stream: RawSocketStream, info: ConnInfo, entry: EntrypointRuntime, ctx: ServerContext
+    stream: RawSocketStream,
+    info: ConnInfo,
+    entry: EntrypointRuntime,
+    ctx: ServerContext,
+    received: bytes = b"",
 ) -> None:
     """A plaintext connection: HTTP/2 by prior knowledge when ``h2c`` is on and the client
-    starts with the HTTP/2 preface, else HTTP/1.1 (SPEC §5.1). The bytes read to tell are
-    handed to the driver chosen; no read happens here without ``h2c``."""
+    starts with the HTTP/2 preface, else HTTP/1.1 (SPEC §5.1). The bytes read to tell (after
+    ``received``, read before: a PROXY header's leftovers) are handed to the driver chosen;
+    no read happens here without ``h2c``."""
     if not entry.h2c:
-        await serve_http1(stream, info, ctx)
+        await serve_http1(stream, info, ctx, received=received)
         return
-    first = b""
+    first = received
     with trio.move_on_after(entry.idle_timeout):
         try:
             while len(first) < len(PREFACE) and PREFACE.startswith(first):

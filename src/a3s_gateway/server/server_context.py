@@ -19,6 +19,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Final, Protocol, TypeVarTuple
 
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
+from a3s_gateway.observability.stream_stats import StreamStats
 from a3s_gateway.upstream.http2_pool import Http2Pool
 from a3s_gateway.wsmux.hub import HubRegistry
 
@@ -150,6 +151,7 @@ class ServerContext:
         "runtime",
         "sse_streams",
         "stale_retries",
+        "streams",
         "total_requests",
         "websocket_sessions",
         "websocket_totals",
@@ -206,6 +208,8 @@ class ServerContext:
         self.websocket_totals: dict[str, int] = {}
         #: SSE streams open now, by router (``a3s_sse_streams_active``).
         self.sse_streams: dict[str, int] = {}
+        #: TCP connections and UDP sessions: counts for the metrics (SPEC §6, §9.1).
+        self.streams = StreamStats()
         #: The multiplexers' broadcast hubs of this worker (SPEC §5.13).
         self.mux_hubs = HubRegistry()
         #: Connections closed at accept, by (entrypoint, reason) (SPEC §6.4 reasons
