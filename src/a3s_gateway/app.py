@@ -52,7 +52,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import trio
 
@@ -79,6 +79,7 @@ from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.server.server_context import ServerContext
 from a3s_gateway.server.tls import TlsStore
+from a3s_gateway.server.udp import UdpGroup, open_udp_sockets
 from a3s_gateway.services.health import HealthBoard
 from a3s_gateway.state import GatewayState, HealthSnapshot, ReloadStatus
 from a3s_gateway.upstream.http2_pool import Http2Pool
@@ -95,7 +96,7 @@ if TYPE_CHECKING:
     from a3s_gateway.protocols.http1_engines import Http1Parser, UpstreamAdapter
     from a3s_gateway.providers import Reloader
     from a3s_gateway.providers.aggregator import ReloadOutcome
-    from a3s_gateway.runtime.compile import EntrypointRuntime
+    from a3s_gateway.runtime.compile import EntrypointRuntime, UdpEntrypointRuntime
     from a3s_gateway.server.otlp import OtlpExporter
 
 log: Final = logging.getLogger("a3s_gateway.app")
@@ -176,31 +177,51 @@ _OTLP_FLUSH_GRACE: Final = 5.0
 _POOL_CLOSE_GRACE: Final = 5.0
 
 
+class _Group(Protocol):
+    """What a reload's plan reads of a listener group (``ListenerGroup``, ``UdpGroup``)."""
+
+    name: str
+    address: tuple[str, int]
+
+
+class _Bindable(Protocol):
+    """What a reload's plan reads of an entrypoint's settings."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+_G = TypeVar("_G", bound=_Group)
+
+
 @dataclass(slots=True)
-class _ListenerPlan:
+class _ListenerPlan(Generic[_G]):
     """How a reload changes the listener groups (see the module docstring)."""
 
     #: Entrypoint name → the existing group it keeps (same address).
-    kept: dict[str, ListenerGroup]
+    kept: dict[str, _G]
     #: Entrypoints that need new sockets.
-    to_bind: dict[str, EntrypointRuntime]
+    to_bind: dict[str, _Bindable]
     #: Groups no entrypoint keeps: retired after the swap.
-    removed: list[ListenerGroup]
+    removed: list[_G]
 
 
 def _plan_listeners(
-    groups: Mapping[str, ListenerGroup], entrypoints: Mapping[str, EntrypointRuntime]
-) -> _ListenerPlan:
+    groups: Mapping[str, _G], entrypoints: Mapping[str, _Bindable]
+) -> _ListenerPlan[_G]:
     """Match the new entrypoints to the running groups: by name and address first, then by
     address alone (a renamed entrypoint; never for port 0, which means "any free port")."""
     unclaimed = dict(groups)
-    kept: dict[str, ListenerGroup] = {}
+    kept: dict[str, _G] = {}
     for name, entry in entrypoints.items():
         group = unclaimed.get(name)
         if group is not None and group.address == (entry.host, entry.port):
             kept[name] = unclaimed.pop(name)
     by_address = {group.address: group for group in unclaimed.values() if group.address[1] != 0}
-    to_bind: dict[str, EntrypointRuntime] = {}
+    to_bind: dict[str, _Bindable] = {}
     for name, entry in entrypoints.items():
         if name in kept:
             continue
@@ -211,6 +232,23 @@ def _plan_listeners(
             kept[name] = moved
             del unclaimed[moved.name]
     return _ListenerPlan(kept, to_bind, list(unclaimed.values()))
+
+
+@dataclass(slots=True)
+class _NewSockets:
+    """What a reload bound before its swap, with the plans it follows."""
+
+    plan: _ListenerPlan[ListenerGroup]
+    added: dict[str, ListenerGroup]
+    udp_plan: _ListenerPlan[UdpGroup]
+    udp_added: dict[str, UdpGroup]
+
+    def close(self) -> None:
+        """Close every socket bound (the reload did not go ahead)."""
+        for group in self.added.values():
+            group.close()
+        for udp in self.udp_added.values():
+            udp.close()
 
 
 class _GenerationTask(Protocol):
@@ -252,6 +290,11 @@ class _Serving:
     def listen(self, group: ListenerGroup, entry: EntrypointRuntime) -> None:
         """Start ``group``'s accept loops (its connections go to the handlers nursery)."""
         group.start(self._acceptors, self._handlers, self._ctx, entry)
+
+    def listen_udp(self, group: UdpGroup) -> None:
+        """Start a UDP group's receive loops in the handlers nursery: they relay for its
+        sessions until the drain's grace, not only while connections are accepted."""
+        group.start(self._handlers, self._ctx)
 
     async def next_generation(self, task: _GenerationTask, runtime: RuntimeConfig) -> None:
         """Start ``task(runtime)`` in the root nursery (it hands back its cancel scope), then
@@ -295,8 +338,10 @@ class Gateway:
         self._serve_management = management
         #: ``probes=False``: the active health pushed to this gateway (module docstring).
         self._board = None if probes else HealthBoard()
-        #: Each http entrypoint's listener group, by entrypoint name.
+        #: Each http and tcp entrypoint's listener group, by entrypoint name.
         self._groups: dict[str, ListenerGroup] = {}
+        #: Each udp entrypoint's sockets and sessions, by entrypoint name.
+        self._udp: dict[str, UdpGroup] = {}
         self._context: ServerContext | None = None
         #: The nurseries while accepting (``_Serving``); ``_run`` alone sets and withdraws it.
         self._serving: _Serving | None = None
@@ -351,6 +396,7 @@ class Gateway:
                 name: ListenerGroup(name, (entry.host, entry.port), opened[name], self._tls)
                 for name, entry in runtime.entrypoints.items()
             }
+            self._udp = await self._bind_udp(runtime.udp_entrypoints)
             await self._open_observability()
             await self._run(runtime, task_status)
         except BaseException:
@@ -381,6 +427,7 @@ class Gateway:
             ctx.observer = observer
             await root.start(pool.run)
             await root.start(h2pool.run)
+            await root.start(ctx.relay_hub.run)
             await root.start(self._outbound.run)
             await root.start(self._access_log.run)
             await root.start(self._tls.run)
@@ -419,6 +466,9 @@ class Gateway:
                 entry = runtime.entrypoints[name]
                 serving.listen(group, entry)
                 self._log_listening(name, group, entry)
+            for udp in self._udp.values():
+                serving.listen_udp(udp)
+                self._log_udp(udp)
             self._state = GatewayState.RUNNING
             log.info(
                 "gateway running: %d entrypoint(s), %d router(s), %d service(s)",
@@ -458,12 +508,21 @@ class Gateway:
                 "yes" if entry.tls else "no",
             )
 
+    def _log_udp(self, group: UdpGroup) -> None:
+        for host, port in group.bound():
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("listening entrypoint=%s address=%s protocol=udp tls=no", group.name, shown)
+
     def _close_entrypoints(self) -> None:
+        """Stop accepting connections. UDP groups stay: their sessions relay until the
+        drain ends (``_close_listeners`` closes them)."""
         for group in self._groups.values():
             group.close()
 
     def _close_listeners(self) -> None:
         self._close_entrypoints()
+        for udp in self._udp.values():
+            udp.close()
         for listener in self._management_listeners:
             listener.socket.close()
 
@@ -522,15 +581,13 @@ class Gateway:
                 certificates = await self._tls.prepare(runtime.entrypoints)
             except StartError as error:
                 raise ReloadError(str(error)) from error
-            plan = added = serving = None
+            sockets = serving = None
             if ctx is not None:
-                plan = _plan_listeners(self._groups, runtime.entrypoints)
+                sockets = await self._new_sockets(runtime)
                 runtime = self._with_draining_entrypoints(runtime, ctx)
-                added = await self._bind(plan.to_bind)
                 serving = self._serving
                 if serving is None:  # a drain started while binding
-                    for group in added.values():
-                        group.close()
+                    sockets.close()
                     raise ReloadError("the gateway is stopping: reload refused")
         finally:
             self._state = previous
@@ -548,9 +605,9 @@ class Gateway:
                 apply_board(self._board, runtime)
             self._tls.install(certificates)
             ctx.runtime = runtime
-            assert plan is not None
-            assert added is not None
-            self._swap_listeners(runtime, plan, added)
+            assert sockets is not None
+            self._swap_listeners(runtime, sockets.plan, sockets.added)
+            self._swap_udp(sockets.udp_plan, sockets.udp_added)
             self._metrics.retire_generation(previous_runtime, runtime)
         self._apply_observability(config)
         self._reload_counts["ok"] += 1
@@ -558,6 +615,24 @@ class Gateway:
         self._last_reload = ReloadStatus(time=trio.current_time(), ok=True, problem_count=0)
         log.info("config reloaded: generation %d", self._generation)
         return self._generation
+
+    async def _new_sockets(self, runtime: RuntimeConfig) -> _NewSockets:
+        """Bind what a reload to ``runtime`` adds, TCP and UDP; all or nothing
+        (``ReloadError``)."""
+        plan = _plan_listeners(self._groups, runtime.entrypoints)
+        udp_plan = _plan_listeners(self._udp, runtime.udp_entrypoints)
+        added = await self._bind({name: runtime.entrypoints[name] for name in plan.to_bind})
+        try:
+            udp_added = await self._bind_udp(
+                {name: runtime.udp_entrypoints[name] for name in udp_plan.to_bind}
+            )
+        except BaseException as error:
+            for group in added.values():
+                group.close()
+            if isinstance(error, StartError):
+                raise ReloadError(str(error)) from error
+            raise
+        return _NewSockets(plan, added, udp_plan, udp_added)
 
     def _with_draining_entrypoints(
         self, runtime: RuntimeConfig, ctx: ServerContext
@@ -584,7 +659,10 @@ class Gateway:
         }
 
     def _swap_listeners(
-        self, runtime: RuntimeConfig, plan: _ListenerPlan, added: dict[str, ListenerGroup]
+        self,
+        runtime: RuntimeConfig,
+        plan: _ListenerPlan[ListenerGroup],
+        added: dict[str, ListenerGroup],
     ) -> None:
         """After the swap: start the new groups, restart renamed ones, retire removed ones."""
         serving = self._serving  # read again: a drain may have started since the bind
@@ -605,6 +683,38 @@ class Gateway:
             group.retire(deadline)
             log.info("stopped listening entrypoint=%s", group.name)
         self._groups = groups
+
+    async def _bind_udp(
+        self, entrypoints: Mapping[str, UdpEntrypointRuntime]
+    ) -> dict[str, UdpGroup]:
+        """New UDP groups for ``entrypoints``; all or nothing (``StartError``)."""
+        opened = await open_udp_sockets(entrypoints, reuse_port=self._reuse_port)
+        return {
+            name: UdpGroup(name, (entry.host, entry.port), opened[name])
+            for name, entry in entrypoints.items()
+        }
+
+    def _swap_udp(self, plan: _ListenerPlan[UdpGroup], added: dict[str, UdpGroup]) -> None:
+        """After the swap: start the new UDP groups, restart renamed ones, retire removed
+        ones (their sessions end within the grace)."""
+        serving = self._serving
+        groups = {**plan.kept, **added}
+        if serving is None:
+            for group in added.values():
+                group.close()
+            groups = plan.kept
+        else:
+            for name, group in groups.items():
+                if name in added or group.name != name:
+                    group.name = name
+                    serving.listen_udp(group)
+                if name in added:
+                    self._log_udp(group)
+        deadline = trio.current_time() + self._grace_secs()
+        for group in plan.removed:
+            group.retire(deadline)
+            log.info("stopped listening entrypoint=%s", group.name)
+        self._udp = groups
 
     def push_health(
         self,
@@ -779,7 +889,9 @@ class Gateway:
 
     def addresses(self) -> Mapping[str, tuple[tuple[str, int], ...]]:
         """Bound addresses per entrypoint (port 0 resolved); empty before ``serve`` binds."""
-        return {name: group.bound() for name, group in self._groups.items()}
+        bound = {name: group.bound() for name, group in self._groups.items()}
+        bound.update((name, group.bound()) for name, group in self._udp.items())
+        return bound
 
     async def __aenter__(self) -> Gateway:
         if self._state is GatewayState.CREATED:

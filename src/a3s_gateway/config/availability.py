@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from a3s_gateway.config.problems import Path, Problem, SourceMap, make_problem
-from a3s_gateway.config.schema_middlewares import TcpFilter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -101,58 +100,6 @@ def _acme(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
                 yield path, "acme = true" if field == "acme" else f'field "{field}"'
 
 
-def _entrypoint_protocol(
-    protocol: str,
-) -> Finder:
-    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-        for name, entry in config.entrypoints.items():
-            if entry.protocol == protocol:
-                yield ("entrypoints", name, "protocol"), f'protocol "{protocol}"'
-
-    return find
-
-
-def _entrypoint_field(field: str) -> Finder:
-    """An optional entrypoint field (``None`` when not set)."""
-
-    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-        for name, entry in config.entrypoints.items():
-            if getattr(entry, field) is not None:
-                yield ("entrypoints", name, field), f'field "{field}"'
-
-    return find
-
-
-def _router_section(section: str) -> Finder:
-    noun = section.replace("_", " ")
-
-    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-        routers: dict[str, object] = getattr(config, section)
-        for name in routers:
-            yield (section, name), f'{noun[:-1]} "{name}"'
-
-    return find
-
-
-def _tcp_filter(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, middleware in config.middlewares.items():
-        if isinstance(middleware, TcpFilter):
-            yield ("middlewares", name, "type"), 'middleware type "tcp-filter"'
-
-
-def _server_schemes(*schemes: str) -> Finder:
-    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-        for name, service in config.services.items():
-            balancer = service.load_balancer
-            servers = balancer.servers if balancer is not None else ()
-            for index, server in enumerate(servers):
-                if server.url.scheme in schemes:
-                    path: Path = ("services", name, "load_balancer", "servers", index, "url")
-                    yield path, f'a "{server.url.scheme}://" server'
-
-    return find
-
-
 def _service_field(*fields: str) -> Finder:
     """Service fields that are unset when falsy (``None``, ``()``, ``""``)."""
 
@@ -184,33 +131,10 @@ entrypoints "secure" {
 }
 """
 
-_TCP_ENTRYPOINT: Final = 'entrypoints "db" {\n  address = "127.0.0.1:5433"\n  protocol = "tcp"\n}\n'
 
 #: Every setting refused until its feature lands, in the order the docs list them.
 UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
     Unavailable("entrypoints.<name>.tls.acme, acme_*", "ACME certificates", _acme, _ACME_BLOCK),
-    Unavailable(
-        'entrypoints.<name>.protocol = "udp"',
-        "UDP proxying",
-        _entrypoint_protocol("udp"),
-        'entrypoints "dns" {\n  address = "127.0.0.1:5353"\n  protocol = "udp"\n}\n',
-    ),
-    Unavailable(
-        "udp_routers.<name>",
-        "UDP proxying",
-        _router_section("udp_routers"),
-        'entrypoints "dns" {\n  address = "127.0.0.1:5353"\n  protocol = "udp"\n}\n'
-        'services "dns" {\n  load_balancer {\n'
-        '    servers = [{ url = "udp://127.0.0.1:53" }]\n  }\n}\n'
-        'udp_routers "dns" {\n  service = "dns"\n  entrypoints = ["dns"]\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.load_balancer.servers: udp:// URLs",
-        "UDP proxying",
-        _server_schemes("udp"),
-        'services "dns" {\n  load_balancer {\n'
-        '    servers = [{ url = "udp://127.0.0.1:53" }]\n  }\n}\n',
-    ),
     Unavailable(
         "services.<name>.scaling",
         "autoscaling",

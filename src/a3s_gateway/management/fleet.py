@@ -294,12 +294,12 @@ def _decodes(snapshot: bytes) -> bool:
 def fleet_listeners(
     config: Config, runtime: RuntimeConfig, states: Sequence[StateReply]
 ) -> list[ListenerInfo]:
-    """``/entrypoints``: the running config's HTTP entrypoints with the addresses bound in any
+    """``/entrypoints``: the running config's entrypoints with the addresses bound in any
     worker (the union), their connections summed (None when no worker reported) and the
     certificates a TLS entrypoint serves (as the first worker that reports it serves them)."""
     infos = []
     for name, entry in config.entrypoints.items():
-        if name not in runtime.entrypoints:
+        if name not in runtime.entrypoints and name not in runtime.udp_entrypoints:
             continue
         bound = dict.fromkeys(
             _shown(host, port) for state in states for host, port in state.addresses.get(name, ())

@@ -503,7 +503,7 @@ class GatewayAdapter:
         return [
             _listener(name, entry, bound.get(name, ()), connections.get(name, 0), gateway)
             for name, entry in gateway.config().entrypoints.items()
-            if name in runtime.entrypoints
+            if name in runtime.entrypoints or name in runtime.udp_entrypoints
         ]
 
     async def metrics_text(self) -> bytes | None:

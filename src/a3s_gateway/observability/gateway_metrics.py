@@ -92,7 +92,7 @@ if TYPE_CHECKING:
     from a3s_gateway.observability.process import ProcessSample
     from a3s_gateway.observability.record import ExchangeRecord
     from a3s_gateway.observability.stream_stats import StreamStats
-    from a3s_gateway.runtime.compile import RuntimeConfig
+    from a3s_gateway.runtime.compile import EntrypointRuntime, RuntimeConfig
     from a3s_gateway.services.mirror_sampling import MirrorState
     from a3s_gateway.upstream.peer import Peer
     from a3s_gateway.upstream.pool_state import PeerStats
@@ -875,7 +875,7 @@ class GatewayMetrics:
             kept = keep.setdefault(id(family), set())
             for name in dict.fromkeys([*names, *counts]):  # in a stable order
                 value = counts.get(name, 0)
-                if value or name in names:
+                if value or _shown(names.get(name), extra):
                     labels = (name, *extra)
                     family.labels(*labels).set(value)
                     kept.add(labels)
@@ -986,6 +986,17 @@ class GatewayMetrics:
             self.process_max_fds.labels().set(process.max_fds)
         if process.start_time is not None:
             self.process_start.labels().set(process.start_time)
+
+
+def _shown(entry: EntrypointRuntime | None, extra: tuple[str, ...]) -> bool:
+    """Whether an entrypoint's row of a connection family is shown while its count is 0:
+    a tcp entrypoint's only under ``protocol="tcp"``, an http one's under every protocol
+    but ``tcp`` (unless TCP routers share it)."""
+    if entry is None:
+        return False
+    if entry.protocol == "tcp":
+        return extra in ((), ("tcp",))
+    return extra != ("tcp",) or entry.preamble
 
 
 def _middleware_counts(

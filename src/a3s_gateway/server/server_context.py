@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVarTuple
 
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.observability.stream_stats import StreamStats
+from a3s_gateway.server.relay_hub import RelayHub
 from a3s_gateway.upstream.http2_pool import Http2Pool
 from a3s_gateway.wsmux.hub import HubRegistry
 
@@ -147,6 +148,7 @@ class ServerContext:
         "pool",
         "rejected_connections",
         "rejection_reports",
+        "relay_hub",
         "rng",
         "runtime",
         "sse_streams",
@@ -210,6 +212,10 @@ class ServerContext:
         self.sse_streams: dict[str, int] = {}
         #: TCP connections and UDP sessions: counts for the metrics (SPEC §6, §9.1).
         self.streams = StreamStats()
+        #: The task that copies plain-socket TCP relays (``relay_hub.py``); ``app.py`` runs it
+        #: in the root nursery. A context nobody runs it for relays with two tasks per
+        #: connection instead.
+        self.relay_hub: Final = RelayHub()
         #: The multiplexers' broadcast hubs of this worker (SPEC §5.13).
         self.mux_hubs = HubRegistry()
         #: Connections closed at accept, by (entrypoint, reason) (SPEC §6.4 reasons

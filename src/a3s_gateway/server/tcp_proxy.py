@@ -175,7 +175,12 @@ async def _proxy(
     stats = RelayStats()
     try:
         await relay_tcp(
-            client, connected.stream, leftover=prefix, idle=entry.tcp_idle_timeout, stats=stats
+            client,
+            connected.stream,
+            leftover=prefix,
+            idle=entry.tcp_idle_timeout,
+            stats=stats,
+            hub=ctx.relay_hub,
         )
     finally:
         connected.lease.release()

@@ -28,6 +28,7 @@ from typing import Final
 
 import trio
 
+from a3s_gateway.server.relay_hub import HubRelay, RelayHub
 from a3s_gateway.streams import RawSocketStream
 
 __all__ = ["READ_SIZE", "RelayStats", "relay_tcp"]
@@ -209,6 +210,82 @@ async def _write_all(fd: int, data: bytes | bytearray) -> None:
             continue
 
 
+async def _in_tasks(
+    client: trio.abc.Stream,
+    upstream: trio.abc.Stream,
+    leftover: bytes,
+    idle: float,
+    stats: RelayStats,
+) -> None:
+    """The relay as two pump tasks (a TLS side, or no hub)."""
+    relay = _Relay(client, upstream, leftover, idle)
+    try:
+        await relay.run()
+        stats.ended = relay.outcome()
+    finally:
+        stats.bytes_in, stats.bytes_out = relay.up.count, relay.down.count
+
+
+class _Activity:
+    """When a hub relay's last read returned bytes (its idle watch reads it)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = trio.current_time()
+
+    def touch(self) -> None:
+        self.last = trio.current_time()
+
+
+async def _in_hub(
+    hub: RelayHub,
+    client: RawSocketStream,
+    upstream: RawSocketStream,
+    leftover: bytes,
+    idle: float,
+    stats: RelayStats,
+) -> None:
+    """The relay done by the worker's hub (``relay_hub.py``); this task only waits for its
+    end or its idle bound, and takes it out of the hub however it ends."""
+    activity = _Activity()
+    relay = HubRelay(client.socket, upstream.socket, leftover, activity.touch)
+    hub.add(relay)
+    try:
+        if idle <= 0:
+            await relay.done.wait()
+        while not relay.done.is_set():
+            due = activity.last + idle
+            if trio.current_time() >= due:
+                stats.ended = "idle"
+                return
+            with trio.move_on_at(due):
+                await relay.done.wait()
+        if relay.failed:
+            stats.ended = "client_reset" if relay.failed == "client" else "upstream_reset"
+    finally:
+        hub.remove(relay)
+        stats.bytes_in, stats.bytes_out = relay.up.count, relay.down.count
+
+
+async def _close_both(client: trio.abc.Stream, upstream: trio.abc.Stream) -> None:
+    """Close both streams at once, shielded: each gets ``CLEANUP_GRACE`` for a graceful close
+    (a TLS close_notify), then is closed forcefully, so a side whose close hangs never keeps
+    the other open."""
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_close, client)
+            nursery.start_soon(_close, upstream)
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    with trio.move_on_after(CLEANUP_GRACE) as graceful:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.aclose()
+    if graceful.cancelled_caught:
+        await trio.aclose_forcefully(stream)
+
+
 async def relay_tcp(
     client: trio.abc.Stream,
     upstream: trio.abc.Stream,
@@ -216,24 +293,27 @@ async def relay_tcp(
     leftover: bytes = b"",
     idle: float,
     stats: RelayStats | None = None,
+    hub: RelayHub | None = None,
 ) -> RelayStats:
     """Relay ``client`` ↔ ``upstream`` until both directions ended (module docstring);
     ``leftover``: client bytes already read (sent to the upstream first); ``idle`` in seconds
-    (0: no bound). Closes both streams; never raises for what a peer does. A cancellation
-    from outside propagates after the cleanup, with ``stats`` (if given) filled in."""
+    (0: no bound). Two plain sockets go to ``hub`` when it runs. Closes both streams; never
+    raises for what a peer does. A cancellation from outside propagates after the cleanup,
+    with ``stats`` (if given) filled in."""
     stats = RelayStats() if stats is None else stats
-    relay = _Relay(client, upstream, leftover, idle)
     try:
-        await relay.run()
-        stats.ended = relay.outcome()
+        if (
+            hub is not None
+            and hub.running
+            and isinstance(client, RawSocketStream)
+            and isinstance(upstream, RawSocketStream)
+        ):
+            await _in_hub(hub, client, upstream, leftover, idle, stats)
+        else:
+            await _in_tasks(client, upstream, leftover, idle, stats)
     except BaseException:
         stats.ended = "shutdown"
         raise
     finally:
-        stats.bytes_in, stats.bytes_out = relay.up.count, relay.down.count
-        with trio.move_on_after(CLEANUP_GRACE) as cleanup:
-            cleanup.shield = True
-            for stream in (client, upstream):
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.aclose()
+        await _close_both(client, upstream)
     return stats
