@@ -127,7 +127,7 @@ async def test_a_large_transfer_keeps_backpressure_and_arrives_whole(hub: RelayH
                 break
             chunks.append(data)
             if len(chunks) % 64 == 0:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
         received.append(b"".join(chunks))
         backend.shutdown_write()
 
@@ -137,9 +137,7 @@ async def test_a_large_transfer_keeps_backpressure_and_arrives_whole(hub: RelayH
 
     with trio.fail_after(BOUND * 3):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                lambda: relay_tcp(client_side, upstream_side, idle=0, hub=hub)
-            )
+            nursery.start_soon(lambda: relay_tcp(client_side, upstream_side, idle=0, hub=hub))
             nursery.start_soon(slow_backend)
             nursery.start_soon(send_then_close)
             assert await client.read_all() == b""
@@ -215,9 +213,7 @@ async def test_without_a_running_hub_the_tasks_relay() -> None:
     idle_hub = RelayHub()  # never run
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                lambda: relay_tcp(client_side, upstream_side, idle=0, hub=idle_hub)
-            )
+            nursery.start_soon(lambda: relay_tcp(client_side, upstream_side, idle=0, hub=idle_hub))
             await client.send(b"abc")
             assert await backend.read_exactly(3) == b"abc"
             client.shutdown_write()
