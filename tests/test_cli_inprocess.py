@@ -91,9 +91,10 @@ def test_validate_refuses_what_is_not_available_yet(
     monkeypatch.setenv("JWT_SECRET", "x" * 40)
     assert cli.main(["validate", "--offline", str(FIXTURES / "readme-example.hcl")]) == 1
     out = capsys.readouterr().err
-    assert 'entrypoints["tcp-db"].protocol: protocol "tcp" is not available yet' in out
-    assert "(TCP proxying)" in out
+    assert 'services["api-service"].scaling: field "scaling" is not available yet' in out
+    assert "(autoscaling)" in out
     assert 'entrypoints["websecure"].tls' not in out  # TLS termination has landed
+    assert 'entrypoints["tcp-db"].protocol' not in out  # and TCP proxying
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ import trio
 CURL = "/usr/bin/curl"
 #: The banner's last line when the management API is served (as it is by ``demo.hcl``): the
 #: command-line tests read the demo's stdout up to it.
-BANNER_END = "Access log: one JSON line per request, printed below.\n"
+BANNER_END = "Access log: one JSON line per request or TCP connection, printed below.\n"
 
 
 async def curl(*args: str, stdin: bytes = b"") -> str:

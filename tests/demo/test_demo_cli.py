@@ -51,7 +51,7 @@ MANAGEMENT_URL = re.compile(r"curl -s (http://127\.0\.0\.1:\d+/api/gateway)/heal
 def test_the_banner_lists_urls_and_commands() -> None:
     text = banner(
         "http://127.0.0.1:8080",
-        BackendPorts(9101, 9102, 9103, 9104),
+        BackendPorts(9101, 9102, 9103, 9104, 9105, 9106),
         listening=True,
         management="http://127.0.0.1:9901/api/gateway",
     )
@@ -77,10 +77,12 @@ def test_the_banner_lists_urls_and_commands() -> None:
     # The banner ends with the management lines (the CLI test reads up to the last one).
     assert text.endswith(BANNER_END + "\n")
     assert text.index("/mux\n") < text.index("/api/gateway/metrics")
-    without = banner("http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103, 9104), listening=True)
+    without = banner(
+        "http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103, 9104, 9105, 9106), listening=True
+    )
     assert "api/gateway" not in without
     assert "Management API" not in without
-    assert "opens no listeners" in banner("x", BackendPorts(1, 2, 3, 4), listening=False)
+    assert "opens no listeners" in banner("x", BackendPorts(1, 2, 3, 4, 5, 6), listening=False)
 
 
 async def check_management(printed: str) -> None:
@@ -111,6 +113,8 @@ async def test_run_demo_starts_backends_and_stops_after_shutdown() -> None:
     assert f"ws://127.0.0.1:{running.backends.stream}" not in text
     assert running.management is not None
     assert f"curl -s {running.management}/health" in text
+    assert running.tcp_port is not None
+    assert f"| nc -N 127.0.0.1 {running.tcp_port}\n" in text
 
 
 @pytest.mark.integration
@@ -175,6 +179,20 @@ async def test_an_admin_token_in_the_shell_does_not_lock_the_banner_commands(
             await running.gateway.shutdown()
 
 
+async def check_tcp_echo(printed: str) -> None:
+    """The TCP entrypoint the banner names echoes a half-closing client."""
+    found = re.search(r"\| nc -N 127\.0\.0\.1 (\d+)\n", printed)
+    assert found is not None, printed
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", int(found.group(1))) as stream:
+            await stream.send_all(b"hello\n")
+            await stream.send_eof()
+            received = b""
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    assert received == b"hello\n"
+
+
 @pytest.mark.integration
 async def test_demo_on_a_taken_port_exits_3() -> None:
     async with trio.open_nursery() as nursery:
@@ -214,6 +232,7 @@ async def test_the_demo_command_runs_until_sigint(tmp_path: Path) -> None:
         document = json.loads(await curl(f"http://127.0.0.1:{echo_b.group(1)}/direct"))
         assert document["service"] == "echo-b"
         await check_management(printed)
+        await check_tcp_echo(printed)
         grpc = re.search(r"grpc +h2c://127\.0\.0\.1:(\d+) ", printed)
         assert grpc is not None, printed  # grpcio is in the test group: the backend runs
         grpc_port = int(grpc.group(1))

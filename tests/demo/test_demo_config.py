@@ -17,12 +17,14 @@ from a3s_gateway.demo.certs import write_demo_certificates
 from a3s_gateway.demo.run import demo_config_text, demo_env, load_demo_config
 from a3s_gateway.errors import ConfigError
 from a3s_gateway.routing import HttpRequestInfo, Route, RouteTable, compile_rule
+from a3s_gateway.routing.request import TcpConnInfo
+from a3s_gateway.routing.tcp import TcpRoute, TcpRouteTable
 from tests.support.cli import cli_env, run_cli
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-PORTS = BackendPorts(echo_a=9101, echo_b=9102, stream=9103, grpc=9104)
+PORTS = BackendPorts(echo_a=9101, echo_b=9102, stream=9103, grpc=9104, tcp_echo=9105, tls_echo=9106)
 
 
 def demo_config(port: int = 8080, admin_port: int = 9901) -> Config:
@@ -119,7 +121,14 @@ def test_missing_backend_ports_are_reported_by_name() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config_text(demo_config_text(), filename="demo.hcl", env={})
     messages = " ".join(p.message for p in caught.value.problems)
-    for name in ("A3S_DEMO_ECHO_A", "A3S_DEMO_ECHO_B", "A3S_DEMO_STREAM", "A3S_DEMO_GRPC"):
+    for name in (
+        "A3S_DEMO_ECHO_A",
+        "A3S_DEMO_ECHO_B",
+        "A3S_DEMO_STREAM",
+        "A3S_DEMO_GRPC",
+        "A3S_DEMO_TCP_ECHO",
+        "A3S_DEMO_TLS_ECHO",
+    ):
         assert name in messages
 
 
@@ -137,6 +146,8 @@ def test_validate_accepts_the_packaged_file_with_the_ports_set(tmp_path: Path) -
             "A3S_DEMO_ECHO_B": "9102",
             "A3S_DEMO_STREAM": "9103",
             "A3S_DEMO_GRPC": "9104",
+            "A3S_DEMO_TCP_ECHO": "9105",
+            "A3S_DEMO_TLS_ECHO": "9106",
             "A3S_DEMO_CERT_DIR": str(tmp_path),
         }
     )
@@ -146,6 +157,7 @@ def test_validate_accepts_the_packaged_file_with_the_ports_set(tmp_path: Path) -
         assert "configuration is valid (0 warning(s))" in done.stdout
         assert "web  127.0.0.1:8080  http" in done.stdout
         assert "websecure  127.0.0.1:8443" in done.stdout
+        assert "tcp  127.0.0.1:9000  tcp" in done.stdout
         # Without the files only --offline passes (as demo.hcl's header says).
         env["A3S_DEMO_CERT_DIR"] = str(tmp_path / "nowhere")
         assert run_cli("validate", str(path), env=env).code == 1
@@ -160,7 +172,54 @@ def test_the_headers_command_names_every_variable_the_file_needs() -> None:
     """demo.hcl's header shows how to check it by hand; its variables are all it takes."""
     header = demo_config_text().split("\n\n", 1)[0]
     env = dict(re.findall(r"(A3S_DEMO_\w+)=(\S+)", header))
-    assert {"A3S_DEMO_GRPC", "A3S_DEMO_CERT_DIR"} <= set(env)
+    assert {"A3S_DEMO_GRPC", "A3S_DEMO_CERT_DIR", "A3S_DEMO_TLS_ECHO"} <= set(env)
     with as_file(files("a3s_gateway.demo").joinpath("demo.hcl")) as path:
         done = run_cli("validate", "--offline", str(path), env=cli_env(env))
     assert done.code == 0, done.stderr
+
+
+def tcp_route_table(config: Config) -> TcpRouteTable:
+    return TcpRouteTable(
+        TcpRoute(
+            name=name,
+            rule=compile_rule(router.rule, kind="tcp", syntax=router.rule_syntax),
+            service=router.service,
+            entrypoints=frozenset(router.entrypoints) or None,
+            priority=router.priority,
+            tls_passthrough=router.tls_passthrough,
+        )
+        for name, router in config.tcp_routers.items()
+    )
+
+
+def test_the_tcp_entrypoint_and_its_services() -> None:
+    """Issue #20 item 6: entrypoint tcp (no tls: TLS is relayed unopened) and two echoes."""
+    config = load_demo_config(demo_env(8080, 9901, PORTS, tcp_port=9123))
+    tcp = config.entrypoints["tcp"]
+    assert (tcp.protocol, tcp.address.text, tcp.tls) == ("tcp", "127.0.0.1:9123", None)
+    for service, port in (("tcp-echo", 9105), ("tls-echo", 9106)):
+        balancer = config.services[service].load_balancer
+        assert balancer is not None
+        # tcp:// for the TLS echo too: the gateway relays its TLS, it does not speak it.
+        assert [s.url.text for s in balancer.servers] == [f"tcp://127.0.0.1:{port}"]
+    assert {"A3S_DEMO_TCP_PORT", "A3S_DEMO_TCP_ECHO", "A3S_DEMO_TLS_ECHO"} <= set(config.public_env)
+    assert demo_config().entrypoints["tcp"].address.port == 9000  # the default
+
+
+@pytest.mark.parametrize(
+    ("sni", "router"),
+    [
+        ("echo.localhost", "tls-echo"),
+        ("ECHO.localhost.", "tls-echo"),  # SNI matching ignores case and one trailing dot
+        ("localhost", "tcp-echo"),
+        ("", "tcp-echo"),  # not TLS, or TLS without SNI
+    ],
+)
+def test_tcp_connections_go_where_the_banner_says(sni: str, router: str) -> None:
+    table = tcp_route_table(demo_config())
+    found = table.select(TcpConnInfo(sni, (), "127.0.0.1"), "tcp")
+    assert found is not None
+    assert (found.name, found.service) == (router, router)
+    assert table.routes_for("web") == ()
+    assert table.routes_for("websecure") == ()  # HTTPS stays with the HTTP routers
+    assert [r.name for r in table.routes_for("tcp")] == ["tls-echo", "tcp-echo"]  # catch-all last

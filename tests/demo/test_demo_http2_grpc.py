@@ -40,7 +40,7 @@ pytestmark = pytest.mark.integration
 URL: Final = "http://127.0.0.1:8080"
 TLS: Final = "https://localhost:8443"
 CA: Final = Path("/tmp/a3s-gateway-demo-x/ca.pem")
-PORTS: Final = BackendPorts(9101, 9102, 9103, 9104)
+PORTS: Final = BackendPorts(9101, 9102, 9103, 9104, 9105, 9106)
 #: The banner's command lines (after their two-space indent).
 H2C_LINE: Final = re.compile(r"^  (curl -i --http2-prior-knowledge \S+/api/hello)$", re.MULTILINE)
 H2_LINE: Final = re.compile(
@@ -131,7 +131,7 @@ def test_the_banner_shows_the_http2_and_grpc_examples() -> None:
 
 
 def test_without_grpcio_the_banner_says_how_to_get_the_grpc_example() -> None:
-    missing = BackendPorts(9101, 9102, 9103, 9104, grpc_missing=NO_GRPCIO)
+    missing = BackendPorts(9101, 9102, 9103, 9104, 9105, 9106, grpc_missing=NO_GRPCIO)
     text = banner(URL, missing, listening=True)
     assert "  grpc      not running (see gRPC below)\n" in text
     assert "  pip install 'a3s-gateway[demo]'" in text
@@ -139,7 +139,7 @@ def test_without_grpcio_the_banner_says_how_to_get_the_grpc_example() -> None:
     assert "grpc_client" not in text
     assert "h2c://127.0.0.1:9104" not in text  # the held port is no backend to show
     assert "--http2-prior-knowledge" in text  # HTTP/2 needs no grpcio
-    failed = BackendPorts(1, 2, 3, 4, grpc_missing="the gRPC backend exited with code 3")
+    failed = BackendPorts(1, 2, 3, 4, 5, 6, grpc_missing="the gRPC backend exited with code 3")
     text = banner(URL, failed, listening=True)
     assert "gRPC: not available: the gRPC backend exited with code 3" in text
     assert "pip install 'a3s-gateway" not in text  # grpcio is there: reinstalling would not help

@@ -48,7 +48,7 @@ def test_the_certificates_are_valid_for_localhost(tmp_path: Path) -> None:
 
 
 def test_the_banner_shows_the_https_example() -> None:
-    ports = BackendPorts(9101, 9102, 9103, 9104)
+    ports = BackendPorts(9101, 9102, 9103, 9104, 9105, 9106)
     text = banner(
         "http://127.0.0.1:8080",
         ports,

@@ -274,7 +274,9 @@ def test_the_readmes_websocket_examples_are_the_banners() -> None:
     """The README's demo paragraph shows the banner's commands (for the default port 8080) and
     a session that the mux test above plays through the running demo."""
     text = README.read_text(encoding="utf-8")
-    shown = banner("http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103, 9104), listening=True)
+    shown = banner(
+        "http://127.0.0.1:8080", BackendPorts(9101, 9102, 9103, 9104, 9105, 9106), listening=True
+    )
     commands = re.findall(r"`(websocat ws://\S+)`", text)
     assert commands == ["websocat ws://127.0.0.1:8080/ws", "websocat ws://127.0.0.1:8080/mux"]
     for command in commands:

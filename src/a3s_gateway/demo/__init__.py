@@ -7,9 +7,13 @@ grpcio is installed (the ``demo`` extra).
   service (Ring 1);
 - ``demo.grpc_backend``, ``demo.grpc_client``: the gRPC service ``demo.Echo`` and its client on
   grpcio, separate programs (grpcio is imported by them alone, inside their functions);
-- ``demo.backends``: starts ``echo-a``, ``echo-b`` and ``stream`` on free loopback ports, and
-  ``demo.grpc_backend`` as a child process (or holds a closed port in its place);
-- ``demo.certs``: the throwaway CA and ``localhost`` certificate of the HTTPS entrypoint (Ring 1);
+- ``demo.tcp_echo``: the TCP echo and the TLS echo (its own ``echo.localhost`` certificate)
+  behind entrypoint ``tcp`` (Ring 1);
+- ``demo.backends``: starts ``echo-a``, ``echo-b``, ``stream``, ``tcp-echo`` and ``tls-echo``
+  on free loopback ports, and ``demo.grpc_backend`` as a child process (or holds a closed port
+  in its place);
+- ``demo.certs``: the throwaway CA, the ``localhost`` certificate of the HTTPS entrypoint and
+  the TLS echo's ``echo.localhost`` one (Ring 1);
 - ``demo.run``: ``run_demo`` / ``Demo``, which load ``demo.hcl`` with those ports and run
   ``Gateway`` (Ring 2, like ``app.py``; no signal handlers, no logging setup).
 

@@ -1,12 +1,14 @@
-"""The demo's backends (SPEC §2.1 ``demo``): two HTTP echo services, a streaming service and,
-with grpcio, the gRPC service ``demo.Echo``.
+"""The demo's backends (SPEC §2.1 ``demo``): two HTTP echo services, a streaming service, a TCP
+echo and a TLS echo (``demo.tcp_echo``) and, with grpcio, the gRPC service ``demo.Echo``.
 
-Ring 1: starts three ``exchange.serve_backend`` listeners on 127.0.0.1 with ephemeral ports, and
-the gRPC backend as a child process (``python -P -m a3s_gateway.demo.grpc_backend --port 0``,
-which binds its own free port and prints ``listening on 127.0.0.1:<port>``). Without grpcio (or
-when that child does not start) a loopback port is held bound but not listening instead, so the
-demo's ``grpc`` service still points somewhere honest: its connections are refused (gRPC clients
-get ``UNAVAILABLE``) and no other program can listen there while the demo runs.
+Ring 1: starts three ``exchange.serve_backend`` listeners and the two TCP echoes on 127.0.0.1
+with ephemeral ports, and the gRPC backend as a child process (``python -P -m
+a3s_gateway.demo.grpc_backend --port 0``, which binds its own free port and prints ``listening
+on 127.0.0.1:<port>``). Without grpcio (or when that child does not start) a loopback port is
+held bound but not listening instead, so the demo's ``grpc`` service still points somewhere
+honest: its connections are refused (gRPC clients get ``UNAVAILABLE``) and no other program can
+listen there while the demo runs. The same goes for the TLS echo when it is given no server
+context (the demo always gives it one, made from ``demo.certs``' ``echo.localhost`` pair).
 
 Nurseries: none of its own; ``start_backends`` starts every listener, the child's task and the
 held port in the nursery it is given, which owns them until it is cancelled. Deadlines: the
@@ -14,7 +16,8 @@ child's ready line within ``GRPC_STARTUP_WAIT``; on cancellation it gets SIGTERM
 ``GRPC_STOP_WAIT`` to exit (it stops with a 1 s grace), then SIGKILL; it is always waited for.
 
 Must not: bind anything but loopback, or use the gateway's own server code (the backends are
-independent peers on h11 and grpcio), or import grpcio (only the child does).
+independent peers on h11, trio's sockets and TLS, and grpcio), or import grpcio (only the child
+does).
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from a3s_gateway.demo.echo import handle_echo
 from a3s_gateway.demo.exchange import HOST, serve_backend
 from a3s_gateway.demo.streaming_backend import handle_stream
+from a3s_gateway.demo.tcp_echo import serve_tcp_echo, serve_tls_echo
+
+if TYPE_CHECKING:
+    import ssl
 
 log: Final = logging.getLogger("a3s_gateway.demo")
 
@@ -61,6 +68,11 @@ class BackendPorts:
     #: The port of ``demo.hcl``'s service ``grpc``: the gRPC backend's, or, when that does not
     #: run (``grpc_missing``), a port held closed (bound, not listening).
     grpc: int
+    #: The plain TCP echo (``demo.hcl``'s service ``tcp-echo``).
+    tcp_echo: int
+    #: The TLS echo with its own ``echo.localhost`` certificate (service ``tls-echo``), or a
+    #: port held closed when ``start_backends`` had no server context for it.
+    tls_echo: int
     #: Why the gRPC backend is not running; None while it runs.
     grpc_missing: str | None = None
 
@@ -70,14 +82,22 @@ def grpc_importable() -> bool:
     return importlib.util.find_spec("grpc") is not None
 
 
-async def start_backends(nursery: trio.Nursery, *, grpc: bool = False) -> BackendPorts:
-    """Start ``echo-a``, ``echo-b`` and ``stream`` in ``nursery`` (which owns them until it is
-    cancelled) and, with ``grpc``, the gRPC backend; return their ports once all listen.
-    Without ``grpc`` (as without grpcio), or when the gRPC backend fails to start (logged), the
-    ``grpc`` port is one held closed."""
+async def start_backends(
+    nursery: trio.Nursery, *, grpc: bool = False, tls_echo: ssl.SSLContext | None = None
+) -> BackendPorts:
+    """Start ``echo-a``, ``echo-b``, ``stream``, ``tcp-echo`` and, with its server context
+    ``tls_echo``, ``tls-echo`` in ``nursery`` (which owns them until it is cancelled) and, with
+    ``grpc``, the gRPC backend; return their ports once all listen. Without ``grpc`` (as
+    without grpcio), or when the gRPC backend fails to start (logged), the ``grpc`` port is one
+    held closed; so is the ``tls_echo`` port without ``tls_echo``."""
     echo_a: int = await nursery.start(serve_backend, "echo-a", handle_echo)
     echo_b: int = await nursery.start(serve_backend, "echo-b", handle_echo)
     stream: int = await nursery.start(serve_backend, "stream", handle_stream)
+    tcp: int = await nursery.start(serve_tcp_echo)
+    if tls_echo is None:
+        tls: int = await nursery.start(hold_closed_port)
+    else:
+        tls = await nursery.start(serve_tls_echo, tls_echo)
     missing = NO_GRPCIO
     if grpc:
         try:
@@ -86,9 +106,9 @@ async def start_backends(nursery: trio.Nursery, *, grpc: bool = False) -> Backen
             log.warning("no gRPC example: %s", error)
             missing = str(error)
         else:
-            return BackendPorts(echo_a, echo_b, stream, grpc_port)
+            return BackendPorts(echo_a, echo_b, stream, grpc_port, tcp, tls)
     closed: int = await nursery.start(hold_closed_port)
-    return BackendPorts(echo_a, echo_b, stream, closed, grpc_missing=missing)
+    return BackendPorts(echo_a, echo_b, stream, closed, tcp, tls, grpc_missing=missing)
 
 
 async def hold_closed_port(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

@@ -6,16 +6,19 @@
 # (--offline: without the demo's certificate files):
 #
 #   A3S_DEMO_ECHO_A=9001 A3S_DEMO_ECHO_B=9002 A3S_DEMO_STREAM=9003 A3S_DEMO_GRPC=9004 \
+#     A3S_DEMO_TCP_ECHO=9005 A3S_DEMO_TLS_ECHO=9006 \
 #     A3S_DEMO_CERT_DIR=/tmp a3s-gateway validate --offline src/a3s_gateway/demo/demo.hcl
 #
-# Both entrypoints speak HTTP/2 as well as HTTP/1.1: web by prior knowledge (h2c, on by default
-# on plaintext entrypoints), websecure by ALPN h2.
+# Both HTTP entrypoints speak HTTP/2 as well as HTTP/1.1: web by prior knowledge (h2c, on by
+# default on plaintext entrypoints), websecure by ALPN h2. The third, tcp, carries TCP
+# connections to two echo backends (tcp_routers at the end).
 
 # The demo's ports are no secret: shown as they are in /config and the validate summary
 # (every other interpolated value would be shown as "<redacted>").
 public_env = [
   "A3S_DEMO_PORT", "A3S_DEMO_ADMIN_PORT", "A3S_DEMO_ECHO_A", "A3S_DEMO_ECHO_B", "A3S_DEMO_STREAM",
-  "A3S_DEMO_GRPC", "A3S_DEMO_TLS_PORT", "A3S_DEMO_CERT_DIR",
+  "A3S_DEMO_GRPC", "A3S_DEMO_TLS_PORT", "A3S_DEMO_CERT_DIR", "A3S_DEMO_TCP_PORT",
+  "A3S_DEMO_TCP_ECHO", "A3S_DEMO_TLS_ECHO",
 ]
 
 entrypoints "web" {
@@ -32,7 +35,15 @@ entrypoints "websecure" {
   }
 }
 
-# Routers without an entrypoints list serve on both entrypoints.
+# A TCP entrypoint: its connections go to the tcp_routers below, never to the HTTP routers.
+# It has no tls block, so the gateway decrypts nothing here: TLS clients are relayed as they are,
+# routed by the server name (SNI) of their ClientHello.
+entrypoints "tcp" {
+  address  = "127.0.0.1:${A3S_DEMO_TCP_PORT:-9000}"
+  protocol = "tcp"
+}
+
+# HTTP routers without an entrypoints list serve on both HTTP entrypoints (web, websecure).
 
 # /api/... goes to the two echo backends in turn.
 routers "api" {
@@ -125,6 +136,41 @@ services "mux" {
 services "grpc" {
   load_balancer {
     servers = [{ url = "h2c://127.0.0.1:${A3S_DEMO_GRPC}" }]
+  }
+}
+
+# TCP: every connection on entrypoint tcp goes to the TCP echo, byte for byte, half-close
+# included (send, shut down writing, read all of it back, then the end):
+#   printf 'hello\n' | nc -N 127.0.0.1 9000
+# HostSNI(`*`) also takes connections that are not TLS at all; its default priority (-1) puts
+# it below every other tcp router.
+tcp_routers "tcp-echo" {
+  rule        = "HostSNI(`*`)"
+  service     = "tcp-echo"
+  entrypoints = ["tcp"]
+}
+
+# TLS passthrough: a TLS client naming echo.localhost goes to the TLS echo, which holds its own
+# certificate for echo.localhost (signed by the demo's CA): the gateway relays the encrypted
+# bytes unopened (an entrypoint without tls needs no tls_passthrough flag; on one with tls it
+# would take tls_passthrough = true) and the backend terminates TLS.
+#   openssl s_client -connect 127.0.0.1:9000 -servername echo.localhost -CAfile <dir>/ca.pem -brief
+tcp_routers "tls-echo" {
+  rule        = "HostSNI(`echo.localhost`)"
+  service     = "tls-echo"
+  entrypoints = ["tcp"]
+}
+
+services "tcp-echo" {
+  load_balancer {
+    servers = [{ url = "tcp://127.0.0.1:${A3S_DEMO_TCP_ECHO}" }]
+  }
+}
+
+# tcp://, not tls://: the gateway connects in plain TCP and relays the client's TLS through it.
+services "tls-echo" {
+  load_balancer {
+    servers = [{ url = "tcp://127.0.0.1:${A3S_DEMO_TLS_ECHO}" }]
   }
 }
 

@@ -22,6 +22,13 @@ however it ends; entrypoint ``websecure`` serves the same routes with them on po
 ``--port 0``: a free port, read back from the gateway), and the banner prints the CA file with a
 ``curl --cacert`` example.
 
+TCP (issue #20 item 6): entrypoint ``tcp`` (port 9000; with ``--port 0`` a free one, read back
+from the gateway) relays connections by ``tcp_routers``: a TLS client naming ``echo.localhost``
+(SNI) to the TLS echo backend, which terminates TLS with its own certificate (passthrough: the
+gateway decrypts nothing), and everything else to the plain TCP echo (``demo.tcp_echo``). The
+banner prints ``nc`` and ``python`` commands for the echo and an ``openssl s_client`` one for the
+passthrough, with the demo's CA file.
+
 WebSocket and SSE: ``demo.hcl`` routes ``/ws`` to the streaming backend's WebSocket echo and
 ``/events`` to its event stream, and serves the multiplexer (``websocket_mux``, SPEC §5.13) at
 ``/mux`` with a service channel ``echo`` (a WebSocket to that echo per subscriber) and a
@@ -35,8 +42,8 @@ does not report the management listener's bound address.
 
 Must not: install signal handlers or logging (the CLI does), or advertise what the gateway does
 not serve: every URL the banner offers to try is the gateway's (HTTP, HTTPS, HTTP/2, gRPC, the
-WebSocket echo, SSE and the multiplexer); the backends' own ports are listed only as where they
-run.
+WebSocket echo, SSE, the multiplexer, and the TCP and TLS echoes); the backends' own ports are
+listed only as where they run.
 """
 
 from __future__ import annotations
@@ -58,10 +65,13 @@ import trio
 from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import load_config_text
 from a3s_gateway.demo.backends import NO_GRPCIO, BackendPorts, grpc_importable, start_backends
-from a3s_gateway.demo.certs import DemoCertificates, write_demo_certificates
+from a3s_gateway.demo.certs import ECHO_SERVER_NAME, DemoCertificates, write_demo_certificates
 from a3s_gateway.demo.exchange import HOST
+from a3s_gateway.demo.tcp_echo import tls_echo_context
 
 if TYPE_CHECKING:
+    import ssl
+
     from a3s_gateway.config.schema import Config
 
 log: Final = logging.getLogger("a3s_gateway.demo")
@@ -69,8 +79,11 @@ log: Final = logging.getLogger("a3s_gateway.demo")
 DEFAULT_PORT: Final = 8080
 DEFAULT_ADMIN_PORT: Final = 9901
 DEFAULT_TLS_PORT: Final = 8443
+DEFAULT_TCP_PORT: Final = 9000
 #: The HTTPS entrypoint of ``demo.hcl``.
 TLS_ENTRYPOINT: Final = "websecure"
+#: The TCP entrypoint of ``demo.hcl``.
+TCP_ENTRYPOINT: Final = "tcp"
 CONFIG_NAME: Final = "demo.hcl"
 #: How ``load_config_text`` names the file in problems.
 CONFIG_FILENAME: Final = "a3s_gateway/demo/demo.hcl"
@@ -88,6 +101,7 @@ def demo_env(
     *,
     tls_port: int = DEFAULT_TLS_PORT,
     cert_dir: str = ".",
+    tcp_port: int = DEFAULT_TCP_PORT,
 ) -> dict[str, str]:
     """The variables ``demo.hcl`` interpolates (``cert_dir`` holds the demo's certificate)."""
     return {
@@ -99,6 +113,9 @@ def demo_env(
         "A3S_DEMO_GRPC": str(backends.grpc),
         "A3S_DEMO_TLS_PORT": str(tls_port),
         "A3S_DEMO_CERT_DIR": cert_dir,
+        "A3S_DEMO_TCP_PORT": str(tcp_port),
+        "A3S_DEMO_TCP_ECHO": str(backends.tcp_echo),
+        "A3S_DEMO_TLS_ECHO": str(backends.tls_echo),
     }
 
 
@@ -151,6 +168,8 @@ class RunningDemo:
     tls_url: str | None = None
     #: The CA file that HTTPS clients trust (removed when the demo stops).
     ca_file: Path | None = None
+    #: The port of entrypoint ``tcp`` (on 127.0.0.1) as bound; None when not listening.
+    tcp_port: int | None = None
 
 
 def gateway_url(gateway: Gateway, configured_port: int) -> tuple[str, bool]:
@@ -170,6 +189,21 @@ def tls_url(gateway: Gateway) -> str | None:
     return f"https://localhost:{bound[0][1]}" if bound else None
 
 
+def tcp_port(gateway: Gateway) -> int | None:
+    """The port of entrypoint ``tcp`` as bound, or None when it is not listening."""
+    bound = gateway.addresses().get(TCP_ENTRYPOINT, ())
+    return bound[0][1] if bound else None
+
+
+def make_tls_material(
+    directory: Path, now: datetime.datetime
+) -> tuple[DemoCertificates, ssl.SSLContext]:
+    """The demo's certificates in ``directory`` and the TLS echo backend's server context (file
+    I/O: ``serve`` runs it in a worker thread)."""
+    made = write_demo_certificates(directory, now)
+    return made, tls_echo_context(made.echo_cert_file, made.echo_key_file)
+
+
 class Demo:
     """One demo run. ``await nursery.start(demo.serve)`` brings it up; ``await
     demo.shutdown()`` drains the gateway, after which the backends stop and ``serve`` returns.
@@ -181,6 +215,7 @@ class Demo:
         *,
         admin_port: int | None = None,
         tls_port: int | None = None,
+        tcp_port: int | None = None,
         out: TextIO | None = None,
         grpc: bool | None = None,
     ) -> None:
@@ -188,11 +223,13 @@ class Demo:
         # None: the gRPC backend runs when grpcio can be imported (False: as if it could not).
         self.grpc = grpc_importable() if grpc is None else grpc
         # "--port 0" asks for free ports; the management listener follows suit (0: a free port,
-        # chosen in ``serve``), and so does the HTTPS one (0: bound by the gateway, read back).
+        # chosen in ``serve``), and so do the HTTPS and TCP ones (0: bound by the gateway, read
+        # back).
         if admin_port is None:
             admin_port = 0 if port == 0 else DEFAULT_ADMIN_PORT
         self.admin_port = admin_port
         self.tls_port = (0 if port == 0 else DEFAULT_TLS_PORT) if tls_port is None else tls_port
+        self.tcp_port = (0 if port == 0 else DEFAULT_TCP_PORT) if tcp_port is None else tcp_port
         self._out = out
         self._gateway: Gateway | None = None
         self._env: dict[str, str] = {}
@@ -208,9 +245,9 @@ class Demo:
             tempfile.TemporaryDirectory(prefix="a3s-gateway-demo-") as scratch,
         ):
             now = datetime.datetime.now(datetime.UTC)
-            made = await trio.to_thread.run_sync(write_demo_certificates, Path(scratch), now)
+            made, tls_echo = await trio.to_thread.run_sync(make_tls_material, Path(scratch), now)
             async with trio.open_nursery() as nursery:
-                backends = await start_backends(nursery, grpc=self.grpc)
+                backends = await start_backends(nursery, grpc=self.grpc, tls_echo=tls_echo)
                 if self.admin_port == 0:
                     self.admin_port = free_loopback_port()
                 self._env = demo_env(
@@ -219,6 +256,7 @@ class Demo:
                     backends,
                     tls_port=self.tls_port,
                     cert_dir=scratch,
+                    tcp_port=self.tcp_port,
                 )
                 config = load_demo_config(self._env)
                 gateway = Gateway(config)
@@ -234,6 +272,7 @@ class Demo:
         admin = management_url(config, self.admin_port)
         secure = tls_url(gateway)
         ca_file = made.ca_file if secure is not None else None
+        tcp = tcp_port(gateway)
         out = self._out if self._out is not None else sys.stdout
         text = banner(
             url,
@@ -243,10 +282,12 @@ class Demo:
             tls=secure,
             ca_file=ca_file,
             python=python_command(),
+            tcp_port=tcp,
+            tcp_ca_file=made.ca_file,
         )
         out.write(text)
         out.flush()
-        return RunningDemo(gateway, backends, url, listening, admin, secure, ca_file)
+        return RunningDemo(gateway, backends, url, listening, admin, secure, ca_file, tcp)
 
     @staticmethod
     async def _serve_gateway(
@@ -280,16 +321,19 @@ async def run_demo(
     *,
     admin_port: int | None = None,
     tls_port: int | None = None,
+    tcp_port: int | None = None,
     out: TextIO | None = None,
     grpc: bool | None = None,
     task_status: trio.TaskStatus[RunningDemo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Start the demo backends and the gateway on ``port`` (0 = a free port, and free ports for
-    the management API and HTTPS too unless given), print the URLs
+    the management API, HTTPS and TCP too unless given), print the URLs
     and ``curl`` commands to ``out`` (default stdout), report a ``RunningDemo`` through
     ``task_status`` and run until cancelled or until ``RunningDemo.gateway.shutdown()``.
     ``grpc``: run the gRPC backend (default: when grpcio can be imported)."""
-    demo = Demo(port, admin_port=admin_port, tls_port=tls_port, out=out, grpc=grpc)
+    demo = Demo(
+        port, admin_port=admin_port, tls_port=tls_port, tcp_port=tcp_port, out=out, grpc=grpc
+    )
     await demo.serve(task_status=task_status)
 
 
@@ -302,25 +346,29 @@ def banner(
     tls: str | None = None,
     ca_file: Path | None = None,
     python: str = "python",
+    tcp_port: int | None = None,
+    tcp_ca_file: Path | None = None,
 ) -> str:
     """What the demo prints once it is up: where everything is and what to paste.
     ``management`` is the management API's base URL (None: not served); ``tls`` the HTTPS base
     URL and ``ca_file`` the CA its clients trust (None: no HTTPS); ``python`` the interpreter in
-    the gRPC client's commands."""
+    the gRPC client's and the TCP echo's commands; ``tcp_port`` the port of entrypoint ``tcp``
+    (None: not listening) and ``tcp_ca_file`` the CA that TLS echo clients trust (None: no
+    passthrough example)."""
     lines = [
         "",
         "a3s-gateway demo is running. Press Ctrl-C to stop.",
         "",
         f"  gateway   {url}   (entrypoint web)",
         *([f"  gateway   {tls}   (entrypoint websecure, HTTPS)"] if tls else []),
-        f"  echo-a    http://{HOST}:{backends.echo_a}   (HTTP echo)",
-        f"  echo-b    http://{HOST}:{backends.echo_b}   (HTTP echo)",
-        f"  stream    http://{HOST}:{backends.stream}   (SSE at /events, WebSocket echo at /ws)",
-        _grpc_backend_line(backends),
+        *([f"  gateway   tcp://{HOST}:{tcp_port}   (entrypoint tcp, TCP)"] if tcp_port else []),
+        *_backend_lines(backends),
         "",
         "Routes: /api/... and everything else -> api (round-robin over echo-a and echo-b),",
         "        /events -> stream, /ws -> ws (stream's WebSocket echo), /mux -> mux (the",
         "        WebSocket multiplexer, served by the gateway), /demo.Echo/... -> grpc.",
+        f"TCP routes (entrypoint tcp): TLS with SNI {ECHO_SERVER_NAME} -> tls-echo (passthrough),",
+        "        everything else -> tcp-echo.",
         "",
         "Try:",
         f"  curl -i {url}/api/hello                # twice: echo-a, then echo-b",
@@ -335,6 +383,7 @@ def banner(
         *_http2_lines(url, tls, ca_file),
         *_grpc_lines(url, backends, python),
         *_websocket_lines(url),
+        *_tcp_lines(tcp_port, tcp_ca_file, python),
         *_management_lines(management),
     ]
     if not listening:
@@ -344,6 +393,18 @@ def banner(
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _backend_lines(backends: BackendPorts) -> list[str]:
+    """Where the backends run (listed only: every command goes through the gateway)."""
+    return [
+        f"  echo-a    http://{HOST}:{backends.echo_a}   (HTTP echo)",
+        f"  echo-b    http://{HOST}:{backends.echo_b}   (HTTP echo)",
+        f"  stream    http://{HOST}:{backends.stream}   (SSE at /events, WebSocket echo at /ws)",
+        _grpc_backend_line(backends),
+        f"  tcp-echo  tcp://{HOST}:{backends.tcp_echo}   (TCP echo)",
+        f"  tls-echo  tls://{HOST}:{backends.tls_echo}   (TLS echo for {ECHO_SERVER_NAME})",
+    ]
 
 
 def _grpc_backend_line(backends: BackendPorts) -> str:
@@ -430,6 +491,38 @@ def _websocket_lines(url: str) -> list[str]:
     ]
 
 
+def _tcp_lines(port: int | None, ca_file: Path | None, python: str) -> list[str]:
+    """The TCP echo through entrypoint ``tcp`` (send, shut down writing, read all of it back),
+    and the TLS echo behind it by SNI (passthrough: the certificate is the backend's)."""
+    if port is None:
+        return []
+    client = (
+        f"import socket; s = socket.create_connection(('{HOST}', {port})); "
+        "s.sendall(b'hello\\n'); s.shutdown(socket.SHUT_WR); "
+        "print(s.makefile('rb').read().decode(), end='')"
+    )
+    passthrough = (
+        []
+        if ca_file is None
+        else [
+            f"TLS passthrough on the same port: SNI {ECHO_SERVER_NAME} goes to the TLS echo, which",
+            "terminates TLS with its own certificate (the gateway relays the bytes unopened):",
+            f"-brief prints it (Peer certificate: ... CN = {ECHO_SERVER_NAME}, Verification: OK);",
+            "then type a line, it comes back; Ctrl-D ends the session:",
+            f"  openssl s_client -connect {HOST}:{port} -servername {ECHO_SERVER_NAME} "
+            f"-CAfile {ca_file} -brief",
+            "",
+        ]
+    )
+    return [
+        "TCP echo through the gateway (what you send comes back, then the connection ends):",
+        f"  printf 'hello\\n' | nc -N {HOST} {port}",
+        f'  {python} -c "{client}"',
+        "",
+        *passthrough,
+    ]
+
+
 def _management_lines(management: str | None) -> list[str]:
     if management is None:
         return []
@@ -437,6 +530,6 @@ def _management_lines(management: str | None) -> list[str]:
         "Management API (loopback only, no token):",
         f"  curl -s {management}/health",
         f"  curl -s {management}/metrics | grep ^a3s_http_requests_total",
-        "Access log: one JSON line per request, printed below.",
+        "Access log: one JSON line per request or TCP connection, printed below.",
         "",
     ]
