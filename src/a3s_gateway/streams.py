@@ -154,7 +154,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
 
     def __init__(self, inner: trio.abc.HalfCloseableStream, prefix: bytes) -> None:
         self.inner = inner
-        self._prefix = prefix
+        #: What is left of the prefix (a view: a partial read copies only what it returns).
+        self._prefix = memoryview(prefix)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.inner.send_all(data)
@@ -171,7 +172,7 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         if size < 1:
             raise ValueError("max_bytes must be >= 1")
         self._prefix = prefix[size:]
-        return prefix[:size]
+        return bytes(prefix[:size])
 
     async def send_eof(self) -> None:
         await self.inner.send_eof()
