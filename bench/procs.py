@@ -38,9 +38,11 @@ class ChildError(Exception):
     """A child exited early or never became ready; the message ends with its log tail."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+def free_port(*, udp: bool = False) -> int:
+    """A TCP port (a UDP port with ``udp``) on 127.0.0.1 that was free a moment ago (the
+    kernel's choice)."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
         return port

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from bench.harness import environment, h2load, peerlink, plan, report, streamload
+from bench.harness import environment, h2load, nginx, peerlink, plan, report, streamload
 from bench.harness.environment import load_average
 from bench.harness.runner import ProfileRun, Runner, Settings, say
 from bench.procs import ChildError
@@ -153,9 +153,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _tools_present(profiles: list[plan.Profile]) -> bool:
-    """Whether wrk, h2load and NGINX (and gcc for the streaming profiles) are installed; says
-    how to install them when not."""
-    missing = environment.missing_tools(streaming=any(p.streaming for p in profiles))
+    """Whether wrk, h2load and NGINX (and gcc for the streaming and echo profiles, NGINX's
+    stream module for the echo ones) are installed; says how to install them when not."""
+    missing = environment.missing_tools(
+        streaming=any(p.uses_streamload for p in profiles),
+        stream_module=any(p.layer4 for p in profiles),
+    )
     if missing:
         say(
             f"missing load tools: {', '.join(missing)}; install them with "
@@ -203,23 +206,42 @@ def _meta(
         }
     if runner.grpc_port:
         meta["grpc_backend_port"] = runner.grpc_port
-    if any(profile.streaming for profile in runner.profiles):
-        meta["streamload"] = {
-            "connections": settings.connections,
+    if any(profile.uses_streamload for profile in runner.profiles):
+        meta["streamload"] = _streamload_meta(settings, runner)
+    return meta
+
+
+def _streamload_meta(settings: Settings, runner: Runner) -> dict[str, object]:
+    """The ``streamload`` record of a run with streaming or echo profiles: the load shape of
+    the kinds it has (WebSocket and SSE; TCP and UDP echo) and how latency is taken."""
+    protocols = {profile.protocol for profile in runner.profiles}
+    record: dict[str, object] = {"connections": settings.connections}
+    latency: list[str] = []
+    if protocols & {"websocket", "sse"}:
+        record |= {
             "websocket_message_bytes": streamload.MESSAGE_BYTES,
             "sse_event_bytes": streamload.EVENT_BYTES,
             "sse_window": streamload.SSE_WINDOW,
-            "timeout_s": streamload.TIMEOUT_SECONDS,
-            "source": "bench/tools/streamload.c",
-            "cflags": " ".join(streamload.CFLAGS),
-            "backends": runner.stream_backends,
-            "latency": (
-                "WebSocket: send to echo per message; SSE: arrival minus the time stamp the "
-                "backend wrote into the event (same host, CLOCK_MONOTONIC); nearest-rank "
-                "percentiles of a log-linear histogram (within 0.2 %)"
-            ),
         }
-    return meta
+        latency.append(
+            "WebSocket: send to echo per message; SSE: arrival minus the time stamp the "
+            "backend wrote into the event (same host, CLOCK_MONOTONIC)"
+        )
+    if protocols & {"tcp", "udp"}:
+        record |= {
+            "echo_message_bytes": streamload.MESSAGE_BYTES,
+            "udp_retry_s": streamload.RETRY_SECONDS,
+            "nginx_stream_module": str(nginx.STREAM_MODULE),
+        }
+        latency.append("TCP and UDP: send to echo per message or datagram")
+    latency.append("nearest-rank percentiles of a log-linear histogram (within 0.2 %)")
+    return record | {
+        "timeout_s": streamload.TIMEOUT_SECONDS,
+        "source": "bench/tools/streamload.c",
+        "cflags": " ".join(streamload.CFLAGS),
+        "backends": runner.stream_backends,
+        "latency": "; ".join(latency),
+    }
 
 
 def _write_results(

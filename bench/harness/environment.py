@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from bench.harness import cputime, gateway
+from bench.harness import cputime, gateway, nginx
 from bench.procs import cpu_model
 
 TOOLS: Final = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
@@ -23,10 +23,17 @@ TOOLS: Final = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"
 STREAM_TOOLS: Final = {"gcc": "gcc, libc6-dev"}
 
 
-def missing_tools(*, streaming: bool = False) -> list[str]:
-    """``tool (package)`` for each load tool not on ``PATH`` (``streaming``: also gcc)."""
+def missing_tools(
+    *, streaming: bool = False, stream_module: bool = False, module: Path = nginx.STREAM_MODULE
+) -> list[str]:
+    """``tool (package)`` for each load tool not on ``PATH`` (``streaming``: also gcc;
+    ``stream_module``: also NGINX's ``stream`` module, the file ``module``, for the TCP and UDP
+    echo profiles)."""
     wanted = {**TOOLS, **(STREAM_TOOLS if streaming else {})}
-    return [f"{tool} ({package})" for tool, package in wanted.items() if not shutil.which(tool)]
+    missing = [f"{tool} ({package})" for tool, package in wanted.items() if not shutil.which(tool)]
+    if stream_module and not module.is_file():
+        missing.append(f"{module} ({nginx.STREAM_PACKAGE})")
+    return missing
 
 
 def _output(argv: list[str]) -> str:
@@ -68,11 +75,15 @@ def collect(*, wrk_threads: int) -> dict[str, object]:
         "python": sys.version.split()[0],
         "python_executable": sys.executable,
         "nginx": _output(["nginx", "-v"]),
+        "nginx_stream_module": (
+            str(nginx.STREAM_MODULE) if nginx.STREAM_MODULE.is_file() else "(not installed)"
+        ),
         "wrk": _output(["wrk", "-v"]),
         "h2load": _output(["h2load", "--version"]),
         "gcc": _output(["gcc", "--version"]),
         "gateway": {
             **gateway.git_state(gateway.gateway_tree()),
+            "source_sha256": gateway.source_digest(gateway.gateway_tree()),
             "source_override": str(override) if override else None,
             "module_file": gateway.module_file(),
         },

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages of bench/debian-packages.txt that are missing (nginx-light, wrk,
-# h2load, gcc and libc6-dev): `apt-get update`, then `apt-get install --no-install-recommends`.
+# h2load, gcc, libc6-dev and NGINX's stream module): `apt-get update`, then
+# `apt-get install --no-install-recommends`.
 # Needs root or sudo.
 # The harness runs NGINX only with its own config (-c/-p, daemon off); installing nginx-light
 # must not leave Debian's nginx service running on port 80, so service starts are refused

@@ -31,19 +31,34 @@ them is configured as NGINX's documentation says for each: WebSocket with ``prox
 1.1`` and the ``Upgrade`` and ``Connection "upgrade"`` headers set toward the backend (the
 upgraded connection then is a byte relay), SSE with ``proxy_buffering off`` (each read from
 the backend goes to the client at once) over the same keep-alive upstream settings.
+
+The TCP and UDP echo profiles' proxy is NGINX's ``stream`` module, a dynamic module on Debian
+(package ``libnginx-mod-stream``), loaded by path (``load_module``, since the harness's
+configs do not include ``/etc/nginx/modules-enabled``): a ``stream {}`` block with an
+``upstream {}`` of the one backend and one ``server`` that ``proxy_pass``es to it, listening on
+TCP or with ``udp``. Otherwise the module's defaults: TCP_NODELAY on both sides, 16 KiB
+buffers, no access log. For UDP the defaults are the ones a long-lived echo session needs:
+``proxy_responses`` unset (any number of answers per client datagram) and ``proxy_requests``
+0 (every datagram from one client address stays in its session), so each client socket is one
+session with an upstream socket of its own for as long as it sends; ``proxy_timeout`` (an idle
+session's end) is ``UDP_SESSION_TIMEOUT`` instead of NGINX's 10 minutes, so the sessions of
+finished load runs do not linger through the rest of the run.
 """
 
 from __future__ import annotations
 
 import subprocess
-from typing import TYPE_CHECKING, Final
+from pathlib import Path
+from typing import Final, Literal
 
 from bench.procs import HOST
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 NGINX: Final = "nginx"
+#: Debian's ``libnginx-mod-stream``: the ``stream`` module of the TCP and UDP echo profiles.
+STREAM_MODULE: Final = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+STREAM_PACKAGE: Final = "libnginx-mod-stream"
+#: ``proxy_timeout`` of the UDP proxy: an idle session's end.
+UDP_SESSION_TIMEOUT: Final = "30s"
 BODY_42: Final = "a3s bench upstream: a 42-byte body, hello\n"
 DOWNLOAD_BYTES: Final = 1024 * 1024
 POST_BYTES: Final = 16 * 1024
@@ -205,6 +220,49 @@ http {{
         location / {{
 {forward}        }}
     }}
+}}
+"""
+    )
+    return conf
+
+
+def write_stream_proxy(
+    prefix: Path,
+    port: int,
+    backend_port: int,
+    workers: str,
+    transport: Literal["tcp", "udp"],
+    *,
+    module: Path = STREAM_MODULE,
+) -> Path:
+    """Write the layer-4 proxy's config (module docstring) into ``prefix``: ``transport`` on
+    ``port`` to the backend on ``backend_port``. Raises ``RuntimeError`` when ``module`` (the
+    ``stream`` module) is not installed."""
+    if not module.is_file():
+        raise RuntimeError(
+            f"NGINX's stream module {module} is missing: install the Debian package "
+            f"{STREAM_PACKAGE} (bash bench/harness/install-debian-packages.sh)"
+        )
+    if transport == "udp":
+        listen = f"{HOST}:{port} udp"
+        extra = f"        proxy_timeout {UDP_SESSION_TIMEOUT};\n"
+    else:
+        listen = f"{HOST}:{port} backlog=4096"
+        extra = ""
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"load_module {module};\n"
+        + _common(prefix, workers)
+        + f"""\
+stream {{
+    upstream bench_backend {{
+        server {HOST}:{backend_port};
+    }}
+    server {{
+        listen {listen};
+        proxy_pass bench_backend;
+{extra}    }}
 }}
 """
     )

@@ -12,8 +12,12 @@ with prior knowledge), ``grpc`` (h2load's unary calls over h2c, to the gRPC back
 of the HTTP/1.1 upstream; ``direct`` is then h2load straight at that backend), ``websocket``
 or ``sse`` (``streamload``, the harness's own C tool: 64 WebSocket connections echoing
 32-byte messages in a closed loop, or 64 SSE streams; to its own echo or event backend, which
-``direct`` measures). In the streaming profiles a "request" of the records is one echoed
-message or one received event (``Profile.unit``).
+``direct`` measures), ``tcp`` or ``udp`` (``streamload`` again: 64 TCP connections each
+echoing a 32-byte message in a closed loop, or 64 UDP sockets each with one 32-byte datagram
+outstanding, through NGINX's ``stream`` module and the gateway's ``tcp`` or ``udp``
+entrypoint, to streamload's TCP or UDP echo server, which ``direct`` measures). In the streaming
+and echo profiles a "request" of the records is one echoed message or datagram or one received
+event (``Profile.unit``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from bench.harness.nginx import BODY_42, DOWNLOAD_BYTES, GRPC_FRAME, GRPC_PATH, POST_BYTES
-from bench.harness.streamload import EVENT_BYTES, MESSAGE_BYTES
+from bench.harness.streamload import EVENT_BYTES, MESSAGE_BYTES, RETRY_SECONDS
 
-ClientProtocol: TypeAlias = Literal["http/1.1", "h2", "grpc", "websocket", "sse"]
+ClientProtocol: TypeAlias = Literal["http/1.1", "h2", "grpc", "websocket", "sse", "tcp", "udp"]
 
 DIRECT: Final = "direct"
 NGINX: Final = "nginx"
@@ -70,9 +74,23 @@ class Profile:
         return self.protocol in ("websocket", "sse")
 
     @property
+    def layer4(self) -> bool:
+        """A TCP or UDP echo through a layer-4 proxy (NGINX ``stream``, the gateway's ``tcp``
+        and ``udp`` entrypoints): no HTTP anywhere."""
+        return self.protocol in ("tcp", "udp")
+
+    @property
+    def uses_streamload(self) -> bool:
+        """Driven by ``streamload`` against one of its backends (streaming or layer 4)."""
+        return self.streaming or self.layer4
+
+    @property
     def unit(self) -> str:
-        """What one counted item is: ``req``, ``msg`` (a WebSocket echo) or ``event``."""
-        return {"websocket": "msg", "sse": "event"}.get(self.protocol, "req")
+        """What one counted item is: ``req``, ``msg`` (a WebSocket, TCP or UDP echo) or
+        ``event``."""
+        return {"websocket": "msg", "sse": "event", "tcp": "msg", "udp": "msg"}.get(
+            self.protocol, "req"
+        )
 
 
 GET_1W: Final = Profile(
@@ -167,6 +185,36 @@ SSE_1W: Final = Profile(
     1,
     (DIRECT, NGINX, A3S_1W),
     protocol="sse",
+)
+TCP_ECHO_1W: Final = Profile(
+    "tcp-echo-32b-1w",
+    "TCP echo of 32-byte messages (a byte relay, no HTTP), 64 connections in a closed loop "
+    "(streamload), one worker (NGINX stream proxy_pass; the gateway's tcp entrypoint, "
+    "tcp_router HostSNI(`*`) and tcp:// server); the backend is streamload's TCP echo server",
+    "-",
+    "/",
+    MESSAGE_BYTES,
+    MESSAGE_BYTES,
+    "1",
+    1,
+    (DIRECT, NGINX, A3S_1W),
+    protocol="tcp",
+)
+UDP_ECHO_1W: Final = Profile(
+    "udp-echo-32b-1w",
+    "UDP echo of 32-byte datagrams, 64 client sockets with one datagram outstanding each "
+    f"(counted lost and the next sent after {RETRY_SECONDS * 1000:.0f} ms without its echo) "
+    "(streamload), one worker "
+    "(NGINX stream listen udp; the gateway's udp entrypoint, udp_router and udp:// server); the "
+    "backend is streamload's UDP echo server",
+    "-",
+    "/",
+    MESSAGE_BYTES,
+    MESSAGE_BYTES,
+    "1",
+    1,
+    (DIRECT, NGINX, A3S_1W),
+    protocol="udp",
 )
 GET_NW: Final = Profile(
     "get-42b-Nw",
@@ -296,6 +344,8 @@ PROFILES: Final = (
     GRPC_1W,
     WS_ECHO_1W,
     SSE_1W,
+    TCP_ECHO_1W,
+    UDP_ECHO_1W,
     GET_NW,
     POST_16K,
     DOWNLOAD_1M,
@@ -311,6 +361,7 @@ PROFILE_ALIASES: Final = {
     "get-42b": (GET_1W.name, GET_NW.name),
     "http2": (H2_1W.name, H2C_1W.name, GRPC_1W.name),
     "streams": (WS_ECHO_1W.name, SSE_1W.name),
+    "tcp-udp": (TCP_ECHO_1W.name, UDP_ECHO_1W.name),
     "middlewares": (GET_1W.name, MIDDLEWARES_3.name, MIDDLEWARES_6.name, README_CHAIN.name),
     "observability": (OBSERVABILITY_OFF.name, GET_1W.name, OBSERVABILITY_ON.name),
 }

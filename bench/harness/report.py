@@ -14,6 +14,10 @@ better). Target rows covered here:
   Upgrade headers), p99 per message ≤ 3 ×;
 - SSE, 64 streams, 1 worker: a3s-1w events/s ≥ 0.3 × NGINX (``proxy_buffering off``), p99 per
   event ≤ 4 ×;
+- TCP 32-byte echo, 64 connections, 1 worker: a3s-1w messages/s ≥ 0.5 × NGINX ``stream``
+  (``proxy_pass``), p99 per message ≤ 3 ×;
+- UDP 32-byte echo, 64 sockets, 1 worker: a3s-1w datagrams/s ≥ 0.3 × NGINX ``stream``
+  (``listen … udp``), p99 per datagram ≤ 4 ×;
 - GET 42 B, one worker per CPU: a3s-Nw ≥ 0.25 × NGINX (same worker count), p99 ≤ 4 ×;
 - best Python peer ÷ a3s_gateway (1 worker, same run) ≤ 0.5;
 - 1000 routers ÷ 10 routers (a3s-1w): throughput ≥ 0.83, p99 ≤ 1.2;
@@ -21,12 +25,15 @@ better). Target rows covered here:
 - issue #15: CPU per proxied GET (a3s-1w in ``get-42b-1w``) ≤ 150 µs;
 - issue #15: GET 42 B, a3s-1w ÷ the ``aiohttp-uvloop`` peer (same run) ≥ 1.0.
 
-In the streaming profiles (``streamload``) "req/s" is messages echoed or events received per
-second and "CPU µs/req" is per message or event. A row with load errors (wrk's, h2load's
-failed streams and responses, streamload's failed connections, timeouts and wrong echoes or
-events) in the products it compares is a MISS whatever the ratios; a row whose
-products were not measured is "n/a". Files: ``run-<UTC>.json`` and ``latest.json`` (the same
-record), ``latest.md`` (the tables the README embeds) and ``latest.png`` (throughput ratios).
+In the streaming and echo profiles (``streamload``) "req/s" is messages echoed or events
+received per second and "CPU µs/req" is per message or event. A row with load errors (wrk's,
+h2load's failed streams and responses, streamload's failed connections, timeouts and wrong
+echoes or events) in the products it compares is a MISS whatever the ratios; a row whose
+products were not measured is "n/a". UDP datagrams lost (no echo within streamload's retry
+time) are not errors, since UDP may drop: they are summed per product, shown with their share
+of the datagrams sent in a table of their own, and named in the verdict's note. Files:
+``run-<UTC>.json`` and ``latest.json`` (the same record), ``latest.md`` (the tables the README
+embeds) and ``latest.png`` (throughput ratios).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from bench.harness import plan
+from bench.harness import plan, streamload
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -57,6 +64,8 @@ TARGET_LINES: Final = {
     plan.GRPC_1W.name: 0.2,
     plan.WS_ECHO_1W.name: 0.5,
     plan.SSE_1W.name: 0.3,
+    plan.TCP_ECHO_1W.name: 0.5,
+    plan.UDP_ECHO_1W.name: 0.3,
     plan.GET_NW.name: 0.25,
 }
 #: The SPEC §15 rows that compare a gateway product with NGINX in the same profile: scenario,
@@ -106,6 +115,20 @@ NGINX_ROWS: Final = (
         4.0,
     ),
     (
+        "TCP 32-byte echo, messages/s, 64 connections, 1 worker (a3s-1w ÷ nginx stream)",
+        plan.TCP_ECHO_1W.name,
+        plan.A3S_1W,
+        0.5,
+        3.0,
+    ),
+    (
+        "UDP 32-byte echo, datagrams/s, 64 sockets, 1 worker (a3s-1w ÷ nginx stream udp)",
+        plan.UDP_ECHO_1W.name,
+        plan.A3S_1W,
+        0.3,
+        4.0,
+    ),
+    (
         "HTTP/1.1 GET 42 B, one worker per CPU (a3s-Nw ÷ nginx auto)",
         plan.GET_NW.name,
         plan.A3S_NW,
@@ -136,6 +159,11 @@ class Summary:
     #: Streaming profiles: median cores used by streamload's client and by its backend.
     load_tool_cores: float | None = None
     backend_cores: float | None = None
+    #: UDP: datagrams lost and late over all trials, and the lost share of those sent
+    #: (lost ÷ (lost + echoed)); None in the other profiles.
+    lost: int | None = None
+    late: int | None = None
+    loss_rate: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +199,7 @@ def summarise(profiles: list[ProfileRun]) -> list[Summary]:
         base = medians.get(plan.NGINX, {})
         for product in profile.products:
             own = medians[product.name]
+            lost, late, loss_rate = _losses(product)
             summaries.append(
                 Summary(
                     profile=profile.profile.name,
@@ -188,9 +217,24 @@ def summarise(profiles: list[ProfileRun]) -> list[Summary]:
                     cpu_us_per_req=own.get("cpu_us_per_req"),
                     load_tool_cores=own.get("load_tool_cores"),
                     backend_cores=own.get("backend_cores"),
+                    lost=lost,
+                    late=late,
+                    loss_rate=loss_rate,
                 )
             )
     return summaries
+
+
+def _losses(product: ProductRun) -> tuple[int | None, int | None, float | None]:
+    """UDP datagrams lost and late over the product's trials, and the lost share of those sent;
+    all None when no trial counted them (the other profiles)."""
+    counted = [trial for trial in product.trials if trial.lost is not None]
+    if not counted:
+        return None, None, None
+    lost = sum(trial.lost or 0 for trial in counted)
+    late = sum(trial.late or 0 for trial in counted)
+    sent = lost + sum(trial.requests for trial in counted)
+    return lost, late, lost / sent if sent else None
 
 
 def _medians(product: ProductRun) -> dict[str, float | None]:
@@ -242,7 +286,9 @@ def _judge(
     errors = measured.errors + base.errors
     if errors:
         misses.append(f"{errors} load errors")
-    note = ", ".join(misses) if misses else ""
+    lost = [f"{s.product} {s.lost:,}" for s in (measured, base) if s.lost]
+    losses = [f"datagrams lost: {', '.join(lost)}"] if lost else []
+    note = ", ".join(misses + losses)
     return Verdict(
         scenario,
         throughput,
@@ -372,6 +418,7 @@ def markdown(
         *_header_lines(meta, environment),
         *_result_lines(summaries),
         *_side_lines(summaries),
+        *_loss_lines(summaries),
         *_target_lines(rows),
         *_note_lines(summaries, peer_notes),
     ]
@@ -382,11 +429,14 @@ def _header_lines(meta: dict[str, object], environment: dict[str, object]) -> li
     """The title, the command, the machine and the versions, and how to read the table."""
     gateway_info = environment.get("gateway")
     commit = subject = dirty = override = "?"
+    digest = ""
     if isinstance(gateway_info, dict):
         commit = str(gateway_info.get("commit", "?"))[:12]
         subject = str(gateway_info.get("subject", ""))
         dirty = str(gateway_info.get("dirty", "?"))
         override = str(gateway_info.get("source_override") or "no")
+        if gateway_info.get("source_sha256"):
+            digest = f", source digest `{gateway_info['source_sha256']}` (`.py` files, SHA-256)"
     return [
         "# a3s_gateway HTTP benchmark (latest run)",
         "",
@@ -403,7 +453,7 @@ def _header_lines(meta: dict[str, object], environment: dict[str, object]) -> li
         f"- Versions: {environment['nginx']}; {environment['wrk']}; "
         f"{environment.get('h2load', 'h2load ?')}; Python {environment['python']}",
         f"- Gateway: commit `{commit}` ({subject}), uncommitted changes in its tree: {dirty}, "
-        f"A3S_BENCH_GATEWAY_SRC: {override}",
+        f"A3S_BENCH_GATEWAY_SRC: {override}{digest}",
         "",
         "Medians over trials. Ratios are product ÷ NGINX of the same profile (throughput: "
         "higher is better; p99: lower is better). `direct` is the load tool straight at the "
@@ -458,8 +508,9 @@ def _side_lines(summaries: list[Summary]) -> list[str]:
         return []
     lines = [
         "",
-        "Streaming profiles, CPU of the load tool and of the backend during the measured runs "
-        "(cores: CPU time ÷ duration, medians; one near 1.0 was the limit, not the product):",
+        "Streaming and echo profiles, CPU of the load tool and of the backend during the "
+        "measured runs (cores: CPU time ÷ duration, medians; one near 1.0 was the limit, not "
+        "the product):",
         "",
         "| profile | product | streamload client cores | backend cores |",
         "|---|---|---:|---:|",
@@ -470,6 +521,32 @@ def _side_lines(summaries: list[Summary]) -> list[str]:
         for summary in measured
     ]
     return lines
+
+
+def _loss_lines(summaries: list[Summary]) -> list[str]:
+    """The UDP profile's datagrams lost and late per product (nothing without UDP rows)."""
+    counted = [summary for summary in summaries if summary.lost is not None]
+    if not counted:
+        return []
+    lines = [
+        "",
+        f"UDP datagrams lost (no echo within {streamload.RETRY_SECONDS * 1000:.0f} ms: counted, "
+        "then the socket's next datagram sent) and late (the echo of a lost one, after that), "
+        "summed over the measured runs; loss rate = lost ÷ (lost + echoed):",
+        "",
+        "| profile | product | lost | late | loss rate |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {summary.profile} | {summary.product} | {summary.lost:,} | {summary.late or 0:,} "
+        f"| {_percent(summary.loss_rate)} |"
+        for summary in counted
+    ]
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.3f} %"
 
 
 def _target_lines(rows: list[Verdict]) -> list[str]:
@@ -522,22 +599,60 @@ def _h2load_shape(meta: dict[str, object]) -> str:
 
 
 def _streamload_shape(meta: dict[str, object]) -> str:
-    """``; streaming profiles: …`` when the run's meta records streamload's shape."""
+    """``; streaming profiles: …`` and ``; echo profiles: …`` for the kinds the run's meta
+    records streamload's shape of."""
     shape = meta.get("streamload")
     if not isinstance(shape, dict):
         return ""
-    return (
-        f"; streaming profiles: streamload {shape.get('connections')} connections "
-        f"({shape.get('websocket_message_bytes')}-byte WebSocket messages, "
-        f"{shape.get('sse_event_bytes')}-byte SSE events, at most {shape.get('sse_window')} "
-        "in flight per stream)"
-    )
+    text = ""
+    if "websocket_message_bytes" in shape:
+        text += (
+            f"; streaming profiles: streamload {shape.get('connections')} connections "
+            f"({shape.get('websocket_message_bytes')}-byte WebSocket messages, "
+            f"{shape.get('sse_event_bytes')}-byte SSE events, at most {shape.get('sse_window')} "
+            "in flight per stream)"
+        )
+    if "echo_message_bytes" in shape:
+        retry = shape.get("udp_retry_s")
+        retry_ms = f"{retry * 1000:.0f}" if isinstance(retry, float | int) else "?"
+        text += (
+            f"; echo profiles: streamload {shape.get('connections')} TCP connections or UDP "
+            f"sockets ({shape.get('echo_message_bytes')}-byte messages, one outstanding each; "
+            f"UDP retry after {retry_ms} ms)"
+        )
+    return text
 
 
 def _streamload_note(meta: dict[str, object]) -> list[str]:
-    """How to read the streaming profiles' rows (nothing when the run has none)."""
-    if not isinstance(meta.get("streamload"), dict):
+    """How to read the streaming and echo profiles' rows (nothing when the run has none)."""
+    shape = meta.get("streamload")
+    if not isinstance(shape, dict):
         return []
+    lines = _streaming_note() if "websocket_message_bytes" in shape else []
+    return lines + (_echo_note() if "echo_message_bytes" in shape else [])
+
+
+def _echo_note() -> list[str]:
+    """How to read the TCP and UDP echo profiles' rows."""
+    return [
+        "",
+        "In the echo profiles (`tcp-echo-32b-1w`, `udp-echo-32b-1w`; load tool and backends "
+        "`bench/tools/streamload.c`) req/s is messages echoed per second: each of 64 TCP "
+        "connections, or each of 64 connected UDP sockets, sends its next 32-byte message once "
+        "the last one's echo is back, and a message's latency runs from its send to its echo. "
+        "NGINX proxies with its `stream` module (`proxy_pass` to an `upstream` of the echo "
+        "backend; `listen … udp` with one session per client socket), the gateway with a "
+        "`tcp` entrypoint and `tcp_routers` rule ``HostSNI(`*`)`` or a `udp` entrypoint and "
+        "`udp_routers`; `direct` is streamload straight at its echo backend (the ceiling). "
+        "Every TCP connection and UDP socket gets one echo before the measured window. A UDP "
+        "datagram whose echo does not come within the retry time is counted as lost and the "
+        "socket's next one sent (the loop never stalls); losses are not errors but are "
+        "tabled below. Errors are failed connections, socket errors and wrong echoes.",
+    ]
+
+
+def _streaming_note() -> list[str]:
+    """How to read the WebSocket and SSE profiles' rows."""
     return [
         "",
         "In the streaming profiles (`ws-echo-32b-1w`, `sse-events-1w`; load tool and backends "

@@ -8,8 +8,12 @@ even trials and reversed on odd ones. The load tool is wrk, or h2load for the HT
 NGINX also serves the gRPC backend when a gRPC profile is selected. The streaming profiles
 (``plan.Profile.streaming``) are driven by ``streamload``, built with gcc at the start of a run
 that has one; its echo and event servers are their backends, started beside the upstream, and
-their check requests are ``streamcheck``'s (one WebSocket echo, one SSE event). Around each
-measured run
+their check requests are ``streamcheck``'s (one WebSocket echo, one SSE event). The TCP and
+UDP echo profiles (``plan.Profile.layer4``) work the same way with streamload's TCP and UDP
+clients and echo servers, NGINX's ``stream`` module (``nginx.write_stream_proxy``) and the
+gateway's layer-4 config (``gateway.layer4_config_text``); a UDP product is ready when a
+datagram sent to it comes back (no TCP connect can tell), and its trials also record the
+datagrams lost and late. Around each measured run
 the CPU time of the product's process tree is read from ``/proc`` (``cputime``), giving its CPU
 µs per request. A product that fails to start, fails its check or dies is recorded with the
 reason and skipped; the run goes on. Every process is stopped by PID when its profile (or the
@@ -25,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 from bench.harness import (
     cputime,
@@ -73,9 +77,11 @@ class Trial:
     run; ``cpu_us_per_request``: that ÷ ``requests`` in µs; ``cpu_cores``: that ÷ the run's
     duration (1.0 = one core busy throughout); ``cpu_processes``: how many processes the tree
     had. All None for ``direct`` (no process of its own) or when the tree could not be read.
-    In the streaming profiles also ``load_tool_cores`` (streamload's own CPU ÷ the duration)
-    and ``backend_cores`` (the streamload backend's, the same way): near 1.0 means that one
-    was the limit rather than the product.
+    In the streaming and echo profiles also ``load_tool_cores`` (streamload's own CPU ÷ the
+    duration) and ``backend_cores`` (the streamload backend's, the same way): near 1.0 means
+    that one was the limit rather than the product. In the UDP profile ``lost`` (datagrams
+    given up after streamload's retry time, then replaced by the next) and ``late`` (their
+    echoes that came after that); None elsewhere.
     """
 
     trial: int
@@ -99,6 +105,8 @@ class Trial:
     cpu_processes: int | None = None
     load_tool_cores: float | None = None
     backend_cores: float | None = None
+    lost: int | None = None
+    late: int | None = None
 
 
 @dataclass(slots=True)
@@ -199,18 +207,22 @@ class Runner:
         self.upstream_config = ""
         #: The gRPC backend's h2c port on the upstream NGINX (0 when no gRPC profile runs).
         self.grpc_port = 0
-        #: The streaming profiles' tool (built when one runs) and its backends' ports (0: none).
+        #: The streaming and echo profiles' tool (built when one runs) and its backends' ports
+        #: (0: none).
         self.streamload: Path | None = None
         self.ws_port = 0
         self.sse_port = 0
+        self.tcp_port = 0
+        self.udp_port = 0
         #: The SSE backend's flow-control socket (streamload ``--credits``).
         self.sse_credits: Path | None = None
-        #: The streaming backends' command lines, by mode (for the run's record).
+        #: The streamload backends' command lines, by mode (for the run's record).
         self.stream_backends: dict[str, list[str]] = {}
         self._stream_children: dict[str, Child] = {}
         #: The streaming backend of the profile being measured (its CPU is recorded too).
         self._backend: Child | None = None
         self._unit = "req"  # what the profile being measured counts (`plan.Profile.unit`)
+        self._udp = False  # the profile being measured is UDP's (its trials count losses)
 
     def run(self) -> list[ProfileRun]:
         work = Path(tempfile.mkdtemp(prefix="a3s-bench-"))
@@ -219,7 +231,7 @@ class Runner:
         work.chmod(0o755)
         try:
             self._prepare_peers()
-            if any(profile.streaming for profile in self.profiles):
+            if any(profile.uses_streamload for profile in self.profiles):
                 self.streamload = streamload.build(work / "streamload")
                 say(f"built {self.streamload} from {streamload.SOURCE.name}")
             with Children() as scope:
@@ -265,36 +277,45 @@ class Runner:
         if "sse" in protocols:
             self.sse_credits = prefix / "sse-credits.sock"
             self.sse_port = self._start_backend("sse-server", prefix, scope)
+        if "tcp" in protocols:
+            self.tcp_port = self._start_backend("tcp-echo-server", prefix, scope)
+        if "udp" in protocols:
+            self.udp_port = self._start_backend("udp-echo-server", prefix, scope)
 
     def _start_backend(self, mode: streamload.Mode, prefix: Path, scope: Children) -> int:
-        """A ``streamload`` server (the streaming profiles' backend); its port."""
-        assert self.streamload is not None  # built by `run` when a streaming profile runs
-        port = free_port()
+        """A ``streamload`` server (a streaming or echo profile's backend); its port."""
+        assert self.streamload is not None  # built by `run` when such a profile runs
+        port = free_port(udp=mode == "udp-echo-server")
         credits = self.sse_credits if mode == "sse-server" else None
         argv = streamload.server_command(self.streamload, mode, port, credits=credits)
         self.stream_backends[mode] = argv
         child = scope.start(Child(mode, argv, log_path=prefix / f"{mode}.log"))
-        self._stream_children["websocket" if mode == "ws-echo-server" else "sse"] = child
-        child.wait_for_port(port, timeout=START_TIMEOUT)
+        self._stream_children[BACKEND_PROTOCOLS[mode]] = child
+        wait_ready(child, port, udp=mode == "udp-echo-server")
         say(f"{mode} (streamload) on {HOST}:{port} (pid {child.pid})")
         return port
 
     def backend_port(self, profile: plan.Profile) -> int:
         """Where a profile's products send their requests: the upstream, the gRPC backend or a
-        streaming backend."""
-        ports = {"grpc": self.grpc_port, "websocket": self.ws_port, "sse": self.sse_port}
+        streamload backend."""
+        ports = {
+            "grpc": self.grpc_port,
+            "websocket": self.ws_port,
+            "sse": self.sse_port,
+            "tcp": self.tcp_port,
+            "udp": self.udp_port,
+        }
         return ports.get(profile.protocol, self.upstream_port)
 
     def _driver(self, profile: plan.Profile, table: gateway.Routing, work: Path) -> Drive:
-        """The load runs of ``profile``: wrk with the profile's script, or h2load (whose
-        profiles have one router: no ``Host`` to set)."""
+        """The load runs of ``profile``: streamload's client of its protocol, wrk with the
+        profile's script, or h2load (whose profiles have one router: no ``Host`` to set)."""
         settings = self.settings
-        if profile.streaming:
+        if profile.uses_streamload:
             binary = self.streamload
-            assert binary is not None  # built by `run` when a streaming profile runs
-            ws = profile.protocol == "websocket"
-            mode: streamload.Mode = "ws-client" if ws else "sse-client"
-            credits = None if ws else self.sse_credits
+            assert binary is not None  # built by `run` when such a profile runs
+            mode = CLIENT_MODES[profile.protocol]
+            credits = self.sse_credits if profile.protocol == "sse" else None
             return lambda url, seconds: streamload.run(
                 binary,
                 mode,
@@ -329,6 +350,7 @@ class Runner:
         table = gateway.routing(profile.routers, profile.path)
         result = ProfileRun(profile, table.host, table.path, gateway.worker_count(0))
         self._unit = profile.unit
+        self._udp = profile.protocol == "udp"
         self._backend = self._stream_children.get(profile.protocol)
         products = plan.products_for(profile, self.peers.names, self.selected)
         say(f"== {profile.name}: {profile.description}; products: {', '.join(products)}")
@@ -350,8 +372,7 @@ class Runner:
                 order = live if trial % 2 == 0 else list(reversed(live))
                 for position, entry in enumerate(order):
                     if entry.run.status == "ok":
-                        scheme = "https" if profile.tls and entry.child is not None else "http"
-                        url = f"{scheme}://{HOST}:{entry.port}{table.path}"
+                        url = f"{_scheme(profile, entry)}://{HOST}:{entry.port}{table.path}"
                         self._measure(entry, drive, url, trial, position)
         return result
 
@@ -368,7 +389,7 @@ class Runner:
         if name == plan.DIRECT:
             run = ProductRun(name, "direct", [], None)
             return _Live(run, self.backend_port(profile), None)
-        port = free_port()
+        port = free_port(udp=profile.protocol == "udp")
         if name == plan.NGINX:
             return self._start_nginx(profile, port, work, scope, tls)
         if name in plan.GATEWAY_WORKERS:
@@ -394,6 +415,8 @@ class Runner:
         scope: Children,
         tls: tuple[Path, Path] | None,
     ) -> _Live:
+        if profile.layer4:
+            return self._start_stream_nginx(profile, port, work, scope)
         conf = nginx.write_proxy(
             work,
             port,
@@ -413,6 +436,23 @@ class Runner:
             return self._fail(_Live(run, port, None), str(error))
         return self._spawn(run, port, work, scope, marker=None, env=None)
 
+    def _start_stream_nginx(
+        self, profile: plan.Profile, port: int, work: Path, scope: Children
+    ) -> _Live:
+        """NGINX's ``stream`` proxy of a TCP or UDP echo profile."""
+        transport: Literal["tcp", "udp"] = "udp" if profile.protocol == "udp" else "tcp"
+        run = ProductRun(plan.NGINX, "nginx", [], _nginx_workers(profile.nginx_workers))
+        try:
+            conf = nginx.write_stream_proxy(
+                work, port, self.backend_port(profile), profile.nginx_workers, transport
+            )
+            run.command = nginx.command(conf, work)
+            run.config = conf.read_text()
+            nginx.check_config(conf, work)
+        except RuntimeError as error:
+            return self._fail(_Live(run, port, None), str(error))
+        return self._spawn(run, port, work, scope, marker=None, env=None, udp=transport == "udp")
+
     def _start_gateway(
         self,
         name: str,
@@ -425,27 +465,33 @@ class Runner:
     ) -> _Live:
         workers = plan.GATEWAY_WORKERS[name]
         config = work / "gateway.hcl"
-        text = gateway.config_text(
-            port,
-            self.backend_port(profile),
-            table,
-            profile.middlewares,
-            observability=profile.observability,
-            log=str(work / "access.log"),
-            tls=tls,
-            scheme=upstream_scheme(profile),
-        )
+        if profile.layer4:
+            text = gateway.layer4_config_text(profile.protocol, port, self.backend_port(profile))
+        else:
+            text = gateway.config_text(
+                port,
+                self.backend_port(profile),
+                table,
+                profile.middlewares,
+                observability=profile.observability,
+                log=str(work / "access.log"),
+                tls=tls,
+                scheme=upstream_scheme(profile),
+            )
         config.write_text(text)
         argv = gateway.command(config, workers)
         run = ProductRun(name, "a3s_gateway", argv, gateway.worker_count(workers))
         run.config = _abridged(text)
+        # The HTTP entrypoint's readiness line names it "web"; a layer-4 product is ready when
+        # its port answers (a TCP connect, a UDP echo).
         return self._spawn(
             run,
             port,
             work,
             scope,
-            marker=gateway.ready_marker(workers),
+            marker=None if profile.layer4 else gateway.ready_marker(workers),
             env=gateway.environment(),
+            udp=profile.protocol == "udp",
         )
 
     def _spawn(
@@ -457,6 +503,7 @@ class Runner:
         *,
         marker: str | None,
         env: dict[str, str] | None,
+        udp: bool = False,
     ) -> _Live:
         try:
             child = scope.start(Child(run.name, run.command, log_path=work / "out.log", env=env))
@@ -470,7 +517,7 @@ class Runner:
                     timeout=START_TIMEOUT,
                     what=f"log line {marker!r}",
                 )
-            child.wait_for_port(port, timeout=START_TIMEOUT)
+            wait_ready(child, port, udp=udp)
         except ChildError as error:
             return self._fail(entry, str(error))
         say(f"   {run.name} on {HOST}:{port} (pid {child.pid})")
@@ -532,11 +579,15 @@ class Runner:
         if result.duration_us:
             if isinstance(result, streamload.StreamResult):
                 record.load_tool_cores = round(result.load_cpu_us / result.duration_us, 3)
+                if self._udp:
+                    record.lost, record.late = result.lost, result.late
             if backend_before is not None and backend_after is not None:
                 backend_s = cputime.seconds(backend_before, backend_after)
                 record.backend_cores = round(backend_s * 1e6 / result.duration_us, 3)
         entry.run.trials.append(record)
         errors = f", {record.error_total} errors {record.errors}" if record.error_total else ""
+        if record.lost or record.late:
+            errors += f", {record.lost} lost, {record.late} late"
         unit = self._unit
         cpu_text = (
             f"  CPU {record.cpu_us_per_request:.0f} µs/{unit} ({record.cpu_cores:.2f} cores)"
@@ -569,6 +620,41 @@ def _side_cores(record: Trial) -> str:
     return f"  ({', '.join(parts)})" if parts else ""
 
 
+#: The client mode of each streamload profile protocol, and the protocol of each backend mode.
+CLIENT_MODES: Final[dict[str, streamload.Mode]] = {
+    "websocket": "ws-client",
+    "sse": "sse-client",
+    "tcp": "tcp-client",
+    "udp": "udp-client",
+}
+BACKEND_PROTOCOLS: Final[dict[streamload.Mode, str]] = {
+    "ws-echo-server": "websocket",
+    "sse-server": "sse",
+    "tcp-echo-server": "tcp",
+    "udp-echo-server": "udp",
+}
+
+
+def wait_ready(child: Child, port: int, *, udp: bool = False) -> None:
+    """Return once ``child`` serves on ``port``: a TCP connect succeeds or, with ``udp``, a
+    datagram comes back (``streamcheck.udp_answers``). ``ChildError`` if it exits first or
+    ``START_TIMEOUT`` passes."""
+    if not udp:
+        child.wait_for_port(port, timeout=START_TIMEOUT)
+        return
+    child.wait_until(
+        lambda: streamcheck.udp_answers(port), timeout=START_TIMEOUT, what=f"UDP port {port} echoes"
+    )
+
+
+def _scheme(profile: plan.Profile, entry: _Live) -> str:
+    """The scheme of the load tool's URL: ``tcp``/``udp`` for the echo profiles, ``https``
+    for a TLS product, else ``http``."""
+    if profile.layer4:
+        return profile.protocol
+    return "https" if profile.tls and entry.child is not None else "http"
+
+
 def _nginx_workers(value: str) -> int:
     return gateway.worker_count(0) if value == "auto" else int(value)
 
@@ -589,7 +675,11 @@ def upstream_scheme(profile: plan.Profile) -> str:
 
 def _check(entry: _Live, profile: plan.Profile, table: gateway.Routing) -> str | None:
     """The product's check request: HTTP/1.1 (``preflight``), HTTP/2 (``h2check``), or a
-    WebSocket echo or SSE event (``streamcheck``)."""
+    WebSocket echo, SSE event, TCP echo or UDP echo (``streamcheck``)."""
+    if profile.protocol == "tcp":
+        return streamcheck.tcp(entry.port, size=profile.body_bytes)
+    if profile.protocol == "udp":
+        return streamcheck.udp(entry.port, size=profile.body_bytes)
     if profile.protocol == "websocket":
         return streamcheck.websocket(entry.port, table.path, size=profile.body_bytes)
     if profile.protocol == "sse":

@@ -1,5 +1,5 @@
-"""The check requests of the streaming profiles: one WebSocket echo, one SSE event, before any
-load.
+"""The check requests of the streaming and echo profiles: one WebSocket echo, one SSE event,
+one TCP echo, one UDP echo, before any load.
 
 wrk's profiles check each product with one HTTP/1.1 request (``runner.preflight``) and
 h2load's with one HTTP/2 exchange (``h2check``); the streaming profiles need the same for what
@@ -13,6 +13,12 @@ with a timeout on every step:
 - ``sse``: a GET with ``Accept: text/event-stream``; the answer must be 200 with that content
   type, and its first event (read through the chunked framing) must be one of the backend's:
   ``data: <16 hex digits> <15 digits>``.
+- ``tcp``: one message of the profile's size on a fresh connection; the same bytes must come
+  back.
+- ``udp``: one datagram from a fresh socket; the same bytes must come back within
+  ``UDP_WAIT_SECONDS``, sent again (``UDP_ATTEMPTS`` in all) when they do not, since UDP may
+  drop. ``udp_answers`` is the same exchange as a readiness probe: a UDP listener cannot be
+  told ready by a TCP connect.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ EVENT_LINE: Final = re.compile(rb"data: [0-9a-f]{16} [0-9]{15}\r?\n")
 EVENT_LINES: Final = 20
 #: Control frames (pings, pongs) read before the echo before giving up.
 CONTROL_FRAMES: Final = 20
+#: UDP check: datagrams sent before giving up, and how long each waits for its echo.
+UDP_ATTEMPTS: Final = 5
+UDP_WAIT_SECONDS: Final = 1.0
 
 
 class CheckError(Exception):
@@ -186,3 +195,68 @@ def sse(port: int, path: str, *, timeout: float = TIMEOUT_SECONDS) -> str | None
         return f"SSE check failed: {type(error).__name__}: {error}"
     finally:
         connection.close()
+
+
+def echo_payload(size: int) -> bytes:
+    """A check message of ``size`` bytes that no earlier check sent (random, so a stale echo
+    cannot pass for its answer)."""
+    return os.urandom(size)
+
+
+def tcp(port: int, *, size: int, timeout: float = TIMEOUT_SECONDS) -> str | None:
+    """One TCP echo through ``port``; None when the bytes came back equal."""
+    payload = echo_payload(size)
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(payload)
+            received = b""
+            while len(received) < size:
+                chunk = sock.recv(size - len(received))
+                if not chunk:
+                    return (
+                        f"TCP check: the connection closed after {len(received)} of the "
+                        f"{size} echoed bytes"
+                    )
+                received += chunk
+    except OSError as error:
+        return f"TCP check failed: {type(error).__name__}: {error}"
+    return None if received == payload else f"TCP check: echoed {received[:40]!r}, not the message"
+
+
+def udp(
+    port: int,
+    *,
+    size: int,
+    attempts: int = UDP_ATTEMPTS,
+    wait: float = UDP_WAIT_SECONDS,
+) -> str | None:
+    """One UDP echo through ``port`` (up to ``attempts`` datagrams, ``wait`` seconds each);
+    None when one came back equal."""
+    reason = "no datagram sent"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(wait)
+        try:
+            sock.connect((HOST, port))
+        except OSError as error:
+            return f"UDP check failed: {type(error).__name__}: {error}"
+        for _ in range(attempts):
+            payload = echo_payload(size)
+            try:
+                sock.send(payload)
+                while True:  # echoes of earlier attempts that came late are skipped
+                    answer = sock.recv(65536)
+                    if answer == payload:
+                        return None
+                    reason = f"echoed {answer[:40]!r}, not the datagram"
+            except TimeoutError:
+                if not reason.startswith("echoed"):
+                    reason = f"no echo within {wait:g} s"
+            except OSError as error:  # ECONNREFUSED: an ICMP port unreachable
+                reason = f"{type(error).__name__}: {error}"
+    return f"UDP check: {reason} ({attempts} datagrams sent)"
+
+
+def udp_answers(port: int, *, size: int = 16, wait: float = 0.2) -> bool:
+    """Whether one UDP datagram to ``port`` comes back within ``wait`` seconds (a readiness
+    probe: no retries, the caller polls)."""
+    return udp(port, size=size, attempts=1, wait=wait) is None

@@ -33,6 +33,7 @@ from a3s_gateway import load_config_text
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.observability.metrics import render
 from a3s_gateway.observability.record import ExchangeRecord
+from a3s_gateway.observability.stream_stats import StreamStats
 from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.upstream.pool_state import PeerStats
 from bench.micro.config_parse import config_text
@@ -64,6 +65,7 @@ class _Context:
         self.websocket_sessions: Mapping[str, int] = {}
         self.websocket_totals: Mapping[str, int] = {}
         self.sse_streams: Mapping[str, int] = {}
+        self.streams = StreamStats()  # no TCP or UDP traffic here
         self.pool = _Pool()
 
 

@@ -1,8 +1,8 @@
 /*
- * streamload: the WebSocket and SSE load generator and backends of the a3s_gateway benchmark
- * (bench/harness/streamload.py builds it with gcc and drives it; SPEC section 15).
+ * streamload: the WebSocket, SSE, TCP and UDP load generator and backends of the a3s_gateway
+ * benchmark (bench/harness/streamload.py builds it with gcc and drives it; SPEC section 15).
  *
- * One program, one thread, epoll over non-blocking sockets, four modes:
+ * One program, one thread, epoll over non-blocking sockets, eight modes:
  *
  *   ws-client       N connections each do the HTTP/1.1 upgrade handshake (a fixed
  *                   Sec-WebSocket-Key; the answer must be 101 with the matching
@@ -21,19 +21,36 @@
  *                   sequence>\n\n" (40 bytes, a 32-byte data field). With --credits and
  *                   --window W, a stream the client named (`?stream=<token>-<index>`) never
  *                   has more than W events in flight.
+ *   tcp-client      N connections run a closed loop for the duration: send one message of
+ *                   --size bytes, wait until as many bytes came back (checked byte by byte),
+ *                   send the next. A connection's handshake is its first message's echo (the
+ *                   path through the proxy to the backend works).
+ *   tcp-echo-server writes back every byte it reads, on every connection.
+ *   udp-client      N connected UDP sockets, each with one datagram of --size bytes out at a
+ *                   time (its first 8 bytes a sequence number, the next 4 the socket's index);
+ *                   an echo that matches the outstanding datagram is counted and the next one
+ *                   sent; a datagram without an echo for --retry seconds is counted as lost
+ *                   and the next one (a new sequence number) sent, so the loop never stalls;
+ *                   an echo of an older datagram that arrives after that is counted as late.
+ *                   Before the measured window each socket must get one echo (within
+ *                   --timeout, retransmitting every --retry), so the proxy's sessions exist.
+ *   udp-echo-server sends every datagram back to where it came from (recvmmsg and sendmmsg
+ *                   on one blocking socket: one socket needs no epoll).
  *
  * The clients connect and handshake every connection first (bounded by --timeout), then
  * measure for --duration seconds and print one line:
  *   STREAMLOAD {"mode":..,"connections":..,"open":..,"count":..,"duration_us":..,"cpu_us":..,
- *     "bytes":..,"errors":{"connect":..,"handshake":..,"read":..,"write":..,"timeout":..,
- *     "protocol":..},
+ *     "bytes":..,"lost":..,"late":..,"errors":{"connect":..,"handshake":..,"read":..,
+ *     "write":..,"timeout":..,"protocol":..},
  *     "latency_us":{"min":..,"mean":..,"p50":..,"p90":..,"p99":..,"max":..},"first_error":".."}
- * count: messages echoed (ws) or events received (sse) in the measured window, cpu_us the
- * client's own CPU time (user + system) in that window; latencies are
- * nearest-rank percentiles of a log-linear histogram (exact below 1024 us, then 512 buckets
- * per power of two: within 0.2 %, reported as the bucket's highest value). A connection whose
- * echo or next bytes do not come within --timeout is counted as a timeout and closed. The
- * servers run until killed. --self-test checks the SHA-1 and the accept key of RFC 6455.
+ * count: messages echoed (ws, tcp, udp) or events received (sse) in the measured window, cpu_us
+ * the client's own CPU time (user + system) in that window, lost and late the UDP datagrams
+ * given up after --retry and their echoes that came later all the same (0 in the other
+ * modes); latencies are nearest-rank percentiles of a log-linear histogram (exact below
+ * 1024 us, then 512 buckets per power of two: within 0.2 %, reported as the bucket's highest
+ * value). A connection whose echo or next bytes do not come within --timeout is counted as a
+ * timeout and closed (not a UDP socket: its datagrams are retried). The servers run until
+ * killed. --self-test checks the SHA-1 and the accept key of RFC 6455.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -196,6 +213,9 @@ static void watch(int op, int fd, uint32_t events, void *ptr) {
 /* ---- the clients' connections, counters and histogram ---------------------------------- */
 
 enum { C_CONNECTING, C_HEAD, C_OPEN, C_DEAD };
+/* What a client or server speaks (from --mode). */
+enum { K_WS, K_SSE, K_TCP, K_UDP };
+static int kind;
 enum { E_CONNECT, E_HANDSHAKE, E_READ, E_WRITE, E_TIMEOUT, E_PROTOCOL, E_KINDS };
 static const char *const error_names[E_KINDS] = {"connect", "handshake", "read",
                                                  "write",   "timeout",   "protocol"};
@@ -222,13 +242,14 @@ struct client {
 static struct {
     const char *mode, *host, *path, *credits;
     int port, connections, size, window;
-    double duration, timeout;
+    double duration, timeout, retry;
 } opt = {.host = "127.0.0.1", .path = "/", .connections = 64, .size = 32, .duration = 3.0,
-         .timeout = 5.0};
+         .timeout = 5.0, .retry = 0.2};
 
 static struct client *clients;
 static int open_count, counting;
 static uint64_t count, bytes_in, errors[E_KINDS], lat_min = UINT64_MAX, lat_max, lat_sum;
+static uint64_t lost, late; /* udp: datagrams given up after --retry, echoes after that */
 static uint64_t hist[HIST_BUCKETS];
 static char first_error[160];
 
@@ -300,10 +321,11 @@ static uint64_t cpu_us(void) {
 
 static void print_summary(uint64_t duration_ns, uint64_t cpu) {
     printf("STREAMLOAD {\"mode\":\"%s\",\"connections\":%d,\"open\":%d,\"count\":%llu,"
-           "\"duration_us\":%llu,\"cpu_us\":%llu,\"bytes\":%llu,\"errors\":{",
+           "\"duration_us\":%llu,\"cpu_us\":%llu,\"bytes\":%llu,\"lost\":%llu,\"late\":%llu,"
+           "\"errors\":{",
            opt.mode, opt.connections, open_count, (unsigned long long)count,
            (unsigned long long)(duration_ns / 1000), (unsigned long long)cpu,
-           (unsigned long long)bytes_in);
+           (unsigned long long)bytes_in, (unsigned long long)lost, (unsigned long long)late);
     for (int k = 0; k < E_KINDS; k++)
         printf("%s\"%s\":%llu", k ? "," : "", error_names[k], (unsigned long long)errors[k]);
     printf("},\"latency_us\":{\"min\":%llu,\"mean\":%.1f,\"p50\":%llu,\"p90\":%llu,"
@@ -392,6 +414,32 @@ static void ws_frames(struct client *c, uint64_t now, int sending) {
     if (c->state == C_OPEN && at) memmove(c->in, c->in + at, c->in_len -= at);
 }
 
+/* tcp: send the next message (letters from a random offset, as the WebSocket payloads). */
+static void tcp_send(struct client *c) {
+    uint32_t seed = next_random();
+    for (size_t i = 0; i < (size_t)opt.size; i++)
+        c->sent[i] = c->out[i] = (uint8_t)('a' + (seed + i) % 26);
+    c->out_len = (size_t)opt.size;
+    c->out_off = 0;
+    c->waiting = 1;
+    c->since = now_ns();
+    client_flush(c);
+}
+
+/* tcp: the bytes read so far; once the whole echo is in, check it, count it, send the next. */
+static void tcp_echo(struct client *c, uint64_t now, int sending) {
+    size_t n = c->in_len, size = (size_t)opt.size;
+    if (!c->waiting) FAIL(c, E_PROTOCOL, "%zu bytes while no message was out", n);
+    if (n < size) return;
+    if (n > size) FAIL(c, E_PROTOCOL, "%zu bytes back for a %zu-byte message", n, size);
+    if (memcmp(c->in, c->sent, size) != 0)
+        FAIL(c, E_PROTOCOL, "the echo differs from the message sent");
+    c->in_len = 0;
+    c->waiting = 0;
+    record(c->since, now);
+    if (sending) tcp_send(c);
+}
+
 /* sse: one complete event (ends with its empty line) */
 static void sse_event(struct client *c, uint64_t now) {
     uint64_t stamp = 0;
@@ -467,8 +515,8 @@ static void sse_bytes(struct client *c, const uint8_t *p, size_t n, uint64_t now
 
 /* One epoll report for a client connection. */
 static void client_connected(struct client *c);
-static void client_readable(struct client *c, int ws, int sending);
-static void client_event(struct client *c, uint32_t events, int ws, int sending) {
+static void client_readable(struct client *c, int sending);
+static void client_event(struct client *c, uint32_t events, int sending) {
     if (c->state == C_CONNECTING) {
         client_connected(c);
         return;
@@ -476,11 +524,23 @@ static void client_event(struct client *c, uint32_t events, int ws, int sending)
     if (c->state != C_DEAD && (events & EPOLLOUT) && c->out_len && client_flush(c) == 0)
         watch(EPOLL_CTL_MOD, c->fd, EPOLLIN, c);
     if (c->state != C_DEAD && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
-        client_readable(c, ws, sending);
+        client_readable(c, sending);
 }
 
 /* The response head: check it, then hand what follows it to the protocol. */
-static void client_head(struct client *c, int ws, uint64_t now) {
+static void client_head(struct client *c, uint64_t now) {
+    int ws = kind == K_WS;
+    if (kind == K_TCP) { /* the first message's echo, not a head */
+        if (c->in_len < (size_t)opt.size) return;
+        if (c->in_len > (size_t)opt.size || memcmp(c->in, c->sent, c->in_len) != 0)
+            FAIL(c, E_HANDSHAKE, "the first echo differs from the message sent");
+        c->in_len = 0;
+        c->waiting = 0;
+        c->state = C_OPEN;
+        c->since = now;
+        open_count++;
+        return;
+    }
     char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
     if (!end) {
         if (c->in_len == HEAD_CAP) fail(c, E_HANDSHAKE, "a response head over %d bytes", HEAD_CAP);
@@ -522,10 +582,10 @@ static void client_head(struct client *c, int ws, uint64_t now) {
     }
 }
 
-static void client_readable(struct client *c, int ws, int sending) {
+static void client_readable(struct client *c, int sending) {
     static uint8_t buffer[65536];
     for (;;) {
-        int head = c->state == C_HEAD, framed = ws && c->state == C_OPEN;
+        int head = c->state == C_HEAD, framed = kind != K_SSE && c->state == C_OPEN;
         uint8_t *into = head || framed ? c->in + c->in_len : buffer;
         size_t room = head ? HEAD_CAP - c->in_len : framed ? IN_CAP - c->in_len : sizeof buffer;
         ssize_t n = recv(c->fd, into, room, 0);
@@ -538,10 +598,11 @@ static void client_readable(struct client *c, int ws, int sending) {
         if (counting && c->state == C_OPEN) bytes_in += (uint64_t)n;
         if (head) {
             c->in_len += (size_t)n;
-            client_head(c, ws, now);
+            client_head(c, now);
         } else if (framed) {
             c->in_len += (size_t)n;
-            ws_frames(c, now, sending);
+            if (kind == K_WS) ws_frames(c, now, sending);
+            else tcp_echo(c, now, sending);
         } else {
             sse_bytes(c, buffer, (size_t)n, now);
         }
@@ -559,7 +620,8 @@ static void client_connected(struct client *c) {
     }
     c->state = C_HEAD;
     watch(EPOLL_CTL_MOD, c->fd, EPOLLIN, c);
-    client_flush(c);
+    if (kind == K_TCP) tcp_send(c); /* its echo is the handshake: the path works end to end */
+    else client_flush(c);
 }
 
 /* sse: tell the server what each stream received since the last call; 1 if some must wait. */
@@ -580,7 +642,8 @@ static int send_credits(uint64_t token) {
     return 0;
 }
 
-static int run_client(int ws) {
+static int run_client(void) {
+    int ws = kind == K_WS, echo = kind != K_SSE;
     struct sockaddr_in to = address(opt.host, opt.port);
     struct epoll_event ready[MAX_EVENTS];
     uint64_t token = now_ns() ^ (uint64_t)getpid() << 40;
@@ -588,7 +651,7 @@ static int run_client(int ws) {
     char path[320];
     clients = calloc((size_t)opt.connections, sizeof *clients);
     if (!clients) fatal("calloc");
-    if (!ws && opt.credits) {
+    if (kind == K_SSE && opt.credits) {
         struct sockaddr_un server = {.sun_family = AF_UNIX};
         snprintf(server.sun_path, sizeof server.sun_path, "%s", opt.credits);
         credit_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -602,13 +665,15 @@ static int run_client(int ws) {
         no_delay(c->fd);
         snprintf(path, sizeof path, credit_fd < 0 ? "%s" : "%s%cstream=%016llx-%d", opt.path,
                  strchr(opt.path, '?') ? '&' : '?', (unsigned long long)token, i);
-        c->out_len = (size_t)snprintf(
-            (char *)c->out, sizeof c->out,
-            ws ? "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 "Sec-WebSocket-Key: " CLIENT_KEY "\r\nSec-WebSocket-Version: 13\r\n\r\n"
-               : "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-                 "Cache-Control: no-cache\r\n\r\n",
-            path, opt.host, opt.port);
+        if (kind != K_TCP) /* tcp: no request, the connection is the handshake */
+            c->out_len = (size_t)snprintf(
+                (char *)c->out, sizeof c->out,
+                ws ? "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: " CLIENT_KEY "\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n"
+                   : "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
+                     "Cache-Control: no-cache\r\n\r\n",
+                path, opt.host, opt.port);
         watch(EPOLL_CTL_ADD, c->fd, EPOLLOUT, c);
         if (connect(c->fd, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS)
             fail(c, E_CONNECT, "%s", strerror(errno));
@@ -623,7 +688,7 @@ static int run_client(int ws) {
         /* no credits yet: each SSE stream stops after its first --window events */
         int n = epoll_wait(epoll_fd, ready, MAX_EVENTS, (int)((deadline - now) / 1000000) + 1);
         if (n < 0 && errno != EINTR) fatal("epoll_wait");
-        for (int i = 0; i < n; i++) client_event(ready[i].data.ptr, ready[i].events, ws, 0);
+        for (int i = 0; i < n; i++) client_event(ready[i].data.ptr, ready[i].events, 0);
     }
     for (int i = 0; i < opt.connections; i++)
         if (clients[i].state < C_OPEN)
@@ -638,22 +703,22 @@ static int run_client(int ws) {
     for (int i = 0; i < opt.connections; i++) {
         struct client *c = &clients[i];
         c->since = start;
-        if (ws && c->state == C_OPEN) ws_send(c);
+        if (echo && c->state == C_OPEN) (ws ? ws_send : tcp_send)(c);
     }
     while (open_count > 0 && now < end) {
         uint64_t until = next_check < end ? next_check : end; /* timeouts are checked too */
         int wait = waiting_credits ? 1 : (int)((until - now) / 1000000) + 1;
         int n = epoll_wait(epoll_fd, ready, MAX_EVENTS, wait);
         if (n < 0 && errno != EINTR) fatal("epoll_wait");
-        for (int i = 0; i < n; i++) client_event(ready[i].data.ptr, ready[i].events, ws, 1);
+        for (int i = 0; i < n; i++) client_event(ready[i].data.ptr, ready[i].events, 1);
         if (credit_fd >= 0) waiting_credits = send_credits(token);
         now = now_ns();
         if (now >= next_check) {
             next_check = now + 100000000u;
             for (int i = 0; i < opt.connections; i++) {
                 struct client *c = &clients[i];
-                if (c->state == C_OPEN && (!ws || c->waiting) && now - c->since > timeout)
-                    fail(c, E_TIMEOUT, "no %s within %.0f s", ws ? "echo" : "event", opt.timeout);
+                if (c->state == C_OPEN && (!echo || c->waiting) && now - c->since > timeout)
+                    fail(c, E_TIMEOUT, "no %s within %.0f s", echo ? "echo" : "event", opt.timeout);
             }
         }
     }
@@ -840,13 +905,20 @@ static void credits_readable(void) {
     }
 }
 
-static int peer_readable(struct peer *p, int ws) {
+static int peer_readable(struct peer *p) {
+    int ws = kind == K_WS;
     for (;;) {
         if (p->in_len == IN_CAP) return -1;
         ssize_t n = recv(p->fd, p->in + p->in_len, IN_CAP - p->in_len, 0);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) return 0;
         if (n <= 0) return -1;
+        if (kind == K_TCP) { /* echo: send at once; what the socket does not take waits */
+            if (queue(p, p->in, (size_t)n) < 0 || p->out_len > OUT_LIMIT || peer_flush(p) < 0)
+                return -1;
+            if ((size_t)n < IN_CAP) return 0; /* all there was (epoll says when there is more) */
+            continue;
+        }
         if (!ws && p->open) continue; /* the SSE client says nothing more: drop it */
         p->in_len += (size_t)n;
         if (!p->open && !p->closing) {
@@ -881,7 +953,8 @@ static int peer_readable(struct peer *p, int ws) {
     }
 }
 
-static int run_server(int ws) {
+static int run_server(void) {
+    int sse = kind == K_SSE;
     struct sockaddr_in at = address(opt.host, opt.port);
     struct epoll_event ready[MAX_EVENTS];
     int one = 1, listener = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -890,7 +963,7 @@ static int run_server(int ws) {
     if (bind(listener, (struct sockaddr *)&at, sizeof at) < 0) fatal("bind");
     if (listen(listener, 4096) < 0) fatal("listen");
     watch(EPOLL_CTL_ADD, listener, EPOLLIN, NULL);
-    if (!ws && opt.credits) {
+    if (sse && opt.credits) {
         struct sockaddr_un at_credits = {.sun_family = AF_UNIX};
         snprintf(at_credits.sun_path, sizeof at_credits.sun_path, "%s", opt.credits);
         unlink(opt.credits);
@@ -918,17 +991,173 @@ static int run_server(int ws) {
                         continue;
                     }
                     fresh->fd = fd;
+                    fresh->open = kind == K_TCP; /* no head to read first */
                     no_delay(fd);
                     watch(EPOLL_CTL_ADD, fd, EPOLLIN, fresh);
                 }
                 continue;
             }
             int gone = 0;
-            if (ready[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) gone = peer_readable(p, ws) < 0;
+            if (ready[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) gone = peer_readable(p) < 0;
             if (!gone && (ready[i].events & EPOLLOUT))
-                gone = (!ws && p->open ? sse_stream(p, 64) : peer_flush(p)) < 0;
-            if (!gone && !ws && p->open && !p->out_watched) gone = sse_stream(p, 64) < 0;
+                gone = (sse && p->open ? sse_stream(p, 64) : peer_flush(p)) < 0;
+            if (!gone && sse && p->open && !p->out_watched) gone = sse_stream(p, 64) < 0;
             if (gone) peer_close(p);
+        }
+    }
+}
+
+/* ---- UDP: the client and the echo server ----------------------------------------------- */
+
+struct dgram {
+    int fd, state, waiting; /* state: C_HEAD until its first echo, then C_OPEN (or C_DEAD) */
+    uint32_t index;
+    uint64_t sequence, since; /* the outstanding datagram's number and when it left (ns) */
+    uint8_t sent[MAX_SIZE];
+};
+
+/* udp: send the next datagram, with a new sequence number. A send that fails is an error but
+ * not the socket's end: the datagram counts as outstanding and is retried after --retry. */
+static void udp_send(struct dgram *d) {
+    uint32_t seed = next_random();
+    d->sequence++;
+    memcpy(d->sent, &d->sequence, 8);
+    memcpy(d->sent + 8, &d->index, 4);
+    for (size_t i = 12; i < (size_t)opt.size; i++) d->sent[i] = (uint8_t)('a' + (seed + i) % 26);
+    d->waiting = 1;
+    d->since = now_ns();
+    ssize_t n;
+    do n = send(d->fd, d->sent, (size_t)opt.size, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != ENOBUFS) fail(NULL, E_WRITE, "%s", strerror(errno));
+}
+
+/* udp: one datagram from the socket (epoll reports it again while more wait). */
+static void udp_readable(struct dgram *d, int sending) {
+    uint8_t data[MAX_SIZE + 1];
+    uint64_t sequence;
+    ssize_t n = recv(d->fd, data, sizeof data, 0);
+    if (n < 0) { /* ECONNREFUSED: an ICMP port unreachable for an earlier datagram */
+        if (errno != EAGAIN && errno != EINTR) fail(NULL, E_READ, "%s", strerror(errno));
+        return;
+    }
+    uint64_t now = now_ns();
+    if (n != opt.size) {
+        fail(NULL, E_PROTOCOL, "a %zd-byte datagram for a %d-byte one", n, opt.size);
+        return;
+    }
+    memcpy(&sequence, data, 8);
+    if (d->waiting && sequence == d->sequence && memcmp(data, d->sent, (size_t)n) == 0) {
+        d->waiting = 0;
+        if (d->state == C_HEAD) {
+            d->state = C_OPEN;
+            open_count++;
+            return;
+        }
+        if (counting) bytes_in += (uint64_t)n;
+        record(d->since, now);
+        if (sending) udp_send(d);
+    } else if (sequence < d->sequence) {
+        if (counting) late++; /* given up already: its successor is out */
+    } else {
+        fail(NULL, E_PROTOCOL, "the echo differs from the datagram sent");
+    }
+}
+
+/* udp: retry what waited longer than --retry; in the measured window that is a loss. */
+static void udp_retry(struct dgram *dgrams, uint64_t now) {
+    uint64_t retry = (uint64_t)(opt.retry * 1e9);
+    for (int i = 0; i < opt.connections; i++) {
+        struct dgram *d = &dgrams[i];
+        if (d->state == C_DEAD || !d->waiting || now - d->since <= retry) continue;
+        if (counting && d->state == C_OPEN) lost++;
+        udp_send(d);
+    }
+}
+
+static int run_udp_client(void) {
+    struct sockaddr_in to = address(opt.host, opt.port);
+    struct epoll_event ready[MAX_EVENTS];
+    struct dgram *dgrams = calloc((size_t)opt.connections, sizeof *dgrams);
+    uint64_t tick = 10000000u; /* how often outstanding datagrams are looked at (ns) */
+    if (!dgrams) fatal("calloc");
+    for (int i = 0; i < opt.connections; i++) {
+        struct dgram *d = &dgrams[i];
+        d->index = (uint32_t)i;
+        d->state = C_HEAD;
+        d->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (d->fd < 0) fatal("socket");
+        if (connect(d->fd, (struct sockaddr *)&to, sizeof to) < 0) fatal("connect");
+        watch(EPOLL_CTL_ADD, d->fd, EPOLLIN, d);
+        udp_send(d);
+    }
+    /* Phase 1: one echo on every socket (the proxy's sessions exist), within --timeout. */
+    uint64_t now = now_ns(), deadline = now + (uint64_t)(opt.timeout * 1e9);
+    while (open_count < opt.connections && now < deadline) {
+        int n = epoll_wait(epoll_fd, ready, MAX_EVENTS, (int)(tick / 1000000));
+        if (n < 0 && errno != EINTR) fatal("epoll_wait");
+        for (int i = 0; i < n; i++) udp_readable(ready[i].data.ptr, 0);
+        udp_retry(dgrams, now = now_ns());
+    }
+    for (int i = 0; i < opt.connections; i++) {
+        struct dgram *d = &dgrams[i];
+        if (d->state == C_OPEN) continue;
+        fail(NULL, E_HANDSHAKE, "no echo within %.0f s", opt.timeout);
+        close(d->fd);
+        d->state = C_DEAD;
+    }
+    /* Phase 2: the measured window. */
+    uint64_t cpu_start = cpu_us(), start = now_ns(), end = start + (uint64_t)(opt.duration * 1e9);
+    uint64_t next_check = start + tick;
+    counting = 1;
+    for (int i = 0; i < opt.connections; i++)
+        if (dgrams[i].state == C_OPEN) udp_send(&dgrams[i]);
+    for (now = start; open_count > 0 && now < end;) {
+        uint64_t until = next_check < end ? next_check : end;
+        int n = epoll_wait(epoll_fd, ready, MAX_EVENTS, (int)((until - now) / 1000000) + 1);
+        if (n < 0 && errno != EINTR) fatal("epoll_wait");
+        for (int i = 0; i < n; i++) udp_readable(ready[i].data.ptr, 1);
+        now = now_ns();
+        if (now >= next_check) {
+            next_check = now + tick;
+            udp_retry(dgrams, now);
+        }
+    }
+    counting = 0;
+    uint64_t stop = now_ns(), cpu = cpu_us() - cpu_start;
+    for (int i = 0; i < opt.connections; i++)
+        if (dgrams[i].state != C_DEAD) close(dgrams[i].fd);
+    print_summary(stop - start, cpu);
+    return 0;
+}
+
+static int run_udp_server(void) {
+    enum { BATCH = 64 };
+    static uint8_t data[BATCH][MAX_SIZE];
+    struct sockaddr_in at = address(opt.host, opt.port), from[BATCH];
+    struct mmsghdr in[BATCH];
+    struct iovec vec[BATCH];
+    int buffer = 4 << 20, fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fatal("socket");
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
+    if (bind(fd, (struct sockaddr *)&at, sizeof at) < 0) fatal("bind");
+    fprintf(stderr, "streamload %s listening on %s:%d\n", opt.mode, opt.host, opt.port);
+    for (;;) {
+        for (int i = 0; i < BATCH; i++) {
+            vec[i] = (struct iovec){.iov_base = data[i], .iov_len = sizeof data[i]};
+            in[i].msg_hdr = (struct msghdr){.msg_name = &from[i], .msg_namelen = sizeof from[i],
+                                            .msg_iov = &vec[i], .msg_iovlen = 1};
+        }
+        /* blocks for the first datagram, then takes what else is queued (up to BATCH) */
+        int n = recvmmsg(fd, in, BATCH, MSG_WAITFORONE, NULL);
+        if (n < 0 && (errno == EINTR || errno == ECONNREFUSED)) continue;
+        if (n < 0) fatal("recvmmsg");
+        for (int i = 0; i < n; i++) vec[i].iov_len = in[i].msg_len; /* send back as long */
+        for (int done = 0; done < n;) {
+            int k = sendmmsg(fd, in + done, (unsigned)(n - done), 0);
+            if (k < 0 && errno == EINTR) continue;
+            done += k < 0 ? 1 : k; /* a datagram that cannot go is dropped, as UDP may */
         }
     }
 }
@@ -950,9 +1179,11 @@ static int self_test(void) {
 }
 
 __attribute__((noreturn)) static void usage(void) {
-    fprintf(stderr, "usage: streamload --mode ws-client|ws-echo-server|sse-client|sse-server "
+    fprintf(stderr, "usage: streamload --mode ws-client|ws-echo-server|sse-client|sse-server|"
+                    "tcp-client|tcp-echo-server|udp-client|udp-echo-server "
                     "--port PORT [--host IPV4] [--path /p] [--connections N] [--duration S] "
-                    "[--size BYTES] [--timeout S] [--credits SOCKET] [--window EVENTS]\n"
+                    "[--size BYTES] [--timeout S] [--retry S] [--credits SOCKET] "
+                    "[--window EVENTS]\n"
                     "       streamload --self-test\n");
     exit(2);
 }
@@ -970,23 +1201,34 @@ int main(int argc, char **argv) {
         else if (strcmp(name, "--duration") == 0) opt.duration = atof(value);
         else if (strcmp(name, "--size") == 0) opt.size = atoi(value);
         else if (strcmp(name, "--timeout") == 0) opt.timeout = atof(value);
+        else if (strcmp(name, "--retry") == 0) opt.retry = atof(value);
         else if (strcmp(name, "--credits") == 0) opt.credits = value;
         else if (strcmp(name, "--window") == 0) opt.window = atoi(value);
         else usage();
         i++;
     }
-    if (!opt.mode || opt.port < 1 || opt.port > 65535 || opt.connections < 1 ||
-        opt.duration <= 0 || opt.timeout <= 0 || opt.size < 1 || opt.size > MAX_SIZE ||
+    static const struct {
+        const char *name;
+        int kind, server;
+    } modes[] = {
+        {"ws-client", K_WS, 0},   {"ws-echo-server", K_WS, 1},   {"sse-client", K_SSE, 0},
+        {"sse-server", K_SSE, 1}, {"tcp-client", K_TCP, 0},      {"tcp-echo-server", K_TCP, 1},
+        {"udp-client", K_UDP, 0}, {"udp-echo-server", K_UDP, 1},
+    };
+    int mode = -1;
+    for (size_t m = 0; opt.mode && m < sizeof modes / sizeof *modes; m++)
+        if (strcmp(opt.mode, modes[m].name) == 0) mode = (int)m;
+    if (mode < 0 || opt.port < 1 || opt.port > 65535 || opt.connections < 1 ||
+        opt.duration <= 0 || opt.timeout <= 0 || opt.retry <= 0 || opt.size < 1 ||
+        opt.size > MAX_SIZE || (modes[mode].kind == K_UDP && opt.size < 12) ||
         strlen(opt.path) > 256 || opt.path[0] != '/' || opt.window < 0 ||
         (opt.credits && (strlen(opt.credits) >= sizeof((struct sockaddr_un *)0)->sun_path ||
                          (strcmp(opt.mode, "sse-server") == 0 && opt.window < 1))))
         usage();
+    kind = modes[mode].kind;
     signal(SIGPIPE, SIG_IGN);
     epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd < 0) fatal("epoll_create1");
-    if (strcmp(opt.mode, "ws-client") == 0) return run_client(1);
-    if (strcmp(opt.mode, "sse-client") == 0) return run_client(0);
-    if (strcmp(opt.mode, "ws-echo-server") == 0) return run_server(1);
-    if (strcmp(opt.mode, "sse-server") == 0) return run_server(0);
-    usage();
+    if (kind == K_UDP) return modes[mode].server ? run_udp_server() : run_udp_client();
+    return modes[mode].server ? run_server() : run_client();
 }
