@@ -338,9 +338,9 @@ class Gateway:
         self._serve_management = management
         #: ``probes=False``: the active health pushed to this gateway (module docstring).
         self._board = None if probes else HealthBoard()
-        #: Each http and tcp entrypoint's listener group, by entrypoint name.
+        #: Each http and tcp entrypoint's listener group, and each udp entrypoint's sockets
+        #: and sessions, by entrypoint name.
         self._groups: dict[str, ListenerGroup] = {}
-        #: Each udp entrypoint's sockets and sessions, by entrypoint name.
         self._udp: dict[str, UdpGroup] = {}
         self._context: ServerContext | None = None
         #: The nurseries while accepting (``_Serving``); ``_run`` alone sets and withdraws it.
@@ -350,17 +350,15 @@ class Gateway:
         self._state = GatewayState.CREATED
         self._generation = 1
         self._started_at: float | None = None
-        self._last_reload: ReloadStatus | None = None
-        self._shutdown_requested = trio.Event()
-        self._stopped = trio.Event()
         self._grace: float | None = None
+        self._last_reload: ReloadStatus | None = None
+        self._shutdown_requested, self._stopped = trio.Event(), trio.Event()
         #: Outbound clients for middlewares (forward-auth, JWKS, Redis); run in the root nursery.
         self._outbound = Outbound()
         observability = self._config.observability
         #: Prometheus families (SPEC §9.1); counters live as long as the gateway, across reloads.
         self._metrics = GatewayMetrics(observability.metrics_enabled, version=_version())
-        #: TLS entrypoints' certificates across generations; its poller runs in the root
-        #: nursery (``server/tls.py``).
+        #: TLS entrypoints' certificates across generations (poller in the root nursery).
         self._tls = TlsStore(self._metrics)
         #: The access log (SPEC §9.2): its writer runs in the root nursery.
         self._access_log = access_log_for(observability, on_drop=self._metrics.access_log_dropped)

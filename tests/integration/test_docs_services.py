@@ -273,7 +273,7 @@ def test_not_available_lists_every_refused_service_setting() -> None:
     assert "panic_threshold" not in terms  # panic mode works: documented, no longer refused
     assert "https://" not in terms
     assert "wss://" not in terms  # WebSocket proxying works (issue #19)
-    assert "tls://" in terms  # waits for TCP routers
+    assert "tls://" not in terms  # TCP routers work (issue #20)
     waiting = not_available()
     missing = [term for term in terms if not in_backticks(term, waiting)]
     assert missing == []

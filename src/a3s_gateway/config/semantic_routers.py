@@ -34,6 +34,7 @@ from a3s_gateway.routing import CompiledRule, RuleKind, RuleSyntax, RuleSyntaxEr
 if TYPE_CHECKING:
     from a3s_gateway.config.problems import Path
     from a3s_gateway.config.schema_routers import Router, TcpRouter
+    from a3s_gateway.config.schema_services import Service
 
 _DNS_TRANSPORTS: Final = {"ws": "http", "wss": "https"}
 
@@ -64,6 +65,8 @@ def _check_tcp_router(report: Report, name: str, router: TcpRouter) -> None:
     report.service((*base, "service"), router.service)
     _check_entrypoint_list(report, base, router.entrypoints, "tcp")
     _check_middleware_list(report, base, router.middlewares, "tcp")
+    if router.tls_passthrough:
+        _check_passthrough(report, base, router)
     if compiled is None or not compiled.catch_all:
         return
     for index, entrypoint_name in enumerate(router.entrypoints):
@@ -74,6 +77,22 @@ def _check_tcp_router(report: Report, name: str, router: TcpRouter) -> None:
                 f"catch-all tcp router takes every connection on http entrypoint "
                 f'"{entrypoint_name}"; its http routers are never reached',
             )
+
+
+def _check_passthrough(report: Report, base: Path, router: TcpRouter) -> None:
+    """``tls_passthrough`` changes something only on an entrypoint with ``tls``: on one without,
+    TLS is relayed as it comes anyway (a warning, so the config still says what it means)."""
+    config = report.config
+    names = router.entrypoints or tuple(
+        name for name, entrypoint in config.entrypoints.items() if entrypoint.protocol == "tcp"
+    )
+    attached = [config.entrypoints[name] for name in names if name in config.entrypoints]
+    if attached and all(entrypoint.tls is None for entrypoint in attached):
+        report.warning(
+            (*base, "tls_passthrough"),
+            "tls_passthrough has no effect: none of this router's entrypoints has tls, so "
+            "TLS connections are relayed unchanged (and routed by their SNI) anyway",
+        )
 
 
 def _check_udp_routers(report: Report) -> None:
@@ -213,6 +232,8 @@ def _check_service_kind(report: Report, name: str, uses: list[ServiceUse]) -> No
                     f'service "{name}" uses websocket_mux; only http routers can use it',
                 )
         return
+    if primary.kind != "http":
+        _check_stream_service(report, name, service, primary)
     for path, server in all_servers(service):
         if server.url.transport not in KIND_TRANSPORTS[primary.kind]:
             scheme = server.url.scheme or "bare host:port"
@@ -222,6 +243,35 @@ def _check_service_kind(report: Report, name: str, uses: list[ServiceUse]) -> No
                 f'"{primary.router}" (accepted: {KIND_SCHEMES[primary.kind]})',
             )
     _check_dns_scheme(report, name, primary)
+
+
+def _check_stream_service(report: Report, name: str, service: Service, use: ServiceUse) -> None:
+    """Settings of a service that a TCP or UDP router cannot honour are errors, never ignored:
+    sticky cookies (no HTTP), a ``hash_key`` other than the client IP (no request to read
+    one from), and for UDP active health checks (a datagram has no probe to answer)."""
+    balancer = service.load_balancer
+    if balancer is None:
+        return
+    base: Path = ("services", name, "load_balancer")
+    where = f'{use.kind} router "{use.router}"'
+    if balancer.sticky is not None:
+        report.error(
+            (*base, "sticky"),
+            f'sticky cookies need HTTP; service "{name}" is used by {where} '
+            '(for affinity use strategy = "consistent-hash": it hashes the client IP)',
+        )
+    if balancer.hash_key not in (None, "client-ip"):
+        report.error(
+            (*base, "hash_key"),
+            f'a {use.kind} connection has only its client IP to hash; service "{name}" is used '
+            f'by {where}: remove hash_key or set it to "client-ip"',
+        )
+    if use.kind == "udp" and balancer.health_check is not None:
+        report.error(
+            (*base, "health_check"),
+            f'UDP backends cannot be probed; service "{name}" is used by {where} (passive '
+            "health still applies: a backend that answers with ICMP unreachable is ejected)",
+        )
 
 
 def _check_dns_scheme(report: Report, name: str, use: ServiceUse) -> None:

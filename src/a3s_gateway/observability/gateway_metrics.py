@@ -996,7 +996,7 @@ def _shown(entry: EntrypointRuntime | None, extra: tuple[str, ...]) -> bool:
         return False
     if entry.protocol == "tcp":
         return extra in ((), ("tcp",))
-    return extra != ("tcp",) or entry.preamble
+    return extra != ("tcp",) or entry.shares_tcp
 
 
 def _middleware_counts(

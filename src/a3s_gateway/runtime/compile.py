@@ -186,6 +186,9 @@ class EntrypointRuntime:
     #: Whether a connection needs a look at its first bytes before its protocol runs: a tcp
     #: entrypoint, a PROXY header to read, or TCP routers to try on a TLS http entrypoint.
     preamble: bool = False
+    #: A TLS http entrypoint that TCP routers share (SPEC §6.1): its TCP routers terminate TLS
+    #: with a second set of contexts that offers no ALPN.
+    shares_tcp: bool = False
 
     def proxy_from(self, address: PeerAddress | None) -> bool:
         """Whether a connection from ``address`` may start with a PROXY header."""
@@ -449,7 +452,7 @@ def _entrypoints(config: Config, tcp_routes: TcpRouteTable) -> dict[str, Entrypo
             name, entrypoint, heads, redirect_port=_redirect_port(config, entrypoint)
         )
         if entry.tls and tcp_routes.routes_for(name):
-            entry = dataclasses.replace(entry, preamble=True)
+            entry = dataclasses.replace(entry, preamble=True, shares_tcp=True)
         entrypoints[name] = entry
     return entrypoints
 

@@ -32,7 +32,7 @@ import errno
 import logging
 import math
 import socket as stdlib_socket
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import trio
 
@@ -44,7 +44,7 @@ from a3s_gateway.server.http1_driver import serve_http1
 from a3s_gateway.server.http2_driver import serve_http2
 from a3s_gateway.server.preamble import ProxyHeaderError, peek_client_hello, read_proxy_header
 from a3s_gateway.server.tcp_proxy import note_rejection, serve_tcp
-from a3s_gateway.server.tls import handshake
+from a3s_gateway.server.tls import handshake, tcp_key
 from a3s_gateway.streams import PrefixedStream, RawSocketStream, from_trio
 
 if TYPE_CHECKING:
@@ -275,16 +275,35 @@ async def serve_listener(
         if entry.allowed is not None and not _allowed(accepted, entry):
             _reject(accepted, ctx, name, "ip_not_allowed")
             continue
-        terminator = None
+        terminators = _NO_TLS
         if entry.tls:
-            terminator = tls.get(name) if tls is not None else None
-            if terminator is None:
+            terminators = _terminators(tls, entry)
+            if terminators.http is None or terminators.tcp is None:
                 _reject(accepted, ctx, name, "tls_unavailable")
                 continue
         stream = from_trio(accepted)
         ctx.active_connections[name] = active + 1
         ctx.metrics.connection_opened(name)
-        handlers.start_soon(_handle, stream, entry, ctx, connections, terminator)
+        handlers.start_soon(_handle, stream, entry, ctx, connections, terminators)
+
+
+class _Terminators(NamedTuple):
+    """A TLS entrypoint's terminators at one accept: HTTPS's, and its TCP routers' (the same
+    on a tcp entrypoint; on an http one that TCP routers share, the one without ALPN)."""
+
+    http: Terminator | None
+    tcp: Terminator | None
+
+
+#: The terminators of a plain entrypoint's connections.
+_NO_TLS: Final = _Terminators(None, None)
+
+
+def _terminators(tls: TlsStore | None, entry: EntrypointRuntime) -> _Terminators:
+    if tls is None:
+        return _NO_TLS
+    main = tls.get(entry.name)
+    return _Terminators(main, tls.get(tcp_key(entry.name)) if entry.shares_tcp else main)
 
 
 def _allowed(accepted: trio.SocketStream, entry: EntrypointRuntime) -> bool:
@@ -310,7 +329,7 @@ async def _handle(
     entry: EntrypointRuntime,
     ctx: ServerContext,
     connections: Connections | None,
-    terminator: Terminator | None = None,
+    terminators: _Terminators = _NO_TLS,
 ) -> None:
     try:
         peer = stream.socket.getpeername()
@@ -321,7 +340,7 @@ async def _handle(
         return
     if connections is None:
         try:
-            await _serve(stream, info, entry, ctx, terminator)
+            await _serve(stream, info, entry, ctx, terminators)
         finally:
             ctx.active_connections[entry.name] -= 1
         return
@@ -329,7 +348,7 @@ async def _handle(
     connections.scopes.add(scope)
     try:
         with scope:
-            await _serve(stream, info, entry, ctx, terminator)
+            await _serve(stream, info, entry, ctx, terminators)
     finally:
         connections.scopes.discard(scope)
         ctx.active_connections[entry.name] -= 1
@@ -340,10 +359,11 @@ async def _serve(
     info: ConnInfo,
     entry: EntrypointRuntime,
     ctx: ServerContext,
-    terminator: Terminator | None,
+    terminators: _Terminators,
 ) -> None:
+    terminator = terminators.http
     if entry.preamble:
-        await _serve_preamble(stream, info, entry, ctx, terminator)
+        await _serve_preamble(stream, info, entry, ctx, terminators)
     elif terminator is None:
         await _serve_plain(stream, info, entry, ctx)
     else:
@@ -355,7 +375,7 @@ async def _serve_preamble(
     info: ConnInfo,
     entry: EntrypointRuntime,
     ctx: ServerContext,
-    terminator: Terminator | None,
+    terminators: _Terminators,
 ) -> None:
     """SPEC §6.1: the PROXY header (from a trusted peer) and the allowlist on its source, then
     the TCP routers (with a ClientHello peek when a rule needs SNI or ALPN); an unmatched
@@ -392,8 +412,9 @@ async def _serve_preamble(
             sni, alpn, prefix = hello.sni, hello.alpn, hello.data
         route = table.select(TcpConnInfo(sni, alpn, info.peer_ip), entry.name)
         if route is not None:
-            await serve_tcp(stream, prefix, info, entry, route, ctx, terminator, sni)
+            await serve_tcp(stream, prefix, info, entry, route, ctx, terminators.tcp, sni)
             return
+    terminator = terminators.http
     if entry.protocol == "tcp":
         stream.close_nowait()
         note_rejection(ctx, entry.name, "no_route")

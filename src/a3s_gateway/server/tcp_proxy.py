@@ -242,6 +242,9 @@ def _passive(ctx: ServerContext, service: ServiceRuntime, backend: Backend, *, e
     if outliers is None:
         return
     skipped = outliers.skipped_ejections
+    # A connect failure counts as the 502 an HTTP request would have got (SPEC §6.3), so
+    # ``error_status_codes`` decides for TCP as it does for HTTP.
+    error = error and outliers.is_error(502)
     transition = outliers.record(backend, error=error, now=trio.current_time())
     if outliers.skipped_ejections != skipped:
         ctx.metrics.passive_ejection(service.name, backend.url.text, skipped=True)

@@ -247,6 +247,17 @@ def build_terminator(name: str, settings: TlsSettings) -> Terminator:
     return Terminator(name, settings, _state(certificates, settings, ca_stamp))
 
 
+#: The key suffix of a TLS http entrypoint's second terminator, the one its TCP routers
+#: terminate with: the same certificates, no ALPN offered (the backend speaks the protocol, not
+#: the gateway, so agreeing on ``h2`` there would be a lie).
+TCP_VARIANT: Final = "\0tcp"
+
+
+def tcp_key(name: str) -> str:
+    """The ``TlsStore`` key of ``name``'s terminator for TCP routers (``TCP_VARIANT``)."""
+    return name + TCP_VARIANT
+
+
 class TlsStore:
     """The terminators of every TLS entrypoint, and their hot reload (module docstring)."""
 
@@ -272,16 +283,14 @@ class TlsStore:
         entrypoint and file when a new certificate cannot be loaded; nothing is installed."""
         await self.refresh()
         prepared: dict[str, Terminator] = {}
-        for name, entry in entrypoints.items():
-            settings = entry.tls_settings
-            if settings is None:
-                continue
-            current = self._terminators.get(name)
+        for key, settings in _wanted(entrypoints):
+            name = key.removesuffix(TCP_VARIANT)
+            current = self._terminators.get(key)
             if current is not None and current.settings == settings:
-                prepared[name] = current
+                prepared[key] = current
                 continue
             try:
-                prepared[name] = await trio.to_thread.run_sync(build_terminator, name, settings)
+                prepared[key] = await trio.to_thread.run_sync(build_terminator, name, settings)
             except CertificateError as error:
                 raise StartError(f'entrypoint "{name}" tls: {error}') from error
         return prepared
@@ -325,8 +334,23 @@ class TlsStore:
         self._metrics.tls_certificates(
             (name, certificate.label, certificate.not_after)
             for name, terminator in self._terminators.items()
+            if not name.endswith(TCP_VARIANT)
             for certificate in terminator.certificates
         )
+
+
+def _wanted(entrypoints: Mapping[str, EntrypointRuntime]) -> list[tuple[str, TlsSettings]]:
+    """(store key, settings) of every terminator ``entrypoints`` need: one per TLS
+    entrypoint, and for a TLS http entrypoint that TCP routers share, one without ALPN."""
+    wanted: list[tuple[str, TlsSettings]] = []
+    for name, entry in entrypoints.items():
+        settings = entry.tls_settings
+        if settings is None:
+            continue
+        wanted.append((name, settings))
+        if entry.shares_tcp:
+            wanted.append((tcp_key(name), replace(settings, alpn=())))
+    return wanted
 
 
 def _reason(error: BaseException, hello: _Hello) -> str:
