@@ -12,7 +12,12 @@ import trio
 import trio.testing
 
 from a3s_gateway.observability.stream_stats import StreamStats
-from a3s_gateway.protocols.proxy_protocol import ProxyHeader, encode_v1, encode_v2
+from a3s_gateway.protocols.proxy_protocol import (
+    MAX_PROXY_HEADER_BYTES,
+    ProxyHeader,
+    encode_v1,
+    encode_v2,
+)
 from a3s_gateway.server.preamble import (
     Hello,
     ProxyHeaderError,
@@ -132,7 +137,7 @@ async def test_a_header_is_parsed_and_the_bytes_after_it_are_kept(
     parsed, leftover = await read_proxy_header(reader, PROXY_SECONDS)
     assert parsed == ProxyHeader(source, destination, consumed=len(header), version=version)
     assert leftover + await remaining(reader) == payload
-    assert leftover == b""  # reads stop at the header's end: the payload stays in the stream
+    assert leftover == payload  # one read takes the header and what follows it, handed back
     assert bytes(reader.got) == header + leftover
 
 
@@ -147,7 +152,7 @@ async def test_a_header_arriving_a_byte_at_a_time_within_the_bound_is_parsed(
     parsed, leftover = await read_proxy_header(reader, PROXY_SECONDS)
     assert parsed is not None
     assert parsed.source == ("203.0.113.9", 1234)
-    assert leftover == b""
+    assert b"after".startswith(leftover)
     assert trio.current_time() - start == pytest.approx(every * len(header))
 
 
@@ -262,16 +267,17 @@ async def test_a_malformed_header_is_an_error_with_its_reason_without_waiting(
     assert trio.current_time() == start
 
 
-async def test_reads_ask_only_for_what_the_header_still_needs() -> None:
+async def test_reads_ask_for_the_header_cap_and_hand_back_the_rest() -> None:
+    """A v1 line must not cost a read per byte: every read asks for what the cap leaves, and
+    the bytes past the header come back as the leftover."""
     reader, peer = pair()
-    header = encode_v2(("192.0.2.1", 1), ("192.0.2.2", 2), tlvs=b"\x05\x00\x10" + bytes(16))
+    header = encode_v1(("192.0.2.1", 1), ("192.0.2.2", 2))
     await peer.send_all(header + b"x" * 10_000)
     parsed, leftover = await read_proxy_header(reader, PROXY_SECONDS)
     assert parsed is not None
-    assert leftover == b""
-    # 15 (the shortest v1 line), to 16 (a v2 header's fixed part), to the header's end
-    assert reader.asked == [15, 1, len(header) - 16]
-    assert bytes(reader.got) == header
+    assert reader.asked == [MAX_PROXY_HEADER_BYTES]
+    assert bytes(reader.got) == header + leftover
+    assert leftover == b"x" * (len(reader.got) - len(header))
 
 
 # --- peek_client_hello ---

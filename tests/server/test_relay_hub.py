@@ -6,8 +6,10 @@ in ``RawSocketStream`` (what the gateway hands over): the far ends play client a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import select
 import socket
 from typing import TYPE_CHECKING
 
@@ -220,3 +222,44 @@ async def test_without_a_running_hub_the_tasks_relay() -> None:
             backend.shutdown_write()
             assert await client.read_all() == b""
     assert len(idle_hub) == 0
+
+
+class RefusingEpoll:
+    """The hub's epoll set, whose next ``register`` the kernel refuses (ENOSPC)."""
+
+    def __init__(self, real: select.epoll) -> None:
+        self.real = real
+        self.refuse = True
+
+    def register(self, fd: int, mask: int) -> None:
+        if self.refuse:
+            self.refuse = False
+            raise OSError(errno.ENOSPC, "max_user_watches reached")
+        self.real.register(fd, mask)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+async def test_a_refused_registration_fails_that_relay_alone(hub: RelayHub) -> None:
+    real = hub._epoll  # the kernel's refusal is simulated there
+    assert real is not None
+    hub._epoll = RefusingEpoll(real)  # type: ignore[assignment]  # a stand-in: same methods
+    client_side, client = pair()
+    upstream_side, _backend = pair()
+    stats = RelayStats()
+    with trio.fail_after(BOUND):
+        await relay_tcp(client_side, upstream_side, idle=0, stats=stats, hub=hub)
+        assert stats.ended == "client_reset"
+        assert await client.read_all() == b""
+        assert len(hub) == 0
+        # The hub goes on serving the next relay.
+        client_side, client = pair()
+        upstream_side, backend = pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: relay_tcp(client_side, upstream_side, idle=0, hub=hub))
+            await client.send(b"still")
+            assert await backend.read_exactly(5) == b"still"
+            client.shutdown_write()
+            backend.shutdown_write()
+            assert await client.read_all() == b""

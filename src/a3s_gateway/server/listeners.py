@@ -342,6 +342,7 @@ async def _handle(
         try:
             await _serve(stream, info, entry, ctx, terminators)
         finally:
+            stream.close_nowait()  # on every path (a no-op when its driver closed it)
             ctx.active_connections[entry.name] -= 1
         return
     scope = trio.CancelScope(deadline=connections.deadline)
@@ -350,6 +351,7 @@ async def _handle(
         with scope:
             await _serve(stream, info, entry, ctx, terminators)
     finally:
+        stream.close_nowait()  # on every path (a no-op when its driver closed it)
         connections.scopes.discard(scope)
         ctx.active_connections[entry.name] -= 1
 

@@ -3,9 +3,11 @@
 Ring 1. Nurseries: none. Deadlines: the PROXY header is read within ``timeouts.handshake`` and
 the ClientHello peek within ``timeouts.peek`` (SPEC §3.7, §4.11), each one ``move_on_after``
 around its reads. The parsing is Ring 0's (``protocols/proxy_protocol.py``,
-``routing/clienthello.py``): pure functions called again with the whole buffer after every read,
-whose ``NeedMore`` says how far to read, so a read never asks for more than the answer needs and
-the buffer stays within their caps.
+``routing/clienthello.py``): pure functions called again with the whole buffer after every read. The
+ClientHello peek reads only as far as the parser's ``NeedMore`` says (a TLS backend must get
+every byte it would have got, and nothing is lost by stopping at the hello); the PROXY reader
+asks for up to the header cap at once (a v1 line would otherwise come a byte per read), handing
+back what follows the header. Both buffers stay within their parsers' caps.
 
 ``read_proxy_header`` is called only for a peer in ``proxy_protocol.trusted_ips`` (other peers'
 bytes are never interpreted). It returns the header (or None when the peer sent none: its bytes
@@ -89,7 +91,9 @@ async def read_proxy_header(
             if isinstance(result, Malformed):
                 raise ProxyHeaderError(result.reason)
             assert isinstance(result, NeedMore)
-            data = await _receive(stream, min(result.at_least, MAX_PROXY_HEADER_BYTES) - len(buf))
+            # Read as much as a header may take, not the one byte a v1 line asks for at a
+            # time: bytes past the header are handed back as the prefix anyway.
+            data = await _receive(stream, MAX_PROXY_HEADER_BYTES - len(buf))
             if not data:
                 if not buf:
                     return None, b""

@@ -27,6 +27,7 @@ Must not: close a descriptor (the relay's task owns its sockets), look at the by
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -156,22 +157,32 @@ class RelayHub:
             if self._by_fd.get(fd) is relay:
                 del self._by_fd[fd]
                 if self._masks.pop(fd, 0) and epoll is not None:
-                    epoll.unregister(fd)
+                    with contextlib.suppress(OSError):  # not registered after all: nothing to do
+                        epoll.unregister(fd)
 
     def _set_mask(self, relay: HubRelay, fd: int) -> None:
+        """Register, modify or unregister ``fd`` for the events it waits for now. A refusal
+        of the kernel (``ENOSPC`` at ``fs.epoll.max_user_watches``, ``ENOMEM``) fails this
+        relay alone; it never escapes into the hub's loop."""
+        if relay.done.is_set():  # finished (and removed): it registers nothing any more
+            return
         mask = relay.mask(fd)
         old = self._masks.get(fd, 0)
-        if mask == old:
-            return
         epoll = self._epoll
-        if epoll is None:
+        if mask == old or epoll is None:
             return
-        if not old:
-            epoll.register(fd, mask)
-        elif not mask:
-            epoll.unregister(fd)
-        else:
-            epoll.modify(fd, mask)
+        try:
+            if not old:
+                epoll.register(fd, mask)
+            elif not mask:
+                epoll.unregister(fd)
+            else:
+                epoll.modify(fd, mask)
+        except OSError:
+            self._masks.pop(fd, None)
+            if not relay.done.is_set():
+                self._fail(relay, fd)
+            return
         if mask:
             self._masks[fd] = mask
         else:

@@ -227,24 +227,24 @@ async def _connect(
             lease.release()
             raise
         if upstream is not None:
-            _passive(ctx, service, backend, error=False)
+            _passive(ctx, service, backend, status=0)
             return _Connected(upstream, backend, lease)
         lease.release()
         record.error = f"connect_{reason}"
         ctx.metrics.connect_error(service.name, backend.url.text, reason)
-        _passive(ctx, service, backend, error=True)
+        _passive(ctx, service, backend, status=504 if reason == "timeout" else 502)
     return None
 
 
-def _passive(ctx: ServerContext, service: ServiceRuntime, backend: Backend, *, error: bool) -> None:
-    """Feed one connect outcome to the service's passive health (SPEC §6.3, §7.5)."""
+def _passive(ctx: ServerContext, service: ServiceRuntime, backend: Backend, *, status: int) -> None:
+    """Feed one connect outcome to the service's passive health (SPEC §6.3, §7.5): a failure
+    counts as the status an HTTP request would have got (504 for a timeout, else 502), so
+    ``error_status_codes`` decides for TCP as it does for HTTP; 0 is a connect."""
     outliers = service.outliers
     if outliers is None:
         return
     skipped = outliers.skipped_ejections
-    # A connect failure counts as the 502 an HTTP request would have got (SPEC §6.3), so
-    # ``error_status_codes`` decides for TCP as it does for HTTP.
-    error = error and outliers.is_error(502)
+    error = status != 0 and outliers.is_error(status)
     transition = outliers.record(backend, error=error, now=trio.current_time())
     if outliers.skipped_ejections != skipped:
         ctx.metrics.passive_ejection(service.name, backend.url.text, skipped=True)

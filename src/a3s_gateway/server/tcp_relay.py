@@ -250,8 +250,8 @@ async def _in_hub(
     end or its idle bound, and takes it out of the hub however it ends."""
     activity = _Activity()
     relay = HubRelay(client.socket, upstream.socket, leftover, activity.touch)
-    hub.add(relay)
     try:
+        hub.add(relay)
         if idle <= 0:
             await relay.done.wait()
         while not relay.done.is_set():

@@ -311,6 +311,8 @@ class TlsStore:
                 state, errors = result
                 terminator.install(state)
                 changed = True
+                if name.endswith(TCP_VARIANT):  # the same files: counted and logged once
+                    continue
                 for error in errors:
                     self._metrics.tls_reload_error(name)
                     log.error(

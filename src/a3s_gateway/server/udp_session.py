@@ -356,7 +356,9 @@ class UdpSession:
             return
         metrics = self.ctx.metrics
         skipped = outliers.skipped_ejections
-        transition = outliers.record(backend, error=True, now=trio.current_time())
+        # An ICMP error is the 502 an HTTP request would have got: error_status_codes decides.
+        error = outliers.is_error(502)
+        transition = outliers.record(backend, error=error, now=trio.current_time())
         if outliers.skipped_ejections != skipped:  # max_ejection_percent refused an ejection
             metrics.passive_ejection(service.name, backend.url.text, skipped=True)
         if transition is not None:
