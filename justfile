@@ -43,7 +43,9 @@ cov *args:
     export COVERAGE_FILE="$data/.coverage"
     # The report comes even when a test fails; the exit status is pytest's, else the report's.
     tests=0
-    {{py}} -m coverage run -m pytest -q {{args}} || tests=$?
+    # Two pytest-xdist workers (measured like every other subprocess); `-n 0` in args runs
+    # the suite in one process.
+    {{py}} -m coverage run -m pytest -q -n 2 {{args}} || tests=$?
     {{py}} -m coverage combine --quiet || true
     report=0
     {{py}} -m coverage report || report=$?
