@@ -22,6 +22,7 @@ Every peer listens on 127.0.0.1, port 0; every wait is bounded; nothing sleeps t
 from __future__ import annotations
 
 import json
+import signal
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -497,10 +498,15 @@ async def cli_gateway(directory: Path, text: str, admin: int) -> AsyncIterator[C
             yield gateway
             # Still serving at the end (it did not crash under the test) ...
             assert running.process.returncode is None, gateway.stderr.decode(errors="replace")
+            # ... then stopped as an operator would (SIGTERM, a 1 s grace), so that the
+            # process writes its coverage data; its stderr is drained meanwhile.
+            running.process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(STOP_WAIT):
+                await running.process.wait()
             nursery.cancel_scope.cancel()
     finally:
-        # ... then killed: a drain costs seconds (its config build child's exit) and is the
-        # subject of other tests; the child ends with the pipe its parent held.
+        # Killed only if the drain did not end in time (or the test failed first); the config
+        # build child ends with the pipe its parent held.
         if running.process.returncode is None:
             running.process.kill()
         with trio.CancelScope(shield=True), trio.move_on_after(STOP_WAIT):
