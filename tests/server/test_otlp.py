@@ -363,3 +363,24 @@ async def test_the_exchange_records_the_parent_and_the_sampling_decision(
     ]
     assert parents == [int(CALLER, 16), None]
     assert [s.name for s in spans] == ["GET all", "GET all"]
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [("", StatusCode.UNSET), ("no_backend", StatusCode.ERROR)]
+)
+def test_a_tcp_connection_is_a_span_named_by_its_router(
+    exporter: OtlpExporter, memory: InMemorySpanExporter, error: str, code: StatusCode
+) -> None:
+    record = make_record(
+        transport="tcp", method=b"", router="pg", sni="db.example", error=error, status=0
+    )
+    exporter.submit(record)
+    [span] = exported(exporter, memory)
+    assert span.name == "tcp pg"
+    attributes = dict(span.attributes or {})
+    assert attributes["network.transport"] == "tcp"
+    assert attributes["server.address"] == "db.example"
+    assert attributes["a3s.router"] == "pg"
+    assert "http.request.method" not in attributes
+    assert span.parent is None
+    assert span.status.status_code is code

@@ -9,6 +9,7 @@ the new backend.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 from typing import TYPE_CHECKING, Final
 
@@ -19,6 +20,7 @@ from tests.support.gateway import load, wait_refused
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
 BOUND: Final = 15.0
 
@@ -180,3 +182,28 @@ entrypoints "dgram" {{
 }}
 """
     assert load(text).entrypoints["dgram"].address.port == port
+
+
+async def test_a_connection_is_traced_and_logged_once(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+
+    async def test(backend: int, _: int) -> None:
+        text = config_text(backend) + f'observability {{\n  access_log_path = "{log}"\n}}\n'
+        gateway = Gateway(load(text))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            port = gateway.addresses()["db"][0][1]
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            await roundtrip(client, b"hi", b"Ahi")
+            await client.send_eof()
+            assert await client.receive_some(10) == b""
+            await client.aclose()
+            await gateway.shutdown()
+
+    with trio.fail_after(BOUND):
+        await with_backends(test)
+    [line] = [json.loads(text) for text in log.read_text().splitlines()]
+    assert line["type"] == "tcp"
+    assert (line["request_bytes"], line["response_bytes"]) == (2, 3)
+    assert len(line["trace_id"]) == 32
+    assert len(line["span_id"]) == 16

@@ -49,11 +49,15 @@ class Observer:
             otlp.submit(record)
 
     def stream_ended(self, record: ExchangeRecord) -> None:
-        """One TCP connection or UDP session ended: its access-log line (its counts are in
-        ``ServerContext.streams``, not the HTTP request families)."""
+        """One TCP connection or UDP session ended: its access-log line and, for a sampled TCP
+        connection, its span (its counts are in ``ServerContext.streams``, not the HTTP request
+        families)."""
         access_log = self.access_log
         if access_log.enabled:
             access_log.submit(record)
+        otlp = self.otlp
+        if otlp is not None and record.sampled:
+            otlp.submit(record)
 
     def attempt(self, service: str, backend: str, status: int, seconds: float | None) -> None:
         """One upstream attempt: per-backend counts and the upstream response time."""

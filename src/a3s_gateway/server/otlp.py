@@ -129,6 +129,13 @@ class _CountingExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
+#: The access-log ``error`` words of a TCP connection that failed on the gateway's side (the
+#: span's status is ERROR, as a 5xx is for HTTP).
+_STREAM_FAILURES: Final = frozenset(
+    {"no_backend", "connect_refused", "connect_timeout", "connect_tls", "upstream_reset"}
+)
+
+
 class OtlpExporter:
     """Sampled exchanges as SERVER spans to an OTLP/HTTP collector (module docstring)."""
 
@@ -219,6 +226,8 @@ class OtlpExporter:
             parent = SpanContext(trace_id, int(record.parent_span_id, 16), True, _SAMPLED)
         end = int(record.wall * 1e9)
         start = end - int(record.duration * 1e9)
+        if record.transport:
+            return self._stream_span(record, context, start, end)
         method = _text(record.method)
         status = record.status
         attributes: dict[str, AttributeValue] = {
@@ -249,6 +258,36 @@ class OtlpExporter:
             attributes,
             kind=SpanKind.SERVER,
             status=_ERROR if status >= 500 else _UNSET,
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=self._scope,
+        )
+
+    def _stream_span(
+        self, record: ExchangeRecord, context: SpanContext, start: int, end: int
+    ) -> ReadableSpan:
+        """The SERVER span of a TCP connection: ``tcp <router>``, with its network facts."""
+        attributes: dict[str, AttributeValue] = {
+            "network.transport": record.transport,
+            "a3s.entrypoint": record.entrypoint,
+            "a3s.router": record.router,
+            "a3s.service": record.service,
+        }
+        if record.client_ip:
+            attributes["client.address"] = record.client_ip
+        if record.sni:
+            attributes["server.address"] = record.sni
+        if record.backend:
+            attributes["a3s.backend"] = record.backend
+        failed = record.error in _STREAM_FAILURES
+        return ReadableSpan(
+            f"{record.transport} {record.router}",
+            context,
+            None,
+            self._resource,
+            attributes,
+            kind=SpanKind.SERVER,
+            status=_ERROR if failed else _UNSET,
             start_time=start,
             end_time=end,
             instrumentation_scope=self._scope,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.observability.record import ExchangeRecord
+from a3s_gateway.observability.tracing import start_span
 from a3s_gateway.routing.request import parse_peer
 from a3s_gateway.server.generation import log_transition
 from a3s_gateway.server.tcp_relay import RelayStats, relay_tcp
@@ -111,6 +112,10 @@ async def serve_tcp(
     record.router, record.service = route.name, route.service
     record.client_ip = record.peer_ip = info.peer_ip
     record.sni = sni
+    tracing = runtime.observability
+    if tracing.tracing:  # a new root span per connection (SPEC §9.4: ``tcp <router>``)
+        span = start_span(None, ctx.rng, tracing.sample_rate)
+        record.trace_id, record.span_id, record.sampled = span.trace_id, span.span_id, span.sampled
     with contextlib.ExitStack() as tickets:
         address = parse_peer(info.peer_ip)
         for name in route.middlewares:
