@@ -54,9 +54,11 @@ _READABLE: Final = _IN | select.EPOLLHUP | select.EPOLLERR
 class _Direction:
     """One direction of a relay: source and destination descriptors, bytes not yet written."""
 
-    __slots__ = ("count", "dst", "dst_sock", "ended", "pending", "src")
+    __slots__ = ("count", "dst", "dst_sock", "ended", "pending", "src", "watch")
 
     def __init__(self, src: socket.socket, dst: socket.socket, pending: bytes) -> None:
+        #: Sees every read before it is written; True hands the relay back (``HubRelay``).
+        self.watch: Callable[[bytes], bool] | None = None
         self.src = src.fileno()
         self.dst = dst.fileno()
         #: The destination socket (to shut down its writing half at the source's EOF).
@@ -69,9 +71,26 @@ class _Direction:
 
 
 class HubRelay:
-    """One connection relayed by the hub: two plain sockets, its counts and its end."""
+    """One connection relayed by the hub: two plain sockets, its counts and its end.
 
-    __slots__ = ("client_fd", "done", "down", "failed", "on_activity", "up", "upstream_fd")
+    A relay that only needs the steady state copied (the WebSocket relay: frames are
+    followed, and Close frames injected, by the session's own task) sets ``watch`` on its
+    directions and ``hand_back``: the hub then ends the relay, with ``handed_back`` set and
+    nothing shut down, at a source's EOF or as soon as a ``watch`` returns True (after the
+    bytes it saw were written, or with them still ``pending``), so that its task carries on.
+    """
+
+    __slots__ = (
+        "client_fd",
+        "done",
+        "down",
+        "failed",
+        "hand_back",
+        "handed_back",
+        "on_activity",
+        "up",
+        "upstream_fd",
+    )
 
     def __init__(
         self,
@@ -79,16 +98,21 @@ class HubRelay:
         upstream: socket.socket,
         leftover: bytes,
         on_activity: Callable[[], None],
+        *,
+        hand_back: bool = False,
     ) -> None:
         self.client_fd = client.fileno()
         self.upstream_fd = upstream.fileno()
         self.up = _Direction(client, upstream, leftover)
         self.down = _Direction(upstream, client, b"")
-        #: Set once both directions ended or one side failed.
+        #: Set once both directions ended or one side failed (or the relay was handed back).
         self.done = trio.Event()
         #: ``client`` or ``upstream``: that side failed (a reset, a failed write); "" if none.
         self.failed = ""
         self.on_activity = on_activity
+        self.hand_back = hand_back
+        #: The hub ended the relay to give it back to its task (see the class docstring).
+        self.handed_back = False
 
     def mask(self, fd: int) -> int:
         """The events ``fd`` waits for now: readable while its direction reads, writable
@@ -209,11 +233,20 @@ class RelayHub:
             self._fail(relay, d.src)
             return
         if not data:
+            if relay.hand_back:
+                relay.handed_back = True
+                self._finish(relay)
+                return
             self._eof(relay, d)
             return
         relay.on_activity()
         d.pending = memoryview(data)
+        watch = d.watch
+        give_back = watch is not None and watch(data)
         self._write(relay, d)
+        if give_back and not relay.done.is_set():
+            relay.handed_back = True
+            self._finish(relay)
 
     def _write(self, relay: HubRelay, d: _Direction) -> None:
         pending = d.pending

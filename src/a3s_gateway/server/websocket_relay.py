@@ -34,9 +34,13 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.protocols.websocket import FrameError, FrameTracker, close_frame
+from a3s_gateway.server.relay_hub import HubRelay
 from a3s_gateway.streams import RawSocketStream
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from a3s_gateway.server.relay_hub import RelayHub
     from a3s_gateway.upstream.seam import Handover
 
 __all__ = ["CLOSE_WAIT", "SessionStats", "relay_websocket"]
@@ -79,6 +83,7 @@ class _Direction:
         "injected",
         "leftover",
         "mask",
+        "prefed",
         "src",
         "src_fd",
         "tracker",
@@ -103,6 +108,9 @@ class _Direction:
         self.injected = False
         #: Bytes relayed from ``src`` to ``dst``.
         self.count = 0
+        #: ``leftover`` was already shown to the tracker (bytes the relay hub read and could
+        #: not write yet when it handed the session back): the next ``follow`` skips it.
+        self.prefed = False
         #: The descriptors of plain TCP streams (-1 for TLS and other streams): a session
         #: between two sockets is copied on them (``_Session._copy_sockets``).
         self.src_fd = _socket_fd(src)
@@ -111,6 +119,9 @@ class _Direction:
     def follow(self, data: bytes | bytearray) -> None:
         """Let the tracker see ``data``; bytes it cannot follow are relayed all the same
         (the tracker is then broken, and nothing is injected into this direction)."""
+        if self.prefed:
+            self.prefed = False
+            return
         try:  # noqa: SIM105 -- every read passes here: try costs nothing, suppress() a call
             self.tracker.feed(data)
         except FrameError:
@@ -138,10 +149,15 @@ class _Direction:
 class _Session:
     """Both directions of one session, the scope that bounds it and its idle watch."""
 
-    __slots__ = ("closing", "down", "idle", "idled", "last", "scope", "stats", "up")
+    __slots__ = ("closing", "down", "hub", "idle", "idled", "last", "scope", "stats", "up")
 
     def __init__(
-        self, client: Handover, upstream: Handover, idle: float, stats: SessionStats
+        self,
+        client: Handover,
+        upstream: Handover,
+        idle: float,
+        stats: SessionStats,
+        hub: RelayHub | None = None,
     ) -> None:
         self.up = _Direction(client.stream, upstream.stream, client.leftover, from_client=True)
         self.down = _Direction(upstream.stream, client.stream, upstream.leftover, from_client=False)
@@ -153,8 +169,23 @@ class _Session:
         self.closing = False
         self.idled = False
         self.stats = stats
+        #: The worker's relay hub: the steady state of a session between two plain sockets
+        #: is copied there (``_in_hub``); None or not running: the pumps copy it all.
+        self.hub = hub
 
     async def run(self) -> None:
+        hub = self.hub
+        if (
+            hub is not None
+            and hub.running
+            and isinstance(self.up.src, RawSocketStream)
+            and isinstance(self.down.src, RawSocketStream)
+            and not self.down.leftover
+        ):
+            if await self._in_hub(hub, self.up.src, self.down.src):
+                return
+            if self.up.tracker.closed or self.down.tracker.closed:
+                self._start_closing()
         with self.scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, self.up, self.down)
@@ -164,6 +195,54 @@ class _Session:
         if self.idled:
             self.stats.ended = "idle"
             await self._idle_close()
+
+    async def _in_hub(
+        self, hub: RelayHub, client: RawSocketStream, upstream: RawSocketStream
+    ) -> bool:
+        """Let the hub copy the session until something needs this task: a Close frame or
+        an EOF in either direction, a failed side, the idle bound, a cancellation. Each read
+        goes through its direction's tracker first. Returns True when the session ended here
+        (idle: Close 1001 both ways done); else the pumps carry on from where the hub stopped,
+        with the bytes it could not write yet as their first write."""
+        up, down = self.up, self.down
+        leftover, up.leftover = up.leftover, b""
+        if leftover:
+            up.follow(leftover)
+        relay = HubRelay(client.socket, upstream.socket, leftover, self._touch, hand_back=True)
+        relay.up.watch = _watcher(up)
+        relay.down.watch = _watcher(down)
+        try:
+            if up.tracker.closed:  # a Close already in the client's first bytes
+                up.leftover, up.prefed = leftover, bool(leftover)
+                return False
+            hub.add(relay)
+            if not await self._hub_wait(relay):
+                return False
+        finally:
+            hub.remove(relay)
+            for mine, theirs in ((up, relay.up), (down, relay.down)):
+                mine.count += theirs.count
+                if theirs.pending is not None:  # read and shown to the tracker, not written
+                    mine.leftover, mine.prefed = bytes(theirs.pending), True
+                    mine.dirty = True  # until the pump writes it: no Close may go in first
+        self.stats.ended = "idle"
+        await self._idle_close()
+        return True
+
+    async def _hub_wait(self, relay: HubRelay) -> bool:
+        """Wait for the hub to give the session back (False) or for the idle bound (True)."""
+        idle = self.idle
+        while not relay.done.is_set():
+            due = self.last + idle
+            if trio.current_time() >= due:
+                self.idled = True
+                return True
+            with trio.move_on_at(due):
+                await relay.done.wait()
+        return False
+
+    def _touch(self) -> None:
+        self.last = trio.current_time()
 
     async def _watch_idle(self) -> None:
         """Cancel the session once no read returned bytes for ``idle`` seconds (one
@@ -298,6 +377,16 @@ class _Session:
                     await stream.aclose()
 
 
+def _watcher(d: _Direction) -> Callable[[bytes], bool]:
+    """The hub's view of ``d``: show each read to its tracker; True once a Close passed."""
+
+    def watch(data: bytes) -> bool:
+        d.follow(data)
+        return d.tracker.closed
+
+    return watch
+
+
 def _socket_fd(stream: trio.abc.Stream) -> int:
     """The descriptor of a plain TCP stream, -1 for any other (TLS, memory, ...)."""
     if isinstance(stream, RawSocketStream | trio.SocketStream):
@@ -338,14 +427,19 @@ async def _await_close(d: _Direction) -> None:
 
 
 async def relay_websocket(
-    client: Handover, upstream: Handover, *, idle: float, stats: SessionStats | None = None
+    client: Handover,
+    upstream: Handover,
+    *,
+    idle: float,
+    stats: SessionStats | None = None,
+    hub: RelayHub | None = None,
 ) -> SessionStats:
     """Relay one WebSocket session between ``client`` and ``upstream`` (both taken over after
     the ``101``, with the bytes each sent past its handshake) until it ends; ``idle`` is the
     stream idle timeout in seconds (0: none). Closes both streams; never raises for anything
     a peer does (a cancellation from outside propagates after the cleanup, with ``stats``, if
     given, filled in all the same)."""
-    session = _Session(client, upstream, idle, SessionStats() if stats is None else stats)
+    session = _Session(client, upstream, idle, SessionStats() if stats is None else stats, hub)
     try:
         await session.run()
     except BaseException:  # Cancelled, alone or as the pumps' group: from outside

@@ -156,7 +156,13 @@ async def switch(
     _opened(ex, entrypoint, router)
     stats = SessionStats()
     try:
-        await relay_websocket(client, upstream, idle=service.stream_idle_timeout, stats=stats)
+        await relay_websocket(
+            client,
+            upstream,
+            idle=service.stream_idle_timeout,
+            stats=stats,
+            hub=ex.ctx.relay_hub,
+        )
     finally:  # a shutdown's cancellation included: the record says what the session did
         _closed(ex, entrypoint, router)
         _record(ex, stats)
