@@ -72,6 +72,12 @@ async def hub() -> AsyncIterator[RelayHub]:
         nursery.cancel_scope.cancel()
 
 
+async def send_all(peer: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[await peer.send(view) :]
+
+
 async def read_exactly(peer: trio.socket.SocketType, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -105,10 +111,10 @@ async def test_messages_then_a_close_handshake_end_the_session(hub: RelayHub) ->
                     hub=hub,
                 )
             )
-            await client.send(message)
+            await send_all(client, message)
             assert await read_exactly(upstream, len(message)) == message
             assert len(hub) == 1  # the steady state is the hub's
-            await upstream.send(reply)
+            await send_all(upstream, reply)
             assert await read_exactly(client, len(reply)) == reply
             closing = close_frame(4001, mask_key=MASK)
             await client.send(closing)
@@ -175,3 +181,89 @@ async def test_upstream_loss_in_the_hub_gets_the_client_1014(hub: RelayHub) -> N
             assert await read_all(client) == b""
     assert stats.ended == "upstream_gone"
     assert stats.bytes_in == 11
+
+
+async def test_idle_with_bytes_the_hub_could_not_write_still_follows_the_peers_close(
+    hub: RelayHub,
+) -> None:
+    """The upstream stops reading in the middle of a large frame, so the idle bound passes
+    with bytes pending in the hub: the client gets its 1001, none goes to the upstream (it
+    would land inside that frame). The gateway then reads and drops the rest of the client's
+    frame until its Close: every byte read after the idle bound is shown to the tracker, so
+    the client's Close and the upstream's end the session at once, not after the close wait."""
+    client_side, client = pair()
+    upstream_side, upstream = pair()
+    stats = SessionStats()
+    big = frame(b"z" * 4_000_000, masked=True)
+    closing = close_frame(1000, mask_key=MASK)
+    with trio.fail_after(BOUND):
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: relay_websocket(
+                    Handover(client_side, b""),
+                    Handover(upstream_side, b""),
+                    idle=0.3,
+                    stats=stats,
+                    hub=hub,
+                )
+            )
+
+            async def send_then_close() -> None:
+                await send_all(client, big)
+                await send_all(client, closing)
+
+            nursery.start_soon(send_then_close)
+            going_away = close_frame(1001)
+            assert await read_exactly(client, len(going_away)) == going_away
+            await upstream.send(close_frame(1000))
+        took = trio.current_time() - start
+    assert stats.ended == "idle"
+    assert (stats.close_client, stats.close_upstream) == (1000, 1000)
+    assert took < 4  # not the 5 s close wait: the client's Close was seen
+
+
+async def test_a_close_in_the_client_s_first_bytes_skips_the_hub(hub: RelayHub) -> None:
+    client_side, client = pair()
+    upstream_side, upstream = pair()
+    stats = SessionStats()
+    closing = close_frame(4000, mask_key=MASK)
+    with trio.fail_after(BOUND):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: relay_websocket(
+                    Handover(client_side, closing),
+                    Handover(upstream_side, b""),
+                    idle=0,
+                    stats=stats,
+                    hub=hub,
+                )
+            )
+            assert await read_exactly(upstream, len(closing)) == closing
+            assert len(hub) == 0
+            await upstream.send(close_frame(4000))
+            assert await read_exactly(client, 4) == close_frame(4000)
+            client.shutdown(socket.SHUT_WR)
+            upstream.shutdown(socket.SHUT_WR)
+    assert (stats.close_client, stats.close_upstream) == (4000, 4000)
+    assert stats.bytes_in == len(closing)
+
+
+async def test_a_cancellation_in_the_hub_sends_1001_both_ways(hub: RelayHub) -> None:
+    client_side, client = pair()
+    upstream_side, upstream = pair()
+    stats = SessionStats()
+    with trio.fail_after(BOUND):
+        with trio.move_on_after(0.2):
+            await relay_websocket(
+                Handover(client_side, b""),
+                Handover(upstream_side, b""),
+                idle=0,
+                stats=stats,
+                hub=hub,
+            )
+        assert len(hub) == 0
+        assert await read_exactly(client, 4) == close_frame(1001)
+        masked = await read_exactly(upstream, 8)
+        assert masked[:2] == b"\x88\x82"
+    assert stats.ended == "shutdown"

@@ -225,6 +225,11 @@ class _Session:
                 if theirs.pending is not None:  # read and shown to the tracker, not written
                     mine.leftover, mine.prefed = bytes(theirs.pending), True
                     mine.dirty = True  # until the pump writes it: no Close may go in first
+        # Idle: the pumps do not run, so bytes the hub could not write stay unwritten. They
+        # were shown to the tracker (``dirty`` keeps Close frames out of that direction), and
+        # the reads ``_idle_close`` makes next must all be shown to it.
+        for d in (up, down):
+            d.leftover, d.prefed = b"", False
         self.stats.ended = "idle"
         await self._idle_close()
         return True
