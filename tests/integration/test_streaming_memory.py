@@ -136,7 +136,9 @@ def test_the_sampler_sees_a_process_that_grows() -> None:
             assert child.stdout.readline() == "go\n"
             before = rss(child.pid)
             assert child.stdout.readline() == "big\n"
-            assert rss(child.pid) - before > 60 * MIB
+            # Most of the 64 MiB, not all: the kernel may release a few of the child's other
+            # pages in between (CI once measured 60 MiB less 4 KiB).
+            assert rss(child.pid) - before > 48 * MIB
         finally:
             child.kill()
             child.wait(timeout=10)
