@@ -23,12 +23,13 @@ Must not: buffer, parse, time out (callers own every deadline) or log.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Final
 
 import trio
 
-__all__ = ["PrefixedStream", "RawSocketStream", "from_trio"]
+__all__ = ["PrefixedStream", "RawSocketStream", "from_trio", "socket_fd", "write_fd"]
 
 _DEFAULT_READ: Final = 65536
 
@@ -179,3 +180,29 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def socket_fd(stream: trio.abc.Stream) -> int:
+    """The descriptor of a plain TCP stream, -1 for any other (TLS, prefixed, memory): the
+    relays copy between two descriptors without a stream call."""
+    if isinstance(stream, RawSocketStream | trio.SocketStream):
+        return stream.socket.fileno()
+    return -1
+
+
+async def write_fd(fd: int, data: bytes | bytearray) -> None:
+    """Write all of ``data`` to a non-blocking socket's descriptor, waiting only when it would
+    block (no checkpoint otherwise: the caller's next read is one). Raises ``OSError``."""
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return
+    view = memoryview(data)[sent:]
+    while view:
+        await trio.lowlevel.wait_writable(fd)
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            continue

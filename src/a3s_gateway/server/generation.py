@@ -62,8 +62,10 @@ __all__ = [
     "carry_over",
     "log_transition",
     "receive_health",
+    "record_passive",
     "run_background",
     "run_generation",
+    "selection_panic",
 ]
 
 log: Final = logging.getLogger("a3s_gateway.health")
@@ -199,6 +201,38 @@ def log_transition(service: str, transition: Transition, metrics: GatewayMetrics
             transition.old.value,
             transition.new.value,
         )
+
+
+def selection_panic(service: ServiceRuntime, metrics: GatewayMetrics, *, primary: bool) -> bool:
+    """Before choosing backends of ``service`` (a request, a TCP connection, a UDP session):
+    end the passive ejections that have run out (SPEC §7.5: at selection, not only on the
+    ticker), and say whether the choice is in panic mode (SPEC §7.1; counted)."""
+    outliers = service.outliers
+    if outliers is not None:
+        due = outliers.next_readmission
+        if due is not None and due <= (now := trio.current_time()):
+            for transition in outliers.tick(now):
+                log_transition(service.name, transition, metrics)
+    panic = service.panic_threshold > 0 and service.in_panic(primary=primary)
+    if panic:
+        metrics.lb_panic(service.name)
+    return panic
+
+
+def record_passive(
+    service: ServiceRuntime, backend: Backend, metrics: GatewayMetrics, *, error: bool
+) -> None:
+    """Feed one outcome at ``backend`` to ``service``'s passive health (SPEC §7.5): an
+    ejection ``max_ejection_percent`` refused is counted, a transition logged."""
+    outliers = service.outliers
+    if outliers is None:
+        return
+    skipped = outliers.skipped_ejections
+    transition = outliers.record(backend, error=error, now=trio.current_time())
+    if outliers.skipped_ejections != skipped:
+        metrics.passive_ejection(service.name, backend.url.text, skipped=True)
+    if transition is not None:
+        log_transition(service.name, transition, metrics)
 
 
 def _health_changed(service: str, backend: Backend, healthy: bool, reason: str) -> None:

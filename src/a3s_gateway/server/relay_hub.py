@@ -87,7 +87,7 @@ class HubRelay:
         "failed",
         "hand_back",
         "handed_back",
-        "on_activity",
+        "last",
         "up",
         "upstream_fd",
     )
@@ -97,7 +97,6 @@ class HubRelay:
         client: socket.socket,
         upstream: socket.socket,
         leftover: bytes,
-        on_activity: Callable[[], None],
         *,
         hand_back: bool = False,
     ) -> None:
@@ -109,10 +108,22 @@ class HubRelay:
         self.done = trio.Event()
         #: ``client`` or ``upstream``: that side failed (a reset, a failed write); "" if none.
         self.failed = ""
-        self.on_activity = on_activity
+        #: When a read last returned bytes (trio's clock): the idle bound's reference.
+        self.last = trio.current_time()
         self.hand_back = hand_back
         #: The hub ended the relay to give it back to its task (see the class docstring).
         self.handed_back = False
+
+    async def wait(self, idle: float) -> bool:
+        """Wait for the relay's end (False) or until no read returned bytes for ``idle``
+        seconds (True; ``math.inf``: never). Its task still removes it from the hub."""
+        while not self.done.is_set():
+            due = self.last + idle
+            if trio.current_time() >= due:
+                return True
+            with trio.move_on_at(due):
+                await self.done.wait()
+        return False
 
     def mask(self, fd: int) -> int:
         """The events ``fd`` waits for now: readable while its direction reads, writable
@@ -239,7 +250,7 @@ class RelayHub:
                 return
             self._eof(relay, d)
             return
-        relay.on_activity()
+        relay.last = trio.current_time()
         d.pending = memoryview(data)
         watch = d.watch
         give_back = watch is not None and watch(data)

@@ -30,7 +30,7 @@ import trio
 from a3s_gateway.observability.record import ExchangeRecord
 from a3s_gateway.observability.tracing import start_span
 from a3s_gateway.routing.request import parse_peer
-from a3s_gateway.server.generation import log_transition
+from a3s_gateway.server.generation import record_passive, selection_panic
 from a3s_gateway.server.tcp_relay import RelayStats, relay_tcp
 from a3s_gateway.server.tls import handshake
 from a3s_gateway.streams import PrefixedStream
@@ -199,15 +199,7 @@ async def _connect(
 ) -> _Connected | None:
     """Up to ``connect_attempts`` backends of ``service``, each within ``connect_timeout``;
     the first that connects, or None."""
-    outliers = service.outliers
-    if outliers is not None:
-        due = outliers.next_readmission
-        if due is not None and due <= (now := trio.current_time()):
-            for transition in outliers.tick(now):
-                log_transition(service.name, transition, ctx.metrics)
-    panic = service.panic_threshold > 0 and service.in_panic(primary=primary)
-    if panic:
-        ctx.metrics.lb_panic(service.name)
+    panic = selection_panic(service, ctx.metrics, primary=primary)
     tried: list[Backend] = []
     key = record.client_ip
     for _ in range(service.connect_attempts):
@@ -246,12 +238,6 @@ def _passive(ctx: ServerContext, service: ServiceRuntime, backend: Backend, *, s
     counts as the status an HTTP request would have got (504 for a timeout, else 502), so
     ``error_status_codes`` decides for TCP as it does for HTTP; 0 is a connect."""
     outliers = service.outliers
-    if outliers is None:
-        return
-    skipped = outliers.skipped_ejections
-    error = status != 0 and outliers.is_error(status)
-    transition = outliers.record(backend, error=error, now=trio.current_time())
-    if outliers.skipped_ejections != skipped:
-        ctx.metrics.passive_ejection(service.name, backend.url.text, skipped=True)
-    if transition is not None:
-        log_transition(service.name, transition, ctx.metrics)
+    if outliers is not None:
+        error = status != 0 and outliers.is_error(status)
+        record_passive(service, backend, ctx.metrics, error=error)

@@ -29,7 +29,7 @@ from typing import Final
 import trio
 
 from a3s_gateway.server.relay_hub import HubRelay, RelayHub
-from a3s_gateway.streams import RawSocketStream
+from a3s_gateway.streams import RawSocketStream, socket_fd, write_fd
 
 __all__ = ["READ_SIZE", "RelayStats", "relay_tcp"]
 
@@ -66,8 +66,8 @@ class _Pump:
         self.count = 0
         #: Which side failed: ``src`` (a reset while reading) or ``dst`` (a failed write).
         self.failed = ""
-        self.src_fd = _socket_fd(src)
-        self.dst_fd = _socket_fd(dst)
+        self.src_fd = socket_fd(src)
+        self.dst_fd = socket_fd(dst)
 
 
 class _Relay:
@@ -157,7 +157,7 @@ class _Relay:
         while True:
             if data:
                 try:
-                    await _write_all(dst, data)
+                    await write_fd(dst, data)
                 except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
                     pump.failed = "dst"
                     return
@@ -186,30 +186,6 @@ class _Relay:
         return "closed"
 
 
-def _socket_fd(stream: trio.abc.Stream) -> int:
-    """The descriptor of a plain TCP stream, -1 for any other (TLS, prefixed, memory)."""
-    if isinstance(stream, RawSocketStream | trio.SocketStream):
-        return stream.socket.fileno()
-    return -1
-
-
-async def _write_all(fd: int, data: bytes | bytearray) -> None:
-    """Write all of ``data`` to a non-blocking socket, waiting only when it would block."""
-    try:
-        sent = os.write(fd, data)
-    except BlockingIOError:
-        sent = 0
-    if sent == len(data):
-        return
-    view = memoryview(data)[sent:]
-    while view:
-        await trio.lowlevel.wait_writable(fd)
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            continue
-
-
 async def _in_tasks(
     client: trio.abc.Stream,
     upstream: trio.abc.Stream,
@@ -226,18 +202,6 @@ async def _in_tasks(
         stats.bytes_in, stats.bytes_out = relay.up.count, relay.down.count
 
 
-class _Activity:
-    """When a hub relay's last read returned bytes (its idle watch reads it)."""
-
-    __slots__ = ("last",)
-
-    def __init__(self) -> None:
-        self.last = trio.current_time()
-
-    def touch(self) -> None:
-        self.last = trio.current_time()
-
-
 async def _in_hub(
     hub: RelayHub,
     client: RawSocketStream,
@@ -248,19 +212,12 @@ async def _in_hub(
 ) -> None:
     """The relay done by the worker's hub (``relay_hub.py``); this task only waits for its
     end or its idle bound, and takes it out of the hub however it ends."""
-    activity = _Activity()
-    relay = HubRelay(client.socket, upstream.socket, leftover, activity.touch)
+    relay = HubRelay(client.socket, upstream.socket, leftover)
     try:
         hub.add(relay)
-        if idle <= 0:
-            await relay.done.wait()
-        while not relay.done.is_set():
-            due = activity.last + idle
-            if trio.current_time() >= due:
-                stats.ended = "idle"
-                return
-            with trio.move_on_at(due):
-                await relay.done.wait()
+        if await relay.wait(idle if idle > 0 else math.inf):
+            stats.ended = "idle"
+            return
         if relay.failed:
             stats.ended = "client_reset" if relay.failed == "client" else "upstream_reset"
     finally:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.errors import StartError
-from a3s_gateway.server.generation import log_transition
+from a3s_gateway.server.generation import selection_panic
 from a3s_gateway.server.udp_session import BUFFER_SIZE, UdpSession, connect_literal
 
 if TYPE_CHECKING:
@@ -432,13 +432,5 @@ def _choose(service: ServiceRuntime, client_ip: str, ctx: ServerContext) -> Back
     ``_Picker``): ejections that ran out end first, panic mode applies (SPEC §7.1, §7.5);
     the client IP is the ``consistent-hash`` key. UDP has no failover, so a pool with no
     available backend panics when ``panic_threshold`` is set."""
-    outliers = service.outliers
-    if outliers is not None:
-        due = outliers.next_readmission
-        if due is not None and due <= (now := trio.current_time()):
-            for transition in outliers.tick(now):
-                log_transition(service.name, transition, ctx.metrics)
-    panic = service.panic_threshold > 0 and service.in_panic(primary=False)
-    if panic:
-        ctx.metrics.lb_panic(service.name)
+    panic = selection_panic(service, ctx.metrics, primary=False)
     return service.balancer.pick(key=client_ip, panic=panic)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 import trio
 
 from a3s_gateway.observability.record import ExchangeRecord
-from a3s_gateway.server.generation import log_transition
+from a3s_gateway.server.generation import record_passive
 
 if TYPE_CHECKING:
     from a3s_gateway.config.urls import ServerUrl
@@ -350,19 +350,11 @@ class UdpSession:
         return word
 
     def _passive_error(self) -> None:
-        service, backend = self.service, self.backend
-        outliers = service.outliers
-        if outliers is None:
-            return
-        metrics = self.ctx.metrics
-        skipped = outliers.skipped_ejections
-        # An ICMP error is the 502 an HTTP request would have got: error_status_codes decides.
-        error = outliers.is_error(502)
-        transition = outliers.record(backend, error=error, now=trio.current_time())
-        if outliers.skipped_ejections != skipped:  # max_ejection_percent refused an ejection
-            metrics.passive_ejection(service.name, backend.url.text, skipped=True)
-        if transition is not None:
-            log_transition(service.name, transition, metrics)
+        outliers = self.service.outliers
+        if outliers is not None:
+            # An ICMP error is the 502 an HTTP request would have got: error_status_codes decides.
+            error = outliers.is_error(502)
+            record_passive(self.service, self.backend, self.ctx.metrics, error=error)
 
     def end(self, error: str) -> None:
         """End the session with ``error`` (its access-log cause); only the first call acts.

@@ -35,7 +35,7 @@ import trio
 
 from a3s_gateway.protocols.websocket import FrameError, FrameTracker, close_frame
 from a3s_gateway.server.relay_hub import HubRelay
-from a3s_gateway.streams import RawSocketStream
+from a3s_gateway.streams import RawSocketStream, socket_fd, write_fd
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -113,8 +113,8 @@ class _Direction:
         self.prefed = False
         #: The descriptors of plain TCP streams (-1 for TLS and other streams): a session
         #: between two sockets is copied on them (``_Session._copy_sockets``).
-        self.src_fd = _socket_fd(src)
-        self.dst_fd = _socket_fd(dst)
+        self.src_fd = socket_fd(src)
+        self.dst_fd = socket_fd(dst)
 
     def follow(self, data: bytes | bytearray) -> None:
         """Let the tracker see ``data``; bytes it cannot follow are relayed all the same
@@ -208,18 +208,21 @@ class _Session:
         leftover, up.leftover = up.leftover, b""
         if leftover:
             up.follow(leftover)
-        relay = HubRelay(client.socket, upstream.socket, leftover, self._touch, hand_back=True)
+        relay = HubRelay(client.socket, upstream.socket, leftover, hand_back=True)
         relay.up.watch = _watcher(up)
         relay.down.watch = _watcher(down)
         try:
             if up.tracker.closed:  # a Close already in the client's first bytes
                 up.leftover, up.prefed = leftover, bool(leftover)
                 return False
+            relay.last = self.last
             hub.add(relay)
-            if not await self._hub_wait(relay):
+            if not await relay.wait(self.idle):
                 return False
+            self.idled = True
         finally:
             hub.remove(relay)
+            self.last = relay.last
             for mine, theirs in ((up, relay.up), (down, relay.down)):
                 mine.count += theirs.count
                 if theirs.pending is not None:  # read and shown to the tracker, not written
@@ -233,21 +236,6 @@ class _Session:
         self.stats.ended = "idle"
         await self._idle_close()
         return True
-
-    async def _hub_wait(self, relay: HubRelay) -> bool:
-        """Wait for the hub to give the session back (False) or for the idle bound (True)."""
-        idle = self.idle
-        while not relay.done.is_set():
-            due = self.last + idle
-            if trio.current_time() >= due:
-                self.idled = True
-                return True
-            with trio.move_on_at(due):
-                await relay.done.wait()
-        return False
-
-    def _touch(self) -> None:
-        self.last = trio.current_time()
 
     async def _watch_idle(self) -> None:
         """Cancel the session once no read returned bytes for ``idle`` seconds (one
@@ -312,7 +300,7 @@ class _Session:
                 if data:
                     d.follow(data)
                     d.dirty = True
-                    await _write_all(dst, data)
+                    await write_fd(dst, data)
                     d.dirty = False
                     d.count += len(data)
                     if tracker.closed and not self.closing:
@@ -390,30 +378,6 @@ def _watcher(d: _Direction) -> Callable[[bytes], bool]:
         return d.tracker.closed
 
     return watch
-
-
-def _socket_fd(stream: trio.abc.Stream) -> int:
-    """The descriptor of a plain TCP stream, -1 for any other (TLS, memory, ...)."""
-    if isinstance(stream, RawSocketStream | trio.SocketStream):
-        return stream.socket.fileno()
-    return -1
-
-
-async def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to a non-blocking socket, waiting only when it would block."""
-    try:
-        sent = os.write(fd, data)
-    except BlockingIOError:
-        sent = 0
-    if sent == len(data):
-        return
-    view = memoryview(data)[sent:]
-    while view:
-        await trio.lowlevel.wait_writable(fd)
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            continue
 
 
 async def _await_close(d: _Direction) -> None:

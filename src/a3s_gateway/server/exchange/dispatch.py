@@ -37,7 +37,7 @@ from a3s_gateway.server.exchange.failures import (
 )
 from a3s_gateway.server.exchange.mirror import MirrorCopy, MirrorTee
 from a3s_gateway.server.exchange.recording import attempt_started, outcome
-from a3s_gateway.server.generation import log_transition
+from a3s_gateway.server.generation import selection_panic
 from a3s_gateway.server.limited_downstream import BodyTooLarge, LimitedDownstream
 
 if TYPE_CHECKING:
@@ -201,16 +201,7 @@ class _Picker:
         self._service = service
         self.tried: list[Backend] = []
         self._key = ex.client if service.hash_key is None else ex.hash_key(service.hash_key)
-        outliers = service.outliers
-        if outliers is not None:
-            # SPEC §7.5: an ejection that has run out ends when selecting, not only on the ticker.
-            due = outliers.next_readmission
-            if due is not None and due <= (now := trio.current_time()):
-                for transition in outliers.tick(now):
-                    log_transition(service.name, transition, ex.ctx.metrics)
-        panic = self._panic = service.panic_threshold > 0 and service.in_panic(primary=primary)
-        if panic:
-            ex.ctx.metrics.lb_panic(service.name)
+        panic = self._panic = selection_panic(service, ex.ctx.metrics, primary=primary)
         sticky = self._sticky = service.sticky if primary else None
         self._pinned = (
             sticky.lookup(ex.request.headers, ex.ctx.dates.unix(), panic=panic)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.observability.record import ExchangeRecord
-from a3s_gateway.server.generation import log_transition
+from a3s_gateway.server.generation import record_passive
 
 if TYPE_CHECKING:
     from a3s_gateway.protocols.events import RequestHead
@@ -96,12 +96,7 @@ def outcome(ex: Exchange, service: ServiceRuntime, backend: Backend, status: int
     outliers = service.outliers
     if outliers is None:
         return
-    skipped = outliers.skipped_ejections
     # A gRPC call's verdict is in its trailers (SPEC §5.10): the grpc-status the client got.
     grpc_status = ex.down.grpc_status if ex.grpc and ex.down.grpc_status >= 0 else None
     error = outliers.is_error(status, grpc_status)
-    transition = outliers.record(backend, error=error, now=trio.current_time())
-    if outliers.skipped_ejections != skipped:  # max_ejection_percent refused an ejection
-        ctx.metrics.passive_ejection(service.name, backend.url.text, skipped=True)
-    if transition is not None:
-        log_transition(service.name, transition, ctx.metrics)
+    record_passive(service, backend, ctx.metrics, error=error)
