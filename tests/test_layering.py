@@ -97,6 +97,16 @@ RINGS: Final[dict[str, int]] = {
     # JSON control protocol is pure (the package's __init__ imports nothing).
     "a3s_gateway.wsmux": 1,
     "a3s_gateway.wsmux.protocol": 0,
+    # Autoscaling: the decider, concurrency windows, revision split and rollout machine are
+    # pure; the buffer, executors and the loop are the shell's (the __init__ imports nothing).
+    "a3s_gateway.scaling": 0,
+    "a3s_gateway.scaling.buffer": 1,
+    "a3s_gateway.scaling.executors": 1,
+    "a3s_gateway.scaling.executor_local": 1,
+    "a3s_gateway.scaling.executor_http": 1,
+    "a3s_gateway.scaling.loop": 1,
+    "a3s_gateway.scaling.live": 1,
+    "a3s_gateway.scaling.host": 1,
     # Ring 2: composition.
     "a3s_gateway": 2,  # the root: the public facade over app.Gateway and load_config
     "a3s_gateway.app": 2,

@@ -35,7 +35,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     "middleware": frozenset({"config", "errors", "version", "protocols", "routing"}),
     "observability": frozenset({"config", "errors", "version", "middleware", "protocols"})
     | frozenset({"routing", "services", "runtime", "state"}),
-    "runtime": RING0 | {"upstream"},
+    "runtime": RING0 | {"upstream", "scaling"},  # scaling: its pure modules (pools, split)
     # Ring 1
     "streams": frozenset(),
     "upstream": frozenset({"config", "errors", "version", "middleware", "protocols", "streams"}),
@@ -43,15 +43,20 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     | {"observability"},  # the supervisor's probes count into its metrics
     "preflight": frozenset({"config", "errors"}),
     "providers": frozenset({"config", "errors", "version", "preflight", "runtime"}),
-    "server": RING0 | {"upstream", "streams", "probes", "wsmux"},
+    "server": RING0 | {"upstream", "streams", "probes", "wsmux", "scaling"},
+    # autoscaling: pure decider, split and rollout; the buffer, executors and loops (SPEC §11)
+    "scaling": frozenset({"config", "errors", "version", "observability", "services"})
+    | {"middleware", "protocols", "upstream"},
     # the multiplexer: its control protocol, hubs and upstream channels (SPEC §5.13)
     "wsmux": frozenset({"config", "errors", "version", "protocols", "upstream", "services"}),
-    "management": RING0 | {"server", "supervisor", "providers", "upstream"},
+    "management": RING0 | {"server", "supervisor", "providers", "upstream", "scaling"},
     "supervisor": RING0
-    | {"app", "management", "preflight", "providers", "server", "probes", "upstream"},
+    | {"app", "management", "preflight", "providers", "server", "probes", "upstream"}
+    | {"scaling"},
     "demo": frozenset({"app", "config", "errors", "version", "protocols"}),
     # Ring 2
-    "app": RING0 | {"management", "preflight", "providers", "server", "upstream", "probes"},
+    "app": RING0
+    | {"management", "preflight", "providers", "server", "upstream", "probes", "scaling"},
     "cli": RING0 | {"app", "demo", "preflight", "providers", "supervisor"},
     "__main__": frozenset({"cli"}),
     "__init__": frozenset({"app", "config", "errors", "preflight", "state", "version"}),
