@@ -53,7 +53,7 @@ def test_summary_lines_name_tls_files_and_providers(monkeypatch: pytest.MonkeyPa
     assert config is not None
     lines = summary_lines(config)
     assert "  websecure  0.0.0.0:443  http  tls: /etc/certs/cert.pem" in lines
-    assert "  api-service  4 backend(s)  round-robin" in lines
+    assert "  api-service  4 backend(s)  round-robin, scaled by box" in lines
     assert "providers: file, discovery" in lines
     entrypoints = summary(config)["entrypoints"]
     assert isinstance(entrypoints, list)
@@ -91,8 +91,9 @@ def test_validate_refuses_what_is_not_available_yet(
     monkeypatch.setenv("JWT_SECRET", "x" * 40)
     assert cli.main(["validate", "--offline", str(FIXTURES / "readme-example.hcl")]) == 1
     out = capsys.readouterr().err
-    assert 'services["api-service"].scaling: field "scaling" is not available yet' in out
-    assert "(autoscaling)" in out
+    assert 'providers.discovery: provider "discovery" is not available yet' in out
+    assert "(the discovery provider)" in out
+    assert 'services["api-service"].scaling' not in out  # autoscaling has landed
     assert 'entrypoints["websecure"].tls' not in out  # TLS termination has landed
     assert 'entrypoints["tcp-db"].protocol' not in out  # and TCP proxying
 

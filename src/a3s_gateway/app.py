@@ -71,6 +71,8 @@ from a3s_gateway.observability.metrics import render as render_metrics
 from a3s_gateway.preflight import OTEL_EXTRA_HINT
 from a3s_gateway.protocols.http1_engines import upstream_adapter_factory
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
+from a3s_gateway.scaling.host import ProcessScaling
+from a3s_gateway.scaling.loop import control_stats
 from a3s_gateway.server.accesslog_writer import access_log_for
 from a3s_gateway.server.generation import apply_board, carry_over, receive_health, run_generation
 from a3s_gateway.server.listeners import ListenerGroup, bound_address, open_http_listeners
@@ -367,9 +369,10 @@ class Gateway:
         self._management_listeners: list[trio.SocketListener] = []
         #: The OTLP span exporter (``otlp_endpoint``), made in ``_run``; None: no export.
         self._otlp: OtlpExporter | None = None
-        #: Reloads by result, for ``a3s_config_reloads_total`` (``unchanged`` comes from the
-        #: reloader, which does not swap such a candidate).
+        #: Reloads by result (``a3s_config_reloads_total``; ``unchanged``: the reloader's).
         self._reload_counts: dict[str, int] = {"ok": 0, "error": 0}
+        #: Scaling here (SPEC §11); the supervisor runs the autoscalers for a worker.
+        self.scaling = ProcessScaling(lambda: self.runtime, control=probes)
 
     def _with_override(self, config: Config) -> Config:
         if self._override is None:
@@ -421,6 +424,7 @@ class Gateway:
             # Made here so that its background (mirror copies) is the root nursery from the
             # start: a field that is never None and never replaced.
             ctx = self._context = ServerContext(runtime, pool, background=root, h2pool=h2pool)
+            self.scaling.on_generation(runtime, None)
             ctx.metrics = self._metrics
             ctx.observer = observer
             await root.start(pool.run)
@@ -429,6 +433,7 @@ class Gateway:
             await root.start(self._outbound.run)
             await root.start(self._access_log.run)
             await root.start(self._tls.run)
+            await root.start(self.scaling.run)
             if self._management is not None:
                 await root.start(self._management.serve, self._management_listeners)
             generation = await root.start(self._generation_task, runtime)
@@ -437,6 +442,7 @@ class Gateway:
                     serving = _Serving(root, handlers, acceptors, ctx, generation)
                     await self._accept_until_shutdown(serving, runtime, task_status)
                     ctx.drain.start()
+                    self.scaling.drain()
                     acceptors.cancel_scope.cancel()
                 self._close_entrypoints()  # the management API answers until the end
                 handlers.cancel_scope.deadline = trio.current_time() + self._grace_secs()
@@ -602,6 +608,7 @@ class Gateway:
             if self._board is not None:  # what was pushed meanwhile, up to the swap
                 apply_board(self._board, runtime)
             self._tls.install(certificates)
+            self.scaling.on_generation(runtime, previous_runtime)
             ctx.runtime = runtime
             assert sockets is not None
             self._swap_listeners(runtime, sockets.plan, sockets.added)
@@ -823,6 +830,10 @@ class Gateway:
         for result, total in counts.items():
             metrics.config_reloads.labels(result).advance_to(total)
         metrics.collect(ctx.runtime, ctx, process=read_process())
+        scaling = self.scaling
+        metrics.scaling.collect_buffers(scaling.counts.results, scaling.counts.depths)
+        if scaling.control is not None:
+            metrics.scaling.collect_control(control_stats(scaling.control))
         return metrics.freeze()
 
     def backend_requests(self) -> Mapping[tuple[str, str], int] | None:
@@ -847,6 +858,8 @@ class Gateway:
         if not metrics.enabled or ctx is None:
             return None
         metrics.collect(ctx.runtime, ctx, process=read_process())
+        counts = self.scaling.counts
+        metrics.scaling.collect_buffers(counts.results, counts.depths)
         return metrics.snapshot()
 
     def connections(self) -> Mapping[str, int]:

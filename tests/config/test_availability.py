@@ -21,18 +21,15 @@ from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import ReloadError
 from tests.support.semantic import BASE
 
-#: A scaled service: refused until autoscaling lands (one error).
-SCALED_SERVICE = """
-services "scaled" {
-  load_balancer {
-    servers = [{ url = "http://127.0.0.1:9001" }]
-  }
-  scaling {
-    executor = "mock"
+#: The discovery provider: refused until it lands (one error).
+REFUSED = """
+providers {
+  discovery {
+    seeds = [{ url = "http://127.0.0.1:9100" }]
   }
 }
 """
-SCALED_PATH = 'services["scaled"].scaling'
+REFUSED_PATH = "providers.discovery"
 
 #: An entrypoint offering HTTP/2 by ALPN: available since HTTP/2 landed (issue #18).
 H2_ENTRYPOINT = """
@@ -83,12 +80,12 @@ def test_the_docs_list_every_row(row: Unavailable) -> None:
 
 
 def test_the_message_names_the_setting_and_the_feature() -> None:
-    result = load_text(BASE + SCALED_SERVICE, filename="t.hcl", env={})
+    result = load_text(BASE + REFUSED, filename="t.hcl", env={})
     [problem] = result.errors
-    assert problem.path == SCALED_PATH
-    assert problem.message.startswith('field "scaling" is not available yet')
-    assert "(autoscaling)" in problem.message
-    assert problem.line == BASE.count("\n") + 6
+    assert problem.path == REFUSED_PATH
+    assert problem.message.startswith('provider "discovery" is not available yet')
+    assert "(the discovery provider)" in problem.message
+    assert problem.line == BASE.count("\n") + 3
 
 
 def test_entrypoint_tls_and_http2_are_available() -> None:
@@ -151,7 +148,7 @@ def _config_in_code(snippet: str) -> Config:
 
 def test_a_gateway_built_in_code_refuses_it() -> None:
     config = load_text(
-        BASE + SCALED_SERVICE,
+        BASE + REFUSED,
         filename="t.hcl",
         env={},
         options=LoadOptions(refuse_unavailable=False),
@@ -160,30 +157,30 @@ def test_a_gateway_built_in_code_refuses_it() -> None:
     with pytest.raises(ConfigError) as caught:
         Gateway(config)
     [problem] = caught.value.problems
-    assert problem.path == SCALED_PATH
+    assert problem.path == REFUSED_PATH
     assert problem.file == "<config>"
 
 
 async def test_a_reload_built_in_code_refuses_it() -> None:
     plain = load_text(BASE, filename="t.hcl", env={}).config
     assert plain is not None
-    with_scaling = load_text(
-        BASE + SCALED_SERVICE,
+    with_refused = load_text(
+        BASE + REFUSED,
         filename="t.hcl",
         env={},
         options=LoadOptions(refuse_unavailable=False),
     ).config
-    assert with_scaling is not None
+    assert with_refused is not None
     gateway = Gateway(plain)
-    with pytest.raises(ReloadError, match="autoscaling"):
-        await gateway.reload(with_scaling)
+    with pytest.raises(ReloadError, match="discovery provider"):
+        await gateway.reload(with_refused)
     assert gateway.health().last_reload is not None
 
 
 @pytest.mark.integration
 def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
     config = tmp_path / "gateway.hcl"
-    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + SCALED_SERVICE)
+    config.write_text(BASE.replace("127.0.0.1:8080", "127.0.0.1:0") + REFUSED)
     done = subprocess.run(
         [sys.executable, "-m", "a3s_gateway", "run", str(config)],
         capture_output=True,
@@ -192,7 +189,7 @@ def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1, done.stderr
-    assert f'{SCALED_PATH}: field "scaling" is not available yet' in done.stderr
+    assert f'{REFUSED_PATH}: provider "discovery" is not available yet' in done.stderr
     assert "listening" not in done.stderr
 
 

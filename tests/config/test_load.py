@@ -67,12 +67,7 @@ def test_readme_example_loads_with_warnings_only() -> None:
 def test_readme_example_is_refused_for_what_is_not_available_yet() -> None:
     result = load(FIXTURES / "readme-example.hcl", env={"JWT_SECRET": SECRET})
     assert result.config is None
-    assert {p.path for p in result.errors} == {
-        'services["api-service"].revisions',
-        'services["api-service"].scaling',
-        'services["api-service"].rollout',
-        "providers.discovery",
-    }
+    assert {p.path for p in result.errors} == {"providers.discovery"}
     assert all("is not available yet" in p.message for p in result.errors)
 
 

@@ -195,7 +195,15 @@ def test_scaling(case: Case) -> None:
 
 def test_k8s_is_an_alias_of_kubernetes() -> None:
     snippet = scaled(
-        '    min_replicas = 1\n    executor = "k8s"\n    kubernetes {\n'
+        '    min_replicas = 1\n    container_concurrency = 10\n    executor = "k8s"\n'
+        "    kubernetes {\n"
         '      kind = "statefulsets"\n    }\n'
     )
     assert load(snippet).problems == ()
+
+
+def test_a_scaling_block_without_container_concurrency_is_warned_about() -> None:
+    [problem] = load(scaled('    executor = "mock"\n    min_replicas = 1\n')).problems
+    assert problem.severity == "warning"
+    assert problem.path == 'services["api"].scaling.container_concurrency'
+    assert "no autoscaler runs" in problem.message

@@ -64,6 +64,7 @@ def test_service_kinds(case: Case) -> None:
 def test_service_backend_sources() -> None:
     local = (
         '\nservices "dev" {\n  scaling {\n    executor = "local"\n    min_replicas = 1\n'
+        "    container_concurrency = 10\n"
         '    local {\n      command = ["app", "--port", "{port}"]\n      base_port = 7000\n'
         "    }\n  }\n}\n"
     )

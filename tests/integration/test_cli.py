@@ -48,15 +48,18 @@ UNAVAILABLE = "is not available yet"
 
 def test_readme_example_is_refused_only_for_what_is_not_available_yet() -> None:
     """The seed README's example is valid language; what stops it is exactly the settings whose
-    feature has not landed (scaling, revisions, rollout, discovery), each named; its TLS
-    entrypoint (issue #17) and its TCP entrypoint (issue #20) are not among them."""
+    feature has not landed (the discovery provider), named; its TLS entrypoint (issue #17),
+    its TCP entrypoint (issue #20) and its scaling, revisions and rollout (issue #21) are not
+    among them."""
     done = run_cli("validate", "--offline", README_EXAMPLE, env=cli_env({"JWT_SECRET": SECRET}))
     assert done.code == 1, done.stderr
     errors = lines_with(done.stderr, "error")
-    assert len(errors) == 4, done.stderr
+    assert len(errors) == 1, done.stderr
     assert all(UNAVAILABLE in line for line in errors), errors
+    assert "providers.discovery" in errors[0]
     assert not any('entrypoints["websecure"].tls' in line for line in errors)
     assert not any('entrypoints["tcp-db"]' in line for line in errors)
+    assert not any('services["api-service"]' in line for line in errors)
     assert lines_with(done.stderr, "warning")
 
 

@@ -151,6 +151,9 @@ class FakeView:
     requests: Mapping[tuple[str, str], int] | None = None
     version: str = "9.8.7"
     workers: int = 1
+    #: ``/scaling``'s documents and each service's rollout document (``/rollouts``).
+    scaled: list[dict[str, object]] = field(default_factory=list)
+    rollout_states: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def health(self) -> HealthSnapshot:
         return HealthSnapshot(
@@ -183,6 +186,25 @@ class FakeView:
     async def reload(self) -> ReloadReport | None:
         self.reloads += 1
         return self.outcome
+
+    def scaling(self, clock: Clock) -> list[dict[str, object]]:
+        return list(self.scaled)
+
+    def rollouts(self, clock: Clock) -> list[dict[str, object]]:
+        return [dict(state) for state in self.rollout_states.values()]
+
+    def rollout_action(
+        self, service: str, action: str, clock: Clock
+    ) -> tuple[int, dict[str, object]]:
+        state = self.rollout_states.get(service)
+        if state is None:
+            return 404, {"error": "rollout not found"}
+        if state["state"] in ("completed", "rolled_back"):
+            return 409, {"error": f"the rollout has {state['state']}"}
+        state["state"] = {"pause": "paused", "resume": "in_progress", "rollback": "rolled_back"}[
+            action
+        ]
+        return 200, dict(state)
 
 
 def make_view(text: str = CONFIG) -> FakeView:
@@ -538,10 +560,25 @@ async def test_providers_lists_the_file_provider_only_when_configured() -> None:
     }
 
 
-async def test_scaling_and_rollouts_are_empty_and_actions_find_no_rollout() -> None:
+async def test_scaling_and_rollouts_are_the_views_and_actions_reach_it() -> None:
     view = make_view()
     assert document(await call(view, f"{PREFIX}/scaling")) == []
     assert document(await call(view, f"{PREFIX}/rollouts")) == []
+    view.scaled = [{"service": "api", "desired": 2}]
+    view.rollout_states = {
+        "web": {"service": "web", "state": "in_progress"},
+        "old": {"service": "old", "state": "completed"},
+    }
+    assert document(await call(view, f"{PREFIX}/scaling")) == [{"service": "api", "desired": 2}]
+    listed = document(await call(view, f"{PREFIX}/rollouts"))
+    assert isinstance(listed, list)
+    assert len(listed) == 2
+    paused = await call(view, f"{PREFIX}/rollouts/web/pause", "POST")
+    state = document(paused)
+    assert isinstance(state, dict)
+    assert (paused.status, state["state"]) == (200, "paused")
+    finished = await call(view, f"{PREFIX}/rollouts/old/resume", "POST")
+    assert finished.status == 409
     for action in ("pause", "resume", "rollback"):
         response = await call(view, f"{PREFIX}/rollouts/canary/{action}", "POST")
         assert (response.status, document(response)) == (404, {"error": "rollout not found"})

@@ -25,7 +25,7 @@ from a3s_gateway.config.load import load_config_text
 from a3s_gateway.config.schema import Config, Management, ManagementTls
 from a3s_gateway.config.values import Address
 from a3s_gateway.errors import ReloadError, StartError
-from a3s_gateway.management.api import ListenerInfo, ReloadOutcome
+from a3s_gateway.management.api import Clock, ListenerInfo, ReloadOutcome
 from a3s_gateway.management.server import (
     ManagementServer,
     ServerLimits,
@@ -95,6 +95,17 @@ class View:
 
     async def reload(self) -> ReloadOutcome | None:
         return None
+
+    def scaling(self, clock: Clock) -> list[dict[str, object]]:
+        return []
+
+    def rollouts(self, clock: Clock) -> list[dict[str, object]]:
+        return []
+
+    def rollout_action(
+        self, service: str, action: str, clock: Clock
+    ) -> tuple[int, dict[str, object]]:
+        return 404, {"error": "rollout not found"}
 
 
 def make_view() -> View:

@@ -43,6 +43,7 @@ from a3s_gateway.observability.process import (
     sample,
 )
 from a3s_gateway.observability.record import ExchangeRecord
+from a3s_gateway.observability.scaling_metrics import AutoscalerStat, ScalingStats
 from a3s_gateway.observability.stream_stats import StreamStats
 from a3s_gateway.protocols.headers import Headers
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
@@ -238,6 +239,17 @@ def labels(**pairs: str) -> tuple[tuple[str, str], ...]:
 
 #: SPEC §9.1's families that exist in this build: parsed family name → (type, label names).
 FAMILIES = {
+    "a3s_autoscaler_desired_replicas": ("gauge", {"service"}),
+    "a3s_autoscaler_actual_replicas": ("gauge", {"service"}),
+    "a3s_autoscaler_ready_backends": ("gauge", {"service"}),
+    "a3s_autoscaler_panic": ("gauge", {"service"}),
+    "a3s_autoscaler_observed_concurrency": ("gauge", {"service", "window"}),
+    "a3s_autoscaler_executor_errors": ("counter", {"service"}),
+    "a3s_scale_buffer_queued": ("gauge", {"service"}),
+    "a3s_scale_buffer_results": ("counter", {"service", "result"}),
+    "a3s_revision_traffic_percent": ("gauge", {"service", "revision"}),
+    "a3s_rollout_state": ("gauge", {"service"}),
+    "a3s_rollout_steps": ("counter", {"service", "result"}),
     "a3s_http_requests": ("counter", {"entrypoint", "router", "service", "method", "code"}),
     "a3s_http_request_duration_seconds": (
         "histogram",
@@ -330,6 +342,15 @@ def _exercise(metrics: GatewayMetrics) -> None:
     metrics.tls_handshake_error("web", "timeout")
     metrics.tls_reload_error("web")
     metrics.tls_certificates([("web", "site.test", 1_800_000_000.0)])
+    stats = ScalingStats(
+        autoscalers={"svc": AutoscalerStat(2, 1, 1, True, 3.5, 7.0)},
+        executor_errors={"svc": 1},
+        revisions={("svc", "v1"): 90},
+        rollout_states={"svc": 0},
+        rollout_steps={("svc", "advanced"): 2},
+    )
+    metrics.scaling.collect_control(stats)
+    metrics.scaling.collect_buffers({("svc", "released"): 4}, {"svc": 1})
 
 
 def test_every_spec_family_has_its_type_labels_help_and_type_lines() -> None:

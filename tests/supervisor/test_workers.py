@@ -36,6 +36,7 @@ from a3s_gateway.supervisor.worker_main import (
     Query,
     Ready,
     Reply,
+    Splits,
     StateReply,
     WorkerMessage,
     with_ports,
@@ -143,7 +144,7 @@ class FakeWorker:
         self.queries: list[Query] = []
         self.generations: list[int] = []
         self.health: list[Health] = []
-        self.sent: list[Apply | Health] = []
+        self.sent: list[Apply | Health | Splits] = []
         self.hold = False
         self.hold_health = False
         self.release = trio.Event()
@@ -194,6 +195,9 @@ class FakeWorker:
             if self.hold_health:
                 await self.release.wait()
             self.health.append(message)
+            self.sent.append(message)
+            return
+        if isinstance(message, Splits):
             self.sent.append(message)
             return
         self.queries.append(message)
@@ -436,10 +440,13 @@ B: Final = "http://10.0.0.2:80"
 
 
 def kinds(worker: FakeWorker) -> list[str]:
-    """What ``worker`` was sent, in order: ``apply N``, ``health full`` or ``health``."""
+    """What ``worker`` was sent, in order: ``apply N``, ``health full``, ``health`` or
+    ``splits``."""
     return [
         f"apply {message.generation}"
         if isinstance(message, Apply)
+        else "splits"
+        if isinstance(message, Splits)
         else ("health full" if message.full else "health")
         for message in worker.sent
     ]

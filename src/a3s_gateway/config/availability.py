@@ -100,18 +100,6 @@ def _acme(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
                 yield path, "acme = true" if field == "acme" else f'field "{field}"'
 
 
-def _service_field(*fields: str) -> Finder:
-    """Service fields that are unset when falsy (``None``, ``()``, ``""``)."""
-
-    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-        for name, service in config.services.items():
-            for field in fields:
-                if getattr(service, field):
-                    yield ("services", name, field), f'field "{field}"'
-
-    return find
-
-
 def _provider(kind: str) -> Finder:
     def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
         providers = config.providers
@@ -135,33 +123,6 @@ entrypoints "secure" {
 #: Every setting refused until its feature lands, in the order the docs list them.
 UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
     Unavailable("entrypoints.<name>.tls.acme, acme_*", "ACME certificates", _acme, _ACME_BLOCK),
-    Unavailable(
-        "services.<name>.scaling",
-        "autoscaling",
-        _service_field("scaling"),
-        'services "scaled" {\n  load_balancer {\n'
-        '    servers = [{ url = "http://127.0.0.1:9001" }]\n  }\n'
-        '  scaling {\n    executor = "mock"\n  }\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.revisions, revision_affinity, revision_header",
-        "revisions and traffic splitting",
-        _service_field("revisions", "revision_affinity", "revision_header"),
-        'services "split" {\n  revisions = [\n'
-        '    { name = "v1", traffic_percent = 100, '
-        'servers = [{ url = "http://127.0.0.1:9001" }] },\n  ]\n}\n',
-    ),
-    Unavailable(
-        "services.<name>.rollout",
-        "canary rollouts",
-        _service_field("rollout"),
-        'services "canary" {\n  revisions = [\n'
-        '    { name = "v1", traffic_percent = 100, '
-        'servers = [{ url = "http://127.0.0.1:9001" }] },\n'
-        '    { name = "v2", traffic_percent = 0, '
-        'servers = [{ url = "http://127.0.0.1:9002" }] },\n  ]\n'
-        '  rollout {\n    from = "v1"\n    to   = "v2"\n  }\n}\n',
-    ),
     Unavailable(
         "providers.dns",
         "the DNS provider",

@@ -180,6 +180,11 @@ class Scaling(Block, frozen=True, kw_only=True):
     max_scale_down_rate: Annotated[float, msgspec.Meta(gt=1)] = 2.0
     scale_to_zero_grace: Duration = Duration("30s")
     tick_interval: Duration = Duration("2s")
+    #: Knative's target burst capacity: spare concurrency kept beyond the demand (shown as the
+    #: excess burst capacity in ``/scaling``); 0 = none, -1 = unlimited.
+    target_burst_capacity: Annotated[float, msgspec.Meta(ge=-1)] = 200.0
+    #: The least replicas a scale-up from zero starts (Knative's ``activation-scale``).
+    activation_scale: PositiveInt = 1
     box: BoxExecutor | None = None
     kubernetes: KubernetesExecutor | None = None
     local: LocalExecutor | None = None

@@ -143,6 +143,18 @@ def check_scaling(report: Report, base: Path, service: Service, scaling: Scaling
             (*path, "stable_window"),
             f'stable_window ("{scaling.stable_window.text}") must be whole seconds from 6s to 1h',
         )
+    if scaling.container_concurrency == 0:
+        report.warning(
+            (*path, "container_concurrency"),
+            "container_concurrency = 0: no autoscaler runs and the executor is never called "
+            "(set the concurrency one replica takes to scale this service)",
+        )
+    burst = scaling.target_burst_capacity
+    if burst < 0 and burst != -1:
+        report.error(
+            (*path, "target_burst_capacity"),
+            f"target_burst_capacity ({burst:g}) must be at least 0, or -1 for unlimited",
+        )
     _check_executor(report, path, scaling)
 
 

@@ -249,11 +249,18 @@ def _check_stream_service(report: Report, name: str, service: Service, use: Serv
     """Settings of a service that a TCP or UDP router cannot honour are errors, never ignored:
     sticky cookies (no HTTP), a ``hash_key`` other than the client IP (no request to read
     one from), and for UDP active health checks (a datagram has no probe to answer)."""
+    where = f'{use.kind} router "{use.router}"'
+    for field in ("scaling", "revisions", "rollout"):
+        if getattr(service, field):
+            report.error(
+                ("services", name, field),
+                f"{field} applies to HTTP services (it counts and splits requests); service "
+                f'"{name}" is used by {where}',
+            )
     balancer = service.load_balancer
     if balancer is None:
         return
     base: Path = ("services", name, "load_balancer")
-    where = f'{use.kind} router "{use.router}"'
     if balancer.sticky is not None:
         report.error(
             (*base, "sticky"),

@@ -89,14 +89,23 @@ def summary_lines(config: Config) -> list[str]:
     return lines
 
 
+#: ``executor`` spellings by the name the summary shows.
+_EXECUTORS: Final = {"k8s": "kubernetes"}
+
+
 def _service_rows(config: Config) -> list[tuple[str, int, str]]:
     rows: list[tuple[str, int, str]] = []
     for name, service in config.services.items():
         balancer = service.load_balancer
         backends = len(balancer.servers) if balancer is not None else 0
         backends += sum(len(revision.servers) for revision in service.revisions)
+        scaling = service.scaling
+        if scaling is not None and scaling.executor == "local":
+            backends += scaling.max_replicas  # the local executor's possible replicas
         strategy = balancer.strategy if balancer is not None else _DEFAULT_STRATEGY
-        kind = "websocket-mux" if service.websocket_mux is not None else strategy
+        kind: str = "websocket-mux" if service.websocket_mux is not None else strategy
+        if scaling is not None:
+            kind += f", scaled by {_EXECUTORS.get(scaling.executor, scaling.executor)}"
         rows.append((name, backends, kind))
     return rows
 

@@ -223,12 +223,17 @@ async def serve_connection(service: str, handler: Handler, stream: trio.SocketSt
 
 
 async def serve_backend(
-    service: str, handler: Handler, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    service: str,
+    handler: Handler,
+    *,
+    port: int = 0,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on 127.0.0.1 port 0, report the bound port through ``task_status.started`` and
-    serve until cancelled. Raises ``StartError`` if the listener cannot be opened."""
+    """Listen on 127.0.0.1 ``port`` (0: a free one), report the bound port through
+    ``task_status.started`` and serve until cancelled. Raises ``StartError`` if the listener
+    cannot be opened."""
     try:
-        listeners = await trio.open_tcp_listeners(0, host=HOST)
+        listeners = await trio.open_tcp_listeners(port, host=HOST)
     except OSError as error:
         raise StartError(f"demo backend {service}: cannot listen on {HOST}: {error}") from error
     port = int(listeners[0].socket.getsockname()[1])

@@ -220,6 +220,19 @@ class GatewayView(Protocol):
         """Reload from the config file; None when the gateway runs without one."""
         ...
 
+    def scaling(self, clock: Clock) -> list[JsonObject]:
+        """``/scaling``: one document per autoscaled service (empty without any)."""
+        ...
+
+    def rollouts(self, clock: Clock) -> list[JsonObject]:
+        """``/rollouts``: one document per rollout (empty without any)."""
+        ...
+
+    def rollout_action(self, service: str, action: str, clock: Clock) -> tuple[int, JsonObject]:
+        """``pause``, ``resume`` or ``rollback`` the rollout of ``service``: 200 and its new
+        document, 404 when it has none, 409 when it has finished (SPEC §9.6)."""
+        ...
+
 
 # ------------------------------------------------------------------------------ requests
 
@@ -433,8 +446,8 @@ def _document(endpoint: _Endpoint, view: GatewayView, clock: Clock) -> tuple[int
             if runtime is None or service is None:
                 return HTTPStatus.NOT_FOUND, {"error": "service not found"}
             return HTTPStatus.OK, service_document(runtime, service, clock, view.backend_requests())
-        case "rollout-action", _:
-            return HTTPStatus.NOT_FOUND, {"error": "rollout not found"}
+        case "rollout-action", (service, action):
+            return view.rollout_action(service, action, clock)
     return _listing(endpoint.name, view, runtime, clock)
 
 
@@ -463,8 +476,10 @@ def _listing(
             return HTTPStatus.OK, [listener_document(info) for info in view.listeners()]
         case "providers":
             return HTTPStatus.OK, provider_documents(view, clock)
-        case "scaling" | "rollouts":
-            return HTTPStatus.OK, []  # no autoscaler or rollout controller runs yet (§11)
+        case "scaling":
+            return HTTPStatus.OK, view.scaling(clock)
+        case "rollouts":
+            return HTTPStatus.OK, view.rollouts(clock)
         case "version":
             return HTTPStatus.OK, {"name": "a3s-gateway", "version": view.version}
         case _:  # pragma: no cover - _match returns only the names above

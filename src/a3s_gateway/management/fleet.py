@@ -76,7 +76,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
@@ -105,6 +105,13 @@ from a3s_gateway.observability.metrics import (
     merge,
     monotonic_part,
     render,
+)
+from a3s_gateway.scaling.loop import (
+    ScalingControl,
+    control_stats,
+    rollout_action_answer,
+    rollout_documents,
+    scaling_documents,
 )
 from a3s_gateway.server.process_metrics import read_process
 from a3s_gateway.state import GatewayState, HealthSnapshot
@@ -380,6 +387,10 @@ class FleetView:
     #: Why ``/ready`` is 503 although the supervisor is running (a worker is missing).
     not_ready: str | None = None
     reload_path: Callable[[], Awaitable[ReloadReport]]
+    #: The supervisor's autoscalers and rollouts, and the workers' buffer depths at the last
+    #: answers (SPEC §13.4: scaling runs in the supervisor).
+    scaling_control: ScalingControl | None = None
+    depths: Mapping[str, int] = field(default_factory=dict)
 
     def health(self) -> HealthSnapshot:
         return self.snapshot
@@ -404,6 +415,17 @@ class FleetView:
 
     async def reload(self) -> ReloadReport:
         return await self.reload_path()
+
+    def scaling(self, clock: Clock) -> list[JsonObject]:
+        control = self.scaling_control
+        return [] if control is None else scaling_documents(control, self.depths, clock.timestamp)
+
+    def rollouts(self, clock: Clock) -> list[JsonObject]:
+        control = self.scaling_control
+        return [] if control is None else rollout_documents(control, clock.timestamp)
+
+    def rollout_action(self, service: str, action: str, clock: Clock) -> tuple[int, JsonObject]:
+        return rollout_action_answer(self.scaling_control, service, action, clock.timestamp)
 
     def finish(
         self, segments: tuple[str, ...] | None, method: str, response: ApiResponse, clock: Clock
@@ -563,6 +585,8 @@ class FleetApi:
             documents=documents,
             not_ready=readiness(supervisor),
             reload_path=self.reload,
+            scaling_control=fleet.scaling.control,
+            depths=dict(fleet.scaling.depths),
         )
 
     async def metrics_text(self) -> bytes | None:
@@ -615,6 +639,7 @@ class FleetApi:
         self._restarts.labels().advance_to(supervisor.restarts)
         for kind, total in supervisor.query_failures.items():
             self._query_failures.labels(kind).advance_to(total)
+        metrics.scaling.collect_control(control_stats(self._fleet.scaling.control))
         process = read_process()
         if process is not None:
             _set_process(metrics, process)

@@ -55,6 +55,11 @@ from a3s_gateway.management.api import (
     request_path,
 )
 from a3s_gateway.routing.request import parse_peer
+from a3s_gateway.scaling.loop import (
+    rollout_action_answer,
+    rollout_documents,
+    scaling_documents,
+)
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
@@ -520,6 +525,23 @@ class GatewayAdapter:
             return None
         async with self._reloading:
             return await self._reload()
+
+    def scaling(self, clock: Clock) -> list[dict[str, object]]:
+        scaling = self._gateway.scaling
+        control = scaling.control
+        if control is None:
+            return []
+        return scaling_documents(control, scaling.counts.depths, clock.timestamp)
+
+    def rollouts(self, clock: Clock) -> list[dict[str, object]]:
+        control = self._gateway.scaling.control
+        return [] if control is None else rollout_documents(control, clock.timestamp)
+
+    def rollout_action(
+        self, service: str, action: str, clock: Clock
+    ) -> tuple[int, dict[str, object]]:
+        control = self._gateway.scaling.control
+        return rollout_action_answer(control, service, action, clock.timestamp)
 
 
 def _listener(

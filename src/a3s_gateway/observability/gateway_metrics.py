@@ -59,9 +59,11 @@ WebSocket sessions and SSE streams (``a3s_websocket_sessions_active``/``_total``
 ``a3s_sse_streams_active``, ``a3s_open_connections{protocol="websocket"}``) are read from the
 data plane's counts at ``collect``, like the connection gauges; so are the ``a3s_tcp_*`` and
 ``a3s_udp_*`` families (``stream_metrics.py``, from ``ServerContext.streams``) and
-``a3s_open_connections{protocol="tcp"}``. Families of features that do not exist yet arrive
-with their issues: ``a3s_autoscaler_*`` and ``a3s_scale_buffer_*`` (autoscaling),
-``a3s_revision_traffic_percent`` and ``a3s_rollout_*`` (revisions), ``a3s_acme_*`` (ACME) and
+``a3s_open_connections{protocol="tcp"}``. The ``a3s_autoscaler_*``, ``a3s_scale_buffer_*``,
+``a3s_revision_traffic_percent`` and ``a3s_rollout_*`` families (``scaling_metrics.py``) are set
+by the shell at scrape time from the scaling state (``collect_control`` by the process that runs
+the autoscalers, ``collect_buffers`` by each serving process). Families of features that do not
+exist yet arrive with their issues: ``a3s_acme_*`` (ACME) and
 ``a3s_config_pending_references`` (providers).
 
 Must not: import Ring 1 modules at run time (the data plane is described by the ``Protocol``s
@@ -75,6 +77,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from a3s_gateway.observability.metrics import GaugeKind, Registry
+from a3s_gateway.observability.scaling_metrics import ScalingFamilies
 from a3s_gateway.observability.stream_metrics import StreamFamilies
 from a3s_gateway.version import __version__
 
@@ -296,8 +299,11 @@ class GatewayMetrics:
         #: The TCP and UDP families (SPEC §6, §9.1).
         self.streams = StreamFamilies(registry)
 
-        # The families of autoscaling, revisions, ACME and providers arrive with their
-        # issues (listed in the module docstring).
+        #: Autoscaling, the scale buffer, revisions and rollouts (SPEC §11).
+        self.scaling = ScalingFamilies(registry, enabled=enabled)
+
+        # The families of ACME and providers arrive with their issues (listed in the module
+        # docstring).
 
         #: The cells of the exchanges, by router then entrypoint (two lookups of interned
         #: names cost less than hashing a tuple); ``_all_routes`` has every route ever seen.

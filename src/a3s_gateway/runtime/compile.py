@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from a3s_gateway.config.schema_middlewares import TcpFilter as TcpFilterBlock
-from a3s_gateway.config.schema_services import LoadBalancer
+from a3s_gateway.config.schema_services import LoadBalancer, Server
+from a3s_gateway.config.urls import ServerUrl
 from a3s_gateway.middleware.phases import compile_chains
 from a3s_gateway.middleware.ratelimit import key_function
 from a3s_gateway.middleware.tcp_filter import TcpFilter
@@ -33,6 +34,8 @@ from a3s_gateway.protocols.http1_engines import request_head_parser
 from a3s_gateway.protocols.http2 import Http2Limits
 from a3s_gateway.routing import Route, RouteTable, compile_rule
 from a3s_gateway.routing.tcp import TcpRoute, TcpRouteTable
+from a3s_gateway.scaling.revisions import RevisionSplit
+from a3s_gateway.scaling.service import RevisionPool, ServiceScale, signature_of
 from a3s_gateway.services import Backend, Balancer, make_balancer
 from a3s_gateway.services.balancer import panic_mode
 from a3s_gateway.services.health import CheckSettings, kind_for_servers
@@ -46,8 +49,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
-    from a3s_gateway.config.schema_services import Service, WebsocketMux
-    from a3s_gateway.config.urls import ServerUrl
+    from a3s_gateway.config.schema_services import Scaling, Service, WebsocketMux
     from a3s_gateway.middleware.contract import Middleware, RequestState
     from a3s_gateway.middleware.outbound import MiddlewareDeps, WarningSink
     from a3s_gateway.protocols.http1_heads import RequestHeadParser
@@ -265,6 +267,9 @@ class ServiceRuntime:
     #: ``panic_threshold`` (SPEC §7.1), percent: below this share of available backends the
     #: selection ignores health (``services.balancer.panic_mode``); 0 = off.
     panic_threshold: int = 0
+    #: ``scaling`` and ``revisions`` (SPEC §11); None with neither. With revisions,
+    #: ``backends`` holds the load-balancer pool's (``balancer``'s) first, then each revision's.
+    scale: ServiceScale | None = None
 
     def in_panic(self, *, primary: bool = True) -> bool:
         """Whether a request's selection over this pool is in panic mode now (SPEC §7.1): one
@@ -571,21 +576,23 @@ def _service(name: str, service: Service) -> ServiceRuntime:
     balancer_config = service.load_balancer
     if balancer_config is None:
         balancer_config = LoadBalancer()
-    servers = balancer_config.servers
     tls = _upstream_tls(balancer_config)
-    if not servers and service.revisions:
-        # Revisions and traffic split are issue #10; until then their servers form one pool.
-        servers = tuple(server for revision in service.revisions for server in revision.servers)
+    pool = (*balancer_config.servers, *_replica_servers(service.scaling))
+    servers = (*pool, *(server for revision in service.revisions for server in revision.servers))
+    health_check = _health_check(service, balancer_config, tls)
+    # SPEC §7.1: a scaled service's backends start unhealthy until their first good probe.
+    unready = service.scaling is not None and health_check is not None
     backends = tuple(
-        Backend(url=server.url, weight=server.weight, index=index)
+        Backend(url=server.url, weight=server.weight, index=index, active_healthy=not unready)
         for index, server in enumerate(servers)
     )
+    balancer = make_balancer(balancer_config.strategy, backends[: len(pool)])
     return ServiceRuntime(
         name=name,
         backends=backends,
         peers=tuple(_peer(backend.url, tls) for backend in backends),
         prefixes=tuple(backend.url.path.encode() for backend in backends),
-        balancer=make_balancer(balancer_config.strategy, backends),
+        balancer=balancer,
         pool=_pool_settings(balancer_config),
         connect_timeout=balancer_config.connect_timeout.seconds,
         response_header_timeout=balancer_config.response_header_timeout.seconds,
@@ -595,7 +602,7 @@ def _service(name: str, service: Service) -> ServiceRuntime:
         connect_attempts=balancer_config.connect_attempts,
         pass_host_header=balancer_config.pass_host_header,
         failover=service.failover.service if service.failover else None,
-        health_check=_health_check(service, balancer_config, tls),
+        health_check=health_check,
         outliers=(
             OutlierDetector(backends, PassiveSettings.from_config(balancer_config.passive_health))
             if balancer_config.passive_health.enabled
@@ -613,6 +620,58 @@ def _service(name: str, service: Service) -> ServiceRuntime:
             if service.mirror is not None
             else None
         ),
+        scale=_scale(service, balancer_config, backends, len(pool)),
+    )
+
+
+def _replica_servers(scaling: Scaling | None) -> tuple[Server, ...]:
+    """The ``local`` executor's replicas as servers (SPEC §11.9): one per possible replica, on
+    consecutive ports; those not running fail their probes and stay unavailable."""
+    if scaling is None or scaling.executor != "local" or scaling.local is None:
+        return ()
+    base = scaling.local.base_port
+    return tuple(
+        Server(url=ServerUrl(f"http://127.0.0.1:{base + i}")) for i in range(scaling.max_replicas)
+    )
+
+
+def _scale(
+    service: Service, balancer: LoadBalancer, backends: tuple[Backend, ...], pooled: int
+) -> ServiceScale | None:
+    """The revision pools and scaling settings of a service that has either (SPEC §11)."""
+    if service.scaling is None and not service.revisions:
+        return None
+    pools: list[RevisionPool] = []
+    revision_of = [-1] * pooled
+    start = pooled
+    for number, revision in enumerate(service.revisions):
+        members = backends[start : start + len(revision.servers)]
+        start += len(revision.servers)
+        revision_of += [number] * len(members)
+        strategy = revision.strategy or balancer.strategy
+        pools.append(
+            RevisionPool(revision.name, revision.tag, members, make_balancer(strategy, members))
+        )
+    revisions = service.revisions
+    split = (
+        RevisionSplit(
+            [r.name for r in revisions],
+            [r.traffic_percent for r in revisions],
+            [r.tag for r in revisions],
+        )
+        if revisions
+        else None
+    )
+    affinity = service.revision_affinity
+    return ServiceScale(
+        scaling=service.scaling,
+        pools=tuple(pools),
+        split=split,
+        header=service.revision_header.lower().encode() if service.revision_header else None,
+        affinity=key_function(affinity) if affinity else None,
+        rollout=service.rollout,
+        revision_of=tuple(revision_of),
+        signature=signature_of(service),
     )
 
 
@@ -628,6 +687,11 @@ def _health_check(
 ) -> CheckSettings | None:
     block = balancer.health_check
     if block is None:
+        if service.scaling is not None and service.scaling.executor == "local":
+            # The local executor's replicas need a readiness signal: connect, every second.
+            return CheckSettings(
+                kind="tcp", path="", interval=1.0, timeout=1.0, unhealthy_threshold=1
+            )
         return None
     urls = [server.url for server in balancer.servers]
     urls += [server.url for revision in service.revisions for server in revision.servers]

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "apply_board",
+    "became_available",
     "carry_over",
     "log_transition",
     "receive_health",
@@ -140,12 +141,12 @@ def _start_tasks(
 ) -> None:
     outliers = service.outliers
     if outliers is not None:
-        nursery.start_soon(_tick, service.name, outliers, metrics)
+        nursery.start_soon(_tick, service, outliers, metrics)
     settings = service.health_check
     if settings is None or not probes:
         return
-    on_change = partial(_health_changed, service.name)
-    on_result = partial(_probed, service.name, outliers, metrics)
+    on_change = partial(_health_changed, service)
+    on_result = partial(_probed, service, outliers, metrics)
     for backend in service.backends:
         state = ActiveHealth(backend, settings.healthy_threshold, settings.unhealthy_threshold)
         prober = partial(
@@ -154,17 +155,31 @@ def _start_tasks(
         nursery.start_soon(partial(prober, dialer=dialer))
 
 
-async def _tick(service: str, outliers: OutlierDetector, metrics: GatewayMetrics) -> None:
+async def _tick(
+    service: ServiceRuntime, outliers: OutlierDetector, metrics: GatewayMetrics
+) -> None:
     """SPEC §7.5's ticker: ejections that have run out end even without traffic."""
     interval = outliers.settings.tick_interval
     while True:
         await trio.sleep(interval)
-        for transition in outliers.tick(trio.current_time()):
-            log_transition(service, transition, metrics)
+        _readmitted(service, outliers.tick(trio.current_time()), metrics)
+
+
+def _readmitted(
+    service: ServiceRuntime, transitions: Iterable[Transition], metrics: GatewayMetrics
+) -> None:
+    """Log passive-health transitions; one that ends an ejection releases the service's scale
+    buffer (a backend may be available again)."""
+    released = False
+    for transition in transitions:
+        log_transition(service.name, transition, metrics)
+        released = released or transition.new is not PassiveState.EJECTED
+    if released:
+        became_available(service)
 
 
 def _probed(
-    service: str,
+    service: ServiceRuntime,
     outliers: OutlierDetector | None,
     metrics: GatewayMetrics,
     backend: Backend,
@@ -172,11 +187,12 @@ def _probed(
 ) -> None:
     """Count the probe (``a3s_health_checks_total``); SPEC §7.4 "With passive health": an
     active success re-admits an ejected backend."""
-    metrics.health_check(service, backend.url.text, "success" if result.success else "failure")
+    outcome = "success" if result.success else "failure"
+    metrics.health_check(service.name, backend.url.text, outcome)
     if result.success and outliers is not None:
         transition = outliers.readmit(backend, trio.current_time())
         if transition is not None:
-            log_transition(service, transition, metrics)
+            _readmitted(service, (transition,), metrics)
 
 
 def log_transition(service: str, transition: Transition, metrics: GatewayMetrics) -> None:
@@ -211,8 +227,7 @@ def selection_panic(service: ServiceRuntime, metrics: GatewayMetrics, *, primary
     if outliers is not None:
         due = outliers.next_readmission
         if due is not None and due <= (now := trio.current_time()):
-            for transition in outliers.tick(now):
-                log_transition(service.name, transition, metrics)
+            _readmitted(service, outliers.tick(now), metrics)
     panic = service.panic_threshold > 0 and service.in_panic(primary=primary)
     if panic:
         metrics.lb_panic(service.name)
@@ -235,14 +250,24 @@ def record_passive(
         log_transition(service.name, transition, metrics)
 
 
-def _health_changed(service: str, backend: Backend, healthy: bool, reason: str) -> None:
+def _health_changed(service: ServiceRuntime, backend: Backend, healthy: bool, reason: str) -> None:
     log.info(
         "backend %s of service %s is now %s (%s)",
         backend.url.text,
-        service,
+        service.name,
         "healthy" if healthy else "unhealthy",
         reason,
     )
+    if healthy:
+        became_available(service)
+
+
+def became_available(service: ServiceRuntime) -> None:
+    """A backend of ``service`` became healthy: requests waiting in its scale-from-zero buffer
+    re-run their selection (SPEC §11.5)."""
+    scale = service.scale
+    if scale is not None and scale.live is not None:
+        scale.live.ready()
 
 
 def carry_over(previous: RuntimeConfig, current: RuntimeConfig) -> None:
@@ -288,6 +313,8 @@ def receive_health(
             name,
             "healthy" if backend.active_healthy else "unhealthy",
         )
+        if backend.active_healthy:
+            became_available(runtime.services[name])
     now = trio.current_time()
     for name, url in passed:
         service = runtime.services.get(name)
@@ -297,7 +324,7 @@ def receive_health(
             if backend.url.text == url:
                 transition = service.outliers.readmit(backend, now)
                 if transition is not None:
-                    log_transition(name, transition, metrics)
+                    _readmitted(service, (transition,), metrics)
 
 
 def _adopt_keys(middleware: Middleware, before: Middleware | None) -> None:

@@ -24,6 +24,7 @@ Must not: route or proxy (``exchange/``), or parse bytes itself (``protocols/htt
 from __future__ import annotations
 
 import math
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -45,6 +46,7 @@ from a3s_gateway.server.downstream import (
     UpgradeUnavailable,
     with_response_fields,
 )
+from a3s_gateway.streams import socket_fd
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -305,6 +307,33 @@ class Http1Downstream:
         connection ends once the exchange unwinds (the driver sees ``closing``)."""
         self.closing = True
         self._adapter.close_after_response()
+
+    async def wait_gone(self) -> None:
+        """Return once the client has closed or reset the connection while its request waits
+        (the scale buffer, SPEC §11.5): only once the whole request was read, on a plain
+        socket; otherwise, or once more bytes arrive (a pipelined request), wait for ever.
+        Peeks, never reads: the bytes stay for the connection's next request. A client that
+        half-closes after its request counts as gone, as NGINX's 499 does."""
+        fd = socket_fd(self._stream)
+        pending = self.pending
+        whole = self.request_complete or (pending and isinstance(pending[-1], EndOfBody))
+        if fd < 0 or not whole or self.received:
+            await trio.sleep_forever()
+        peek = socket.socket(fileno=fd)
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return  # reset
+                if not data:
+                    return
+                await trio.sleep_forever()
+        finally:
+            peek.detach()  # the descriptor stays the stream's
 
     def take_over(self) -> Handover:
         """After a ``101`` was written: the stream and the bytes the client sent after its

@@ -161,7 +161,7 @@ class Ready(msgspec.Struct, frozen=True, tag="ready"):
 
 
 #: What the supervisor may ask a worker for.
-QueryKind: TypeAlias = Literal["metrics", "state", "services", "middlewares"]
+QueryKind: TypeAlias = Literal["metrics", "state", "services", "middlewares", "scaling"]
 
 
 class Query(msgspec.Struct, frozen=True, tag="query"):
@@ -228,10 +228,46 @@ class DocumentsReply(msgspec.Struct, frozen=True, tag="documents"):
     documents: list[dict[str, object]]
 
 
-Reply: TypeAlias = MetricsReply | StateReply | DocumentsReply
-WorkerMessage: TypeAlias = Ready | MetricsReply | StateReply | DocumentsReply
+class ScalingPart(msgspec.Struct, frozen=True, array_like=True):
+    """One scaled or split service in a ``ScalingReply``."""
+
+    #: The worker's stable and panic concurrency averages (None: no complete bucket yet) and
+    #: how many buckets they cover.
+    stable: float | None
+    panic: float | None
+    buckets: int
+    #: Requests in its scale-from-zero buffer now.
+    depth: int
+    #: The rollout's ``to`` traffic since the last report (``IntervalStats.to_wire``).
+    sample: tuple[int, int, int, list[float]] | None = None
+
+
+class ScalingReply(msgspec.Struct, frozen=True, tag="scaling"):
+    """Worker → supervisor: its part of the autoscalers' and rollouts' inputs (SPEC §13.4)."""
+
+    id: int
+    services: dict[str, ScalingPart]
+
+
+class Activate(msgspec.Struct, frozen=True, tag="activate"):
+    """Worker → supervisor, unasked: a request of ``service`` found no available backend
+    (SPEC §11.4: the autoscaler scales it from zero at once)."""
+
+    service: str
+
+
+class Splits(msgspec.Struct, frozen=True, tag="splits"):
+    """Supervisor → worker: the live revision split of every service a rollout controls."""
+
+    splits: dict[str, list[int]]
+
+
+Reply: TypeAlias = MetricsReply | StateReply | DocumentsReply | ScalingReply
+WorkerMessage: TypeAlias = (
+    Ready | MetricsReply | StateReply | DocumentsReply | ScalingReply | Activate
+)
 #: Supervisor → worker.
-Command: TypeAlias = Query | Apply | Health
+Command: TypeAlias = Query | Apply | Health | Splits
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(WorkerMessage)
@@ -507,7 +543,9 @@ async def _serve(
             channel.send_bytes(encode_message(Ready(pid=os.getpid(), addresses=addresses)))
             log.info("serving config generation %d", generation)
             nursery.start_soon(generations.run)
-            nursery.start_soon(_serve_supervisor, channel, gateway, generations)
+            outbox = _Outbox(channel)
+            nursery.start_soon(_serve_supervisor, channel, gateway, generations, outbox)
+            nursery.start_soon(_forward_pokes, gateway, outbox)
             draining = False
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -576,8 +614,24 @@ class _Generations:
         log.info("serving config generation %d", message.generation)
 
 
+class _Outbox:
+    """The worker's end of the channel for writing: one message at a time (a query's reply
+    and an unasked ``Activate`` may be ready together), each written from a thread."""
+
+    def __init__(self, channel: Connection[object, object]) -> None:
+        self._channel = channel
+        self._lock = trio.Lock()
+
+    async def send(self, payload: bytes) -> None:
+        async with self._lock:
+            await trio.to_thread.run_sync(self._channel.send_bytes, payload)
+
+
 async def _serve_supervisor(
-    channel: Connection[object, object], gateway: Gateway, generations: _Generations
+    channel: Connection[object, object],
+    gateway: Gateway,
+    generations: _Generations,
+    outbox: _Outbox,
 ) -> None:
     """Answer the supervisor's queries in order and hand its generations on; end-of-file on
     the channel: the supervisor died, so drain instead of lingering."""
@@ -593,11 +647,43 @@ async def _serve_supervisor(
         if isinstance(command, Health):
             _push(gateway, command)
             continue
+        if isinstance(command, Splits):
+            for service, percents in command.splits.items():
+                gateway.scaling.apply_split(service, percents)
+            continue
         reply = encode_message(answer_query(command, gateway))
         try:
-            await trio.to_thread.run_sync(channel.send_bytes, reply)
+            await outbox.send(reply)
         except OSError:
             continue  # the supervisor is gone: the next read sees the end of the file
+
+
+#: Pokes waiting to be sent at most; more are dropped (one per service is all it takes).
+_POKE_BACKLOG: Final = 64
+
+
+async def _forward_pokes(gateway: Gateway, outbox: _Outbox) -> None:
+    """Send the supervisor an ``Activate`` for each service whose request found no available
+    backend (SPEC §11.4); a service already waiting to be sent is not queued twice."""
+    sender, receiver = trio.open_memory_channel[str](_POKE_BACKLOG)
+    queued: set[str] = set()
+
+    def poke(service: str) -> None:
+        if service in queued:
+            return
+        try:
+            sender.send_nowait(service)
+        except trio.WouldBlock:
+            return
+        queued.add(service)
+
+    gateway.scaling.set_poke(poke)
+    async for service in receiver:
+        queued.discard(service)
+        try:
+            await outbox.send(encode_message(Activate(service)))
+        except OSError:
+            return
 
 
 def answer_query(query: Query, gateway: Gateway) -> Reply:
@@ -621,6 +707,23 @@ def answer_query(query: Query, gateway: Gateway) -> Reply:
             return DocumentsReply(query.id, documents)
         case "middlewares":
             return DocumentsReply(query.id, middleware_documents(gateway.runtime))
+        case "scaling":
+            return _scaling_reply(query.id, gateway)
+
+
+def _scaling_reply(query_id: int, gateway: Gateway) -> ScalingReply:
+    """This worker's concurrency, buffer depths and rollout samples, per service."""
+    depths = gateway.scaling.counts.depths
+    services: dict[str, ScalingPart] = {}
+    for name, (averages, sample) in gateway.scaling.report().items():
+        services[name] = ScalingPart(
+            stable=None if averages is None else averages.stable,
+            panic=None if averages is None else averages.panic,
+            buckets=0 if averages is None else averages.buckets,
+            depth=depths.get(name, 0),
+            sample=None if sample is None else sample.to_wire(),
+        )
+    return ScalingReply(query_id, services)
 
 
 def _certificates(gateway: Gateway) -> dict[str, list[tuple[list[str], float]]]:

@@ -123,10 +123,12 @@ from a3s_gateway.providers import Reloader
 from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.state import GatewayState, ReloadStatus
+from a3s_gateway.supervisor.scaling import FleetScaling
 from a3s_gateway.supervisor.worker_main import (
     EXIT_CONFIG,
     EXIT_OK,
     EXIT_START,
+    Activate,
     Apply,
     DocumentsReply,
     Health,
@@ -135,6 +137,8 @@ from a3s_gateway.supervisor.worker_main import (
     Query,
     Ready,
     Reply,
+    ScalingReply,
+    Splits,
     StateReply,
     Worker,
     WorkerMessage,
@@ -144,7 +148,7 @@ from a3s_gateway.supervisor.worker_main import (
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Collection
     from multiprocessing.context import SpawnContext
 
     from a3s_gateway.config.schema import Config
@@ -174,7 +178,7 @@ START_DEADLINE: Final = 60.0
 #: Added to ``shutdown_timeout_secs`` (the workers' drain grace and pool close) before SIGKILL.
 DRAIN_MARGIN: Final = 10.0
 _RESERVE_ATTEMPTS: Final = 5
-R = TypeVar("R", MetricsReply, StateReply, DocumentsReply)
+R = TypeVar("R", MetricsReply, StateReply, DocumentsReply, ScalingReply)
 
 
 # ----------------------------------------------------------------------------- restart policy
@@ -301,6 +305,12 @@ class Supervisor:
         self.query_failures: dict[QueryKind, int] = {}
         #: When ``run`` started (trio clock); None before.
         self.started_at: float | None = None
+        #: The live revision splits the rollouts set (``supervisor/scaling.py``), sent to
+        #: every worker by its feeder; the version counts the changes.
+        self.splits: dict[str, list[int]] = {}
+        self._splits_version = 0
+        #: Where a worker's ``Activate`` goes (the autoscalers' ``poke``).
+        self.on_activate: Callable[[str], None] | None = None
 
     @property
     def count(self) -> int:
@@ -335,6 +345,18 @@ class Supervisor:
         on starts from it."""
         self._current = message
         self._wake_feeders()
+
+    def push_splits(self, service: str, percents: list[int]) -> None:
+        """Every worker is to use ``percents`` as the live split of ``service``."""
+        self.splits[service] = percents
+        self._splits_version += 1
+        self._wake_feeders()
+
+    def keep_splits(self, services: Collection[str]) -> None:
+        """Forget the splits of the services not in ``services`` (their rollout is gone: a
+        worker started from now on uses its generation's configured split)."""
+        for name in [name for name in self.splits if name not in services]:
+            del self.splits[name]
 
     def _wake_feeders(self) -> None:
         news, self._news = self._news, trio.Event()
@@ -388,6 +410,7 @@ class Supervisor:
         *,
         reloader: Reloader | None = None,
         probes: FleetProbes | None = None,
+        scaling: FleetScaling | None = None,
     ) -> int:
         """Start the workers, supervise them until stopped; the process exit code.
 
@@ -403,6 +426,8 @@ class Supervisor:
                 on_sighup = partial(_start_reload, supervisor, reloader)
             if probes is not None:
                 await supervisor.start(probes.run)
+            if scaling is not None:
+                await supervisor.start(scaling.run)
             supervisor.start_soon(self._handle_signals, signals, on_sighup)
             supervisor.start_soon(self._watch_start_up)
             supervisor.start_soon(self._bound_drain)
@@ -532,10 +557,12 @@ class Supervisor:
                 return
             if isinstance(message, Apply):
                 link.sent = mark
-            else:
+            elif isinstance(message, Health):
                 link.health_seen = mark
+            else:
+                link.splits_seen = mark
 
-    def _next_for(self, link: _Link) -> tuple[Apply | Health, int] | None:
+    def _next_for(self, link: _Link) -> tuple[Apply | Health | Splits, int] | None:
         """What ``link``'s worker is to be sent next, with the generation or health version
         it brings the worker to; None: nothing. A newer generation comes before the health
         news, and the health only once the worker has a generation (``worker_main``)."""
@@ -545,11 +572,17 @@ class Supervisor:
         if not link.sent:
             return None
         news = self.health.since(link.health_seen)
-        if news is None:
-            return None
-        return Health(list(news.states), list(news.passed), news.full), news.version
+        if news is not None:
+            return Health(list(news.states), list(news.passed), news.full), news.version
+        if link.splits_seen < self._splits_version:
+            return Splits(dict(self.splits)), self._splits_version
+        return None
 
     def _on_message(self, index: int, link: _Link, message: WorkerMessage) -> None:
+        if isinstance(message, Activate):
+            if self.on_activate is not None:
+                self.on_activate(message.service)
+            return
         if not isinstance(message, Ready):
             link.deliver(message)
             return
@@ -588,7 +621,7 @@ class _Link:
     and the queries awaiting a reply by id. ``deliver`` is called by the slot task, the only
     reader; ``close`` when the worker has exited."""
 
-    __slots__ = ("_closed", "_last_id", "_waiting", "health_seen", "sent", "worker")
+    __slots__ = ("_closed", "_last_id", "_waiting", "health_seen", "sent", "splits_seen", "worker")
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -596,6 +629,8 @@ class _Link:
         self.sent = 0
         #: The ``HealthTable`` version this worker has been told (-1: nothing yet).
         self.health_seen = -1
+        #: The splits version this worker has been sent (0: none).
+        self.splits_seen = 0
         self._last_id = 0
         self._waiting: dict[int, _Waiter] = {}
         self._closed = False
@@ -655,6 +690,9 @@ class Fleet:
         probes: FleetProbes | None = None,
     ) -> None:
         self._supervisor = supervisor
+        #: The autoscalers and rollouts (SPEC §11), told of every generation.
+        self.scaling = FleetScaling(supervisor, lambda: self._runtime)
+        supervisor.on_activate = self.scaling.poke
         self._config = config
         self._runtime = runtime
         self._deps = deps
@@ -709,6 +747,7 @@ class Fleet:
         if self._probes is not None:
             self._probes.offer(runtime)  # its health news follows the generation's Apply
         self._supervisor.publish(message)
+        self.scaling.apply(runtime)
         return self._generation
 
     def record_failed_reload(self, problem_count: int) -> None:
@@ -789,7 +828,7 @@ def run_supervisor(
         fleet = Fleet(supervisor, config, runtime, deps=deps, probes=probes)
         reloader = Reloader(fleet, path, workers=workers, prepare=prepare)
         server = _management_server(config, supervisor, fleet, reloader, metrics)
-        return trio.run(_supervise, supervisor, reloader, server, probes)
+        return trio.run(_supervise, supervisor, reloader, server, probes, fleet)
     except StartError as error:
         log.error("%s", error)
         return EXIT_START
@@ -826,6 +865,7 @@ async def _supervise(
     reloader: Reloader,
     server: FleetManagementServer | None,
     probes: FleetProbes,
+    fleet: Fleet,
 ) -> int:
     """Bind the management listener (exit 3 if it cannot be bound), then supervise; the API
     answers until every worker has exited."""
@@ -840,7 +880,9 @@ async def _supervise(
         async with trio.open_nursery() as nursery:
             if server is not None:
                 await nursery.start(server.serve, listeners)
-            code = await supervisor.run(signals, reloader=reloader, probes=probes)
+            code = await supervisor.run(
+                signals, reloader=reloader, probes=probes, scaling=fleet.scaling
+            )
             nursery.cancel_scope.cancel()
     return code
 

@@ -22,7 +22,9 @@ from a3s_gateway.middleware.body_limit import too_large
 from a3s_gateway.middleware.retry import failure_kind
 from a3s_gateway.protocols.events import EndOfBody
 from a3s_gateway.protocols.responses import error_response
-from a3s_gateway.server.downstream import aborted
+from a3s_gateway.scaling.buffer import BufferClosed, BufferFull, BufferTimeout
+from a3s_gateway.scaling.service import pick_limited
+from a3s_gateway.server.downstream import ClientGone, aborted
 from a3s_gateway.server.exchange.answer import INTERNAL_ERROR, answer
 from a3s_gateway.server.exchange.attempt import forward
 from a3s_gateway.server.exchange.failures import (
@@ -41,8 +43,12 @@ from a3s_gateway.server.generation import selection_panic
 from a3s_gateway.server.limited_downstream import BodyTooLarge, LimitedDownstream
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from a3s_gateway.protocols.headers import HeaderLine
     from a3s_gateway.runtime.compile import ServiceRuntime
+    from a3s_gateway.scaling.buffer import ScaleBuffer
+    from a3s_gateway.scaling.live import LiveService
     from a3s_gateway.server.downstream import Downstream
     from a3s_gateway.server.exchange.context import Exchange
     from a3s_gateway.services import Backend
@@ -53,6 +59,12 @@ log: Final = logging.getLogger("a3s_gateway.exchange")
 
 #: The trailers that end a gRPC call whose deadline passed after its head was sent.
 _DEADLINE_TRAILERS: Final = [(b"grpc-status", b"4"), (b"grpc-message", b"deadline exceeded")]
+
+#: SPEC §11.5, §11.6: the scale buffer's and the limiter's answers.
+_RETRY_SOON: Final = [(b"retry-after", b"1")]
+_BUFFER_FULL: Final = error_response(503, "request buffer full", extra=_RETRY_SOON)
+_SCALE_TIMEOUT: Final = error_response(504, "backend scale-up timed out")
+_AT_CAPACITY: Final = error_response(503, "all backends at capacity")
 
 #: The debug-mode response field naming the failover service that served (SPEC §7.8).
 _SERVED_BY: Final = b"x-a3s-failover"
@@ -169,6 +181,11 @@ async def _try_service(
 ) -> Failure | None:
     """Up to ``connect_attempts`` backends (SPEC §7.8); None once a response was relayed,
     else the failure that describes the last attempt."""
+    scale = service.scale
+    if scale is not None and primary and scale.live is not None and scale.scaling is not None:
+        # SPEC §7.8: a failover service's own scaling does not apply.
+        return await _scaled(ex, down, service, scale.live, extra)
+    # The loop of ``_attempts``, inline: one coroutine frame fewer on the hot path.
     picker = _Picker(ex, service, primary)
     failure: Failure | None = NO_BACKEND_FAILURE
     for _ in range(service.connect_attempts):
@@ -183,6 +200,118 @@ async def _try_service(
     return failure
 
 
+async def _attempts(
+    ex: Exchange,
+    down: Downstream,
+    service: ServiceRuntime,
+    picker: _Picker,
+    backend: Backend | None,
+    extra: tuple[HeaderLine, ...],
+    live: LiveService,
+) -> Failure | None:
+    """The attempts of a scaled service, ``backend`` (already picked) first, each one's end
+    freeing a place for a waiter of the buffer."""
+    failure: Failure | None = NO_BACKEND_FAILURE
+    for attempt in range(1, service.connect_attempts + 1):
+        if backend is None:
+            break
+        failure = await _attempt(ex, down, service, backend, picker.fields(backend, extra))
+        live.capacity_freed()
+        if failure is None or failure.kind != "connect-failure":
+            return failure
+        # Picked only for an attempt that will be made: a pick is recorded as tried (and, under
+        # a retry policy, avoided by the retries).
+        backend = picker.pick() if attempt < service.connect_attempts else None
+    return failure
+
+
+async def _scaled(
+    ex: Exchange,
+    down: Downstream,
+    service: ServiceRuntime,
+    live: LiveService,
+    extra: tuple[HeaderLine, ...],
+) -> Failure | None:
+    """A request of a scaled service (SPEC §7.9 steps 4–5, §11.5): counted as concurrency while
+    it waits or runs; nothing chosen → failover, the buffer, or 503."""
+    live.enter()
+    try:
+        picker = _Picker(ex, service, True)
+        backend = picker.pick()
+        if backend is None:
+            if not picker.full:
+                live.activate()  # SPEC §11.4: scale from zero without waiting for the tick
+                if service.failover is not None and _failover_ready(ex, service.failover):
+                    ex.record.error = "no_backend"
+                    return NO_BACKEND_FAILURE
+            waited = await _buffered(ex, service, live, picker.full)
+            if isinstance(waited, Failure):
+                return waited
+            picker, backend = waited
+        return await _attempts(ex, down, service, picker, backend, extra, live)
+    finally:
+        live.leave()
+
+
+def _failover_ready(ex: Exchange, name: str) -> bool:
+    fallback = ex.runtime.services.get(name)
+    return fallback is not None and any(backend.available for backend in fallback.backends)
+
+
+async def _buffered(
+    ex: Exchange, service: ServiceRuntime, live: LiveService, full: bool
+) -> Failure | tuple[_Picker, Backend]:
+    """Wait in the service's scale-from-zero buffer until a backend can take the request
+    (SPEC §11.5); each release re-runs the whole selection."""
+    buffer = live.buffer
+    if buffer is None:
+        if full:
+            ex.record.error = "at_capacity"
+            return Failure(_AT_CAPACITY, 503, "status")
+        ex.record.error = "no_backend"
+        return NO_BACKEND_FAILURE
+    waited: list[Failure | tuple[_Picker, Backend]] = []
+    async with trio.open_nursery() as watcher:
+        # A client that leaves while it waits leaves the queue (SPEC §11.5, "cancelled").
+        gone = getattr(ex.down, "wait_gone", None)
+        if gone is not None:
+            watcher.start_soon(_cancel_when_done, gone, watcher.cancel_scope)
+        waited.append(await _wait_in_buffer(ex, service, buffer))
+        watcher.cancel_scope.cancel()
+    if not waited:
+        ex.record.error = "client_abort"
+        raise ClientGone
+    return waited[0]
+
+
+async def _cancel_when_done(wait: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+    await wait()
+    scope.cancel()
+
+
+async def _wait_in_buffer(
+    ex: Exchange, service: ServiceRuntime, buffer: ScaleBuffer
+) -> Failure | tuple[_Picker, Backend]:
+    try:
+        async with buffer.ticket() as ticket:
+            while True:
+                await ticket.wait()
+                picker = _Picker(ex, service, True)
+                backend = picker.pick()
+                if backend is not None:
+                    return picker, backend
+                ticket.requeue()
+    except BufferFull:
+        ex.record.error = "buffer_full"
+        return Failure(_BUFFER_FULL, 503, "status")
+    except BufferTimeout:
+        ex.record.error = "buffer_timeout"
+        return Failure(_SCALE_TIMEOUT, 504, "status")
+    except BufferClosed as closed:
+        ex.record.error = "shutting_down" if closed.reason == "shutting down" else "no_backend"
+        return Failure(error_response(503, closed.reason), 503, "status")
+
+
 class _Picker:
     """The backends of one service for one request, in the order they are tried.
 
@@ -191,30 +320,73 @@ class _Picker:
     any other backend that serves gets a cookie naming it. Backends earlier retry attempts
     used (``ex.tried``) are avoided while others are available (SPEC §8.12). Panic mode
     (SPEC §7.1) is decided once, for services with a ``panic_threshold``, and then applies to
-    the cookie and every attempt.
+    the cookie and every attempt. A service with revisions picks within the pool its split
+    chose (SPEC §11.7); with ``container_concurrency`` (the primary only) within the backends
+    under that limit, least loaded first (SPEC §11.6), and ``full`` tells whether the pick
+    found nothing only because all of them were at the limit.
     """
 
-    __slots__ = ("_ex", "_key", "_panic", "_pinned", "_service", "_sticky", "tried")
+    __slots__ = (
+        "_backends",
+        "_balancer",
+        "_ex",
+        "_key",
+        "_limit",
+        "_panic",
+        "_pinned",
+        "_service",
+        "_sticky",
+        "full",
+        "revision",
+        "tried",
+    )
 
     def __init__(self, ex: Exchange, service: ServiceRuntime, primary: bool) -> None:
         self._ex = ex
         self._service = service
         self.tried: list[Backend] = []
+        self.full = False
         self._key = ex.client if service.hash_key is None else ex.hash_key(service.hash_key)
         panic = self._panic = selection_panic(service, ex.ctx.metrics, primary=primary)
         sticky = self._sticky = service.sticky if primary else None
-        self._pinned = (
+        pinned = (
             sticky.lookup(ex.request.headers, ex.ctx.dates.unix(), panic=panic)
             if sticky is not None and ex.first
             else None
         )
+        scale = service.scale
+        self._balancer = service.balancer
+        self._limit = 0
+        self.revision: int | None = None
+        if scale is not None:
+            self._limit = scale.concurrency if primary else 0
+            if pinned is not None and not _sticky_fits(
+                scale.live_share(pinned), pinned, self._limit
+            ):
+                pinned = None
+            if scale.split is not None:
+                affinity = scale.affinity
+                choice = scale.choose(
+                    service.balancer,
+                    ex.request.headers,
+                    None if affinity is None else lambda: ex.hash_key(affinity).encode(),
+                )
+                self._balancer, self.revision = choice.balancer, choice.revision
+                if pinned is not None:
+                    self.revision = _revision(scale.revision_of[pinned.index])
+        self._backends = self._balancer.backends
+        self._pinned = pinned
 
     def pick(self) -> Backend | None:
         """The next backend to try (recorded as tried), or None when none is left."""
         tried, avoid = self.tried, self._ex.tried
-        balancer, key, panic = self._service.balancer, self._key, self._panic
+        balancer, key, panic = self._balancer, self._key, self._panic
         if self._pinned is not None and not tried:
             backend: Backend | None = self._pinned
+        elif self._limit:
+            backend = self._limited([*tried, *avoid]) if avoid else None
+            if backend is None:
+                backend = self._limited(tried)
         elif avoid:
             backend = balancer.pick(exclude=[*tried, *avoid], key=key, panic=panic)
             if backend is None:
@@ -227,6 +399,17 @@ class _Picker:
                 avoid.append(backend)
         return backend
 
+    def _limited(self, exclude: list[Backend]) -> Backend | None:
+        backend, self.full = pick_limited(
+            self._balancer,
+            self._backends,
+            self._limit,
+            exclude=exclude,
+            key=self._key,
+            panic=self._panic,
+        )
+        return backend
+
     def fields(self, backend: Backend, extra: tuple[HeaderLine, ...]) -> tuple[HeaderLine, ...]:
         """``extra`` and, when ``backend`` is not the cookie's, a sticky ``Set-Cookie``."""
         sticky = self._sticky
@@ -234,6 +417,16 @@ class _Picker:
             return extra
         ex = self._ex
         return (*extra, sticky.set_cookie(backend, ex.ctx.dates.unix(), tls=ex.tls))
+
+
+def _sticky_fits(shared: bool, backend: Backend, limit: int) -> bool:
+    """A cookie's backend still qualifies: its revision has traffic and it is under the
+    concurrency limit (SPEC §7.6)."""
+    return shared and (not limit or backend.in_flight < limit)
+
+
+def _revision(index: int) -> int | None:
+    return None if index < 0 else index
 
 
 async def _attempt(

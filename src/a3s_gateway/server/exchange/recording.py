@@ -22,6 +22,7 @@ from a3s_gateway.server.generation import record_passive
 if TYPE_CHECKING:
     from a3s_gateway.protocols.events import RequestHead
     from a3s_gateway.runtime.compile import ServiceRuntime
+    from a3s_gateway.scaling.service import ServiceScale
     from a3s_gateway.server.downstream import ConnInfo, ObservedDownstream
     from a3s_gateway.server.exchange.context import Exchange
     from a3s_gateway.server.server_context import ServerContext
@@ -93,6 +94,9 @@ def outcome(ex: Exchange, service: ServiceRuntime, backend: Backend, status: int
     observer = ctx.observer
     if observer is not None:
         observer.attempt(service.name, backend.url.text, status, ex.record.upstream_seconds)
+    scale = service.scale
+    if scale is not None and scale.rollout_to is not None:
+        _sample(ex, scale, backend, status)
     outliers = service.outliers
     if outliers is None:
         return
@@ -100,3 +104,11 @@ def outcome(ex: Exchange, service: ServiceRuntime, backend: Backend, status: int
     grpc_status = ex.down.grpc_status if ex.grpc and ex.down.grpc_status >= 0 else None
     error = outliers.is_error(status, grpc_status)
     record_passive(service, backend, ctx.metrics, error=error)
+
+
+def _sample(ex: Exchange, scale: ServiceScale, backend: Backend, status: int) -> None:
+    """SPEC §11.8: an attempt at the rollout's ``to`` revision joins its interval's sample
+    (an error: status >= 500, transport failures included; the upstream head latency)."""
+    live = scale.live
+    if live is not None and scale.revision_of[backend.index] == scale.rollout_to:
+        live.record(error=status >= 500, latency=ex.record.upstream_seconds)
