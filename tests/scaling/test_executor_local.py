@@ -279,3 +279,22 @@ async def test_another_service_is_refused() -> None:
         await executor.current("web")
     with pytest.raises(ExecutorError, match="asked about web"):
         await executor.scale("web", 1, "load", current=0)
+
+
+async def test_a_replica_never_starts_outside_the_services_ports(
+    nursery: trio.Nursery, watcher: Watcher
+) -> None:
+    """With ``max_replicas = 1`` the only backend is ``base_port``: a scale-up while the child
+    of that slot is still stopping starts nothing (the next tick retries), never a child on
+    ``base_port + 1``."""
+    executor = LocalExecutor("api", settings(), environ=os.environ, log=LOG, slots=1)
+    await nursery.start(executor.run)
+    with trio.fail_after(20):
+        await executor.scale("api", 1, "load", current=0)
+        await watcher.wait_for("ready")
+        await executor.scale("api", 0, "idle", current=1)
+        again = await executor.scale("api", 1, "load", current=0)
+        assert again.actual_replicas in (0, 1)
+        current = await executor.current("api")
+        assert current.endpoints in ((), (url(0),))
+        await executor.aclose()

@@ -148,6 +148,8 @@ class Feed:
         self.sampled: list[float] = []
         #: (time, service, percents) of every ``publish``.
         self.published: list[tuple[float, str, tuple[int, ...]]] = []
+        #: Times ``reset_sample`` was called (a rollout started or resumed).
+        self.resets: list[float] = []
 
     async def concurrency(self, service: str) -> Averages | None:
         assert service == "api"
@@ -169,6 +171,9 @@ class Feed:
 
     def publish(self, service: str, percents: tuple[int, ...]) -> None:
         self.published.append((trio.current_time(), service, percents))
+
+    def reset_sample(self, service: str) -> None:
+        self.resets.append(trio.current_time())
 
     def splits(self) -> list[tuple[float, tuple[int, ...]]]:
         return [(when, percents) for when, _, percents in self.published]
@@ -432,7 +437,11 @@ async def test_a_poke_at_zero_scales_up_at_once_and_a_poke_above_zero_does_not(
         control.poke("api")
         control.poke("elsewhere")  # a service without an autoscaler: nothing
         await trio.testing.wait_all_tasks_blocked()
-        assert executor.currents[-1] == 0.7  # asked, and it is not at zero
+        assert 0.7 not in executor.currents  # within a second of the last: coalesced
+        await settle_at(1.6)
+        control.poke("api")
+        await trio.testing.wait_all_tasks_blocked()
+        assert executor.currents[-1] == 1.6  # asked, and it is not at zero
         assert len(executor.scales) == 1
         nursery.cancel_scope.cancel()
 
@@ -476,14 +485,28 @@ async def test_apply_keeps_an_unchanged_autoscaler_restarts_a_changed_one_stops_
         assert [(e.running, e.closed) for e in made] == [(True, False)]
         assert feed.asked == [0.0, 2.0]  # its ticks go on as before
 
-        control.apply(scaled("    min_replicas = 1\n", generation=3))  # a changed block
+        control.apply(scaled("    min_replicas = 1\n", generation=3))  # the decider changed
         await settle_at(3.5)
+        assert control.autoscalers["api"] is first  # same executor: kept, a new planner
+        assert first.scaling.min_replicas == 1
+        assert first.planner is None
+        assert [(e.running, e.closed) for e in made] == [(True, False)]
+
+        control.apply(
+            compiled(
+                config_text(
+                    '  load_balancer { servers = [{ url = "http://127.0.0.1:1" }] }\n'
+                    '  scaling {\n    executor = "box"\n' + SCALING + "  }\n"
+                ),
+                3,
+            )
+        )  # another executor: restarted
+        await settle_at(3.6)
         second = control.autoscalers["api"]
         assert second is not first
         assert second.executor is made[1]
-        assert second.scaling.min_replicas == 1
         assert [(e.running, e.closed) for e in made] == [(True, True), (True, False)]
-        assert feed.asked == [0.0, 2.0, 3.0]  # the new loop ticks at once
+        assert feed.asked[-1] == 3.5  # the new loop ticks at once (applied at 3.5)
 
         control.apply(unrelated(4))  # the service is no longer scaled
         await settle_at(4.0)
@@ -785,3 +808,58 @@ def test_a_control_without_units_shows_nothing() -> None:
     assert rollout_documents(control, stamp) == []
     stats = control_stats(control)
     assert (stats.autoscalers, stats.revisions, stats.rollout_states) == ({}, {}, {})
+
+
+class BrokenFeed(Feed):
+    """A feed whose concurrency read fails with a bug (not an executor error) ``failures``
+    times, then answers ``averages``."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def concurrency(self, service: str) -> Averages | None:
+        if self.failures:
+            self.failures -= 1
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("a bug in the feed")
+        return await super().concurrency(service)
+
+
+async def test_an_unexpected_error_in_a_tick_is_logged_and_the_next_tick_runs(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    made: list[Recorder],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DESIGN §3.4: a background loop that meets an unexpected exception logs it and goes on;
+    it never takes the gateway (or the other services' autoscalers) down."""
+    feed = BrokenFeed(failures=2)
+    feed.averages = Averages(25.0, 25.0, 6)
+    control = await start(nursery, feed, scaled())
+    await settle_at(5.0)
+    assert [desired for _, desired in made[0].desired()] == [3]  # the third tick decided
+    assert "autoscaler tick failed" in caplog.text
+    assert control.autoscalers["api"].status == "ok"
+
+
+async def test_an_executor_whose_run_breaks_stops_only_its_autoscaler(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    made: list[Recorder],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep(1.0)
+        raise RuntimeError("the executor's supervisor crashed")
+
+    monkeypatch.setattr(Recorder, "run", lambda self, **kw: broken(**kw))
+    feed = Feed()
+    control = await start(nursery, feed, scaled())
+    await settle_at(3.0)
+    unit = control.autoscalers["api"]
+    assert unit.status.startswith("stopped by an unexpected error")
+    assert made[0].closed  # its executor was closed all the same
+    assert "autoscaler stopped by an unexpected error" in caplog.text

@@ -421,11 +421,16 @@ def test_a_to_revision_without_an_available_backend_is_rolled_back() -> None:
         latency_percentile=99.0,
     )
     controller = RolloutController(settings, (90, 10), now=0.0)
+    failing = IntervalStats()
+    for _ in range(5):
+        failing.record(error=True, latency=None, rng=Random(1))
+    controller.add(failing)
     outcome = controller.step(1.0, to_available=False)
     assert outcome is not None
     assert outcome.result == "rolled_back"
     assert controller.percents == (100, 0)
     assert "no available backend" in outcome.message
-    held = RolloutController(settings, (90, 10), now=0.0).step(1.0)
-    assert held is not None
-    assert held.result == "held"
+    # Unavailable without errors (scaled to zero while idle, one failed probe): held.
+    idle = RolloutController(settings, (90, 10), now=0.0).step(1.0, to_available=False)
+    assert idle is not None
+    assert idle.result == "held"

@@ -126,7 +126,9 @@ def check_scaling(report: Report, base: Path, service: Service, scaling: Scaling
             f"({scaling.max_replicas})",
         )
     balancer = service.load_balancer
-    if scaling.buffer_enabled and (balancer is None or balancer.health_check is None):
+    local = _EXECUTOR_ALIASES.get(scaling.executor, scaling.executor) == "local"
+    probed = local or (balancer is not None and balancer.health_check is not None)
+    if scaling.buffer_enabled and not probed:  # (local replicas get a connect check)
         report.error(
             (*path, "buffer_enabled"),
             "buffer_enabled needs load_balancer.health_check (the readiness signal of new "

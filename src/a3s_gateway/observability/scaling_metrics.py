@@ -109,6 +109,14 @@ class ScalingFamilies:
         """Set the controlling process's values."""
         if not self.enabled:
             return
+        # Services and revisions that are gone (a reload) leave no stale gauge behind.
+        services = {(service,) for service in stats.autoscalers}
+        for family in (self.desired, self.actual, self.ready, self.panic):
+            family.retain(services)
+        windows = ("stable", "panic")
+        self.observed.retain({(service, window) for (service,) in services for window in windows})
+        self.revision_percent.retain(set(stats.revisions))
+        self.rollout_state.retain({(service,) for service in stats.rollout_states})
         for service, stat in stats.autoscalers.items():
             if stat.desired is not None:
                 self.desired.labels(service).set(stat.desired)

@@ -45,13 +45,14 @@ from a3s_gateway.services.sticky import StickyPool, StickySettings
 from a3s_gateway.upstream.peer import Peer, PoolSettings, TlsIdentity, UpstreamTlsSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from a3s_gateway.config.schema import Config
     from a3s_gateway.config.schema_entrypoints import Entrypoint
     from a3s_gateway.config.schema_services import Scaling, Service, WebsocketMux
     from a3s_gateway.middleware.contract import Middleware, RequestState
     from a3s_gateway.middleware.outbound import MiddlewareDeps, WarningSink
+    from a3s_gateway.protocols.headers import HeaderLine
     from a3s_gateway.protocols.http1_heads import RequestHeadParser
     from a3s_gateway.routing.request import PeerAddress
 
@@ -270,6 +271,17 @@ class ServiceRuntime:
     #: ``scaling`` and ``revisions`` (SPEC §11); None with neither. With revisions,
     #: ``backends`` holds the load-balancer pool's (``balancer``'s) first, then each revision's.
     scale: ServiceScale | None = None
+
+    def pick_backend(
+        self, *, key: str | None = None, headers: Sequence[HeaderLine] = ()
+    ) -> Backend | None:
+        """One backend chosen outside a request's own selection (a mirror copy, a ws-mux
+        channel): within the revision the split chooses when the service has revisions."""
+        balancer = self.balancer
+        scale = self.scale
+        if scale is not None and scale.split is not None:
+            balancer = scale.choose(balancer, headers, None).balancer
+        return balancer.pick(key=key)
 
     def in_panic(self, *, primary: bool = True) -> bool:
         """Whether a request's selection over this pool is in panic mode now (SPEC §7.1): one

@@ -103,9 +103,13 @@ class LocalExecutor:
         *,
         environ: Mapping[str, str],
         log: logging.Logger,
+        slots: int = 65535,
     ) -> None:
         self.service = service
         self._settings = settings
+        #: ``max_replicas``: replica ``i`` uses port ``base_port + i`` only for ``i < slots``
+        #: (the service's backends are those ports and no others).
+        self._slots = slots
         self._environ = dict(environ)
         self._log = log
         self._children: dict[int, _Child] = {}
@@ -201,6 +205,10 @@ class LocalExecutor:
             port = settings.base_port + slot
             if port > 65535:
                 order.error = f"local executor of {self.service}: no port for replica {slot}"
+                return started
+            if slot >= self._slots:
+                # Every slot is taken, some by children still stopping: the next tick retries
+                # once they have exited (a port outside the service's backends is never used).
                 return started
             # ``{python}``: the gateway's own interpreter (its virtual environment's packages).
             argv = [

@@ -127,7 +127,9 @@ def make_executor(
         case "local":
             if scaling.local is None:
                 raise ExecutorError(f"service {service}: executor local needs a local block")
-            return LocalExecutor(service, scaling.local, environ=environ, log=log)
+            return LocalExecutor(
+                service, scaling.local, environ=environ, log=log, slots=scaling.max_replicas
+            )
         case "mock":
             return MockExecutor()
         case unknown:

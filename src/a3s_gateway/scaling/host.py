@@ -26,7 +26,7 @@ from a3s_gateway.scaling.live import BufferCounts, attach, close_all
 from a3s_gateway.scaling.loop import ScalingControl
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from a3s_gateway.runtime.compile import RuntimeConfig
     from a3s_gateway.scaling.concurrency import Averages
@@ -46,6 +46,11 @@ class ProcessScaling:
         self.counts = BufferCounts()
         self.control = ScalingControl(self) if control else None
         self._poke: Callable[[str], None] | None = None
+        #: The generation being attached (``on_generation``), before it is the current one.
+        self._next: RuntimeConfig | None = None
+        #: A worker: the splits the supervisor sent last, by service; each new generation
+        #: gets them too (one may arrive while a reload is being applied).
+        self._splits: dict[str, tuple[int, ...]] = {}
 
     def set_poke(self, poke: Callable[[str], None]) -> None:
         """A worker: where a request that found no backend sends its service's name."""
@@ -60,8 +65,14 @@ class ProcessScaling:
     def on_generation(self, runtime: RuntimeConfig, previous: RuntimeConfig | None) -> None:
         """``runtime`` is served from now on (module docstring)."""
         attach(runtime, previous, poke=self.poke, counts=self.counts)
-        if self.control is not None:
-            self.control.apply(runtime)
+        self._next = runtime
+        try:
+            for service, percents in self._splits.items():
+                self._set_split(service, percents)
+            if self.control is not None:
+                self.control.apply(runtime)
+        finally:
+            self._next = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.control is not None:
@@ -77,7 +88,7 @@ class ProcessScaling:
     # -- the feed of the single process's control ----------------------------------------------
 
     def _scale(self, service: str) -> ServiceScale | None:
-        runtime = self._current()
+        runtime = self._next if self._next is not None else self._current()
         found = runtime.services.get(service) if runtime is not None else None
         return found.scale if found is not None else None
 
@@ -96,10 +107,31 @@ class ProcessScaling:
     def publish(self, service: str, percents: tuple[int, ...]) -> None:
         self.apply_split(service, percents)
 
+    def reset_sample(self, service: str) -> None:
+        scale = self._scale(service)
+        if scale is not None and scale.live is not None:
+            scale.live.take_sample()
+
     # -- a worker ------------------------------------------------------------------------------
 
     def apply_split(self, service: str, percents: Sequence[int]) -> None:
-        """Set the live split of ``service`` (the control's decision)."""
+        """Set the live split of ``service`` (the control's decision; a worker keeps it for
+        the generations it serves later)."""
+        if self.control is None:
+            self._splits[service] = tuple(percents)
+        self._set_split(service, percents)
+
+    def forget_splits(self, keep: Collection[str]) -> None:
+        """A worker: the supervisor's table no longer has the others (their rollout is gone):
+        they are back at their configured split."""
+        runtime = self._current()
+        for name in [name for name in self._splits if name not in keep]:
+            del self._splits[name]
+            service = runtime.config.services.get(name) if runtime is not None else None
+            if service is not None and service.revisions:
+                self._set_split(name, [r.traffic_percent for r in service.revisions])
+
+    def _set_split(self, service: str, percents: Sequence[int]) -> None:
         scale = self._scale(service)
         if scale is None or scale.split is None:
             return

@@ -72,6 +72,10 @@ __all__ = [
 
 log: Final = logging.getLogger("a3s_gateway.scaling")
 
+#: Pokes of one service within this long are one activation (seconds; the tick's interval
+#: when that is shorter).
+ACTIVATION_GAP: Final = 1.0
+
 #: How long a stopped autoscaler's executor may take to end (children get SIGTERM, then
 #: SIGKILL after their ``stop_timeout``, so this bounds only a stuck executor).
 CLOSE_BOUND: Final = 60.0
@@ -90,6 +94,10 @@ class ScalingFeed(Protocol):
 
     def publish(self, service: str, percents: tuple[int, ...]) -> None:
         """A rollout changed the service's live split."""
+        ...
+
+    def reset_sample(self, service: str) -> None:
+        """Drop the rollout traffic sampled so far (a rollout starts or resumes)."""
         ...
 
 
@@ -114,6 +122,10 @@ class _Autoscaler:
     decided_at: float | None = None
     errors: int = 0
     status: str = "starting"
+    #: When the last activation asked the executor (trio's clock); pokes are coalesced.
+    activated_at: float = -math.inf
+    #: The task ended by an unexpected error: the next ``apply`` starts a new one.
+    ended: bool = False
 
 
 @dataclass(eq=False)
@@ -184,9 +196,16 @@ class ScalingControl:
     def _apply_autoscalers(self, wanted: Mapping[str, Scaling], runtime: RuntimeConfig) -> None:
         for name in list(self.autoscalers):
             unit = self.autoscalers[name]
-            if wanted.get(name) != unit.scaling:
-                unit.scope.cancel()
-                del self.autoscalers[name]
+            scaling = wanted.get(name)
+            if scaling == unit.scaling and not unit.ended:
+                continue
+            if scaling is not None and not unit.ended and _same_executor(scaling, unit.scaling):
+                # The decider's settings changed, not the executor's: a new planner, and the
+                # replicas the executor runs stay (a local one's children are not restarted).
+                unit.scaling, unit.planner = scaling, None
+                continue
+            unit.scope.cancel()
+            del self.autoscalers[name]
         for name, scaling in wanted.items():
             if name in self.autoscalers:
                 self._retune(self.autoscalers[name], runtime)
@@ -250,22 +269,45 @@ class ScalingControl:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(unit.executor.run)
                     await self._ticks(unit)
+            except* Exception as group:  # one service's autoscaler, not the gateway
+                unit.ended = True
+                first = group.exceptions[0]
+                unit.status = f"stopped by an unexpected error: {first!r}"
+                log.error(
+                    "service %s: autoscaler stopped by an unexpected error (a reload restarts it)",
+                    unit.service,
+                    exc_info=group,
+                )
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BOUND):
                     await unit.executor.aclose()
 
     async def _ticks(self, unit: _Autoscaler) -> None:
-        interval = unit.scaling.tick_interval.seconds
         deadline = trio.current_time()
         while True:
+            interval = unit.scaling.tick_interval.seconds  # a reload may change it
             with trio.move_on_at(deadline):
                 await unit.poked.wait()
-            if unit.poked.is_set():
+            now = trio.current_time()
+            # A due tick goes first: a stream of pokes never starves the ticks (SPEC §11.3).
+            activation = now < deadline and unit.poked.is_set()
+            if activation:
                 unit.poked = trio.Event()
-                await self._activate(unit)
-                continue
-            deadline = max(deadline + interval, trio.current_time())
-            await self._tick(unit)
+                if not self._may_activate(unit, now):
+                    continue
+                unit.activated_at = now
+            else:
+                deadline = max(deadline + interval, now)
+            try:
+                await (self._activate(unit) if activation else self._tick(unit))
+            except Exception as error:  # logged; the next tick tries again
+                unit.status = f"tick failed: {error}"
+                log.error("service %s: autoscaler tick failed", unit.service, exc_info=error)
+
+    def _may_activate(self, unit: _Autoscaler, now: float) -> bool:
+        """Whether a poke asks the executor now: at most one activation per ``ACTIVATION_GAP``
+        (a burst of requests at zero is one activation, not one executor call each)."""
+        return now - unit.activated_at >= min(ACTIVATION_GAP, unit.scaling.tick_interval.seconds)
 
     async def _current(self, unit: _Autoscaler) -> int | None:
         try:
@@ -288,7 +330,6 @@ class ScalingControl:
         await self._scale(unit, target, reason, current)
 
     async def _tick(self, unit: _Autoscaler) -> None:
-        now = trio.current_time()
         current = await self._current(unit)
         if current is None:
             return
@@ -299,6 +340,7 @@ class ScalingControl:
         if averages is None or runtime is None:
             unit.status = "waiting for the first concurrency bucket"
             return
+        now = trio.current_time()  # after the executor's and the feed's answers
         planner = unit.planner
         if planner is None:
             spec = kpa_spec(unit.scaling, reachable=_reachable(runtime, unit.service))
@@ -326,14 +368,11 @@ class ScalingControl:
             self._failed(unit, "scale", error)
             return
         unit.actual = result.actual_replicas
-        unit.status = "ok" if result.accepted else f"not accepted: {result.message}"
-        log.info(
-            "service %s scaled (%s executor, %s): %s",
-            unit.service,
-            unit.executor.name,
-            "accepted" if result.accepted else "refused",
-            reason,
-        )
+        if not result.accepted:  # a refusal is a failed call: counted, retried next tick
+            self._failed(unit, "scale", ExecutorError(f"not accepted: {result.message}"))
+            return
+        unit.status = "ok"
+        log.info("service %s scaled (%s executor): %s", unit.service, unit.executor.name, reason)
 
     def _failed(self, unit: _Autoscaler, call: str, error: ExecutorError) -> None:
         unit.errors += 1
@@ -352,6 +391,7 @@ class ScalingControl:
     async def _roll(self, unit: _Rollout) -> None:
         controller = unit.controller
         with unit.scope:
+            self._feed.reset_sample(unit.service)  # traffic from before this rollout started
             while controller.state not in _FINISHED:
                 # Paused: nothing is due until an action (resume, rollback) changes it.
                 paused = controller.state is RolloutState.PAUSED
@@ -359,14 +399,24 @@ class ScalingControl:
                     await unit.changed.wait()
                 if unit.changed.is_set():
                     unit.changed = trio.Event()
+                    if controller.state is RolloutState.IN_PROGRESS:  # resumed
+                        self._feed.reset_sample(unit.service)
                     continue
-                sample = await self._feed.rollout_sample(unit.service)
-                if sample is not None:
-                    controller.add(sample)
-                available = _revision_available(self._runtime, unit)
-                outcome = controller.step(trio.current_time(), to_available=available)
-                if outcome is not None:
-                    self._stepped(unit, outcome)
+                try:
+                    await self._step(unit)
+                except Exception as error:  # logged; the next step tries again
+                    log.error("service %s: rollout step failed", unit.service, exc_info=error)
+                    controller.next_step = trio.current_time() + controller.settings.step_interval
+
+    async def _step(self, unit: _Rollout) -> None:
+        controller = unit.controller
+        sample = await self._feed.rollout_sample(unit.service)
+        if sample is not None:
+            controller.add(sample)
+        available = _revision_available(self._runtime, unit)
+        outcome = controller.step(trio.current_time(), to_available=available)
+        if outcome is not None:
+            self._stepped(unit, outcome)
 
     def _stepped(self, unit: _Rollout, outcome: StepOutcome) -> None:
         key = (unit.service, outcome.result)
@@ -400,6 +450,18 @@ class ScalingControl:
 
 
 _FINISHED: Final = frozenset({RolloutState.COMPLETED, RolloutState.ROLLED_BACK})
+
+
+def _same_executor(one: Scaling, other: Scaling) -> bool:
+    """Whether two ``scaling`` blocks make the same executor (the ``local`` one's replica
+    slots are ``max_replicas``)."""
+
+    def key(scaling: Scaling) -> tuple[object, ...]:
+        local = scaling.executor == "local"
+        slots = scaling.max_replicas if local else None
+        return (scaling.executor, scaling.box, scaling.kubernetes, scaling.local, slots)
+
+    return key(one) == key(other)
 
 
 def _policy(scaling: Scaling) -> ScalePolicy:

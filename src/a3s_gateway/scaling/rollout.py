@@ -260,10 +260,12 @@ class RolloutController:
         and the rollout neither paused nor finished; else ``None``. Starts a fresh interval
         and schedules the next step one ``step_interval`` later (after ``now`` if late).
 
-        ``to_available`` False: the ``to`` revision has no available backend (its health
-        checks fail, or passive health ejected every one after its errors). Such a revision
-        gets no traffic, so its interval could never reach ``min_requests``: it is rolled
-        back rather than held for ever."""
+        ``to_available`` False: the ``to`` revision has no available backend now. After an
+        interval with errors that means its errors took it out of service (passive health
+        ejected its backends, or its health checks fail): it would get no more traffic, so
+        its interval could never reach ``min_requests``, and it is rolled back rather than
+        held for ever. Without errors (a revision scaled to zero while idle, a probe that
+        failed once) the step is held as usual."""
         if self.state is RolloutState.PAUSED or self.state.finished or now < self.next_step:
             return None
         stats, self._stats = self._stats, IntervalStats()
@@ -331,7 +333,7 @@ class RolloutController:
         rate = stats.errors / stats.requests if stats.requests else 0.0
         latency = stats.percentile(settings.latency_percentile)
         reasons: list[str] = []
-        if not to_available and before[settings.to_index] > 0:
+        if not to_available and stats.errors and before[settings.to_index] > 0:
             result: StepResult = "rolled_back"
             self.percents = self._moved(-before[settings.to_index])
             self.state = RolloutState.ROLLED_BACK

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.schema_services import Rollout, Scaling, Service
     from a3s_gateway.middleware import RequestState
-    from a3s_gateway.protocols.headers import Headers
+    from a3s_gateway.protocols.headers import HeaderLine
     from a3s_gateway.scaling.live import LiveService
     from a3s_gateway.scaling.revisions import RevisionSplit
     from a3s_gateway.services import Backend, Balancer
@@ -109,7 +109,10 @@ class ServiceScale:
         self.live: LiveService | None = None
 
     def choose(
-        self, fallback: Balancer, headers: Headers, affinity: Callable[[], bytes] | None
+        self,
+        fallback: Balancer,
+        headers: Sequence[HeaderLine],
+        affinity: Callable[[], bytes] | None,
     ) -> Choice:
         """The pool of one request (SPEC §11.7, §7.9 step 2): the revision its
         ``revision_header`` names if that one has an available backend, else the split's
@@ -155,17 +158,19 @@ def pick_limited(
     """The container concurrency limiter's choice (SPEC §11.6): among the backends below
     ``limit`` in-flight requests, the least loaded, the strategy breaking ties; and whether
     nothing was chosen only because every eligible backend is at the limit."""
+    excluded = set(exclude)
     eligible = [
         backend
         for backend in backends
-        if (backend.available or (panic and backend.weight > 0)) and backend not in exclude
+        if (backend.available or (panic and backend.weight > 0)) and backend not in excluded
     ]
     below = [backend for backend in eligible if backend.in_flight < limit]
     if not below:
         return None, bool(eligible)
     least = min(backend.in_flight for backend in below)
-    others = [backend for backend in backends if backend.in_flight != least or backend not in below]
-    return balancer.pick(exclude=[*exclude, *others], key=key, panic=panic), False
+    chosen = {backend for backend in below if backend.in_flight == least}
+    others = [backend for backend in backends if backend not in chosen]
+    return balancer.pick(exclude=others, key=key, panic=panic), False
 
 
 def signature_of(service: Service) -> tuple[object, ...]:

@@ -24,7 +24,7 @@ Must not: route or proxy (``exchange/``), or parse bytes itself (``protocols/htt
 from __future__ import annotations
 
 import math
-import socket
+import select
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -46,14 +46,19 @@ from a3s_gateway.server.downstream import (
     UpgradeUnavailable,
     with_response_fields,
 )
-from a3s_gateway.streams import socket_fd
+from a3s_gateway.streams import PrefixedStream, socket_fd
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from a3s_gateway.protocols.http1 import Http1Server
 
-__all__ = ["END_WITHOUT_TRAILERS", "READ_SIZE", "Http1Downstream"]
+__all__ = ["END_WITHOUT_TRAILERS", "GONE_POLL", "READ_SIZE", "Http1Downstream"]
+
+#: How often ``wait_gone`` asks the kernel whether a waiting client hung up (seconds).
+GONE_POLL: Final = 0.25
+#: The ``poll`` events that mean the peer is gone: its FIN (Linux), a hang-up or an error.
+_HUNG_UP: Final = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 #: One read (DESIGN.md §3.5).
 READ_SIZE: Final = 65536
@@ -310,30 +315,21 @@ class Http1Downstream:
 
     async def wait_gone(self) -> None:
         """Return once the client has closed or reset the connection while its request waits
-        (the scale buffer, SPEC §11.5): only once the whole request was read, on a plain
-        socket; otherwise, or once more bytes arrive (a pipelined request), wait for ever.
-        Peeks, never reads: the bytes stay for the connection's next request. A client that
-        half-closes after its request counts as gone, as NGINX's 499 does."""
-        fd = socket_fd(self._stream)
-        pending = self.pending
-        whole = self.request_complete or (pending and isinstance(pending[-1], EndOfBody))
-        if fd < 0 or not whole or self.received:
+        (the scale buffer, SPEC §11.5). The kernel is asked, every ``GONE_POLL`` seconds,
+        whether the peer hung up (``POLLRDHUP``: its FIN; ``POLLHUP``/``POLLERR``: a reset),
+        on the TCP socket under TLS too; nothing is read, so bytes already sent (a body, a
+        pipelined request) stay where they are. A client that half-closes after its request
+        counts as gone, as NGINX's 499 does. Without a socket (a test's memory stream), it
+        waits for ever."""
+        fd = _socket_under(self._stream)
+        if fd < 0:
             await trio.sleep_forever()
-        peek = socket.socket(fileno=fd)
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(fd)
-                try:
-                    data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return  # reset
-                if not data:
-                    return
-                await trio.sleep_forever()
-        finally:
-            peek.detach()  # the descriptor stays the stream's
+        poller = select.poll()
+        poller.register(fd, _HUNG_UP)
+        while True:  # polling: trio's own wait cannot ask for POLLRDHUP
+            if poller.poll(0):
+                return
+            await trio.sleep(GONE_POLL)
 
     def take_over(self) -> Handover:
         """After a ``101`` was written: the stream and the bytes the client sent after its
@@ -350,3 +346,18 @@ class Http1Downstream:
         self.handed_over = True
         self.pending.clear()  # at most the upgrade request's EndOfBody
         return Handover(self._stream, adapter.take_leftover())
+
+
+def _socket_under(stream: trio.abc.Stream) -> int:
+    """The TCP socket's descriptor under ``stream`` (through TLS and a replayed prefix), or
+    -1 when there is none."""
+    while True:
+        fd = socket_fd(stream)
+        if fd >= 0:
+            return fd
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        elif isinstance(stream, PrefixedStream):
+            stream = stream.inner
+        else:
+            return -1

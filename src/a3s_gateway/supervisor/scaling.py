@@ -19,6 +19,7 @@ Must not: serve traffic or choose backends.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import TYPE_CHECKING, Final
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from a3s_gateway.supervisor.workers import Supervisor
 
 __all__ = ["FleetScaling"]
+
+log: Final = logging.getLogger("a3s_gateway.scaling")
 
 #: The workers are asked at most this often (seconds): every tick of every autoscaler and every
 #: rollout step reads the same answers within it.
@@ -90,10 +93,16 @@ class FleetScaling:
                         fleet = self._concurrency.setdefault(name, FleetConcurrency())
                         fleet.report(index, now, averages)
                     if part.sample is not None:
-                        sample = IntervalStats.from_wire(part.sample)
-                        pending = self._samples.setdefault(name, IntervalStats())
-                        pending.merge(sample, self._rng)
+                        self._merge(index, name, part.sample)
             self.depths = depths
+
+    def _merge(self, index: int, name: str, wire: tuple[int, int, int, list[float]]) -> None:
+        try:
+            sample = IntervalStats.from_wire(wire)
+        except ValueError as error:
+            log.warning("worker %d: rollout sample of %s ignored: %s", index, name, error)
+            return
+        self._samples.setdefault(name, IntervalStats()).merge(sample, self._rng)
 
     async def concurrency(self, service: str) -> Averages | None:
         await self._refresh()
@@ -105,10 +114,19 @@ class FleetScaling:
         await self._refresh()
         return self._samples.pop(service, None)
 
+    def reset_sample(self, service: str) -> None:
+        """Drop what the workers reported so far (what they sampled since their last report,
+        at most a second's traffic, still joins the next interval)."""
+        self._samples.pop(service, None)
+
     def publish(self, service: str, percents: tuple[int, ...]) -> None:
         runtime = self._runtime()
         found = runtime.services.get(service)
         scale = found.scale if found is not None else None
         if scale is not None and scale.split is not None:
-            scale.split.set_percents(percents)
+            try:
+                scale.split.set_percents(percents)
+            except ValueError as error:  # the generation changed the revisions meanwhile
+                log.warning("split for service %s not applied: %s", service, error)
+                return
         self._supervisor.push_splits(service, list(percents))

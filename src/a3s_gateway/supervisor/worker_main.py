@@ -648,6 +648,7 @@ async def _serve_supervisor(
             _push(gateway, command)
             continue
         if isinstance(command, Splits):
+            gateway.scaling.forget_splits(command.splits)
             for service, percents in command.splits.items():
                 gateway.scaling.apply_split(service, percents)
             continue

@@ -355,8 +355,12 @@ class Supervisor:
     def keep_splits(self, services: Collection[str]) -> None:
         """Forget the splits of the services not in ``services`` (their rollout is gone: a
         worker started from now on uses its generation's configured split)."""
-        for name in [name for name in self.splits if name not in services]:
+        gone = [name for name in self.splits if name not in services]
+        for name in gone:
             del self.splits[name]
+        if gone:  # the workers forget them too
+            self._splits_version += 1
+            self._wake_feeders()
 
     def _wake_feeders(self) -> None:
         news, self._news = self._news, trio.Event()

@@ -194,7 +194,7 @@ class ServiceOpener:
         runtime = self._services.get(service)
         if runtime is None:
             raise ChannelUnavailable("unknown service")
-        backend = runtime.balancer.pick()
+        backend = runtime.pick_backend()
         if backend is None:
             raise ChannelUnavailable("no backend")
         lease = backend.lease()

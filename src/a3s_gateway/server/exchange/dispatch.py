@@ -14,7 +14,7 @@ Must not: parse bytes, or know the downstream or upstream protocol: it talks to 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import trio
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from a3s_gateway.scaling.live import LiveService
     from a3s_gateway.server.downstream import Downstream
     from a3s_gateway.server.exchange.context import Exchange
-    from a3s_gateway.services import Backend
+    from a3s_gateway.services import Backend, Lease
 
 __all__ = ["dispatch"]
 
@@ -208,20 +208,33 @@ async def _attempts(
     backend: Backend | None,
     extra: tuple[HeaderLine, ...],
     live: LiveService,
+    reserved: Lease | None = None,
 ) -> Failure | None:
-    """The attempts of a scaled service, ``backend`` (already picked) first, each one's end
-    freeing a place for a waiter of the buffer."""
+    """The attempts of a scaled service, ``backend`` (already picked) first; ``reserved`` is
+    the in-flight place a buffered request took on it when it was released, given back just
+    as the attempt takes its own (no checkpoint between: the limiter is never bypassed). Each
+    attempt's end, however it ends, frees a place for a waiter of the buffer."""
     failure: Failure | None = NO_BACKEND_FAILURE
-    for attempt in range(1, service.connect_attempts + 1):
-        if backend is None:
-            break
-        failure = await _attempt(ex, down, service, backend, picker.fields(backend, extra))
-        live.capacity_freed()
-        if failure is None or failure.kind != "connect-failure":
-            return failure
-        # Picked only for an attempt that will be made: a pick is recorded as tried (and, under
-        # a retry policy, avoided by the retries).
-        backend = picker.pick() if attempt < service.connect_attempts else None
+    try:
+        for attempt in range(1, service.connect_attempts + 1):
+            if backend is None:
+                break
+            if reserved is not None:
+                reserved.release()
+                reserved = None
+            try:
+                fields = picker.fields(backend, extra)
+                failure = await _attempt(ex, down, service, backend, fields)
+            finally:
+                live.capacity_freed()
+            if failure is None or failure.kind != "connect-failure":
+                return failure
+            # Picked only for an attempt that will be made: a pick is recorded as tried (and,
+            # under a retry policy, avoided by the retries).
+            backend = picker.pick() if attempt < service.connect_attempts else None
+    finally:
+        if reserved is not None:
+            reserved.release()
     return failure
 
 
@@ -238,6 +251,7 @@ async def _scaled(
     try:
         picker = _Picker(ex, service, True)
         backend = picker.pick()
+        reserved: Lease | None = None
         if backend is None:
             if not picker.full:
                 live.activate()  # SPEC §11.4: scale from zero without waiting for the tick
@@ -247,8 +261,9 @@ async def _scaled(
             waited = await _buffered(ex, service, live, picker.full)
             if isinstance(waited, Failure):
                 return waited
-            picker, backend = waited
-        return await _attempts(ex, down, service, picker, backend, extra, live)
+            service, picker, reserved = waited
+            backend = reserved.backend
+        return await _attempts(ex, down, service, picker, backend, extra, live, reserved)
     finally:
         live.leave()
 
@@ -258,9 +273,14 @@ def _failover_ready(ex: Exchange, name: str) -> bool:
     return fallback is not None and any(backend.available for backend in fallback.backends)
 
 
+#: A released waiter: the service as the running generation has it, its picker, and the
+#: in-flight place taken on the chosen backend.
+_Released: TypeAlias = tuple["ServiceRuntime", "_Picker", "Lease"]
+
+
 async def _buffered(
     ex: Exchange, service: ServiceRuntime, live: LiveService, full: bool
-) -> Failure | tuple[_Picker, Backend]:
+) -> Failure | _Released:
     """Wait in the service's scale-from-zero buffer until a backend can take the request
     (SPEC §11.5); each release re-runs the whole selection."""
     buffer = live.buffer
@@ -270,18 +290,28 @@ async def _buffered(
             return Failure(_AT_CAPACITY, 503, "status")
         ex.record.error = "no_backend"
         return NO_BACKEND_FAILURE
-    waited: list[Failure | tuple[_Picker, Backend]] = []
-    async with trio.open_nursery() as watcher:
-        # A client that leaves while it waits leaves the queue (SPEC §11.5, "cancelled").
-        gone = getattr(ex.down, "wait_gone", None)
-        if gone is not None:
-            watcher.start_soon(_cancel_when_done, gone, watcher.cancel_scope)
-        waited.append(await _wait_in_buffer(ex, service, buffer))
-        watcher.cancel_scope.cancel()
+    waited: list[Failure | _Released] = []
+    try:
+        async with trio.open_nursery() as watcher:
+            # A client that leaves while it waits leaves the queue (SPEC §11.5, "cancelled").
+            gone = getattr(ex.down, "wait_gone", None)
+            if gone is not None:
+                watcher.start_soon(_cancel_when_done, gone, watcher.cancel_scope)
+            waited.append(await _wait_in_buffer(ex, service.name, live, buffer))
+            watcher.cancel_scope.cancel()
+    except BaseException:
+        _give_back(waited)
+        raise
     if not waited:
         ex.record.error = "client_abort"
         raise ClientGone
     return waited[0]
+
+
+def _give_back(waited: list[Failure | _Released]) -> None:
+    for found in waited:
+        if not isinstance(found, Failure):
+            found[2].release()
 
 
 async def _cancel_when_done(wait: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
@@ -290,16 +320,24 @@ async def _cancel_when_done(wait: Callable[[], Awaitable[None]], scope: trio.Can
 
 
 async def _wait_in_buffer(
-    ex: Exchange, service: ServiceRuntime, buffer: ScaleBuffer
-) -> Failure | tuple[_Picker, Backend]:
+    ex: Exchange, name: str, live: LiveService, buffer: ScaleBuffer
+) -> Failure | _Released:
+    """The ticket's loop: each release picks again in the running generation's service (a
+    reload since the request came in has new backends), and the backend chosen is leased at
+    once, before any other task runs."""
     try:
         async with buffer.ticket() as ticket:
             while True:
                 await ticket.wait()
+                service = ex.ctx.runtime.services.get(name)
+                scale = service.scale if service is not None else None
+                if service is None or scale is None or scale.live is not live:
+                    ex.record.error = "no_backend"  # removed, or its scaling replaced
+                    return NO_BACKEND_FAILURE
                 picker = _Picker(ex, service, True)
                 backend = picker.pick()
                 if backend is not None:
-                    return picker, backend
+                    return service, picker, backend.lease()
                 ticket.requeue()
     except BufferFull:
         ex.record.error = "buffer_full"
@@ -337,7 +375,6 @@ class _Picker:
         "_service",
         "_sticky",
         "full",
-        "revision",
         "tried",
     )
 
@@ -357,23 +394,24 @@ class _Picker:
         scale = service.scale
         self._balancer = service.balancer
         self._limit = 0
-        self.revision: int | None = None
         if scale is not None:
-            self._limit = scale.concurrency if primary else 0
+            if scale.scaling is not None and primary:
+                # A scaled service never panics: its backends are unavailable because they are
+                # not running yet, and the buffer is where its requests wait (SPEC §11.5).
+                self._panic = False
+                self._limit = scale.concurrency
             if pinned is not None and not _sticky_fits(
                 scale.live_share(pinned), pinned, self._limit
             ):
                 pinned = None
-            if scale.split is not None:
+            if scale.split is not None and pinned is None:  # a cookie's backend decides
                 affinity = scale.affinity
                 choice = scale.choose(
                     service.balancer,
                     ex.request.headers,
                     None if affinity is None else lambda: ex.hash_key(affinity).encode(),
                 )
-                self._balancer, self.revision = choice.balancer, choice.revision
-                if pinned is not None:
-                    self.revision = _revision(scale.revision_of[pinned.index])
+                self._balancer = choice.balancer
         self._backends = self._balancer.backends
         self._pinned = pinned
 
@@ -423,10 +461,6 @@ def _sticky_fits(shared: bool, backend: Backend, limit: int) -> bool:
     """A cookie's backend still qualifies: its revision has traffic and it is under the
     concurrency limit (SPEC §7.6)."""
     return shared and (not limit or backend.in_flight < limit)
-
-
-def _revision(index: int) -> int | None:
-    return None if index < 0 else index
 
 
 async def _attempt(

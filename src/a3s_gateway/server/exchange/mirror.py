@@ -105,7 +105,7 @@ class MirrorCopy:
         service = ctx.runtime.services.get(self._state.settings.service)
         if service is None:
             return "unresolved"
-        backend = service.balancer.pick(exclude=(), key=self.client)
+        backend = service.pick_backend(key=self.client, headers=self.headers)
         if backend is None:
             return "no_backend"
         headers = [line for line in self.headers if line[0] not in _FRAMING]
