@@ -112,6 +112,7 @@ def test_readme_example_has_only_the_expected_warnings() -> None:
         'services["api-service"].load_balancer.servers',
         'services["api-service"].load_balancer.sticky',
         'services["api-service"].mirror.service',
+        'services["api-service"].revisions[0].servers[0].url',  # also in load_balancer.servers
     ]
     assert all("change-me" not in p.message for p in result.problems)
 

@@ -207,3 +207,18 @@ def test_a_scaling_block_without_container_concurrency_is_warned_about() -> None
     assert problem.severity == "warning"
     assert problem.path == 'services["api"].scaling.container_concurrency'
     assert "no autoscaler runs" in problem.message
+
+
+def test_a_server_in_two_pools_is_warned_about() -> None:
+    snippet = service_with(
+        '  load_balancer {\n    servers = [{ url = "http://10.0.0.1" }]\n  }\n'
+        "  revisions = [\n"
+        '    { name = "v1", traffic_percent = 60, servers = [{ url = "http://10.0.0.2" }] },\n'
+        '    { name = "v2", traffic_percent = 40, servers = [{ url = "http://10.0.0.2" }] },\n'
+        "  ]\n"
+    )
+    found = [p for p in load(snippet).problems if "also in" in p.message]
+    assert [(p.severity, p.path) for p in found] == [
+        ("warning", 'services["api"].revisions[1].servers[0].url')
+    ]
+    assert "also in revisions[0]" in found[0].message

@@ -58,6 +58,7 @@ def check_services(report: Report) -> None:
             _check_load_balancer(report, (*base, "load_balancer"), service, balancer)
         for number, revision in enumerate(service.revisions):
             _check_duplicate_urls(report, (*base, "revisions", number, "servers"), revision.servers)
+        _check_shared_urls(report, base, service)
         check_revisions(report, base, name, service)
         if service.scaling is not None:
             check_scaling(report, base, service, service.scaling)
@@ -74,13 +75,33 @@ def _check_backend_source(report: Report, base: Path, name: str, service: Servic
     scaling = service.scaling
     if scaling is not None and scaling.executor == "local":
         return
-    # Only the source that works today is suggested; revisions, providers.dns and the local
-    # scaling executor join the hint as they land (config/availability.py).
+    # providers.dns joins the hint when it lands (config/availability.py).
     report.error(
         base,
         f'service "{name}" has no backends: set load_balancer.servers, e.g. '
-        'servers = [{ url = "http://127.0.0.1:8001" }]',
+        'servers = [{ url = "http://127.0.0.1:8001" }], revisions, or a scaling block with '
+        'executor = "local"',
     )
+
+
+def _check_shared_urls(report: Report, base: Path, service: Service) -> None:
+    """A server in two pools (the load balancer's and a revision's, or two revisions') is two
+    backends with one address, each with its own in-flight count and concurrency limit: a
+    warning (the A3S README's example lists its v1 server in both, SPEC §3.10)."""
+    balancer = service.load_balancer
+    owner: dict[ServerUrl, str] = {}
+    for server in balancer.servers if balancer is not None else ():
+        owner.setdefault(server.url, "load_balancer.servers")
+    for number, revision in enumerate(service.revisions):
+        here = f"revisions[{number}]"
+        for index, server in enumerate(revision.servers):
+            other = owner.setdefault(server.url, here)
+            if other != here:
+                report.warning(
+                    (*base, "revisions", number, "servers", index, "url"),
+                    f'server url "{server.url.text}" is also in {other}: each pool counts '
+                    "its requests to it apart (container_concurrency applies per pool)",
+                )
 
 
 def _check_duplicate_urls(report: Report, base: Path, servers: tuple[Server, ...]) -> None:
