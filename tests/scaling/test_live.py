@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from a3s_gateway.config.load import load_text
+from a3s_gateway.config.urls import ServerUrl
 from a3s_gateway.runtime.compile import RuntimeConfig, compile_runtime
 from a3s_gateway.scaling.buffer import BufferClosed
 from a3s_gateway.scaling.concurrency import Averages
@@ -23,6 +24,8 @@ from a3s_gateway.scaling.host import ProcessScaling
 from a3s_gateway.scaling.live import BufferCounts, LiveService, attach, close_all
 from a3s_gateway.scaling.revisions import RevisionSplit
 from a3s_gateway.scaling.service import ServiceScale
+from a3s_gateway.server.generation import carry_in_flight
+from a3s_gateway.services import Backend
 
 SCALING = """
   scaling {
@@ -396,3 +399,29 @@ async def test_a_drain_answers_the_waiters_shutting_down() -> None:
         scaling.drain()
     assert waiters.ended == ["shutting down"]
     assert scaling.counts.results == {("api", "shutdown"): 1}
+
+
+def test_in_flight_carries_over_a_reload_both_ways() -> None:
+    """SPEC §10.2: in-flight is kept per (service, URL): the new generation's backend starts
+    with the old one's count, and a request still running on the old one keeps counting in
+    the new one until it ends (the limiter and least-loaded choices see it)."""
+    url = ServerUrl("http://127.0.0.1:9001")
+    old = Backend(url)
+    running = old.lease()
+    new = Backend(url)
+    carry_in_flight([old], [new])
+    assert new.in_flight == 1
+    late = old.lease()  # a request of the old generation after the carry (before the swap)
+    assert (old.in_flight, new.in_flight) == (2, 2)
+    fresh = new.lease()
+    assert (old.in_flight, new.in_flight) == (2, 3)
+    running.release()
+    late.release()
+    fresh.release()
+    assert (old.in_flight, new.in_flight) == (0, 0)
+    newest = Backend(url)
+    carry_in_flight([new], [newest])
+    again = old.lease()  # three generations: counted in all of them
+    assert newest.in_flight == 1
+    again.release()
+    assert newest.in_flight == 0

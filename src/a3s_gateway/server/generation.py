@@ -47,7 +47,7 @@ from a3s_gateway.services.passive import PassiveState
 from a3s_gateway.upstream.dialer import dial
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from a3s_gateway.middleware.contract import Background, Middleware
     from a3s_gateway.probes.checker import ProbeResult
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "apply_board",
     "became_available",
+    "carry_in_flight",
     "carry_over",
     "log_transition",
     "receive_health",
@@ -277,12 +278,33 @@ def carry_over(previous: RuntimeConfig, current: RuntimeConfig) -> None:
         old = previous.services.get(name)
         if old is None:
             continue
+        carry_in_flight(old.backends, service.backends)
         if service.health_check is not None:
             carry_active_health(old.backends, service.backends)
         if service.outliers is not None and old.outliers is not None:
             service.outliers.adopt(old.outliers)  # only when the settings are unchanged
     for name, middleware in current.middlewares.items():
         _adopt_keys(middleware, previous.middlewares.get(name))
+
+
+def carry_in_flight(before: Iterable[Backend], after: Iterable[Backend]) -> None:
+    """Each backend of ``after`` starts with the in-flight count of the backend of ``before``
+    with the same URL (the n-th such, when a URL is in two pools) and becomes its successor,
+    so the requests still running on the previous generation keep counting (SPEC §10.2)."""
+    earlier = dict(_numbered(before))
+    for key, backend in _numbered(after):
+        previous = earlier.get(key)
+        if previous is not None and previous is not backend:
+            backend.in_flight = previous.in_flight
+            previous.successor = backend
+
+
+def _numbered(backends: Iterable[Backend]) -> Iterator[tuple[tuple[str, int], Backend]]:
+    seen: dict[str, int] = {}
+    for backend in backends:
+        url = backend.url.text
+        number = seen[url] = seen.get(url, -1) + 1
+        yield (url, number), backend
 
 
 def apply_board(board: HealthBoard, runtime: RuntimeConfig) -> list[tuple[str, Backend]]:

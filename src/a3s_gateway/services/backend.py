@@ -32,7 +32,15 @@ class Backend:
     weight > 0 ∧ active-healthy ∧ not passively ejected. Weight 0 drains the backend.
     """
 
-    __slots__ = ("active_healthy", "in_flight", "index", "passive_ejected", "url", "weight")
+    __slots__ = (
+        "active_healthy",
+        "in_flight",
+        "index",
+        "passive_ejected",
+        "successor",
+        "url",
+        "weight",
+    )
 
     url: ServerUrl
     weight: int
@@ -58,6 +66,10 @@ class Backend:
         # Services with a ``scaling`` block start their backends unhealthy (SPEC §7.1).
         self.active_healthy = active_healthy
         self.passive_ejected = False
+        #: The same server in the next config generation (a reload, SPEC §10.2: in-flight is
+        #: kept per service and URL): every lease counted here is counted there too, so the
+        #: new generation's limits and least-loaded choices see the old generation's requests.
+        self.successor: Backend | None = None
 
     @property
     def available(self) -> bool:
@@ -70,7 +82,10 @@ class Backend:
         Use it as a context manager so every exit path (return, exception, cancellation)
         releases it: ``with backend.lease(): ...``.
         """
-        self.in_flight += 1
+        backend: Backend | None = self
+        while backend is not None:
+            backend.in_flight += 1
+            backend = backend.successor
         return Lease(self)
 
     def __repr__(self) -> str:
@@ -103,7 +118,10 @@ class Lease:
         """Give the in-flight slot back; idempotent."""
         if not self.released:
             self.released = True
-            self.backend.in_flight -= 1
+            backend: Backend | None = self.backend
+            while backend is not None:
+                backend.in_flight -= 1
+                backend = backend.successor
 
     def __enter__(self) -> Lease:
         return self
