@@ -14,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Awaitable, Callable
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -68,14 +71,45 @@ HANG = 10_000.0
 ENDINGS = st.sampled_from(["eof", "silence", "close"])
 
 
+#: Real seconds one example may take: a task that never blocks (a busy loop) keeps the mock
+#: clock from jumping, so ``HANG`` alone cannot end it.
+REAL_LIMIT = 60.0
+
+
+class BusyLoopError(Exception):
+    """An example ran ``REAL_LIMIT`` seconds of real time."""
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise BusyLoopError(f"an example ran {REAL_LIMIT:g} s of real time: a task never blocks")
+
+
+@contextmanager
+def real_time_limit(seconds: float) -> Iterator[None]:
+    """Raise ``BusyLoopError`` in the main thread after ``seconds`` of real time (elsewhere: no
+    bound)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run(main: Callable[[], Awaitable[None]]) -> None:
-    """``main`` in a fresh trio run on an autojumping mock clock."""
+    """``main`` in a fresh trio run on an autojumping mock clock, bounded in virtual time and,
+    against a busy loop, in real time."""
 
     async def bounded() -> None:
         with trio.fail_after(HANG):
             await main()
 
-    trio.run(bounded, clock=trio.testing.MockClock(autojump_threshold=0))
+    with real_time_limit(REAL_LIMIT):
+        trio.run(bounded, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 # --- strategies (only these tests deliver bytes over time) ---
