@@ -321,6 +321,12 @@ class RuntimeConfig:
     #: The ``udp`` entrypoints by name.
     udp_entrypoints: Mapping[str, UdpEntrypointRuntime] = dataclasses.field(default_factory=dict)
 
+    def scale_of(self, service: str) -> ServiceScale | None:
+        """The scaling and revisions of ``service`` (None: no such service, or it has
+        neither)."""
+        found = self.services.get(service)
+        return found.scale if found is not None else None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ObservabilityRuntime:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from a3s_gateway.scaling.rollout import IntervalStats
     from a3s_gateway.scaling.service import ServiceScale
 
-__all__ = ["ProcessScaling"]
+__all__ = ["ProcessScaling", "set_split"]
 
 log: Final = logging.getLogger("a3s_gateway.scaling")
 
@@ -89,8 +89,7 @@ class ProcessScaling:
 
     def _scale(self, service: str) -> ServiceScale | None:
         runtime = self._next if self._next is not None else self._current()
-        found = runtime.services.get(service) if runtime is not None else None
-        return found.scale if found is not None else None
+        return runtime.scale_of(service) if runtime is not None else None
 
     async def concurrency(self, service: str) -> Averages | None:
         scale = self._scale(service)
@@ -132,13 +131,7 @@ class ProcessScaling:
                 self._set_split(name, [r.traffic_percent for r in service.revisions])
 
     def _set_split(self, service: str, percents: Sequence[int]) -> None:
-        scale = self._scale(service)
-        if scale is None or scale.split is None:
-            return
-        try:
-            scale.split.set_percents(percents)
-        except ValueError as error:
-            log.warning("split for service %s not applied: %s", service, error)
+        set_split(self._scale(service), service, percents)
 
     def report(self) -> dict[str, tuple[Averages | None, IntervalStats | None]]:
         """Per scaled or split service: this process's concurrency averages and its rollout
@@ -154,3 +147,17 @@ class ProcessScaling:
             sample = scale.live.take_sample() if scale.rollout_to is not None else None
             found[name] = (scale.live.averages(), sample)
         return found
+
+
+def set_split(scale: ServiceScale | None, service: str, percents: Sequence[int]) -> bool:
+    """Set the live split of ``service`` (``scale``: its scaling and revisions in the
+    generation at hand; nothing to set without a split); False, with a warning, when the
+    percents do not fit its revisions (the generation changed them meanwhile)."""
+    if scale is None or scale.split is None:
+        return True
+    try:
+        scale.split.set_percents(percents)
+    except ValueError as error:
+        log.warning("split for service %s not applied: %s", service, error)
+        return False
+    return True

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from a3s_gateway.config.schema_services import Scaling
-    from a3s_gateway.runtime.compile import RuntimeConfig
+    from a3s_gateway.runtime.compile import RuntimeConfig, ServiceRuntime
     from a3s_gateway.scaling.concurrency import Averages
 
 __all__ = ["BufferCounts", "LiveService", "attach", "close_all"]
@@ -153,13 +153,13 @@ def attach(
     counts: BufferCounts,
 ) -> None:
     """Give ``runtime``'s scaled and split services their live state (module docstring)."""
-    before: Mapping[str, object] = previous.services if previous is not None else {}
+    before: Mapping[str, ServiceRuntime] = previous.services if previous is not None else {}
     kept: set[int] = set()
     for name, service in runtime.services.items():
         scale = service.scale
         if scale is None:
             continue
-        old_service = previous.services.get(name) if previous is not None else None
+        old_service = before.get(name)
         old = old_service.scale if old_service is not None else None
         if old is not None and old.signature == scale.signature and old.split is not None:
             scale.split = old.split  # the live weights carry on (SPEC §11.8 "Reload")
@@ -168,10 +168,7 @@ def attach(
             kept.add(id(old.live))
         else:
             scale.live = LiveService(name, scale.scaling, poke=poke, counts=counts)
-    if previous is None:
-        return
-    for name in before:
-        old_service = previous.services[name]
+    for old_service in before.values():
         old_scale = old_service.scale
         if old_scale is not None and old_scale.live is not None and id(old_scale.live) not in kept:
             old_scale.live.close("no available backend")

@@ -483,8 +483,7 @@ def _ready(runtime: RuntimeConfig | None, name: str) -> int:
 def _revision_available(runtime: RuntimeConfig | None, unit: _Rollout) -> bool:
     """Whether the rollout's ``to`` revision has an available backend in the control's
     generation (unknown counts as available)."""
-    service = runtime.services.get(unit.service) if runtime is not None else None
-    scale = service.scale if service is not None else None
+    scale = runtime.scale_of(unit.service) if runtime is not None else None
     if scale is None or scale.rollout_to is None:
         return True
     return scale.pools[scale.rollout_to].available()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.scaling.concurrency import Averages, FleetConcurrency
+from a3s_gateway.scaling.host import set_split
 from a3s_gateway.scaling.loop import ScalingControl
 from a3s_gateway.scaling.rollout import IntervalStats
 from a3s_gateway.supervisor.worker_main import ScalingReply
@@ -120,13 +121,5 @@ class FleetScaling:
         self._samples.pop(service, None)
 
     def publish(self, service: str, percents: tuple[int, ...]) -> None:
-        runtime = self._runtime()
-        found = runtime.services.get(service)
-        scale = found.scale if found is not None else None
-        if scale is not None and scale.split is not None:
-            try:
-                scale.split.set_percents(percents)
-            except ValueError as error:  # the generation changed the revisions meanwhile
-                log.warning("split for service %s not applied: %s", service, error)
-                return
-        self._supervisor.push_splits(service, list(percents))
+        if set_split(self._runtime().scale_of(service), service, percents):
+            self._supervisor.push_splits(service, list(percents))

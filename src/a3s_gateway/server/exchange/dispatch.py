@@ -365,7 +365,6 @@ class _Picker:
     """
 
     __slots__ = (
-        "_backends",
         "_balancer",
         "_ex",
         "_key",
@@ -412,7 +411,6 @@ class _Picker:
                     None if affinity is None else lambda: ex.hash_key(affinity).encode(),
                 )
                 self._balancer = choice.balancer
-        self._backends = self._balancer.backends
         self._pinned = pinned
 
     def pick(self) -> Backend | None:
@@ -440,7 +438,7 @@ class _Picker:
     def _limited(self, exclude: list[Backend]) -> Backend | None:
         backend, self.full = pick_limited(
             self._balancer,
-            self._backends,
+            self._balancer.backends,
             self._limit,
             exclude=exclude,
             key=self._key,
