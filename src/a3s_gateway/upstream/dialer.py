@@ -1,13 +1,23 @@
 """Opening connections to backends, TLS included (SPEC §5.5 "Upstream connect" row, §5.7, §7.8).
 
-Ring 1. Owns no nursery of its own (``trio.open_tcp_stream`` runs its happy-eyeballs attempts in
-a nursery local to the call) and sets no deadline: the caller's cancel scope — the service's
+Ring 1. Owns no long-lived nursery: ``connect_in_turn`` runs its staggered attempts in a
+nursery local to the call (``trio.open_tcp_stream`` does the same for an IP literal), and the
+dialer sets no deadline: the caller's cancel scope — the service's
 ``connect_timeout`` around the pool's ``acquire`` (``server/exchange/attempt.py``), a probe's
 ``timeout`` (``probes/checker.py``) or an outbound call's ``within`` (``upstream/caller.py``) —
 bounds the whole dial: name resolution, the TCP connect, building a TLS context the first time
 and the TLS handshake. A handshake that outlives that deadline is a connect timeout (504), like a
-slow connect. A cancelled dial leaves no socket open (trio closes losing attempts; a handshake
+slow connect. A cancelled dial leaves no socket open (losing attempts are closed; a handshake
 interrupted here closes its socket).
+
+Addresses (SPEC §5.7 "DNS", ``open_tcp``): an IP literal is connected to directly, as
+``trio.open_tcp_stream`` always did (no lookup). A host name is resolved by ``resolve.RESOLVER``
+(``/etc/hosts``, then DNS through a TTL cache; see ``upstream/resolve.py``), and its addresses
+(IPv6 and IPv4 interleaved) are tried in that order, RFC 8305 style: the next one starts when
+the previous attempt failed or after ``ATTEMPT_DELAY`` (0.25 s) without an answer; the first to
+connect wins and the others are cancelled and closed. A name that does not resolve is
+``ConnectFailed("resolve", 'cannot resolve "<host>": <why>')``; when every address failed, the
+reason is that of the first attempt with a specific one (``connect_reason``).
 
 TCP_NODELAY: ``trio.SocketStream.__init__`` sets it on every TCP stream (and TCP_NOTSENT_LOWAT
 where available), so nothing is set here; ``tests/upstream/test_dialer.py`` checks it. The
@@ -46,17 +56,21 @@ import trio
 from a3s_gateway.streams import from_trio
 from a3s_gateway.upstream.connect_errors import ConnectFailed
 from a3s_gateway.upstream.peer import Peer, TlsIdentity
+from a3s_gateway.upstream.resolve import RESOLVER, Resolver, is_ip_literal
 
 __all__ = [
     "ALPN",
+    "ATTEMPT_DELAY",
     "CONTEXTS",
     "H2_ALPN",
     "Dialer",
     "TlsContexts",
     "build_context",
+    "connect_in_turn",
     "connect_reason",
     "dial",
     "dial_h2",
+    "open_tcp",
 ]
 
 #: What the pool calls to open a stream; tests inject memory streams through it.
@@ -72,22 +86,34 @@ _UNREACHABLE: Final = frozenset(
 ALPN: Final = ("http/1.1",)
 #: ALPN offered by the HTTP/2 pool (``dial_h2``); anything but ``h2`` agreed fails the dial.
 H2_ALPN: Final = ("h2", "http/1.1")
+#: RFC 8305 §5 "Connection Attempt Delay" (and trio's happy-eyeballs default): a host name's next
+#: address is tried after this long without an answer from the previous one.
+ATTEMPT_DELAY: Final = 0.25
 
 
 async def dial(
-    peer: Peer, *, context: ssl.SSLContext | None = None, alpn: tuple[str, ...] = ALPN
+    peer: Peer,
+    *,
+    context: ssl.SSLContext | None = None,
+    alpn: tuple[str, ...] = ALPN,
+    resolver: Resolver = RESOLVER,
 ) -> trio.abc.Stream:
     """Open a connection to ``peer``: TCP, then for TLS peers the handshake; a checkpoint; the
     caller closes the stream.
 
     ``context`` replaces the identity's shared context (tests, callers with their own trust);
-    ``alpn`` chooses the shared context offering those protocols.
-    Raises ``ConnectFailed``: ``reason`` from ``connect_reason`` for any ``OSError`` of the
-    connect, ``"tls"`` (with ``detail``) when the TLS context cannot be built or the handshake
-    fails.
+    ``alpn`` chooses the shared context offering those protocols; ``resolver`` replaces the
+    process's (tests).
+    Raises ``ConnectFailed``: ``"resolve"`` (with ``detail``) when the host name does not
+    resolve, ``reason`` from ``connect_reason`` for any ``OSError`` of the connect, ``"tls"``
+    (with ``detail``) when the TLS context cannot be built or the handshake fails.
     """
     try:
-        stream = from_trio(await trio.open_tcp_stream(peer.host, peer.port))
+        if is_ip_literal(peer.host):  # as before: no lookup, no extra coroutine (``open_tcp``)
+            tcp = await trio.open_tcp_stream(peer.host, peer.port)
+        else:
+            tcp = await connect_in_turn(await resolver.resolve(peer.host), peer.port)
+        stream = from_trio(tcp)
     except OSError as error:
         raise ConnectFailed(connect_reason(error)) from error
     if not peer.tls:
@@ -99,6 +125,81 @@ async def dial(
     except BaseException:
         stream.close_nowait()  # a socket: closes at once, even when cancelled
         raise
+
+
+async def open_tcp(host: str, port: int, resolver: Resolver = RESOLVER) -> trio.SocketStream:
+    """A TCP connection to ``host`` (an IP literal or a name) and ``port``, as ``dial`` opens
+    it, for other clients of backends; a checkpoint. Raises ``OSError`` (see
+    ``connect_reason``), or ``ConnectFailed("resolve", detail)``."""
+    if is_ip_literal(host):
+        return await trio.open_tcp_stream(host, port)
+    return await connect_in_turn(await resolver.resolve(host), port)
+
+
+async def connect_in_turn(addresses: tuple[str, ...], port: int) -> trio.SocketStream:
+    """A TCP connection to the first of ``addresses`` (IP literals) that accepts one: each
+    attempt starts when the previous one failed or after ``ATTEMPT_DELAY``; the first connected
+    wins, the others are cancelled and closed. A checkpoint. Raises ``OSError`` whose
+    ``__cause__`` is an ``ExceptionGroup`` of every attempt's error (trio's shape, which
+    ``connect_reason`` reads) when none connected."""
+    race = _Race(port)
+    try:
+        async with trio.open_nursery() as nursery:
+            for address in addresses:
+                failed = trio.Event()
+                nursery.start_soon(race.attempt, address, failed, nursery.cancel_scope)
+                with trio.move_on_after(ATTEMPT_DELAY):
+                    await failed.wait()
+    except BaseException:
+        race.close_winner()  # cancelled from outside just as one connected
+        raise
+    if race.winner is None:
+        attempts = ExceptionGroup("connect attempts", race.errors)
+        raise OSError(f"all attempts to connect to port {port} failed") from attempts
+    return race.winner
+
+
+class _Race:
+    """The attempts of one ``connect_in_turn``: the winner, or every attempt's error."""
+
+    __slots__ = ("errors", "port", "winner")
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.errors: list[OSError] = []
+        self.winner: trio.SocketStream | None = None
+
+    async def attempt(self, address: str, failed: trio.Event, race: trio.CancelScope) -> None:
+        """Connect to ``address``; set ``failed`` when it cannot, cancel ``race`` when it won."""
+        family = trio.socket.AF_INET6 if ":" in address else trio.socket.AF_INET
+        try:
+            sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+        except OSError as error:  # no IPv6 on this host, out of descriptors
+            self.failed(error, failed)
+            return
+        try:
+            await sock.connect((address, self.port))
+        except OSError as error:
+            sock.close()
+            self.failed(error, failed)
+            return
+        except BaseException:
+            sock.close()
+            raise
+        if self.winner is not None:  # another one connected first
+            sock.close()
+            return
+        self.winner = trio.SocketStream(sock)
+        race.cancel()
+
+    def failed(self, error: OSError, failed: trio.Event) -> None:
+        self.errors.append(error)
+        failed.set()
+
+    def close_winner(self) -> None:
+        if self.winner is not None:
+            self.winner.socket.close()
+            self.winner = None
 
 
 async def dial_h2(peer: Peer, *, context: ssl.SSLContext | None = None) -> trio.abc.Stream:
