@@ -827,6 +827,8 @@ class Gateway:
         counts = dict(self._reload_counts)
         if self._reloader is not None:
             counts["unchanged"] = self._reloader.counts.get("unchanged", 0)
+            hub = self._reloader.hub
+            metrics.providers(hub.counters(), len(hub.pending()))
         for result, total in counts.items():
             metrics.config_reloads.labels(result).advance_to(total)
         metrics.collect(ctx.runtime, ctx, process=read_process())

@@ -44,7 +44,7 @@ from a3s_gateway.demo.run import DEFAULT_PORT
 from a3s_gateway.errors import ConfigError, GatewayError
 from a3s_gateway.observability import applog
 from a3s_gateway.preflight import check
-from a3s_gateway.providers import Reloader
+from a3s_gateway.providers import ProviderHub, Reloader
 from a3s_gateway.supervisor.workers import run_supervisor
 from a3s_gateway.version import __version__
 
@@ -288,9 +288,12 @@ def _run_logged(args: argparse.Namespace, path: str) -> int:
             log_format=args.log_format,
             config=result.config,  # generation 1 is exactly what was checked above
         )
+    # Dynamic providers: the first generation already leaves pending references out.
+    hub = ProviderHub()
+    config = hub.merge(result.config, default_file=path).config
     try:
-        gateway = Gateway(result.config, listen_override=args.listen)
-        return trio.run(_serve_until_signalled, gateway, path, args.listen)
+        gateway = Gateway(config, listen_override=args.listen)
+        return trio.run(_serve_until_signalled, gateway, path, args.listen, hub)
     except GatewayError as error:  # StartError included: a bind failure names the address
         shown = result.redactor.text(str(error), message=True)
         print(f"{PROG}: error: {shown}", file=sys.stderr)
@@ -305,13 +308,15 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve_until_signalled(gateway: Gateway, path: str, listen: str | None) -> int:
+async def _serve_until_signalled(
+    gateway: Gateway, path: str, listen: str | None, hub: ProviderHub | None = None
+) -> int:
     """Serve with the file provider; drain on the first SIGINT/SIGTERM, exit at once on the
     second, reload on SIGHUP (the same path as a file change, but never skipped as unchanged)."""
     prepare: Callable[[Config], Config] | None = None
     if listen is not None:
         prepare = partial(apply_listen_override, address=Address(listen))
-    reloader = Reloader(gateway, path, prepare=prepare)
+    reloader = Reloader(gateway, path, prepare=prepare, hub=hub)
     gateway.attach_reloader(reloader)
 
     async def on_sighup() -> None:

@@ -21,15 +21,20 @@ from a3s_gateway.config.schema import Config
 from a3s_gateway.errors import ReloadError
 from tests.support.semantic import BASE
 
-#: The discovery provider: refused until it lands (one error).
+#: An ACME field: refused until ACME lands (one error).
 REFUSED = """
-providers {
-  discovery {
-    seeds = [{ url = "http://127.0.0.1:9100" }]
+entrypoints "secure" {
+  address = "127.0.0.1:8443"
+  tls {
+    cert_file    = "/c.pem"
+    key_file     = "/k.pem"
+    acme_staging = true
   }
 }
 """
-REFUSED_PATH = "providers.discovery"
+REFUSED_PATH = 'entrypoints["secure"].tls.acme_staging'
+REFUSED_MESSAGE = 'field "acme_staging" is not available yet'
+
 
 #: An entrypoint offering HTTP/2 by ALPN: available since HTTP/2 landed (issue #18).
 H2_ENTRYPOINT = """
@@ -83,9 +88,9 @@ def test_the_message_names_the_setting_and_the_feature() -> None:
     result = load_text(BASE + REFUSED, filename="t.hcl", env={})
     [problem] = result.errors
     assert problem.path == REFUSED_PATH
-    assert problem.message.startswith('provider "discovery" is not available yet')
-    assert "(the discovery provider)" in problem.message
-    assert problem.line == BASE.count("\n") + 3
+    assert problem.message.startswith(REFUSED_MESSAGE)
+    assert "(ACME certificates)" in problem.message
+    assert problem.line == BASE.count("\n") + 7
 
 
 def test_entrypoint_tls_and_http2_are_available() -> None:
@@ -133,9 +138,10 @@ def test_a_written_default_still_counts() -> None:
 
 
 def test_secrets_are_not_echoed() -> None:
-    snippet = 'providers {\n  kubernetes {\n    api_server = "https://k8s.internal"\n  }\n}\n'
-    [problem] = load_text(BASE + snippet, filename="t.hcl", env={}).errors
-    assert "k8s.internal" not in problem.message
+    snippet = REFUSED.replace("acme_staging = true", 'acme_email = "ops@secret.example"')
+    problems = load_text(BASE + snippet, filename="t.hcl", env={}).errors
+    assert any("is not available yet" in problem.message for problem in problems)
+    assert not any("secret.example" in problem.format() for problem in problems)
 
 
 def _config_in_code(snippet: str) -> Config:
@@ -172,7 +178,7 @@ async def test_a_reload_built_in_code_refuses_it() -> None:
     ).config
     assert with_refused is not None
     gateway = Gateway(plain)
-    with pytest.raises(ReloadError, match="discovery provider"):
+    with pytest.raises(ReloadError, match="ACME certificates"):
         await gateway.reload(with_refused)
     assert gateway.health().last_reload is not None
 
@@ -189,7 +195,7 @@ def test_run_refuses_it_before_binding(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1, done.stderr
-    assert f'{REFUSED_PATH}: provider "discovery" is not available yet' in done.stderr
+    assert f"{REFUSED_PATH}: {REFUSED_MESSAGE}" in done.stderr
     assert "listening" not in done.stderr
 
 

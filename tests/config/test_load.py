@@ -51,8 +51,7 @@ def test_quickstart_loads_with_no_problems() -> None:
 
 
 def test_readme_example_loads_with_warnings_only() -> None:
-    """The seed README's full example is valid config language; its not-yet-available parts
-    are checked by their own rules here and refused by name in the next test."""
+    """The seed README's full example is valid config language, checked by every rule."""
     options = LoadOptions(refuse_unavailable=False)
     result = load(FIXTURES / "readme-example.hcl", env={"JWT_SECRET": SECRET}, options=options)
     assert result.errors == (), [p.format() for p in result.errors]
@@ -64,11 +63,10 @@ def test_readme_example_loads_with_warnings_only() -> None:
     assert [r.traffic_percent for r in revisions] == [90, 10]
 
 
-def test_readme_example_is_refused_for_what_is_not_available_yet() -> None:
+def test_readme_example_loads_with_every_feature_available() -> None:
     result = load(FIXTURES / "readme-example.hcl", env={"JWT_SECRET": SECRET})
-    assert result.config is None
-    assert {p.path for p in result.errors} == {"providers.discovery"}
-    assert all("is not available yet" in p.message for p in result.errors)
+    assert result.errors == (), [p.format() for p in result.errors]
+    assert result.config is not None
 
 
 def test_readme_example_without_the_variable_names_it_once() -> None:

@@ -46,21 +46,15 @@ def test_quickstart_validates_with_no_warnings() -> None:
 UNAVAILABLE = "is not available yet"
 
 
-def test_readme_example_is_refused_only_for_what_is_not_available_yet() -> None:
-    """The seed README's example is valid language; what stops it is exactly the settings whose
-    feature has not landed (the discovery provider), named; its TLS entrypoint (issue #17),
-    its TCP entrypoint (issue #20) and its scaling, revisions and rollout (issue #21) are not
-    among them."""
+def test_readme_example_is_valid_now_that_every_feature_landed() -> None:
+    """The seed README's example is valid: its TLS entrypoint (issue #17), TCP entrypoint
+    (issue #20), scaling, revisions and rollout (issue #21) and its discovery provider (issue
+    #22) have all landed; only warnings are left."""
     done = run_cli("validate", "--offline", README_EXAMPLE, env=cli_env({"JWT_SECRET": SECRET}))
-    assert done.code == 1, done.stderr
-    errors = lines_with(done.stderr, "error")
-    assert len(errors) == 1, done.stderr
-    assert all(UNAVAILABLE in line for line in errors), errors
-    assert "providers.discovery" in errors[0]
-    assert not any('entrypoints["websecure"].tls' in line for line in errors)
-    assert not any('entrypoints["tcp-db"]' in line for line in errors)
-    assert not any('services["api-service"]' in line for line in errors)
-    assert lines_with(done.stderr, "warning")
+    assert done.code == 0, done.stderr
+    assert lines_with(done.stderr, "error") == []
+    assert UNAVAILABLE not in done.stderr + done.stdout
+    assert "configuration is valid" in done.stdout
 
 
 def test_readme_example_without_jwt_secret_has_exactly_one_other_error_naming_it() -> None:

@@ -154,6 +154,8 @@ class FakeView:
     #: ``/scaling``'s documents and each service's rollout document (``/rollouts``).
     scaled: list[dict[str, object]] = field(default_factory=list)
     rollout_states: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: ``dynamic_providers``' documents (times as Unix seconds).
+    dynamic: list[dict[str, object]] = field(default_factory=list)
 
     def health(self) -> HealthSnapshot:
         return HealthSnapshot(
@@ -205,6 +207,9 @@ class FakeView:
             action
         ]
         return 200, dict(state)
+
+    def dynamic_providers(self) -> list[dict[str, object]]:
+        return [dict(entry) for entry in self.dynamic]
 
 
 def make_view(text: str = CONFIG) -> FakeView:
@@ -557,6 +562,31 @@ async def test_providers_lists_the_file_provider_only_when_configured() -> None:
             "middlewares": 7,
         },
         "errors": 0,
+    }
+
+
+async def test_providers_lists_the_dynamic_providers_with_times_rendered() -> None:
+    view = make_view()
+    view.dynamic = [
+        {
+            "name": "dns",
+            "state": "error",
+            "last_sync": 1700000000.0,
+            "last_change": None,
+            "last_error": "users.internal: timed out",
+            "last_error_at": 1700000001.25,
+            "objects": {"services": 1},
+        }
+    ]
+    (provider,) = as_list(document(await call(view, f"{PREFIX}/providers")))
+    assert provider == {
+        "name": "dns",
+        "state": "error",
+        "last_sync": "2023-11-14T22:13:20.000Z",
+        "last_change": None,
+        "last_error": "users.internal: timed out",
+        "last_error_at": "2023-11-14T22:13:21.250Z",
+        "objects": {"services": 1},
     }
 
 

@@ -107,6 +107,9 @@ class View:
     ) -> tuple[int, dict[str, object]]:
         return 404, {"error": "rollout not found"}
 
+    def dynamic_providers(self) -> list[dict[str, object]]:
+        return []
+
 
 def make_view() -> View:
     config = load_config_text(CONFIG, filename="m.hcl")

@@ -100,15 +100,6 @@ def _acme(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
                 yield path, "acme = true" if field == "acme" else f'field "{field}"'
 
 
-def _provider(kind: str) -> Finder:
-    def find(config: Config, _: SourceMap) -> Iterator[tuple[Path, str]]:
-        providers = config.providers
-        if providers is not None and getattr(providers, kind) is not None:
-            yield ("providers", kind), f'provider "{kind}"'
-
-    return find
-
-
 _ACME_BLOCK: Final = """
 entrypoints "secure" {
   address = "127.0.0.1:8443"
@@ -123,23 +114,4 @@ entrypoints "secure" {
 #: Every setting refused until its feature lands, in the order the docs list them.
 UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
     Unavailable("entrypoints.<name>.tls.acme, acme_*", "ACME certificates", _acme, _ACME_BLOCK),
-    Unavailable(
-        "providers.dns",
-        "the DNS provider",
-        _provider("dns"),
-        'providers {\n  dns {\n    services "from-dns" {\n      hostname = "app.internal"\n'
-        "      port = 8080\n    }\n  }\n}\n",
-    ),
-    Unavailable(
-        "providers.discovery",
-        "the discovery provider",
-        _provider("discovery"),
-        'providers {\n  discovery {\n    seeds = [{ url = "http://127.0.0.1:9100" }]\n  }\n}\n',
-    ),
-    Unavailable(
-        "providers.kubernetes",
-        "the Kubernetes provider",
-        _provider("kubernetes"),
-        'providers {\n  kubernetes {\n    namespace = "default"\n  }\n}\n',
-    ),
 )

@@ -233,6 +233,11 @@ class GatewayView(Protocol):
         document, 404 when it has none, 409 when it has finished (SPEC §9.6)."""
         ...
 
+    def dynamic_providers(self) -> list[JsonObject]:
+        """The DNS, discovery and Kubernetes providers' entries of ``/providers`` (times as
+        Unix seconds; ``provider_documents`` renders them), empty when none runs."""
+        ...
+
 
 # ------------------------------------------------------------------------------ requests
 
@@ -827,25 +832,37 @@ def _tls_document(info: ListenerInfo) -> JsonObject:
 
 
 def provider_documents(view: GatewayView, clock: Clock) -> list[JsonObject]:
-    """``/providers``: the file provider when configured (the only provider so far)."""
+    """``/providers``: the file provider when configured, then every dynamic provider (state,
+    last sync, last change, last error, object counts, what it skipped; SPEC §9.6)."""
+    out: list[JsonObject] = []
     config = view.config()
     providers = config.providers
-    if providers is None or providers.file is None:
-        return []
-    block = providers.file
-    last = view.health().last_reload
-    counts: JsonObject = {section: len(getattr(config, section)) for section in LABELLED_SECTIONS}
-    return [
-        {
-            "name": "file",
-            "watch": block.watch,
-            "directory": block.directory,
-            "debounce_secs": block.debounce.seconds,
-            "last_sync": clock.timestamp(last.time) if last is not None and last.ok else None,
-            "objects": counts,
-            "errors": last.problem_count if last is not None and not last.ok else 0,
+    if providers is not None and providers.file is not None:
+        block = providers.file
+        last = view.health().last_reload
+        counts: JsonObject = {
+            section: len(getattr(config, section)) for section in LABELLED_SECTIONS
         }
-    ]
+        out.append(
+            {
+                "name": "file",
+                "watch": block.watch,
+                "directory": block.directory,
+                "debounce_secs": block.debounce.seconds,
+                "last_sync": clock.timestamp(last.time) if last is not None and last.ok else None,
+                "objects": counts,
+                "errors": last.problem_count if last is not None and not last.ok else 0,
+            }
+        )
+    for document in view.dynamic_providers():
+        shown = dict(document)
+        for key in ("last_sync", "last_change", "last_error_at"):
+            value = shown.get(key)
+            if isinstance(value, int | float):
+                moment = datetime.fromtimestamp(value, UTC)
+                shown[key] = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        out.append(shown)
+    return out
 
 
 # ------------------------------------------------------------------------------ responses

@@ -391,6 +391,8 @@ class FleetView:
     #: answers (SPEC §13.4: scaling runs in the supervisor).
     scaling_control: ScalingControl | None = None
     depths: Mapping[str, int] = field(default_factory=dict)
+    #: The supervisor's dynamic providers (``/providers``; SPEC §13.4: they run there).
+    providers: list[JsonObject] = field(default_factory=list)
 
     def health(self) -> HealthSnapshot:
         return self.snapshot
@@ -426,6 +428,9 @@ class FleetView:
 
     def rollout_action(self, service: str, action: str, clock: Clock) -> tuple[int, JsonObject]:
         return rollout_action_answer(self.scaling_control, service, action, clock.timestamp)
+
+    def dynamic_providers(self) -> list[JsonObject]:
+        return self.providers
 
     def finish(
         self, segments: tuple[str, ...] | None, method: str, response: ApiResponse, clock: Clock
@@ -587,6 +592,7 @@ class FleetApi:
             reload_path=self.reload,
             scaling_control=fleet.scaling.control,
             depths=dict(fleet.scaling.depths),
+            providers=self._reloader.hub.documents(),
         )
 
     async def metrics_text(self) -> bytes | None:
@@ -635,6 +641,8 @@ class FleetApi:
         metrics.config_applied(wall=fleet.applied_at, warnings=self._warnings())
         for result, total in self._reloader.counts.items():
             metrics.config_reloads.labels(result).advance_to(total)
+        hub = self._reloader.hub
+        metrics.providers(hub.counters(), len(hub.pending()))
         self._workers_ready.labels().set(len(supervisor.ready()))
         self._restarts.labels().advance_to(supervisor.restarts)
         for kind, total in supervisor.query_failures.items():

@@ -63,8 +63,9 @@ data plane's counts at ``collect``, like the connection gauges; so are the ``a3s
 ``a3s_revision_traffic_percent`` and ``a3s_rollout_*`` families (``scaling_metrics.py``) are set
 by the shell at scrape time from the scaling state (``collect_control`` by the process that runs
 the autoscalers, ``collect_buffers`` by each serving process). Families of features that do not
-exist yet arrive with their issues: ``a3s_acme_*`` (ACME) and
-``a3s_config_pending_references`` (providers).
+exist yet arrive with their issues: ``a3s_acme_*`` (ACME). ``providers`` sets
+``a3s_config_pending_references`` and the ``a3s_provider_*`` counters at scrape time from the
+process that runs the dynamic providers (``providers/provider_hub.py``).
 
 Must not: import Ring 1 modules at run time (the data plane is described by the ``Protocol``s
 below), block, or raise from an event method on a well-formed call.
@@ -555,6 +556,23 @@ class GatewayMetrics:
             kind=GaugeKind.OWN,
         )
         self.build_info.labels(version, platform.python_version()).set(1)
+        # --- dynamic providers (SPEC §10.1, §3.15 check 3)
+        self.config_pending = gauge(
+            "a3s_config_pending_references",
+            "References to services that no provider supplies yet (their routers are out of "
+            "the table).",
+            kind=GaugeKind.OWN,
+        )
+        self.provider_changes = counter(
+            "a3s_provider_changes_total",
+            "Changes a dynamic provider published (each starts a debounced reload).",
+            ("provider",),
+        )
+        self.provider_errors = counter(
+            "a3s_provider_errors_total",
+            "Failures of a dynamic provider's peer (DNS, discovery seed, Kubernetes API).",
+            ("provider",),
+        )
 
     def _declare_process(self, registry: Registry) -> None:
         """The process families."""
@@ -766,6 +784,16 @@ class GatewayMetrics:
         self.config_warnings.labels().set(warnings)
         if runtime is not None:
             self.prepare(runtime)
+
+    def providers(self, counters: Mapping[str, tuple[int, int]], pending: int) -> None:
+        """At scrape time: each dynamic provider's (changes, errors) totals and the number
+        of pending references of the serving config."""
+        if not self.enabled:
+            return
+        self.config_pending.labels().set(pending)
+        for provider, (changes, errors) in counters.items():
+            self.provider_changes.labels(provider).advance_to(changes)
+            self.provider_errors.labels(provider).advance_to(errors)
 
     def access_log_dropped(self, n: int = 1) -> None:
         """``n`` access-log entries were dropped (queue full)."""

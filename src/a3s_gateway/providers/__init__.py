@@ -2,7 +2,10 @@
 
 Ring 1. ``file`` watches the config file and its conf.d directory; ``candidate`` builds reload
 candidates in a child process; ``aggregator`` debounces changes and runs the one reload path
-(``Reloader.reload_now``) that the watcher, SIGHUP and the management API share.
+(``Reloader.reload_now``) that the watcher, SIGHUP, the management API and the dynamic
+providers share. ``hub`` runs the dynamic providers (``dns``, ``discovery``, ``kubernetes``,
+each publishing a ``dynamic.Snapshot``) and ``merge`` folds their snapshots into every
+candidate.
 
 May import ``config`` (its loader reads the files), ``errors``, ``version``, ``preflight`` and
 ``runtime``; never ``server``, ``app``, ``management``, ``supervisor`` or ``cli``, which call it.
@@ -20,6 +23,7 @@ from a3s_gateway.providers.aggregator import (
 )
 from a3s_gateway.providers.candidate import BuildError, Candidate, CandidateBuilder
 from a3s_gateway.providers.file import FileProvider, WatchTargets
+from a3s_gateway.providers.provider_hub import ProviderHub
 
 __all__ = [
     "BuildError",
@@ -28,6 +32,7 @@ __all__ = [
     "CandidateBuilder",
     "Debouncer",
     "FileProvider",
+    "ProviderHub",
     "ReloadOutcome",
     "ReloadResult",
     "ReloadTarget",

@@ -29,11 +29,20 @@ canonical tree, whatever the order of blocks in the files) is not swapped (``unc
 explicit request (SIGHUP, ``POST /reload``; ``force=True``) always swaps: it is how an operator
 makes the gateway re-read what the config only names, such as certificate files.
 
+Dynamic providers (SPEC §10.1, §10.4-10.6): ``hub`` (``providers/provider_hub.py``) runs the
+DNS, discovery and Kubernetes providers the running config enables (``run`` starts it; every swap
+re-applies the settings) and pokes ``changed`` when a snapshot changes, so their changes are
+debounced with the file's. Every candidate is the static files merged with the latest
+snapshots (``ProviderHub.merge``: static objects win, an invalid provider object is dropped
+with a warning, pending references are left out), after ``prepare``. Warnings are logged when
+they change, not at every swap: a DNS answer changing every few seconds must not repeat the
+static config's warnings each time.
+
 ``run`` watches the file with ``providers/file.py`` when ``providers.file.watch`` is true,
 re-targets the watcher when a reload changes ``providers.file.directory`` or ``watch``, and owns
 the builder child's lifetime.
 
-Nurseries: ``run`` owns one (the debouncer, the watcher, the builder's warm-up). Deadlines:
+Nurseries: ``run`` owns one (the debouncer, the watcher, the builder's warm-up, the hub). Deadlines:
 the builder's per-build bound. Must not: parse on the event loop, or swap configs itself.
 """
 
@@ -53,6 +62,7 @@ from a3s_gateway.config.schema import redactor_of
 from a3s_gateway.errors import ConfigError, GatewayError
 from a3s_gateway.providers.candidate import BuildError, Candidate, CandidateBuilder
 from a3s_gateway.providers.file import FileProvider, Source, WatchTargets
+from a3s_gateway.providers.provider_hub import ProviderHub
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -179,7 +189,9 @@ class Reloader:
     ``run`` may watch the file at all (the config's ``providers.file.watch`` decides next).
     ``warm``: start the builder child when ``run`` starts (and have it load the file once)
     rather than at the first reload. ``report_warnings``: log a swapped candidate's warnings
-    (False: at debug level only; module docstring).
+    (False: at debug level only; module docstring). ``hub``: the dynamic providers (a new
+    ``ProviderHub`` when not given; the caller passes its own when it merged the first config
+    with it).
     ``builder`` and ``source`` are for tests.
     """
 
@@ -195,6 +207,7 @@ class Reloader:
         report_warnings: bool = True,
         builder: Builder | None = None,
         source: Source | None = None,
+        hub: ProviderHub | None = None,
     ) -> None:
         self._target = target
         self._path = path
@@ -215,6 +228,11 @@ class Reloader:
         self._watch_scope: trio.CancelScope | None = None
         #: The file watcher while one runs (for tests and the management API).
         self.provider: FileProvider | None = None
+        #: The dynamic providers; their changes poke the debounced reload.
+        self.hub = hub if hub is not None else ProviderHub()
+        self.hub.changed = self.changed
+        #: The warnings logged last (module docstring: logged again only when they change).
+        self._logged: tuple[Problem, ...] = ()
         #: The last outcome, and how many reloads ended in each result.
         self.last: ReloadOutcome | None = None
         self.counts: dict[ReloadResult, int] = {"ok": 0, "error": 0, "unchanged": 0}
@@ -261,30 +279,38 @@ class Reloader:
         config = candidate.config
         if self._prepare is not None:
             config = self._prepare(config)
+        merged = self.hub.merge(config, workers=self._workers, default_file=self._path)
+        config = merged.config
+        warnings = (*candidate.warnings, *merged.warnings)
         if not force and config == target.config():
             self._rejected = None
             generation = target.health().config_generation
             log.info("config unchanged: generation %d kept", generation)
-            return ReloadOutcome("unchanged", generation, candidate.warnings)
+            return ReloadOutcome("unchanged", generation, warnings)
         try:
             generation = await target.reload(config)
         except ConfigError as error:
             # What the target says may quote the candidate's values (SPEC §14.4).
             problems = redactor_of(config).problems(error.problems)
             self._report_rejection(candidate.digest, _formatted(problems))
-            return ReloadOutcome(
-                "error", target.health().config_generation, candidate.warnings, problems
-            )
+            return ReloadOutcome("error", target.health().config_generation, warnings, problems)
         except GatewayError as error:
             message = redactor_of(config).text(str(error), message=True)
             self._report_rejection(candidate.digest, (message,))
-            return self._failed(message, candidate.warnings)
+            return self._failed(message, warnings)
         self._rejected = None
         # Once it is in: a candidate skipped as unchanged or refused says nothing of them.
-        for problem in candidate.warnings:
-            log.log(self._warning_level, "%s", problem.format())
+        self._log_warnings(warnings)
         self._follow(config)
-        return ReloadOutcome("ok", generation, candidate.warnings)
+        return ReloadOutcome("ok", generation, warnings)
+
+    def _log_warnings(self, warnings: tuple[Problem, ...]) -> None:
+        """Log the warnings of a swapped config unless they are those logged last."""
+        if warnings == self._logged:
+            return
+        self._logged = warnings
+        for problem in warnings:
+            log.log(self._warning_level, "%s", problem.format())
 
     def _report_rejection(self, digest: bytes | None, problems: tuple[str, ...]) -> None:
         """Log every problem as ``reload rejected: …`` — unless the files and the problems are
@@ -309,6 +335,7 @@ class Reloader:
 
     def _follow(self, config: Config) -> None:
         """Apply a swapped config's ``providers.file`` settings to the watcher."""
+        self.hub.apply(config)
         settings = _file_settings(config)
         self._debouncer.delay = settings.debounce.seconds
         watching = _WatchSettings(settings.watch, settings.directory)
@@ -327,6 +354,8 @@ class Reloader:
             async with trio.open_nursery() as nursery:
                 if self._warm:
                     nursery.start_soon(self._warm_up)
+                self.hub.apply(self._target.config())
+                await nursery.start(self.hub.run)
                 nursery.start_soon(self._debouncer.run, self._debounced)
                 await nursery.start(self._watch_loop)
                 task_status.started()

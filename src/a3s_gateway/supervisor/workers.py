@@ -119,7 +119,7 @@ from a3s_gateway.observability import applog
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.preflight import check
 from a3s_gateway.probes.broadcast import FleetProbes, HealthTable
-from a3s_gateway.providers import Reloader
+from a3s_gateway.providers import ProviderHub, Reloader
 from a3s_gateway.runtime.compile import compile_runtime
 from a3s_gateway.server.outbound_clients import Outbound
 from a3s_gateway.state import GatewayState, ReloadStatus
@@ -812,6 +812,9 @@ def run_supervisor(
     )
     if prepare is not None:
         config = prepare(config)
+    # The dynamic providers run here (SPEC §13.4); generation 1 leaves pending references out.
+    hub = ProviderHub()
+    config = hub.merge(config, workers=workers, default_file=path).config
     _raise_file_limit()  # inherited by the workers
     # The supervisor compiles every generation once but never serves: its outbound clients
     # (which middleware factories need) are never started.
@@ -830,7 +833,7 @@ def run_supervisor(
         metrics = GatewayMetrics(True, version=__version__)
         probes = FleetProbes(supervisor.health, runtime, metrics=metrics)
         fleet = Fleet(supervisor, config, runtime, deps=deps, probes=probes)
-        reloader = Reloader(fleet, path, workers=workers, prepare=prepare)
+        reloader = Reloader(fleet, path, workers=workers, prepare=prepare, hub=hub)
         server = _management_server(config, supervisor, fleet, reloader, metrics)
         return trio.run(_supervise, supervisor, reloader, server, probes, fleet)
     except StartError as error:

@@ -1,0 +1,336 @@
+"""Running the dynamic providers and feeding their snapshots to the reload path (SPEC §10.1).
+
+Ring 1 (trio). ``ProviderHub`` starts the providers the config enables (``dns``, ``discovery``,
+``kubernetes``; ``apply`` after every swap restarts one whose settings changed and stops one
+that was removed), keeps the latest ``Snapshot`` each publishes, and on a change pokes
+``changed`` (the ``Reloader``'s debounced reload: changes from every source are coalesced on
+the trailing edge). ``merge`` is what the ``Reloader`` calls on every candidate: the static
+config plus the snapshots (``providers/merge.py``), with provider certificates written as
+files into a private directory (0700, files 0600, named by a hash of their contents so a
+rotated secret is a changed config) that the TLS store — in this process or in every worker —
+loads like any certificate file. ``documents`` is ``/providers``; ``metrics`` feeds the
+provider families.
+
+A provider task that raises (a bug: peer failures are the provider's to handle) is logged with
+its traceback, marked failed and restarted after ``RESTART_DELAY`` seconds; its last snapshot
+stays in use meanwhile.
+
+Nurseries: ``run`` owns one; each provider runs in its own cancel scope inside it (``apply``
+hands new providers to ``run`` through a memory channel; one stopped before ``run`` took it
+starts already cancelled). Deadlines:
+none of its own (each provider bounds its peer calls). Must not: build a candidate, swap a
+config, or log a certificate's contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import shutil
+import ssl
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from a3s_gateway.config.schema_entrypoints import CertificatePair
+from a3s_gateway.providers.merge import DYNAMIC_KINDS, Merged, Source, merge
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from a3s_gateway.config.schema import Config
+    from a3s_gateway.providers.dynamic import DynamicProvider, PemPair, Snapshot
+
+    #: Builds a provider from its settings block.
+    Factory = Callable[[object], DynamicProvider]
+
+__all__ = ["RESTART_DELAY", "CertificateFiles", "ProviderHub", "default_factories"]
+
+log: Final = logging.getLogger("a3s_gateway.providers")
+
+#: Seconds before a provider task that raised is started again.
+RESTART_DELAY: Final = 5.0
+
+
+def default_factories() -> dict[str, Factory]:
+    """The real providers, imported when first used."""
+
+    def dns(settings: object) -> DynamicProvider:
+        from a3s_gateway.config.schema import DnsProvider
+        from a3s_gateway.providers.dns import DnsDiscovery
+
+        assert isinstance(settings, DnsProvider)
+        return DnsDiscovery(settings)
+
+    def discovery(settings: object) -> DynamicProvider:
+        from a3s_gateway.config.schema import DiscoveryProvider
+        from a3s_gateway.providers.discovery import ServiceDiscovery
+
+        assert isinstance(settings, DiscoveryProvider)
+        return ServiceDiscovery(settings)
+
+    def kubernetes(settings: object) -> DynamicProvider:
+        from a3s_gateway.config.schema import KubernetesProvider
+        from a3s_gateway.providers.kubernetes import KubernetesDiscovery
+
+        assert isinstance(settings, KubernetesProvider)
+        return KubernetesDiscovery(settings)
+
+    return {"dns": dns, "discovery": discovery, "kubernetes": kubernetes}
+
+
+class CertificateFiles:
+    """Provider certificates as files (module docstring): ``place`` writes a pair once (by the
+    hash of its contents), checks it loads, and returns the ``CertificatePair`` naming it, or
+    why it cannot be used; ``keep`` removes the files no longer used."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self._directory = directory
+        self._own = directory is None
+        #: Hash → the pair's files, or why the pair is unusable.
+        self._placed: dict[str, CertificatePair | str] = {}
+        self._used: set[str] = set()
+        self._previous: set[str] = set()
+
+    def _root(self) -> str:
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="a3s-gateway-certs-")
+        os.makedirs(self._directory, mode=0o700, exist_ok=True)
+        os.chmod(self._directory, 0o700)
+        return self._directory
+
+    def place(self, pair: PemPair) -> CertificatePair | str:
+        """The files for ``pair`` (written the first time), or why it is unusable."""
+        digest = hashlib.sha256(pair.cert_pem + b"\0" + pair.key_pem).hexdigest()[:32]
+        self._used.add(digest)
+        found = self._placed.get(digest)
+        if found is None:
+            found = self._placed[digest] = self._write(digest, pair)
+        return found
+
+    def _write(self, digest: str, pair: PemPair) -> CertificatePair | str:
+        try:
+            root = self._root()
+            cert_file = os.path.join(root, f"{digest}.crt")
+            key_file = os.path.join(root, f"{digest}.key")
+            _write_private(cert_file, pair.cert_pem)
+            _write_private(key_file, pair.key_pem)
+        except OSError as error:
+            return f"cannot write its files: {error.strerror or error}"
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file)
+        except (ssl.SSLError, ValueError, OSError):
+            _remove(cert_file, key_file)
+            return "the certificate or key does not load, or they do not match"
+        return CertificatePair(cert_file=cert_file, key_file=key_file)
+
+    def keep(self) -> None:
+        """After a merge: forget and remove the pairs neither this merge nor the previous one
+        used (a worker may still be loading the previous generation's files)."""
+        keep = self._used | self._previous
+        for digest in [digest for digest in self._placed if digest not in keep]:
+            found = self._placed.pop(digest)
+            if isinstance(found, CertificatePair):
+                _remove(found.cert_file, found.key_file)
+        self._previous, self._used = self._used, set()
+
+    def close(self) -> None:
+        """Remove every file (and the directory when it is ours)."""
+        for found in self._placed.values():
+            if isinstance(found, CertificatePair):
+                _remove(found.cert_file, found.key_file)
+        self._placed.clear()
+        if self._own and self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+
+def _write_private(path: str, data: bytes) -> None:
+    if os.path.exists(path):
+        return
+    temporary = f"{path}.{os.getpid()}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+    os.replace(temporary, path)
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+@dataclass(slots=True)
+class _Running:
+    """One provider of the current settings."""
+
+    kind: str
+    settings: object
+    provider: DynamicProvider
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    snapshot: Snapshot | None = None
+
+
+class ProviderHub:
+    """The dynamic providers of one gateway (module docstring).
+
+    ``changed``: called (from trio) when a provider's snapshot changed or a provider stopped;
+    the ``Reloader`` sets it to its debounced ``changed``. ``factories``: kind → builder (tests
+    pass fakes). ``certificates``: where provider certificates go.
+    """
+
+    def __init__(
+        self,
+        *,
+        factories: Mapping[str, Factory] | None = None,
+        certificates: CertificateFiles | None = None,
+    ) -> None:
+        self.changed: Callable[[], None] = _nothing
+        self._factories = dict(factories) if factories is not None else default_factories()
+        self._certificates = certificates if certificates is not None else CertificateFiles()
+        self._running: dict[str, _Running] = {}
+        #: (changes, errors) of providers stopped by ``apply``, so the totals never go back.
+        self._carried: dict[str, tuple[int, int]] = {}
+        #: Providers ``apply`` started, for ``run`` to supervise in its nursery.
+        self._starts, self._started = trio.open_memory_channel[_Running](math.inf)
+        #: The last merge's result (pending references, warnings) for the API and metrics.
+        self.last: Merged | None = None
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the providers ``apply`` asks for until cancelled; removes the certificate
+        files on the way out."""
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                async for running in self._started:
+                    nursery.start_soon(self._supervise, running)
+        finally:
+            self._certificates.close()
+
+    def apply(self, config: Config) -> None:
+        """Start, restart or stop providers to match ``config``'s ``providers`` block."""
+        providers = config.providers
+        for kind in DYNAMIC_KINDS:
+            settings = getattr(providers, kind) if providers is not None else None
+            running = self._running.get(kind)
+            if running is not None and running.settings == settings:
+                continue
+            if running is not None:
+                running.scope.cancel()
+                del self._running[kind]
+                changes, errors = self._carried.get(kind, (0, 0))
+                status = running.provider.status
+                self._carried[kind] = (changes + status.changes, errors + status.errors)
+                if running.snapshot is not None:
+                    self.changed()
+                log.info("provider %s stopped", kind)
+            if settings is not None:
+                provider = self._factories[kind](settings)
+                fresh = self._running[kind] = _Running(kind, settings, provider)
+                self._starts.send_nowait(fresh)
+
+    async def _supervise(self, running: _Running) -> None:
+        with running.scope:
+            log.info("provider %s started", running.kind)
+            while True:
+                try:
+                    await running.provider.run(self._publisher(running))
+                    return
+                except Exception as error:  # a bug must not stop the gateway (SPEC §14.3)
+                    log.exception("provider %s failed; restarting it", running.kind)
+                    running.provider.status.failed(f"internal error: {type(error).__name__}")
+                await trio.sleep(RESTART_DELAY)
+
+    def _publisher(self, running: _Running) -> Callable[[Snapshot], None]:
+        def publish(snapshot: Snapshot, /) -> None:
+            if self._running.get(running.kind) is not running or snapshot == running.snapshot:
+                return
+            running.snapshot = snapshot
+            status = running.provider.status
+            status.changes += 1
+            status.last_change = time.time()
+            for message in snapshot.skipped:
+                log.warning("provider %s: %s", running.kind, message)
+            self.changed()
+
+        return publish
+
+    # -- the reload path -----------------------------------------------------------------
+
+    def merge(self, config: Config, *, workers: int = 1, default_file: str = "") -> Merged:
+        """``config`` with every provider's latest snapshot merged in (``merge.merge``)."""
+        sources = [
+            Source(kind, running.snapshot)
+            for kind in DYNAMIC_KINDS
+            if (running := self._running.get(kind)) is not None and running.snapshot is not None
+        ]
+        merged = merge(
+            config,
+            sources,
+            place=self._certificates.place,
+            workers=workers,
+            default_file=default_file,
+        )
+        self._certificates.keep()
+        self.last = merged
+        return merged
+
+    # -- what the API and the metrics show ------------------------------------------------
+
+    def documents(self) -> list[dict[str, object]]:
+        """``/providers`` entries of the dynamic providers (times in Unix seconds)."""
+        out: list[dict[str, object]] = []
+        warnings = self.last.warnings if self.last is not None else ()
+        for kind in DYNAMIC_KINDS:
+            running = self._running.get(kind)
+            if running is None:
+                continue
+            status = running.provider.status
+            snapshot = running.snapshot
+            out.append(
+                {
+                    "name": kind,
+                    "state": status.state,
+                    "last_sync": status.last_sync,
+                    "last_change": status.last_change,
+                    "last_error": status.last_error,
+                    "last_error_at": status.last_error_at,
+                    "changes": status.changes,
+                    "errors": status.errors,
+                    "objects": snapshot.counts() if snapshot is not None else {},
+                    "skipped": list(snapshot.skipped) if snapshot is not None else [],
+                    "warnings": [
+                        problem.format()
+                        for problem in warnings
+                        if problem.file == f"provider {kind}"
+                    ],
+                    "details": status.details,
+                }
+            )
+        return out
+
+    def pending(self) -> tuple[str, ...]:
+        """References to services no provider supplies yet, as of the last merge."""
+        return self.last.pending if self.last is not None else ()
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Provider → (changes, errors), for the metrics."""
+        totals = dict(self._carried)
+        for kind, running in self._running.items():
+            changes, errors = totals.get(kind, (0, 0))
+            status = running.provider.status
+            totals[kind] = (changes + status.changes, errors + status.errors)
+        return totals
+
+
+def _nothing() -> None:
+    pass
