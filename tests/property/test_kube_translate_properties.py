@@ -1,4 +1,4 @@
-"""Properties of the Kubernetes translation (SPEC §10.6; providers/kube_translate.py).
+"""Properties of the Kubernetes translation (SPEC §10.6; providers/kube_ingress.py).
 
 Ingress paths: the rule ``ingress_rule`` writes, compiled by the gateway's own rule compiler,
 matches a request exactly when Kubernetes' semantics say the Ingress path does: ``Exact`` is
@@ -21,7 +21,7 @@ from fractions import Fraction
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from a3s_gateway.providers.kube_translate import ingress_rule, traffic_percents
+from a3s_gateway.providers.kube_ingress import ingress_rule, traffic_percents
 from a3s_gateway.routing import HttpRequestInfo, compile_rule
 
 # Few, overlapping pieces, so generated requests often sit right at a prefix's edge.

@@ -1,6 +1,7 @@
-"""Kubernetes objects → Snapshot (providers/kube_translate.py, SPEC §10.6): Ingress rules, path
-types, wildcard hosts, default backends, named ports, EndpointSlices, TLS Secrets, annotations,
-IngressRoutes with weighted services, malformed objects and name collisions."""
+"""Kubernetes objects → Snapshot (providers/kube_translate.py with kube_objects.py,
+kube_backends.py and kube_ingress.py, SPEC §10.6): Ingress rules, path types, wildcard hosts,
+default backends, named ports, EndpointSlices, TLS Secrets, annotations, IngressRoutes with
+weighted services, malformed objects and name collisions."""
 
 from __future__ import annotations
 
@@ -14,14 +15,9 @@ import trustme
 
 from a3s_gateway.config.schema import KubernetesProvider
 from a3s_gateway.providers.dynamic import Snapshot
-from a3s_gateway.providers.kube_translate import (
-    KubeObjects,
-    ObjectKey,
-    ingress_rule,
-    object_name,
-    traffic_percents,
-    translate,
-)
+from a3s_gateway.providers.kube_ingress import ingress_rule, traffic_percents
+from a3s_gateway.providers.kube_objects import KubeObjects, ObjectKey, object_name
+from a3s_gateway.providers.kube_translate import translate
 from a3s_gateway.routing import HttpRequestInfo, compile_rule
 
 Json = dict[str, Any]

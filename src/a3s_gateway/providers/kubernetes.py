@@ -29,8 +29,9 @@ would remove routes); after that, every change to a cache marks the snapshot dir
 publisher task rebuilds it (changes that arrive together are coalesced) and publishes it when
 it differs from the last one.
 
-Why plain HTTPS (``kube_api.py``) and not a client library: kr8s and lightkube (both on httpx
-and anyio) were considered. kr8s does not run under trio yet: its own trio test is marked xfail
+Why plain HTTPS (``kube_access.py`` finds the server and credentials, ``kube_api.py`` makes
+the calls) and not a client library: kr8s and lightkube (both on httpx and anyio) were
+considered. kr8s does not run under trio yet: its own trio test is marked xfail
 ("trio support is not yet implemented"; its issue #77 is open) and its ``Api`` still calls
 asyncio directly; it also follows redirects and retries 401/403 and TLS failures on its own.
 lightkube's async watch loop sleeps with ``asyncio.sleep`` between retries, takes the resource
@@ -59,21 +60,17 @@ from urllib.parse import quote
 import trio
 
 from a3s_gateway.providers.dynamic import ProviderStatus
+from a3s_gateway.providers.kube_access import SERVICE_ACCOUNT_DIR, load_access
 from a3s_gateway.providers.kube_api import (
-    SERVICE_ACCOUNT_DIR,
     WATCH_SERVER_TIMEOUT,
     KubeApiError,
     KubeClient,
     KubeList,
     WatchEvent,
-    load_access,
 )
-from a3s_gateway.providers.kube_translate import (
-    TLS_SECRET_TYPE,
-    KubeObjects,
-    ObjectKey,
-    translate,
-)
+from a3s_gateway.providers.kube_backends import TLS_SECRET_TYPE
+from a3s_gateway.providers.kube_objects import KubeObjects, ObjectKey
+from a3s_gateway.providers.kube_translate import translate
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -81,7 +78,7 @@ if TYPE_CHECKING:
 
     from a3s_gateway.config.schema import KubernetesProvider
     from a3s_gateway.providers.dynamic import Publish, Snapshot
-    from a3s_gateway.providers.kube_api import ApiAccess
+    from a3s_gateway.providers.kube_access import ApiAccess
 
 __all__ = [
     "BACKOFF_CAP",
