@@ -2,7 +2,8 @@
 
 It shares no code with the gateway: it is the independent peer the gateway proxies to. Start it
 with ``await nursery.start(origin.serve)``; it listens on 127.0.0.1, port 0, and ``origin.port``
-is the bound port once ``serve`` has started.
+is the bound port once ``serve`` has started (``Origin(host=..., port=...)`` binds another
+loopback address or a chosen port, e.g. two origins on 127.0.0.1 and 127.0.0.2, one port).
 
 Every request is recorded as a ``Recorded`` (method, target, lower-case header pairs, body
 length and SHA-256, connection id, whether the body was complete); accepted TCP connections and
@@ -197,9 +198,10 @@ class _Closed(Exception):  # noqa: N818 -- an event, not an error
 class Origin:
     """The test origin; see the module docstring."""
 
-    def __init__(self, name: str = "origin") -> None:
+    def __init__(self, name: str = "origin", *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
-        self.port = 0
+        self.host = host
+        self.port = port
         self.default: Behaviour = Echo()
         #: Requests whose head arrived, in arrival order (complete bodies or not).
         self.requests: list[Recorded] = []
@@ -232,8 +234,8 @@ class Origin:
         self._changed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on 127.0.0.1:0 and serve until cancelled."""
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        """Listen on ``host``:``port`` (127.0.0.1:0 unless given) and serve until cancelled."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         listener = listeners[0]
         self.port = int(listener.socket.getsockname()[1])
         async with listener, trio.open_nursery() as nursery:
