@@ -230,3 +230,13 @@ def test_a_bad_rule_never_rejects_the_candidate(broken: str) -> None:
     result = merged(config, ("discovery", discovered("x", broken)))
     assert "discovered-x" not in result.config.routers
     assert result.config.routers["app"] == config.routers["app"]
+
+
+def test_a_dns_service_without_an_answer_yet_answers_503_not_404() -> None:
+    config = config_of(DNS + 'routers "users" {\n  rule = "Path(`/u`)"\n  service = "users"\n}\n')
+    result = merged(config)
+    assert "users" in result.config.routers
+    assert result.pending == ()
+    balancer = result.config.services["users"].load_balancer
+    assert balancer is not None
+    assert balancer.servers == ()

@@ -147,15 +147,22 @@ async def test_changed_settings_restart_and_removed_ones_stop(
         second = FakeProvider.instances[1]
         assert isinstance(second.settings, DiscoveryProvider)
         assert str(second.settings.seeds[0].url) == "http://127.0.0.1:9200"
-        assert pokes == [1, 1]  # the publish, then the stop of a provider with a snapshot
+        # The restarted provider's objects stay until it publishes its own: no reload yet.
+        assert pokes == [1]
+        assert "discovered-a" in hub.merge(discovery_config()).config.routers
         first.publish(snapshot_for("late"))  # a stopped provider's late publish is ignored
+        assert pokes == [1]
+        assert "discovered-late" not in hub.merge(discovery_config()).config.routers
+        assert second.publish is not None
+        second.publish(snapshot_for("b"))
         assert pokes == [1, 1]
-        assert hub.counters() == {"discovery": (1, 0)}
-        hub.apply(load_config_without_providers())
+        assert hub.counters() == {"discovery": (2, 0)}
+        hub.apply(load_config_without_providers())  # removed: its objects go, a reload
         await trio.sleep(0.1)
         assert second.cancelled
+        assert pokes == [1, 1, 1]
         assert hub.documents() == []
-        assert hub.counters() == {"discovery": (1, 0)}  # carried: totals never go back
+        assert hub.counters() == {"discovery": (2, 0)}  # carried: totals never go back
         nursery.cancel_scope.cancel()
 
 

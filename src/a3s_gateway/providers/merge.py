@@ -10,7 +10,8 @@ returns the config to swap in:
   provider supplied hides the provider's object, with a warning naming it (static objects win).
 - ``Snapshot.servers`` fill a service: the HCL service of that name gets them as its
   ``load_balancer.servers`` (the checks require them empty there), or a service with default
-  settings is created.
+  settings is created. A ``providers.dns`` service with no answer yet exists without servers
+  (503 rather than 404 while the provider starts).
 - Certificates are placed and added to the ``tls.certificates`` of their entrypoints (every
   http entrypoint with ``tls`` when the pair names none).
 - The result is checked with the same semantic checks as a file (``check_semantics``); every
@@ -165,6 +166,18 @@ class _Draft:
         filled = msgspec.structs.replace(balancer, servers=listed)
         self.services[name] = msgspec.structs.replace(static, load_balancer=filled)
         self.filled[key] = owner
+
+    def add_unresolved_dns(self) -> None:
+        """A DNS service with no answer yet (the provider is starting) exists without servers:
+        its routers answer 503, not 404, until the first answer."""
+        providers = self.config.providers
+        dns = providers.dns if providers is not None else None
+        if dns is None:
+            return
+        for name in dns.services:
+            if name not in self.services:
+                self.services[name] = Service(load_balancer=LoadBalancer())
+                self.added[("services", name)] = _Owner("dns", f"DNS {dns.services[name].hostname}")
 
     def _hidden(self, owner: _Owner, key: _Key, noun: str) -> None:
         by = "the static config" if key[1] in self._static_names(key[0]) else "another provider"
@@ -321,6 +334,7 @@ def merge(
     draft = _Draft(config)
     for source in sources:
         draft.add_source(source, place)
+    draft.add_unresolved_dns()
     context = SemanticContext(
         sources=SourceMap(), default_file=default_file, broken=frozenset(), workers=workers
     )

@@ -224,18 +224,23 @@ class ProviderHub:
             running = self._running.get(kind)
             if running is not None and running.settings == settings:
                 continue
+            previous = None
             if running is not None:
                 running.scope.cancel()
                 del self._running[kind]
                 changes, errors = self._carried.get(kind, (0, 0))
                 status = running.provider.status
                 self._carried[kind] = (changes + status.changes, errors + status.errors)
-                if running.snapshot is not None:
+                previous = running.snapshot
+                if previous is not None and settings is None:
                     self.changed()
                 log.info("provider %s stopped", kind)
             if settings is not None:
                 provider = self._factories[kind](settings)
-                fresh = self._running[kind] = _Running(kind, settings, provider)
+                # A restarted provider's objects stay until it publishes its own: changed
+                # settings must not empty a service for the moment the provider starts.
+                fresh = _Running(kind, settings, provider, snapshot=previous)
+                self._running[kind] = fresh
                 self._starts.send_nowait(fresh)
 
     async def _supervise(self, running: _Running) -> None:
