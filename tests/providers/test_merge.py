@@ -240,3 +240,35 @@ def test_a_dns_service_without_an_answer_yet_answers_503_not_404() -> None:
     balancer = result.config.services["users"].load_balancer
     assert balancer is not None
     assert balancer.servers == ()
+
+
+def test_provider_objects_are_marked_with_their_source() -> None:
+    text = (
+        'providers {\n  discovery {\n    seeds = [{ url = "http://127.0.0.1:9100" }]\n  }\n'
+        '  kubernetes {\n    namespace = "default"\n  }\n}\n'
+    )
+    config = config_of(text)
+    ingress_route = Snapshot(
+        routers={"k8s-a-b-0": build_router({"rule": "Path(`/same`)", "service": "app"})},
+        origins={("routers", "k8s-a-b-0"): "IngressRoute a/b"},
+    )
+    result = merged(
+        config,
+        ("discovery", discovered("users", "Path(`/same`)")),
+        ("kubernetes", ingress_route),
+    )
+    assert result.config.provider_sources == {
+        "routers/discovered-users": "discovery",
+        "services/users": "discovery",
+        "routers/k8s-a-b-0": "kubernetes-crd",
+    }
+
+
+def test_a_config_file_may_not_write_provider_sources() -> None:
+    result = load_text(
+        BASE + 'provider_sources = { "routers/app" = "discovery" }\n', filename="t.hcl", env={}
+    )
+    assert result.config is None
+    [problem] = result.errors
+    assert problem.path == "provider_sources"
+    assert "set by the gateway's dynamic providers" in problem.message

@@ -111,6 +111,17 @@ def assemble(
     for file, parsed in conf_d:
         files.append(file)
         _merge(data, file, parsed, sources, problems)
+    if data.pop("provider_sources", None) is not None:
+        problems.append(
+            make_problem(
+                "error",
+                ("provider_sources",),
+                'field "provider_sources" is set by the gateway\'s dynamic providers; a config '
+                "file may not write it",
+                sources,
+                default_file=main_file,
+            )
+        )
     # Names, never interpolated: "${X}" there is refused by the schema, not expanded.
     public_env = data.pop("public_env", None)
     public = _public_names(public_env, sources, main_file, problems)

@@ -99,9 +99,13 @@ def render_reference() -> str:
     return "\n".join(parts) + "\n"
 
 
+#: Fields the gateway sets itself, which a config file may not write.
+_NOT_WRITTEN: Final = frozenset({"provider_sources"})
+
+
 def _table(struct: type[msgspec.Struct]) -> list[str]:
     rows = ["| field | type | default |", "|---|---|---|"]
-    fields = msgspec.structs.fields(struct)
+    fields = [f for f in msgspec.structs.fields(struct) if f.name not in _NOT_WRITTEN]
     if not fields:
         return ["(no fields besides `type`)"]
     rows += [f"| `{f.encode_name}` | {_type_text(f.type)} | {_default(f)} |" for f in fields]

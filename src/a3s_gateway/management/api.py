@@ -105,7 +105,7 @@ _RUNTIME_ENDPOINTS: Final = frozenset(
 )
 _ROLLOUT_ACTIONS: Final = frozenset({"pause", "resume", "rollback"})
 #: ``Route.source_rank`` → the provider that supplied the router (SPEC §4.7 order).
-_SOURCES: Final = ("file", "discovery", "kubernetes", "kubernetes-crd")
+_SOURCES: Final = ("file", "discovery", "kubernetes", "kubernetes-crd", "dns")
 #: Lifecycle states in which the gateway serves traffic (SPEC §2.2, §9.6 ``/health``).
 _SERVING: Final = frozenset({"running", "reloading"})
 
@@ -566,12 +566,14 @@ def config_document(config: Config) -> JsonObject:
     """``/config``: the config with secrets redacted (SPEC §14.4); every labelled object says
     where it came from."""
     tree = config.to_builtins(redact=True)
+    tree.pop("provider_sources", None)
+    provenance = config.provider_sources
     for section in LABELLED_SECTIONS:
         objects = tree.get(section)
         if isinstance(objects, dict):
-            for body in objects.values():
+            for name, body in objects.items():
                 if isinstance(body, dict):
-                    body["source"] = "file"
+                    body["source"] = provenance.get(f"{section}/{name}", "file")
     return tree
 
 
@@ -655,7 +657,7 @@ def service_document(
     return {
         "name": service.name,
         "strategy": strategy,
-        "source": "file",
+        "source": runtime.config.provider_sources.get(f"services/{service.name}", "file"),
         "backends_total": len(service.backends),
         "backends_available": sum(backend.available for backend in service.backends),
         "backends": backends,

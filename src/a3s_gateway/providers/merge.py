@@ -41,7 +41,7 @@ from a3s_gateway.config.semantic import SemanticContext, check_semantics
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from a3s_gateway.config.schema import Config
+    from a3s_gateway.config.schema import Config, ProviderSource
     from a3s_gateway.config.schema_entrypoints import CertificatePair, Entrypoint
     from a3s_gateway.config.schema_routers import Router
     from a3s_gateway.providers.dynamic import PemPair, Snapshot
@@ -120,7 +120,18 @@ class _Draft:
             routers=self.routers,
             services=self.services,
             entrypoints=self.entrypoints,
+            provider_sources=self.provenance(),
         )
+
+    def provenance(self) -> dict[str, ProviderSource]:
+        """``Config.provider_sources`` of the objects providers added (an IngressRoute's
+        are ``kubernetes-crd``: they sort after Ingresses, SPEC §4.7)."""
+        found: dict[str, ProviderSource] = {}
+        for (section, name), owner in sorted(self.added.items()):
+            source = _source(owner)
+            if source is not None:
+                found[f"{section}/{name}"] = source
+        return found
 
     # -- adding --------------------------------------------------------------------------
 
@@ -261,6 +272,16 @@ class _Draft:
             )
 
 
+def _source(owner: _Owner) -> ProviderSource | None:
+    match owner.provider:
+        case "kubernetes" if owner.origin.startswith("IngressRoute"):
+            return "kubernetes-crd"
+        case "dns" | "discovery" | "kubernetes" as known:
+            return known
+        case _:
+            return None
+
+
 def _located(path: str, key: _Key) -> bool:
     prefix = format_path(key)
     return path == prefix or path.startswith((prefix + ".", prefix + "["))
@@ -316,7 +337,14 @@ def _without_pending(config: Config) -> tuple[Config, tuple[str, ...]]:
         kept_services[name] = service
     if not pending:
         return config, ()
-    merged = msgspec.structs.replace(config, routers=routers, services=kept_services)
+    provenance = {
+        key: source
+        for key, source in config.provider_sources.items()
+        if not key.startswith("routers/") or key.removeprefix("routers/") in routers
+    }
+    merged = msgspec.structs.replace(
+        config, routers=routers, services=kept_services, provider_sources=provenance
+    )
     return merged, tuple(pending)
 
 

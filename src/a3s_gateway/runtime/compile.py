@@ -565,10 +565,17 @@ def _http2_limits(entrypoint: Entrypoint) -> Http2Limits:
     )
 
 
+#: The route order's tie-break by source (SPEC §4.7): the files, then discovery, then
+#: Kubernetes Ingress, then IngressRoute (``Config.provider_sources``; DNS adds no routers).
+SOURCE_RANKS: Final = {"discovery": 1, "kubernetes": 2, "kubernetes-crd": 3, "dns": 4}
+
+
 def _route_table(config: Config) -> RouteTable:
     routes = []
+    provenance = config.provider_sources
     for name, router in config.routers.items():
         rule = compile_rule(router.rule, kind="http", syntax=router.rule_syntax)
+        source = provenance.get(f"routers/{name}")
         routes.append(
             Route(
                 name=name,
@@ -576,6 +583,7 @@ def _route_table(config: Config) -> RouteTable:
                 service=router.service,
                 entrypoints=frozenset(router.entrypoints) if router.entrypoints else None,
                 priority=router.priority,
+                source_rank=SOURCE_RANKS[source] if source is not None else 0,
                 middlewares=router.middlewares,
             )
         )
