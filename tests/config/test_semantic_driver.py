@@ -152,3 +152,14 @@ def test_empty_config_reports_missing_entrypoints() -> None:
     context = SemanticContext(sources=SourceMap(), default_file="x.hcl", broken=frozenset())
     problems = check_semantics(Config(), context)
     assert [p.message for p in problems] == ["no entrypoints are defined; at least one is required"]
+
+
+def test_a_discovery_seed_url_may_not_have_a_query() -> None:
+    result = load(
+        'providers {\n  discovery {\n    seeds = [{ url = "http://10.0.0.5:8080/?token=abc" }]'
+        "\n  }\n}\n"
+    )
+    [problem] = result.errors
+    assert problem.path == "providers.discovery.seeds[0].url"
+    assert "may not have a query" in problem.message
+    assert "abc" not in problem.message

@@ -307,6 +307,9 @@ FAMILIES = {
     "a3s_config_last_reload_timestamp_seconds": ("gauge", set()),
     "a3s_config_warnings": ("gauge", set()),
     "a3s_config_reloads": ("counter", {"result"}),
+    "a3s_config_pending_references": ("gauge", set()),
+    "a3s_provider_changes": ("counter", {"provider"}),
+    "a3s_provider_errors": ("counter", {"provider"}),
     "a3s_access_log_dropped": ("counter", set()),
     "a3s_build_info": ("gauge", {"version", "python"}),
     "process_cpu_seconds": ("counter", set()),
@@ -351,6 +354,7 @@ def _exercise(metrics: GatewayMetrics) -> None:
     )
     metrics.scaling.collect_control(stats)
     metrics.scaling.collect_buffers({("svc", "released"): 4}, {"svc": 1})
+    metrics.providers({"dns": (3, 1)}, 2)
 
 
 def test_every_spec_family_has_its_type_labels_help_and_type_lines() -> None:

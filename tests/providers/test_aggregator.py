@@ -555,3 +555,24 @@ async def test_rejections_never_log_or_return_an_interpolated_value(
     assert "reload rejected" in logged
     assert "s3cr3t" not in logged
     assert "8123" not in logged
+
+
+async def test_a_burst_that_never_goes_quiet_is_applied_after_ten_delays(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    debouncer = Debouncer(0.5)
+    fired: list[float] = []
+
+    async def action() -> None:
+        fired.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(debouncer.run, action)
+        start = trio.current_time()
+        while trio.current_time() - start < 12:
+            debouncer.poke()
+            await trio.sleep(0.4)
+        nursery.cancel_scope.cancel()
+    assert fired
+    assert fired[0] - start == pytest.approx(5.0)
+    assert len(fired) == 2  # one more burst began after the first fired; it fired at 10 s

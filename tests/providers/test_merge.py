@@ -272,3 +272,70 @@ def test_a_config_file_may_not_write_provider_sources() -> None:
     [problem] = result.errors
     assert problem.path == "provider_sources"
     assert "set by the gateway's dynamic providers" in problem.message
+
+
+DNS_AND_DISCOVERY = """
+providers {
+  dns {
+    services "users" {
+      hostname = "users.internal"
+      port     = 8080
+    }
+  }
+  discovery {
+    seeds = [{ url = "http://127.0.0.1:9100" }]
+  }
+}
+"""
+STREAMS = """
+entrypoints "db" {
+  address  = "127.0.0.1:5432"
+  protocol = "tcp"
+}
+services "db" {
+  load_balancer {
+    servers = [{ url = "tcp://127.0.0.1:15432" }]
+  }
+}
+tcp_routers "db" {
+  rule        = "HostSNI(`*`)"
+  service     = "db"
+  entrypoints = ["db"]
+}
+"""
+
+
+def test_an_object_that_breaks_a_static_one_is_dropped_alone() -> None:
+    """A discovered service named like a static TCP service: its router onto that service
+    is the culprit (the errors are located in static objects), not every provider object."""
+    config = config_of(STREAMS + DNS_AND_DISCOVERY)
+    onto_tcp = discovered("db", "PathPrefix(`/db`)")
+    result = merged(
+        config,
+        ("dns", Snapshot(servers={"users": (build_server("http://10.0.0.1:8080"),)})),
+        ("discovery", onto_tcp),
+    )
+    assert "discovered-db" not in result.config.routers
+    balancer = result.config.services["users"].load_balancer
+    assert balancer is not None
+    assert len(balancer.servers) == 1
+    assert any("discovered-db" in w.path for w in result.warnings)
+
+
+def test_a_stale_dns_answer_never_fills_a_service_no_longer_listed() -> None:
+    config = config_of(DNS_AND_DISCOVERY.replace('"users"', '"other"'))
+    stale = Snapshot(servers={"app": (build_server("http://10.9.9.9:8080"),)})
+    result = merged(config, ("dns", stale))
+    assert result.config.services["app"] == config.services["app"]
+
+
+def test_a_stream_router_with_a_pending_service_leaves_the_table() -> None:
+    config = config_of(
+        DISCOVERY
+        + 'entrypoints "raw" {\n  address = "127.0.0.1:7000"\n  protocol = "tcp"\n}\n'
+        + 'tcp_routers "raw" {\n  rule = "HostSNI(`*`)"\n  service = "later"\n'
+        + '  entrypoints = ["raw"]\n}\n'
+    )
+    result = merged(config, ("discovery", Snapshot()))
+    assert "raw" not in result.config.tcp_routers
+    assert result.pending == ('tcp router "raw" → service "later"',)

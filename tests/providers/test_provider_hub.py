@@ -91,7 +91,9 @@ def fake(settings: object) -> DynamicProvider:
 def new_hub(tmp_path: Path) -> tuple[ProviderHub, list[int]]:
     FakeProvider.instances = []
     hub = ProviderHub(
-        factories={"discovery": fake}, certificates=CertificateFiles(str(tmp_path / "certs"))
+        factories={"discovery": fake},
+        certificates=CertificateFiles(str(tmp_path / "certs")),
+        threaded=False,
     )
     pokes: list[int] = []
     hub.changed = lambda: pokes.append(1)
@@ -233,6 +235,19 @@ def test_a_hub_owned_directory_is_removed_on_close() -> None:
     assert not directory.exists()
 
 
+class SignallingTarget(FakeTarget):
+    """A ``FakeTarget`` that says when it swapped."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.swapped = trio.Event()
+
+    async def reload(self, config: Config) -> int:
+        generation = await super().reload(config)
+        self.swapped.set()
+        return generation
+
+
 class StaticBuilder:
     """Builds the same static config every time."""
 
@@ -257,7 +272,7 @@ async def test_the_reloader_swaps_in_merged_snapshots_debounced(
 ) -> None:
     hub, _ = new_hub(tmp_path)
     config = discovery_config()
-    target = FakeTarget(config)
+    target = SignallingTarget(config)
     builder = StaticBuilder(config)
     reloader = Reloader(target, "t.hcl", watch=False, warm=False, builder=builder, hub=hub)
     async with trio.open_nursery() as nursery:
@@ -268,6 +283,7 @@ async def test_the_reloader_swaps_in_merged_snapshots_debounced(
         provider.publish(snapshot_for("a"))
         await trio.sleep(0.2)
         provider.publish(snapshot_for("b"))  # within the debounce: one reload for both
+        await target.swapped.wait()
         await trio.sleep(1)
         assert builder.builds == 1
         [swapped] = target.reloads
@@ -292,3 +308,36 @@ def test_a_config_with_a_pending_reference_is_still_equal_after_the_merge() -> N
     merged = hub.merge(with_pending)
     assert "users" not in merged.config.routers
     assert hub.pending() == ('router "users" → service "users"',)
+
+
+def pair_of(authority: trustme.CA, name: str) -> PemPair:
+    leaf = authority.issue_cert(name)
+    return PemPair(
+        f"Secret default/{name}", leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes()
+    )
+
+
+def test_a_rejected_candidate_never_removes_the_serving_files(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    serving, rotated, other = (pair_of(authority, n) for n in ("a.example", "b.example", "c.x"))
+    files = CertificateFiles(str(tmp_path / "certs"))
+    placed = files.place(serving)
+    assert not isinstance(placed, str)
+    files.keep()  # generation 1 serves it
+    files.place(rotated)
+    files.discard()  # that candidate was refused
+    files.place(other)
+    files.discard()
+    files.place(other)
+    files.keep()  # a later candidate without the first pair serves: kept one generation more
+    assert Path(placed.cert_file).exists()
+
+
+def test_a_file_removed_from_outside_is_written_again(tmp_path: Path) -> None:
+    files = CertificateFiles(str(tmp_path / "certs"))
+    pem = pair_of(trustme.CA(), "a.example")
+    placed = files.place(pem)
+    assert not isinstance(placed, str)
+    Path(placed.cert_file).unlink()
+    assert files.place(pem) == placed
+    assert Path(placed.cert_file).read_bytes() == pem.cert_pem

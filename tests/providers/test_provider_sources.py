@@ -10,11 +10,13 @@ from a3s_gateway.config.load import load_text
 from a3s_gateway.management.api import (
     Clock,
     config_document,
+    provider_documents,
     route_documents,
     service_documents,
 )
-from a3s_gateway.providers.dynamic import build_router, build_service
+from a3s_gateway.providers.dynamic import Snapshot, build_router, build_service
 from a3s_gateway.runtime.compile import compile_runtime
+from tests.management.test_api import make_view
 
 CONFIG = (
     'entrypoints "web" {\n  address = "127.0.0.1:0"\n}\n'
@@ -73,3 +75,31 @@ def test_equal_priorities_are_ordered_by_source_then_name() -> None:
         d["name"]: d["source"] for d in service_documents(runtime, Clock(now=0.0, wall=0.0))
     }
     assert services == {"app": "file", "found": "discovery"}
+
+
+def test_the_file_entry_of_providers_counts_the_files_objects_only() -> None:
+    view = make_view(CONFIG + "providers {\n  file {\n    watch = false\n  }\n}\n")
+    view.current = msgspec.structs.replace(
+        view.current,
+        routers={
+            **view.current.routers,
+            "found": build_router({"rule": "Path(`/x`)", "service": "app"}),
+        },
+        provider_sources={"routers/found": "discovery"},
+    )
+    [entry] = provider_documents(view, Clock(now=0.0, wall=0.0))
+    objects = entry["objects"]
+    assert isinstance(objects, dict)
+    assert objects["routers"] == 1
+
+
+def test_snapshot_counts_include_revision_servers() -> None:
+    service = build_service(
+        {
+            "revisions": [
+                {"name": "v1", "traffic_percent": 75, "servers": [{"url": "http://10.0.0.1:80"}]},
+                {"name": "v2", "traffic_percent": 25, "servers": [{"url": "http://10.0.0.2:80"}]},
+            ]
+        }
+    )
+    assert Snapshot(services={"split": service}).counts()["servers"] == 2

@@ -111,17 +111,7 @@ def assemble(
     for file, parsed in conf_d:
         files.append(file)
         _merge(data, file, parsed, sources, problems)
-    if data.pop("provider_sources", None) is not None:
-        problems.append(
-            make_problem(
-                "error",
-                ("provider_sources",),
-                'field "provider_sources" is set by the gateway\'s dynamic providers; a config '
-                "file may not write it",
-                sources,
-                default_file=main_file,
-            )
-        )
+    _refuse_provider_sources(data, sources, main_file, problems)
     # Names, never interpolated: "${X}" there is refused by the schema, not expanded.
     public_env = data.pop("public_env", None)
     public = _public_names(public_env, sources, main_file, problems)
@@ -157,6 +147,20 @@ def assemble(
     if converted.config is not None:
         remember_secrets(converted.config, redactor.secrets)
     return LoadResult(config, ordered, sources, main_file, tuple(files), converted.config, redactor)
+
+
+def _refuse_provider_sources(
+    data: dict[str, object], sources: SourceMap, main_file: str, problems: list[Problem]
+) -> None:
+    """``provider_sources`` is the merge's (``providers/merge.py``), never a file's."""
+    if data.pop("provider_sources", None) is not None:
+        message = (
+            'field "provider_sources" is set by the gateway\'s dynamic providers; a config '
+            "file may not write it"
+        )
+        problems.append(
+            make_problem("error", ("provider_sources",), message, sources, default_file=main_file)
+        )
 
 
 def _semantic(

@@ -107,6 +107,14 @@ def _check_providers(report: Report) -> None:
     if providers.dns is not None:
         _check_dns(report)
     if providers.discovery is not None:
+        for index, seed in enumerate(providers.discovery.seeds):
+            if "?" in seed.url.target:
+                # A seed is also a backend URL, which has no query (and it may hold a secret).
+                report.error(
+                    ("providers", "discovery", "seeds", index, "url"),
+                    "a seed url may not have a query: the seed is also the service's backend "
+                    'url, e.g. "http://10.0.0.5:8080"',
+                )
         base = ("providers", "discovery", "entrypoints")
         for index, name in enumerate(providers.discovery.entrypoints):
             _provider_entrypoint(report, (*base, index), name, need_tls=False)

@@ -842,8 +842,11 @@ def provider_documents(view: GatewayView, clock: Clock) -> list[JsonObject]:
     if providers is not None and providers.file is not None:
         block = providers.file
         last = view.health().last_reload
+        # The files' objects only: the providers' are counted in their own entries.
+        supplied = config.provider_sources
         counts: JsonObject = {
-            section: len(getattr(config, section)) for section in LABELLED_SECTIONS
+            section: sum(f"{section}/{name}" not in supplied for name in getattr(config, section))
+            for section in LABELLED_SECTIONS
         }
         out.append(
             {

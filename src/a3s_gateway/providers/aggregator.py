@@ -23,7 +23,9 @@ already reported them) logs them at debug level only.
 
 Debounce (SPEC §10.1): the watcher only pokes (``changed``); ``Debouncer`` runs one reload once
 the pokes have been quiet for ``providers.file.debounce`` (trailing edge: a burst of writes is
-one reload, and a write during a reload schedules another, so the last write is never missed).
+one reload, and a write during a reload schedules another, so the last write is never missed),
+or at the latest ten delays after a burst's first poke (a provider whose changes never stop
+must not hold every reload back).
 A debounced reload whose candidate equals the running config (``Config`` equality: the same
 canonical tree, whatever the order of blocks in the files) is not swapped (``unchanged``). An
 explicit request (SIGHUP, ``POST /reload``; ``force=True``) always swaps: it is how an operator
@@ -132,13 +134,22 @@ class Builder(Protocol):
         """Release what ``start`` took. Idempotent."""
 
 
+#: A burst of changes that never goes quiet (endpoints churning, short DNS TTLs) is applied
+#: at the latest this many debounce delays after its first change, so it cannot hold every
+#: reload back (SPEC §10.1's trailing edge, bounded).
+MAX_WAIT_FACTOR: Final = 10
+
+
 class Debouncer:
     """Trailing-edge debounce: ``poke()`` marks a change; ``run(action)`` calls ``action`` once
-    no poke came for ``delay`` seconds. A poke while ``action`` runs leads to one more call."""
+    no poke came for ``delay`` seconds, or ``MAX_WAIT_FACTOR`` delays after the first poke of a
+    burst that never goes quiet. A poke while ``action`` runs leads to one more call."""
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self._last = -math.inf
+        #: When the first poke of the current burst came (``inf``: no burst).
+        self._first = math.inf
         self._poked = trio.Event()
         #: Actions started so far.
         self.fired = 0
@@ -146,19 +157,22 @@ class Debouncer:
     def poke(self) -> None:
         """A change happened now (call from inside trio)."""
         self._last = trio.current_time()
+        self._first = min(self._first, self._last)
         self._poked.set()
 
     async def run(self, action: Callable[[], Awaitable[object]]) -> None:
         """Call ``action`` after every quiet period that follows pokes, until cancelled."""
         while True:
             await self._poked.wait()
-            # Sleep until the last poke is ``delay`` old; a poke meanwhile moves the goal.
+            # Sleep until the last poke is ``delay`` old; a poke meanwhile moves the goal, but
+            # never past ``MAX_WAIT_FACTOR`` delays after the burst's first poke.
             while True:
-                due = self._last + self.delay
+                due = min(self._last + self.delay, self._first + self.delay * MAX_WAIT_FACTOR)
                 if due <= trio.current_time():
                     break
                 await trio.sleep_until(due)
             self._poked = trio.Event()
+            self._first = math.inf
             self.fired += 1
             await action()
 
@@ -279,25 +293,31 @@ class Reloader:
         config = candidate.config
         if self._prepare is not None:
             config = self._prepare(config)
-        merged = self.hub.merge(config, workers=self._workers, default_file=self._path)
+        merged = await self.hub.merge_candidate(
+            config, workers=self._workers, default_file=self._path
+        )
         config = merged.config
         warnings = (*candidate.warnings, *merged.warnings)
         if not force and config == target.config():
             self._rejected = None
+            self.hub.committed(merged)
             generation = target.health().config_generation
             log.info("config unchanged: generation %d kept", generation)
             return ReloadOutcome("unchanged", generation, warnings)
         try:
             generation = await target.reload(config)
         except ConfigError as error:
+            self.hub.rejected()
             # What the target says may quote the candidate's values (SPEC §14.4).
             problems = redactor_of(config).problems(error.problems)
             self._report_rejection(candidate.digest, _formatted(problems))
             return ReloadOutcome("error", target.health().config_generation, warnings, problems)
         except GatewayError as error:
+            self.hub.rejected()
             message = redactor_of(config).text(str(error), message=True)
             self._report_rejection(candidate.digest, (message,))
             return self._failed(message, warnings)
+        self.hub.committed(merged)
         self._rejected = None
         # Once it is in: a candidate skipped as unchanged or refused says nothing of them.
         self._log_warnings(warnings)

@@ -101,14 +101,17 @@ class Snapshot:
             "routers": len(self.routers),
             "services": len(self.services) + len(self.servers),
             "servers": sum(len(servers) for servers in self.servers.values())
-            + sum(
-                len(service.load_balancer.servers)
-                for service in self.services.values()
-                if service.load_balancer is not None
-            ),
+            + sum(_servers_of(service) for service in self.services.values()),
             "certificates": len(self.certificates),
             "skipped": len(self.skipped),
         }
+
+
+def _servers_of(service: Service) -> int:
+    """The servers of ``service``: its load balancer's and its revisions'."""
+    balancer = service.load_balancer
+    own = len(balancer.servers) if balancer is not None else 0
+    return own + sum(len(revision.servers) for revision in service.revisions)
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ Must not: raise for any snapshot content, or echo a certificate or key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -100,6 +101,13 @@ class _Draft:
         self.filled: dict[_Key, _Owner] = {}
         self.warnings: list[Problem] = []
         self._taken = set(config.routers) | set(config.tcp_routers) | set(config.udp_routers)
+        #: DNS services added without servers because their provider has not answered yet.
+        self._unresolved: set[str] = set()
+        providers = config.providers
+        dns = providers.dns if providers is not None else None
+        #: The names ``providers.dns`` fills now (a restarted provider's old answer may
+        #: name one no longer listed: ignored).
+        self._dns_names = frozenset(dns.services) if dns is not None else frozenset()
 
     def warn(self, provider: str, key: _Key | None, message: str) -> None:
         path = format_path(key) if key is not None else ""
@@ -164,6 +172,8 @@ class _Draft:
     ) -> None:
         key = ("services", name)
         owner = _Owner(provider, snapshot.origins.get(key, f"service {name}"))
+        if provider == "dns" and name not in self._dns_names:
+            return
         if key in self.added or key in self.filled:
             self._hidden(owner, key, "service")
             return
@@ -178,6 +188,13 @@ class _Draft:
         self.services[name] = msgspec.structs.replace(static, load_balancer=filled)
         self.filled[key] = owner
 
+    def droppable(self) -> bool:
+        """Whether any provider object could still be dropped."""
+        return bool(self.filled) or any(
+            owner.provider != "dns" or key[0] != "services" or key[1] not in self._unresolved
+            for key, owner in self.added.items()
+        )
+
     def add_unresolved_dns(self) -> None:
         """A DNS service with no answer yet (the provider is starting) exists without servers:
         its routers answer 503, not 404, until the first answer."""
@@ -187,6 +204,7 @@ class _Draft:
             return
         for name in dns.services:
             if name not in self.services:
+                self._unresolved.add(name)
                 self.services[name] = Service(load_balancer=LoadBalancer())
                 self.added[("services", name)] = _Owner("dns", f"DNS {dns.services[name].hostname}")
 
@@ -261,8 +279,10 @@ class _Draft:
         )
         self.routers = dict(self.config.routers)
         self.services = dict(self.config.services)
+        self.entrypoints = dict(self.config.entrypoints)
         self.added.clear()
         self.filled.clear()
+        self.add_unresolved_dns()
         for provider in providers:
             self.warn(
                 provider,
@@ -307,12 +327,43 @@ def _repair(draft: _Draft, context: SemanticContext) -> Config:
                 if _located(problem.path, key):
                     culprits.setdefault(key, []).append(problem.message)
         if not culprits:
-            if not keys:  # the static config itself: not ours to judge (it was checked)
+            culprits = _indirect_culprits(draft, errors)
+        if not culprits:
+            if not draft.droppable():  # the static config itself: not ours to judge
                 return config
             draft.drop_all([f"{p.path}: {p.message}" if p.path else p.message for p in errors])
             continue
         for key, reasons in culprits.items():
             draft.drop(key, reasons)
+
+
+_NAMED: Final = re.compile(r'^(services|routers|tcp_routers|udp_routers)\["([^"]+)"\]')
+
+
+def _indirect_culprits(draft: _Draft, errors: Sequence[Problem]) -> dict[_Key, list[str]]:
+    """Provider objects behind errors located in static objects: a provider router (or a
+    filled service) whose service is a static service an error names, or the service of a
+    static router an error names (a discovered route onto a TCP service, say)."""
+    hit: dict[str, list[str]] = {}
+    for problem in errors:
+        found = _NAMED.match(problem.path)
+        if found is None:
+            continue
+        section, name = found.groups()
+        service = name
+        if section != "services":
+            router = getattr(draft.config, section).get(name)
+            service = router.service if router is not None else ""
+        hit.setdefault(service, []).append(f"{problem.path}: {problem.message}")
+    culprits: dict[_Key, list[str]] = {}
+    for key in draft.added:
+        section, name = key
+        if section == "routers" and draft.routers[name].service in hit:
+            culprits[key] = hit[draft.routers[name].service]
+    for key in draft.filled:
+        if key[1] in hit:
+            culprits[key] = hit[key[1]]
+    return culprits
 
 
 def _without_pending(config: Config) -> tuple[Config, tuple[str, ...]]:
@@ -326,6 +377,15 @@ def _without_pending(config: Config) -> tuple[Config, tuple[str, ...]]:
             routers[name] = router
         else:
             pending.append(f'router "{name}" → service "{router.service}"')
+    streams: dict[str, dict[str, object]] = {}
+    for section in ("tcp_routers", "udp_routers"):
+        kept: dict[str, object] = {}
+        for name, stream_router in getattr(config, section).items():
+            if stream_router.service in services:
+                kept[name] = stream_router
+            else:
+                pending.append(f'{section[:3]} router "{name}" → service "{stream_router.service}"')
+        streams[section] = kept
     kept_services = {}
     for name, service in services.items():
         if service.mirror is not None and service.mirror.service not in services:
@@ -343,7 +403,12 @@ def _without_pending(config: Config) -> tuple[Config, tuple[str, ...]]:
         if not key.startswith("routers/") or key.removeprefix("routers/") in routers
     }
     merged = msgspec.structs.replace(
-        config, routers=routers, services=kept_services, provider_sources=provenance
+        config,
+        routers=routers,
+        tcp_routers=streams["tcp_routers"],
+        udp_routers=streams["udp_routers"],
+        services=kept_services,
+        provider_sources=provenance,
     )
     return merged, tuple(pending)
 

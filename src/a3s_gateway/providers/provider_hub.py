@@ -25,6 +25,7 @@ config, or log a certificate's contents.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from a3s_gateway.config.schema_entrypoints import CertificatePair
-from a3s_gateway.providers.merge import DYNAMIC_KINDS, Merged, Source, merge
+from a3s_gateway.providers.merge import DYNAMIC_KINDS, Merged, Source, dynamic_kinds, merge
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -87,8 +88,10 @@ def default_factories() -> dict[str, Factory]:
 
 class CertificateFiles:
     """Provider certificates as files (module docstring): ``place`` writes a pair once (by the
-    hash of its contents), checks it loads, and returns the ``CertificatePair`` naming it, or
-    why it cannot be used; ``keep`` removes the files no longer used."""
+    hash of its contents; again when its file disappeared), checks it loads, and returns the
+    ``CertificatePair`` naming it, or why it cannot be used. ``keep`` is called once a
+    candidate is serving: it removes the files that neither it nor the generation before it
+    uses (a worker may still be loading those); a rejected candidate never removes any."""
 
     def __init__(self, directory: str | None = None) -> None:
         self._directory = directory
@@ -110,8 +113,14 @@ class CertificateFiles:
         digest = hashlib.sha256(pair.cert_pem + b"\0" + pair.key_pem).hexdigest()[:32]
         self._used.add(digest)
         found = self._placed.get(digest)
+        if isinstance(found, CertificatePair) and not (
+            os.path.exists(found.cert_file) and os.path.exists(found.key_file)
+        ):
+            found = None  # removed from outside (a /tmp cleaner): written again
         if found is None:
-            found = self._placed[digest] = self._write(digest, pair)
+            found = self._write(digest, pair)
+            if isinstance(found, CertificatePair) or not found.startswith("cannot write"):
+                self._placed[digest] = found  # (a full disk is retried next time)
         return found
 
     def _write(self, digest: str, pair: PemPair) -> CertificatePair | str:
@@ -131,14 +140,18 @@ class CertificateFiles:
         return CertificatePair(cert_file=cert_file, key_file=key_file)
 
     def keep(self) -> None:
-        """After a merge: forget and remove the pairs neither this merge nor the previous one
-        used (a worker may still be loading the previous generation's files)."""
+        """The last merge's candidate is serving: remove the pairs neither it nor the
+        generation before it uses."""
         keep = self._used | self._previous
         for digest in [digest for digest in self._placed if digest not in keep]:
             found = self._placed.pop(digest)
             if isinstance(found, CertificatePair):
                 _remove(found.cert_file, found.key_file)
         self._previous, self._used = self._used, set()
+
+    def discard(self) -> None:
+        """The last merge's candidate was not swapped in: forget what it used."""
+        self._used = set()
 
     def close(self) -> None:
         """Remove every file (and the directory when it is ours)."""
@@ -183,7 +196,9 @@ class ProviderHub:
 
     ``changed``: called (from trio) when a provider's snapshot changed or a provider stopped;
     the ``Reloader`` sets it to its debounced ``changed``. ``factories``: kind → builder (tests
-    pass fakes). ``certificates``: where provider certificates go.
+    pass fakes). ``certificates``: where provider certificates go. ``threaded``: merge reload
+    candidates in a worker thread (False: on the loop, for tests under the autojump clock,
+    which would jump past their deadlines while a thread works).
     """
 
     def __init__(
@@ -191,10 +206,12 @@ class ProviderHub:
         *,
         factories: Mapping[str, Factory] | None = None,
         certificates: CertificateFiles | None = None,
+        threaded: bool = True,
     ) -> None:
         self.changed: Callable[[], None] = _nothing
         self._factories = dict(factories) if factories is not None else default_factories()
         self._certificates = certificates if certificates is not None else CertificateFiles()
+        self._threaded = threaded
         self._running: dict[str, _Running] = {}
         #: (changes, errors) of providers stopped by ``apply``, so the totals never go back.
         self._carried: dict[str, tuple[int, int]] = {}
@@ -259,12 +276,14 @@ class ProviderHub:
         def publish(snapshot: Snapshot, /) -> None:
             if self._running.get(running.kind) is not running or snapshot == running.snapshot:
                 return
+            before = running.snapshot.skipped if running.snapshot is not None else ()
             running.snapshot = snapshot
             status = running.provider.status
             status.changes += 1
             status.last_change = time.time()
             for message in snapshot.skipped:
-                log.warning("provider %s: %s", running.kind, message)
+                if message not in before:  # each once, not at every change of the others
+                    log.warning("provider %s: %s", running.kind, message)
             self.changed()
 
         return publish
@@ -272,22 +291,53 @@ class ProviderHub:
     # -- the reload path -----------------------------------------------------------------
 
     def merge(self, config: Config, *, workers: int = 1, default_file: str = "") -> Merged:
-        """``config`` with every provider's latest snapshot merged in (``merge.merge``)."""
-        sources = [
+        """``config`` with every provider's latest snapshot merged in (``merge.merge``), taken
+        as serving (the first generation, before the gateway starts)."""
+        merged = self._merge(config, self._sources(), workers=workers, default_file=default_file)
+        self.committed(merged)
+        return merged
+
+    async def merge_candidate(
+        self, config: Config, *, workers: int = 1, default_file: str = ""
+    ) -> Merged:
+        """``merge`` for a reload candidate, in a worker thread (the checks of a large merged
+        config take a noticeable time; the snapshots are read here, in trio). Call
+        ``committed`` once it serves, ``rejected`` otherwise."""
+        sources = self._sources()
+        work = functools.partial(
+            self._merge, config, sources, workers=workers, default_file=default_file
+        )
+        if not dynamic_kinds(config) or not self._threaded:
+            return work()  # (without a dynamic provider: returned as it is, no check)
+        return await trio.to_thread.run_sync(work)
+
+    def _sources(self) -> list[Source]:
+        return [
             Source(kind, running.snapshot)
             for kind in DYNAMIC_KINDS
             if (running := self._running.get(kind)) is not None and running.snapshot is not None
         ]
-        merged = merge(
+
+    def _merge(
+        self, config: Config, sources: list[Source], *, workers: int, default_file: str
+    ) -> Merged:
+        return merge(
             config,
             sources,
             place=self._certificates.place,
             workers=workers,
             default_file=default_file,
         )
-        self._certificates.keep()
+
+    def committed(self, merged: Merged) -> None:
+        """``merged`` serves now (swapped in, or equal to what serves): the API and metrics
+        describe it, and certificate files no longer used go."""
         self.last = merged
-        return merged
+        self._certificates.keep()
+
+    def rejected(self) -> None:
+        """The last candidate was refused: the serving generation's files all stay."""
+        self._certificates.discard()
 
     # -- what the API and the metrics show ------------------------------------------------
 
