@@ -1,23 +1,31 @@
 """The DNS provider (SPEC §10.4) with a scripted resolver under trio's autojump clock: the
 schedule (TTL, the 1 s floor, the ``refresh_interval_secs`` ceiling, the failure backoff), what
 a snapshot holds for A, AAAA, A+AAAA and SRV answers, and how timeouts, SERVFAIL, NXDOMAIN and
-NODATA change the servers, the status and the log. ``test_dns_knot.py`` runs the same provider
-against a real knotd; ``tests/property/test_dns_schedule_properties.py`` checks ``next_delay``.
+NODATA change the servers, the status and the log. Partial failures: an ``A+AAAA`` entry whose
+one family fails while the other answers (also with dnspython against an in-process nameserver
+that never answers AAAA, on the real clock), SRV targets looked up concurrently (at most
+``TARGET_LOOKUPS`` at once) where a failing target keeps its last known addresses, and a
+``resolv.conf`` dnspython cannot use. ``test_dns_knot.py`` runs the same provider against a real
+knotd; ``tests/property/test_dns_schedule_properties.py`` checks ``next_delay``.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import dns.message
+import dns.rdatatype
+import dns.rrset
 import pytest
 import trio
 import trio.testing
 
 from a3s_gateway.config.schema import DnsProvider, DnsService
-from a3s_gateway.providers.dns import DnsDiscovery
+from a3s_gateway.providers.dns import TARGET_LOOKUPS, DnsDiscovery
 from a3s_gateway.providers.dns_resolver import (
     DnspythonResolver,
     LookupFailed,
@@ -35,15 +43,26 @@ Scripted = Records | NoRecords | LookupFailed | None
 
 class ScriptedResolver:
     """Answers from ``answers`` (keyed by name and kind; an unknown key is NXDOMAIN, ``None``
-    hangs until cancelled) and records when each question was asked."""
+    hangs until cancelled) after ``delay`` seconds, records when each question was asked, and
+    the most questions it had in flight at once (``peak``)."""
 
-    def __init__(self, answers: Mapping[tuple[str, RecordKind], Scripted] | None = None) -> None:
+    def __init__(
+        self, answers: Mapping[tuple[str, RecordKind], Scripted] | None = None, delay: float = 0.0
+    ) -> None:
         self.answers: dict[tuple[str, RecordKind], Scripted] = dict(answers or {})
         self.asked: list[tuple[float, str, RecordKind]] = []
+        self.delay = delay
+        self.in_flight = 0
+        self.peak = 0
 
     async def query(self, name: str, kind: RecordKind, /) -> Records:
         self.asked.append((trio.current_time(), name, kind))
-        await trio.lowlevel.checkpoint()
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await trio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         answer = self.answers.get((name, kind), NoRecords("NXDOMAIN"))
         if answer is None:
             await trio.sleep_forever()
@@ -474,7 +493,9 @@ async def test_a_failed_srv_target_lookup_keeps_the_last_good_set(
         await settle_at(5.0)
         assert published.urls("x") == ["http://10.0.0.1:80"]
         assert state(provider) == "error"
-        assert provider.status.last_error == 'service "x" (_x._tcp.test.): timed out after 5 s'
+        # its only target failed: the attempt failed as a whole
+        message = 'service "x" (_x._tcp.test.): SRV target t.test.: timed out after 5 s'
+        assert provider.status.last_error == message
         nursery.cancel_scope.cancel()
 
 
@@ -576,3 +597,291 @@ async def test_without_nameservers_a_missing_resolv_conf_fails_each_query(
     (tmp_path / "resolv.conf").write_text("# no nameserver line\n")
     with pytest.raises(LookupFailed, match="no resolver configuration"):
         await resolver.query("api.test.", "A")
+
+
+# ----------------------------------------------------------------------------- partial failures
+
+TIMED_OUT = LookupFailed("timed out after 5 s")
+BOTH = DnsService(hostname="api.test.", port=8080)  # A+AAAA
+
+
+# ----------------------------------------------------------------------------- A+AAAA
+
+
+@pytest.mark.parametrize("failing", ["A", "AAAA"])
+async def test_a_plus_aaaa_uses_the_family_that_answered_when_the_other_fails(
+    autojump_clock: trio.testing.MockClock, failing: RecordKind
+) -> None:
+    answers: dict[tuple[str, RecordKind], Scripted] = {
+        ("api.test.", "A"): a_records(20, "10.0.0.1"),
+        ("api.test.", "AAAA"): a_records(30, "2001:db8::1"),
+    }
+    answers[("api.test.", failing)] = TIMED_OUT
+    resolver = ScriptedResolver(answers, delay=0.2)
+    provider = DnsDiscovery(settings(api=BOTH), resolver=resolver)
+    published = Published()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.run, published)
+        await settle_at(0.5)
+        expected = "http://[2001:db8::1]:8080" if failing == "A" else "http://10.0.0.1:8080"
+        assert published.urls("api") == [expected]
+        # the failed family counts as missing: no error, and the TTL of what answered
+        assert state(provider) == "ok"
+        assert details(provider, "api")["last_error"] is None
+        assert details(provider, "api")["ttl"] == (30 if failing == "A" else 20)
+        # both families were asked at once
+        assert resolver.times("api.test.", "A") == resolver.times("api.test.", "AAAA") == [0.0]
+        assert resolver.peak == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_plus_aaaa_without_addresses_and_a_failed_family_keeps_the_last_set(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    resolver = ScriptedResolver(
+        {
+            ("api.test.", "A"): a_records(2, "10.0.0.1"),
+            ("api.test.", "AAAA"): NoRecords("NODATA", 2),
+        }
+    )
+    provider = DnsDiscovery(settings(api=BOTH), resolver=resolver)
+    published = Published()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.run, published)
+        await settle_at(0.5)
+        # A now fails and AAAA still has nothing: the failure could hide addresses, so the
+        # last good set stays (it is not emptied as for NODATA)
+        resolver.answers[("api.test.", "A")] = TIMED_OUT
+        await settle_at(3.5)
+        assert published.urls("api") == ["http://10.0.0.1:8080"]
+        assert state(provider) == "error"
+        assert provider.status.last_error == 'service "api" (api.test.): timed out after 5 s'
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def nameserver_ignoring_aaaa() -> AsyncIterator[tuple[str, int]]:
+    """A UDP nameserver on loopback answering every A question with 10.1.2.3 (TTL 60) and never
+    answering an AAAA one; stopped at the end."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+
+    async def serve() -> None:
+        while True:
+            data, peer = await sock.recvfrom(4096)
+            query = dns.message.from_wire(data)
+            question = query.question[0]
+            if question.rdtype != dns.rdatatype.A:
+                continue
+            response = dns.message.make_response(query)
+            response.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", "10.1.2.3"))
+            await sock.sendto(response.to_wire(), peer)
+
+    with sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            yield "127.0.0.1", sock.getsockname()[1]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_plus_aaaa_with_a_nameserver_that_never_answers_aaaa() -> None:
+    # dnspython for real: the AAAA query times out after query_timeout, the A answer is used.
+    async with nameserver_ignoring_aaaa() as (host, port):
+        resolver = DnspythonResolver([(host, port)], query_timeout=0.5)
+        provider = DnsDiscovery(settings(api=BOTH), resolver=resolver)
+        published = Published()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(provider.run, published)
+            with trio.fail_after(5):
+                while not published.snapshots:  # noqa: ASYNC110 -- waiting on real sockets
+                    await trio.sleep(0.05)
+            assert published.urls("api") == ["http://10.1.2.3:8080"]
+            assert state(provider) == "ok"
+            assert details(provider, "api")["ttl"] == 60
+            nursery.cancel_scope.cancel()
+
+
+# ----------------------------------------------------------------------------- SRV targets
+
+
+def srv_answer(ttl: int, *targets: str) -> Records:
+    return Records(
+        ttl=ttl, srv=tuple(SrvRecord(priority=0, weight=1, port=80, target=t) for t in targets)
+    )
+
+
+async def test_srv_targets_are_looked_up_concurrently_within_the_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    names = [f"t{index:02}.test." for index in range(40)]
+    answers: dict[tuple[str, RecordKind], Scripted] = {
+        ("_x._tcp.test.", "SRV"): srv_answer(60, *names)
+    }
+    for index, name in enumerate(names):
+        answers[(name, "A")] = a_records(60, f"10.0.1.{index}")
+        answers[(name, "AAAA")] = NoRecords("NODATA", 60)
+    resolver = ScriptedResolver(answers, delay=1.0)
+    entry = DnsService(hostname="_x._tcp.test.", record_type="SRV")
+    provider = DnsDiscovery(settings(x=entry), resolver=resolver)
+    published = Published()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.run, published)
+        # one second for the SRV query, then 40 targets 16 at once: three rounds of one second
+        await settle_at(3.9)
+        assert published.snapshots == []
+        await settle_at(4.0)
+        assert len(published.urls("x")) == 40
+        assert resolver.peak == 2 * TARGET_LOOKUPS  # each target's A and AAAA together
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_srv_target_keeps_its_last_addresses_while_the_others_update(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    resolver = ScriptedResolver(
+        {
+            ("_x._tcp.test.", "SRV"): srv_answer(30, "a.test.", "b.test.", "c.test."),
+            ("a.test.", "A"): a_records(30, "10.0.0.1"),
+            ("b.test.", "A"): a_records(30, "10.0.0.2"),
+            ("c.test.", "A"): a_records(30, "10.0.0.3"),
+        }
+    )
+    for name in ("a.test.", "b.test.", "c.test."):
+        resolver.answers[(name, "AAAA")] = NoRecords("NODATA", 30)
+    entry = DnsService(hostname="_x._tcp.test.", record_type="SRV")
+    provider = DnsDiscovery(settings(30, x=entry), resolver=resolver)
+    published = Published()
+    with caplog.at_level(logging.INFO, logger="a3s_gateway.providers.dns"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(provider.run, published)
+            await settle_at(0.5)
+            resolver.answers[("b.test.", "A")] = TIMED_OUT
+            resolver.answers[("a.test.", "A")] = a_records(30, "10.0.0.11")
+            await settle_at(30.5)
+            # a's new address is used; b failed and keeps 10.0.0.2
+            assert published.urls("x") == [
+                "http://10.0.0.11:80",
+                "http://10.0.0.2:80",
+                "http://10.0.0.3:80",
+            ]
+            problem = "SRV target b.test.: timed out after 5 s"
+            assert details(provider, "x")["last_error"] == problem
+            assert state(provider) == "error"
+            assert provider.status.last_error == f'service "x" (_x._tcp.test.): {problem}'
+            # the failed target is retried on the failure backoff, not after the 30 s TTL
+            await settle_at(34.5)
+            assert gaps(resolver.times("b.test.", "A")) == [30, 1, 2]
+            resolver.answers[("b.test.", "A")] = a_records(30, "10.0.0.22")
+            await settle_at(38.5)
+            assert "http://10.0.0.22:80" in published.urls("x")
+            assert state(provider) == "ok"
+            assert details(provider, "x")["last_error"] is None
+            nursery.cancel_scope.cancel()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            'dns: service "x" (_x._tcp.test.): SRV target b.test.: timed out after 5 s; those '
+            "targets keep their last known addresses (3 servers)",
+        ),
+        ("INFO", 'dns: service "x" (_x._tcp.test.) resolves again: 3 servers'),
+    ]
+
+
+async def test_a_new_srv_target_that_fails_gives_nothing_until_it_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    resolver = ScriptedResolver(
+        {
+            ("_x._tcp.test.", "SRV"): srv_answer(2, "a.test.", "new.test."),
+            ("a.test.", "A"): a_records(2, "10.0.0.1"),
+            ("a.test.", "AAAA"): NoRecords("NODATA", 2),
+            ("new.test.", "A"): TIMED_OUT,
+            ("new.test.", "AAAA"): TIMED_OUT,
+        }
+    )
+    entry = DnsService(hostname="_x._tcp.test.", record_type="SRV")
+    provider = DnsDiscovery(settings(x=entry), resolver=resolver)
+    published = Published()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.run, published)
+        await settle_at(0.5)
+        assert published.last.servers["x"] == (build_server("http://10.0.0.1:80"),)
+        assert details(provider, "x")["last_error"] == "SRV target new.test.: timed out after 5 s"
+        nursery.cancel_scope.cancel()
+
+
+async def test_every_srv_target_failing_fails_the_attempt_and_keeps_the_last_set(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    resolver = ScriptedResolver(
+        {
+            ("_x._tcp.test.", "SRV"): srv_answer(2, "a.test.", "b.test.", "c.test."),
+            ("a.test.", "A"): a_records(2, "10.0.0.1"),
+            ("b.test.", "A"): a_records(2, "10.0.0.2"),
+            ("c.test.", "A"): NoRecords("NODATA", 2),  # no addresses, and no failure
+        }
+    )
+    for name in ("a.test.", "b.test.", "c.test."):
+        resolver.answers[(name, "AAAA")] = NoRecords("NODATA", 2)
+    entry = DnsService(hostname="_x._tcp.test.", record_type="SRV")
+    provider = DnsDiscovery(settings(x=entry), resolver=resolver)
+    published = Published()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.run, published)
+        await settle_at(0.5)
+        for name in ("a.test.", "b.test.", "c.test."):
+            resolver.answers[(name, "A")] = TIMED_OUT
+            resolver.answers[(name, "AAAA")] = TIMED_OUT
+        await settle_at(2.5)
+        assert published.urls("x") == ["http://10.0.0.1:80", "http://10.0.0.2:80"]
+        problem = "3 of 3 SRV targets failed (a.test.: timed out after 5 s; …)"
+        assert provider.status.last_error == f'service "x" (_x._tcp.test.): {problem}'
+        assert details(provider, "x")["ttl"] == 2  # of the last answer
+        nursery.cancel_scope.cancel()
+
+
+# ----------------------------------------------------------------------------- resolv.conf
+
+
+def last_error(provider: DnsDiscovery) -> str | None:
+    return provider.status.last_error
+
+
+LONG_LABEL = "x" * 70
+BROKEN_CONFIGURATIONS = [
+    ("nameserver bogus\n", "nameserver bogus is not"),
+    ("nameserver 10.0.0.1:53\n", "nameserver 10.0.0.1:53 is not"),
+    (f"nameserver 127.0.0.1\nsearch {LONG_LABEL}.example\n", "label is > 63 octets"),
+]
+
+
+@pytest.mark.parametrize(("text", "why"), BROKEN_CONFIGURATIONS)
+async def test_an_unusable_resolv_conf_fails_each_query_with_its_reason(
+    tmp_path: Path, text: str, why: str
+) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(text)
+    resolver = DnspythonResolver(resolv_conf=str(conf))
+    with pytest.raises(LookupFailed) as caught:
+        await resolver.query("api.test.", "A")
+    assert str(caught.value).startswith(f"invalid resolver configuration ({conf}): ")
+    assert why in str(caught.value)
+
+
+async def test_the_provider_reports_an_unusable_resolv_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver bogus\n")
+    resolver = DnspythonResolver(resolv_conf=str(conf))
+    provider = DnsDiscovery(settings(api=BOTH), resolver=resolver)
+    published = Published()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.run, published)
+        with trio.fail_after(5):
+            while (message := last_error(provider)) is None:  # noqa: ASYNC110 -- a worker thread
+                await trio.sleep(0.01)
+        assert message.startswith(
+            f'service "api" (api.test.): invalid resolver configuration ({conf}): nameserver bogus'
+        )
+        assert "unusable answer" not in message
+        assert published.urls("api") == []
+        nursery.cancel_scope.cancel()

@@ -1,7 +1,8 @@
 """The dialer with host names (SPEC §5.7 "DNS"): ``http://localhost:<port>`` connects, a name that
-does not resolve is a connect error saying why, a name's addresses are tried in turn (the next
-at once when one fails, after ``ATTEMPT_DELAY`` when one hangs), and IP literals skip the
-resolver. Real sockets on loopback; the resolver's own tests: tests/upstream/test_resolve.py."""
+does not resolve (or cannot be looked up: an unusable ``resolv.conf``) is a connect error saying
+why, a name's addresses are tried in turn (the next at once when one fails, after
+``ATTEMPT_DELAY`` when one hangs), and IP literals skip the resolver. Real sockets on loopback;
+the resolver's own tests: tests/upstream/test_resolve.py and test_resolve_families.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from a3s_gateway.upstream import dialer
 from a3s_gateway.upstream.connect_errors import ConnectFailed
 from a3s_gateway.upstream.dialer import ATTEMPT_DELAY, connect_in_turn, dial, open_tcp
 from a3s_gateway.upstream.peer import Peer
-from a3s_gateway.upstream.resolve import DnsAnswer, ResolveError, Resolver
+from a3s_gateway.upstream.resolve import DnsAnswer, ResolveError, Resolver, SystemDns
 
 
 async def never_asked(name: str) -> DnsAnswer:
@@ -109,6 +110,28 @@ async def test_open_tcp_takes_names_and_literals(tmp_path: Path) -> None:
         port = listener.socket.getsockname()[1]
         for host in ("api.test", "127.0.0.1"):
             await echo_once(await open_tcp(host, port, resolver), listener)
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        "nameserver 127.0.0.1\nnameserver bogus-entry\n",
+        "nameserver 10.0.0.1:53\n",
+        f"nameserver 127.0.0.1\nsearch {'x' * 70}.example\n",
+    ],
+)
+async def test_unusable_resolv_conf_is_a_connect_error(tmp_path: Path, conf: str) -> None:
+    # Not a ValueError out of dial or open_tcp: the probes and the exchange catch ConnectFailed.
+    (tmp_path / "resolv.conf").write_text(conf)
+    resolver = Resolver(
+        SystemDns(resolv_conf=str(tmp_path / "resolv.conf")), hosts=hosts_file(tmp_path, "")
+    )
+    with pytest.raises(ConnectFailed) as caught:
+        await dial(Peer("http", "api.internal", 80), resolver=resolver)
+    assert caught.value.reason == "resolve"
+    assert caught.value.detail.startswith('cannot resolve "api.internal": unusable ')
+    with pytest.raises(ConnectFailed, match="unusable"):
+        await open_tcp("api.internal", 80, resolver)
 
 
 class HangingSocket:

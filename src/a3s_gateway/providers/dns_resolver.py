@@ -7,9 +7,12 @@ resolver asked for the trio backend by name (``dns.asyncbackend.get_backend("tri
 query: left to itself dnspython sniffs the running library with ``sniffio`` once and keeps the
 result as a process-wide default, which another caller (an asyncio thread) could have set.
 Nameservers come from ``providers.dns.nameservers`` (``ip``, ``ip:port``, ``[v6]:port``;
-``parse_nameserver``) or else from ``/etc/resolv.conf`` (read once, off the event loop; its
-search list applies to names without a trailing dot, as for the system resolver). No cache:
-every query goes to the nameservers.
+``parse_nameserver``) or else from ``/etc/resolv.conf`` (read off the event loop until it could
+be used, then kept; its search list applies to names without a trailing dot, as for the system
+resolver). A file dnspython cannot use (a ``nameserver`` that is not an IP address, an
+over-long ``search`` label) fails every query with ``LookupFailed("invalid resolver
+configuration (<path>): <why>")``; a missing file, or one naming no server, with ``no resolver
+configuration (<path>): <why>``. No cache: every query goes to the nameservers.
 
 What an answer becomes: a positive answer is ``Records`` with the shortest TTL of the answer
 (CNAME chain included) and, for SRV, the addresses the server added for the targets (the
@@ -202,8 +205,12 @@ class DnspythonResolver:
             if self._resolver is None:
                 try:
                     self._resolver = await trio.to_thread.run_sync(self._build)
-                except (dns.exception.DNSException, OSError) as error:
+                except (dns.resolver.NoResolverConfiguration, OSError) as error:
                     message = f"no resolver configuration ({self._resolv_conf}): {error}"
+                    raise LookupFailed(message) from None
+                except (dns.exception.DNSException, ValueError) as error:
+                    why = str(error) or type(error).__name__
+                    message = f"invalid resolver configuration ({self._resolv_conf}): {why}"
                     raise LookupFailed(message) from None
             return self._resolver
 

@@ -15,30 +15,38 @@ Sources, in this order (the C library's ``hosts: files dns``):
 - DNS (``SystemDns``): dnspython's async resolver on its trio backend, configured from
   ``/etc/resolv.conf`` (name servers, ``search``, ``ndots``, ``timeout``; the file is re-read in
   a worker thread when its stamp changes) and applying the search list as the C library does.
-  The AAAA and A queries run at once; the addresses are interleaved, IPv6 first (RFC 8305 §4:
-  v6, v4, v6, v4, …, each family in the server's order), so with the dialer's staggered attempts
-  a host whose IPv6 is broken costs one attempt delay, not the connect timeout.
+  The AAAA and A queries run at once (``both_families``); once one of them has addresses, the
+  other gets ``RESOLUTION_DELAY`` (50 ms, RFC 8305 §3) more and is then cancelled and counts as
+  missing, so a server that never answers AAAA (or A) costs 50 ms, not ``LOOKUP_LIMIT``. The
+  addresses are interleaved, IPv6 first (RFC 8305 §4: v6, v4, v6, v4, …, each family in the
+  server's order), so with the dialer's staggered attempts a host whose IPv6 is broken costs one
+  attempt delay, not the connect timeout. A ``resolv.conf`` dnspython cannot use (a name server
+  that is not an IP address, an over-long ``search`` label) fails the lookups that need it with
+  the reason (remembered until the file changes), as does any error of dnspython during a query:
+  nothing but ``ResolveError`` leaves ``SystemDns``.
 
 Cache (DNS answers only; ``/etc/hosts`` is its own table): an answer is kept for the smallest TTL
-of its records, clamped to [``MIN_TTL``, ``MAX_TTL``] = [1 s, 300 s]; a failure (NXDOMAIN, no A
-or AAAA records, no server answering, a timeout) for ``NEGATIVE_TTL`` = 1 s, so a burst of
-connects to a dead name asks once, and a fixed name is found a second later. At most
-``MAX_NAMES`` names, the one stored longest ago evicted first. Concurrent lookups of one name
-share one query: the first runs it, the others wait on its ``trio.Event``; when the one running
-it is cancelled (its own connect deadline), a waiter runs it again. Expiry times are on trio's
-clock, so the cache and the in-flight table belong to one trio run (a ``RunVar``: one run per
-process in the gateway; each test its own).
+of its records (of the families that have addresses), clamped to [``MIN_TTL``, ``MAX_TTL``] =
+[1 s, 300 s]; a failure (NXDOMAIN, no A or AAAA records, no server answering, a timeout, an
+unusable ``resolv.conf``) for ``NEGATIVE_TTL`` = 1 s, so a burst of connects to a dead name asks
+once, and a fixed name is found a second later. At most ``MAX_NAMES`` names, the one stored
+longest ago evicted first. Concurrent lookups of one name share one query: the first runs it,
+the others wait on its ``trio.Event``; when the one running it is cancelled (its own connect
+deadline), a waiter runs it again. Expiry times are on trio's clock, so the cache and the
+in-flight table belong to one trio run (a ``RunVar``: one run per process in the gateway; each
+test its own).
 
 A failure is ``ConnectFailed("resolve", 'cannot resolve "<host>": <why>')``, e.g.
 ``cannot resolve "api.internal": no such host``: the reason word a failed ``getaddrinfo`` got
 before, so the exchange, the probes, the TCP proxy and the outbound caller treat it as any other
 connect failure (an attempt that failed, retried on the next backend, 502 in the end).
 
-Nurseries: ``SystemDns`` opens one per query, local to the call (its AAAA and A queries).
+Nurseries: ``both_families`` opens one per lookup, local to the call (its AAAA and A queries).
 Deadlines: a lookup is bounded by ``LOOKUP_LIMIT`` (5 s, trio's clock; it then fails as
-"timed out") and, like the whole dial, by its caller's connect deadline. dnspython's own lifetime
-is set beyond ``LOOKUP_LIMIT``, so ours decides (dnspython measures that one on the wall clock;
-its per-server timeouts are trio scopes).
+"timed out") and, like the whole dial, by its caller's connect deadline; the slower family by
+``RESOLUTION_DELAY`` once the other has addresses. dnspython's own lifetime is set beyond
+``LOOKUP_LIMIT``, so ours decides (dnspython measures that one on the wall clock; its
+per-server timeouts are trio scopes).
 
 Must not: connect, log (the callers log the failure), block the event loop on more than a
 ``stat`` and the read of ``/etc/hosts`` (a small file), read the wall clock, or keep a failure
@@ -47,10 +55,11 @@ longer than ``NEGATIVE_TTL``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -72,14 +81,17 @@ __all__ = [
     "MAX_TTL",
     "MIN_TTL",
     "NEGATIVE_TTL",
+    "RESOLUTION_DELAY",
     "RESOLVER",
     "RESOLV_CONF",
     "DnsAnswer",
+    "FamilyQuery",
     "HostsFile",
     "Query",
     "ResolveError",
     "Resolver",
     "SystemDns",
+    "both_families",
     "describe",
     "interleave",
     "is_ip_literal",
@@ -98,6 +110,8 @@ NEGATIVE_TTL: Final = 1.0
 MAX_NAMES: Final = 4096
 #: The bound of one lookup (both families), seconds of trio's clock.
 LOOKUP_LIMIT: Final = 5.0
+#: Once one family has addresses, how long the other may still take (RFC 8305 §3).
+RESOLUTION_DELAY: Final = 0.05
 #: ``localhost`` when ``/etc/hosts`` does not name it.
 LOOPBACK: Final = ("127.0.0.1", "::1")
 
@@ -108,8 +122,8 @@ _FAMILIES: Final = (dns.rdatatype.AAAA, dns.rdatatype.A)
 
 @dataclass(frozen=True, slots=True)
 class DnsAnswer:
-    """What one DNS lookup found: addresses in the order to try them (not empty) and the TTL
-    of the records in seconds, before clamping."""
+    """What one DNS lookup found: addresses in the order to try them and the TTL of the records
+    in seconds, before clamping (not used when ``addresses`` is empty: no such records)."""
 
     addresses: tuple[str, ...]
     ttl: float
@@ -126,6 +140,10 @@ class ResolveError(Exception):
 #: One DNS lookup (``SystemDns``, or a test's stand-in): a name → its addresses and TTL; raises
 #: ``ResolveError``. The ``Resolver`` bounds it in time and caches what it says.
 Query: TypeAlias = Callable[[str], Awaitable[DnsAnswer]]
+#: One family of one name (``SystemDns``'s query of one type, or a test's stand-in): the name and
+#: ``dns.rdatatype.AAAA`` or ``A`` → that family's addresses (none: no records of the type) and
+#: TTL; raises ``ResolveError``.
+FamilyQuery: TypeAlias = Callable[[str, dns.rdatatype.RdataType], Awaitable[DnsAnswer]]
 
 
 def is_ip_literal(host: str) -> bool:
@@ -209,7 +227,7 @@ class SystemDns:
     module docstring). ``nameservers`` (``(ip, port)`` pairs) replace ``resolv_conf``'s servers
     (a test's own DNS server); the search list then is empty."""
 
-    __slots__ = ("_backend", "_nameservers", "_path", "_resolver", "_stamp")
+    __slots__ = ("_backend", "_broken", "_nameservers", "_path", "_resolver", "_stamp")
 
     def __init__(
         self, *, resolv_conf: str = RESOLV_CONF, nameservers: Sequence[tuple[str, int]] = ()
@@ -218,50 +236,58 @@ class SystemDns:
         self._nameservers = tuple(nameservers)
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._stamp: _Stamp = None
+        #: The stamp of a ``resolv_conf`` that could not be used, and why.
+        self._broken: tuple[_Stamp, str] | None = None
         self._backend = dns.asyncbackend.get_backend("trio")
 
     async def __call__(self, name: str) -> DnsAnswer:
         """The addresses of ``name``, IPv6 and IPv4 interleaved; a checkpoint. Raises
         ``ResolveError``."""
         resolver = await self._configured()
-        results: dict[dns.rdatatype.RdataType, dns.resolver.Answer | dns.exception.DNSException]
-        results = {}
-        async with trio.open_nursery() as nursery:
-            for rdtype in _FAMILIES:
-                nursery.start_soon(self._ask, resolver, name, rdtype, results)
-        return _combine(results)
+        return await both_families(name, functools.partial(self._ask, resolver))
 
     async def _ask(
-        self,
-        resolver: dns.asyncresolver.Resolver,
-        name: str,
-        rdtype: dns.rdatatype.RdataType,
-        results: dict[dns.rdatatype.RdataType, dns.resolver.Answer | dns.exception.DNSException],
-    ) -> None:
+        self, resolver: dns.asyncresolver.Resolver, name: str, rdtype: dns.rdatatype.RdataType
+    ) -> DnsAnswer:
+        """One family of ``name`` (a ``FamilyQuery``). Raises ``ResolveError``, whatever went
+        wrong in dnspython."""
         try:
-            results[rdtype] = await resolver.resolve(
+            answer = await resolver.resolve(
                 name, rdtype, search=True, raise_on_no_answer=False, backend=self._backend
             )
-        except dns.exception.DNSException as error:
-            results[rdtype] = error
+        except (dns.exception.DNSException, ValueError, OSError) as error:
+            raise ResolveError(_why(error)) from None
+        rrset = answer.rrset
+        if rrset is None:
+            return DnsAnswer((), 0.0)
+        return DnsAnswer(tuple(rdata.to_text() for rdata in rrset), float(rrset.ttl))
 
     async def _configured(self) -> dns.asyncresolver.Resolver:
         """The resolver, (re)built when ``resolv_conf`` changed: the file is read in a worker
-        thread. Raises ``ResolveError`` when it names no server."""
+        thread. Raises ``ResolveError`` when it names no server or cannot be used (remembered
+        until the file changes)."""
         if self._nameservers:
             if self._resolver is None:
                 self._resolver = _fixed_resolver(self._nameservers)
             return self._resolver
         stamp = _stamp(self._path)
-        if self._resolver is None or stamp != self._stamp:
-            try:
-                resolver = await trio.to_thread.run_sync(
-                    _configured_resolver, self._path, abandon_on_cancel=True
-                )
-            except dns.resolver.NoResolverConfiguration as error:
-                raise ResolveError(f"no name servers configured in {self._path}") from error
-            self._resolver, self._stamp = resolver, stamp
-        return self._resolver
+        if self._resolver is not None and stamp == self._stamp:
+            return self._resolver
+        if self._broken is not None and self._broken[0] == stamp:
+            raise ResolveError(self._broken[1])
+        try:
+            resolver = await trio.to_thread.run_sync(
+                _configured_resolver, self._path, abandon_on_cancel=True
+            )
+        except dns.resolver.NoResolverConfiguration:
+            why = f"no name servers configured in {self._path}"
+        except (dns.exception.DNSException, ValueError, OSError) as error:
+            why = f"unusable {self._path} ({_why(error)})"
+        else:
+            self._resolver, self._stamp, self._broken = resolver, stamp, None
+            return resolver
+        self._broken = (stamp, why)
+        raise ResolveError(why)
 
 
 def _configured_resolver(path: str) -> dns.asyncresolver.Resolver:
@@ -277,27 +303,56 @@ def _fixed_resolver(nameservers: Sequence[tuple[str, int]]) -> dns.asyncresolver
     return resolver
 
 
-def _combine(
-    results: dict[dns.rdatatype.RdataType, dns.resolver.Answer | dns.exception.DNSException],
-) -> DnsAnswer:
-    """One answer from the AAAA and A results: the addresses of both, the smaller TTL; a family
-    that failed counts only when the other found nothing either."""
-    families: list[list[str]] = []
+async def both_families(name: str, ask: FamilyQuery) -> DnsAnswer:
+    """AAAA and A of ``name`` at once through ``ask``, combined (IPv6 first, interleaved; the
+    smaller TTL of the families that have addresses). Once one family has addresses the other
+    gets ``RESOLUTION_DELAY`` more; then it is cancelled and counts as missing. Raises
+    ``ResolveError`` when neither has an address (with the first failure's reason, if any)."""
+    results: dict[dns.rdatatype.RdataType, DnsAnswer | ResolveError] = {}
+    async with trio.open_nursery() as nursery:
+        for rdtype in _FAMILIES:
+            nursery.start_soon(_ask_family, ask, name, rdtype, results, nursery.cancel_scope)
+    return _combine(results)
+
+
+async def _ask_family(
+    ask: FamilyQuery,
+    name: str,
+    rdtype: dns.rdatatype.RdataType,
+    results: dict[dns.rdatatype.RdataType, DnsAnswer | ResolveError],
+    lookup: trio.CancelScope,
+) -> None:
+    """One family into ``results``; the first to find addresses while the other is still out
+    gives that one ``RESOLUTION_DELAY`` (the deadline of the ``lookup`` scope)."""
+    try:
+        answer = await ask(name, rdtype)
+    except ResolveError as error:
+        results[rdtype] = error
+        return
+    results[rdtype] = answer
+    if answer.addresses and len(results) < len(_FAMILIES):
+        lookup.deadline = min(lookup.deadline, trio.current_time() + RESOLUTION_DELAY)
+
+
+def _combine(results: Mapping[dns.rdatatype.RdataType, DnsAnswer | ResolveError]) -> DnsAnswer:
+    """One answer from the AAAA and A results (a family absent from ``results`` was cancelled):
+    the addresses of both, the smaller TTL; a family that failed counts only when the other
+    found nothing either."""
+    families: list[tuple[str, ...]] = []
     ttls: list[float] = []
-    failure: dns.exception.DNSException | None = None
+    failure: ResolveError | None = None
     for rdtype in _FAMILIES:
-        result = results[rdtype]
-        if isinstance(result, dns.exception.DNSException):
+        result = results.get(rdtype)
+        if isinstance(result, ResolveError):
             failure = failure or result
-            families.append([])
-        elif result.rrset is None:
-            families.append([])
-        else:
-            families.append([rdata.to_text() for rdata in result.rrset])
-            ttls.append(result.rrset.ttl)
+        elif result is not None and result.addresses:
+            families.append(result.addresses)
+            ttls.append(result.ttl)
+            continue
+        families.append(())
     addresses = interleave(*families)
     if not addresses:
-        raise ResolveError("no A or AAAA records" if failure is None else describe(failure))
+        raise ResolveError("no A or AAAA records" if failure is None else failure.why)
     return DnsAnswer(addresses, min(ttls))
 
 
@@ -305,6 +360,12 @@ def interleave(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
     """``first[0], second[0], first[1], second[1], …``, the longer one's rest at the end."""
     pairs = itertools.zip_longest(first, second)
     return tuple(address for pair in pairs for address in pair if address is not None)
+
+
+def _why(error: dns.exception.DNSException | ValueError | OSError) -> str:
+    if isinstance(error, dns.exception.DNSException):
+        return describe(error)
+    return str(error) or type(error).__name__
 
 
 def describe(error: dns.exception.DNSException) -> str:
@@ -407,6 +468,8 @@ class Resolver:
                 answer = await self._query(name)
             except ResolveError as error:
                 why = error.why
+            except (dns.exception.DNSException, ValueError, OSError) as error:  # any ``Query``
+                why = _why(error)
             else:
                 if answer.addresses:
                     ttl = min(max(MIN_TTL, answer.ttl), MAX_TTL)  # NaN: MIN_TTL
