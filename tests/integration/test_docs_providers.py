@@ -10,18 +10,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
 from typing import Final
 
 import pytest
+import trio
 import yaml
 
-from a3s_gateway.config.load import load_config_text
+from a3s_gateway.config.load import load_config_text, load_text
+from a3s_gateway.demo.exchange import serve_backend
+from a3s_gateway.demo.replica import WELL_KNOWN, describing
 from a3s_gateway.providers import kube_ingress
 from a3s_gateway.providers.discovery import parse_document
 from a3s_gateway.providers.dynamic import ProviderStatus
+from a3s_gateway.providers.http_fetch import fetch
 from a3s_gateway.providers.provider_hub import ProviderHub
 
 pytestmark = pytest.mark.integration
@@ -115,3 +120,29 @@ def test_the_guide_names_the_provider_metrics() -> None:
         "a3s_config_pending_references",
     ):
         assert f"`{name}" in text, name
+
+
+def test_the_discovery_example_loads_without_warnings() -> None:
+    example = ROOT / "examples" / "discovery.hcl"
+    result = load_text(example.read_text(encoding="utf-8"), filename=str(example), env={})
+    assert result.errors == ()
+    assert [p.format() for p in result.problems if p.severity == "warning"] == []
+
+
+async def test_the_demo_replica_describes_itself_as_the_guide_says() -> None:
+    handler = describing("users", "1.1.0", ["PathPrefix(`/users`)", "PathPrefix(`/v2/users`)"])
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(functools.partial(serve_backend, "users", handler))
+        fetched = await fetch(f"http://127.0.0.1:{port}{WELL_KNOWN}", timeout=5, max_body=65536)
+        health = await fetch(f"http://127.0.0.1:{port}/status/200", timeout=5, max_body=65536)
+        nursery.cancel_scope.cancel()
+    assert fetched.status == 200
+    document, unknown = parse_document(fetched.body)
+    assert unknown == ()
+    assert (document.name, document.version) == ("users", "1.1.0")
+    assert [route.rule for route in document.routes] == [
+        "PathPrefix(`/users`)",
+        "PathPrefix(`/v2/users`)",
+    ]
+    assert document.health_path == "/status/200"
+    assert health.status == 200
