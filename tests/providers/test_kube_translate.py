@@ -1,7 +1,11 @@
 """Kubernetes objects → Snapshot (providers/kube_translate.py with kube_objects.py,
 kube_backends.py and kube_ingress.py, SPEC §10.6): Ingress rules, path types, wildcard hosts,
-default backends, named ports, EndpointSlices, TLS Secrets, annotations, IngressRoutes with
-weighted services, malformed objects and name collisions."""
+default backends, named ports, EndpointSlices, ExternalName Services (never routed), TLS
+Secrets (and the bounded memo of their check, a Secret whose data was not kept), annotations,
+IngressRoutes with weighted services, malformed objects, and name collisions: a later object
+whose router or service name is taken by another identity is skipped whole, so no router
+reaches another namespace's pods (the property version is in
+tests/property/test_kube_translate_properties.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ import pytest
 import trustme
 
 from a3s_gateway.config.schema import KubernetesProvider
+from a3s_gateway.providers import kube_backends
 from a3s_gateway.providers.dynamic import Snapshot
+from a3s_gateway.providers.kube_backends import pem_pair
 from a3s_gateway.providers.kube_ingress import ingress_rule, traffic_percents
-from a3s_gateway.providers.kube_objects import KubeObjects, ObjectKey, object_name
+from a3s_gateway.providers.kube_objects import KubeObjects, ObjectKey, UnusableError, object_name
 from a3s_gateway.providers.kube_translate import translate
 from a3s_gateway.routing import HttpRequestInfo, compile_rule
 
@@ -409,15 +415,42 @@ def test_without_endpoints_the_cluster_dns_name_is_used() -> None:
     assert urls(snapshot, "k8s-default-web-http") == ["http://web.default.svc.cluster.local:80"]
 
 
-def test_external_name_services() -> None:
+@pytest.mark.parametrize(
+    ("external_name", "port"),
+    [("api.ext.io", 443), ("localhost", 9901), ("127.0.0.1", 9901), (None, 80)],
+)
+def test_external_name_services_are_not_routed(external_name: str | None, port: int) -> None:
+    # (any tenant could otherwise point a route at any host: the management API on loopback)
     external = service(
-        "ext", [{"port": 443, "name": "https"}], type_="ExternalName", external_name="api.ext.io"
+        "ext", [{"port": port, "name": "p"}], type_="ExternalName", external_name=external_name
     )
-    snapshot = run(
-        ingresses=[ingress("e", rules=[rule(None, path("/", "Prefix", "ext", 443))])],
-        services=[external],
+    ingresses = [ingress("e", rules=[rule(None, path("/", "Prefix", "ext", port))])]
+    route = ingress_route(
+        "r",
+        {
+            "routes": [
+                {
+                    "match": "PathPrefix(`/r`)",
+                    "services": [
+                        {"name": "ext", "port": port, "weight": 1},
+                        {"name": "web", "port": 80, "weight": 1},
+                    ],
+                }
+            ]
+        },
     )
-    assert urls(snapshot, "k8s-default-ext-443") == ["http://api.ext.io:443"]
+    snapshot = run(ingresses=ingresses, services=[external, WEB], routes=[route])
+    assert urls(snapshot, f"k8s-default-ext-{port}") == []
+    revisions = snapshot.services["k8s-default-r-0"].revisions
+    assert [[s.url.text for s in r.servers] for r in revisions] == [[], []]
+    reason = (
+        "ExternalName Services are not routed (whoever may create a Service could point a "
+        "route at any host, the gateway's own management API included)"
+    )
+    assert sorted(snapshot.skipped) == [
+        f"Ingress default/e: Service default/ext port {port}: {reason}",
+        f"IngressRoute default/r: Service default/ext port {port}: {reason}",
+    ]
 
 
 def test_a_missing_service_or_port_gives_a_service_without_servers() -> None:
@@ -564,16 +597,127 @@ def test_a_malformed_service_is_reported_not_raised() -> None:
     assert "malformed Service or EndpointSlice" in snapshot.skipped[0]
 
 
-def test_colliding_names_keep_the_first_object() -> None:
+def test_colliding_router_names_keep_the_first_object_whole() -> None:
     first = ingress("b-c", namespace="a", rules=[rule("one.test", path("/", "Prefix"))])
-    second = ingress("c", namespace="a-b", rules=[rule("two.test", path("/", "Prefix"))])
+    second = ingress(
+        "c",
+        namespace="a-b",
+        rules=[rule("two.test", path("/", "Prefix")), rule("three.test", path("/", "Prefix"))],
+        tls=[{"secretName": "two-tls"}],
+    )
     web_a = service("web", [{"port": 80}], namespace="a")
     web_ab = service("web", [{"port": 80}], namespace="a-b")
     snapshot = run(ingresses=[second, first], services=[web_a, web_ab])
     assert list(snapshot.routers) == ["k8s-a-b-c-0-0"]
     assert snapshot.routers["k8s-a-b-c-0-0"].rule.startswith("Host(`one.test`)")
+    # Nothing of the later object: not its other router, its service or its Secret.
+    assert list(snapshot.services) == ["k8s-a-web-80"]
     assert snapshot.skipped == (
-        "Ingress a-b/c: router k8s-a-b-c-0-0 is already made from Ingress a/b-c",
+        "Ingress a-b/c: skipped: router k8s-a-b-c-0-0 is already made from Ingress a/b-c",
+    )
+
+
+def victim_and_attacker(attacker_first: bool) -> Snapshot:
+    """Namespace ``victim`` with Service ``a-web`` and namespace ``victim-a`` with Service
+    ``web``: both ports 80 are named ``k8s-victim-a-web-80``."""
+    victim = ingress(
+        "shop", namespace="victim", rules=[rule("shop.test", path("/", "Prefix", "a-web"))]
+    )
+    attacker = ingress(
+        "aaa" if attacker_first else "zzz",
+        namespace="victim-a",
+        rules=[rule("evil.test", path("/", "Prefix", "web"))],
+    )
+    slices = [
+        endpoint_slice("s1", "a-web", [{"port": 80}], [ready("10.1.0.1")], namespace="victim"),
+        endpoint_slice("s2", "web", [{"port": 80}], [ready("10.2.0.1")], namespace="victim-a"),
+    ]
+    return run(
+        ingresses=[victim, attacker],
+        services=[
+            service("a-web", [{"port": 80}], namespace="victim"),
+            service("web", [{"port": 80}], namespace="victim-a"),
+        ],
+        slices=slices,
+    )
+
+
+def test_a_service_name_collision_never_routes_to_another_namespace() -> None:
+    # "victim" sorts before "victim-a": the victim's Ingress keeps the name, and the
+    # attacker's whole Ingress is skipped (its router would reach the victim's pods).
+    snapshot = victim_and_attacker(attacker_first=False)
+    assert list(snapshot.routers) == ["k8s-victim-shop-0-0"]
+    assert urls(snapshot, "k8s-victim-a-web-80") == ["http://10.1.0.1:80"]
+    assert snapshot.skipped == (
+        "Ingress victim-a/zzz: skipped: service k8s-victim-a-web-80 (Service victim-a/web "
+        "port 80) is already made from Ingress victim/shop (Service victim/a-web port 80)",
+    )
+    assert snapshot.origins["services", "k8s-victim-a-web-80"] == "Ingress victim/shop"
+    # The same with the names the other way round: the first in sorted order wins, and no
+    # router points at the other namespace's pods.
+    same = victim_and_attacker(attacker_first=True)
+    assert list(same.routers) == ["k8s-victim-shop-0-0"]
+    assert urls(same, "k8s-victim-a-web-80") == ["http://10.1.0.1:80"]
+
+
+def test_a_service_name_collision_inside_one_object_skips_it() -> None:
+    # Service "a-web" port 80 and Service "a" port "web-80" are both k8s-ns-a-web-80.
+    both = ingress(
+        "both",
+        namespace="ns",
+        rules=[
+            rule("x.test", path("/1", "Prefix", "a-web", 80), path("/2", "Prefix", "a", "web-80"))
+        ],
+    )
+    snapshot = run(ingresses=[both])
+    assert snapshot.routers == {}
+    assert snapshot.services == {}
+    assert snapshot.skipped == (
+        "Ingress ns/both: skipped: service k8s-ns-a-web-80 would stand for both Service "
+        "ns/a-web port 80 and Service ns/a port web-80",
+    )
+
+
+def test_an_ingress_route_revisions_name_taken_by_a_service_port_skips_the_route() -> None:
+    # IngressRoute default/api makes k8s-default-api-0 for its route 0's revisions, the name
+    # of Service default/api port 0 too.
+    taken = ingress("a", rules=[rule("a.test", path("/", "Prefix", "api", 0))])
+    route = ingress_route(
+        "api",
+        {
+            "routes": [
+                {
+                    "match": "PathPrefix(`/r`)",
+                    "services": [
+                        {"name": "web", "port": 80, "weight": 1},
+                        {"name": "other", "port": 80, "weight": 1},
+                    ],
+                }
+            ]
+        },
+    )
+    snapshot = run(ingresses=[taken], routes=[route])
+    assert list(snapshot.routers) == ["k8s-default-a-0-0"]
+    assert (
+        "IngressRoute default/api: skipped: service k8s-default-api-0 (the revisions of "
+        "IngressRoute default/api) is already made from Ingress default/a (Service "
+        "default/api port 0)"
+    ) in snapshot.skipped
+
+
+def test_a_router_whose_service_is_left_out_is_left_out_too() -> None:
+    # An EndpointSlice address the config refuses: the service is not built, and the router
+    # must not be left pointing at whatever else might carry that name.
+    bad = endpoint_slice("w", "web", [{"name": "http", "port": 8080}], [ready("not an ip!")])
+    snapshot = run(
+        ingresses=[ingress("i", rules=[rule("a.test", path("/", "Prefix"))])],
+        services=[WEB],
+        slices=[bad],
+    )
+    assert snapshot.services == {}
+    assert snapshot.routers == {}
+    assert snapshot.skipped[-1] == (
+        "Ingress default/i: router k8s-default-i-0-0 skipped: its service was left out"
     )
 
 
@@ -669,6 +813,45 @@ def test_tls_secrets_become_certificates_once_and_bad_ones_are_skipped() -> None
     ]
     for message in snapshot.skipped:
         assert key.decode()[40:80] not in message
+
+
+def test_the_pair_check_memo_keeps_digests_only_and_stays_small() -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("memo.example.com")
+    chain = leaf.cert_chain_pems[0].bytes()
+    key = leaf.private_key_pem.bytes()
+    kube_backends._checked.clear()
+    good = tls_secret("good", chain, key)
+    assert pem_pair(good, "Secret default/good", ()).key_pem == key
+    assert list(kube_backends._checked.values()) == [None]
+    # More distinct pairs than the memo holds (garbage: cheap to check).
+    for index in range(kube_backends.CHECKED_PAIRS + 50):
+        junk = tls_secret(f"junk{index}", b"junk %d" % index, key)
+        with pytest.raises(UnusableError, match="no valid PEM certificate"):
+            pem_pair(junk, f"Secret default/junk{index}", ())
+    memo = kube_backends._checked
+    assert len(memo) == kube_backends.CHECKED_PAIRS
+    assert all(len(digest) == 32 for digest in memo)  # SHA-256 digests, no key
+    assert all(value in (None, "tls.crt holds no valid PEM certificate") for value in memo.values())
+    # The oldest pair went first; checking it again puts it back (most recent).
+    assert pem_pair(good, "Secret default/good", ()).cert_pem == chain
+    assert list(memo.values())[-1] is None
+
+
+def test_a_secret_whose_data_was_not_kept_is_being_loaded() -> None:
+    secret = {
+        "metadata": {"name": "tls", "namespace": "default"},
+        "type": "kubernetes.io/tls",
+        kube_backends.DATA_NOT_KEPT: True,
+    }
+    snapshot = run(
+        ingresses=[ingress("i", rules=[], tls=[{"secretName": "tls"}])], secrets=[secret]
+    )
+    assert snapshot.certificates == ()
+    assert snapshot.skipped == (
+        "Ingress default/i: Secret default/tls: its certificate is being loaded (Secrets "
+        "listed again)",
+    )
 
 
 # -- IngressRoute ------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """The Kubernetes provider's watch loops (providers/kubernetes.py, SPEC §10.6) against an
 injected in-memory API client, in virtual time (``autojump_clock``): the first publish waits for
 every LIST, events change the snapshot, bookmarks move the resource version, 410 re-LISTs,
-failures back off 1 s doubling to 30 s and reset after a healthy stream, and the full re-LIST
-every ``watch_interval_secs``. The same loops against a real HTTPS fake API server:
-``test_kube_fake_server.py``."""
+failures back off 1 s doubling to 30 s and reset after a healthy stream, a WATCH that ends at
+once without events backs off too (no hot loop), the full re-LIST every
+``watch_interval_secs``, IngressRoutes and Secrets refused (404, 403) counting as empty while
+Ingresses are published, and TLS Secrets keeping their data only while named (a newly named
+one LISTed again, publishing waiting for it). The same loops against a real HTTPS fake API
+server: ``test_kube_fake_server.py``."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -17,11 +21,13 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from a3s_gateway.config.schema import KubernetesProvider
 from a3s_gateway.providers.dynamic import DynamicProvider, Snapshot
 from a3s_gateway.providers.kube_api import KubeApiError, KubeList, WatchEvent
-from a3s_gateway.providers.kubernetes import KubernetesDiscovery, watched_resources
+from a3s_gateway.providers.kube_backends import DATA_NOT_KEPT
+from a3s_gateway.providers.kubernetes import QUICK_END, KubernetesDiscovery, watched_resources
 
 Json = dict[str, Any]
 
@@ -44,28 +50,51 @@ class FakeApi:
         self.calls: list[tuple[float, str, str, dict[str, str]]] = []
         self.list_failures: dict[str, deque[KubeApiError]] = {}
         self.watch_failures: dict[str, deque[KubeApiError]] = {}
+        #: Paths whose WATCH the server accepts and ends cleanly at once, without an event.
+        self.quick_ends: set[str] = set()
         self._streams: dict[str, trio.MemorySendChannel[WatchEvent | KubeApiError | object]] = {}
 
     def bump(self) -> str:
         self.version += 1
         return str(self.version)
 
-    async def list_objects(self, path: str, query: Mapping[str, str]) -> KubeList:
+    async def list_objects(
+        self,
+        path: str,
+        query: Mapping[str, str],
+        *,
+        page_size: int = 500,
+        shape: Callable[[Json], Json] | None = None,
+    ) -> KubeList:
         await trio.lowlevel.checkpoint()
-        self.calls.append((trio.current_time(), "LIST", path, dict(query)))
+        self.calls.append((trio.current_time(), "LIST", path, {**query, "limit": str(page_size)}))
         failures = self.list_failures.get(path)
         if failures:
             raise failures.popleft()
-        return KubeList(tuple(self.objects.get(path, [])), str(self.version))
+        items = self.objects.get(path, [])
+        return KubeList(tuple(items if shape is None else map(shape, items)), str(self.version))
 
     async def watch(
-        self, path: str, query: Mapping[str, str], on_event: Callable[[WatchEvent], None]
+        self,
+        path: str,
+        query: Mapping[str, str],
+        on_event: Callable[[WatchEvent], None],
+        *,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         self.calls.append((trio.current_time(), "WATCH", path, dict(query)))
         failures = self.watch_failures.get(path)
         if failures:
             await trio.lowlevel.checkpoint()
             raise failures.popleft()
+        if on_open is not None:
+            on_open()
+        if path in self.quick_ends:
+            now = trio.current_time()
+            if sum(1 for at, *_ in self.calls if at == now) > 50:
+                raise AssertionError("a hot loop: WATCH again and again at one instant")
+            await trio.lowlevel.checkpoint()
+            return
         send, receive = trio.open_memory_channel[WatchEvent | KubeApiError | object](100)
         self._streams[path] = send
         async with receive:
@@ -222,13 +251,11 @@ async def test_first_publish_waits_for_every_list_then_follows_events(
         SERVICES: [WEB],
         SLICES: [web_slice("10.0.0.1")],
     }
-    api.list_failures[SECRETS] = deque(
-        [KubeApiError("LIST secrets: HTTP 403: forbidden", status=403)]
-    )
+    api.list_failures[SECRETS] = deque([KubeApiError("LIST secrets: HTTP 500: etcd", status=500)])
     provider, published = await started(nursery, api)
     assert published.snapshots == []
     assert state_of(provider) == "error"
-    assert provider.status.last_error == "Secret: LIST secrets: HTTP 403: forbidden"
+    assert provider.status.last_error == "Secret: LIST secrets: HTTP 500: etcd"
     await trio.sleep(1.5)  # the secrets LIST is retried after 1 s
     assert [at for at, _ in api.requests("LIST", SECRETS)] == [0.0, 1.0]
     assert len(published.snapshots) == 1
@@ -305,6 +332,7 @@ async def test_410_lists_again(
     assert published.hosts() == ["Host(`late.test`) && PathPrefix(`/`)"]
     # A 410 on the first WATCH after a LIST (nothing delivered) waits one backoff step.
     api.watch_failures[INGRESSES] = deque([KubeApiError("HTTP 410", status=410)] * 2)
+    api.send(INGRESSES, "BOOKMARK", {"metadata": {"resourceVersion": "12"}})
     api.end(INGRESSES)
     await trio.testing.wait_all_tasks_blocked()
     assert [at for at, _ in api.requests("LIST", INGRESSES)] == [0.0, 0.0, 0.0]
@@ -322,6 +350,7 @@ async def test_backoff_doubles_to_30_s_and_resets_after_a_healthy_stream(
     provider, _ = await started(nursery, api, settings(watch_interval_secs=3600))
     error = KubeApiError("WATCH services: HTTP 500: boom", status=500)
     api.watch_failures[SERVICES] = deque([error] * 8)
+    api.send(SERVICES, "BOOKMARK", {"metadata": {"resourceVersion": "11"}})
     api.end(SERVICES)
     await trio.sleep(200)
     times = [at for at, _ in api.requests("WATCH", SERVICES)]
@@ -366,12 +395,16 @@ async def test_selectors_and_namespace(
     config = settings(namespace="shop", label_selector="app=web", ingress_route_crd=True)
     await started(nursery, api, config)
     lists = {path: query for _, kind, path, query in api.calls if kind == "LIST"}
+    labelled = {"labelSelector": "app=web", "limit": "500"}
     assert lists == {
-        "/apis/networking.k8s.io/v1/namespaces/shop/ingresses": {"labelSelector": "app=web"},
-        "/api/v1/namespaces/shop/services": {},
-        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices": {},
-        "/api/v1/namespaces/shop/secrets": {"fieldSelector": "type=kubernetes.io/tls"},
-        "/apis/a3s-gateway.io/v1alpha1/namespaces/shop/ingressroutes": {"labelSelector": "app=web"},
+        "/apis/networking.k8s.io/v1/namespaces/shop/ingresses": labelled,
+        "/api/v1/namespaces/shop/services": {"limit": "500"},
+        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices": {"limit": "500"},
+        "/api/v1/namespaces/shop/secrets": {
+            "fieldSelector": "type=kubernetes.io/tls",
+            "limit": "50",
+        },
+        "/apis/a3s-gateway.io/v1alpha1/namespaces/shop/ingressroutes": labelled,
     }
 
 
@@ -384,7 +417,10 @@ async def test_secrets_are_kept_pruned(
         "type": "kubernetes.io/tls",
         "data": {"tls.crt": "Y3J0", "tls.key": "a2V5", "extra": "c2VjcmV0"},
     }
+    named = an_ingress("a", "a.test")
+    named["spec"]["tls"] = [{"secretName": "tls"}]
     api.objects[SECRETS] = [secret]
+    api.objects[INGRESSES] = [named]
     provider, _ = await started(nursery, api)
     kept = provider._caches["secrets"][("default", "tls")]
     assert kept == {
@@ -404,3 +440,190 @@ async def test_events_without_a_name_are_ignored(
     await trio.testing.wait_all_tasks_blocked()
     assert provider._caches["ingresses"] == {}
     assert len(published.snapshots) == 1
+
+
+# -- a WATCH that ends at once -------------------------------------------------------------------
+
+
+@pytest.mark.time_limit(200)  # virtual seconds
+async def test_a_watch_that_ends_at_once_without_events_backs_off(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    api = FakeApi()
+    api.quick_ends.add(SERVICES)
+    await started(nursery, api, settings(ingress=False, watch_interval_secs=3600))
+    await trio.sleep(100)
+    times = [at for at, _ in api.requests("WATCH", SERVICES)]
+    assert times == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]  # not a hot loop
+    # A stream that stays open past QUICK_END and then ends cleanly (the server's
+    # timeoutSeconds) is opened again at once, even without an event.
+    api.quick_ends.clear()
+    await trio.sleep(21 + QUICK_END + 1)  # (opened at 121, after the 30 s step)
+    assert api.watching(SERVICES)
+    api.end(SERVICES)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [at for at, _ in api.requests("WATCH", SERVICES)][-2:] == [121.0, 127.0]
+
+
+# -- resources that cannot be listed -----------------------------------------------------------
+
+
+def an_ingress_route(name: str, host: str) -> Json:
+    return {
+        "metadata": meta(name, "5"),
+        "spec": {
+            "routes": [{"match": f"Host(`{host}`)", "services": [{"name": "web", "port": 80}]}]
+        },
+    }
+
+
+async def test_a_missing_crd_or_forbidden_secrets_do_not_block_the_ingresses(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    api = FakeApi()
+    api.objects = {INGRESSES: [an_ingress("a", "a.test")], SERVICES: [WEB]}
+    not_found = KubeApiError("LIST ingressroutes: HTTP 404: the server could not find", status=404)
+    forbidden = KubeApiError("LIST secrets: HTTP 403: forbidden", status=403)
+    api.list_failures = {ROUTES: deque([not_found] * 3), SECRETS: deque([forbidden])}
+    config = settings(ingress_route_crd=True, use_endpoints=False)
+    provider, published = await started(nursery, api, config)
+    assert published.hosts() == ["Host(`a.test`) && PathPrefix(`/`)"]
+    assert state_of(provider) == "error"
+    details = provider.status.details["resources"]
+    assert isinstance(details, dict)
+    assert details["ingress_routes"]["last_error"] == (
+        "LIST ingressroutes: HTTP 404: the server could not find (is the IngressRoute CRD "
+        "installed? deploy/crds/ingressroutes.a3s-gateway.io.yaml defines it); counted as no "
+        "IngressRoutes until a LIST succeeds"
+    )
+    assert details["secrets"]["last_error"] == (
+        "LIST secrets: HTTP 403: forbidden (RBAC: may the gateway's account list and watch "
+        "secrets?); counted as no Secrets until a LIST succeeds"
+    )
+    # Retried with backoff; the CRD installed meanwhile, its objects are routed.
+    api.objects[ROUTES] = [an_ingress_route("r", "r.test")]
+    await trio.sleep(8)
+    assert [at for at, _ in api.requests("LIST", ROUTES)] == [0.0, 1.0, 3.0, 7.0]
+    assert [at for at, _ in api.requests("LIST", SECRETS)] == [0.0, 1.0]
+    assert published.hosts() == ["Host(`a.test`) && PathPrefix(`/`)", "Host(`r.test`)"]
+    assert state_of(provider) == "ok"
+
+
+async def test_an_ingress_list_refused_still_holds_publishing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    api = FakeApi()
+    api.objects = {INGRESSES: [an_ingress("a", "a.test")], SERVICES: [WEB]}
+    forbidden = KubeApiError("LIST ingresses: HTTP 403: forbidden", status=403)
+    api.list_failures = {INGRESSES: deque([forbidden] * 2)}
+    provider, published = await started(nursery, api)
+    await trio.sleep(2.5)
+    assert published.snapshots == []
+    assert provider.status.last_error == "Ingress: LIST ingresses: HTTP 403: forbidden"
+    await trio.sleep(1)
+    assert published.hosts() == ["Host(`a.test`) && PathPrefix(`/`)"]
+
+
+# -- TLS Secrets: the data of named ones only ----------------------------------------------------
+
+
+def tls_secret(name: str, leaf: trustme.LeafCert, version: str = "6") -> Json:
+    return {
+        "metadata": meta(name, version),
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(leaf.cert_chain_pems[0].bytes()).decode(),
+            "tls.key": base64.b64encode(leaf.private_key_pem.bytes()).decode(),
+        },
+    }
+
+
+def naming(name: str, host: str, secret: str, version: str = "1") -> Json:
+    ingress = an_ingress(name, host, version)
+    ingress["spec"]["tls"] = [{"secretName": secret}]
+    return ingress
+
+
+def certificates(snapshot: Snapshot) -> list[str]:
+    return sorted(pair.origin for pair in snapshot.certificates)
+
+
+def kept(provider: KubernetesDiscovery) -> dict[str, bool]:
+    """Which cached Secrets hold their data."""
+    return {
+        name: DATA_NOT_KEPT not in value and "data" in value
+        for (_, name), value in provider._caches["secrets"].items()
+    }
+
+
+async def test_only_named_secrets_keep_their_data_and_a_newly_named_one_is_listed_again(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    ca = trustme.CA()
+    api = FakeApi()
+    api.objects = {
+        INGRESSES: [naming("a", "a.test", "a-tls")],
+        SERVICES: [WEB],
+        SECRETS: [
+            tls_secret("a-tls", ca.issue_cert("a.test")),
+            tls_secret("b-tls", ca.issue_cert("b.test")),
+        ],
+    }
+    provider, published = await started(nursery, api, settings(use_endpoints=False))
+    lists = [(kind, where) for _, kind, where, _ in api.calls if kind == "LIST"]
+    assert lists.index(("LIST", SECRETS)) > lists.index(("LIST", INGRESSES))
+    assert kept(provider) == {"a-tls": True, "b-tls": False}
+    assert certificates(published.last) == ["Secret default/a-tls"]
+    secret_lists = len(api.requests("LIST", SECRETS))
+
+    # An Ingress names b-tls, whose data was not kept: the Secrets are listed again, and the
+    # snapshot waits for it (no snapshot with b.test but without its certificate).
+    count = len(published.snapshots)
+    api.send(INGRESSES, "ADDED", naming("b", "b.test", "b-tls", api.bump()))
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(api.requests("LIST", SECRETS)) == secret_lists + 1
+    assert api.watching(SECRETS)
+    assert kept(provider) == {"a-tls": True, "b-tls": True}
+    assert len(published.snapshots) == count + 1
+    assert certificates(published.last) == ["Secret default/a-tls", "Secret default/b-tls"]
+
+    # No longer named: the data goes from the cache.
+    api.send(INGRESSES, "DELETED", naming("a", "a.test", "a-tls", api.bump()))
+    await trio.testing.wait_all_tasks_blocked()
+    assert kept(provider) == {"a-tls": False, "b-tls": True}
+    assert certificates(published.last) == ["Secret default/b-tls"]
+
+    # Named again while the Secrets cannot be listed: published with the certificate marked as
+    # being loaded, then loaded when the LIST succeeds (after the 1 s backoff).
+    api.list_failures[SECRETS] = deque([KubeApiError("LIST secrets: HTTP 500: etcd", status=500)])
+    api.send(INGRESSES, "ADDED", naming("a", "a.test", "a-tls", api.bump()))
+    await trio.testing.wait_all_tasks_blocked()
+    assert published.hosts() == [
+        "Host(`a.test`) && PathPrefix(`/`)",
+        "Host(`b.test`) && PathPrefix(`/`)",
+    ]
+    assert certificates(published.last) == ["Secret default/b-tls"]
+    assert published.last.skipped == (
+        "Ingress default/a: Secret default/a-tls: its certificate is being loaded (Secrets "
+        "listed again)",
+    )
+    await trio.sleep(1.5)
+    loaded = published.last
+    assert certificates(loaded) == ["Secret default/a-tls", "Secret default/b-tls"]
+    assert loaded.skipped == ()
+    assert state_of(provider) == "ok"
+
+
+async def test_a_secret_added_after_the_ingress_that_names_it_keeps_its_data(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    ca = trustme.CA()
+    api = FakeApi()
+    api.objects = {INGRESSES: [naming("a", "a.test", "a-tls")], SERVICES: [WEB]}
+    provider, published = await started(nursery, api, settings(use_endpoints=False))
+    api.send(SECRETS, "ADDED", tls_secret("a-tls", ca.issue_cert("a.test"), api.bump()))
+    api.send(SECRETS, "ADDED", tls_secret("other", ca.issue_cert("o.test"), api.bump()))
+    await trio.testing.wait_all_tasks_blocked()
+    assert kept(provider) == {"a-tls": True, "other": False}
+    assert certificates(published.last) == ["Secret default/a-tls"]
+    assert len(api.requests("LIST", SECRETS)) == 1  # (no re-LIST needed)

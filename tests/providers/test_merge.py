@@ -101,13 +101,14 @@ def test_a_static_object_wins_with_a_warning() -> None:
     snapshot = discovered("app", "PathPrefix(`/other`)")
     result = merged(config, ("discovery", snapshot))
     assert result.config.services["app"] == config.services["app"]
-    [warning] = result.warnings
+    warning, router_warning = result.warnings
     assert warning.severity == "warning"
     assert warning.file == "provider discovery"
     assert warning.path == 'services["app"]'
     assert 'service "app" is already defined by the static config' in warning.message
-    # Its router has no name clash, and its service exists (the static one): it applies.
-    assert "discovered-app" in result.config.routers
+    # Its router would reach the static service's backends, which it never named: left out.
+    assert "discovered-app" not in result.config.routers
+    assert 'its service "app" is hidden' in router_warning.message
 
 
 def test_an_invalid_provider_object_is_dropped_alone() -> None:

@@ -9,7 +9,9 @@ Where the API server is, in this order:
   ``tls-server-name``) and a user (``token``, ``tokenFile``, ``client-certificate[-data]`` with
   ``client-key[-data]``). Relative paths are relative to the file's directory, as kubectl
   reads them. ``exec`` and ``auth-provider`` users (cloud plugins), basic auth and
-  ``proxy-url`` are refused with an error naming them. A certificate or key given as
+  ``proxy-url`` are refused with an error naming them, and so is ``insecure-skip-tls-verify``
+  together with a certificate authority (as kubectl refuses it). A ``-data`` field's base64 may
+  hold line breaks and blanks (ignored, as kubectl ignores them). A certificate or key given as
   ``-data`` is written to a private temporary file (``mkstemp``: mode 0600) only for as long
   as ``ssl`` takes to load it, then removed. ``api_server``, when also set, replaces the
   cluster's ``server`` (kubectl's ``--server``).
@@ -302,6 +304,12 @@ def _with_tls(
     insecure = cluster.get("insecure-skip-tls-verify") is True
     ca_file = _file_field(cluster, "certificate-authority", base)
     ca_data = _data_field(cluster, "certificate-authority-data", what)
+    if insecure and (ca_file is not None or ca_data is not None):
+        raise KubeApiError(
+            f"{what}: the cluster sets insecure-skip-tls-verify and a certificate authority; "
+            "a CA cannot be trusted while verification is off (kubectl refuses this too): "
+            "keep one of them"
+        )
     if insecure:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -331,7 +339,8 @@ def _data_field(section: Mapping[str, object], key: str, what: str) -> bytes | N
     if not isinstance(value, str):
         raise KubeApiError(f"{what}: {key} is not a string")
     try:
-        return base64.b64decode(value, validate=True)
+        # (line breaks and blanks inside the base64 are ignored, as kubectl reads them)
+        return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise KubeApiError(f"{what}: {key} is not valid base64") from None
 

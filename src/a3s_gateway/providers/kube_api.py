@@ -14,7 +14,10 @@ at ``MAX_LIST_BODY``; a WATCH has no overall deadline (the server ends it after
 ``WATCH_SERVER_TIMEOUT``), but ``WATCH_IDLE`` without a byte ends it as an error, and an event
 line over ``MAX_EVENT_LINE`` is an error for that stream. Errors are ``KubeApiError`` (which
 ``kube_access`` raises too, for an unusable configuration): one line, the call named by method
-and URL without its query.
+and URL without its query. Whatever the peer does (any status, a stalled or cut body, bytes that
+are not HTTP or JSON, JSON nested too deeply), ``list_objects`` and ``watch`` raise nothing but
+``KubeApiError`` (and trio's cancellation); ``watch`` also lets through what its ``on_event``
+raises.
 
 Must not: follow redirects, retry (the watch loops own retries and backoff), block the event
 loop, or put a token or key in any message, repr or log line.
@@ -46,6 +49,7 @@ __all__ = [
     "LIST_PAGE_SIZE",
     "MAX_EVENT_LINE",
     "MAX_LIST_BODY",
+    "SECRET_PAGE_SIZE",
     "WATCH_IDLE",
     "WATCH_SERVER_TIMEOUT",
     "KubeApiError",
@@ -61,8 +65,12 @@ HEAD_WAIT: Final = 10.0
 LIST_IDLE: Final = 30.0
 #: The cap on one LIST page's body.
 MAX_LIST_BODY: Final = 64 << 20
-#: Objects per LIST page (``limit``; the server may ignore it).
+#: Objects per LIST page (``limit``; the server may ignore it), unless the caller asks for
+#: fewer (the provider LISTs Secrets, up to 1 MiB each, 50 at a time: ``SECRET_PAGE_SIZE``).
 LIST_PAGE_SIZE: Final = 500
+#: Objects per LIST page of Secrets: 50 Secrets of the largest size (1 MiB) fit in
+#: ``MAX_LIST_BODY``.
+SECRET_PAGE_SIZE: Final = 50
 #: ``timeoutSeconds`` of a WATCH: the server ends the stream cleanly after it.
 WATCH_SERVER_TIMEOUT: Final = 300
 #: The longest silence on a WATCH stream before it counts as dead (the server's own timeout
@@ -150,30 +158,49 @@ class KubeClient:
     def __init__(self, access: ApiAccess) -> None:
         self.access = access
 
-    async def list_objects(self, path: str, query: Mapping[str, str]) -> KubeList:
-        """Every object at ``path`` (``/api/v1/services``), page by page (``limit`` and
-        ``continue``). Raises ``KubeApiError`` (``status`` 410: a continue token expired)."""
+    async def list_objects(
+        self,
+        path: str,
+        query: Mapping[str, str],
+        *,
+        page_size: int = LIST_PAGE_SIZE,
+        shape: Callable[[dict[str, object]], dict[str, object]] | None = None,
+    ) -> KubeList:
+        """Every object at ``path`` (``/api/v1/services``), page by page (``limit``
+        ``page_size`` and ``continue``); ``shape`` (when given) is applied to each object as
+        its page arrives, so a caller that trims objects never holds more than one page of
+        whole ones. Raises ``KubeApiError`` (``status`` 410: a continue token expired)."""
         items: list[dict[str, object]] = []
         token = ""
         while True:
-            page_query = {**query, "limit": str(LIST_PAGE_SIZE)}
+            page_query = {**query, "limit": str(page_size)}
             if token:
                 page_query["continue"] = token
             body = await self._get_body(path, page_query)
             try:
                 page = _list_decoder.decode(body)
-            except msgspec.DecodeError as error:
-                raise KubeApiError(f"LIST {self._url(path)}: invalid answer: {error}") from None
-            items.extend(page.items or ())
+            except (msgspec.DecodeError, RecursionError) as error:
+                raise KubeApiError(
+                    f"LIST {self._url(path)}: invalid answer: {_decode_reason(error)}"
+                ) from None
+            del body
+            found = page.items or ()
+            items.extend(found if shape is None else map(shape, found))
             token = page.metadata.continue_
             if not token:
                 return KubeList(tuple(items), page.metadata.resource_version)
 
     async def watch(
-        self, path: str, query: Mapping[str, str], on_event: Callable[[WatchEvent], None]
+        self,
+        path: str,
+        query: Mapping[str, str],
+        on_event: Callable[[WatchEvent], None],
+        *,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         """Stream WATCH events of ``path`` to ``on_event`` (synchronous; what it raises ends
-        the stream and propagates) until the server ends the stream. Raises ``KubeApiError``
+        the stream and propagates) until the server ends the stream; ``on_open`` is called
+        once the server accepted the WATCH (a 2xx head). Raises ``KubeApiError``
         for a failed or broken stream, a silence of ``WATCH_IDLE``, a line over
         ``MAX_EVENT_LINE``, an undecodable line, or an ``ERROR`` event (its code as
         ``status``: 410 means LIST again)."""
@@ -182,18 +209,20 @@ class KubeClient:
         def on_line(line: bytes) -> None:
             try:
                 event = _event_decoder.decode(line)
-            except msgspec.DecodeError as error:
-                raise _CallError(f"invalid event: {error}") from None
+            except (msgspec.DecodeError, RecursionError) as error:
+                raise _CallError(f"invalid event: {_decode_reason(error)}") from None
             if event.type == "ERROR":
                 try:
                     status = msgspec.convert(event.obj, _Status)
-                except msgspec.ValidationError:
+                except (msgspec.ValidationError, RecursionError):
                     status = _Status()
                 said = status.message or status.reason or "no message"
                 raise _CallError(f"ERROR event {status.code}: {said}", status.code or None)
             on_event(event)
 
         async with self._calling(where, path, query) as exchange:
+            if on_open is not None:
+                on_open()
             await exchange.stream_lines(on_line)
 
     async def _get_body(self, path: str, query: Mapping[str, str]) -> bytes:
@@ -255,12 +284,15 @@ async def _open_exchange(access: ApiAccess, head: h11.Request) -> _Exchange:
     stream: trio.abc.Stream = await trio.open_tcp_stream(server.host, server.port)
     try:
         if server.scheme == "https":
-            tls = trio.SSLStream(
-                stream,
-                access.context or ssl.create_default_context(),
-                server_hostname=access.server_hostname or server.host,
-                https_compatible=True,
-            )
+            try:
+                tls = trio.SSLStream(
+                    stream,
+                    access.context or ssl.create_default_context(),
+                    server_hostname=access.server_hostname or server.host,
+                    https_compatible=True,
+                )
+            except ValueError as error:  # (a server name ssl refuses: "", ".x")
+                raise _CallError(f"TLS: {error}") from None
             stream = tls
             await tls.do_handshake()
         connection = h11.Connection(h11.CLIENT)
@@ -317,14 +349,19 @@ class _Exchange:
             return
         if 300 <= status < 400:
             raise _CallError(f"HTTP {status}: redirects are not followed", status)
-        try:
+        said = ""  # (also when the body stalls past HEAD_WAIT: the status alone)
+        with contextlib.suppress(
+            _CallError,
+            msgspec.DecodeError,
+            RecursionError,
+            h11.RemoteProtocolError,
+            OSError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
             with trio.move_on_after(HEAD_WAIT):
                 body = await self.read_body(_MAX_ERROR_BODY, HEAD_WAIT)
                 said = _status_decoder.decode(body).message
-        except (_CallError, msgspec.DecodeError, h11.RemoteProtocolError, OSError):
-            said = ""
-        except trio.BrokenResourceError:
-            said = ""
         raise _CallError(f"HTTP {status}: {said}" if said else f"HTTP {status}", status)
 
     async def read_body(self, limit: int, idle: float) -> bytes:
@@ -382,6 +419,13 @@ def _split_lines(buffer: bytearray, scanned: int, on_line: Callable[[bytes], Non
     if len(buffer) > MAX_EVENT_LINE:
         raise _CallError(f"an event line is longer than {MAX_EVENT_LINE} bytes")
     return len(buffer)
+
+
+def _decode_reason(error: Exception) -> str:
+    """Why an answer did not decode (msgspec's message; a nesting too deep for it)."""
+    if isinstance(error, RecursionError):
+        return "JSON nested too deeply"
+    return str(error)
 
 
 def _transport_reason(error: BaseException) -> str:

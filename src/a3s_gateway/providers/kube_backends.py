@@ -8,14 +8,19 @@ Service's EndpointSlices (label ``kubernetes.io/service-name``) whose ``conditio
 true or absent, on the slice port named like the Service port (named and numbered Ingress ports
 are both resolved through the Service; a slice without that port falls back to a numeric
 ``targetPort``). Without: the cluster DNS name ``<svc>.<ns>.svc.cluster.local`` and the Service
-port. An ``ExternalName`` Service → its external name. The scheme is always ``http`` in this
-version (no annotation changes it). A missing Service or port → no servers (the service answers
-503) and a message. URLs are sorted and unique.
+port. An ``ExternalName`` Service is not routed (no servers and a message saying why: whoever may
+create a Service could otherwise send a route to any host, loopback included; Traefik's default
+too). The scheme is always ``http`` in this version (no annotation changes it). A missing
+Service or port → no servers (the service answers 503) and a message. URLs are sorted and
+unique. (EndpointSlice addresses are not filtered: the API server refuses loopback and
+link-local endpoint addresses itself.)
 
 TLS Secrets: of type ``kubernetes.io/tls``, with ``data.tls.crt`` (a PEM chain) and
 ``data.tls.key`` (an unencrypted PEM private key whose public key is the first certificate's),
-both base64; anything else is an ``UnusableError`` naming the Secret and the reason. The check
-is memoised (the snapshot is rebuilt after every change).
+both base64; anything else is an ``UnusableError`` naming the Secret and the reason, and so is
+a cached Secret marked ``DATA_NOT_KEPT`` (its data is being loaded again). The check is
+memoised by the SHA-256 of the pair, for the last ``CHECKED_PAIRS`` pairs (the snapshot is
+rebuilt after every change; no key is kept in the memo).
 
 Ring 1 by place (``providers/``), pure by nature: no I/O, no clock, no trio. Nurseries: none.
 Deadlines: none. Must not: raise for a malformed Service or EndpointSlice (it becomes a
@@ -26,7 +31,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
@@ -46,6 +52,9 @@ from a3s_gateway.providers.kube_objects import (
 )
 
 __all__ = [
+    "CHECKED_PAIRS",
+    "DATA_NOT_KEPT",
+    "EXTERNAL_NAME_REFUSED",
     "SERVICE_NAME_LABEL",
     "TLS_SECRET_TYPE",
     "Backend",
@@ -55,6 +64,16 @@ __all__ = [
 
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 TLS_SECRET_TYPE: Final = "kubernetes.io/tls"
+#: Why a route to an ``ExternalName`` Service gets no servers.
+EXTERNAL_NAME_REFUSED: Final = (
+    "ExternalName Services are not routed (whoever may create a Service could point a route "
+    "at any host, the gateway's own management API included)"
+)
+#: Set (True) on a cached TLS Secret whose data the provider did not keep: no Ingress or
+#: IngressRoute named it when it arrived (``providers/kubernetes.py`` loads it again).
+DATA_NOT_KEPT: Final = "a3s-gateway.io/data-not-kept"
+#: How many checked certificate and key pairs are remembered (by their SHA-256).
+CHECKED_PAIRS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +124,14 @@ class Resolver:
         if found is None:
             return (), f"{backend}: the Service does not exist"
         spec = Node(found).node("spec")
+        if spec.text("type") == "ExternalName":
+            return (), f"{backend}: {EXTERNAL_NAME_REFUSED}"
         port = next((p for p in spec.nodes("ports") if _port_matches(p, backend.port)), None)
         if port is None:
             return (), f"{backend}: the Service has no such port"
         number = port.integer("port")
         if number is None:
             raise MalformedError(f"{port.path}.port: missing")
-        if spec.text("type") == "ExternalName":
-            external = spec.required("externalName")
-            return (_url(external, number),), None
         if not self._use_endpoints:
             dns = f"{backend.service}.{backend.namespace}.svc.cluster.local"
             return (_url(dns, number),), None
@@ -160,6 +178,8 @@ def _slice_urls(part: Node, service_port: Node) -> list[str]:
 def pem_pair(secret: KubeObject, origin: str, entrypoints: tuple[str, ...]) -> PemPair:
     """The certificate of a TLS Secret. Raises ``UnusableError`` (never quoting its data)."""
     node = Node(secret)
+    if secret.get(DATA_NOT_KEPT) is True:
+        raise UnusableError(f"{origin}: its certificate is being loaded (Secrets listed again)")
     try:
         if node.text("type") != TLS_SECRET_TYPE:
             raise UnusableError(f"{origin}: not of type {TLS_SECRET_TYPE}")
@@ -174,11 +194,26 @@ def pem_pair(secret: KubeObject, origin: str, entrypoints: tuple[str, ...]) -> P
     return PemPair(origin=origin, cert_pem=cert_pem, key_pem=key_pem, entrypoints=entrypoints)
 
 
-@functools.lru_cache(maxsize=1024)
+_checked: Final[OrderedDict[bytes, str | None]] = OrderedDict()
+
+
 def _pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
     """Why the pair is unusable (None: the certificate parses and the key is its key).
-    Memoised: the snapshot is rebuilt after every change, and loading an RSA key costs
-    milliseconds."""
+    Memoised by the pair's SHA-256 (the snapshot is rebuilt after every change, and loading
+    an RSA key costs milliseconds), for the last ``CHECKED_PAIRS`` pairs: neither the
+    certificate nor the key is kept."""
+    digest = hashlib.sha256(len(cert_pem).to_bytes(8, "big") + cert_pem + key_pem).digest()
+    if digest in _checked:
+        _checked.move_to_end(digest)
+        return _checked[digest]
+    problem = _check_pair(cert_pem, key_pem)
+    _checked[digest] = problem
+    while len(_checked) > CHECKED_PAIRS:
+        _checked.popitem(last=False)
+    return problem
+
+
+def _check_pair(cert_pem: bytes, key_pem: bytes) -> str | None:
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:

@@ -49,8 +49,10 @@ __all__ = [
     "INGRESS_CLASS_ANNOTATION",
     "Draft",
     "ingress_rule",
+    "ingress_secret_names",
     "read_ingress",
     "read_ingress_route",
+    "route_secret_names",
     "traffic_percents",
 ]
 
@@ -187,10 +189,8 @@ def read_ingress(
     ``resolver`` is unused: an Ingress's services are resolved when the snapshot is built."""
     annotations = root.node("metadata").strings("annotations")
     spec = root.node("spec")
-    if settings.ingress_class:
-        wanted = spec.text("ingressClassName") or annotations.get(INGRESS_CLASS_ANNOTATION)
-        if wanted != settings.ingress_class:
-            return
+    if not _our_class(settings, root):
+        return
     options = _ingress_options(annotations, settings.entrypoints)
     namespace, name = key
     for r, rule in enumerate(spec.nodes("rules")):
@@ -217,10 +217,31 @@ def read_ingress(
             draft.routers[router] = _router_tree(
                 "PathPrefix(`/`)", service, options, _DEFAULT_PRIORITY
             )
-    for entry in spec.nodes("tls"):
-        secret = entry.text("secretName")
-        if secret:
-            draft.secrets.append((namespace, secret))
+    draft.secrets.extend((namespace, secret) for secret in ingress_secret_names(settings, root))
+
+
+def _our_class(settings: KubernetesProvider, root: Node) -> bool:
+    """Whether the Ingress is for this gateway's ``ingress_class`` (any, when it is "")."""
+    if not settings.ingress_class:
+        return True
+    spec = root.node("spec")
+    annotations = root.node("metadata").strings("annotations")
+    wanted = spec.text("ingressClassName") or annotations.get(INGRESS_CLASS_ANNOTATION)
+    return wanted == settings.ingress_class
+
+
+def ingress_secret_names(settings: KubernetesProvider, root: Node) -> list[str]:
+    """The TLS Secrets (in its namespace) an Ingress for this gateway names."""
+    if not _our_class(settings, root):
+        return []
+    names = (entry.text("secretName") for entry in root.node("spec").nodes("tls"))
+    return [name for name in names if name]
+
+
+def route_secret_names(root: Node) -> list[str]:
+    """The TLS Secret (in its namespace) an IngressRoute names, if any."""
+    secret = root.node("spec").node("tls").text("secretName")
+    return [secret] if secret else []
 
 
 def _ingress_backend(namespace: str, backend: Node) -> Backend:
@@ -294,9 +315,7 @@ def read_ingress_route(
             continue
         options = _IngressOptions(entrypoints, middlewares, None, priority)
         draft.routers[router] = _router_tree(match, service, options, priority)
-    secret = spec.node("tls").text("secretName")
-    if secret:
-        draft.secrets.append((namespace, secret))
+    draft.secrets.extend((namespace, secret) for secret in route_secret_names(root))
 
 
 def _route_service(

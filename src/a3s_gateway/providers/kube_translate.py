@@ -6,13 +6,21 @@ reads and the checked reader of decoded objects are ``kube_objects``'s.
 
 Objects are visited in sorted order (Ingresses, then IngressRoutes), so equal inputs give equal
 snapshots. A malformed object is skipped whole with a message naming its kind and
-namespace/name, and the others translate; an object that read cleanly is committed whole. Two
-objects whose names collide (``a-b/c`` and ``a/b-c``) keep the first in sorted order; the
-other's router or service is skipped with a message. A Service port is one service shared by
-every router that points at it; when two objects set different strategies on one shared
-service, the first in sorted order wins and the other gets a message. Routers and services are
-built with ``build_router`` and ``build_service``: one the config would refuse is left out with
-a message. Every message lands in the snapshot's ``skipped``.
+namespace/name, and the others translate; an object that read cleanly is committed whole.
+
+Names can collide, since ``-`` both joins the parts and occurs in them: namespace ``victim``
+with Service ``a-web`` and namespace ``victim-a`` with Service ``web`` both give service
+``k8s-victim-a-web-80``. A service name is owned by the first identity that uses it, a Service
+port (namespace, Service, port) or one route's revisions service; an object that would use it
+for another identity, or that makes a router name another object already made, is skipped
+whole (none of its routers, services or certificates) with a message naming both objects, and
+the first in sorted order keeps the name. So a router only ever points at a service made from
+the Service port its own object names. A Service port is one service shared by every router
+that points at it; when two objects set different strategies on one shared service, the first
+in sorted order wins and the other gets a message. Routers and services are built with
+``build_router`` and ``build_service``: one the config would refuse is left out with a message,
+and so is every router pointing at a service left out. Every message lands in the snapshot's
+``skipped``.
 
 Ring 1 by place (``providers/``), pure by nature: ``translate`` takes the watch caches as plain
 dicts (decoded JSON) and the settings, and returns a ``Snapshot``; no I/O, no clock, no trio.
@@ -47,13 +55,35 @@ _Reader: TypeAlias = "Callable[[KubernetesProvider, Resolver, ObjectKey, Node, D
 
 @dataclass(slots=True)
 class _ServiceEntry:
-    """A service being assembled: its backend (None: synthesised), tree and first user."""
+    """A service being assembled: its backend (None: synthesised), the identity that owns its
+    name, its tree and first user."""
 
     backend: Backend | None
+    owner: _Identity
     origin: str
     tree: dict[str, object]
     strategy: str | None = None
     strategy_origin: str = ""
+
+
+#: What a service name stands for: a Service port (``Backend``), or the revisions service of
+#: one route, named by the object it comes from (``_Synthesised``).
+_Identity: TypeAlias = "Backend | _Synthesised"
+
+
+@dataclass(frozen=True, slots=True)
+class _Synthesised:
+    """The identity of a service made for one route (an IngressRoute's weighted services)."""
+
+    origin: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"the revisions of {self.origin}"
+
+
+def _identity(origin: str, name: str, backend: Backend | None) -> _Identity:
+    return backend if backend is not None else _Synthesised(origin, name)
 
 
 class _Translation:
@@ -69,17 +99,40 @@ class _Translation:
         self.notes: list[str] = []
 
     def add(self, origin: str, draft: Draft) -> None:
-        """Commit ``draft`` (an object that read cleanly)."""
+        """Commit ``draft`` (an object that read cleanly), or nothing of it when one of its
+        router or service names is already taken by something else (a collision)."""
+        clash = self._clash(draft)
+        if clash is not None:
+            self.notes.append(f"{origin}: skipped: {clash}")
+            return
         for name, tree in draft.routers.items():
-            if name in self.routers:
-                draft.note(f"router {name} is already made from {self.routers[name][0]}")
-                continue
             self.routers[name] = (origin, tree)
         for name, backend, tree, strategy in draft.uses:
             self._use(draft, name, backend, tree, strategy)
         for key in draft.secrets:
             self.secrets.setdefault(key, origin)
         self.notes.extend(draft.notes)
+
+    def _clash(self, draft: Draft) -> str | None:
+        """Why ``draft`` cannot be committed: a router name already made from another object,
+        or a service name that stands for another Service port (or route) than it does here;
+        None when it can."""
+        for name in draft.routers:
+            if name in self.routers:
+                return f"router {name} is already made from {self.routers[name][0]}"
+        claimed: dict[str, _Identity] = {}
+        for name, backend, _, _ in draft.uses:
+            identity = _identity(draft.origin, name, backend)
+            entry = self.services.get(name)
+            if entry is not None and entry.owner != identity:
+                return (
+                    f"service {name} ({identity}) is already made from {entry.origin} "
+                    f"({entry.owner})"
+                )
+            first = claimed.setdefault(name, identity)
+            if first != identity:
+                return f"service {name} would stand for both {first} and {identity}"
+        return None
 
     def _use(
         self,
@@ -91,11 +144,9 @@ class _Translation:
     ) -> None:
         entry = self.services.get(name)
         if entry is None:
-            entry = _ServiceEntry(backend, draft.origin, tree)
+            owner = _identity(draft.origin, name, backend)
+            entry = _ServiceEntry(backend, owner, draft.origin, tree)
             self.services[name] = entry
-        elif entry.backend != backend or backend is None:
-            draft.note(f"service {name} is already made from {entry.origin}")
-            return
         if strategy is None or strategy == entry.strategy:
             return
         if entry.strategy is None:
@@ -121,6 +172,10 @@ class _Translation:
                 continue
             origins["services", name] = entry.origin
         for name, (origin, tree) in sorted(self.routers.items()):
+            if tree.get("service") not in services:
+                # (left out above: the router must not meet another service of that name)
+                notes.append(f"{origin}: router {name} skipped: its service was left out")
+                continue
             try:
                 routers[name] = build_router(tree)
             except ValueError as error:

@@ -7,7 +7,9 @@ returns the config to swap in:
 
 - A provider's routers and services join the config under their own names. A name the static
   config already uses (routers, tcp_routers and udp_routers share one namespace) or an earlier
-  provider supplied hides the provider's object, with a warning naming it (static objects win).
+  provider supplied hides the provider's object, with a warning naming it (static objects win);
+  the provider's routers onto a service of its own that was hidden are left out too (they would
+  reach backends their object never named).
 - ``Snapshot.servers`` fill a service: the HCL service of that name gets them as its
   ``load_balancer.servers`` (the checks require them empty there), or a service with default
   settings is created. A ``providers.dns`` service with no answer yet exists without servers
@@ -147,11 +149,13 @@ class _Draft:
         snapshot, provider = source.snapshot, source.provider
         for name, servers in sorted(snapshot.servers.items()):
             self._fill(provider, snapshot, name, servers)
+        hidden: set[str] = set()
         for name, service in sorted(snapshot.services.items()):
             key = ("services", name)
             owner = _Owner(provider, snapshot.origins.get(key, f"service {name}"))
             if name in self.services:
                 self._hidden(owner, key, "service")
+                hidden.add(name)
                 continue
             self.services[name] = service
             self.added[key] = owner
@@ -160,6 +164,16 @@ class _Draft:
             owner = _Owner(provider, snapshot.origins.get(key, f"router {name}"))
             if name in self._taken:
                 self._hidden(owner, key, "router")
+                continue
+            if router.service in hidden:
+                # Its own service lost the name: routing it to whoever owns the name instead
+                # would send the provider object's traffic to backends it never named.
+                self.warn(
+                    provider,
+                    key,
+                    f'{owner.origin}: not applied: its service "{router.service}" is hidden by '
+                    "an object of the same name",
+                )
                 continue
             self._taken.add(name)
             self.routers[name] = router
