@@ -146,3 +146,17 @@ async def test_the_demo_replica_describes_itself_as_the_guide_says() -> None:
     ]
     assert document.health_path == "/status/200"
     assert health.status == 200
+
+
+def test_the_readme_example_of_providers_loads() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [block] = [
+        match[2]
+        for match in FENCE.finditer(readme)
+        if match[1].strip() == "hcl" and "kubernetes {" in match[2]
+    ]
+    entrypoint = 'entrypoints "web" {\n  address = "127.0.0.1:8080"\n}\n'
+    config = load_config_text(entrypoint + block, filename="README.md", env={})
+    assert config.providers is not None
+    assert config.providers.dns is not None
+    assert config.providers.kubernetes is not None
