@@ -5,12 +5,14 @@ merging snapshots into what it swaps in (autojump clock, fake providers and buil
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
+import pytest
 import trio
 import trustme
 
@@ -25,7 +27,12 @@ from a3s_gateway.providers.dynamic import (
     build_router,
     build_service,
 )
-from a3s_gateway.providers.provider_hub import RESTART_DELAY, CertificateFiles, ProviderHub
+from a3s_gateway.providers.provider_hub import (
+    MAX_RESTART_DELAY,
+    RESTART_DELAY,
+    CertificateFiles,
+    ProviderHub,
+)
 from tests.providers.test_aggregator import FakeTarget
 
 if TYPE_CHECKING:
@@ -341,3 +348,39 @@ def test_a_file_removed_from_outside_is_written_again(tmp_path: Path) -> None:
     Path(placed.cert_file).unlink()
     assert files.place(pem) == placed
     assert Path(placed.cert_file).read_bytes() == pem.cert_pem
+
+
+class AlwaysFailing:
+    """A provider with a bug: it raises at once, every time."""
+
+    def __init__(self) -> None:
+        self.status = ProviderStatus("discovery")
+        self.starts: list[float] = []
+
+    async def run(
+        self, publish: Publish, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.starts.append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("bug")
+
+
+@pytest.mark.time_limit(600)  # virtual seconds under the autojump clock
+async def test_a_provider_that_keeps_failing_is_restarted_with_backoff(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    failing = AlwaysFailing()
+    hub = ProviderHub(
+        factories={"discovery": lambda settings: failing},
+        certificates=CertificateFiles(str(tmp_path / "certs")),
+        threaded=False,
+    )
+    hub.apply(discovery_config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        await trio.sleep(400)
+        nursery.cancel_scope.cancel()
+    gaps = [round(b - a) for a, b in itertools.pairwise(failing.starts)]
+    assert gaps[:7] == [5, 10, 20, 40, 80, 80, 80]
+    assert failing.status.errors == len(failing.starts)
+    assert MAX_RESTART_DELAY == 80

@@ -12,7 +12,8 @@ loads like any certificate file. ``documents`` is ``/providers``; ``metrics`` fe
 provider families.
 
 A provider task that raises (a bug: peer failures are the provider's to handle) is logged with
-its traceback, marked failed and restarted after ``RESTART_DELAY`` seconds; its last snapshot
+its traceback, marked failed and restarted after ``RESTART_DELAY`` seconds, doubling while it
+keeps failing (up to ``MAX_RESTART_DELAY``); its last snapshot
 stays in use meanwhile.
 
 Nurseries: ``run`` owns one; each provider runs in its own cancel scope inside it (``apply``
@@ -51,12 +52,20 @@ if TYPE_CHECKING:
     #: Builds a provider from its settings block.
     Factory = Callable[[object], DynamicProvider]
 
-__all__ = ["RESTART_DELAY", "CertificateFiles", "ProviderHub", "default_factories"]
+__all__ = [
+    "MAX_RESTART_DELAY",
+    "RESTART_DELAY",
+    "CertificateFiles",
+    "ProviderHub",
+    "default_factories",
+]
 
 log: Final = logging.getLogger("a3s_gateway.providers")
 
-#: Seconds before a provider task that raised is started again.
+#: Seconds before a provider task that raised is started again, doubling while it keeps
+#: failing up to ``MAX_RESTART_DELAY`` (reset after a run that lasted that long).
 RESTART_DELAY: Final = 5.0
+MAX_RESTART_DELAY: Final = 80.0
 
 
 def default_factories() -> dict[str, Factory]:
@@ -263,14 +272,19 @@ class ProviderHub:
     async def _supervise(self, running: _Running) -> None:
         with running.scope:
             log.info("provider %s started", running.kind)
+            delay = RESTART_DELAY
             while True:
+                started = trio.current_time()
                 try:
                     await running.provider.run(self._publisher(running))
                     return
                 except Exception as error:  # a bug must not stop the gateway (SPEC §14.3)
                     log.exception("provider %s failed; restarting it", running.kind)
                     running.provider.status.failed(f"internal error: {type(error).__name__}")
-                await trio.sleep(RESTART_DELAY)
+                if trio.current_time() - started >= MAX_RESTART_DELAY:
+                    delay = RESTART_DELAY  # it ran a good while: a new failure starts over
+                await trio.sleep(delay)
+                delay = min(delay * 2, MAX_RESTART_DELAY)
 
     def _publisher(self, running: _Running) -> Callable[[Snapshot], None]:
         def publish(snapshot: Snapshot, /) -> None:
