@@ -1,4 +1,5 @@
-"""The gateway's exception hierarchy (SPEC §2.7).
+"""The gateway's exception hierarchy (SPEC §2.7), and ``one_line``, the shape of the messages
+of errors that quote what a peer said.
 
 Ring 0: plain exception classes. Each carries what a caller needs to report it; none carries a
 secret.
@@ -6,10 +7,21 @@ secret.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from a3s_gateway.config.problems import Problem
+
+
+#: The longest ``one_line`` text.
+MESSAGE_LIMIT: Final = 300
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` on one line (control characters and runs of blanks become one space), cut at
+    ``limit`` characters: fit for a log line or an error quoting what a peer answered."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class GatewayError(Exception):

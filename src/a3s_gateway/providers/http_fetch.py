@@ -28,7 +28,7 @@ import h11
 import trio
 
 from a3s_gateway.config.urls import HttpUrl
-from a3s_gateway.errors import GatewayError
+from a3s_gateway.errors import GatewayError, one_line
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ __all__ = ["FetchError", "Fetched", "fetch", "one_line"]
 
 _READ_SIZE: Final = 65536
 _USER_AGENT: Final = f"a3s-gateway/{__version__}"
-_MESSAGE_LIMIT: Final = 300
 
 
 class FetchError(GatewayError):
@@ -47,13 +46,6 @@ class FetchError(GatewayError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(one_line(reason))
-
-
-def one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
-    """``text`` on one line (control characters and runs of spaces become one space), cut at
-    ``limit`` characters."""
-    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)

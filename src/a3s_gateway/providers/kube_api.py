@@ -35,7 +35,7 @@ import h11
 import msgspec
 import trio
 
-from a3s_gateway.errors import GatewayError
+from a3s_gateway.errors import GatewayError, one_line
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
@@ -82,14 +82,6 @@ MAX_EVENT_LINE: Final = 16 << 20
 _MAX_ERROR_BODY: Final = 64 << 10
 _READ_SIZE: Final = 65536
 _USER_AGENT: Final = f"a3s-gateway/{__version__}"
-_MESSAGE_LIMIT: Final = 300
-
-
-def one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
-    """``text`` on one line (control characters and runs of blanks become one space), cut at
-    ``limit`` characters."""
-    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class KubeApiError(GatewayError):

@@ -44,7 +44,7 @@ import msgspec
 import trio
 
 from a3s_gateway.config.urls import HttpUrl
-from a3s_gateway.errors import GatewayError
+from a3s_gateway.errors import GatewayError, one_line
 from a3s_gateway.version import __version__
 
 if TYPE_CHECKING:
@@ -79,7 +79,6 @@ _USER_AGENT: Final = f"a3s-gateway/{__version__}"
 #: A bearer token is sent as is: visible ASCII only (RFC 6750 §2.1 is narrower still).
 _TOKEN: Final = re.compile(r"[\x21-\x7e]+")
 _FIELD_MANAGER: Final = "a3s-gateway"
-_MESSAGE_LIMIT: Final = 300
 
 _T = TypeVar("_T")
 
@@ -112,13 +111,6 @@ class ExecutorError(GatewayError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(one_line(reason))
-
-
-def one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
-    """``text`` on one line (control characters and runs of spaces become one space), cut at
-    ``limit`` characters."""
-    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 # -- the JSON-over-HTTP/1.1 client ----------------------------------------------------------
