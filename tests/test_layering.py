@@ -107,6 +107,14 @@ RINGS: Final[dict[str, int]] = {
     "a3s_gateway.scaling.loop": 1,
     "a3s_gateway.scaling.live": 1,
     "a3s_gateway.scaling.host": 1,
+    # ACME: the plan (domains from rules), keys and certificates, and the challenge board are
+    # pure; storage, the RFC 8555 client, the DNS-01 providers and the manager are the shell's.
+    "a3s_gateway.acme": 0,
+    "a3s_gateway.acme.storage": 1,
+    "a3s_gateway.acme.issuer": 1,
+    "a3s_gateway.acme.dns01": 1,
+    "a3s_gateway.acme.manager": 1,
+    "a3s_gateway.acme.solvers": 1,
     # Ring 2: composition.
     "a3s_gateway": 2,  # the root: the public facade over app.Gateway and load_config
     "a3s_gateway.app": 2,

@@ -42,8 +42,10 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     "probes": frozenset({"config", "errors", "version", "protocols", "services", "upstream"})
     | {"observability"},  # the supervisor's probes count into its metrics
     "preflight": frozenset({"config", "errors"}),
-    "providers": frozenset({"config", "errors", "version", "preflight", "runtime"}),
-    "server": RING0 | {"upstream", "streams", "probes", "wsmux", "scaling"},
+    "providers": frozenset({"config", "errors", "version", "preflight", "runtime", "acme"}),
+    # ACME: the plan reads the routers' rules; the manager is a provider publishing snapshots
+    "acme": frozenset({"config", "errors", "version", "routing", "providers"}),
+    "server": RING0 | {"upstream", "streams", "probes", "wsmux", "scaling", "acme"},
     # autoscaling: pure decider, split and rollout; the buffer, executors and loops (SPEC §11)
     "scaling": frozenset({"config", "errors", "version", "observability", "services"})
     | {"middleware", "protocols", "upstream"},
@@ -52,12 +54,13 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     "management": RING0 | {"server", "supervisor", "providers", "upstream", "scaling"},
     "supervisor": RING0
     | {"app", "management", "preflight", "providers", "server", "probes", "upstream"}
-    | {"scaling"},
+    | {"scaling", "acme"},
     "demo": frozenset({"app", "config", "errors", "version", "protocols"}),
     # Ring 2
     "app": RING0
-    | {"management", "preflight", "providers", "server", "upstream", "probes", "scaling"},
-    "cli": RING0 | {"app", "demo", "preflight", "providers", "supervisor"},
+    | {"management", "preflight", "providers", "server", "upstream", "probes", "scaling"}
+    | {"acme"},
+    "cli": RING0 | {"app", "demo", "preflight", "providers", "supervisor", "acme"},
     "__main__": frozenset({"cli"}),
     "__init__": frozenset({"app", "config", "errors", "preflight", "state", "version"}),
 }

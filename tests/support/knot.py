@@ -105,6 +105,22 @@ class KnotServer:
         """``127.0.0.1:<port>``, as ``providers.dns.nameservers`` takes it."""
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def tsig_key_name(self) -> str:
+        """The name of the TSIG key allowed to update the zone (for an RFC 2136 client under
+        test)."""
+        return _KEY_NAME
+
+    @property
+    def tsig_secret(self) -> str:
+        """That key's secret, base64 (random per server; never printed, not in the repr)."""
+        return self._secret
+
+    @property
+    def tsig_algorithm(self) -> str:
+        """That key's algorithm as ``acme_dns.tsig_algorithm`` names it."""
+        return "hmac-sha256"
+
     def _write(self, records: Sequence[str]) -> None:
         for sub in ("run", "db", "zones"):
             (self.directory / sub).mkdir()
