@@ -172,16 +172,19 @@ management {{
     assert all(p.severity != "error" for p in validate_config(config, offline=True))
 
 
-def test_validate_config_refuses_what_is_not_available_yet(
+def test_validate_config_checks_the_acme_ca_file(
     tmp_path: Path, pem_files: dict[str, Path]
 ) -> None:
     config = tmp_path / "gateway.hcl"
-    # Entrypoint TLS and HTTP/2 are available; ACME is not yet.
-    extra = 'alpn = ["h2", "http/1.1"]\n    acme_email = "ops@example.com"'
+    missing = tmp_path / "missing-ca.pem"
+    extra = (
+        'alpn = ["h2", "http/1.1"]\n    acme = true\n    acme_email = "ops@example.com"\n'
+        f'    acme_ca_file = "{missing}"\n    acme_storage_path = "{tmp_path / "acme"}"'
+    )
     config.write_text(tls_config(pem_files["cert"], pem_files["key"], extra))
     errors = [p for p in validate_config(config) if p.severity == "error"]
-    assert {p.path for p in errors} == {'entrypoints["web"].tls.acme_email'}
-    assert any("(ACME certificates)" in p.message for p in errors)
+    assert {p.path for p in errors} == {'entrypoints["web"].tls.acme_ca_file'}
+    assert str(missing) in errors[0].message
 
 
 def otlp_config(endpoint: str, *, tracing: bool = True) -> str:

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import trio
 
+from a3s_gateway.acme.board import ChallengeBoard
 from a3s_gateway.config.availability import check_availability
 from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.problems import SourceMap
@@ -322,10 +323,12 @@ class Gateway:
         reuse_port: bool = False,
         management: bool = True,
         probes: bool = True,
+        challenges: ChallengeBoard | None = None,
     ) -> None:
         self._override = Address(listen_override) if listen_override is not None else None
-        unavailable = _unavailable(config)
-        if unavailable:
+        #: The ACME challenges its listeners answer: its ACME manager's board, or a worker's.
+        self.challenges = challenges if challenges is not None else ChallengeBoard()
+        if unavailable := _unavailable(config):
             raise ConfigError(unavailable)
         self._config = self._with_override(config)
         #: The upstream pool's client adapters: the ``http1_parser`` engine, across reloads.
@@ -336,12 +339,10 @@ class Gateway:
                 "(`run --workers N`, SPEC §13.4)"
             )
         self._reuse_port = reuse_port
-        #: Whether this gateway binds its ``management {}`` listener (module docstring).
-        self._serve_management = management
+        self._serve_management = management  # binds ``management {}`` (module docstring)
         #: ``probes=False``: the active health pushed to this gateway (module docstring).
         self._board = None if probes else HealthBoard()
-        #: Each http and tcp entrypoint's listener group, and each udp entrypoint's sockets
-        #: and sessions, by entrypoint name.
+        #: Listener groups (http, tcp) and sockets with sessions (udp) by entrypoint name.
         self._groups: dict[str, ListenerGroup] = {}
         self._udp: dict[str, UdpGroup] = {}
         self._context: ServerContext | None = None
@@ -423,7 +424,9 @@ class Gateway:
         async with trio.open_nursery() as root:
             # Made here so that its background (mirror copies) is the root nursery from the
             # start: a field that is never None and never replaced.
-            ctx = self._context = ServerContext(runtime, pool, background=root, h2pool=h2pool)
+            ctx = self._context = ServerContext(
+                runtime, pool, background=root, h2pool=h2pool, challenges=self.challenges
+            )
             self.scaling.on_generation(runtime, None)
             ctx.metrics = self._metrics
             ctx.observer = observer
@@ -829,6 +832,7 @@ class Gateway:
             counts["unchanged"] = self._reloader.counts.get("unchanged", 0)
             hub = self._reloader.hub
             metrics.providers(hub.counters(), len(hub.pending()))
+            metrics.acme(*hub.acme_totals())
         for result, total in counts.items():
             metrics.config_reloads.labels(result).advance_to(total)
         metrics.collect(ctx.runtime, ctx, process=read_process())

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Final, NoReturn, Protocol, TextIO, TypeVar
 import msgspec
 import trio
 
+from a3s_gateway.acme.board import ChallengeBoard
+from a3s_gateway.acme.manager import acme_factory
 from a3s_gateway.app import Gateway
 from a3s_gateway.config.load import LoadOptions, load
 from a3s_gateway.config.overrides import apply_listen_override
@@ -288,11 +290,14 @@ def _run_logged(args: argparse.Namespace, path: str) -> int:
             log_format=args.log_format,
             config=result.config,  # generation 1 is exactly what was checked above
         )
-    # Dynamic providers: the first generation already leaves pending references out.
-    hub = ProviderHub()
+    # Dynamic providers: the first generation already leaves pending references out, and has
+    # the stored ACME certificates (the providers are set up before the first merge).
+    challenges = ChallengeBoard()
+    hub = ProviderHub(acme=acme_factory(challenges))
+    hub.apply(result.config)
     config = hub.merge(result.config, default_file=path).config
     try:
-        gateway = Gateway(config, listen_override=args.listen)
+        gateway = Gateway(config, listen_override=args.listen, challenges=challenges)
         return trio.run(_serve_until_signalled, gateway, path, args.listen, hub)
     except GatewayError as error:  # StartError included: a bind failure names the address
         shown = result.redactor.text(str(error), message=True)

@@ -127,3 +127,19 @@ def test_acme_with_dns01_is_valid() -> None:
         '      zone_id = "z1"\n    }\n'
     )
     assert load(snippet).problems == ()
+
+
+def test_acme_on_a_tcp_entrypoint_is_refused() -> None:
+    snippet = tls_entrypoint(
+        '    acme = true\n    acme_email = "ops@example.com"\n'
+        '    acme_domains = ["db.example.com"]\n'
+    ).replace('address = "127.0.0.1:8443"', 'address = "127.0.0.1:8443"\n  protocol = "tcp"')
+    run_case(
+        Case(
+            "acme-on-tcp",
+            snippet,
+            'entrypoints["secure"].tls.acme',
+            "acme = true applies to http entrypoints only",
+            "acme = true",
+        )
+    )

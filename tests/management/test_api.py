@@ -208,6 +208,9 @@ class FakeView:
         ]
         return 200, dict(state)
 
+    def acme_check(self, *, force: bool) -> bool:
+        return False
+
     def dynamic_providers(self) -> list[dict[str, object]]:
         return [dict(entry) for entry in self.dynamic]
 

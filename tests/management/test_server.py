@@ -107,6 +107,9 @@ class View:
     ) -> tuple[int, dict[str, object]]:
         return 404, {"error": "rollout not found"}
 
+    def acme_check(self, *, force: bool) -> bool:
+        return False
+
     def dynamic_providers(self) -> list[dict[str, object]]:
         return []
 

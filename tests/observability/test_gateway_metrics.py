@@ -310,6 +310,9 @@ FAMILIES = {
     "a3s_config_pending_references": ("gauge", set()),
     "a3s_provider_changes": ("counter", {"provider"}),
     "a3s_provider_errors": ("counter", {"provider"}),
+    "a3s_acme_orders": ("counter", {"result"}),
+    "a3s_acme_challenges_served": ("counter", {"type"}),
+    "a3s_acme_certificate_not_after_seconds": ("gauge", {"domain"}),
     "a3s_access_log_dropped": ("counter", set()),
     "a3s_build_info": ("gauge", {"version", "python"}),
     "process_cpu_seconds": ("counter", set()),
@@ -355,6 +358,8 @@ def _exercise(metrics: GatewayMetrics) -> None:
     metrics.scaling.collect_control(stats)
     metrics.scaling.collect_buffers({("svc", "released"): 4}, {"svc": 1})
     metrics.providers({"dns": (3, 1)}, 2)
+    metrics.acme({"success": 2, "ca_error": 1}, {"shop.example.com": 1.9e9})
+    metrics.acme_challenge_served("http-01")
 
 
 def test_every_spec_family_has_its_type_labels_help_and_type_lines() -> None:

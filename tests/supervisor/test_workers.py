@@ -26,10 +26,12 @@ import pytest
 import trio
 import trio.testing
 
+from a3s_gateway.acme.board import ChallengeBoard
 from a3s_gateway.config.load import load_text
 from a3s_gateway.state import GatewayState
 from a3s_gateway.supervisor.worker_main import (
     Apply,
+    Challenges,
     Command,
     Health,
     MetricsReply,
@@ -144,7 +146,7 @@ class FakeWorker:
         self.queries: list[Query] = []
         self.generations: list[int] = []
         self.health: list[Health] = []
-        self.sent: list[Apply | Health | Splits] = []
+        self.sent: list[Apply | Health | Splits | Challenges] = []
         self.hold = False
         self.hold_health = False
         self.release = trio.Event()
@@ -197,7 +199,7 @@ class FakeWorker:
             self.health.append(message)
             self.sent.append(message)
             return
-        if isinstance(message, Splits):
+        if isinstance(message, Splits | Challenges):
             self.sent.append(message)
             return
         self.queries.append(message)
@@ -440,13 +442,15 @@ B: Final = "http://10.0.0.2:80"
 
 
 def kinds(worker: FakeWorker) -> list[str]:
-    """What ``worker`` was sent, in order: ``apply N``, ``health full``, ``health`` or
-    ``splits``."""
+    """What ``worker`` was sent, in order: ``apply N``, ``health full``, ``health``,
+    ``splits`` or ``challenges``."""
     return [
         f"apply {message.generation}"
         if isinstance(message, Apply)
         else "splits"
         if isinstance(message, Splits)
+        else "challenges"
+        if isinstance(message, Challenges)
         else ("health full" if message.full else "health")
         for message in worker.sent
     ]
@@ -958,3 +962,28 @@ async def get_until_cut(port: int, path: str) -> None:
     """A request whose connection the test expects to be cut."""
     with contextlib.suppress(OSError, trio.BrokenResourceError):
         await get(port, path)
+
+
+async def test_acme_challenges_reach_every_worker_and_challenges_sent_waits_for_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    board = ChallengeBoard()
+    spawn = FakeSpawner()
+    supervisor = Supervisor(2, spawn, drain_bound=40.0)
+    board.on_change = lambda: supervisor.push_challenges(board.state())
+    supervisor.publish(generation(1))
+    async with trio.open_nursery() as nursery:
+        signals = await nursery.start(supervise, supervisor)
+        await trio.testing.wait_all_tasks_blocked()
+        board.add_http("tok", "tok.thumb")
+        with trio.fail_after(1):
+            await supervisor.challenges_sent()
+        for _, _, worker in spawn.started:
+            [sent] = [m for m in worker.sent if isinstance(m, Challenges)]
+            assert sent.state.http == {"tok": "tok.thumb"}
+        board.remove_http("tok")
+        await supervisor.challenges_sent()
+        for _, _, worker in spawn.started:
+            last = [m for m in worker.sent if isinstance(m, Challenges)][-1]
+            assert last.state.http == {}
+        await signals.send(signal.SIGTERM)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     #: Every use of one setting in a config, as ``(path, what)``.
     Finder: TypeAlias = Callable[[Config, SourceMap], Iterator[tuple[Path, str]]]
 
-__all__ = ["UNAVAILABLE", "Unavailable", "check_availability"]
+__all__ = ["UNAVAILABLE", "Unavailable", "check_availability", "written"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,53 +65,13 @@ def check_availability(config: Config, sources: SourceMap, *, default_file: str)
 # -- finders -------------------------------------------------------------------------------------
 
 
-def _written(sources: SourceMap, path: Path, *, differs: bool) -> bool:
-    """Whether the field at ``path`` is used: written in the file, or (no position known, as for
-    a ``Config`` built in code) set to something other than its default."""
+def written(sources: SourceMap, path: Path, *, differs: bool) -> bool:
+    """For finders: whether the field at ``path`` is used, written in the file or (no position
+    known, as for a ``Config`` built in code) set to something other than its default."""
     return sources.get(path) is not None or differs
 
 
-#: The ``tls`` fields of ACME (SPEC §3.8, §12), refused by name until ACME lands.
-_ACME_FIELDS: Final = (
-    "acme",
-    "acme_email",
-    "acme_domains",
-    "acme_staging",
-    "acme_directory_url",
-    "acme_ca_file",
-    "acme_storage_path",
-    "acme_challenge",
-    "acme_renewal_days",
-    "acme_key_type",
-    "acme_dns",
-)
-
-
-def _acme(config: Config, sources: SourceMap) -> Iterator[tuple[Path, str]]:
-    for name, entry in config.entrypoints.items():
-        tls = entry.tls
-        if tls is None:
-            continue
-        defaults = type(tls)()
-        for field in _ACME_FIELDS:
-            path: Path = ("entrypoints", name, "tls", field)
-            value = getattr(tls, field)
-            if _written(sources, path, differs=value != getattr(defaults, field)):
-                yield path, "acme = true" if field == "acme" else f'field "{field}"'
-
-
-_ACME_BLOCK: Final = """
-entrypoints "secure" {
-  address = "127.0.0.1:8443"
-  tls {
-    acme       = true
-    acme_email = "ops@example.com"
-  }
-}
-"""
-
-
-#: Every setting refused until its feature lands, in the order the docs list them.
-UNAVAILABLE: Final[tuple[Unavailable, ...]] = (
-    Unavailable("entrypoints.<name>.tls.acme, acme_*", "ACME certificates", _acme, _ACME_BLOCK),
-)
+#: Every setting refused until its feature lands, in the order the docs list them. Empty since
+#: ACME landed (issue #23): every setting of the language works. The mechanism stays for the
+#: next feature whose schema lands before its implementation.
+UNAVAILABLE: Final[tuple[Unavailable, ...]] = ()

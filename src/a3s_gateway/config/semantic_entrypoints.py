@@ -59,6 +59,12 @@ def check_entrypoints(report: Report) -> None:
             _check_redirect(report, base, name, entrypoint.redirect_to)
         if entrypoint.tls is not None and entrypoint.protocol != "udp":
             check_tls(report, (*base, "tls"), entrypoint.tls)
+            if entrypoint.tls.acme and entrypoint.protocol != "http":
+                report.error(
+                    (*base, "tls", "acme"),
+                    "acme = true applies to http entrypoints only (the certificates are for the "
+                    "host names of HTTP routers)",
+                )
     _check_collisions(report)
     _warn_without_router(report)
 

@@ -233,6 +233,11 @@ class GatewayView(Protocol):
         document, 404 when it has none, 409 when it has finished (SPEC §9.6)."""
         ...
 
+    def acme_check(self, *, force: bool) -> bool:
+        """Ask the ACME manager to check its certificates now, renewing those due (``force``:
+        every one); False when no entrypoint uses ACME (SPEC §12.5)."""
+        ...
+
     def dynamic_providers(self) -> list[JsonObject]:
         """The DNS, discovery and Kubernetes providers' entries of ``/providers`` (times as
         Unix seconds; ``provider_documents`` renders them), empty when none runs."""
@@ -380,6 +385,10 @@ def _match(segments: tuple[str, ...]) -> _Endpoint | None:
             return _Endpoint("route", (name,), _READ)
         case ("services", name):
             return _Endpoint("service", (name,), _READ)
+        case ("acme", "renew"):
+            return _Endpoint("acme-renew", (), _ACTION)
+        case ("acme", "renew-all"):
+            return _Endpoint("acme-renew-all", (), _ACTION)
         case ("rollouts", service, action) if action in _ROLLOUT_ACTIONS:
             return _Endpoint("rollout-action", (service, action), _ACTION)
         case _:
@@ -430,6 +439,11 @@ async def _answer(endpoint: _Endpoint, view: GatewayView, clock: Clock) -> ApiRe
     if name == "reload":
         outcome = await view.reload()
         return _reload_response(outcome, redactor_of(view.config()))
+    if name in ("acme-renew", "acme-renew-all"):
+        force = name == "acme-renew-all"
+        if not view.acme_check(force=force):
+            return json_response(HTTPStatus.NOT_FOUND, {"error": "no entrypoint uses ACME"})
+        return json_response(HTTPStatus.ACCEPTED, {"acme": "checking", "force": force})
     status, document = _document(endpoint, view, clock)
     if name not in OPEN_ENDPOINTS:
         # Rules, backend URLs and addresses are config values too: interpolated ones are

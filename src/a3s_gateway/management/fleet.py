@@ -78,7 +78,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -364,6 +364,17 @@ def readiness(supervisor: Supervisor) -> str | None:
 # ------------------------------------------------------------------------------- the view
 
 
+class AcmeCheck(Protocol):
+    """``ProviderHub.acme_check``'s shape: ask the ACME manager to check now."""
+
+    def __call__(self, *, force: bool) -> bool: ...
+
+
+def no_acme(*, force: bool) -> bool:
+    """The ``AcmeCheck`` of a fleet without an ACME manager."""
+    return False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FleetView:
     """The fleet as one request sees it: a ``GatewayView`` over the supervisor's state and the
@@ -393,6 +404,8 @@ class FleetView:
     depths: Mapping[str, int] = field(default_factory=dict)
     #: The supervisor's dynamic providers (``/providers``; SPEC §13.4: they run there).
     providers: list[JsonObject] = field(default_factory=list)
+    #: The supervisor's ACME manager's ``check_now`` (``ProviderHub.acme_check``).
+    acme_path: AcmeCheck = field(default=no_acme)
 
     def health(self) -> HealthSnapshot:
         return self.snapshot
@@ -428,6 +441,9 @@ class FleetView:
 
     def rollout_action(self, service: str, action: str, clock: Clock) -> tuple[int, JsonObject]:
         return rollout_action_answer(self.scaling_control, service, action, clock.timestamp)
+
+    def acme_check(self, *, force: bool) -> bool:
+        return self.acme_path(force=force)
 
     def dynamic_providers(self) -> list[JsonObject]:
         return self.providers
@@ -593,6 +609,7 @@ class FleetApi:
             scaling_control=fleet.scaling.control,
             depths=dict(fleet.scaling.depths),
             providers=self._reloader.hub.documents(),
+            acme_path=self._reloader.hub.acme_check,
         )
 
     async def metrics_text(self) -> bytes | None:
@@ -643,6 +660,7 @@ class FleetApi:
             metrics.config_reloads.labels(result).advance_to(total)
         hub = self._reloader.hub
         metrics.providers(hub.counters(), len(hub.pending()))
+        metrics.acme(*hub.acme_totals())
         self._workers_ready.labels().set(len(supervisor.ready()))
         self._restarts.labels().advance_to(supervisor.restarts)
         for kind, total in supervisor.query_failures.items():

@@ -543,6 +543,10 @@ class GatewayAdapter:
         control = self._gateway.scaling.control
         return rollout_action_answer(control, service, action, clock.timestamp)
 
+    def acme_check(self, *, force: bool) -> bool:
+        reloader = self._gateway.reloader
+        return reloader is not None and reloader.hub.acme_check(force=force)
+
     def dynamic_providers(self) -> list[dict[str, object]]:
         reloader = self._gateway.reloader
         return [] if reloader is None else reloader.hub.documents()

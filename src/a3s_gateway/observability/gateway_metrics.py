@@ -54,6 +54,10 @@ TLS termination (``server/tls.py``) feeds ``a3s_tls_handshake_errors_total`` and
 ``a3s_tls_reload_errors_total`` through ``tls_handshake_error`` and ``tls_reload_error``, and
 hands the whole set of loaded certificates to ``tls_certificates`` whenever it changes
 (``a3s_tls_certificate_not_after_seconds``; a ``MAX`` gauge: every worker loads the same files).
+ACME (``acme/manager.py``): ``a3s_acme_orders_total`` and
+``a3s_acme_certificate_not_after_seconds`` through ``acme`` at scrape time from the process
+that runs the manager; ``a3s_acme_challenges_served_total`` through ``acme_challenge_served``
+where a challenge is answered.
 
 WebSocket sessions and SSE streams (``a3s_websocket_sessions_active``/``_total``,
 ``a3s_sse_streams_active``, ``a3s_open_connections{protocol="websocket"}``) are read from the
@@ -397,6 +401,26 @@ class GatewayMetrics:
             kind=GaugeKind.MAX,
         )
 
+        # --- ACME (SPEC §12): orders and the certificates' expiry come from the process that
+        # runs the ACME manager (at scrape time, like the provider counters); challenge
+        # answers are counted where they are served (every worker).
+        self.acme_orders = registry.counter(
+            "a3s_acme_orders_total",
+            "ACME orders, by result (success, ca_error, rejected, invalid).",
+            ("result",),
+        )
+        self.acme_challenges_served = registry.counter(
+            "a3s_acme_challenges_served_total",
+            "ACME validation requests answered, by challenge type (http-01, tls-alpn-01).",
+            ("type",),
+        )
+        self.acme_not_after = registry.gauge(
+            "a3s_acme_certificate_not_after_seconds",
+            "Expiry (notAfter, Unix time) of each ACME certificate in the storage.",
+            ("domain",),
+            kind=GaugeKind.OWN,
+        )
+
     def _declare_backends(self, registry: Registry) -> None:
         """The backend, pool, health and service families."""
         counter, gauge, histogram = registry.counter, registry.gauge, registry.histogram
@@ -716,6 +740,23 @@ class GatewayMetrics:
         """A changed certificate pair of ``entrypoint`` could not be loaded."""
         if self.enabled:
             self.tls_reload_errors.labels(entrypoint).value += 1
+
+    def acme_challenge_served(self, kind: str) -> None:
+        """A validation request of challenge type ``kind`` was answered."""
+        if self.enabled:
+            self.acme_challenges_served.labels(kind).value += 1
+
+    def acme(self, orders: Mapping[str, int], not_after: Mapping[str, float]) -> None:
+        """At scrape time: the ACME manager's order totals by result and each stored
+        certificate's expiry (domains no longer managed are removed)."""
+        if not self.enabled:
+            return
+        for result, total in orders.items():
+            self.acme_orders.labels(result).advance_to(total)
+        family = self.acme_not_after
+        for domain, expiry in not_after.items():
+            family.labels(domain).set(expiry)
+        family.retain({(domain,) for domain in not_after})
 
     def tls_certificates(self, certificates: Iterable[tuple[str, str, float]]) -> None:
         """Every loaded certificate now, as (entrypoint, name, notAfter); others are removed."""

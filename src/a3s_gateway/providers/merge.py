@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["DYNAMIC_KINDS", "Merged", "Source", "dynamic_kinds", "merge"]
 
 #: The dynamic providers, in the order their snapshots are merged (earlier wins a name).
-DYNAMIC_KINDS: Final = ("dns", "discovery", "kubernetes")
+#: ``acme`` supplies certificates only (``acme/manager.py``); it runs when an entrypoint has
+#: ``tls { acme = true }`` rather than from the ``providers`` block.
+DYNAMIC_KINDS: Final = ("dns", "discovery", "kubernetes", "acme")
 
 #: ``(section, name)`` of one object in the merged config.
 _Key = tuple[str, str]
@@ -79,9 +81,14 @@ class Merged:
 def dynamic_kinds(config: Config) -> tuple[str, ...]:
     """The dynamic providers ``config`` enables, in merge order."""
     providers = config.providers
-    if providers is None:
-        return ()
-    return tuple(kind for kind in DYNAMIC_KINDS if getattr(providers, kind) is not None)
+    kinds = [
+        kind
+        for kind in DYNAMIC_KINDS[:-1]
+        if providers is not None and getattr(providers, kind) is not None
+    ]
+    if any(entry.tls is not None and entry.tls.acme for entry in config.entrypoints.values()):
+        kinds.append("acme")
+    return tuple(kinds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ import ssl
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import trio
 
@@ -69,7 +69,8 @@ MAX_RESTART_DELAY: Final = 80.0
 
 
 def default_factories() -> dict[str, Factory]:
-    """The real providers, imported when first used."""
+    """The real providers of the ``providers`` block, imported when first used (the ``acme``
+    one is handed to ``ProviderHub`` by whoever owns the challenge board)."""
 
     def dns(settings: object) -> DynamicProvider:
         from a3s_gateway.config.schema import DnsProvider
@@ -205,7 +206,9 @@ class ProviderHub:
 
     ``changed``: called (from trio) when a provider's snapshot changed or a provider stopped;
     the ``Reloader`` sets it to its debounced ``changed``. ``factories``: kind → builder (tests
-    pass fakes). ``certificates``: where provider certificates go. ``threaded``: merge reload
+    pass fakes). ``acme``: the builder of the ACME manager (``acme/manager.py`` ``acme_factory``,
+    bound to the gateway's challenge board; without it, ACME entrypoints get no certificates
+    but the fallback). ``certificates``: where provider certificates go. ``threaded``: merge reload
     candidates in a worker thread (False: on the loop, for tests under the autojump clock,
     which would jump past their deadlines while a thread works).
     """
@@ -216,14 +219,19 @@ class ProviderHub:
         factories: Mapping[str, Factory] | None = None,
         certificates: CertificateFiles | None = None,
         threaded: bool = True,
+        acme: Factory | None = None,
     ) -> None:
         self.changed: Callable[[], None] = _nothing
         self._factories = dict(factories) if factories is not None else default_factories()
+        if acme is not None:
+            self._factories["acme"] = acme
         self._certificates = certificates if certificates is not None else CertificateFiles()
         self._threaded = threaded
         self._running: dict[str, _Running] = {}
         #: (changes, errors) of providers stopped by ``apply``, so the totals never go back.
         self._carried: dict[str, tuple[int, int]] = {}
+        #: ACME orders by result of managers stopped by ``apply`` (idem).
+        self._orders: dict[str, int] = {}
         #: Providers ``apply`` started, for ``run`` to supervise in its nursery.
         self._starts, self._started = trio.open_memory_channel[_Running](math.inf)
         #: The last merge's result (pending references, warnings) for the API and metrics.
@@ -244,11 +252,18 @@ class ProviderHub:
 
     def apply(self, config: Config) -> None:
         """Start, restart or stop providers to match ``config``'s ``providers`` block."""
-        providers = config.providers
         for kind in DYNAMIC_KINDS:
-            settings = getattr(providers, kind) if providers is not None else None
+            settings = _settings(config, kind) if kind in self._factories else None
             running = self._running.get(kind)
             if running is not None and running.settings == settings:
+                continue
+            if (
+                running is not None
+                and settings is not None
+                and isinstance(running.provider, _Updatable)
+            ):
+                running.settings = settings  # (ACME: an order in progress goes on)
+                running.provider.update(settings)
                 continue
             previous = None
             if running is not None:
@@ -257,6 +272,7 @@ class ProviderHub:
                 changes, errors = self._carried.get(kind, (0, 0))
                 status = running.provider.status
                 self._carried[kind] = (changes + status.changes, errors + status.errors)
+                self._carry_orders(running.provider)
                 previous = running.snapshot
                 if previous is not None and settings is None:
                     self.changed()
@@ -265,6 +281,10 @@ class ProviderHub:
                 provider = self._factories[kind](settings)
                 # A restarted provider's objects stay until it publishes its own: changed
                 # settings must not empty a service for the moment the provider starts.
+                if previous is None and isinstance(provider, _Seeded):
+                    previous = provider.initial_snapshot()  # stored certificates, at once
+                    if previous.certificates:
+                        self.changed()  # (a reload turned it on: serve them now)
                 fresh = _Running(kind, settings, provider, snapshot=previous)
                 self._running[kind] = fresh
                 self._starts.send_nowait(fresh)
@@ -391,6 +411,31 @@ class ProviderHub:
         """References to services no provider supplies yet, as of the last merge."""
         return self.last.pending if self.last is not None else ()
 
+    def acme_totals(self) -> tuple[dict[str, int], dict[str, float]]:
+        """ACME orders by result (since the start) and each managed certificate's expiry."""
+        orders = dict(self._orders)
+        not_after: dict[str, float] = {}
+        running = self._running.get("acme")
+        if running is not None and isinstance(running.provider, _Ordering):
+            for result, total in running.provider.orders.items():
+                orders[result] = orders.get(result, 0) + total
+            not_after = running.provider.not_after()
+        return orders, not_after
+
+    def acme_check(self, *, force: bool = False) -> bool:
+        """Ask the ACME manager to check its certificates now (``force``: renew them all);
+        False when no entrypoint uses ACME."""
+        running = self._running.get("acme")
+        if running is None or not isinstance(running.provider, _Ordering):
+            return False
+        running.provider.check_now(force=force)
+        return True
+
+    def _carry_orders(self, provider: object) -> None:
+        if isinstance(provider, _Ordering):
+            for result, total in provider.orders.items():
+                self._orders[result] = self._orders.get(result, 0) + total
+
     def counters(self) -> dict[str, tuple[int, int]]:
         """Provider → (changes, errors), for the metrics."""
         totals = dict(self._carried)
@@ -403,3 +448,39 @@ class ProviderHub:
 
 def _nothing() -> None:
     pass
+
+
+def _settings(config: Config, kind: str) -> object:
+    """The settings of provider ``kind`` in ``config`` (None: not enabled). ``acme``'s are the
+    ACME entrypoints with their derived domains (a router added on one is a new setting)."""
+    if kind == "acme":
+        from a3s_gateway.acme.order_plan import plan_acme
+
+        return plan_acme(config) or None
+    providers = config.providers
+    return getattr(providers, kind) if providers is not None else None
+
+
+@runtime_checkable
+class _Seeded(Protocol):
+    """A provider with a snapshot before it runs (ACME: the stored certificates)."""
+
+    def initial_snapshot(self) -> Snapshot: ...
+
+
+@runtime_checkable
+class _Updatable(Protocol):
+    """A provider that takes new settings without a restart (ACME)."""
+
+    def update(self, settings: object) -> None: ...
+
+
+@runtime_checkable
+class _Ordering(Protocol):
+    """The ACME manager, as the hub's API and metrics see it."""
+
+    orders: dict[str, int]
+
+    def not_after(self) -> dict[str, float]: ...
+
+    def check_now(self, *, force: bool = False) -> None: ...

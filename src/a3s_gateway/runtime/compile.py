@@ -110,6 +110,11 @@ class TlsSettings:
     client_auth: str
     client_ca_file: str | None
     sni_strict: bool
+    #: ``acme = true`` without ``cert_file``: the ``acme_storage_path`` where a generated
+    #: self-signed certificate (``CN=a3s-gateway default``) is kept; it comes first, the
+    #: default until and beside the ACME certificates, which the SNI map selects by name
+    #: (SPEC §12.5). None: no fallback.
+    fallback: str | None = None
 
 
 def _tls_settings(entrypoint: Entrypoint) -> TlsSettings | None:
@@ -134,6 +139,7 @@ def _tls_settings(entrypoint: Entrypoint) -> TlsSettings | None:
         client_auth=tls.client_auth,
         client_ca_file=tls.client_ca_file,
         sni_strict=tls.sni_strict,
+        fallback=tls.acme_storage_path if tls.acme and tls.cert_file is None else None,
     )
 
 
@@ -320,6 +326,10 @@ class RuntimeConfig:
     tcp_filters: Mapping[str, TcpFilter] = dataclasses.field(default_factory=dict)
     #: The ``udp`` entrypoints by name.
     udp_entrypoints: Mapping[str, UdpEntrypointRuntime] = dataclasses.field(default_factory=dict)
+    #: The ``acme_storage_path`` of every entrypoint ordering with HTTP-01: its
+    #: ``challenges/`` directory holds the tokens another gateway sharing the storage presents
+    #: (SPEC §12.2), answered when this process has no such token pending itself.
+    acme_storage: tuple[str, ...] = ()
 
     def scale_of(self, service: str) -> ServiceScale | None:
         """The scaling and revisions of ``service`` (None: no such service, or it has
@@ -397,7 +407,23 @@ def compile_runtime(
         tcp_routes=tcp_routes,
         tcp_filters=_tcp_filters(config, previous),
         udp_entrypoints=_udp_entrypoints(config),
+        acme_storage=_acme_storage(config),
     )
+
+
+def _acme_storage(config: Config) -> tuple[str, ...]:
+    """``RuntimeConfig.acme_storage``: each HTTP-01 storage path once, in entrypoint order."""
+    paths: list[str] = []
+    for entrypoint in config.entrypoints.values():
+        tls = entrypoint.tls
+        if (
+            tls is not None
+            and tls.acme
+            and tls.acme_challenge == "http-01"
+            and tls.acme_storage_path not in paths
+        ):
+            paths.append(tls.acme_storage_path)
+    return tuple(paths)
 
 
 def _tcp_route_table(config: Config) -> TcpRouteTable:

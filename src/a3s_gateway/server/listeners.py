@@ -39,6 +39,7 @@ import trio
 from a3s_gateway.errors import StartError
 from a3s_gateway.protocols.http2 import PREFACE
 from a3s_gateway.routing.request import TcpConnInfo, parse_peer
+from a3s_gateway.server.acme_answer import tls_alpn_challenge
 from a3s_gateway.server.downstream import ConnInfo
 from a3s_gateway.server.http1_driver import serve_http1
 from a3s_gateway.server.http2_driver import serve_http2
@@ -435,7 +436,13 @@ async def _serve_tls(
     ctx: ServerContext,
 ) -> None:
     """The handshake (bounded by ``timeouts.handshake``), then HTTP/2 or HTTP/1.1 over TLS,
-    as ALPN agreed (SPEC §5.1)."""
+    as ALPN agreed (SPEC §5.1). While a TLS-ALPN-01 challenge is pending, the ClientHello is
+    peeked first and a validation answered instead (``acme_answer.py``)."""
+    if ctx.challenges.has_alpn:
+        answered = await tls_alpn_challenge(stream, info, entry, ctx)
+        if answered is None:
+            return
+        stream = answered
     done = await handshake(stream, terminator, info, entry, ctx.metrics)
     if done is not None:
         tls_stream, tls_info = done

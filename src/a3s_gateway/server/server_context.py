@@ -18,6 +18,7 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Final, Protocol, TypeVarTuple
 
+from a3s_gateway.acme.board import ChallengeBoard
 from a3s_gateway.observability.gateway_metrics import GatewayMetrics
 from a3s_gateway.observability.stream_stats import StreamStats
 from a3s_gateway.server.relay_hub import RelayHub
@@ -25,6 +26,7 @@ from a3s_gateway.upstream.http2_pool import Http2Pool
 from a3s_gateway.wsmux.hub import HubRegistry
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable
 
     from a3s_gateway.observability.record import ExchangeObserver
@@ -136,7 +138,9 @@ class ServerContext:
     __slots__ = (
         "active_connections",
         "active_requests",
+        "alpn_contexts",
         "background",
+        "challenges",
         "dates",
         "drain",
         "failover_requests",
@@ -189,8 +193,14 @@ class ServerContext:
         pool: UpstreamPool,
         background: Background = NOT_SERVING,
         h2pool: Http2Pool | None = None,
+        challenges: ChallengeBoard | None = None,
     ) -> None:
         self.runtime = runtime
+        #: The pending ACME challenges the listeners answer (``server/acme_answer.py``); the
+        #: gateway's own board, which its ACME manager (or the supervisor's push) fills.
+        self.challenges: Final = challenges if challenges is not None else ChallengeBoard()
+        #: TLS-ALPN-01 challenge certificates' server contexts, by certificate PEM.
+        self.alpn_contexts: dict[bytes, ssl.SSLContext] = {}
         self.pool = pool
         #: HTTP/2 connections to backends (``h2c://`` servers, gRPC calls); a context built
         #: without one (a test's) gets a pool that was never started, which refuses streams.

@@ -49,6 +49,7 @@ from a3s_gateway.server.tls_material import (
     CertificateError,
     LoadedCertificate,
     Stamp,
+    fallback_pair,
     load_certificate,
     stamp,
 )
@@ -241,9 +242,12 @@ def build_terminator(name: str, settings: TlsSettings) -> Terminator:
     any cannot be loaded."""
     ca = settings.client_ca_file
     ca_stamp = stamp(ca) if ca is not None and settings.client_auth != "none" else None
-    if not settings.pairs:
+    pairs = settings.pairs
+    if settings.fallback is not None:
+        pairs = (fallback_pair(settings.fallback), *pairs)
+    if not pairs:
         raise CertificateError("no certificate configured")
-    certificates = tuple(load_certificate(pair, settings) for pair in settings.pairs)
+    certificates = tuple(load_certificate(pair, settings) for pair in pairs)
     return Terminator(name, settings, _state(certificates, settings, ca_stamp))
 
 

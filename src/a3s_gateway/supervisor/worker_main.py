@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 import msgspec
 import trio
 
+from a3s_gateway.acme.board import BoardState
 from a3s_gateway.app import Gateway
 from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.schema import remember_secrets, secrets_of
@@ -103,6 +104,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIRST_CONFIG_WAIT",
     "Apply",
+    "Challenges",
     "Command",
     "DocumentsReply",
     "Health",
@@ -262,12 +264,19 @@ class Splits(msgspec.Struct, frozen=True, tag="splits"):
     splits: dict[str, list[int]]
 
 
+class Challenges(msgspec.Struct, frozen=True, tag="challenges"):
+    """Supervisor → worker: every pending ACME challenge, to answer on its listeners
+    (SPEC §12.2; the supervisor runs the orders)."""
+
+    state: BoardState
+
+
 Reply: TypeAlias = MetricsReply | StateReply | DocumentsReply | ScalingReply
 WorkerMessage: TypeAlias = (
     Ready | MetricsReply | StateReply | DocumentsReply | ScalingReply | Activate
 )
 #: Supervisor → worker.
-Command: TypeAlias = Query | Apply | Health | Splits
+Command: TypeAlias = Query | Apply | Health | Splits | Challenges
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(WorkerMessage)
@@ -646,6 +655,9 @@ async def _serve_supervisor(
             continue
         if isinstance(command, Health):
             _push(gateway, command)
+            continue
+        if isinstance(command, Challenges):
+            gateway.challenges.replace(command.state)
             continue
         if isinstance(command, Splits):
             gateway.scaling.forget_splits(command.splits)

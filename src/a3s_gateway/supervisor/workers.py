@@ -109,6 +109,8 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 import msgspec
 import trio
 
+from a3s_gateway.acme.board import BoardState, ChallengeBoard
+from a3s_gateway.acme.manager import acme_factory
 from a3s_gateway.config.load import LoadOptions, load
 from a3s_gateway.config.overrides import apply_listen_override
 from a3s_gateway.config.values import Address
@@ -130,6 +132,8 @@ from a3s_gateway.supervisor.worker_main import (
     EXIT_START,
     Activate,
     Apply,
+    Challenges,
+    Command,
     DocumentsReply,
     Health,
     MetricsReply,
@@ -177,6 +181,8 @@ STABLE_AFTER: Final = 60.0
 START_DEADLINE: Final = 60.0
 #: Added to ``shutdown_timeout_secs`` (the workers' drain grace and pool close) before SIGKILL.
 DRAIN_MARGIN: Final = 10.0
+#: Bound on waiting until every worker has been sent a new ACME challenge.
+CHALLENGE_WAIT: Final = 5.0
 _RESERVE_ATTEMPTS: Final = 5
 R = TypeVar("R", MetricsReply, StateReply, DocumentsReply, ScalingReply)
 
@@ -281,6 +287,7 @@ class Supervisor:
         *,
         drain_bound: float,
         start_deadline: float = START_DEADLINE,
+        serving: trio.Event | None = None,
     ) -> None:
         self._count = count
         self._spawn = spawn
@@ -309,6 +316,14 @@ class Supervisor:
         #: every worker by its feeder; the version counts the changes.
         self.splits: dict[str, list[int]] = {}
         self._splits_version = 0
+        #: The pending ACME challenges every worker is to answer, and their version.
+        self._challenges = BoardState()
+        self._challenges_version = 0
+        #: Set (and replaced) whenever a worker has been sent a challenges version.
+        self._challenges_news = trio.Event()
+        #: Set once every worker first said ``Ready`` (the ACME manager orders only then:
+        #: before, no listener would answer the CA's validation).
+        self.serving = serving if serving is not None else trio.Event()
         #: Where a worker's ``Activate`` goes (the autoscalers' ``poke``).
         self.on_activate: Callable[[str], None] | None = None
 
@@ -351,6 +366,24 @@ class Supervisor:
         self.splits[service] = percents
         self._splits_version += 1
         self._wake_feeders()
+
+    def push_challenges(self, state: BoardState) -> None:
+        """Every worker is to answer the ACME challenges of ``state`` (SPEC §12.2)."""
+        self._challenges = state
+        self._challenges_version += 1
+        self._wake_feeders()
+
+    async def challenges_sent(self) -> None:
+        """Until every ready worker has been sent the latest challenges (at most
+        ``CHALLENGE_WAIT`` seconds: a stuck worker must not hold up the order)."""
+        version = self._challenges_version
+        with trio.move_on_after(CHALLENGE_WAIT):
+            while any(
+                link.challenges_seen < version
+                for index, link in self._links.items()
+                if index in self._ready
+            ):
+                await self._challenges_news.wait()
 
     def keep_splits(self, services: Collection[str]) -> None:
         """Forget the splits of the services not in ``services`` (their rollout is gone: a
@@ -563,10 +596,14 @@ class Supervisor:
                 link.sent = mark
             elif isinstance(message, Health):
                 link.health_seen = mark
+            elif isinstance(message, Challenges):
+                link.challenges_seen = mark
+                self._challenges_news.set()
+                self._challenges_news = trio.Event()
             else:
                 link.splits_seen = mark
 
-    def _next_for(self, link: _Link) -> tuple[Apply | Health | Splits, int] | None:
+    def _next_for(self, link: _Link) -> tuple[Command, int] | None:
         """What ``link``'s worker is to be sent next, with the generation or health version
         it brings the worker to; None: nothing. A newer generation comes before the health
         news, and the health only once the worker has a generation (``worker_main``)."""
@@ -580,6 +617,8 @@ class Supervisor:
             return Health(list(news.states), list(news.passed), news.full), news.version
         if link.splits_seen < self._splits_version:
             return Splits(dict(self.splits)), self._splits_version
+        if link.challenges_seen < self._challenges_version:
+            return Challenges(self._challenges), self._challenges_version
         return None
 
     def _on_message(self, index: int, link: _Link, message: WorkerMessage) -> None:
@@ -601,6 +640,7 @@ class Supervisor:
         elif len(self._ready) == self._count:
             log.info("workers ready: %d", self._count)
             self._all_ready.set()
+            self.serving.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,7 +665,16 @@ class _Link:
     and the queries awaiting a reply by id. ``deliver`` is called by the slot task, the only
     reader; ``close`` when the worker has exited."""
 
-    __slots__ = ("_closed", "_last_id", "_waiting", "health_seen", "sent", "splits_seen", "worker")
+    __slots__ = (
+        "_closed",
+        "_last_id",
+        "_waiting",
+        "challenges_seen",
+        "health_seen",
+        "sent",
+        "splits_seen",
+        "worker",
+    )
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -635,6 +684,8 @@ class _Link:
         self.health_seen = -1
         #: The splits version this worker has been sent (0: none).
         self.splits_seen = 0
+        #: The ACME challenges version this worker has been sent (0: none).
+        self.challenges_seen = 0
         self._last_id = 0
         self._waiting: dict[int, _Waiter] = {}
         self._closed = False
@@ -812,9 +863,8 @@ def run_supervisor(
     )
     if prepare is not None:
         config = prepare(config)
-    # The dynamic providers run here (SPEC §13.4); generation 1 leaves pending references out.
-    hub = ProviderHub()
-    config = hub.merge(config, workers=workers, default_file=path).config
+    serving = trio.Event()
+    hub, challenges, config = _providers(config, workers, path, serving)
     _raise_file_limit()  # inherited by the workers
     # The supervisor compiles every generation once but never serves: its outbound clients
     # (which middleware factories need) are never started.
@@ -828,7 +878,9 @@ def run_supervisor(
         )
         spawn = partial(_spawn, multiprocessing.get_context("spawn"), template)
         drain_bound = config.shutdown_timeout_secs + DRAIN_MARGIN
-        supervisor = Supervisor(workers, spawn, drain_bound=drain_bound)
+        supervisor = Supervisor(workers, spawn, drain_bound=drain_bound, serving=serving)
+        challenges.on_change = lambda: supervisor.push_challenges(challenges.state())
+        challenges.delivered = supervisor.challenges_sent
         # Probes run here, once for all workers (SPEC §13.4); counted in the API's metrics.
         metrics = GatewayMetrics(True, version=__version__)
         probes = FleetProbes(supervisor.health, runtime, metrics=metrics)
@@ -842,6 +894,17 @@ def run_supervisor(
     finally:
         for sock in held:
             sock.close()
+
+
+def _providers(
+    config: Config, workers: int, path: str, serving: trio.Event
+) -> tuple[ProviderHub, ChallengeBoard, Config]:
+    """The dynamic providers run here (SPEC §13.4): generation 1 leaves pending references out
+    and has the stored ACME certificates; the ACME challenges are pushed to every worker."""
+    challenges = ChallengeBoard()
+    hub = ProviderHub(acme=acme_factory(challenges, serving=serving))
+    hub.apply(config)
+    return hub, challenges, hub.merge(config, workers=workers, default_file=path).config
 
 
 def _spawn(context: SpawnContext, template: WorkerSpec, index: int) -> Worker:

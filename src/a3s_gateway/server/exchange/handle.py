@@ -28,6 +28,7 @@ from a3s_gateway.observability.record import refusal_error
 from a3s_gateway.protocols.events import ProtocolViolation
 from a3s_gateway.protocols.grpc import GrpcTimeoutError, grpc_timeout
 from a3s_gateway.protocols.responses import error_response
+from a3s_gateway.server.acme_answer import http_challenge, wants_http_challenge
 from a3s_gateway.server.downstream import ClientTimeout, aborted
 from a3s_gateway.server.exchange.answer import answer
 from a3s_gateway.server.exchange.context import Exchange
@@ -101,7 +102,11 @@ async def _counted(
     try:
         # The stages, inline: every coroutine frame of the chain is resumed at each wait.
         ex = Exchange(head, down, info, ctx, runtime, entry, record)
-        early = prepare(ex) if not ex.grpc else _grpc_prepare(ex)
+        early = None
+        if wants_http_challenge(head, info, ctx):  # SPEC §12.2: before redirects and routing
+            early = await http_challenge(head, ctx)
+        if early is None:
+            early = prepare(ex) if not ex.grpc else _grpc_prepare(ex)
         if early is not None:
             await answer(down, head, early)
         elif ex.chain:
