@@ -181,8 +181,10 @@ async def test_sticky_affinity_and_health_survive_a_real_restart(
     port = free_port()
     balancer = (
         '    sticky {\n      cookie = "pin"\n      secret = "0123456789abcdef0123"\n    }\n'
-        '    health_check {\n      path = "/health"\n      interval = "200ms"\n'
-        '      timeout = "150ms"\n      unhealthy_threshold = 1\n    }\n'
+        # (a probe timeout of 150 ms once failed "cli"'s own probe under a loaded CI machine:
+        # both backends down, a 503 instead of the pinned answer)
+        '    health_check {\n      path = "/health"\n      interval = "500ms"\n'
+        '      timeout = "450ms"\n      unhealthy_threshold = 1\n    }\n'
     )
     text = config_text([server_entry(origin), server_entry(other)], balancer=balancer, port=port)
     async with cli_gateway(tmp_path, text) as gateway:
