@@ -408,3 +408,37 @@ async def test_workers_answer_the_challenges_the_supervisor_presents(tmp_path: P
                     assert await shop_body(pebble.tls_port, client) == "from-shop"
                 assert await gateway.metric("a3s_acme_orders_total", result="success") == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_configured_certificate_for_the_name_gives_way_to_the_acme_one(
+    tmp_path: Path,
+) -> None:
+    """``cert_file`` lists ``SHOP`` too: it serves until the ACME certificate exists, then
+    stays the default for other names while the ACME one answers for ``SHOP``."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert(SHOP, "default.example.test")
+    cert_file, key_file = tmp_path / "static.pem", tmp_path / "static.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+    leaf.private_key_pem.write_to_path(str(key_file))
+    static = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    extra = (
+        f"    cert_file = {json.dumps(str(cert_file))}\n"
+        f"    key_file = {json.dumps(str(key_file))}\n"
+    )
+    with running_pebble() as pebble:
+        async with trio.open_nursery() as nursery:
+            (origin,) = await start_origins(nursery, "shop")
+            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
+            text = gateway_config(pebble, tmp_path / "acme", origin, admin=admin, extra_tls=extra)
+            async with cli_gateway(tmp_path, text, port=pebble.http_port, admin=admin) as gateway:
+                await wait_issued(gateway, pebble)
+                other = await TlsConnection.open(
+                    pebble.tls_port, "default.example.test", any_certificate()
+                )
+                try:
+                    der = other.stream.getpeercert(binary_form=True)
+                finally:
+                    await other.aclose()
+                assert der is not None
+                assert x509.load_der_x509_certificate(der).serial_number == static.serial_number
+            nursery.cancel_scope.cancel()

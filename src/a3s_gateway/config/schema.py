@@ -60,7 +60,7 @@ EnvName: TypeAlias = Annotated[str, msgspec.Meta(pattern=ENV_NAME_PATTERN)]
 
 #: Where a provider object came from (``Config.provider_sources``), in the route order's
 #: tie-break order after the files (SPEC §4.7).
-ProviderSource: TypeAlias = Literal["discovery", "kubernetes", "kubernetes-crd", "dns"]
+ProviderSource: TypeAlias = Literal["discovery", "kubernetes", "kubernetes-crd", "dns", "acme"]
 
 
 class FileProvider(Block, frozen=True, kw_only=True):
@@ -195,10 +195,11 @@ class Config(Block, frozen=True, kw_only=True, weakref=True):
     #: Variables whose values are not secrets: shown in ``/config``, logs and problems (SPEC
     #: §14.4). Main file only; literal names, never interpolated.
     public_env: tuple[EnvName, ...] = ()
-    #: Which dynamic provider supplied an object (``"routers/<name>"``, ``"services/<name>"``
-    #: → provider), set by the reload path's merge (``providers/merge.py``) and read for the
-    #: route order's tie-break (SPEC §4.7) and the API's ``source``. Never written in a file
-    #: (the loader refuses it); objects not listed come from the files.
+    #: Which dynamic provider supplied an object (``"routers/<name>"``, ``"services/<name>"``,
+    #: ``"certificates/<cert_file>"`` → provider), set by the reload path's merge
+    #: (``providers/merge.py``) and read for the route order's tie-break (SPEC §4.7), the
+    #: API's ``source`` and the SNI precedence of ACME certificates (SPEC §12.5). Never
+    #: written in a file (the loader refuses it); objects not listed come from the files.
     provider_sources: dict[str, ProviderSource] = {}
 
     def to_builtins(self, *, redact: bool = True) -> dict[str, object]:

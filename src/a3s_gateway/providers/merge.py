@@ -15,7 +15,9 @@ returns the config to swap in:
   settings is created. A ``providers.dns`` service with no answer yet exists without servers
   (503 rather than 404 while the provider starts).
 - Certificates are placed and added to the ``tls.certificates`` of their entrypoints (every
-  http entrypoint with ``tls`` when the pair names none).
+  http entrypoint with ``tls`` when the pair names none); the ACME manager's are listed in
+  ``provider_sources`` as ``certificates/<cert_file>``, so that they win their names in the
+  SNI map over configured certificates (SPEC §12.5).
 - The result is checked with the same semantic checks as a file (``check_semantics``); every
   error located in a provider's object drops that object (a warning quotes the error) and the
   check runs again, so one bad object never takes the others down. An error left in a static
@@ -110,6 +112,8 @@ class _Draft:
         self.filled: dict[_Key, _Owner] = {}
         self.warnings: list[Problem] = []
         self._taken = set(config.routers) | set(config.tcp_routers) | set(config.udp_routers)
+        #: The certificate files the ACME manager supplied (they win their names, SPEC §12.5).
+        self.acme_files: set[str] = set()
         #: DNS services added without servers because their provider has not answered yet.
         self._unresolved: set[str] = set()
         providers = config.providers
@@ -148,6 +152,8 @@ class _Draft:
             source = _source(owner)
             if source is not None:
                 found[f"{section}/{name}"] = source
+        for cert_file in sorted(self.acme_files):
+            found[f"certificates/{cert_file}"] = "acme"
         return found
 
     # -- adding --------------------------------------------------------------------------
@@ -269,6 +275,8 @@ class _Draft:
         if isinstance(placed, str):
             self.warn(provider, None, f"{pair.origin}: not loaded: {placed}")
             return
+        if provider == "acme":
+            self.acme_files.add(placed.cert_file)
         for name in usable:
             entry = self.entrypoints[name]
             tls = entry.tls

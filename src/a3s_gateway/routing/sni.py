@@ -53,12 +53,19 @@ class SniMap:
     strict: bool = False
 
     @classmethod
-    def build(cls, names: Sequence[Sequence[str]], *, strict: bool = False) -> SniMap:
+    def build(
+        cls, names: Sequence[Sequence[str]], *, strict: bool = False, first: Sequence[int] = ()
+    ) -> SniMap:
         """The map of certificates whose DNS names are ``names[i]``, in configuration order
-        (an earlier certificate wins a name two of them list)."""
+        (an earlier certificate wins a name two of them list), the certificates at the
+        indexes ``first`` (ACME's, SPEC §12.5) claiming their names before the others. Index
+        0 stays the default."""
         exact: dict[str, int] = {}
         wildcard: dict[str, int] = {}
-        for index, listed in enumerate(names):
+        claimed = [index for index in first if 0 <= index < len(names)]
+        order = claimed + [index for index in range(len(names)) if index not in claimed]
+        for index in order:
+            listed = names[index]
             for raw in listed:
                 name = normalise_name(raw)
                 if name.startswith("*."):

@@ -115,6 +115,10 @@ class TlsSettings:
     #: default until and beside the ACME certificates, which the SNI map selects by name
     #: (SPEC §12.5). None: no fallback.
     fallback: str | None = None
+    #: Indexes in ``pairs`` of the ACME manager's certificates: they claim their names in the
+    #: SNI map before the configured ones (SPEC §12.5: the configured certificate serves a name
+    #: until an ACME one exists).
+    preferred: tuple[int, ...] = ()
 
 
 def _tls_settings(entrypoint: Entrypoint) -> TlsSettings | None:
@@ -502,6 +506,16 @@ def _entrypoints(config: Config, tcp_routes: TcpRouteTable) -> dict[str, Entrypo
         )
         if entry.tls and tcp_routes.routes_for(name):
             entry = dataclasses.replace(entry, preamble=True, shares_tcp=True)
+        settings = entry.tls_settings
+        if settings is not None and config.provider_sources:
+            preferred = tuple(
+                index
+                for index, (cert_file, _) in enumerate(settings.pairs)
+                if config.provider_sources.get(f"certificates/{cert_file}") == "acme"
+            )
+            if preferred:
+                settings = dataclasses.replace(settings, preferred=preferred)
+                entry = dataclasses.replace(entry, tls_settings=settings)
         entrypoints[name] = entry
     return entrypoints
 

@@ -233,7 +233,12 @@ class Terminator:
 def _state(
     certificates: tuple[LoadedCertificate, ...], settings: TlsSettings, ca_stamp: Stamp
 ) -> _State:
-    sni = SniMap.build([c.names for c in certificates], strict=settings.sni_strict)
+    offset = 1 if settings.fallback is not None else 0  # (the fallback comes first)
+    sni = SniMap.build(
+        [c.names for c in certificates],
+        strict=settings.sni_strict,
+        first=[index + offset for index in settings.preferred],
+    )
     return _State(certificates, sni, ca_stamp)
 
 
