@@ -29,12 +29,12 @@ from a3s_gateway.acme.manager import (
 )
 from a3s_gateway.acme.order_plan import AcmeEntry
 from a3s_gateway.acme.storage import AcmeStorage
+from tests.providers.test_dns_provider import Published as Snapshots
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from a3s_gateway.acme.issuer import Solver
-    from a3s_gateway.providers.dynamic import Snapshot
 
 DAY = 86400.0
 #: The wall clock at virtual time 0.
@@ -97,18 +97,24 @@ def _error(result: AcmeResult) -> AcmeError:
     return AcmeError("the CA said no", result=result)
 
 
-class Published:
+class Published(Snapshots):
     """The snapshots the manager published, newest last."""
-
-    def __init__(self) -> None:
-        self.snapshots: list[Snapshot] = []
-
-    def __call__(self, snapshot: Snapshot, /) -> None:
-        self.snapshots.append(snapshot)
 
     @property
     def names(self) -> list[str]:
-        return [pair.origin for pair in self.snapshots[-1].certificates]
+        return [pair.origin for pair in self.last.certificates]
+
+
+async def run_for(
+    manager: AcmeManager, seconds: float, published: Published | None = None
+) -> Published:
+    """Run ``manager`` for ``seconds`` of virtual time; what it published."""
+    published = published if published is not None else Published()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run, published)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return published
 
 
 def _manager(entry: AcmeEntry, issuer: FakeIssuer, seed: int = 1) -> AcmeManager:
@@ -130,10 +136,7 @@ async def test_a_missing_certificate_is_ordered_at_start_and_published(
     issuer = FakeIssuer(_issued("a.test"))
     manager = _manager(_entry(tmp_path, "a.test"), issuer)
     published = Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(manager.run, published)
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
+    await run_for(manager, 1, published)
     assert [domain for domain, _ in issuer.calls] == ["a.test"]
     assert published.names == ["ACME certificate a.test"]
     assert published.snapshots[-1].certificates[0].entrypoints == ("websecure",)
@@ -180,10 +183,7 @@ async def test_a_ca_that_fails_is_retried_with_backoff_while_the_old_certificate
     issuer = FakeIssuer(*[_error("ca_error")] * 12, _issued("a.test"))
     manager = _manager(_entry(tmp_path, "a.test"), issuer)
     published = Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(manager.run, published)
-        await trio.sleep(2 * DAY)
-        nursery.cancel_scope.cancel()
+    await run_for(manager, 2 * DAY, published)
     times = [when for _, when in issuer.calls]
     gaps = [round(later - earlier) for earlier, later in itertools.pairwise(times)]
     # 1 min doubling (the 12-hour checks may come sooner than a long retry), capped at 12 h.
@@ -275,10 +275,7 @@ async def test_a_certificate_inside_the_renewal_window_is_renewed_at_start(
     )
     issuer = FakeIssuer(_issued("a.test"))
     manager = _manager(_entry(tmp_path, "a.test"), issuer)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(manager.run, Published())
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
+    await run_for(manager, 1)
     assert [when for _, when in issuer.calls] == [0.0]
 
 
@@ -299,10 +296,7 @@ async def test_every_stored_certificate_is_published_before_the_first_order(
     issuer = FakeIssuer(_issued("a.test"))
     manager = _manager(_entry(tmp_path, "a.test", "b.test"), issuer)
     published = Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(manager.run, published)
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
+    await run_for(manager, 1, published)
     first = published.snapshots[0]
     assert [pair.cert_pem for pair in first.certificates] == [kept]
     assert all(len(snapshot.certificates) >= 1 for snapshot in published.snapshots)
@@ -339,10 +333,7 @@ async def test_a_certificate_of_another_ca_or_key_type_is_replaced(
         assert [domain for domain, _ in issuer.calls] == ["a.test"]  # another CA's
         nursery.cancel_scope.cancel()
     issuer = FakeIssuer(_issued("b.test"))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_manager(rsa, issuer).run, Published())
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
+    await run_for(_manager(rsa, issuer), 1)
     assert sorted(domain for domain, _ in issuer.calls) == ["a.test", "b.test"]
 
 
@@ -354,10 +345,7 @@ async def test_a_storage_that_cannot_be_written_fails_the_order_not_the_manager(
     blocker.write_text("not a directory")
     issuer = FakeIssuer(_issued("a.test"))
     manager = _manager(_entry(blocker / "acme", "a.test"), issuer)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(manager.run, Published())
-        await trio.sleep(FIRST_RETRY + 1)
-        nursery.cancel_scope.cancel()
+    await run_for(manager, FIRST_RETRY + 1)
     assert issuer.calls == []
     assert manager.orders == {"invalid": 2}
     assert manager.status.state == "error"
@@ -375,10 +363,7 @@ async def test_an_unexpected_error_fails_only_that_order(
     issuer = Broken(_issued("b.test"))
     manager = _manager(_entry(tmp_path, "a.test", "b.test"), issuer)
     published = Published()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(manager.run, published)
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
+    await run_for(manager, 1, published)
     assert manager.orders == {"invalid": 1, "success": 1}
     assert published.names == ["ACME certificate b.test"]
     assert manager.status.state == "error"  # a.test's retry is still pending

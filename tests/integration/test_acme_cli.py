@@ -20,6 +20,7 @@ import json
 import os
 import ssl
 import stat
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
 
 import dns.message
@@ -38,6 +39,7 @@ from tests.support.scaling import cli_gateway, free_ports, management_block, pol
 from tests.support.tls import TlsConnection
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
     from tests.support.origin import Origin
@@ -79,6 +81,32 @@ def gateway_config(
         f'routers "shop" {{\n  rule = "Host(`{SHOP}`)"\n  service = "shop"\n}}\n'
         + management_block(admin)
     )
+
+
+@asynccontextmanager
+async def acme_gateway(
+    tmp_path: Path,
+    pebble: Pebble,
+    *,
+    storage: Path | None = None,
+    challenge: str = "http-01",
+    extra_tls: str = "",
+    args: Sequence[str] = (),
+) -> AsyncIterator[CliGateway]:
+    """The CLI on ``gateway_config`` (the storage is ``<tmp_path>/acme`` unless given) in
+    front of a ``shop`` origin, until the block ends."""
+    async with trio.open_nursery() as nursery:
+        (origin,) = await start_origins(nursery, "shop")
+        admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
+        where = storage if storage is not None else tmp_path / "acme"
+        text = gateway_config(
+            pebble, where, origin, admin=admin, challenge=challenge, extra_tls=extra_tls
+        )
+        async with cli_gateway(
+            tmp_path, text, port=pebble.http_port, admin=admin, args=args
+        ) as gateway:
+            yield gateway
+        nursery.cancel_scope.cancel()
 
 
 def pebble_client(pebble: Pebble) -> ssl.SSLContext:
@@ -139,29 +167,21 @@ async def wait_issued(gateway: CliGateway, pebble: Pebble) -> None:
 
 async def test_http01_issues_serves_and_stores_a_certificate(tmp_path: Path) -> None:
     storage = tmp_path / "acme"
-    (web,) = free_ports(1)
     with running_pebble() as pebble:
-        async with trio.open_nursery() as nursery:
-            (origin,) = await start_origins(nursery, "shop")
-            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
-            text = gateway_config(pebble, storage, origin, admin=admin)
-            async with cli_gateway(tmp_path, text, port=pebble.http_port, admin=admin) as gateway:
-                await wait_issued(gateway, pebble)
-                leaf = await served(pebble.tls_port, any_certificate())
-                assert isinstance(leaf, x509.Certificate)
-                assert leaf.issuer == issued_by_pebble(pebble)
-                names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-                assert names.value.get_values_for_type(x509.DNSName) == [SHOP]
-                assert await gateway.metric("a3s_acme_orders_total", result="success") == 1
-                served_http = await gateway.metric(
-                    "a3s_acme_challenges_served_total", type="http-01"
-                )
-                assert served_http is not None
-                assert served_http >= 1
-                assert "acme: certificate for shop.example.test issued" in gateway.log()
-                # Other paths on the plaintext entrypoint are still redirected.
-                assert (await gateway.get("/shop")).status == 308
-            nursery.cancel_scope.cancel()
+        async with acme_gateway(tmp_path, pebble, storage=storage) as gateway:
+            await wait_issued(gateway, pebble)
+            leaf = await served(pebble.tls_port, any_certificate())
+            assert isinstance(leaf, x509.Certificate)
+            assert leaf.issuer == issued_by_pebble(pebble)
+            names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            assert names.value.get_values_for_type(x509.DNSName) == [SHOP]
+            assert await gateway.metric("a3s_acme_orders_total", result="success") == 1
+            served_http = await gateway.metric("a3s_acme_challenges_served_total", type="http-01")
+            assert served_http is not None
+            assert served_http >= 1
+            assert "acme: certificate for shop.example.test issued" in gateway.log()
+            # Other paths on the plaintext entrypoint are still redirected.
+            assert (await gateway.get("/shop")).status == 308
     # SPEC §12.4: the layout and the modes.
     assert stat.S_IMODE(os.stat(storage).st_mode) == 0o700
     for name in ("account.key.pem", f"{SHOP}/key.pem"):
@@ -172,29 +192,19 @@ async def test_http01_issues_serves_and_stores_a_certificate(tmp_path: Path) -> 
     meta = json.loads((storage / SHOP / "meta.json").read_text())
     assert meta["not_after"] == leaf.not_valid_after_utc.timestamp()
     assert not (storage / ".lock").exists()
-    del web
 
 
 async def test_tls_alpn01_issues_and_serves_a_certificate(tmp_path: Path) -> None:
     with running_pebble() as pebble:
-        async with trio.open_nursery() as nursery:
-            (origin,) = await start_origins(nursery, "shop")
-            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
-            text = gateway_config(
-                pebble, tmp_path / "acme", origin, admin=admin, challenge="tls-alpn-01"
+        async with acme_gateway(tmp_path, pebble, challenge="tls-alpn-01") as gateway:
+            await wait_issued(gateway, pebble)
+            answered = await gateway.metric("a3s_acme_challenges_served_total", type="tls-alpn-01")
+            assert answered is not None
+            assert answered >= 1
+            assert await gateway.metric("a3s_acme_challenges_served_total", type="http-01") in (
+                None,
+                0.0,
             )
-            async with cli_gateway(tmp_path, text, port=pebble.http_port, admin=admin) as gateway:
-                await wait_issued(gateway, pebble)
-                answered = await gateway.metric(
-                    "a3s_acme_challenges_served_total", type="tls-alpn-01"
-                )
-                assert answered is not None
-                assert answered >= 1
-                assert await gateway.metric("a3s_acme_challenges_served_total", type="http-01") in (
-                    None,
-                    0.0,
-                )
-            nursery.cancel_scope.cancel()
 
 
 async def test_dns01_through_challtestsrv(tmp_path: Path) -> None:
@@ -205,16 +215,9 @@ async def test_dns01_through_challtestsrv(tmp_path: Path) -> None:
             f'      resolver = "127.0.0.1:{pebble.dns_port}"\n'
             "      propagation_wait_secs = 10\n    }\n"
         )
-        async with trio.open_nursery() as nursery:
-            (origin,) = await start_origins(nursery, "shop")
-            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
-            text = gateway_config(
-                pebble, tmp_path / "acme", origin, admin=admin, challenge="dns-01", extra_tls=dns
-            )
-            async with cli_gateway(tmp_path, text, port=pebble.http_port, admin=admin) as gateway:
-                await wait_issued(gateway, pebble)
-                assert await gateway.metric("a3s_acme_challenges_served_total") in (None, 0.0)
-            nursery.cancel_scope.cancel()
+        async with acme_gateway(tmp_path, pebble, challenge="dns-01", extra_tls=dns) as gateway:
+            await wait_issued(gateway, pebble)
+            assert await gateway.metric("a3s_acme_challenges_served_total") in (None, 0.0)
 
 
 async def test_dns01_through_rfc2136_against_knot(tmp_path: Path) -> None:
@@ -233,16 +236,9 @@ async def test_dns01_through_rfc2136_against_knot(tmp_path: Path) -> None:
             f'      resolver = "{knot.address}"\n'
             "      propagation_wait_secs = 10\n    }\n"
         )
-        async with trio.open_nursery() as nursery:
-            (origin,) = await start_origins(nursery, "shop")
-            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
-            text = gateway_config(
-                pebble, tmp_path / "acme", origin, admin=admin, challenge="dns-01", extra_tls=block
-            )
-            async with cli_gateway(tmp_path, text, port=pebble.http_port, admin=admin) as gateway:
-                await wait_issued(gateway, pebble)
-                assert knot.tsig_secret not in gateway.log()
-            nursery.cancel_scope.cancel()
+        async with acme_gateway(tmp_path, pebble, challenge="dns-01", extra_tls=block) as gateway:
+            await wait_issued(gateway, pebble)
+            assert knot.tsig_secret not in gateway.log()
         # The record was removed after the validation.
         answer = dns.query.udp(
             dns.message.make_query(f"_acme-challenge.{SHOP}.", "TXT"),
@@ -272,43 +268,38 @@ async def test_a_short_lived_certificate_is_renewed_while_a_client_stays_connect
     storage = tmp_path / "acme"
     old = short_lived(storage)
     with running_pebble() as pebble:
-        async with trio.open_nursery() as nursery:
-            (origin,) = await start_origins(nursery, "shop")
-            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
-            text = gateway_config(pebble, storage, origin, admin=admin)
-            async with cli_gateway(tmp_path, text, port=pebble.http_port, admin=admin) as gateway:
-                # Served from the first moment (loaded at start), then renewed at once.
-                kept = await TlsConnection.open(pebble.tls_port, SHOP, any_certificate())
-                try:
-                    der = kept.stream.getpeercert(binary_form=True)
-                    assert der is not None
-                    first = x509.load_der_x509_certificate(der)
-                    await wait_issued(gateway, pebble)
-                    # The keep-alive connection made before the swap still serves.
-                    for _ in range(3):
-                        response = await kept.get("/", host=SHOP)
-                        assert response.body == b"from-shop"
-                finally:
-                    await kept.aclose()
-                assert first.serial_number in (old.serial_number, _serial_of_new(storage))
-                renewed = await served(pebble.tls_port, any_certificate())
-                assert isinstance(renewed, x509.Certificate)
-                assert renewed.serial_number != old.serial_number
-                assert renewed.issuer == issued_by_pebble(pebble)
-                # A forced renewal replaces it again, without a restart.
-                renewal = await gateway.api("/acme/renew-all", method="POST")
-                assert renewal.status == 202, renewal
-                await poll_until(
-                    "the forced renewal",
-                    lambda: served(pebble.tls_port, any_certificate()),
-                    lambda leaf: (
-                        isinstance(leaf, x509.Certificate)
-                        and leaf.serial_number != renewed.serial_number
-                    ),
-                    within=WITHIN,
-                )
-                assert await gateway.metric("a3s_acme_orders_total", result="success") == 2
-            nursery.cancel_scope.cancel()
+        async with acme_gateway(tmp_path, pebble, storage=storage) as gateway:
+            # Served from the first moment (loaded at start), then renewed at once.
+            kept = await TlsConnection.open(pebble.tls_port, SHOP, any_certificate())
+            try:
+                der = kept.stream.getpeercert(binary_form=True)
+                assert der is not None
+                first = x509.load_der_x509_certificate(der)
+                await wait_issued(gateway, pebble)
+                # The keep-alive connection made before the swap still serves.
+                for _ in range(3):
+                    response = await kept.get("/", host=SHOP)
+                    assert response.body == b"from-shop"
+            finally:
+                await kept.aclose()
+            assert first.serial_number in (old.serial_number, _serial_of_new(storage))
+            renewed = await served(pebble.tls_port, any_certificate())
+            assert isinstance(renewed, x509.Certificate)
+            assert renewed.serial_number != old.serial_number
+            assert renewed.issuer == issued_by_pebble(pebble)
+            # A forced renewal replaces it again, without a restart.
+            renewal = await gateway.api("/acme/renew-all", method="POST")
+            assert renewal.status == 202, renewal
+            await poll_until(
+                "the forced renewal",
+                lambda: served(pebble.tls_port, any_certificate()),
+                lambda leaf: (
+                    isinstance(leaf, x509.Certificate)
+                    and leaf.serial_number != renewed.serial_number
+                ),
+                within=WITHIN,
+            )
+            assert await gateway.metric("a3s_acme_orders_total", result="success") == 2
 
 
 def _serial_of_new(storage: Path) -> int:
@@ -323,27 +314,22 @@ async def test_the_fallback_serves_while_the_ca_is_down(tmp_path: Path) -> None:
     with running_pebble() as pebble:
         down = pebble.directory_url.replace(str(_port(pebble.directory_url)), str(free_ports(1)[0]))
         pebble = dataclasses.replace(pebble, directory_url=down)
-        async with trio.open_nursery() as nursery:
-            (origin,) = await start_origins(nursery, "shop")
-            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
-            text = gateway_config(pebble, tmp_path / "acme", origin, admin=admin)
-            async with cli_gateway(tmp_path, text, port=pebble.http_port, admin=admin) as gateway:
-                failed = await poll_until(
-                    "a failed order",
-                    lambda: gateway.metric("a3s_acme_orders_total", result="ca_error"),
-                    lambda value: value is not None and value >= 1,
-                    within=WITHIN,
-                )
-                assert failed == 1
-                leaf = await served(pebble.tls_port, any_certificate())
-                assert isinstance(leaf, x509.Certificate)
-                common = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-                assert [attribute.value for attribute in common] == ["a3s-gateway default"]
-                response = await gateway.api("/providers")
-                [acme] = [entry for entry in json.loads(response.body) if entry["name"] == "acme"]
-                assert acme["state"] == "error"
-                assert "shop.example.test" in acme["last_error"]
-            nursery.cancel_scope.cancel()
+        async with acme_gateway(tmp_path, pebble) as gateway:
+            failed = await poll_until(
+                "a failed order",
+                lambda: gateway.metric("a3s_acme_orders_total", result="ca_error"),
+                lambda value: value is not None and value >= 1,
+                within=WITHIN,
+            )
+            assert failed == 1
+            leaf = await served(pebble.tls_port, any_certificate())
+            assert isinstance(leaf, x509.Certificate)
+            common = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+            assert [attribute.value for attribute in common] == ["a3s-gateway default"]
+            response = await gateway.api("/providers")
+            [acme] = [entry for entry in json.loads(response.body) if entry["name"] == "acme"]
+            assert acme["state"] == "error"
+            assert "shop.example.test" in acme["last_error"]
 
 
 def _port(url: str) -> int:
@@ -393,21 +379,14 @@ async def test_workers_answer_the_challenges_the_supervisor_presents(tmp_path: P
     """``--workers 2``: the supervisor orders, its TLS-ALPN-01 challenge is pushed to the
     workers (only they listen), and the certificate reaches both."""
     with running_pebble() as pebble:
-        async with trio.open_nursery() as nursery:
-            (origin,) = await start_origins(nursery, "shop")
-            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
-            text = gateway_config(
-                pebble, tmp_path / "acme", origin, admin=admin, challenge="tls-alpn-01"
-            )
-            async with cli_gateway(
-                tmp_path, text, port=pebble.http_port, admin=admin, args=("--workers", "2")
-            ) as gateway:
-                await wait_issued(gateway, pebble)
-                client = pebble_client(pebble)
-                for _ in range(8):  # connections spread over both workers
-                    assert await shop_body(pebble.tls_port, client) == "from-shop"
-                assert await gateway.metric("a3s_acme_orders_total", result="success") == 1
-            nursery.cancel_scope.cancel()
+        async with acme_gateway(
+            tmp_path, pebble, challenge="tls-alpn-01", args=("--workers", "2")
+        ) as gateway:
+            await wait_issued(gateway, pebble)
+            client = pebble_client(pebble)
+            for _ in range(8):  # connections spread over both workers
+                assert await shop_body(pebble.tls_port, client) == "from-shop"
+            assert await gateway.metric("a3s_acme_orders_total", result="success") == 1
 
 
 async def test_a_configured_certificate_for_the_name_gives_way_to_the_acme_one(
@@ -426,19 +405,14 @@ async def test_a_configured_certificate_for_the_name_gives_way_to_the_acme_one(
         f"    key_file = {json.dumps(str(key_file))}\n"
     )
     with running_pebble() as pebble:
-        async with trio.open_nursery() as nursery:
-            (origin,) = await start_origins(nursery, "shop")
-            admin = free_ports(1, avoid=(pebble.http_port, pebble.tls_port))[0]
-            text = gateway_config(pebble, tmp_path / "acme", origin, admin=admin, extra_tls=extra)
-            async with cli_gateway(tmp_path, text, port=pebble.http_port, admin=admin) as gateway:
-                await wait_issued(gateway, pebble)
-                other = await TlsConnection.open(
-                    pebble.tls_port, "default.example.test", any_certificate()
-                )
-                try:
-                    der = other.stream.getpeercert(binary_form=True)
-                finally:
-                    await other.aclose()
-                assert der is not None
-                assert x509.load_der_x509_certificate(der).serial_number == static.serial_number
-            nursery.cancel_scope.cancel()
+        async with acme_gateway(tmp_path, pebble, extra_tls=extra) as gateway:
+            await wait_issued(gateway, pebble)
+            other = await TlsConnection.open(
+                pebble.tls_port, "default.example.test", any_certificate()
+            )
+            try:
+                der = other.stream.getpeercert(binary_form=True)
+            finally:
+                await other.aclose()
+            assert der is not None
+            assert x509.load_der_x509_certificate(der).serial_number == static.serial_number

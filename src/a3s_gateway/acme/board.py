@@ -58,7 +58,7 @@ class ChallengeBoard:
         #: Awaited after a challenge is presented, before the CA is told to validate: the
         #: supervisor sets it to wait (bounded) until every worker has been sent the board.
         self.delivered: Callable[[], Awaitable[None]] = _delivered
-        #: Counts changes: a listener's cache of TLS contexts is valid while it is unchanged.
+        #: Counts the changes (each one also calls ``on_change``).
         self.version = 0
 
     # -- the data plane's reads ----------------------------------------------------------

@@ -11,6 +11,7 @@ nursery and sets no deadline (local file operations). Layout under ``acme_storag
     <domain>/key.pem      the certificate's key                            0600
     <domain>/meta.json    {"domain", "not_before", "not_after", "issued_at", "directory"}
     challenges/<token>    HTTP-01 key authorizations, read by replicas     0600
+    fallback/pair.pem     the self-signed fallback: key and certificate    0600
     .lock                 {"owner", "created"}: one ordering gateway at a time
 
 Directories are 0700 (an existing one is tightened). Every file is 0600: ``cert.pem`` holds
@@ -43,10 +44,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from a3s_gateway.acme.keys import certificate_validity, key_matches
+from a3s_gateway.acme.keys import (
+    certificate_validity,
+    fallback_certificate,
+    key_matches,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from datetime import datetime
 
 __all__ = [
     "LOCK_STALE_SECONDS",
@@ -72,6 +78,8 @@ _CHALLENGES: Final = "challenges"
 _MAX_SMALL_FILE: Final = 64 * 1024
 #: Largest chain read (a leaf and two intermediates are a few KiB).
 _MAX_CHAIN: Final = 1024 * 1024
+#: The fallback certificate is made again this long before its end.
+_FALLBACK_MARGIN: Final = 86400.0
 #: RFC 8555 §8.1: a token is base64url; 128 characters is far above the 43 CAs send.
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
 #: A host name, optionally with one leading ``*.`` label (the shape config validation checks).
@@ -310,6 +318,23 @@ class AcmeStorage:
                 _remove(path)
                 removed += 1
         return removed
+
+    def fallback(self, now: datetime) -> str:
+        """The path of the self-signed fallback pair (key and certificate in one file, so that
+        processes making it at the same moment each load a whole pair), made when missing,
+        broken, not a matching pair or within a day of its end (SPEC §12.5)."""
+        path = self._file("fallback", "pair.pem")
+        with contextlib.suppress(StorageError, ValueError):
+            data = _read_optional(path, _MAX_CHAIN)
+            if data is not None:
+                _, not_after = certificate_validity(data)
+                if not_after - now.timestamp() > _FALLBACK_MARGIN and key_matches(data, data):
+                    return path
+        cert_pem, key_pem = fallback_certificate(now)
+        self.ensure()
+        _make_directory(self._file("fallback"))
+        _write_atomic(path, key_pem + cert_pem)
+        return path
 
     # -- the order lock --------------------------------------------------------------------------
 

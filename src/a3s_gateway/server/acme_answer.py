@@ -51,9 +51,6 @@ log: Final = logging.getLogger("a3s_gateway.acme")
 #: The ALPN protocol of the TLS-ALPN-01 challenge (RFC 8737).
 ACME_ALPN: Final = "acme-tls/1"
 
-#: TLS contexts of the challenge certificates kept at most (one per pending name).
-_MAX_CONTEXTS: Final = 64
-
 
 def wants_http_challenge(head: RequestHead, info: ConnInfo, ctx: ServerContext) -> bool:
     """Whether ``head`` may be an HTTP-01 validation this process answers (cheap: the hot
@@ -131,13 +128,16 @@ async def tls_alpn_challenge(
 
 
 async def _context(ctx: ServerContext, pair: tuple[bytes, bytes]) -> ssl.SSLContext:
-    """The server context of one challenge certificate (built once, in a worker thread)."""
+    """The server context of one challenge certificate (built once, in a worker thread); the
+    contexts of challenges no longer on the board are dropped then, so the cache holds no
+    more than the pending challenges."""
     cache = ctx.alpn_contexts
     found = cache.get(pair[0])
     if found is None:
         found = await trio.to_thread.run_sync(_build_context, pair)
-        if len(cache) >= _MAX_CONTEXTS:
-            cache.clear()
+        pending = {certificate for certificate, _ in ctx.challenges.state().alpn.values()}
+        for stale in [pem for pem in cache if pem not in pending]:
+            del cache[stale]
         cache[pair[0]] = found
     return found
 

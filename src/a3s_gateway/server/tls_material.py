@@ -14,19 +14,16 @@ prompting on the terminal. Any failure is ``CertificateError`` naming the file.
 ``stamp(path)`` is the (mtime, size, inode) triple the hot-reload poller compares.
 
 ``fallback_pair(storage)`` is the self-signed ``CN=a3s-gateway default`` certificate an ACME
-entrypoint without ``cert_file`` serves by default (SPEC §12.5): key and certificate in one
-file, ``<storage>/fallback/pair.pem`` (directory 0700, file 0600, written atomically), made
-when missing, unreadable, not a matching pair or within a day of its end.
+entrypoint without ``cert_file`` serves by default (SPEC §12.5), kept by the ACME storage
+(``AcmeStorage.fallback``: ``<storage>/fallback/pair.pem``).
 
 Must not: touch trio, or be called on the event loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-import secrets
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
@@ -34,7 +31,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from a3s_gateway.acme.keys import fallback_certificate, key_matches
+from a3s_gateway.acme.storage import AcmeStorage, StorageError
 
 if TYPE_CHECKING:
     from a3s_gateway.runtime.compile import TlsSettings
@@ -154,49 +151,14 @@ def _describe(cert_file: str) -> tuple[tuple[str, ...], float]:
     return tuple(names), leaf.not_valid_after_utc.timestamp()
 
 
-#: Renew the fallback certificate this long before its end.
-_FALLBACK_MARGIN: Final = 86400.0
-
-
 def fallback_pair(storage: str) -> tuple[str, str]:
-    """The (cert_file, key_file) of ``storage``'s fallback certificate, made when needed
-    (module docstring); ``CertificateError`` when the directory cannot be written.
-
-    Key and certificate share one file (``fallback/pair.pem``), replaced in one rename: the
-    workers and the gateways that share the storage may all make one at the same moment,
-    and each of them then loads a whole pair, never one's key with another's certificate."""
-    directory = os.path.join(storage, "fallback")
-    path = os.path.join(directory, "pair.pem")
-    now = datetime.datetime.now(datetime.UTC)
-    with contextlib.suppress(CertificateError, OSError, ValueError):
-        _, not_after = _describe(path)
-        with open(path, "rb") as file:
-            data = file.read(_MAX_PEM_BYTES)
-        if not_after - now.timestamp() > _FALLBACK_MARGIN and key_matches(data, data):
-            return path, path
-    cert_pem, key_pem = fallback_certificate(now)
+    """The (cert_file, key_file) of the self-signed fallback certificate in ACME storage
+    ``storage`` (one file holds both: ``AcmeStorage.fallback``), made when needed;
+    ``CertificateError`` naming the storage when it cannot be written."""
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(storage, 0o700)
-        os.chmod(directory, 0o700)
-        _write_private(path, key_pem + cert_pem)
-    except OSError as error:
+        path = AcmeStorage(storage).fallback(datetime.datetime.now(datetime.UTC))
+    except StorageError as error:
         raise CertificateError(
-            f"acme_storage_path {storage}: cannot write the fallback certificate: "
-            f"{error.strerror or error}"
+            f"acme_storage_path {storage}: cannot write the fallback certificate: {error}"
         ) from error
     return path, path
-
-
-def _write_private(path: str, data: bytes) -> None:
-    """``data`` into ``path`` (mode 0600) through a temporary file of its own and a rename."""
-    temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
